@@ -1,0 +1,1 @@
+//! Dequantization of GGML blocks to f32 (filled in below).
