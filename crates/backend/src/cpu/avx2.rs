@@ -1,0 +1,110 @@
+//! AVX2 + FMA kernels (x86-64). Callers guarantee the CPU has both features.
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::Block;
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+        acc1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i + 8)),
+            _mm256_loadu_ps(pb.add(i + 8)),
+            acc1,
+        );
+        i += 16;
+    }
+    if i + 8 <= n {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(acc0, acc1));
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// An MR x NR tile: MR rows of x against NR rows of w, all of length k.
+#[inline(always)]
+unsafe fn tile<const MR: usize, const NR: usize>(b: &Block, i0: usize, r0: usize) {
+    let k = b.k;
+    let k8 = k / 8 * 8;
+    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+    let xp: [*const f32; MR] = std::array::from_fn(|i| b.x.as_ptr().add((i0 + i) * k));
+    let wp: [*const f32; NR] = std::array::from_fn(|r| b.w.as_ptr().add((r0 + r) * k));
+    let mut p = 0;
+    while p < k8 {
+        let wv: [__m256; NR] = std::array::from_fn(|r| _mm256_loadu_ps(wp[r].add(p)));
+        for i in 0..MR {
+            let xv = _mm256_loadu_ps(xp[i].add(p));
+            for r in 0..NR {
+                acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+            }
+        }
+        p += 8;
+    }
+    for i in 0..MR {
+        for r in 0..NR {
+            let mut s = hsum(acc[i][r]);
+            for q in k8..k {
+                s += *xp[i].add(q) * *wp[r].add(q);
+            }
+            *b.y.0.add((i0 + i) * b.y_stride + b.y_col + r0 + r) = s;
+        }
+    }
+}
+
+const MR: usize = 4;
+const NR: usize = 3;
+
+/// # Safety
+/// The CPU must support AVX2 and FMA; `b.y` must point to an (n, y_stride) buffer whose columns
+/// `y_col..y_col + rows` no one else touches during the call.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gemm_block(b: &Block) {
+    let mut r0 = 0;
+    while r0 < b.rows {
+        let nr = (b.rows - r0).min(NR);
+        let mut i0 = 0;
+        while i0 < b.n {
+            let mr = (b.n - i0).min(MR);
+            match (mr, nr) {
+                (4, 3) => tile::<4, 3>(b, i0, r0),
+                (4, 2) => tile::<4, 2>(b, i0, r0),
+                (4, 1) => tile::<4, 1>(b, i0, r0),
+                (3, 3) => tile::<3, 3>(b, i0, r0),
+                (3, 2) => tile::<3, 2>(b, i0, r0),
+                (3, 1) => tile::<3, 1>(b, i0, r0),
+                (2, 3) => tile::<2, 3>(b, i0, r0),
+                (2, 2) => tile::<2, 2>(b, i0, r0),
+                (2, 1) => tile::<2, 1>(b, i0, r0),
+                (1, 3) => tile::<1, 3>(b, i0, r0),
+                (1, 2) => tile::<1, 2>(b, i0, r0),
+                _ => tile::<1, 1>(b, i0, r0),
+            }
+            i0 += mr;
+        }
+        r0 += nr;
+    }
+}

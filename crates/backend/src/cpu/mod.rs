@@ -1,0 +1,175 @@
+//! Host kernels: matrix products, normalization, activations, softmax.
+
+mod avx2;
+mod scalar;
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// The instruction set a kernel runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+}
+
+impl Isa {
+    /// The best instruction set this CPU has, detected once.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            if std::env::var_os("TOKENFAB_FORCE_SCALAR").is_some() {
+                return Isa::Scalar;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+            Isa::Scalar
+        })
+    }
+}
+
+/// A dense row-major f32 matrix: `data` is (rows, cols), each row contiguous.
+/// Weights are stored this way: one row per output feature, `cols` = input features.
+#[derive(Clone, Debug, Default)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix data length");
+        Self { rows, cols, data }
+    }
+
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// Output rows of `w` handed to one task; small enough to spread a single token over all cores.
+const ROWS_PER_TASK: usize = 48;
+
+/// `y (n, w.rows) = x (n, w.cols) · wᵀ`, split over output rows across the thread pool.
+pub fn matmul(x: &[f32], n: usize, w: &Matrix, y: &mut [f32]) {
+    matmul_isa(Isa::detect(), x, n, w, y)
+}
+
+/// [`matmul`] with an explicit instruction set (tests compare paths).
+pub fn matmul_isa(isa: Isa, x: &[f32], n: usize, w: &Matrix, y: &mut [f32]) {
+    let (k, m) = (w.cols, w.rows);
+    assert_eq!(x.len(), n * k, "matmul: x is not (n, k)");
+    assert_eq!(y.len(), n * m, "matmul: y is not (n, m)");
+    let out = SendPtr(y.as_mut_ptr());
+    let tasks = m.div_ceil(ROWS_PER_TASK);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let r0 = t * ROWS_PER_TASK;
+        let r1 = (r0 + ROWS_PER_TASK).min(m);
+        let block = Block {
+            x,
+            n,
+            k,
+            w: &w.data[r0 * k..r1 * k],
+            rows: r1 - r0,
+            y: out,
+            y_stride: m,
+            y_col: r0,
+        };
+        // SAFETY: each task writes only columns r0..r1 of y, disjoint across tasks, and y outlives
+        // the parallel loop.
+        unsafe {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => avx2::gemm_block(&block),
+                _ => scalar::gemm_block(&block),
+            }
+        }
+    });
+}
+
+/// One task's share of a matrix product: all `n` rows of x times `rows` rows of w, written to
+/// columns `y_col..y_col + rows` of y (row stride `y_stride`).
+pub(crate) struct Block<'a> {
+    pub x: &'a [f32],
+    pub n: usize,
+    pub k: usize,
+    pub w: &'a [f32],
+    pub rows: usize,
+    pub y: SendPtr,
+    pub y_stride: usize,
+    pub y_col: usize,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+// SAFETY: used only to hand disjoint output regions to pool threads.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Dot product of two equal-length slices.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 is only detected when the CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { avx2::dot(a, b) },
+        _ => scalar::dot(a, b),
+    }
+}
+
+/// `y += a * x`.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// RMSNorm of each row of `x` (rows of `weight.len()`), written to `out`: `x / rms(x) * weight`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+/// SwiGLU in place: `gate = silu(gate) * up`.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Softmax in place over the whole slice.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `log(softmax(x))` of one row, computed in f64 for the normalizer.
+pub fn log_softmax(x: &[f32], out: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    let lse = max as f64 + sum.ln();
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v as f64 - lse) as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,73 @@
+use super::*;
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+}
+
+fn naive(x: &[f32], n: usize, w: &Matrix) -> Vec<f32> {
+    let mut y = vec![0f32; n * w.rows];
+    for i in 0..n {
+        for r in 0..w.rows {
+            let mut s = 0f64;
+            for p in 0..w.cols {
+                s += x[i * w.cols + p] as f64 * w.data[r * w.cols + p] as f64;
+            }
+            y[i * w.rows + r] = s as f32;
+        }
+    }
+    y
+}
+
+#[test]
+fn matmul_matches_naive_on_every_path_and_odd_shapes() {
+    let mut seed = 7;
+    for &(n, k, m) in &[(1, 8, 1), (1, 576, 200), (5, 37, 11), (9, 64, 97), (17, 100, 49)] {
+        let x: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+        let w = Matrix::new(m, k, (0..m * k).map(|_| lcg(&mut seed)).collect());
+        let want = naive(&x, n, &w);
+        for isa in [Isa::Scalar, Isa::detect()] {
+            let mut y = vec![f32::NAN; n * m];
+            matmul_isa(isa, &x, n, &w, &mut y);
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{isa:?} {n}x{k}x{m}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_matches_scalar() {
+    let mut seed = 3;
+    for len in [0, 1, 7, 8, 15, 16, 17, 100] {
+        let a: Vec<f32> = (0..len).map(|_| lcg(&mut seed)).collect();
+        let b: Vec<f32> = (0..len).map(|_| lcg(&mut seed)).collect();
+        let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - want).abs() < 1e-5, "len {len}");
+        assert!((scalar::dot(&a, &b) - want).abs() < 1e-5, "len {len}");
+    }
+}
+
+#[test]
+fn norms_and_activations() {
+    let x = [1.0f32, -2.0, 3.0, -4.0];
+    let w = [1.0f32, 1.0, 2.0, 0.5];
+    let mut out = [0f32; 4];
+    rms_norm(&x, &w, 0.0, &mut out);
+    let rms = (30.0f32 / 4.0).sqrt();
+    assert!((out[2] - 3.0 / rms * 2.0).abs() < 1e-6);
+
+    let mut g = [0.0f32, 1.0];
+    silu_mul(&mut g, &[5.0, 2.0]);
+    assert_eq!(g[0], 0.0);
+    assert!((g[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6);
+
+    let mut s = [1.0f32, 2.0, 3.0];
+    softmax(&mut s);
+    assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    let mut ls = [0f32; 3];
+    log_softmax(&[1.0, 2.0, 3.0], &mut ls);
+    for (a, b) in ls.iter().zip(&s) {
+        assert!((a.exp() - b).abs() < 1e-6);
+    }
+}
