@@ -1,0 +1,68 @@
+//! `tokenfab`: a token factory. See `tokenfab --help`.
+
+mod args;
+mod chat;
+mod eval;
+mod generate;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tokenfab", version, about = "An LLM inference server and toolkit for GGUF models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion of a prompt.
+    Generate(generate::Args),
+    /// Chat with the model in the terminal, through its chat template.
+    Chat(chat::Args),
+    /// Perplexity of a text file, as llama.cpp's llama-perplexity computes it.
+    Perplexity(eval::PerplexityArgs),
+    /// Log-probabilities of given continuations (teacher-forced), one JSON row per input row.
+    Score(eval::ScoreArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (not built yet: issue #3).
+    Serve(Pending),
+    /// Load-test an OpenAI-compatible server (not built yet: issue #4).
+    Bench(Pending),
+    /// Cost and revenue of tokens on given hardware (not built yet: issue #4).
+    Economics(Pending),
+}
+
+/// Arguments of a command that does not exist yet.
+#[derive(clap::Args)]
+struct Pending {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Perplexity(a) => eval::perplexity(a),
+        Command::Score(a) => eval::score(a),
+        Command::Serve(_) => anyhow::bail!("`tokenfab serve` is not built yet (issue #3)"),
+        Command::Bench(_) => anyhow::bail!("`tokenfab bench` is not built yet (issue #4)"),
+        Command::Economics(_) => anyhow::bail!("`tokenfab economics` is not built yet (issue #4)"),
+    }
+}

@@ -1,0 +1,58 @@
+//! Helpers for the end-to-end tests: the real default model and llama.cpp's reference outputs.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The checkout's root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// `../shared` beside the checkout (reference data, peers).
+pub fn shared() -> PathBuf {
+    root().join("../shared")
+}
+
+/// The default model, fetched with `scripts/fetch-model.sh` when missing.
+pub fn model() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/fetch-model.sh"))
+        .output()
+        .expect("running scripts/fetch-model.sh");
+    assert!(out.status.success(), "fetch-model.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Runs the tokenfab binary; panics with its stderr when it fails.
+pub fn tokenfab(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running tokenfab");
+    assert!(
+        out.status.success(),
+        "tokenfab {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[derive(serde::Deserialize)]
+pub struct Reference {
+    pub prompt: String,
+    pub prompt_tokens: Vec<u32>,
+    pub greedy_tokens: Vec<u32>,
+    pub greedy_logprobs: Vec<Option<f32>>,
+}
+
+/// llama.cpp's greedy continuations of 13 prompts on the default model.
+pub fn references() -> Vec<Reference> {
+    let path = shared().join("reference/smollm2-greedy.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -1,0 +1,46 @@
+//! A model file loaded with everything that comes with it.
+
+use std::path::{Path, PathBuf};
+
+use tokenfab_loader::chat_template::ChatTemplate;
+use tokenfab_loader::tokenizer::Tokenizer;
+use tokenfab_loader::Gguf;
+use tokenfab_models::Llama;
+
+use crate::error::Result;
+
+/// Weights, tokenizer and chat template of one GGUF file.
+pub struct LoadedModel {
+    pub path: PathBuf,
+    /// `general.name`, else the file stem.
+    pub name: String,
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    /// Size of the tensor data in the file.
+    pub file_tensor_bytes: u64,
+}
+
+impl LoadedModel {
+    pub fn load(path: &Path) -> Result<Self> {
+        let g = Gguf::open(path)?;
+        let model = Llama::from_gguf(&g)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let template = ChatTemplate::from_gguf(&g, &tokenizer)?;
+        let name = g
+            .opt("general.name", Gguf::get_str)?
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                path.file_stem()
+                    .map_or("model".into(), |s| s.to_string_lossy().into_owned())
+            });
+        Ok(Self {
+            path: path.to_path_buf(),
+            name,
+            model,
+            tokenizer,
+            template,
+            file_tensor_bytes: g.tensor_data_bytes(),
+        })
+    }
+}

@@ -1,0 +1,86 @@
+//! One sequence driven through the model with its own KV blocks: what `generate`, `chat`, `score`
+//! and `perplexity` use. The serving engine schedules many sequences over a shared pool instead.
+
+use tokenfab_models::{ForwardBatch, KvCache, Llama, SeqSlice};
+
+use crate::error::{Error, Result};
+
+const BLOCK_SIZE: usize = 16;
+
+pub struct Session<'m> {
+    model: &'m Llama,
+    kv: KvCache,
+    /// Blocks 0..n of the private pool, in order.
+    block_table: Vec<u32>,
+    /// Tokens whose K/V are in the cache, in order.
+    tokens: Vec<u32>,
+    /// Most tokens per forward pass (prompt chunks).
+    pub max_chunk: usize,
+}
+
+impl<'m> Session<'m> {
+    /// A session able to hold `capacity` tokens (capped at the model's context length).
+    pub fn new(model: &'m Llama, capacity: usize) -> Result<Self> {
+        let ctx = model.cfg.context_len;
+        if capacity > ctx {
+            return Err(Error::Invalid(format!(
+                "{capacity} tokens do not fit the model's context of {ctx}"
+            )));
+        }
+        let blocks = capacity.max(1).div_ceil(BLOCK_SIZE);
+        Ok(Self {
+            model,
+            kv: model.new_kv_cache(BLOCK_SIZE, blocks),
+            block_table: (0..blocks as u32).collect(),
+            tokens: Vec::new(),
+            max_chunk: 512,
+        })
+    }
+
+    /// Most tokens this session holds.
+    pub fn capacity(&self) -> usize {
+        self.kv.capacity_tokens()
+    }
+
+    /// Tokens processed so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Forgets everything after the first `len` tokens (their K/V are overwritten later).
+    pub fn truncate(&mut self, len: usize) {
+        self.tokens.truncate(len);
+    }
+
+    /// Appends `new` and returns the logits after each of `new[logits_from..]`:
+    /// (new.len() - logits_from, vocab). Long inputs run in chunks of `max_chunk`.
+    pub fn feed(&mut self, new: &[u32], logits_from: usize) -> Result<Vec<f32>> {
+        let cap = self.kv.capacity_tokens();
+        if self.tokens.len() + new.len() > cap {
+            return Err(Error::Invalid(format!(
+                "{} tokens exceed this session's capacity of {cap}",
+                self.tokens.len() + new.len()
+            )));
+        }
+        let mut logits = Vec::new();
+        for (c, chunk) in new.chunks(self.max_chunk.max(1)).enumerate() {
+            let base = c * self.max_chunk;
+            let start = self.tokens.len() as u32;
+            let positions: Vec<u32> = (start..start + chunk.len() as u32).collect();
+            let rows: Vec<usize> = (0..chunk.len()).filter(|&i| base + i >= logits_from).collect();
+            let seqs = [SeqSlice {
+                rows: 0..chunk.len(),
+                block_table: &self.block_table,
+            }];
+            let batch = ForwardBatch {
+                tokens: chunk,
+                positions: &positions,
+                seqs: &seqs,
+                logits_rows: &rows,
+            };
+            logits.extend(self.model.forward(&batch, &mut self.kv)?);
+            self.tokens.extend_from_slice(chunk);
+        }
+        Ok(logits)
+    }
+}

@@ -1,1 +1,0 @@
-//! Dequantization of GGML blocks to f32 (filled in below).

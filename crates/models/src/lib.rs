@@ -1,0 +1,22 @@
+//! Model architectures written as plain forward passes over a batch of tokens from any number of
+//! sequences, reading and writing a paged KV cache.
+//!
+//! Invariant: a model reads its configuration from metadata with an explicit error for each missing
+//! key, holds its weights immutably after loading, and computes each sequence's tokens
+//! independently of whatever else shares the batch.
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod kv;
+pub mod llama;
+mod rope;
+
+pub use batch::{ForwardBatch, SeqSlice};
+pub use config::{LlamaConfig, RopeKind, RopeScaling};
+pub use error::{Error, Result};
+pub use kv::KvCache;
+pub use llama::Llama;
+
+#[cfg(test)]
+mod tests;

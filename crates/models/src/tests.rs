@@ -1,0 +1,153 @@
+//! Forward-pass invariants on a tiny random model: chunking, batching and block placement must not
+//! change any sequence's logits.
+
+use tokenfab_loader::{Gguf, GgufWriter, Value};
+
+use crate::{ForwardBatch, KvCache, Llama, SeqSlice};
+
+const VOCAB: usize = 50;
+const DIM: usize = 64;
+const FFN: usize = 96;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const LAYERS: usize = 2;
+const BS: usize = 4;
+
+fn rand_vec(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * scale
+        })
+        .collect()
+}
+
+pub(crate) fn tiny_model(arch: &str) -> Llama {
+    let mut seed = 11;
+    let mut w = GgufWriter::new();
+    let k = |s: &str| format!("{arch}.{s}");
+    w.meta("general.architecture", Value::String(arch.into()))
+        .meta(&k("block_count"), Value::U32(LAYERS as u32))
+        .meta(&k("embedding_length"), Value::U32(DIM as u32))
+        .meta(&k("feed_forward_length"), Value::U32(FFN as u32))
+        .meta(&k("attention.head_count"), Value::U32(HEADS as u32))
+        .meta(&k("attention.head_count_kv"), Value::U32(KV_HEADS as u32))
+        .meta(&k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
+        .meta(&k("context_length"), Value::U32(256))
+        .meta(&k("rope.freq_base"), Value::F32(10000.0))
+        .meta(&k("vocab_size"), Value::U32(VOCAB as u32));
+    let hd = DIM / HEADS;
+    let kv = KV_HEADS * hd;
+    let d = DIM as u64;
+    w.tensor_f32("token_embd.weight", &[d, VOCAB as u64], &rand_vec(&mut seed, DIM * VOCAB, 2.0));
+    w.tensor_f32("output_norm.weight", &[d], &rand_vec(&mut seed, DIM, 1.0).iter().map(|v| v + 1.0).collect::<Vec<_>>());
+    for l in 0..LAYERS {
+        let n = |s: &str| format!("blk.{l}.{s}");
+        let norm: Vec<f32> = rand_vec(&mut seed, DIM, 0.5).iter().map(|v| v + 1.0).collect();
+        w.tensor_f32(&n("attn_norm.weight"), &[d], &norm);
+        w.tensor_f32(&n("ffn_norm.weight"), &[d], &norm);
+        w.tensor_f32(&n("attn_q.weight"), &[d, d], &rand_vec(&mut seed, DIM * DIM, 0.5));
+        w.tensor_f32(&n("attn_k.weight"), &[d, kv as u64], &rand_vec(&mut seed, DIM * kv, 0.5));
+        w.tensor_f32(&n("attn_v.weight"), &[d, kv as u64], &rand_vec(&mut seed, DIM * kv, 0.5));
+        w.tensor_f32(&n("attn_output.weight"), &[d, d], &rand_vec(&mut seed, DIM * DIM, 0.3));
+        w.tensor_f32(&n("ffn_gate.weight"), &[d, FFN as u64], &rand_vec(&mut seed, DIM * FFN, 0.5));
+        w.tensor_f32(&n("ffn_up.weight"), &[d, FFN as u64], &rand_vec(&mut seed, DIM * FFN, 0.5));
+        w.tensor_f32(&n("ffn_down.weight"), &[FFN as u64, d], &rand_vec(&mut seed, DIM * FFN, 0.3));
+        if arch == "qwen2" {
+            w.tensor_f32(&n("attn_q.bias"), &[d], &rand_vec(&mut seed, DIM, 0.5));
+            w.tensor_f32(&n("attn_k.bias"), &[kv as u64], &rand_vec(&mut seed, kv, 0.5));
+            w.tensor_f32(&n("attn_v.bias"), &[kv as u64], &rand_vec(&mut seed, kv, 0.5));
+        }
+    }
+    Llama::from_gguf(&Gguf::from_bytes(w.to_bytes()).unwrap()).unwrap()
+}
+
+/// Runs one sequence alone, in chunks of `chunk`, through blocks `table`; returns every row's logits.
+fn run_alone(m: &Llama, tokens: &[u32], chunk: usize, table: &[u32], kv: &mut KvCache) -> Vec<f32> {
+    let mut out = Vec::new();
+    for (c, part) in tokens.chunks(chunk).enumerate() {
+        let start = (c * chunk) as u32;
+        let positions: Vec<u32> = (start..start + part.len() as u32).collect();
+        let rows: Vec<usize> = (0..part.len()).collect();
+        let seqs = [SeqSlice { rows: 0..part.len(), block_table: table }];
+        let b = ForwardBatch { tokens: part, positions: &positions, seqs: &seqs, logits_rows: &rows };
+        out.extend(m.forward(&b, kv).unwrap());
+    }
+    out
+}
+
+fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}: [{i}] {x} vs {y}");
+    }
+}
+
+#[test]
+fn chunked_prefill_and_decode_equal_one_pass() {
+    for arch in ["llama", "qwen2"] {
+        let m = tiny_model(arch);
+        let tokens: Vec<u32> = (0..23).map(|i| (i * 7 % VOCAB) as u32).collect();
+        let table: Vec<u32> = (0..8).collect();
+        let mut kv = m.new_kv_cache(BS, 8);
+        let whole = run_alone(&m, &tokens, 64, &table, &mut kv);
+        for chunk in [1, 3, 5] {
+            let mut kv = m.new_kv_cache(BS, 8);
+            assert_close(&run_alone(&m, &tokens, chunk, &table, &mut kv), &whole, &format!("{arch} chunk {chunk}"));
+        }
+    }
+}
+
+#[test]
+fn block_placement_does_not_matter() {
+    let m = tiny_model("llama");
+    let tokens: Vec<u32> = (0..15).map(|i| (i * 3 % VOCAB) as u32).collect();
+    let mut kv = m.new_kv_cache(BS, 10);
+    let a = run_alone(&m, &tokens, 4, &[0, 1, 2, 3], &mut kv);
+    let mut kv = m.new_kv_cache(BS, 10);
+    let b = run_alone(&m, &tokens, 4, &[9, 2, 7, 5], &mut kv);
+    assert_close(&a, &b, "permuted blocks");
+}
+
+#[test]
+fn batching_sequences_together_changes_nothing() {
+    let m = tiny_model("llama");
+    let s1: Vec<u32> = (0..9).map(|i| (i * 5 % VOCAB) as u32).collect();
+    let s2: Vec<u32> = (0..6).map(|i| (i * 11 % VOCAB) as u32).collect();
+    let mut kv = m.new_kv_cache(BS, 16);
+    let alone1 = run_alone(&m, &s1, 64, &[0, 1, 2], &mut kv);
+    let alone2 = run_alone(&m, &s2, 64, &[3, 4], &mut kv);
+
+    // Both sequences' prompts minus the last token in one batch, then both last tokens in another.
+    let mut kv = m.new_kv_cache(BS, 16);
+    let (t1, t2) = ([5u32, 6], [7u32, 8]);
+    let step = |kv: &mut KvCache, a: &[u32], pa: u32, b: &[u32], pb: u32| {
+        let tokens: Vec<u32> = a.iter().chain(b).copied().collect();
+        let positions: Vec<u32> = (pa..pa + a.len() as u32).chain(pb..pb + b.len() as u32).collect();
+        let seqs = [
+            SeqSlice { rows: 0..a.len(), block_table: &t1 },
+            SeqSlice { rows: a.len()..a.len() + b.len(), block_table: &t2 },
+        ];
+        let rows = [a.len() - 1, a.len() + b.len() - 1];
+        let batch = ForwardBatch { tokens: &tokens, positions: &positions, seqs: &seqs, logits_rows: &rows };
+        m.forward(&batch, kv).unwrap()
+    };
+    let _ = step(&mut kv, &s1[..8], 0, &s2[..5], 0);
+    let last = step(&mut kv, &s1[8..], 8, &s2[5..], 5);
+    assert_close(&last[..VOCAB], &alone1[8 * VOCAB..], "seq 1 in a batch");
+    assert_close(&last[VOCAB..], &alone2[5 * VOCAB..], "seq 2 in a batch");
+}
+
+#[test]
+fn bad_batches_are_errors() {
+    let m = tiny_model("llama");
+    let mut kv = m.new_kv_cache(BS, 2);
+    let seqs = [SeqSlice { rows: 0..1, block_table: &[0] }];
+    // Position 9 needs a third block the table does not have.
+    let b = ForwardBatch { tokens: &[1], positions: &[9], seqs: &seqs, logits_rows: &[0] };
+    assert!(m.forward(&b, &mut kv).is_err());
+    let b = ForwardBatch { tokens: &[VOCAB as u32], positions: &[0], seqs: &seqs, logits_rows: &[0] };
+    assert!(m.forward(&b, &mut kv).is_err());
+    let b = ForwardBatch { tokens: &[1], positions: &[0], seqs: &seqs, logits_rows: &[1] };
+    assert!(m.forward(&b, &mut kv).is_err());
+}
