@@ -8,7 +8,9 @@ pub mod error;
 pub mod ggml_type;
 pub mod gguf;
 pub mod quant;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use ggml_type::GgmlType;
 pub use gguf::{Gguf, GgufWriter, TensorInfo, Value, ValueType};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,211 @@
+//! llama.cpp's tokenizer test suite (`tests/test-tokenizer-0`): for each vocabulary
+//! `models/ggml-vocab-NAME.gguf`, every input of `.gguf.inp` must tokenize (add_special = false,
+//! parse_special = false) to the ids on the matching line of `.gguf.out`. Plus the default model
+//! against ids recorded from llama-server.
+//!
+//! The llama.cpp tree comes from `$LLAMA_CPP_SRC`, else from `shared/peers/llama-cpp-src.sh`
+//! beside the checkout. Without either the test fails: it never passes by skipping.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tokenfab_loader::{Gguf, Tokenizer};
+
+/// The vocabularies this tokenizer claims to match exactly.
+const VOCABS: &[&str] = &[
+    "gpt-2",
+    "llama-bpe",
+    "llama-spm",
+    "phi-3",
+    "qwen2",
+    "qwen35",
+    "starcoder",
+    "falcon",
+    "mpt",
+    "refact",
+    "command-r",
+    "deepseek-coder",
+    "deepseek-llm",
+];
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn shared_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
+
+fn llama_cpp_src() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LLAMA_CPP_SRC") {
+        return PathBuf::from(dir);
+    }
+    let script = workspace_root().join("../shared/peers/llama-cpp-src.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; set LLAMA_CPP_SRC", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({}): {}; set LLAMA_CPP_SRC to a llama.cpp source tree",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(
+        dir.join("models").is_dir(),
+        "{} has no models/ folder",
+        dir.display()
+    );
+    dir
+}
+
+/// The (input, expected ids) pairs of one vocabulary, read as test-tokenizer-0.cpp reads them.
+fn read_cases(models: &Path, name: &str) -> Vec<(String, Vec<u32>)> {
+    let inp = std::fs::read(models.join(format!("ggml-vocab-{name}.gguf.inp"))).unwrap();
+    let inp = String::from_utf8(inp).unwrap();
+    let out = std::fs::read_to_string(models.join(format!("ggml-vocab-{name}.gguf.out"))).unwrap();
+    let sep = "\n__ggml_vocab_test__\n";
+    let mut inputs = Vec::new();
+    let mut pos = 0;
+    while pos < inp.len() {
+        match inp[pos..].find(sep) {
+            Some(next) => {
+                inputs.push(inp[pos..pos + next].to_string());
+                pos += next + sep.len();
+            }
+            None => {
+                inputs.push(inp[pos..].to_string());
+                break;
+            }
+        }
+    }
+    let outputs: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        inputs.len(),
+        outputs.len(),
+        "{name}: .inp and .out disagree on the number of cases"
+    );
+    inputs.into_iter().zip(outputs).collect()
+}
+
+/// Opens a vocabulary-only GGUF. These files end right after the metadata, without the padding
+/// to the alignment that an (empty) tensor data section would start at; `Gguf::open` reports
+/// that as truncation, so the bytes are padded here.
+fn open_vocab(path: &Path) -> Gguf {
+    let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.resize(bytes.len() + 4096, 0);
+    Gguf::from_bytes(bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn llama_cpp_tokenizer_suite() {
+    let models = llama_cpp_src().join("models");
+    let mut report = Vec::new();
+    let mut total = 0;
+    for name in VOCABS {
+        let path = models.join(format!("ggml-vocab-{name}.gguf"));
+        let gguf = open_vocab(&path);
+        let tok = Tokenizer::from_gguf(&gguf).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let cases = read_cases(&models, name);
+        let mut failed = 0;
+        for (text, want) in &cases {
+            let got = tok.encode(text, false, false).unwrap();
+            if &got != want {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("{name}: {text:?}\n  want {want:?}\n  got  {got:?}");
+                }
+            }
+        }
+        total += cases.len();
+        eprintln!(
+            "{name}: {}/{} cases match",
+            cases.len() - failed,
+            cases.len()
+        );
+        if failed > 0 {
+            report.push(format!("{name}: {failed} of {} cases differ", cases.len()));
+        }
+    }
+    assert!(
+        report.is_empty(),
+        "tokenizer suite mismatches:\n{}",
+        report.join("\n")
+    );
+    assert!(total > 500, "only {total} cases found");
+}
+
+fn default_model() -> PathBuf {
+    let path = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.exists() {
+        return path;
+    }
+    let out = Command::new("bash")
+        .arg(workspace_root().join("scripts/fetch-model.sh"))
+        .output()
+        .expect("cannot run scripts/fetch-model.sh");
+    assert!(
+        out.status.success(),
+        "fetch-model.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+#[test]
+fn default_model_matches_llama_server() {
+    let gguf = Gguf::open(default_model()).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf).unwrap();
+    assert_eq!(tok.vocab_size(), 49152);
+    assert!(!tok.add_bos());
+    assert_eq!(tok.bos_id(), Some(1));
+    assert_eq!(tok.eos_id(), Some(2));
+    assert_eq!(tok.id_to_token(2), Some("<|im_end|>"));
+    assert!(tok.is_eog(2));
+    assert!(tok.is_eog(tok.token_to_id("<|endoftext|>").unwrap()));
+    assert!(!tok.is_eog(tok.token_to_id("<|im_start|>").unwrap()));
+    assert_eq!(
+        tok.encode("The capital of France is", true, true).unwrap(),
+        [504, 3575, 282, 4649, 314]
+    );
+
+    let rows =
+        std::fs::read_to_string(shared_dir().join("reference/smollm2-greedy.jsonl")).unwrap();
+    let mut n = 0;
+    for line in rows.lines().filter(|l| !l.trim().is_empty()) {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let prompt = row["prompt"].as_str().unwrap();
+        let ids = |k: &str| -> Vec<u32> {
+            row[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        assert_eq!(
+            tok.encode(prompt, true, true).unwrap(),
+            ids("prompt_tokens"),
+            "prompt {prompt:?}"
+        );
+        let greedy = ids("greedy_tokens");
+        assert_eq!(
+            tok.decode(&greedy, false),
+            row["greedy_text"].as_str().unwrap(),
+            "prompt {prompt:?}"
+        );
+        // Byte pieces concatenate to the same text (what incremental detokenization relies on).
+        let bytes: Vec<u8> = greedy.iter().flat_map(|&id| tok.token_bytes(id)).collect();
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            row["greedy_text"].as_str().unwrap()
+        );
+        n += 1;
+    }
+    assert!(n >= 10, "only {n} reference rows");
+}
