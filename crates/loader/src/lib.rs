@@ -4,12 +4,14 @@
 //! Invariant: this crate knows no model architecture; it hands out bytes, f32 values, token ids and
 //! strings, and every malformed input becomes an [`Error`], never a panic.
 
+pub mod chat_template;
 pub mod error;
 pub mod ggml_type;
 pub mod gguf;
 pub mod quant;
 pub mod tokenizer;
 
+pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
 pub use ggml_type::GgmlType;
 pub use gguf::{Gguf, GgufWriter, TensorInfo, Value, ValueType};
