@@ -208,4 +208,17 @@ fn default_model_matches_llama_server() {
         n += 1;
     }
     assert!(n >= 10, "only {n} reference rows");
+
+    // A long text round-trips exactly (SmolLM2 does no space clean-up) and encodes quickly.
+    let text = std::fs::read_to_string(shared_dir().join("reference/texts/GPL-2.txt")).unwrap();
+    let start = std::time::Instant::now();
+    let ids = tok.encode(&text, false, false).unwrap();
+    let took = start.elapsed();
+    eprintln!(
+        "GPL-2.txt: {} bytes -> {} tokens in {took:?}",
+        text.len(),
+        ids.len()
+    );
+    assert_eq!(tok.decode(&ids, false), text);
+    assert!(took.as_secs_f64() < 5.0, "encoding took {took:?}");
 }
