@@ -56,14 +56,26 @@ pub fn default_model_path() -> Result<PathBuf> {
             candidates.push(root.join("models").join(DEFAULT_MODEL));
         }
     }
-    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models").join(DEFAULT_MODEL));
-    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
-        format!(
-            "no --model given and the default model {DEFAULT_MODEL} is missing; \
+    candidates.push(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models")
+            .join(DEFAULT_MODEL),
+    );
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no --model given and the default model {DEFAULT_MODEL} is missing; \
              fetch it with `scripts/fetch-model.sh` (looked in: {})",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        )
-    })
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -92,14 +104,26 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn params(&self) -> Result<SamplingParams> {
-        anyhow::ensure!(self.temperature >= 0.0, "--temperature must be >= 0. Given: {}", self.temperature);
+        anyhow::ensure!(
+            self.temperature >= 0.0,
+            "--temperature must be >= 0. Given: {}",
+            self.temperature
+        );
         anyhow::ensure!(
             self.top_p > 0.0 && self.top_p <= 1.0,
             "--top-p must be in (0, 1]. Given: {}",
             self.top_p
         );
-        anyhow::ensure!((0.0..=1.0).contains(&self.min_p), "--min-p must be in [0, 1]. Given: {}", self.min_p);
-        anyhow::ensure!(self.repeat_penalty > 0.0, "--repeat-penalty must be > 0. Given: {}", self.repeat_penalty);
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.min_p),
+            "--min-p must be in [0, 1]. Given: {}",
+            self.min_p
+        );
+        anyhow::ensure!(
+            self.repeat_penalty > 0.0,
+            "--repeat-penalty must be > 0. Given: {}",
+            self.repeat_penalty
+        );
         Ok(SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,

@@ -34,11 +34,17 @@ pub fn run(a: Args) -> Result<()> {
     let mut messages: Vec<ChatMessage> = a
         .system
         .iter()
-        .map(|s| ChatMessage { role: "system".into(), content: s.clone() })
+        .map(|s| ChatMessage {
+            role: "system".into(),
+            content: s.clone(),
+        })
         .collect();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
-    eprintln!("Chatting with {}. /reset starts over, /exit or Ctrl-D ends.", m.name);
+    eprintln!(
+        "Chatting with {}. /reset starts over, /exit or Ctrl-D ends.",
+        m.name
+    );
     loop {
         print!("> ");
         stdout.flush()?;
@@ -58,8 +64,13 @@ pub fn run(a: Args) -> Result<()> {
             }
             _ => {}
         }
-        messages.push(ChatMessage { role: "user".into(), content: line.into() });
-        let prompt = m.tokenizer.encode(&template.render(&messages, true)?, true, true)?;
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: line.into(),
+        });
+        let prompt = m
+            .tokenizer
+            .encode(&template.render(&messages, true)?, true, true)?;
         // Reuse the K/V of the part of the conversation the session already holds.
         let common = session
             .tokens()
@@ -76,11 +87,22 @@ pub fn run(a: Args) -> Result<()> {
             continue;
         }
         let logits = session.feed(&prompt[common..], prompt.len() - common - 1)?;
-        let g = stream(&m, &mut session, &mut sampler, logits, a.max_tokens.min(room), false, |s| {
-            print!("{s}");
-            let _ = std::io::stdout().flush();
-        })?;
+        let g = stream(
+            &m,
+            &mut session,
+            &mut sampler,
+            logits,
+            a.max_tokens.min(room),
+            false,
+            |s| {
+                print!("{s}");
+                let _ = std::io::stdout().flush();
+            },
+        )?;
         println!();
-        messages.push(ChatMessage { role: "assistant".into(), content: g.text.trim().to_string() });
+        messages.push(ChatMessage {
+            role: "assistant".into(),
+            content: g.text.trim().to_string(),
+        });
     }
 }

@@ -30,17 +30,37 @@ pub struct PerplexityArgs {
 /// token when the model adds one); each chunk is evaluated alone and its second half scored.
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let m = a.model.load()?;
-    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
     let tokens = m.tokenizer.encode(&text, true, false)?;
     anyhow::ensure!(a.ctx >= 4, "--ctx must be at least 4. Given: {}", a.ctx);
-    anyhow::ensure!(a.ctx <= m.model.cfg.context_len, "--ctx must be <= the model's context of {}. Given: {}", m.model.cfg.context_len, a.ctx);
+    anyhow::ensure!(
+        a.ctx <= m.model.cfg.context_len,
+        "--ctx must be <= the model's context of {}. Given: {}",
+        m.model.cfg.context_len,
+        a.ctx
+    );
     let mut n_chunks = tokens.len() / a.ctx;
     if let Some(c) = a.chunks {
         n_chunks = n_chunks.min(c);
     }
-    anyhow::ensure!(n_chunks > 0, "{} has {} tokens, fewer than one chunk of {}", a.file.display(), tokens.len(), a.ctx);
-    eprintln!("perplexity: {} tokens, {n_chunks} chunks of {}", tokens.len(), a.ctx);
-    let bos = m.tokenizer.add_bos().then(|| m.tokenizer.bos_id()).flatten();
+    anyhow::ensure!(
+        n_chunks > 0,
+        "{} has {} tokens, fewer than one chunk of {}",
+        a.file.display(),
+        tokens.len(),
+        a.ctx
+    );
+    eprintln!(
+        "perplexity: {} tokens, {n_chunks} chunks of {}",
+        tokens.len(),
+        a.ctx
+    );
+    let bos = m
+        .tokenizer
+        .add_bos()
+        .then(|| m.tokenizer.bos_id())
+        .flatten();
     let first = a.ctx / 2;
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
     let mut session = Session::new(&m.model, a.ctx)?;
@@ -68,7 +88,11 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let mean = nll / count as f64;
     let ppl = mean.exp();
     let var = nll2 / count as f64 - mean * mean;
-    let err = if var > 0.0 && count > 1 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
+    let err = if var > 0.0 && count > 1 {
+        (var / (count - 1) as f64).sqrt() * ppl
+    } else {
+        0.0
+    };
     eprintln!(
         "scored {count} tokens in {:.1} s ({:.1} tokens/s)",
         t0.elapsed().as_secs_f64(),
@@ -116,10 +140,23 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let row: ScoreRow = serde_json::from_str(&line).with_context(|| format!("{}:{}", a.input.display(), i + 1))?;
-        anyhow::ensure!(!row.prompt_tokens.is_empty(), "row {}: prompt_tokens is empty", i + 1);
-        if let Some(&t) = row.prompt_tokens.iter().chain(&row.tokens).find(|&&t| t as usize >= vocab) {
-            anyhow::bail!("row {}: token {t} is outside the vocabulary of {vocab}", i + 1);
+        let row: ScoreRow = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}", a.input.display(), i + 1))?;
+        anyhow::ensure!(
+            !row.prompt_tokens.is_empty(),
+            "row {}: prompt_tokens is empty",
+            i + 1
+        );
+        if let Some(&t) = row
+            .prompt_tokens
+            .iter()
+            .chain(&row.tokens)
+            .find(|&&t| t as usize >= vocab)
+        {
+            anyhow::bail!(
+                "row {}: token {t} is outside the vocabulary of {vocab}",
+                i + 1
+            );
         }
         let mut all = row.prompt_tokens.clone();
         all.extend_from_slice(&row.tokens);

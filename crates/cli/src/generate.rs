@@ -99,15 +99,27 @@ pub fn run(a: Args) -> Result<()> {
     let prefill_secs = t0.elapsed().as_secs_f64();
     let max_new = a.max_tokens.min(capacity - prompt.len());
     let stdout = std::io::stdout();
-    let g = stream(&m, &mut session, &mut sampler, logits, max_new, a.ignore_eos, |s| {
-        let mut o = stdout.lock();
-        let _ = o.write_all(s.as_bytes());
-        let _ = o.flush();
-    })?;
+    let g = stream(
+        &m,
+        &mut session,
+        &mut sampler,
+        logits,
+        max_new,
+        a.ignore_eos,
+        |s| {
+            let mut o = stdout.lock();
+            let _ = o.write_all(s.as_bytes());
+            let _ = o.flush();
+        },
+    )?;
     println!();
     // The first token comes from the prompt's pass; the rest from decode steps.
     let decode_tokens = g.tokens.len().saturating_sub(1) + usize::from(g.stopped_by_eog);
-    let tokens_per_s = if g.decode_secs > 0.0 { decode_tokens as f64 / g.decode_secs } else { 0.0 };
+    let tokens_per_s = if g.decode_secs > 0.0 {
+        decode_tokens as f64 / g.decode_secs
+    } else {
+        0.0
+    };
     tracing::info!(
         prompt_tokens = prompt.len(),
         prompt_tokens_per_s = format!("{:.1}", prompt.len() as f64 / prefill_secs),

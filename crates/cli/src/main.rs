@@ -9,7 +9,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tokenfab", version, about = "An LLM inference server and toolkit for GGUF models")]
+#[command(
+    name = "tokenfab",
+    version,
+    about = "An LLM inference server and toolkit for GGUF models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,8 +47,7 @@ struct Pending {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

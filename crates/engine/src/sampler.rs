@@ -59,7 +59,12 @@ impl Sampler {
     }
 
     /// Picks the next token. `logits` is modified (penalties, scaling).
-    pub fn sample(&mut self, logits: &mut [f32], prompt: &[TokenId], output: &[TokenId]) -> TokenId {
+    pub fn sample(
+        &mut self,
+        logits: &mut [f32],
+        prompt: &[TokenId],
+        output: &[TokenId],
+    ) -> TokenId {
         self.apply_penalties(logits, prompt, output);
         if self.params.is_greedy() {
             return argmax(logits);
@@ -142,13 +147,16 @@ mod tests {
 
     #[test]
     fn top_k_one_and_tiny_top_p_are_greedy() {
-        for p in [params(|p| {
-            p.temperature = 1.0;
-            p.top_k = 1;
-        }), params(|p| {
-            p.temperature = 1.0;
-            p.top_p = 1e-6;
-        })] {
+        for p in [
+            params(|p| {
+                p.temperature = 1.0;
+                p.top_k = 1;
+            }),
+            params(|p| {
+                p.temperature = 1.0;
+                p.top_p = 1e-6;
+            }),
+        ] {
             let mut s = Sampler::new(p);
             for _ in 0..20 {
                 assert_eq!(s.sample(&mut [0.0, 2.0, 1.9, -1.0], &[], &[]), 1);
@@ -196,7 +204,9 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let run = || {
             let mut s = Sampler::new(p.clone());
-            (0..30).map(|_| s.sample(&mut logits.clone(), &[], &[])).collect::<Vec<_>>()
+            (0..30)
+                .map(|_| s.sample(&mut logits.clone(), &[], &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(), run());
     }

@@ -67,7 +67,9 @@ impl<'m> Session<'m> {
             let base = c * self.max_chunk;
             let start = self.tokens.len() as u32;
             let positions: Vec<u32> = (start..start + chunk.len() as u32).collect();
-            let rows: Vec<usize> = (0..chunk.len()).filter(|&i| base + i >= logits_from).collect();
+            let rows: Vec<usize> = (0..chunk.len())
+                .filter(|&i| base + i >= logits_from)
+                .collect();
             let seqs = [SeqSlice {
                 rows: 0..chunk.len(),
                 block_table: &self.block_table,

@@ -31,7 +31,11 @@ pub struct ForwardBatch<'a> {
 
 impl ForwardBatch<'_> {
     /// Checks shapes against a KV pool; returns, per row, its sequence index and its KV slot.
-    pub(crate) fn plan(&self, block_size: usize, num_blocks: usize) -> Result<(Vec<usize>, Vec<usize>)> {
+    pub(crate) fn plan(
+        &self,
+        block_size: usize,
+        num_blocks: usize,
+    ) -> Result<(Vec<usize>, Vec<usize>)> {
         let n = self.tokens.len();
         if self.positions.len() != n {
             return Err(Error::Batch(format!(
@@ -53,23 +57,31 @@ impl ForwardBatch<'_> {
             for t in seq.rows.clone() {
                 let p = self.positions[t] as usize;
                 if t > seq.rows.start && p != self.positions[t - 1] as usize + 1 {
-                    return Err(Error::Batch(format!("row {t}: positions must be consecutive")));
+                    return Err(Error::Batch(format!(
+                        "row {t}: positions must be consecutive"
+                    )));
                 }
                 let block = *seq.block_table.get(p / block_size).ok_or_else(|| {
                     Error::Batch(format!("sequence {s}: no KV block for position {p}"))
                 })? as usize;
                 if block >= num_blocks {
-                    return Err(Error::Batch(format!("block {block} is outside the pool of {num_blocks}")));
+                    return Err(Error::Batch(format!(
+                        "block {block} is outside the pool of {num_blocks}"
+                    )));
                 }
                 seq_of[t] = s;
                 slots[t] = block * block_size + p % block_size;
             }
         }
         if next != n {
-            return Err(Error::Batch(format!("rows {next}..{n} belong to no sequence")));
+            return Err(Error::Batch(format!(
+                "rows {next}..{n} belong to no sequence"
+            )));
         }
         if let Some(&r) = self.logits_rows.iter().find(|&&r| r >= n) {
-            return Err(Error::Batch(format!("logits row {r} is outside the batch of {n}")));
+            return Err(Error::Batch(format!(
+                "logits row {r} is outside the batch of {n}"
+            )));
         }
         Ok((seq_of, slots))
     }

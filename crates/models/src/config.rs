@@ -19,7 +19,9 @@ pub enum RopeKind {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (`rope.scaling.type = linear`).
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
 }
 
 /// A Llama-family model's shape.
@@ -57,7 +59,7 @@ impl LlamaConfig {
         let n_kv_heads = g
             .opt(&k("attention.head_count_kv"), Gguf::get_usize)?
             .unwrap_or(n_heads);
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
             return Err(Error::Config(format!(
                 "{n_heads} heads cannot share {n_kv_heads} KV heads"
             )));
@@ -75,7 +77,9 @@ impl LlamaConfig {
                 factor: g.get_f64(&k("rope.scaling.factor"))? as f32,
             },
             Some(other) => {
-                return Err(Error::Config(format!("rope scaling `{other}` is not supported")))
+                return Err(Error::Config(format!(
+                    "rope scaling `{other}` is not supported"
+                )))
             }
         };
         let cfg = Self {
@@ -83,7 +87,9 @@ impl LlamaConfig {
             ffn_dim: g.get_usize(&k("feed_forward_length"))?,
             context_len: g.get_usize(&k("context_length"))?,
             rms_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon"))? as f32,
-            rope_base: g.opt(&k("rope.freq_base"), Gguf::get_f64)?.unwrap_or(10000.0) as f32,
+            rope_base: g
+                .opt(&k("rope.freq_base"), Gguf::get_f64)?
+                .unwrap_or(10000.0) as f32,
             rope_dim: g
                 .opt(&k("rope.dimension_count"), Gguf::get_usize)?
                 .unwrap_or(head_dim),
@@ -96,7 +102,7 @@ impl LlamaConfig {
             rope_kind,
             rope_scaling,
         };
-        if cfg.rope_dim > cfg.head_dim || cfg.rope_dim % 2 != 0 {
+        if cfg.rope_dim > cfg.head_dim || !cfg.rope_dim.is_multiple_of(2) {
             return Err(Error::Config(format!(
                 "rope dimension {} does not fit head dimension {}",
                 cfg.rope_dim, cfg.head_dim

@@ -4,7 +4,9 @@
 pub enum Error {
     #[error(transparent)]
     Loader(#[from] tokenfab_loader::Error),
-    #[error("architecture `{0}` is not supported (llama, mistral, qwen2 and their GGUF variants are)")]
+    #[error(
+        "architecture `{0}` is not supported (llama, mistral, qwen2 and their GGUF variants are)"
+    )]
     UnsupportedArch(String),
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
     Shape {

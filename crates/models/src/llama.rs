@@ -65,7 +65,10 @@ fn tensor(g: &Gguf, name: &str, dims: &[u64]) -> Result<Vec<f32>> {
     let mut out = vec![0f32; t.n_elements() as usize];
     quant::dequantize(t.ty, g.tensor_bytes(t), &mut out).map_err(|e| match e {
         tokenfab_loader::Error::UnsupportedType { ty, .. } => {
-            tokenfab_loader::Error::UnsupportedType { name: name.into(), ty }
+            tokenfab_loader::Error::UnsupportedType {
+                name: name.into(),
+                ty,
+            }
         }
         e => e,
     })?;
@@ -186,7 +189,10 @@ impl Llama {
 
         for (t, &tok) in batch.tokens.iter().enumerate() {
             if tok as usize >= c.vocab_size {
-                return Err(Error::Batch(format!("token {tok} is outside the vocabulary of {}", c.vocab_size)));
+                return Err(Error::Batch(format!(
+                    "token {tok} is outside the vocabulary of {}",
+                    c.vocab_size
+                )));
             }
             x[t * dim..(t + 1) * dim].copy_from_slice(self.tok_embd.row(tok as usize));
         }
@@ -196,7 +202,8 @@ impl Llama {
         let mut sin = vec![0f32; n * half];
         for t in 0..n {
             let r = t * half..(t + 1) * half;
-            self.rope.angles(batch.positions[t], &mut cos[r.clone()], &mut sin[r]);
+            self.rope
+                .angles(batch.positions[t], &mut cos[r.clone()], &mut sin[r]);
         }
 
         // The hot loop: every layer over all rows of all sequences at once.
@@ -207,13 +214,24 @@ impl Llama {
                 if let Some(b) = &layer.bqkv {
                     row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
                 }
-                let (cs, sn) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+                let (cs, sn) = (
+                    &cos[t * half..(t + 1) * half],
+                    &sin[t * half..(t + 1) * half],
+                );
                 self.rope.apply(&mut row[..q_dim + kv_dim], hd, cs, sn);
                 let s = slots[t] * kv_dim;
                 kv.k[l][s..s + kv_dim].copy_from_slice(&row[q_dim..q_dim + kv_dim]);
                 kv.v[l][s..s + kv_dim].copy_from_slice(&row[q_dim + kv_dim..]);
             }
-            self.attention(batch, &seq_of, &qkv, &kv.k[l], &kv.v[l], kv.block_size, &mut att);
+            self.attention(
+                batch,
+                &seq_of,
+                &qkv,
+                &kv.k[l],
+                &kv.v[l],
+                kv.block_size,
+                &mut att,
+            );
             cpu::matmul(&att, n, &layer.wo, &mut tmp);
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
 
@@ -232,10 +250,20 @@ impl Llama {
         let mut last = vec![0f32; r * dim];
         for (i, &row) in batch.logits_rows.iter().enumerate() {
             let src = &x[row * dim..(row + 1) * dim];
-            cpu::rms_norm(src, &self.output_norm, c.rms_eps, &mut last[i * dim..(i + 1) * dim]);
+            cpu::rms_norm(
+                src,
+                &self.output_norm,
+                c.rms_eps,
+                &mut last[i * dim..(i + 1) * dim],
+            );
         }
         let mut logits = vec![0f32; r * c.vocab_size];
-        cpu::matmul(&last, r, self.output.as_ref().unwrap_or(&self.tok_embd), &mut logits);
+        cpu::matmul(
+            &last,
+            r,
+            self.output.as_ref().unwrap_or(&self.tok_embd),
+            &mut logits,
+        );
         Ok(logits)
     }
 
@@ -257,20 +285,27 @@ impl Llama {
         let qkv_w = q_dim + 2 * kv_dim;
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        att.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, out)| {
-            let (t, head) = (i / c.n_heads, i % c.n_heads);
-            let kh = head / group;
-            let q = &qkv[t * qkv_w + head * hd..t * qkv_w + (head + 1) * hd];
-            let table = batch.seqs[seq_of[t]].block_table;
-            let ctx = batch.positions[t] as usize + 1;
-            let slot = |p: usize| (table[p / block_size] as usize * block_size + p % block_size) * kv_dim + kh * hd;
-            scores.clear();
-            scores.extend((0..ctx).map(|p| cpu::dot(q, &k_cache[slot(p)..slot(p) + hd]) * scale));
-            cpu::softmax(scores);
-            out.fill(0.0);
-            for (p, &w) in scores.iter().enumerate() {
-                cpu::axpy(w, &v_cache[slot(p)..slot(p) + hd], out);
-            }
-        });
+        att.par_chunks_mut(hd).enumerate().for_each_init(
+            Vec::new,
+            |scores: &mut Vec<f32>, (i, out)| {
+                let (t, head) = (i / c.n_heads, i % c.n_heads);
+                let kh = head / group;
+                let q = &qkv[t * qkv_w + head * hd..t * qkv_w + (head + 1) * hd];
+                let table = batch.seqs[seq_of[t]].block_table;
+                let ctx = batch.positions[t] as usize + 1;
+                let slot = |p: usize| {
+                    (table[p / block_size] as usize * block_size + p % block_size) * kv_dim
+                        + kh * hd
+                };
+                scores.clear();
+                scores
+                    .extend((0..ctx).map(|p| cpu::dot(q, &k_cache[slot(p)..slot(p) + hd]) * scale));
+                cpu::softmax(scores);
+                out.fill(0.0);
+                for (p, &w) in scores.iter().enumerate() {
+                    cpu::axpy(w, &v_cache[slot(p)..slot(p) + hd], out);
+                }
+            },
+        );
     }
 }

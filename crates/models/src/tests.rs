@@ -16,7 +16,9 @@ const BS: usize = 4;
 fn rand_vec(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|_| {
-            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * scale
         })
         .collect()
@@ -39,24 +41,74 @@ pub(crate) fn tiny_model(arch: &str) -> Llama {
     let hd = DIM / HEADS;
     let kv = KV_HEADS * hd;
     let d = DIM as u64;
-    w.tensor_f32("token_embd.weight", &[d, VOCAB as u64], &rand_vec(&mut seed, DIM * VOCAB, 2.0));
-    w.tensor_f32("output_norm.weight", &[d], &rand_vec(&mut seed, DIM, 1.0).iter().map(|v| v + 1.0).collect::<Vec<_>>());
+    w.tensor_f32(
+        "token_embd.weight",
+        &[d, VOCAB as u64],
+        &rand_vec(&mut seed, DIM * VOCAB, 2.0),
+    );
+    w.tensor_f32(
+        "output_norm.weight",
+        &[d],
+        &rand_vec(&mut seed, DIM, 1.0)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect::<Vec<_>>(),
+    );
     for l in 0..LAYERS {
         let n = |s: &str| format!("blk.{l}.{s}");
-        let norm: Vec<f32> = rand_vec(&mut seed, DIM, 0.5).iter().map(|v| v + 1.0).collect();
+        let norm: Vec<f32> = rand_vec(&mut seed, DIM, 0.5)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
         w.tensor_f32(&n("attn_norm.weight"), &[d], &norm);
         w.tensor_f32(&n("ffn_norm.weight"), &[d], &norm);
-        w.tensor_f32(&n("attn_q.weight"), &[d, d], &rand_vec(&mut seed, DIM * DIM, 0.5));
-        w.tensor_f32(&n("attn_k.weight"), &[d, kv as u64], &rand_vec(&mut seed, DIM * kv, 0.5));
-        w.tensor_f32(&n("attn_v.weight"), &[d, kv as u64], &rand_vec(&mut seed, DIM * kv, 0.5));
-        w.tensor_f32(&n("attn_output.weight"), &[d, d], &rand_vec(&mut seed, DIM * DIM, 0.3));
-        w.tensor_f32(&n("ffn_gate.weight"), &[d, FFN as u64], &rand_vec(&mut seed, DIM * FFN, 0.5));
-        w.tensor_f32(&n("ffn_up.weight"), &[d, FFN as u64], &rand_vec(&mut seed, DIM * FFN, 0.5));
-        w.tensor_f32(&n("ffn_down.weight"), &[FFN as u64, d], &rand_vec(&mut seed, DIM * FFN, 0.3));
+        w.tensor_f32(
+            &n("attn_q.weight"),
+            &[d, d],
+            &rand_vec(&mut seed, DIM * DIM, 0.5),
+        );
+        w.tensor_f32(
+            &n("attn_k.weight"),
+            &[d, kv as u64],
+            &rand_vec(&mut seed, DIM * kv, 0.5),
+        );
+        w.tensor_f32(
+            &n("attn_v.weight"),
+            &[d, kv as u64],
+            &rand_vec(&mut seed, DIM * kv, 0.5),
+        );
+        w.tensor_f32(
+            &n("attn_output.weight"),
+            &[d, d],
+            &rand_vec(&mut seed, DIM * DIM, 0.3),
+        );
+        w.tensor_f32(
+            &n("ffn_gate.weight"),
+            &[d, FFN as u64],
+            &rand_vec(&mut seed, DIM * FFN, 0.5),
+        );
+        w.tensor_f32(
+            &n("ffn_up.weight"),
+            &[d, FFN as u64],
+            &rand_vec(&mut seed, DIM * FFN, 0.5),
+        );
+        w.tensor_f32(
+            &n("ffn_down.weight"),
+            &[FFN as u64, d],
+            &rand_vec(&mut seed, DIM * FFN, 0.3),
+        );
         if arch == "qwen2" {
             w.tensor_f32(&n("attn_q.bias"), &[d], &rand_vec(&mut seed, DIM, 0.5));
-            w.tensor_f32(&n("attn_k.bias"), &[kv as u64], &rand_vec(&mut seed, kv, 0.5));
-            w.tensor_f32(&n("attn_v.bias"), &[kv as u64], &rand_vec(&mut seed, kv, 0.5));
+            w.tensor_f32(
+                &n("attn_k.bias"),
+                &[kv as u64],
+                &rand_vec(&mut seed, kv, 0.5),
+            );
+            w.tensor_f32(
+                &n("attn_v.bias"),
+                &[kv as u64],
+                &rand_vec(&mut seed, kv, 0.5),
+            );
         }
     }
     Llama::from_gguf(&Gguf::from_bytes(w.to_bytes()).unwrap()).unwrap()
@@ -69,8 +121,16 @@ fn run_alone(m: &Llama, tokens: &[u32], chunk: usize, table: &[u32], kv: &mut Kv
         let start = (c * chunk) as u32;
         let positions: Vec<u32> = (start..start + part.len() as u32).collect();
         let rows: Vec<usize> = (0..part.len()).collect();
-        let seqs = [SeqSlice { rows: 0..part.len(), block_table: table }];
-        let b = ForwardBatch { tokens: part, positions: &positions, seqs: &seqs, logits_rows: &rows };
+        let seqs = [SeqSlice {
+            rows: 0..part.len(),
+            block_table: table,
+        }];
+        let b = ForwardBatch {
+            tokens: part,
+            positions: &positions,
+            seqs: &seqs,
+            logits_rows: &rows,
+        };
         out.extend(m.forward(&b, kv).unwrap());
     }
     out
@@ -79,7 +139,10 @@ fn run_alone(m: &Llama, tokens: &[u32], chunk: usize, table: &[u32], kv: &mut Kv
 fn assert_close(a: &[f32], b: &[f32], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}: [{i}] {x} vs {y}");
+        assert!(
+            (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+            "{what}: [{i}] {x} vs {y}"
+        );
     }
 }
 
@@ -93,7 +156,11 @@ fn chunked_prefill_and_decode_equal_one_pass() {
         let whole = run_alone(&m, &tokens, 64, &table, &mut kv);
         for chunk in [1, 3, 5] {
             let mut kv = m.new_kv_cache(BS, 8);
-            assert_close(&run_alone(&m, &tokens, chunk, &table, &mut kv), &whole, &format!("{arch} chunk {chunk}"));
+            assert_close(
+                &run_alone(&m, &tokens, chunk, &table, &mut kv),
+                &whole,
+                &format!("{arch} chunk {chunk}"),
+            );
         }
     }
 }
@@ -120,16 +187,29 @@ fn batching_sequences_together_changes_nothing() {
 
     // Both sequences' prompts minus the last token in one batch, then both last tokens in another.
     let mut kv = m.new_kv_cache(BS, 16);
-    let (t1, t2) = ([5u32, 6], [7u32, 8]);
+    let (t1, t2) = ([5u32, 6, 9], [7u32, 8]);
     let step = |kv: &mut KvCache, a: &[u32], pa: u32, b: &[u32], pb: u32| {
         let tokens: Vec<u32> = a.iter().chain(b).copied().collect();
-        let positions: Vec<u32> = (pa..pa + a.len() as u32).chain(pb..pb + b.len() as u32).collect();
+        let positions: Vec<u32> = (pa..pa + a.len() as u32)
+            .chain(pb..pb + b.len() as u32)
+            .collect();
         let seqs = [
-            SeqSlice { rows: 0..a.len(), block_table: &t1 },
-            SeqSlice { rows: a.len()..a.len() + b.len(), block_table: &t2 },
+            SeqSlice {
+                rows: 0..a.len(),
+                block_table: &t1,
+            },
+            SeqSlice {
+                rows: a.len()..a.len() + b.len(),
+                block_table: &t2,
+            },
         ];
         let rows = [a.len() - 1, a.len() + b.len() - 1];
-        let batch = ForwardBatch { tokens: &tokens, positions: &positions, seqs: &seqs, logits_rows: &rows };
+        let batch = ForwardBatch {
+            tokens: &tokens,
+            positions: &positions,
+            seqs: &seqs,
+            logits_rows: &rows,
+        };
         m.forward(&batch, kv).unwrap()
     };
     let _ = step(&mut kv, &s1[..8], 0, &s2[..5], 0);
@@ -142,12 +222,30 @@ fn batching_sequences_together_changes_nothing() {
 fn bad_batches_are_errors() {
     let m = tiny_model("llama");
     let mut kv = m.new_kv_cache(BS, 2);
-    let seqs = [SeqSlice { rows: 0..1, block_table: &[0] }];
+    let seqs = [SeqSlice {
+        rows: 0..1,
+        block_table: &[0],
+    }];
     // Position 9 needs a third block the table does not have.
-    let b = ForwardBatch { tokens: &[1], positions: &[9], seqs: &seqs, logits_rows: &[0] };
+    let b = ForwardBatch {
+        tokens: &[1],
+        positions: &[9],
+        seqs: &seqs,
+        logits_rows: &[0],
+    };
     assert!(m.forward(&b, &mut kv).is_err());
-    let b = ForwardBatch { tokens: &[VOCAB as u32], positions: &[0], seqs: &seqs, logits_rows: &[0] };
+    let b = ForwardBatch {
+        tokens: &[VOCAB as u32],
+        positions: &[0],
+        seqs: &seqs,
+        logits_rows: &[0],
+    };
     assert!(m.forward(&b, &mut kv).is_err());
-    let b = ForwardBatch { tokens: &[1], positions: &[0], seqs: &seqs, logits_rows: &[1] };
+    let b = ForwardBatch {
+        tokens: &[1],
+        positions: &[0],
+        seqs: &seqs,
+        logits_rows: &[1],
+    };
     assert!(m.forward(&b, &mut kv).is_err());
 }

@@ -1,7 +1,9 @@
 use super::*;
 
 fn lcg(seed: &mut u64) -> f32 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
 }
 
@@ -22,7 +24,13 @@ fn naive(x: &[f32], n: usize, w: &Matrix) -> Vec<f32> {
 #[test]
 fn matmul_matches_naive_on_every_path_and_odd_shapes() {
     let mut seed = 7;
-    for &(n, k, m) in &[(1, 8, 1), (1, 576, 200), (5, 37, 11), (9, 64, 97), (17, 100, 49)] {
+    for &(n, k, m) in &[
+        (1, 8, 1),
+        (1, 576, 200),
+        (5, 37, 11),
+        (9, 64, 97),
+        (17, 100, 49),
+    ] {
         let x: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
         let w = Matrix::new(m, k, (0..m * k).map(|_| lcg(&mut seed)).collect());
         let want = naive(&x, n, &w);
@@ -30,7 +38,10 @@ fn matmul_matches_naive_on_every_path_and_odd_shapes() {
             let mut y = vec![f32::NAN; n * m];
             matmul_isa(isa, &x, n, &w, &mut y);
             for (a, b) in y.iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{isa:?} {n}x{k}x{m}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{isa:?} {n}x{k}x{m}: {a} vs {b}"
+                );
             }
         }
     }

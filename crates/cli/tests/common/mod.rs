@@ -6,7 +6,10 @@ use std::process::Command;
 
 /// The checkout's root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// `../shared` beside the checkout (reference data, peers).
@@ -20,7 +23,11 @@ pub fn model() -> PathBuf {
         .arg(root().join("scripts/fetch-model.sh"))
         .output()
         .expect("running scripts/fetch-model.sh");
-    assert!(out.status.success(), "fetch-model.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "fetch-model.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 

@@ -112,9 +112,15 @@ impl Gguf {
         let version = r.u32("version")?;
         match version {
             2 | 3 => {}
-            1 => return Err(Error::BadHeader("GGUF v1 is not supported (v2 and v3 are)".into())),
+            1 => {
+                return Err(Error::BadHeader(
+                    "GGUF v1 is not supported (v2 and v3 are)".into(),
+                ))
+            }
             v if v.swap_bytes() <= 3 => {
-                return Err(Error::BadHeader("big-endian GGUF files are not supported".into()))
+                return Err(Error::BadHeader(
+                    "big-endian GGUF files are not supported".into(),
+                ))
             }
             v => return Err(Error::BadHeader(format!("unknown GGUF version {v}"))),
         }
@@ -148,7 +154,10 @@ impl Gguf {
             let name = r.string(&format!("tensor #{i} name"))?;
             let n_dims = r.u32(&format!("tensor `{name}` rank"))?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(bad(&name, format!("rank {n_dims} is not in 1..={MAX_DIMS}")));
+                return Err(bad(
+                    &name,
+                    format!("rank {n_dims} is not in 1..={MAX_DIMS}"),
+                ));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -163,14 +172,10 @@ impl Gguf {
             infos.push((name, dims, ty, offset));
         }
 
+        // A file without tensors may end right after its metadata, before the padding; tensors
+        // that would lie past the end are caught by their own bounds check below.
         let data_offset = align_up(r.pos as u64, alignment)
-            .filter(|&o| o <= storage.len() as u64)
-            .ok_or_else(|| Error::Truncated {
-                what: "tensor data section".into(),
-                offset: r.pos,
-                need: 1,
-                len: storage.len(),
-            })? as usize;
+            .map_or(storage.len(), |o| o.min(storage.len() as u64) as usize);
         let data_len = (storage.len() - data_offset) as u64;
 
         let mut tensors = Vec::with_capacity(infos.len());
@@ -186,14 +191,21 @@ impl Gguf {
             if dims[0] % ty.block_len() as u64 != 0 {
                 return Err(bad(
                     &name,
-                    format!("row length {} is not a multiple of {ty}'s block of {}", dims[0], ty.block_len()),
+                    format!(
+                        "row length {} is not a multiple of {ty}'s block of {}",
+                        dims[0],
+                        ty.block_len()
+                    ),
                 ));
             }
             let n_bytes = ty
                 .bytes_for(n)
                 .ok_or_else(|| bad(&name, format!("shape {dims:?} overflows")))?;
             if offset % alignment != 0 {
-                return Err(bad(&name, format!("offset {offset} is not aligned to {alignment}")));
+                return Err(bad(
+                    &name,
+                    format!("offset {offset} is not aligned to {alignment}"),
+                ));
             }
             match offset.checked_add(n_bytes) {
                 Some(end) if end <= data_len => {}
@@ -268,7 +280,8 @@ impl Gguf {
 
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| Self::wrong(key, "unsigned integer", v))
+        v.as_u64()
+            .ok_or_else(|| Self::wrong(key, "unsigned integer", v))
     }
 
     pub fn get_usize(&self, key: &str) -> Result<usize> {
@@ -292,7 +305,11 @@ impl Gguf {
     }
 
     /// An optional key: `Ok(None)` when absent, an error when present with the wrong type.
-    pub fn opt<'a, T>(&'a self, key: &str, get: impl Fn(&'a Self, &str) -> Result<T>) -> Result<Option<T>> {
+    pub fn opt<'a, T>(
+        &'a self,
+        key: &str,
+        get: impl Fn(&'a Self, &str) -> Result<T>,
+    ) -> Result<Option<T>> {
         if self.metadata.contains_key(key) {
             get(self, key).map(Some)
         } else {

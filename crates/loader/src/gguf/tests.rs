@@ -18,7 +18,10 @@ fn sample() -> Vec<u8> {
             "nested",
             Value::Array(
                 ValueType::Array,
-                vec![Value::Array(ValueType::U8, vec![Value::U8(1), Value::U8(2)])],
+                vec![Value::Array(
+                    ValueType::U8,
+                    vec![Value::U8(1), Value::U8(2)],
+                )],
             ),
         )
         .tensor_f32("t.weight", &[4, 2], &[0., 1., 2., 3., 4., 5., 6., 7.])
@@ -35,8 +38,14 @@ fn round_trips_every_value_type_and_tensor() {
     assert_eq!(g.get_f64("some.float").unwrap(), 1.5);
     assert!(g.get_bool("some.bool").unwrap());
     assert_eq!(g.get("some.i64").unwrap().as_i64(), Some(-7));
-    assert_eq!(g.get_array("tokenizer.ggml.tokens").unwrap()[1].as_str(), Some("é"));
-    assert_eq!(g.get_array("nested").unwrap()[0].as_array().unwrap().len(), 2);
+    assert_eq!(
+        g.get_array("tokenizer.ggml.tokens").unwrap()[1].as_str(),
+        Some("é")
+    );
+    assert_eq!(
+        g.get_array("nested").unwrap()[0].as_array().unwrap().len(),
+        2
+    );
     let t = g.tensor("t.weight").unwrap();
     assert_eq!(t.dims, vec![4, 2]);
     assert_eq!(t.n_elements(), 8);
@@ -44,14 +53,20 @@ fn round_trips_every_value_type_and_tensor() {
     assert_eq!(f32::from_le_bytes(bytes[12..16].try_into().unwrap()), 3.0);
     let u = g.tensor("u").unwrap();
     assert_eq!(u.offset % 32, 0);
-    assert_eq!(f32::from_le_bytes(g.tensor_bytes(u)[0..4].try_into().unwrap()), 9.0);
+    assert_eq!(
+        f32::from_le_bytes(g.tensor_bytes(u)[0..4].try_into().unwrap()),
+        9.0
+    );
 }
 
 #[test]
 fn typed_getters_name_the_key() {
     let g = Gguf::from_bytes(sample()).unwrap();
     let e = g.get_str("llama.block_count").unwrap_err().to_string();
-    assert!(e.contains("llama.block_count") && e.contains("string"), "{e}");
+    assert!(
+        e.contains("llama.block_count") && e.contains("string"),
+        "{e}"
+    );
     let e = g.get_u64("missing.key").unwrap_err().to_string();
     assert!(e.contains("missing.key"), "{e}");
     assert_eq!(g.opt("missing.key", Gguf::get_u64).unwrap(), None);
@@ -107,11 +122,17 @@ fn hostile_counts_are_rejected_before_allocation() {
 
 #[test]
 fn header_errors_are_clear() {
-    let e = Gguf::from_bytes(b"GGML\x03\0\0\0".to_vec()).unwrap_err().to_string();
+    let e = Gguf::from_bytes(b"GGML\x03\0\0\0".to_vec())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("magic"), "{e}");
-    let e = Gguf::from_bytes(b"GGUF\x01\0\0\0".to_vec()).unwrap_err().to_string();
+    let e = Gguf::from_bytes(b"GGUF\x01\0\0\0".to_vec())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("v1"), "{e}");
-    let e = Gguf::from_bytes(b"GGUF\0\0\0\x03".to_vec()).unwrap_err().to_string();
+    let e = Gguf::from_bytes(b"GGUF\0\0\0\x03".to_vec())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("big-endian"), "{e}");
 }
 
