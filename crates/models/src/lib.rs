@@ -11,6 +11,7 @@ pub mod error;
 pub mod kv;
 pub mod llama;
 mod rope;
+pub mod testing;
 
 pub use batch::{ForwardBatch, SeqSlice};
 pub use config::{LlamaConfig, RopeKind, RopeScaling};

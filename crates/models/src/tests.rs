@@ -1,117 +1,16 @@
 //! Forward-pass invariants on a tiny random model: chunking, batching and block placement must not
 //! change any sequence's logits.
 
-use tokenfab_loader::{Gguf, GgufWriter, Value};
+use tokenfab_loader::Gguf;
 
+use crate::testing::tiny_llama;
 use crate::{ForwardBatch, KvCache, Llama, SeqSlice};
 
 const VOCAB: usize = 50;
-const DIM: usize = 64;
-const FFN: usize = 96;
-const HEADS: usize = 4;
-const KV_HEADS: usize = 2;
-const LAYERS: usize = 2;
 const BS: usize = 4;
 
-fn rand_vec(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * scale
-        })
-        .collect()
-}
-
-pub(crate) fn tiny_model(arch: &str) -> Llama {
-    let mut seed = 11;
-    let mut w = GgufWriter::new();
-    let k = |s: &str| format!("{arch}.{s}");
-    w.meta("general.architecture", Value::String(arch.into()))
-        .meta(&k("block_count"), Value::U32(LAYERS as u32))
-        .meta(&k("embedding_length"), Value::U32(DIM as u32))
-        .meta(&k("feed_forward_length"), Value::U32(FFN as u32))
-        .meta(&k("attention.head_count"), Value::U32(HEADS as u32))
-        .meta(&k("attention.head_count_kv"), Value::U32(KV_HEADS as u32))
-        .meta(&k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
-        .meta(&k("context_length"), Value::U32(256))
-        .meta(&k("rope.freq_base"), Value::F32(10000.0))
-        .meta(&k("vocab_size"), Value::U32(VOCAB as u32));
-    let hd = DIM / HEADS;
-    let kv = KV_HEADS * hd;
-    let d = DIM as u64;
-    w.tensor_f32(
-        "token_embd.weight",
-        &[d, VOCAB as u64],
-        &rand_vec(&mut seed, DIM * VOCAB, 2.0),
-    );
-    w.tensor_f32(
-        "output_norm.weight",
-        &[d],
-        &rand_vec(&mut seed, DIM, 1.0)
-            .iter()
-            .map(|v| v + 1.0)
-            .collect::<Vec<_>>(),
-    );
-    for l in 0..LAYERS {
-        let n = |s: &str| format!("blk.{l}.{s}");
-        let norm: Vec<f32> = rand_vec(&mut seed, DIM, 0.5)
-            .iter()
-            .map(|v| v + 1.0)
-            .collect();
-        w.tensor_f32(&n("attn_norm.weight"), &[d], &norm);
-        w.tensor_f32(&n("ffn_norm.weight"), &[d], &norm);
-        w.tensor_f32(
-            &n("attn_q.weight"),
-            &[d, d],
-            &rand_vec(&mut seed, DIM * DIM, 0.5),
-        );
-        w.tensor_f32(
-            &n("attn_k.weight"),
-            &[d, kv as u64],
-            &rand_vec(&mut seed, DIM * kv, 0.5),
-        );
-        w.tensor_f32(
-            &n("attn_v.weight"),
-            &[d, kv as u64],
-            &rand_vec(&mut seed, DIM * kv, 0.5),
-        );
-        w.tensor_f32(
-            &n("attn_output.weight"),
-            &[d, d],
-            &rand_vec(&mut seed, DIM * DIM, 0.3),
-        );
-        w.tensor_f32(
-            &n("ffn_gate.weight"),
-            &[d, FFN as u64],
-            &rand_vec(&mut seed, DIM * FFN, 0.5),
-        );
-        w.tensor_f32(
-            &n("ffn_up.weight"),
-            &[d, FFN as u64],
-            &rand_vec(&mut seed, DIM * FFN, 0.5),
-        );
-        w.tensor_f32(
-            &n("ffn_down.weight"),
-            &[FFN as u64, d],
-            &rand_vec(&mut seed, DIM * FFN, 0.3),
-        );
-        if arch == "qwen2" {
-            w.tensor_f32(&n("attn_q.bias"), &[d], &rand_vec(&mut seed, DIM, 0.5));
-            w.tensor_f32(
-                &n("attn_k.bias"),
-                &[kv as u64],
-                &rand_vec(&mut seed, kv, 0.5),
-            );
-            w.tensor_f32(
-                &n("attn_v.bias"),
-                &[kv as u64],
-                &rand_vec(&mut seed, kv, 0.5),
-            );
-        }
-    }
-    Llama::from_gguf(&Gguf::from_bytes(w.to_bytes()).unwrap()).unwrap()
+fn tiny_model(arch: &str) -> Llama {
+    Llama::from_gguf(&Gguf::from_bytes(tiny_llama(arch, VOCAB).to_bytes()).unwrap()).unwrap()
 }
 
 /// Runs one sequence alone, in chunks of `chunk`, through blocks `table`; returns every row's logits.

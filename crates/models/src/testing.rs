@@ -1,0 +1,66 @@
+//! Tiny random models for tests across the workspace (no real weights needed).
+
+use tokenfab_loader::{GgufWriter, Value};
+
+/// Residual width of the tiny model.
+pub const DIM: usize = 64;
+const FFN: usize = 96;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const LAYERS: usize = 2;
+
+fn rand_vec(seed: &mut u64, n: usize, scale: f32, offset: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * scale + offset
+        })
+        .collect()
+}
+
+/// A GGUF of a 2-layer Llama-shaped model (`arch` = "llama" or "qwen2", the latter with Q/K/V
+/// biases) with deterministic random F32 weights and `vocab` tokens. Add tokenizer metadata to the
+/// writer to make it a complete model file.
+pub fn tiny_llama(arch: &str, vocab: usize) -> GgufWriter {
+    let mut seed = 11;
+    let mut w = GgufWriter::new();
+    let k = |s: &str| format!("{arch}.{s}");
+    w.meta("general.architecture", Value::String(arch.into()))
+        .meta("general.name", Value::String(format!("tiny-{arch}")))
+        .meta(&k("block_count"), Value::U32(LAYERS as u32))
+        .meta(&k("embedding_length"), Value::U32(DIM as u32))
+        .meta(&k("feed_forward_length"), Value::U32(FFN as u32))
+        .meta(&k("attention.head_count"), Value::U32(HEADS as u32))
+        .meta(&k("attention.head_count_kv"), Value::U32(KV_HEADS as u32))
+        .meta(&k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
+        .meta(&k("context_length"), Value::U32(256))
+        .meta(&k("rope.freq_base"), Value::F32(10000.0))
+        .meta(&k("vocab_size"), Value::U32(vocab as u32));
+    let hd = DIM / HEADS;
+    let kv = KV_HEADS * hd;
+    let d = DIM as u64;
+    let mut t = |w: &mut GgufWriter, name: &str, dims: &[u64], scale: f32, offset: f32| {
+        let n = dims.iter().product::<u64>() as usize;
+        w.tensor_f32(name, dims, &rand_vec(&mut seed, n, scale, offset));
+    };
+    t(&mut w, "token_embd.weight", &[d, vocab as u64], 2.0, 0.0);
+    t(&mut w, "output_norm.weight", &[d], 1.0, 1.0);
+    for l in 0..LAYERS {
+        let n = |s: &str| format!("blk.{l}.{s}");
+        t(&mut w, &n("attn_norm.weight"), &[d], 0.5, 1.0);
+        t(&mut w, &n("ffn_norm.weight"), &[d], 0.5, 1.0);
+        t(&mut w, &n("attn_q.weight"), &[d, d], 0.5, 0.0);
+        t(&mut w, &n("attn_k.weight"), &[d, kv as u64], 0.5, 0.0);
+        t(&mut w, &n("attn_v.weight"), &[d, kv as u64], 0.5, 0.0);
+        t(&mut w, &n("attn_output.weight"), &[d, d], 0.3, 0.0);
+        t(&mut w, &n("ffn_gate.weight"), &[d, FFN as u64], 0.5, 0.0);
+        t(&mut w, &n("ffn_up.weight"), &[d, FFN as u64], 0.5, 0.0);
+        t(&mut w, &n("ffn_down.weight"), &[FFN as u64, d], 0.3, 0.0);
+        if arch == "qwen2" {
+            t(&mut w, &n("attn_q.bias"), &[d], 0.5, 0.0);
+            t(&mut w, &n("attn_k.bias"), &[kv as u64], 0.5, 0.0);
+            t(&mut w, &n("attn_v.bias"), &[kv as u64], 0.5, 0.0);
+        }
+    }
+    w
+}
