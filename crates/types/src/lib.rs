@@ -5,6 +5,12 @@
 /// A token id in the model's vocabulary.
 pub type TokenId = u32;
 
+/// A request's id inside the engine, unique for the engine's lifetime.
+pub type RequestId = u64;
+
+/// A physical block of the paged KV cache.
+pub type BlockId = u32;
+
 /// Parameters of one request's sampler. Defaults are greedy with no penalties.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {

@@ -1,0 +1,321 @@
+//! The engine as the server sees it: a cloneable handle to one engine thread.
+//!
+//! The engine thread owns the model, the KV pool and the scheduler; the handle only sends commands
+//! and receives each request's events on its own channel (habit 6: one owner, a channel handle).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokenfab_loader::{ChatTemplate, Tokenizer};
+use tokenfab_types::RequestId;
+use tokio::sync::mpsc as tmpsc;
+
+use crate::engine_core::EngineCore;
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::model::LoadedModel;
+use crate::request::{EngineRequest, StreamEvent};
+
+/// How the engine is sized and how it schedules.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Bytes of the KV pool (K and V of every layer).
+    pub kv_cache_bytes: usize,
+    /// Token budget of one step (prefill chunks and decode tokens together).
+    pub max_num_batched_tokens: usize,
+    /// Most requests in the running batch.
+    pub max_num_seqs: usize,
+    /// Most requests waiting to start; more are refused with [`SubmitError::QueueFull`].
+    pub max_queued_requests: usize,
+    pub enable_prefix_caching: bool,
+    /// The engine counts as not ready when its loop has not come round for this long.
+    pub ready_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            kv_cache_bytes: 1 << 30,
+            max_num_batched_tokens: 512,
+            max_num_seqs: 128,
+            max_queued_requests: 1024,
+            enable_prefix_caching: true,
+            ready_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SubmitError {
+    #[error("the queue is full ({max} requests waiting); retry after {retry_after_secs} s")]
+    QueueFull { max: usize, retry_after_secs: u64 },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the engine has stopped")]
+    EngineDead,
+}
+
+/// Facts about the served model.
+#[derive(Clone, Debug)]
+pub struct EngineInfo {
+    pub model_name: String,
+    pub context_len: usize,
+    pub vocab_size: usize,
+    /// Tokens the KV pool holds.
+    pub kv_cache_tokens: usize,
+    pub block_size: usize,
+    /// Bytes of weights in memory.
+    pub weight_bytes: usize,
+}
+
+pub(crate) enum Command {
+    Add {
+        id: RequestId,
+        req: Box<EngineRequest>,
+        arrival: Instant,
+        tx: tmpsc::UnboundedSender<StreamEvent>,
+    },
+    Abort(RequestId),
+}
+
+/// State shared by the handle and the engine thread.
+pub(crate) struct Shared {
+    pub metrics: Metrics,
+    epoch: Instant,
+    /// Milliseconds since `epoch` when the engine loop last came round.
+    heartbeat_ms: AtomicU64,
+    /// Requests submitted and not yet scheduled once.
+    pub waiting: AtomicUsize,
+    /// Requests submitted and not yet finished.
+    pub unfinished: AtomicUsize,
+    pub draining: AtomicBool,
+    pub stopped: AtomicBool,
+}
+
+impl Shared {
+    pub fn beat(&self) {
+        self.heartbeat_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A cloneable handle to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    tokenizer: Arc<Tokenizer>,
+    template: Option<Arc<ChatTemplate>>,
+    info: Arc<EngineInfo>,
+    cfg: Arc<EngineConfig>,
+    next_id: Arc<AtomicU64>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread for a loaded model.
+    pub fn start(m: LoadedModel, cfg: EngineConfig) -> Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            metrics: Metrics::default(),
+            epoch: Instant::now(),
+            heartbeat_ms: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            unfinished: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+        });
+        let tokenizer = Arc::new(m.tokenizer);
+        let template = m.template.map(Arc::new);
+        let core = EngineCore::new(m.model, tokenizer.clone(), &cfg, rx, shared.clone())?;
+        let info = Arc::new(EngineInfo {
+            model_name: m.name,
+            context_len: core.context_len(),
+            vocab_size: core.vocab_size(),
+            kv_cache_tokens: core.kv_cache_tokens(),
+            block_size: cfg.block_size,
+            weight_bytes: core.weight_bytes(),
+        });
+        let thread = std::thread::Builder::new()
+            .name("tokenfab-engine".into())
+            .spawn(move || core.run())
+            .map_err(|e| crate::Error::Invalid(format!("cannot start the engine thread: {e}")))?;
+        Ok(Self {
+            tx,
+            shared,
+            tokenizer,
+            template,
+            info,
+            cfg: Arc::new(cfg),
+            next_id: Arc::new(AtomicU64::new(1)),
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Queues a request; its events arrive on the returned stream. Dropping the stream aborts it.
+    pub fn submit(&self, req: EngineRequest) -> Result<RequestStream, SubmitError> {
+        if self.shared.draining.load(Ordering::Relaxed) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        if self.shared.stopped.load(Ordering::Relaxed) {
+            return Err(SubmitError::EngineDead);
+        }
+        if req.prompt_tokens.is_empty() {
+            return Err(SubmitError::Invalid("the prompt is empty".into()));
+        }
+        let max = self.cfg.max_queued_requests;
+        // Reserve a queue place first so concurrent submits cannot overshoot the limit.
+        if self.shared.waiting.fetch_add(1, Ordering::SeqCst) >= max {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull {
+                max,
+                retry_after_secs: 1,
+            });
+        }
+        self.shared.unfinished.fetch_add(1, Ordering::SeqCst);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (etx, erx) = tmpsc::unbounded_channel();
+        let cmd = Command::Add {
+            id,
+            req: Box::new(req),
+            arrival: Instant::now(),
+            tx: etx,
+        };
+        if self.tx.send(cmd).is_err() {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::EngineDead);
+        }
+        Ok(RequestStream {
+            id,
+            rx: erx,
+            abort: self.tx.clone(),
+            done: false,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_deref()
+    }
+
+    pub fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Prometheus text of the engine's metrics.
+    pub fn render_metrics(&self) -> String {
+        self.shared.metrics.render(&self.info.model_name)
+    }
+
+    /// True while the engine loop keeps coming round (idle or stepping) within `ready_timeout`:
+    /// a hung or dead engine is not ready.
+    pub fn is_ready(&self) -> bool {
+        if self.shared.stopped.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = self.shared.epoch.elapsed().as_millis() as u64;
+        let last = self.shared.heartbeat_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) <= self.cfg.ready_timeout.as_millis() as u64
+    }
+
+    /// Requests accepted and not yet finished.
+    pub fn num_unfinished(&self) -> usize {
+        self.shared.unfinished.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting requests; those in flight run to completion.
+    pub fn begin_drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
+    }
+
+    /// Waits (blocking) until every accepted request finished or `timeout` passed; true if idle.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while self.num_unfinished() > 0 {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Drains, then stops the engine thread once it is idle (or after `timeout`) and joins it.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.begin_drain();
+        self.wait_idle(timeout);
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.lock().map(|mut g| g.take()).unwrap_or(None) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The events of one request. Dropping it before the end aborts the request and frees its blocks.
+pub struct RequestStream {
+    id: RequestId,
+    rx: tmpsc::UnboundedReceiver<StreamEvent>,
+    abort: mpsc::Sender<Command>,
+    done: bool,
+}
+
+impl RequestStream {
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The next event; `None` after `End`/`Error` (or if the engine died).
+    pub async fn recv(&mut self) -> Option<StreamEvent> {
+        if self.done {
+            return None;
+        }
+        let ev = self.rx.recv().await;
+        if matches!(ev, None | Some(StreamEvent::End { .. }) | Some(StreamEvent::Error(_))) {
+            self.done = true;
+        }
+        ev
+    }
+
+    /// Blocking variant for non-async callers.
+    pub fn blocking_recv(&mut self) -> Option<StreamEvent> {
+        if self.done {
+            return None;
+        }
+        let ev = self.rx.blocking_recv();
+        if matches!(ev, None | Some(StreamEvent::End { .. }) | Some(StreamEvent::Error(_))) {
+            self.done = true;
+        }
+        ev
+    }
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.abort.send(Command::Abort(self.id));
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The model runner: turns the scheduler's output into one forward pass over all scheduled tokens
+//! of all requests, and hands back the logits rows the engine asked for.
+
+use std::ops::Range;
+
+use tokenfab_models::{ForwardBatch, KvCache, Llama, SeqSlice};
+use tokenfab_scheduler::SchedulerOutput;
+
+use crate::error::Result;
+
+pub(crate) struct ModelRunner {
+    pub model: Llama,
+    pub kv: KvCache,
+    // Flat batch buffers, reused across steps.
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    logits_rows: Vec<usize>,
+}
+
+/// Logits of one step: for scheduled sequence `i`, rows `rows[i]` of `logits` (each `vocab` wide),
+/// in position order. Empty when the engine wanted none for it.
+pub(crate) struct StepLogits {
+    pub rows: Vec<Range<usize>>,
+    /// (total rows, vocab)
+    pub logits: Vec<f32>,
+    pub vocab: usize,
+}
+
+impl StepLogits {
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.logits[r * self.vocab..(r + 1) * self.vocab]
+    }
+}
+
+impl ModelRunner {
+    pub fn new(model: Llama, kv: KvCache) -> Self {
+        Self {
+            model,
+            kv,
+            tokens: Vec::new(),
+            positions: Vec::new(),
+            logits_rows: Vec::new(),
+        }
+    }
+
+    /// Runs every scheduled token. `all_rows(i)` says whether sequence `i` wants the logits of
+    /// every scheduled row (prompt log-probabilities); otherwise it gets its last row when it
+    /// samples, and nothing when it does not.
+    pub fn execute(&mut self, out: &SchedulerOutput, all_rows: impl Fn(usize) -> bool) -> Result<StepLogits> {
+        self.tokens.clear();
+        self.positions.clear();
+        self.logits_rows.clear();
+        let mut seqs = Vec::with_capacity(out.scheduled.len());
+        let mut rows = Vec::with_capacity(out.scheduled.len());
+        for (i, s) in out.scheduled.iter().enumerate() {
+            let first = self.tokens.len();
+            self.tokens.extend_from_slice(&s.tokens);
+            self.positions.extend((s.start..s.start + s.tokens.len()).map(|p| p as u32));
+            let last = self.tokens.len();
+            seqs.push(SeqSlice {
+                rows: first..last,
+                block_table: &s.block_table,
+            });
+            let lo = self.logits_rows.len();
+            if all_rows(i) {
+                self.logits_rows.extend(first..last);
+            } else if s.sample {
+                self.logits_rows.push(last - 1);
+            }
+            rows.push(lo..self.logits_rows.len());
+        }
+        let batch = ForwardBatch {
+            tokens: &self.tokens,
+            positions: &self.positions,
+            seqs: &seqs,
+            logits_rows: &self.logits_rows,
+        };
+        let logits = self.model.forward(&batch, &mut self.kv)?;
+        Ok(StepLogits {
+            rows,
+            logits,
+            vocab: self.model.cfg.vocab_size,
+        })
+    }
+}
