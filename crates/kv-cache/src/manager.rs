@@ -1,0 +1,236 @@
+//! Per-request view of the block pool: which blocks each request holds, prefix-cache lookups,
+//! all-or-nothing slot allocation. Follows vLLM v1 `vllm/v1/core/kv_cache_manager.py`.
+
+use std::collections::HashMap;
+
+use tokenfab_types::{BlockId, RequestId, TokenId};
+
+use crate::block_hash::{hash_block, hash_full_blocks, BlockHash};
+use crate::block_pool::{BlockKey, BlockPool};
+
+/// Prefix-cache hit for a request that has no blocks yet; no references are taken until
+/// [`KvCacheManager::allocate_slots`] is called with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ComputedBlocks {
+    /// Cached blocks holding the request's first `blocks.len()` full blocks, in sequence order.
+    pub blocks: Vec<BlockId>,
+    /// Tokens already in the KV cache = `blocks.len() * block_size`; always `< tokens.len()`.
+    pub num_computed_tokens: usize,
+}
+
+/// The blocks one request holds.
+#[derive(Debug, Default)]
+struct ReqBlocks {
+    /// Block table: block `i` holds the KV of token positions `i * block_size ..`.
+    blocks: Vec<BlockId>,
+    /// Token slots reserved so far (`num_computed + num_new` of the last allocation).
+    num_tokens: usize,
+    /// Leading blocks already offered to the prefix-cache index.
+    num_hashed_blocks: usize,
+    /// Hash of block `num_hashed_blocks - 1` (the parent of the next block to hash).
+    last_hash: Option<BlockHash>,
+    /// Canonical key of block `num_hashed_blocks - 1`, named as parent by the next one.
+    last_key: Option<BlockKey>,
+}
+
+/// Block tables of all requests over one [`BlockPool`].
+#[derive(Debug)]
+pub struct KvCacheManager {
+    /// The physical blocks.
+    pool: BlockPool,
+    /// Tokens per block.
+    block_size: usize,
+    /// Whether full blocks are registered by hash and shared between requests.
+    enable_prefix_caching: bool,
+    /// Blocks held by each live request.
+    reqs: HashMap<RequestId, ReqBlocks>,
+    /// Prompt tokens looked up in the prefix cache (vLLM `prefix_cache_queries`).
+    queries: u64,
+    /// Of those, tokens found cached (vLLM `prefix_cache_hits`).
+    hits: u64,
+}
+
+impl KvCacheManager {
+    /// `num_blocks` blocks of `block_size` tokens. Panics on `block_size == 0`.
+    pub fn new(num_blocks: usize, block_size: usize, enable_prefix_caching: bool) -> Self {
+        assert!(block_size > 0, "block_size must be > 0");
+        Self {
+            pool: BlockPool::new(num_blocks),
+            block_size,
+            enable_prefix_caching,
+            reqs: HashMap::new(),
+            queries: 0,
+            hits: 0,
+        }
+    }
+
+    /// Tokens per block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Total number of blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.pool.num_blocks()
+    }
+
+    /// Blocks not held by any request (including cached ones that may be evicted).
+    pub fn num_free_blocks(&self) -> usize {
+        self.pool.num_free()
+    }
+
+    /// Fraction of blocks held by at least one request, in `[0, 1]` (vLLM `kv_cache_usage_perc`).
+    pub fn usage(&self) -> f32 {
+        let n = self.pool.num_blocks();
+        if n == 0 {
+            return 0.0;
+        }
+        (n - self.pool.num_free()) as f32 / n as f32
+    }
+
+    /// `(queries, hits)` in tokens since creation.
+    pub fn prefix_cache_stats(&self) -> (u64, u64) {
+        (self.queries, self.hits)
+    }
+
+    /// Whether prefix caching is on.
+    pub fn prefix_caching_enabled(&self) -> bool {
+        self.enable_prefix_caching
+    }
+
+    /// The block pool, read-only (ref counts and the free queue, for tests and metrics).
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    /// The request's block table (empty for an unknown request).
+    pub fn block_table(&self, req: RequestId) -> &[BlockId] {
+        self.reqs.get(&req).map_or(&[], |r| &r.blocks)
+    }
+
+    /// Token slots the request's blocks cover as of its last allocation (0 for an unknown one).
+    pub fn num_computed_slots(&self, req: RequestId) -> usize {
+        self.reqs.get(&req).map_or(0, |r| r.num_tokens)
+    }
+
+    /// The longest run of leading full blocks of `tokens` already cached, never all of `tokens`
+    /// (at least one token is left to compute so the model produces logits). Counts a query of
+    /// `tokens.len()` tokens and the hit tokens when prefix caching is on; a request that is
+    /// looked up again (it did not fit, or was preempted) counts again, as in vLLM.
+    pub fn get_computed_blocks(&mut self, tokens: &[TokenId]) -> ComputedBlocks {
+        if !self.enable_prefix_caching || tokens.is_empty() {
+            return ComputedBlocks::default();
+        }
+        let max_blocks = (tokens.len() - 1) / self.block_size;
+        let hashes = hash_full_blocks(tokens, self.block_size, max_blocks);
+        let mut blocks = Vec::new();
+        let mut parent = None;
+        for (h, chunk) in hashes.iter().zip(tokens.chunks_exact(self.block_size)) {
+            match self.pool.lookup(*h, parent, chunk) {
+                Some(id) => {
+                    blocks.push(id);
+                    parent = Some(self.pool.key(id));
+                }
+                None => break,
+            }
+        }
+        let num_computed_tokens = blocks.len() * self.block_size;
+        self.queries += tokens.len() as u64;
+        self.hits += num_computed_tokens as u64;
+        ComputedBlocks {
+            blocks,
+            num_computed_tokens,
+        }
+    }
+
+    /// Grows `req`'s blocks to cover `num_computed + num_new_tokens` token slots, where
+    /// `num_computed` is what its blocks already cover, or, for a request without blocks,
+    /// `computed.num_computed_tokens` (its cached blocks are taken first). `tokens` is every
+    /// token of the request known so far (prompt + output).
+    ///
+    /// Returns the newly allocated block ids, or `None` when the free blocks do not suffice; then
+    /// nothing has changed. On success, blocks that will be full once the scheduled tokens are
+    /// computed are registered in the prefix cache, so the runner must write a step's KV before
+    /// any attention of that step reads it (vLLM does the same).
+    ///
+    /// `computed` must come from [`Self::get_computed_blocks`] with no allocation in between; it
+    /// is ignored for a request that already holds blocks.
+    pub fn allocate_slots(
+        &mut self,
+        req: RequestId,
+        tokens: &[TokenId],
+        num_new_tokens: usize,
+        computed: Option<&ComputedBlocks>,
+    ) -> Option<Vec<BlockId>> {
+        let existing = self.reqs.get(&req);
+        let (held, num_computed, to_touch): (usize, usize, &[BlockId]) = match (existing, computed)
+        {
+            (Some(r), _) => (r.blocks.len(), r.num_tokens, &[]),
+            (None, Some(c)) => (c.blocks.len(), c.num_computed_tokens, &c.blocks),
+            (None, None) => (0, 0, &[]),
+        };
+        let total = num_computed + num_new_tokens;
+        let num_new_blocks = total.div_ceil(self.block_size).saturating_sub(held);
+        // Touching a cached block that sits in the free queue uses up a free block too.
+        let touched_free = to_touch
+            .iter()
+            .filter(|&&b| self.pool.ref_cnt(b) == 0)
+            .count();
+        if num_new_blocks + touched_free > self.pool.num_free() {
+            return None;
+        }
+        debug_assert!(
+            to_touch.iter().all(|&b| self.pool.is_cached(b)),
+            "stale ComputedBlocks"
+        );
+        let to_touch = to_touch.to_vec();
+        self.pool.touch(&to_touch);
+        let new_blocks = self.pool.allocate(num_new_blocks).expect("checked above");
+        let r = self.reqs.entry(req).or_insert_with(|| ReqBlocks {
+            blocks: to_touch,
+            ..ReqBlocks::default()
+        });
+        r.blocks.extend_from_slice(&new_blocks);
+        r.num_tokens = total;
+        if self.enable_prefix_caching {
+            let num_full = total.min(tokens.len()) / self.block_size;
+            Self::hash_new_full_blocks(&mut self.pool, r, tokens, self.block_size, num_full);
+        }
+        Some(new_blocks)
+    }
+
+    /// Offers blocks `r.num_hashed_blocks..num_full` of `r` to the prefix-cache index.
+    fn hash_new_full_blocks(
+        pool: &mut BlockPool,
+        r: &mut ReqBlocks,
+        tokens: &[TokenId],
+        block_size: usize,
+        num_full: usize,
+    ) {
+        for i in r.num_hashed_blocks..num_full {
+            let chunk = &tokens[i * block_size..(i + 1) * block_size];
+            let h = hash_block(r.last_hash, chunk);
+            r.last_key = Some(pool.register(r.blocks[i], h, r.last_key, chunk));
+            r.last_hash = Some(h);
+            r.num_hashed_blocks = i + 1;
+        }
+    }
+
+    /// Drops `req`'s references; blocks no one holds go to the free queue, last block first, so
+    /// a sequence's tail is evicted before its head. They stay findable by hash until reused.
+    /// Unknown requests are ignored.
+    pub fn free(&mut self, req: RequestId) {
+        if let Some(r) = self.reqs.remove(&req) {
+            self.pool.free(r.blocks.into_iter().rev());
+        }
+    }
+
+    /// Forgets the prefix cache; refused (false) while any request holds blocks.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        self.pool.reset_cache()
+    }
+}
+
+#[cfg(test)]
+#[path = "manager_tests.rs"]
+mod tests;
