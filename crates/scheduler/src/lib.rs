@@ -1,0 +1,24 @@
+//! Continuous batching under one token budget, after vLLM v1 `vllm/v1/core/sched/scheduler.py`.
+//!
+//! There is no prefill or decode phase: every request has `num_computed_tokens` catching up to
+//! its length (prompt + output). Each [`Scheduler::schedule`] hands out at most
+//! `max_num_batched_tokens` tokens, running requests first (1 token for a decoding one, a chunk
+//! for a partly prefilled one), then waiting requests in FIFO order; that one rule yields chunked
+//! prefill and prefix caching. When the KV cache is full, the most recently admitted running
+//! request is preempted (its blocks freed, recomputed later with its output kept).
+//!
+//! The engine loop is `let out = sched.schedule(); let sampled = runner.execute(&out)?;
+//! sched.update(&out, &sampled);` then `finish` for requests the engine decides are done.
+//!
+//! Invariant: scheduled tokens per step <= `max_num_batched_tokens`, running requests <=
+//! `max_num_seqs`, and every accepted request fits the whole KV pool alone, so a step always makes
+//! progress and the scheduler cannot deadlock.
+
+mod config;
+mod request;
+mod scheduler;
+
+pub use config::{SchedulerConfig, SchedulerError};
+pub use request::Request;
+pub use scheduler::{ScheduledSeq, Scheduler, SchedulerOutput};
+pub use tokenfab_kv_cache::KvCacheManager;
