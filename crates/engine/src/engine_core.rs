@@ -73,7 +73,8 @@ impl EngineCore {
             num_blocks,
             enable_prefix_caching: cfg.enable_prefix_caching,
             max_model_len: model.cfg.context_len,
-        });
+        })
+        .map_err(|e| Error::Invalid(e.to_string()))?;
         let kv = model.new_kv_cache(cfg.block_size, num_blocks);
         Ok(Self {
             runner: ModelRunner::new(model, kv),
@@ -131,7 +132,8 @@ impl EngineCore {
         if out.scheduled.is_empty() {
             return Ok(());
         }
-        let logits = self.runner.execute(&out, |i| self.wants_prompt_logprobs(&out, i))?;
+        let all_rows = self.wants_prompt_logprobs(&out);
+        let logits = self.runner.execute(&out, |i| all_rows[i])?;
         self.record_prompt_logprobs(&out, &logits);
         let sampled = self.sample(&out, &logits);
         self.sched.update(&out, &sampled);
@@ -159,10 +161,20 @@ impl EngineCore {
 
     fn apply(&mut self, c: Command) {
         match c {
-            Command::Add { id, req, arrival, tx } => {
+            Command::Add {
+                id,
+                req,
+                arrival,
+                tx,
+            } => {
                 let max_tokens = req.max_tokens;
                 let skip_cache = req.prompt_logprobs.is_some();
-                if let Err(e) = self.sched.add_request(id, req.prompt_tokens.clone(), max_tokens, skip_cache) {
+                if let Err(e) = self.sched.add_request_with(
+                    id,
+                    req.prompt_tokens.clone(),
+                    max_tokens,
+                    skip_cache,
+                ) {
                     let _ = tx.send(StreamEvent::Error(e.to_string()));
                     self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
                     self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
@@ -176,7 +188,14 @@ impl EngineCore {
                         detok: IncrementalDecoder::new(),
                         stop: StopChecker::new(req.stop.clone()),
                         output: Vec::new(),
-                        prompt_logprobs: vec![None; if req.prompt_logprobs.is_some() { prompt_len } else { 0 }],
+                        prompt_logprobs: vec![
+                            None;
+                            if req.prompt_logprobs.is_some() {
+                                prompt_len
+                            } else {
+                                0
+                            }
+                        ],
                         prompt_logprobs_sent: false,
                         cached_tokens: 0,
                         arrival,
@@ -194,7 +213,12 @@ impl EngineCore {
 
     /// Clients that went away are aborted before the step, freeing their blocks.
     fn reap_disconnected(&mut self) {
-        let gone: Vec<RequestId> = self.active.iter().filter(|(_, a)| a.tx.is_closed()).map(|(&id, _)| id).collect();
+        let gone: Vec<RequestId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.tx.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
         for id in gone {
             self.finish(id, FinishReason::Abort);
         }
@@ -207,7 +231,10 @@ impl EngineCore {
                     a.scheduled = true;
                     a.cached_tokens = s.num_cached_tokens;
                     self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-                    self.shared.metrics.request_queue_time_seconds.observe(a.arrival.elapsed().as_secs_f64());
+                    self.shared
+                        .metrics
+                        .request_queue_time_seconds
+                        .observe(a.arrival.elapsed().as_secs_f64());
                 }
             }
         }
@@ -215,23 +242,40 @@ impl EngineCore {
         m.prompt_tokens.add(
             out.scheduled
                 .iter()
-                .filter_map(|s| self.active.get(&s.id).map(|a| s.tokens.len().min(a.req.prompt_tokens.len().saturating_sub(s.start))))
+                .filter_map(|s| {
+                    self.active.get(&s.id).map(|a| {
+                        s.tokens
+                            .len()
+                            .min(a.req.prompt_tokens.len().saturating_sub(s.start))
+                    })
+                })
                 .sum::<usize>() as u64,
         );
     }
 
-    fn wants_prompt_logprobs(&self, out: &SchedulerOutput, i: usize) -> bool {
-        let s = &out.scheduled[i];
-        self.active
-            .get(&s.id)
-            .is_some_and(|a| a.req.prompt_logprobs.is_some() && !a.prompt_logprobs_sent && s.start < a.req.prompt_tokens.len())
+    /// Per scheduled sequence: does it need the logits of every row (prompt log-probabilities)?
+    fn wants_prompt_logprobs(&self, out: &SchedulerOutput) -> Vec<bool> {
+        out.scheduled
+            .iter()
+            .map(|s| {
+                self.active.get(&s.id).is_some_and(|a| {
+                    a.req.prompt_logprobs.is_some()
+                        && !a.prompt_logprobs_sent
+                        && s.start < a.req.prompt_tokens.len()
+                })
+            })
+            .collect()
     }
 
     /// Fills prompt log-probabilities from every row of prompt chunks; sends them once complete.
     fn record_prompt_logprobs(&mut self, out: &SchedulerOutput, logits: &StepLogits) {
         for (i, s) in out.scheduled.iter().enumerate() {
-            let Some(a) = self.active.get_mut(&s.id) else { continue };
-            let (Some(top_n), false) = (a.req.prompt_logprobs, a.prompt_logprobs_sent) else { continue };
+            let Some(a) = self.active.get_mut(&s.id) else {
+                continue;
+            };
+            let (Some(top_n), false) = (a.req.prompt_logprobs, a.prompt_logprobs_sent) else {
+                continue;
+            };
             let rows = logits.rows[i].clone();
             if rows.len() != s.tokens.len() {
                 continue;
@@ -240,12 +284,15 @@ impl EngineCore {
             for (j, r) in rows.enumerate() {
                 let next = s.start + j + 1;
                 if next < prompt.len() {
-                    a.prompt_logprobs[next] = Some(token_logprob(logits.row(r), prompt[next], top_n));
+                    a.prompt_logprobs[next] =
+                        Some(token_logprob(logits.row(r), prompt[next], top_n));
                 }
             }
             if s.start + s.tokens.len() >= prompt.len() {
                 a.prompt_logprobs_sent = true;
-                let _ = a.tx.send(StreamEvent::PromptLogprobs(std::mem::take(&mut a.prompt_logprobs)));
+                let _ = a.tx.send(StreamEvent::PromptLogprobs(std::mem::take(
+                    &mut a.prompt_logprobs,
+                )));
             }
         }
     }
@@ -255,8 +302,12 @@ impl EngineCore {
         let mut sampled = Vec::new();
         let mut row = Vec::new();
         for (i, s) in out.scheduled.iter().enumerate() {
-            let Some(a) = self.active.get_mut(&s.id) else { continue };
-            let Some(last) = logits.rows[i].clone().last().filter(|_| s.sample) else { continue };
+            let Some(a) = self.active.get_mut(&s.id) else {
+                continue;
+            };
+            let Some(last) = logits.rows[i].clone().last().filter(|_| s.sample) else {
+                continue;
+            };
             row.clear();
             row.extend_from_slice(logits.row(last));
             let lp = a.req.logprobs.map(|n| (n, row.clone()));
@@ -277,24 +328,35 @@ impl EngineCore {
         let now = Instant::now();
         for &(id, tok) in sampled {
             let capped = self.sched.is_length_capped(id);
-            let Some(a) = self.active.get_mut(&id) else { continue };
+            let Some(a) = self.active.get_mut(&id) else {
+                continue;
+            };
             let m = &self.shared.metrics;
             m.generation_tokens.add(1);
             match a.last_token {
-                None => m.time_to_first_token_seconds.observe((now - a.arrival).as_secs_f64()),
-                Some(t) => m.inter_token_latency_seconds.observe((now - t).as_secs_f64()),
+                None => m
+                    .time_to_first_token_seconds
+                    .observe((now - a.arrival).as_secs_f64()),
+                Some(t) => m
+                    .inter_token_latency_seconds
+                    .observe((now - t).as_secs_f64()),
             }
             a.last_token = Some(now);
             a.output.push(tok);
             let logprob = a.next_logprob.take();
-            let eog = (!a.req.ignore_eos && self.tokenizer.is_eog(tok)) || a.req.stop_token_ids.contains(&tok);
+            let eog = (!a.req.ignore_eos && self.tokenizer.is_eog(tok))
+                || a.req.stop_token_ids.contains(&tok);
             let mut reason = None;
             if eog {
                 reason = Some(FinishReason::Stop);
             } else {
                 let text = a.detok.push(&self.tokenizer.token_bytes(tok));
                 let (released, hit) = a.stop.push(&text);
-                let _ = a.tx.send(StreamEvent::Token { token: tok, text: released, logprob });
+                let _ = a.tx.send(StreamEvent::Token {
+                    token: tok,
+                    text: released,
+                    logprob,
+                });
                 if hit {
                     reason = Some(FinishReason::Stop);
                 }
@@ -311,13 +373,16 @@ impl EngineCore {
     /// Ends a request: frees its blocks, sends its last text and `End` (unless aborted).
     fn finish(&mut self, id: RequestId, reason: FinishReason) {
         self.sched.finish(id);
-        let Some(mut a) = self.active.remove(&id) else { return };
+        let Some(mut a) = self.active.remove(&id) else {
+            return;
+        };
         if !a.scheduled {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
         }
         self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
         let m = &self.shared.metrics;
-        m.e2e_request_latency_seconds.observe(a.arrival.elapsed().as_secs_f64());
+        m.e2e_request_latency_seconds
+            .observe(a.arrival.elapsed().as_secs_f64());
         match reason {
             FinishReason::Stop => m.request_success_stop.add(1),
             FinishReason::Length => m.request_success_length.add(1),
@@ -372,10 +437,16 @@ pub(crate) fn token_logprob(logits: &[f32], token: TokenId, top_n: usize) -> Tok
     if top_n > 0 {
         let mut idx: Vec<u32> = (0..lsm.len() as u32).collect();
         let k = top_n.min(idx.len());
-        idx.select_nth_unstable_by(k - 1, |&a, &b| lsm[b as usize].total_cmp(&lsm[a as usize]).then(a.cmp(&b)));
+        idx.select_nth_unstable_by(k - 1, |&a, &b| {
+            lsm[b as usize].total_cmp(&lsm[a as usize]).then(a.cmp(&b))
+        });
         idx.truncate(k);
         idx.sort_by(|&a, &b| lsm[b as usize].total_cmp(&lsm[a as usize]).then(a.cmp(&b)));
         top.extend(idx.into_iter().map(|i| (i, lsm[i as usize])));
     }
-    TokenLogprob { token, logprob: lsm[token as usize], top }
+    TokenLogprob {
+        token,
+        logprob: lsm[token as usize],
+        top,
+    }
 }

@@ -293,7 +293,10 @@ impl RequestStream {
             return None;
         }
         let ev = self.rx.recv().await;
-        if matches!(ev, None | Some(StreamEvent::End { .. }) | Some(StreamEvent::Error(_))) {
+        if matches!(
+            ev,
+            None | Some(StreamEvent::End { .. }) | Some(StreamEvent::Error(_))
+        ) {
             self.done = true;
         }
         ev
@@ -305,7 +308,10 @@ impl RequestStream {
             return None;
         }
         let ev = self.rx.blocking_recv();
-        if matches!(ev, None | Some(StreamEvent::End { .. }) | Some(StreamEvent::Error(_))) {
+        if matches!(
+            ev,
+            None | Some(StreamEvent::End { .. }) | Some(StreamEvent::Error(_))
+        ) {
             self.done = true;
         }
         ev

@@ -5,8 +5,8 @@
 //! Invariant: the sampler's output depends only on the logits, the sequence's own tokens and its
 //! seed, never on what else runs beside it.
 
-mod engine_core;
 pub mod detok;
+mod engine_core;
 pub mod error;
 pub mod handle;
 pub mod metrics;
@@ -23,7 +23,7 @@ pub use detok::IncrementalDecoder;
 pub use error::{Error, Result};
 pub use handle::{EngineConfig, EngineHandle, EngineInfo, RequestStream, SubmitError};
 pub use metrics::Metrics;
-pub use request::{EngineRequest, StreamEvent, TokenLogprob, Usage};
 pub use model::LoadedModel;
+pub use request::{EngineRequest, StreamEvent, TokenLogprob, Usage};
 pub use sampler::Sampler;
 pub use session::Session;

@@ -53,7 +53,11 @@ impl Histogram {
     }
 
     pub fn observe(&self, v: f64) {
-        let i = self.bounds.iter().position(|&b| v <= b).unwrap_or(self.bounds.len());
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Relaxed);
         let mut cur = self.sum.load(Relaxed);
         loop {
@@ -75,8 +79,8 @@ impl Histogram {
 }
 
 const LATENCY: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-    40.0, 80.0, 160.0, 640.0, 2560.0,
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
 ];
 const ITL: &[f64] = &[
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
@@ -133,42 +137,112 @@ impl Metrics {
         let label = format!("model_name=\"{}\"", escape(model_name));
         for prefix in ["tokenfab", "vllm"] {
             let mut gauge = |name: &str, help: &str, v: f64| {
-                let _ = writeln!(out, "# HELP {prefix}:{name} {help}\n# TYPE {prefix}:{name} gauge");
+                let _ = writeln!(
+                    out,
+                    "# HELP {prefix}:{name} {help}\n# TYPE {prefix}:{name} gauge"
+                );
                 let _ = writeln!(out, "{prefix}:{name}{{{label}}} {v}");
             };
-            gauge("num_requests_running", "Requests in the running batch.", self.num_requests_running.get());
-            gauge("num_requests_waiting", "Requests waiting to be scheduled.", self.num_requests_waiting.get());
-            gauge("kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full).", self.kv_cache_usage_perc.get());
+            gauge(
+                "num_requests_running",
+                "Requests in the running batch.",
+                self.num_requests_running.get(),
+            );
+            gauge(
+                "num_requests_waiting",
+                "Requests waiting to be scheduled.",
+                self.num_requests_waiting.get(),
+            );
+            gauge(
+                "kv_cache_usage_perc",
+                "Fraction of KV-cache blocks in use (1 = full).",
+                self.kv_cache_usage_perc.get(),
+            );
             let mut counter = |name: &str, help: &str, v: u64, extra: &str| {
-                let _ = writeln!(out, "# HELP {prefix}:{name} {help}\n# TYPE {prefix}:{name} counter");
+                let _ = writeln!(
+                    out,
+                    "# HELP {prefix}:{name} {help}\n# TYPE {prefix}:{name} counter"
+                );
                 let _ = writeln!(out, "{prefix}:{name}{{{label}{extra}}} {v}");
             };
-            counter("prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", self.prefix_cache_queries.get(), "");
-            counter("prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", self.prefix_cache_hits.get(), "");
-            counter("num_preemptions_total", "Requests preempted for lack of KV blocks.", self.num_preemptions.get(), "");
-            counter("prompt_tokens_total", "Prompt tokens processed.", self.prompt_tokens.get(), "");
-            counter("generation_tokens_total", "Tokens generated.", self.generation_tokens.get(), "");
+            counter(
+                "prefix_cache_queries_total",
+                "Prompt tokens looked up in the prefix cache.",
+                self.prefix_cache_queries.get(),
+                "",
+            );
+            counter(
+                "prefix_cache_hits_total",
+                "Prompt tokens found in the prefix cache.",
+                self.prefix_cache_hits.get(),
+                "",
+            );
+            counter(
+                "num_preemptions_total",
+                "Requests preempted for lack of KV blocks.",
+                self.num_preemptions.get(),
+                "",
+            );
+            counter(
+                "prompt_tokens_total",
+                "Prompt tokens processed.",
+                self.prompt_tokens.get(),
+                "",
+            );
+            counter(
+                "generation_tokens_total",
+                "Tokens generated.",
+                self.generation_tokens.get(),
+                "",
+            );
             let _ = writeln!(out, "# HELP {prefix}:request_success_total Finished requests by finish reason.\n# TYPE {prefix}:request_success_total counter");
             for (reason, c) in [
                 ("stop", &self.request_success_stop),
                 ("length", &self.request_success_length),
                 ("abort", &self.request_success_abort),
             ] {
-                let _ = writeln!(out, "{prefix}:request_success_total{{{label},finished_reason=\"{reason}\"}} {}", c.get());
+                let _ = writeln!(
+                    out,
+                    "{prefix}:request_success_total{{{label},finished_reason=\"{reason}\"}} {}",
+                    c.get()
+                );
             }
             for (name, help, h) in [
-                ("time_to_first_token_seconds", "Time from arrival to the first token.", &self.time_to_first_token_seconds),
-                ("inter_token_latency_seconds", "Time between consecutive tokens of a request.", &self.inter_token_latency_seconds),
-                ("e2e_request_latency_seconds", "Time from arrival to the last token.", &self.e2e_request_latency_seconds),
-                ("request_queue_time_seconds", "Time from arrival to first being scheduled.", &self.request_queue_time_seconds),
+                (
+                    "time_to_first_token_seconds",
+                    "Time from arrival to the first token.",
+                    &self.time_to_first_token_seconds,
+                ),
+                (
+                    "inter_token_latency_seconds",
+                    "Time between consecutive tokens of a request.",
+                    &self.inter_token_latency_seconds,
+                ),
+                (
+                    "e2e_request_latency_seconds",
+                    "Time from arrival to the last token.",
+                    &self.e2e_request_latency_seconds,
+                ),
+                (
+                    "request_queue_time_seconds",
+                    "Time from arrival to first being scheduled.",
+                    &self.request_queue_time_seconds,
+                ),
             ] {
-                let _ = writeln!(out, "# HELP {prefix}:{name} {help}\n# TYPE {prefix}:{name} histogram");
+                let _ = writeln!(
+                    out,
+                    "# HELP {prefix}:{name} {help}\n# TYPE {prefix}:{name} histogram"
+                );
                 let mut cum = 0;
                 for (i, b) in h.bounds.iter().enumerate() {
                     cum += h.counts[i].load(Relaxed);
                     let _ = writeln!(out, "{prefix}:{name}_bucket{{{label},le=\"{b}\"}} {cum}");
                 }
-                let _ = writeln!(out, "{prefix}:{name}_bucket{{{label},le=\"+Inf\"}} {}", h.count());
+                let _ = writeln!(
+                    out,
+                    "{prefix}:{name}_bucket{{{label},le=\"+Inf\"}} {}",
+                    h.count()
+                );
                 let _ = writeln!(out, "{prefix}:{name}_sum{{{label}}} {}", h.sum());
                 let _ = writeln!(out, "{prefix}:{name}_count{{{label}}} {}", h.count());
             }
@@ -178,7 +252,9 @@ impl Metrics {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -194,13 +270,26 @@ mod tests {
         m.prompt_tokens.add(7);
         m.kv_cache_usage_perc.set(0.25);
         let text = m.render("m\"x");
-        assert!(text.contains("tokenfab:prompt_tokens_total{model_name=\"m\\\"x\"} 7"), "{text}");
+        assert!(
+            text.contains("tokenfab:prompt_tokens_total{model_name=\"m\\\"x\"} 7"),
+            "{text}"
+        );
         assert!(text.contains("vllm:prompt_tokens_total{model_name=\"m\\\"x\"} 7"));
         assert!(text.contains("vllm:kv_cache_usage_perc{model_name=\"m\\\"x\"} 0.25"));
-        assert!(text.contains("tokenfab:time_to_first_token_seconds_bucket{model_name=\"m\\\"x\",le=\"0.001\"} 0"));
-        assert!(text.contains("tokenfab:time_to_first_token_seconds_bucket{model_name=\"m\\\"x\",le=\"0.005\"} 1"));
-        assert!(text.contains("tokenfab:time_to_first_token_seconds_bucket{model_name=\"m\\\"x\",le=\"0.5\"} 2"));
-        assert!(text.contains("tokenfab:time_to_first_token_seconds_bucket{model_name=\"m\\\"x\",le=\"+Inf\"} 3"));
-        assert!(text.contains("tokenfab:time_to_first_token_seconds_count{model_name=\"m\\\"x\"} 3"));
+        assert!(text.contains(
+            "tokenfab:time_to_first_token_seconds_bucket{model_name=\"m\\\"x\",le=\"0.001\"} 0"
+        ));
+        assert!(text.contains(
+            "tokenfab:time_to_first_token_seconds_bucket{model_name=\"m\\\"x\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "tokenfab:time_to_first_token_seconds_bucket{model_name=\"m\\\"x\",le=\"0.5\"} 2"
+        ));
+        assert!(text.contains(
+            "tokenfab:time_to_first_token_seconds_bucket{model_name=\"m\\\"x\",le=\"+Inf\"} 3"
+        ));
+        assert!(
+            text.contains("tokenfab:time_to_first_token_seconds_count{model_name=\"m\\\"x\"} 3")
+        );
     }
 }

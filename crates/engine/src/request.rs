@@ -59,7 +59,10 @@ pub enum StreamEvent {
     /// Text released at the end without a token of its own (it was held back as a possible stop
     /// string or an incomplete character). Comes right before `End`.
     Text(String),
-    End { reason: FinishReason, usage: Usage },
+    End {
+        reason: FinishReason,
+        usage: Usage,
+    },
     /// The request failed inside the engine; the message is safe to show to the client.
     Error(String),
 }

@@ -46,7 +46,11 @@ impl ModelRunner {
     /// Runs every scheduled token. `all_rows(i)` says whether sequence `i` wants the logits of
     /// every scheduled row (prompt log-probabilities); otherwise it gets its last row when it
     /// samples, and nothing when it does not.
-    pub fn execute(&mut self, out: &SchedulerOutput, all_rows: impl Fn(usize) -> bool) -> Result<StepLogits> {
+    pub fn execute(
+        &mut self,
+        out: &SchedulerOutput,
+        all_rows: impl Fn(usize) -> bool,
+    ) -> Result<StepLogits> {
         self.tokens.clear();
         self.positions.clear();
         self.logits_rows.clear();
@@ -55,7 +59,8 @@ impl ModelRunner {
         for (i, s) in out.scheduled.iter().enumerate() {
             let first = self.tokens.len();
             self.tokens.extend_from_slice(&s.tokens);
-            self.positions.extend((s.start..s.start + s.tokens.len()).map(|p| p as u32));
+            self.positions
+                .extend((s.start..s.start + s.tokens.len()).map(|p| p as u32));
             let last = self.tokens.len();
             seqs.push(SeqSlice {
                 rows: first..last,

@@ -26,16 +26,27 @@ const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.cont
 /// Writes the tiny model to `dir/tiny.gguf` and returns its path.
 pub fn write_tiny_model(dir: &Path) -> PathBuf {
     let mut w = tiny_llama("llama", VOCAB);
-    let mut tokens: Vec<Value> = (0..=255u8).map(|b| Value::String(byte_char(b).to_string())).collect();
+    let mut tokens: Vec<Value> = (0..=255u8)
+        .map(|b| Value::String(byte_char(b).to_string()))
+        .collect();
     tokens.push(Value::String("<|im_start|>".into()));
     tokens.push(Value::String("<|im_end|>".into()));
     let mut types = vec![Value::I32(1); 256];
     types.extend([Value::I32(3), Value::I32(3)]);
     w.meta("tokenizer.ggml.model", Value::String("gpt2".into()))
         .meta("tokenizer.ggml.pre", Value::String("gpt-2".into()))
-        .meta("tokenizer.ggml.tokens", Value::Array(ValueType::String, tokens))
-        .meta("tokenizer.ggml.token_type", Value::Array(ValueType::I32, types))
-        .meta("tokenizer.ggml.merges", Value::Array(ValueType::String, vec![]))
+        .meta(
+            "tokenizer.ggml.tokens",
+            Value::Array(ValueType::String, tokens),
+        )
+        .meta(
+            "tokenizer.ggml.token_type",
+            Value::Array(ValueType::I32, types),
+        )
+        .meta(
+            "tokenizer.ggml.merges",
+            Value::Array(ValueType::String, vec![]),
+        )
         .meta("tokenizer.ggml.bos_token_id", Value::U32(IM_START))
         .meta("tokenizer.ggml.eos_token_id", Value::U32(IM_END))
         .meta("tokenizer.ggml.add_bos_token", Value::Bool(false))

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use tokenfab_engine::testing::{write_tiny_model, IM_END};
-use tokenfab_engine::{EngineConfig, EngineHandle, EngineRequest, LoadedModel, StreamEvent, SubmitError, Usage};
+use tokenfab_engine::{
+    EngineConfig, EngineHandle, EngineRequest, LoadedModel, StreamEvent, SubmitError, Usage,
+};
 use tokenfab_types::{FinishReason, SamplingParams};
 
 fn engine(name: &str, cfg: EngineConfig) -> EngineHandle {
@@ -40,15 +42,27 @@ fn collect(mut s: tokenfab_engine::RequestStream) -> (Vec<u32>, String, FinishRe
 }
 
 fn prompts(n: usize) -> Vec<Vec<u32>> {
-    (0..n).map(|i| (0..(5 + i * 7 % 40)).map(|j| ((i * 31 + j * 17) % 250) as u32).collect()).collect()
+    (0..n)
+        .map(|i| {
+            (0..(5 + i * 7 % 40))
+                .map(|j| ((i * 31 + j * 17) % 250) as u32)
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
 fn batching_does_not_change_greedy_outputs() {
     let e = engine("batch", EngineConfig::default());
     let ps = prompts(24);
-    let alone: Vec<Vec<u32>> = ps.iter().map(|p| collect(e.submit(greedy(p, 12)).unwrap()).0).collect();
-    let streams: Vec<_> = ps.iter().map(|p| e.submit(greedy(p, 12)).unwrap()).collect();
+    let alone: Vec<Vec<u32>> = ps
+        .iter()
+        .map(|p| collect(e.submit(greedy(p, 12)).unwrap()).0)
+        .collect();
+    let streams: Vec<_> = ps
+        .iter()
+        .map(|p| e.submit(greedy(p, 12)).unwrap())
+        .collect();
     let together: Vec<Vec<u32>> = streams.into_iter().map(|s| collect(s).0).collect();
     assert_eq!(alone, together);
     assert!(alone.iter().all(|t| t.len() == 12));
@@ -59,15 +73,30 @@ fn batching_does_not_change_greedy_outputs() {
 fn preemption_under_a_tiny_pool_finishes_everything_with_the_same_tokens() {
     let big = engine("nopreempt", EngineConfig::default());
     let ps = prompts(12);
-    let want: Vec<Vec<u32>> = ps.iter().map(|p| collect(big.submit(greedy(p, 24)).unwrap()).0).collect();
+    let want: Vec<Vec<u32>> = ps
+        .iter()
+        .map(|p| collect(big.submit(greedy(p, 24)).unwrap()).0)
+        .collect();
     big.shutdown(Duration::from_secs(5));
 
     // 2 layers x 32 kv dims x 2 x 4 bytes = 512 bytes per token; 12 blocks of 16 tokens.
-    let small = engine("preempt", EngineConfig { kv_cache_bytes: 512 * 16 * 12, ..Default::default() });
-    let streams: Vec<_> = ps.iter().map(|p| small.submit(greedy(p, 24)).unwrap()).collect();
+    let small = engine(
+        "preempt",
+        EngineConfig {
+            kv_cache_bytes: 512 * 16 * 12,
+            ..Default::default()
+        },
+    );
+    let streams: Vec<_> = ps
+        .iter()
+        .map(|p| small.submit(greedy(p, 24)).unwrap())
+        .collect();
     let got: Vec<Vec<u32>> = streams.into_iter().map(|s| collect(s).0).collect();
     assert_eq!(got, want);
-    assert!(small.metrics().num_preemptions.get() > 0, "the pool was meant to force preemption");
+    assert!(
+        small.metrics().num_preemptions.get() > 0,
+        "the pool was meant to force preemption"
+    );
     assert_eq!(small.num_unfinished(), 0);
     small.shutdown(Duration::from_secs(5));
 }
@@ -92,7 +121,10 @@ fn dropping_a_stream_aborts_and_frees_its_blocks() {
     // Wait for the first token, then go away.
     while !matches!(s.blocking_recv(), Some(StreamEvent::Token { .. })) {}
     drop(s);
-    assert!(e.wait_idle(Duration::from_secs(10)), "the aborted request never left");
+    assert!(
+        e.wait_idle(Duration::from_secs(10)),
+        "the aborted request never left"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(e.metrics().kv_cache_usage_perc.get(), 0.0);
     assert_eq!(e.metrics().request_success_abort.get(), 1);
@@ -101,7 +133,14 @@ fn dropping_a_stream_aborts_and_frees_its_blocks() {
 
 #[test]
 fn queue_limit_refuses_with_retry_after() {
-    let e = engine("queue", EngineConfig { max_queued_requests: 2, max_num_seqs: 1, ..Default::default() });
+    let e = engine(
+        "queue",
+        EngineConfig {
+            max_queued_requests: 2,
+            max_num_seqs: 1,
+            ..Default::default()
+        },
+    );
     let mut held = Vec::new();
     let mut refused = None;
     for _ in 0..50 {
@@ -113,10 +152,22 @@ fn queue_limit_refuses_with_retry_after() {
             }
         }
     }
-    assert!(matches!(refused, Some(SubmitError::QueueFull { max: 2, retry_after_secs: 1 })), "{refused:?}");
+    assert!(
+        matches!(
+            refused,
+            Some(SubmitError::QueueFull {
+                max: 2,
+                retry_after_secs: 1
+            })
+        ),
+        "{refused:?}"
+    );
     drop(held);
     assert!(e.wait_idle(Duration::from_secs(10)));
-    assert!(e.submit(greedy(&[5], 1)).is_ok(), "recovers once the queue drains");
+    assert!(
+        e.submit(greedy(&[5], 1)).is_ok(),
+        "recovers once the queue drains"
+    );
     e.shutdown(Duration::from_secs(5));
 }
 
@@ -125,29 +176,52 @@ fn stop_conditions_and_logprobs() {
     let e = engine("stop", EngineConfig::default());
     let p = [72u32, 105, 33];
     let (toks, text, reason, usage) = collect(e.submit(greedy(&p, 30)).unwrap());
-    assert_eq!((reason, usage.completion_tokens), (FinishReason::Length, 30));
+    assert_eq!(
+        (reason, usage.completion_tokens),
+        (FinishReason::Length, 30)
+    );
     assert_eq!(toks.len(), 30);
 
     // A stop string taken from the middle of the free-running text ends it there, unreturned.
     let stop: String = text.chars().skip(5).take(2).collect();
     let cut = text.find(&stop).unwrap();
-    let req = EngineRequest { stop: vec![stop.clone()], ..greedy(&p, 30) };
+    let req = EngineRequest {
+        stop: vec![stop.clone()],
+        ..greedy(&p, 30)
+    };
     let (_, t2, r2, _) = collect(e.submit(req).unwrap());
     assert_eq!((t2.as_str(), r2), (&text[..cut], FinishReason::Stop));
 
-    // A stop token id ends generation after it.
-    let req = EngineRequest { stop_token_ids: vec![toks[3]], ..greedy(&p, 30) };
-    let (t3, _, r3, _) = collect(e.submit(req).unwrap());
+    // A stop token id ends generation with it: counted in usage, not streamed (like EOS).
+    let req = EngineRequest {
+        stop_token_ids: vec![toks[3]],
+        ..greedy(&p, 30)
+    };
+    let (t3, _, r3, u3) = collect(e.submit(req).unwrap());
     let first = toks.iter().position(|&t| t == toks[3]).unwrap();
-    assert_eq!((t3.len(), r3), (first + 1, FinishReason::Stop));
+    assert_eq!(
+        (t3.as_slice(), r3, u3.completion_tokens),
+        (&toks[..first], FinishReason::Stop, first + 1)
+    );
 
     // EOS forced by logit bias stops unless ignore_eos.
-    let req = EngineRequest { logit_bias: vec![(IM_END, 100.0)], ignore_eos: false, ..greedy(&p, 30) };
+    let req = EngineRequest {
+        logit_bias: vec![(IM_END, 100.0)],
+        ignore_eos: false,
+        ..greedy(&p, 30)
+    };
     let (t4, _, r4, u4) = collect(e.submit(req).unwrap());
-    assert_eq!((t4.len(), r4, u4.completion_tokens), (0, FinishReason::Stop, 1));
+    assert_eq!(
+        (t4.len(), r4, u4.completion_tokens),
+        (0, FinishReason::Stop, 1)
+    );
 
     // Logprobs: the chosen (greedy) token is the top one; prompt logprobs start with None.
-    let req = EngineRequest { logprobs: Some(3), prompt_logprobs: Some(2), ..greedy(&p, 4) };
+    let req = EngineRequest {
+        logprobs: Some(3),
+        prompt_logprobs: Some(2),
+        ..greedy(&p, 4)
+    };
     let mut s = e.submit(req).unwrap();
     let mut saw_prompt = false;
     while let Some(ev) = s.blocking_recv() {
@@ -175,7 +249,11 @@ fn stop_conditions_and_logprobs() {
 fn seeded_sampling_is_reproducible_whatever_the_batch() {
     let e = engine("seed", EngineConfig::default());
     let req = |seed| EngineRequest {
-        sampling: SamplingParams { temperature: 1.0, seed: Some(seed), ..Default::default() },
+        sampling: SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            ..Default::default()
+        },
         ..greedy(&[10, 20, 30], 16)
     };
     let alone = collect(e.submit(req(42)).unwrap()).0;

@@ -20,6 +20,8 @@ pub struct Request {
     pub(crate) num_cached_tokens: Option<usize>,
     /// Times this request was preempted.
     pub(crate) num_preemptions: u32,
+    /// Compute every token even when the prefix cache holds some.
+    pub(crate) skip_prefix_cache: bool,
 }
 
 impl Request {

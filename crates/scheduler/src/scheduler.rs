@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use tokenfab_kv_cache::KvCacheManager;
+use tokenfab_kv_cache::{ComputedBlocks, KvCacheManager};
 use tokenfab_types::{BlockId, RequestId, TokenId};
 
 use crate::config::{SchedulerConfig, SchedulerError};
@@ -86,6 +86,18 @@ impl Scheduler {
         prompt: Vec<TokenId>,
         max_tokens: usize,
     ) -> Result<(), SchedulerError> {
+        self.add_request_with(id, prompt, max_tokens, false)
+    }
+
+    /// [`Scheduler::add_request`], optionally computing every prompt token even when the prefix
+    /// cache holds some (a request that wants prompt log-probabilities needs their logits).
+    pub fn add_request_with(
+        &mut self,
+        id: RequestId,
+        prompt: Vec<TokenId>,
+        max_tokens: usize,
+        skip_prefix_cache: bool,
+    ) -> Result<(), SchedulerError> {
         if self.requests.contains_key(&id) {
             return Err(SchedulerError::DuplicateId(id));
         }
@@ -118,6 +130,7 @@ impl Scheduler {
             num_prompt_tokens,
             max_tokens,
             num_computed_tokens: 0,
+            skip_prefix_cache,
             num_cached_tokens: None,
             num_preemptions: 0,
         };
@@ -170,7 +183,11 @@ impl Scheduler {
                     break;
                 }
                 let req = &self.requests[&id];
-                let computed = self.kv.get_computed_blocks(&req.tokens);
+                let computed = if req.skip_prefix_cache {
+                    ComputedBlocks::default()
+                } else {
+                    self.kv.get_computed_blocks(&req.tokens)
+                };
                 let n = (req.num_tokens() - computed.num_computed_tokens).min(budget);
                 if self
                     .kv
