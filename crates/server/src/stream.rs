@@ -1,0 +1,532 @@
+//! Streaming as a small state machine over the engine's events (habit 11): each machine takes
+//! `(choice index, StreamEvent)` and returns the SSE frames to send, and knows when the response
+//! is complete. No I/O here; `sse.rs` drives a machine over the merged engine streams.
+
+use serde::Serialize;
+use serde_json::Value;
+use tokenfab_engine::{StreamEvent, Usage};
+
+use crate::error::ApiError;
+use crate::logprobs::{chat_token, CompletionLogprobsBuilder, Vocab};
+use crate::openai::{
+    ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, Completion, CompletionChoice,
+    CompletionLogprobs, UsageOut,
+};
+use crate::validation::ValidRequest;
+
+/// One SSE `data:` payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Chunk(Value),
+    /// `{"error": {...}}`; the stream ends after it.
+    Error(Value),
+    /// `[DONE]`.
+    Done,
+}
+
+/// What every response carries.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+/// A machine `sse.rs` can drive.
+pub trait StreamMachine: Send + 'static {
+    /// Frames sent before any engine event (chat: the role of every choice).
+    fn start(&mut self) -> Vec<Frame>;
+    fn on_event(&mut self, choice: usize, ev: StreamEvent) -> Vec<Frame>;
+    /// True once `[DONE]` was produced.
+    fn is_done(&self) -> bool;
+}
+
+fn json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Which choices are still open, and the token counts of those that ended.
+#[derive(Debug)]
+pub struct Tally {
+    n: usize,
+    open: Vec<bool>,
+    /// Per prompt: (prompt tokens, cached tokens), counted once however many choices it has.
+    prompts: Vec<Option<(usize, usize)>>,
+    completion: usize,
+}
+
+impl Tally {
+    pub fn new(num_prompts: usize, n: usize) -> Self {
+        Self {
+            n,
+            open: vec![true; num_prompts * n],
+            prompts: vec![None; num_prompts],
+            completion: 0,
+        }
+    }
+
+    pub fn end(&mut self, choice: usize, u: &Usage, counts_completion: bool) {
+        if let Some(o) = self.open.get_mut(choice) {
+            *o = false;
+        }
+        if let Some(p) = self.prompts.get_mut(choice / self.n.max(1)) {
+            p.get_or_insert((u.prompt_tokens, u.cached_tokens));
+        }
+        if counts_completion {
+            self.completion += u.completion_tokens;
+        }
+    }
+
+    pub fn all_ended(&self) -> bool {
+        self.open.iter().all(|o| !o)
+    }
+
+    pub fn usage(&self) -> UsageOut {
+        let (p, c) = self
+            .prompts
+            .iter()
+            .flatten()
+            .fold((0, 0), |(p, c), &(pp, cc)| (p + pp, c + cc));
+        UsageOut::new(p, self.completion, c)
+    }
+}
+
+fn error_frames(msg: String) -> Vec<Frame> {
+    vec![
+        Frame::Error(json(&ApiError::Engine(msg).body())),
+        Frame::Done,
+    ]
+}
+
+/// `chat.completion.chunk` frames.
+pub struct ChatStream {
+    meta: Meta,
+    include_usage: bool,
+    logprobs: bool,
+    vocab: Vocab,
+    tally: Tally,
+    done: bool,
+}
+
+impl ChatStream {
+    pub fn new(meta: Meta, v: &ValidRequest, vocab: Vocab) -> Self {
+        Self {
+            meta,
+            include_usage: v.include_usage,
+            logprobs: v.logprobs.is_some(),
+            vocab,
+            tally: Tally::new(v.prompts.len(), v.n),
+            done: false,
+        }
+    }
+
+    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<UsageOut>) -> Frame {
+        Frame::Chunk(json(&ChatCompletionChunk {
+            id: self.meta.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.meta.created,
+            model: self.meta.model.clone(),
+            choices,
+            usage: self.include_usage.then_some(usage),
+        }))
+    }
+
+    fn delta(
+        &self,
+        index: usize,
+        delta: ChatDelta,
+        logprobs: Option<ChatLogprobs>,
+        finish: Option<&'static str>,
+    ) -> Frame {
+        self.chunk(
+            vec![ChatChunkChoice {
+                index,
+                delta,
+                logprobs,
+                finish_reason: finish,
+            }],
+            None,
+        )
+    }
+}
+
+impl StreamMachine for ChatStream {
+    fn start(&mut self) -> Vec<Frame> {
+        (0..self.tally.open.len())
+            .map(|i| {
+                let d = ChatDelta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                };
+                self.delta(i, d, None, None)
+            })
+            .collect()
+    }
+
+    fn on_event(&mut self, i: usize, ev: StreamEvent) -> Vec<Frame> {
+        if self.done {
+            return vec![];
+        }
+        let content = |s: String| ChatDelta {
+            role: None,
+            content: Some(s),
+        };
+        match ev {
+            StreamEvent::PromptLogprobs(_) => vec![],
+            StreamEvent::Token { text, logprob, .. } => {
+                let lp = match (self.logprobs, logprob) {
+                    (true, Some(l)) => Some(ChatLogprobs {
+                        content: vec![chat_token(&self.vocab, &l)],
+                    }),
+                    _ => None,
+                };
+                if text.is_empty() && lp.is_none() {
+                    return vec![];
+                }
+                vec![self.delta(i, content(text), lp, None)]
+            }
+            StreamEvent::Text(t) if t.is_empty() => vec![],
+            StreamEvent::Text(t) => vec![self.delta(i, content(t), None, None)],
+            StreamEvent::End { reason, usage } => {
+                self.tally.end(i, &usage, true);
+                let mut out =
+                    vec![self.delta(i, ChatDelta::default(), None, Some(reason.as_str()))];
+                if self.tally.all_ended() {
+                    if self.include_usage {
+                        out.push(self.chunk(vec![], Some(self.tally.usage())));
+                    }
+                    out.push(Frame::Done);
+                    self.done = true;
+                }
+                out
+            }
+            StreamEvent::Error(msg) => {
+                self.done = true;
+                error_frames(msg)
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// `text_completion` frames, with echo and legacy logprobs.
+pub struct CompletionStream {
+    meta: Meta,
+    include_usage: bool,
+    n: usize,
+    /// Per prompt: its text and tokens (for echo) and whether its completion is discarded
+    /// (`max_tokens` 0 with echo).
+    prompts: Vec<(String, Vec<u32>, bool)>,
+    echo: bool,
+    logprobs: bool,
+    echoed: Vec<bool>,
+    builders: Vec<CompletionLogprobsBuilder>,
+    tally: Tally,
+    done: bool,
+}
+
+impl CompletionStream {
+    pub fn new(meta: Meta, v: &ValidRequest, vocab: Vocab) -> Self {
+        let choices = v.num_choices();
+        Self {
+            meta,
+            include_usage: v.include_usage,
+            n: v.n,
+            prompts: v
+                .prompts
+                .iter()
+                .map(|p| (p.text.clone(), p.tokens.clone(), p.max_tokens == 0))
+                .collect(),
+            echo: v.echo,
+            logprobs: v.logprobs.is_some(),
+            echoed: vec![!v.echo; choices],
+            builders: (0..choices)
+                .map(|_| CompletionLogprobsBuilder::new(vocab.clone(), v.tokens_as_ids))
+                .collect(),
+            tally: Tally::new(v.prompts.len(), v.n),
+            done: false,
+        }
+    }
+
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<UsageOut>) -> Frame {
+        Frame::Chunk(json(&Completion {
+            id: self.meta.id.clone(),
+            object: "text_completion",
+            created: self.meta.created,
+            model: self.meta.model.clone(),
+            choices,
+            usage: self.include_usage.then_some(usage),
+        }))
+    }
+
+    fn text(
+        &self,
+        index: usize,
+        text: String,
+        logprobs: Option<CompletionLogprobs>,
+        finish: Option<&'static str>,
+    ) -> Frame {
+        self.chunk(
+            vec![CompletionChoice {
+                index,
+                text,
+                logprobs,
+                finish_reason: finish,
+            }],
+            None,
+        )
+    }
+
+    /// The echo chunk of choice `i`, with the prompt's logprobs when given.
+    fn echo(
+        &mut self,
+        i: usize,
+        lps: Option<&[Option<tokenfab_engine::TokenLogprob>]>,
+    ) -> Vec<Frame> {
+        if self.echoed[i] {
+            return vec![];
+        }
+        self.echoed[i] = true;
+        let (text, tokens, _) = self.prompts[i / self.n].clone();
+        let lp = self.logprobs.then(|| {
+            let mut out = CompletionLogprobs::default();
+            self.builders[i].push_prompt(&mut out, &tokens, lps.unwrap_or(&[]));
+            out
+        });
+        vec![self.text(i, text, lp, None)]
+    }
+
+    fn discarded(&self, i: usize) -> bool {
+        self.prompts[i / self.n].2
+    }
+}
+
+impl StreamMachine for CompletionStream {
+    fn start(&mut self) -> Vec<Frame> {
+        if !self.echo || self.logprobs {
+            return vec![];
+        }
+        (0..self.echoed.len())
+            .flat_map(|i| self.echo(i, None))
+            .collect()
+    }
+
+    fn on_event(&mut self, i: usize, ev: StreamEvent) -> Vec<Frame> {
+        if self.done || i >= self.echoed.len() {
+            return vec![];
+        }
+        if let StreamEvent::PromptLogprobs(lps) = &ev {
+            return self.echo(i, Some(lps));
+        }
+        let mut out = self.echo(i, None);
+        match ev {
+            StreamEvent::PromptLogprobs(_) => {}
+            StreamEvent::Token {
+                token,
+                text,
+                logprob,
+            } => {
+                if !self.discarded(i) {
+                    let lp = self.logprobs.then(|| {
+                        let mut o = CompletionLogprobs::default();
+                        self.builders[i].push(&mut o, token, logprob.as_ref());
+                        o
+                    });
+                    out.push(self.text(i, text, lp, None));
+                }
+            }
+            StreamEvent::Text(t) => {
+                if !self.discarded(i) && !t.is_empty() {
+                    let lp = self.logprobs.then(CompletionLogprobs::default);
+                    out.push(self.text(i, t, lp, None));
+                }
+            }
+            StreamEvent::End { reason, usage } => {
+                let discarded = self.discarded(i);
+                self.tally.end(i, &usage, !discarded);
+                let reason = if discarded { "length" } else { reason.as_str() };
+                out.push(self.text(i, String::new(), None, Some(reason)));
+                if self.tally.all_ended() {
+                    if self.include_usage {
+                        out.push(self.chunk(vec![], Some(self.tally.usage())));
+                    }
+                    out.push(Frame::Done);
+                    self.done = true;
+                }
+            }
+            StreamEvent::Error(msg) => {
+                self.done = true;
+                out.extend(error_frames(msg));
+            }
+        }
+        out
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokenfab_engine::{EngineRequest, TokenLogprob};
+    use tokenfab_types::FinishReason;
+
+    use super::*;
+    use crate::validation::ValidPrompt;
+
+    fn meta() -> Meta {
+        Meta {
+            id: "x".into(),
+            created: 1,
+            model: "m".into(),
+        }
+    }
+
+    fn vocab() -> Vocab {
+        Arc::new(|id| format!("<{id}>").into_bytes())
+    }
+
+    fn valid(n: usize, echo: bool, logprobs: Option<usize>, usage: bool) -> ValidRequest {
+        ValidRequest {
+            prompts: vec![ValidPrompt {
+                text: "hi".into(),
+                tokens: vec![1, 2],
+                max_tokens: 4,
+            }],
+            n,
+            stream: true,
+            include_usage: usage,
+            echo,
+            logprobs,
+            tokens_as_ids: false,
+            template: EngineRequest::default(),
+        }
+    }
+
+    fn tok(token: u32, text: &str) -> StreamEvent {
+        StreamEvent::Token {
+            token,
+            text: text.into(),
+            logprob: Some(TokenLogprob {
+                token,
+                logprob: -1.0,
+                top: vec![(token, -1.0)],
+            }),
+        }
+    }
+
+    fn end(c: usize) -> StreamEvent {
+        StreamEvent::End {
+            reason: FinishReason::Length,
+            usage: Usage {
+                prompt_tokens: 2,
+                completion_tokens: c,
+                cached_tokens: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn chat_role_first_then_content_finish_usage_done() {
+        let mut m = ChatStream::new(meta(), &valid(2, false, Some(1), true), vocab());
+        let start = m.start();
+        assert_eq!(start.len(), 2);
+        let Frame::Chunk(c) = &start[1] else { panic!() };
+        assert_eq!(c["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(c["choices"][0]["index"], 1);
+        assert!(c["usage"].is_null() && c.get("usage").is_some());
+
+        let f = m.on_event(0, tok(5, "ab"));
+        let Frame::Chunk(c) = &f[0] else { panic!() };
+        assert_eq!(c["choices"][0]["delta"]["content"], "ab");
+        assert_eq!(c["choices"][0]["logprobs"]["content"][0]["token"], "<5>");
+        assert!(c["choices"][0]["delta"].get("role").is_none());
+
+        let f = m.on_event(0, end(1));
+        assert_eq!(f.len(), 1);
+        assert!(!m.is_done());
+        m.on_event(1, tok(6, "c"));
+        let f = m.on_event(1, end(3));
+        assert_eq!(f.len(), 3);
+        let Frame::Chunk(u) = &f[1] else { panic!() };
+        assert_eq!(u["choices"].as_array().unwrap().len(), 0);
+        assert_eq!(u["usage"]["prompt_tokens"], 2);
+        assert_eq!(u["usage"]["completion_tokens"], 4);
+        assert_eq!(u["usage"]["total_tokens"], 6);
+        assert_eq!(f[2], Frame::Done);
+        assert!(m.is_done());
+        assert!(m.on_event(0, tok(1, "late")).is_empty());
+    }
+
+    #[test]
+    fn chat_without_usage_omits_the_field() {
+        let mut m = ChatStream::new(meta(), &valid(1, false, None, false), vocab());
+        let Frame::Chunk(c) = &m.start()[0] else {
+            panic!()
+        };
+        assert!(c.get("usage").is_none());
+        let f = m.on_event(0, tok(5, "a"));
+        let Frame::Chunk(c) = &f[0] else { panic!() };
+        assert!(c["choices"][0]["logprobs"].is_null());
+        assert_eq!(m.on_event(0, end(1)).last(), Some(&Frame::Done));
+    }
+
+    #[test]
+    fn an_engine_error_ends_the_stream_with_an_error_event() {
+        let mut m = ChatStream::new(meta(), &valid(1, false, None, false), vocab());
+        let f = m.on_event(0, StreamEvent::Error("boom".into()));
+        let Frame::Error(e) = &f[0] else { panic!() };
+        assert_eq!(e["error"]["message"], "boom");
+        assert_eq!(f[1], Frame::Done);
+        assert!(m.is_done());
+    }
+
+    #[test]
+    fn completion_echo_with_logprobs_waits_for_prompt_logprobs() {
+        let mut m = CompletionStream::new(meta(), &valid(1, true, Some(1), false), vocab());
+        assert!(m.start().is_empty());
+        let lp = TokenLogprob {
+            token: 2,
+            logprob: -0.25,
+            top: vec![],
+        };
+        let f = m.on_event(0, StreamEvent::PromptLogprobs(vec![None, Some(lp)]));
+        let Frame::Chunk(c) = &f[0] else { panic!() };
+        assert_eq!(c["choices"][0]["text"], "hi");
+        let l = &c["choices"][0]["logprobs"];
+        assert_eq!(l["tokens"], serde_json::json!(["<1>", "<2>"]));
+        assert_eq!(l["token_logprobs"], serde_json::json!([null, -0.25]));
+        assert!(l["top_logprobs"][0].is_null());
+        assert_eq!(l["text_offset"], serde_json::json!([0, 3]));
+        let f = m.on_event(0, tok(9, "z"));
+        let Frame::Chunk(c) = &f[0] else { panic!() };
+        assert_eq!(
+            c["choices"][0]["logprobs"]["text_offset"],
+            serde_json::json!([6])
+        );
+        let f = m.on_event(0, end(1));
+        let Frame::Chunk(c) = &f[0] else { panic!() };
+        assert_eq!(c["choices"][0]["finish_reason"], "length");
+        assert_eq!(f[1], Frame::Done);
+    }
+
+    #[test]
+    fn completion_echo_without_logprobs_comes_first() {
+        let mut m = CompletionStream::new(meta(), &valid(2, true, None, true), vocab());
+        let s = m.start();
+        assert_eq!(s.len(), 2);
+        let f = m.on_event(1, tok(9, "z"));
+        assert_eq!(f.len(), 1);
+        m.on_event(0, end(1));
+        let f = m.on_event(1, end(1));
+        let Frame::Chunk(u) = &f[1] else { panic!() };
+        assert_eq!(u["usage"]["completion_tokens"], 2);
+        assert_eq!(u["usage"]["prompt_tokens"], 2);
+    }
+}
