@@ -1,7 +1,9 @@
 //! `tokenfab`: a token factory. See `tokenfab --help`.
 
 mod args;
+mod bench;
 mod chat;
+mod economics;
 mod eval;
 mod generate;
 
@@ -31,10 +33,10 @@ enum Command {
     Score(eval::ScoreArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (not built yet: issue #3).
     Serve(Pending),
-    /// Load-test an OpenAI-compatible server (not built yet: issue #4).
-    Bench(Pending),
-    /// Cost and revenue of tokens on given hardware (not built yet: issue #4).
-    Economics(Pending),
+    /// Load-test an OpenAI-compatible server: TTFT, TPOT, ITL, goodput, capacity, A/B compare.
+    Bench(bench::Args),
+    /// Cost per million tokens and revenue per dollar of hardware, from a throughput.
+    Economics(economics::Args),
 }
 
 /// Arguments of a command that does not exist yet.
@@ -65,7 +67,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Perplexity(a) => eval::perplexity(a),
         Command::Score(a) => eval::score(a),
         Command::Serve(_) => anyhow::bail!("`tokenfab serve` is not built yet (issue #3)"),
-        Command::Bench(_) => anyhow::bail!("`tokenfab bench` is not built yet (issue #4)"),
-        Command::Economics(_) => anyhow::bail!("`tokenfab economics` is not built yet (issue #4)"),
+        Command::Bench(a) => bench::run(a),
+        Command::Economics(a) => economics::run(a),
     }
 }
