@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use tokenfab_engine::LoadedModel;
+use tokenfab_loader::GgmlType;
 use tokenfab_types::SamplingParams;
 
 /// The default model's file name, fetched by `scripts/fetch-model.sh` into `models/`.
@@ -17,6 +18,16 @@ pub struct ModelArgs {
     /// Worker threads [default: the cores this process may use].
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
+    /// Instead of a file, deterministic random weights of a preset's shape: smollm2-135m,
+    /// llama3-8b, llama3-70b, tiny, or a JSON config. Byte-level tokenizer.
+    #[arg(long, conflicts_with = "model")]
+    pub dummy_weights: Option<String>,
+    /// Seed of the dummy weights (the same seed gives the same weights on every backend).
+    #[arg(long, default_value_t = 0)]
+    pub dummy_seed: u64,
+    /// Storage type of the dummy weight matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k.
+    #[arg(long, default_value = "q8_0")]
+    pub dummy_dtype: String,
 }
 
 impl ModelArgs {
@@ -28,12 +39,20 @@ impl ModelArgs {
                 .build_global()
                 .context("setting up the thread pool")?;
         }
-        let path = match &self.model {
-            Some(p) => p.clone(),
-            None => default_model_path()?,
-        };
         let t = std::time::Instant::now();
-        let m = LoadedModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
+        let (m, path) = if let Some(preset) = &self.dummy_weights {
+            let ty = parse_dtype(&self.dummy_dtype)?;
+            let m = LoadedModel::dummy(preset, self.dummy_seed, ty)
+                .with_context(|| format!("building dummy weights `{preset}`"))?;
+            (m, PathBuf::from(format!("dummy:{preset}")))
+        } else {
+            let path = match &self.model {
+                Some(p) => p.clone(),
+                None => default_model_path()?,
+            };
+            let m = LoadedModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
+            (m, path)
+        };
         tracing::info!(
             model = %m.name,
             path = %path.display(),
@@ -45,6 +64,20 @@ impl ModelArgs {
         );
         Ok(m)
     }
+}
+
+fn parse_dtype(s: &str) -> Result<GgmlType> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" => GgmlType::F32,
+        "f16" => GgmlType::F16,
+        "bf16" => GgmlType::BF16,
+        "q8_0" => GgmlType::Q8_0,
+        "q4_0" => GgmlType::Q4_0,
+        "q4_1" => GgmlType::Q4_1,
+        "q4_k" => GgmlType::Q4K,
+        "q6_k" => GgmlType::Q6K,
+        other => anyhow::bail!("--dummy-dtype must be one of f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k. Given: {other}"),
+    })
 }
 
 /// `models/<default>` under the working directory or the checkout the binary was built in.

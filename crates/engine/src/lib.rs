@@ -6,6 +6,7 @@
 //! seed, never on what else runs beside it.
 
 pub mod detok;
+pub mod dummy;
 mod engine_core;
 pub mod error;
 pub mod handle;

@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 
 use tokenfab_loader::chat_template::ChatTemplate;
 use tokenfab_loader::tokenizer::Tokenizer;
-use tokenfab_loader::Gguf;
+use tokenfab_loader::{GgmlType, Gguf};
 use tokenfab_models::Llama;
 
+use crate::dummy::{self, DummyConfig};
 use crate::error::Result;
 
 /// Weights, tokenizer and chat template of one GGUF file.
@@ -23,7 +24,20 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     pub fn load(path: &Path) -> Result<Self> {
-        let g = Gguf::open(path)?;
+        Self::from_gguf(Gguf::open(path)?, path)
+    }
+
+    /// Random weights of a preset's shape (see [`crate::dummy`]), matrices stored as `ty`.
+    pub fn dummy(preset: &str, seed: u64, ty: GgmlType) -> Result<Self> {
+        let cfg = DummyConfig::resolve(preset)?;
+        let bytes = dummy::build_gguf(preset, &cfg, seed, ty)?;
+        Self::from_gguf(
+            Gguf::from_bytes(bytes)?,
+            Path::new(&format!("dummy-{preset}")),
+        )
+    }
+
+    fn from_gguf(g: Gguf, path: &Path) -> Result<Self> {
         let model = Llama::from_gguf(&g)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let template = ChatTemplate::from_gguf(&g, &tokenizer)?;
