@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokenfab_backend::cpu::log_softmax;
 use tokenfab_loader::Tokenizer;
-use tokenfab_models::{KvCache, Llama};
+use tokenfab_models::{CpuExecutor, KvCache, Llama};
 use tokenfab_scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use tokenfab_types::{FinishReason, RequestId, TokenId};
 use tokio::sync::mpsc as tmpsc;
@@ -75,9 +75,12 @@ impl EngineCore {
             max_model_len: model.cfg.context_len,
         })
         .map_err(|e| Error::Invalid(e.to_string()))?;
-        let kv = model.new_kv_cache(cfg.block_size, num_blocks);
         Ok(Self {
-            runner: ModelRunner::new(model, kv),
+            runner: ModelRunner::new(Box::new(CpuExecutor::new(
+                model,
+                cfg.block_size,
+                num_blocks,
+            ))),
             sched,
             tokenizer,
             active: HashMap::new(),
@@ -89,16 +92,16 @@ impl EngineCore {
     }
 
     pub fn context_len(&self) -> usize {
-        self.runner.model.cfg.context_len
+        self.runner.exec.config().context_len
     }
     pub fn vocab_size(&self) -> usize {
-        self.runner.model.cfg.vocab_size
+        self.runner.exec.config().vocab_size
     }
     pub fn kv_cache_tokens(&self) -> usize {
-        self.runner.kv.capacity_tokens()
+        self.runner.exec.num_blocks() * self.runner.exec.block_size()
     }
     pub fn weight_bytes(&self) -> usize {
-        self.runner.model.weight_bytes()
+        self.runner.exec.weight_bytes()
     }
 
     /// The loop: take commands, then one step while anything is unfinished.

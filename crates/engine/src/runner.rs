@@ -3,14 +3,13 @@
 
 use std::ops::Range;
 
-use tokenfab_models::{ForwardBatch, KvCache, Llama, SeqSlice};
+use tokenfab_models::{Executor, ForwardBatch, SeqSlice};
 use tokenfab_scheduler::SchedulerOutput;
 
 use crate::error::Result;
 
 pub(crate) struct ModelRunner {
-    pub model: Llama,
-    pub kv: KvCache,
+    pub exec: Box<dyn Executor>,
     // Flat batch buffers, reused across steps.
     tokens: Vec<u32>,
     positions: Vec<u32>,
@@ -33,10 +32,9 @@ impl StepLogits {
 }
 
 impl ModelRunner {
-    pub fn new(model: Llama, kv: KvCache) -> Self {
+    pub fn new(exec: Box<dyn Executor>) -> Self {
         Self {
-            model,
-            kv,
+            exec,
             tokens: Vec::new(),
             positions: Vec::new(),
             logits_rows: Vec::new(),
@@ -80,11 +78,11 @@ impl ModelRunner {
             seqs: &seqs,
             logits_rows: &self.logits_rows,
         };
-        let logits = self.model.forward(&batch, &mut self.kv)?;
+        let logits = self.exec.forward(&batch)?;
         Ok(StepLogits {
             rows,
             logits,
-            vocab: self.model.cfg.vocab_size,
+            vocab: self.exec.config().vocab_size,
         })
     }
 }

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod executor;
 pub mod kv;
 pub mod llama;
 mod rope;
@@ -16,6 +17,7 @@ pub mod testing;
 pub use batch::{ForwardBatch, SeqSlice};
 pub use config::{LlamaConfig, RopeKind, RopeScaling};
 pub use error::{Error, Result};
+pub use executor::{CpuExecutor, Executor};
 pub use kv::KvCache;
 pub use llama::Llama;
 

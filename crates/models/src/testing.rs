@@ -12,7 +12,9 @@ const LAYERS: usize = 2;
 fn rand_vec(seed: &mut u64, n: usize, scale: f32, offset: f32) -> Vec<f32> {
     (0..n)
         .map(|_| {
-            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * scale + offset
         })
         .collect()
