@@ -7,5 +7,6 @@
 //! beyond what they return, and give the same results (within float rounding) on every path.
 
 pub mod cpu;
+pub mod cuda;
 
 pub use cpu::{Isa, Matrix};

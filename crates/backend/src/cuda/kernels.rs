@@ -1,0 +1,363 @@
+//! The device kernels, as CUDA C source compiled once per process by NVRTC for the device's compute
+//! capability (see [`super::context`]). Every kernel a host launches is named in [`KERNELS`]; the
+//! tests check that each name is defined in [`SOURCE`] and that the source is well formed, so a
+//! typo is caught here rather than on a GPU machine.
+//!
+//! Layouts (row-major, one row per token unless said):
+//! - residual stream `x`: f32 (n, dim); GEMM inputs: bf16; GEMM outputs: f32.
+//! - `qkv`: f32 (n, q_dim + 2 kv_dim), Q heads then K heads then V heads.
+//! - KV pool per layer: bf16 (num_slots, kv_dim), slot = block * block_size + pos % block_size.
+//! - block tables: i32, flattened; `row_table[t]` is the offset of row t's table, `row_ctx[t]` the
+//!   number of positions it attends to (its position + 1).
+
+/// Names of the `extern "C" __global__` functions in [`SOURCE`] that the host launches.
+pub const KERNELS: &[&str] = &[
+    "embed_rows",
+    "rms_norm_bf16",
+    "qkv_rope_kv_write",
+    "paged_attention",
+    "silu_mul_bf16",
+    "argmax_rows",
+    "f32_to_bf16",
+];
+
+/// Threads per block of the row kernels (a multiple of 32).
+pub const ROW_THREADS: u32 = 256;
+/// Threads per block of `paged_attention`: warps split the positions, then merge.
+pub const ATTN_THREADS: u32 = 128;
+/// Largest head dimension `paged_attention` holds in registers (8 values per lane).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// The CUDA C source of every kernel: plain CUDA C with no `#include`, so NVRTC needs no headers
+/// (bf16 is handled as its 16 bits).
+pub const SOURCE: &str = r#"
+#define WARP 32
+#define NEG_INF __int_as_float(0xff800000)
+
+/* bf16 as its bits (the host's half::bf16 layout), so NVRTC needs no header at all. */
+typedef unsigned short bf16_t;
+__device__ __forceinline__ float bf2f(bf16_t h) { return __uint_as_float(((unsigned int)h) << 16); }
+/* Round to nearest even, as half::bf16::from_f32 does; NaN stays NaN. */
+__device__ __forceinline__ bf16_t f2bf(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_t)(u >> 16);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = WARP / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total. */
+__device__ float block_sum(float v, float* shared32) {
+    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, nw = blockDim.x / WARP;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) shared32[warp] = v;
+    __syncthreads();
+    float t = 0.0f;
+    for (int i = 0; i < nw; i++) t += shared32[i];
+    return t;
+}
+
+/* x (n, dim) f32 = embd[tokens[t]] (vocab, dim) bf16. Grid: n blocks. */
+extern "C" __global__ void embed_rows(const unsigned int* __restrict__ tokens,
+                                      const bf16_t* __restrict__ embd,
+                                      float* __restrict__ x, int dim) {
+    size_t t = blockIdx.x;
+    const bf16_t* src = embd + (size_t)tokens[t] * dim;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) x[t * dim + j] = bf2f(src[j]);
+}
+
+/* out (rows, dim) bf16 = x[src] * rsqrt(mean(x[src]^2) + eps) * w, src = rows ? rows[b] : b.
+   Grid: one block per output row. */
+extern "C" __global__ void rms_norm_bf16(const float* __restrict__ x, const int* __restrict__ rows,
+                                         const float* __restrict__ w, bf16_t* __restrict__ out,
+                                         int dim, float eps) {
+    __shared__ float red[32];
+    size_t b = blockIdx.x;
+    size_t src = rows ? (size_t)rows[b] : b;
+    const float* xr = x + src * dim;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += xr[j] * xr[j];
+    ss = block_sum(ss, red) / (float)dim;
+    float scale = 1.0f / sqrtf(ss + eps);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x)
+        out[b * dim + j] = f2bf(xr[j] * scale * w[j]);
+}
+
+/* Per row t (one block each): add the Q/K/V bias (if any), rotate Q and K heads by RoPE with the
+   host-computed cos/sin (n, half), then store K and V as bf16 at slots[t] of the layer's pool.
+   neox = 0: pairs (2i, 2i+1); neox = 1: pairs (i, i + half). */
+extern "C" __global__ void qkv_rope_kv_write(float* __restrict__ qkv, const float* __restrict__ bias,
+                                             const float* __restrict__ cosv, const float* __restrict__ sinv,
+                                             const long long* __restrict__ slots,
+                                             bf16_t* __restrict__ k_cache,
+                                             bf16_t* __restrict__ v_cache,
+                                             int n_heads, int n_kv_heads, int head_dim, int half, int neox) {
+    size_t t = blockIdx.x;
+    int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
+    int width = q_dim + 2 * kv_dim;
+    float* row = qkv + t * width;
+    if (bias) {
+        for (int j = threadIdx.x; j < width; j += blockDim.x) row[j] += bias[j];
+        __syncthreads();
+    }
+    int pairs = (n_heads + n_kv_heads) * half;
+    for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+        int head = p / half, i = p % half;
+        float* h = row + head * head_dim;
+        int a = neox ? i : 2 * i;
+        int c = neox ? i + half : 2 * i + 1;
+        float cs = cosv[t * half + i], sn = sinv[t * half + i];
+        float x0 = h[a], x1 = h[c];
+        h[a] = x0 * cs - x1 * sn;
+        h[c] = x0 * sn + x1 * cs;
+    }
+    __syncthreads();
+    size_t s = (size_t)slots[t] * kv_dim;
+    for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
+        k_cache[s + j] = f2bf(row[q_dim + j]);
+        v_cache[s + j] = f2bf(row[q_dim + kv_dim + j]);
+    }
+}
+
+/* Causal GQA attention of row t, head h (grid (n, n_heads), ATTN_THREADS threads) over the
+   row_ctx[t] positions of its sequence, read through its block table. Each warp takes every
+   nw-th position with an online softmax (flash-decoding style); the warps merge at the end.
+   Serves decode (one row per sequence) and chunked prefill (many rows) alike. */
+extern "C" __global__ void paged_attention(const float* __restrict__ qkv,
+                                           const bf16_t* __restrict__ k_cache,
+                                           const bf16_t* __restrict__ v_cache,
+                                           const int* __restrict__ block_tables,
+                                           const int* __restrict__ row_table,
+                                           const int* __restrict__ row_ctx,
+                                           bf16_t* __restrict__ out,
+                                           int n_heads, int n_kv_heads, int head_dim,
+                                           int block_size, float scale) {
+    __shared__ float s_m[32], s_l[32];
+    __shared__ float s_acc[4][256];
+    size_t t = blockIdx.x;
+    int h = blockIdx.y;
+    int kh = h / (n_heads / n_kv_heads);
+    int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
+    int width = q_dim + 2 * kv_dim;
+    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, nw = blockDim.x / WARP;
+    const float* q = qkv + t * width + h * head_dim;
+    float qr[8], acc[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int d = lane + WARP * i;
+        qr[i] = d < head_dim ? q[d] : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = NEG_INF, l = 0.0f;
+    int ctx = row_ctx[t];
+    const int* table = block_tables + row_table[t];
+    for (int p = warp; p < ctx; p += nw) {
+        size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
+        const bf16_t* k = k_cache + slot * kv_dim + kh * head_dim;
+        const bf16_t* v = v_cache + slot * kv_dim + kh * head_dim;
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int d = lane + WARP * i;
+            if (d < head_dim) s += qr[i] * bf2f(k[d]);
+        }
+        s = warp_sum(s) * scale;
+        float m_new = fmaxf(m, s);
+        float corr = expf(m - m_new);
+        float e = expf(s - m_new);
+        l = l * corr + e;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int d = lane + WARP * i;
+            if (d < head_dim) acc[i] = acc[i] * corr + e * bf2f(v[d]);
+        }
+        m = m_new;
+    }
+    if (lane == 0) { s_m[warp] = m; s_l[warp] = l; }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int d = lane + WARP * i;
+        if (d < head_dim) s_acc[warp][d] = acc[i];
+    }
+    __syncthreads();
+    if (warp == 0) {
+        float gm = NEG_INF;
+        for (int w = 0; w < nw; w++) gm = fmaxf(gm, s_m[w]);
+        float gl = 0.0f;
+        float f[4];
+        for (int w = 0; w < nw; w++) {
+            f[w] = s_m[w] == NEG_INF ? 0.0f : expf(s_m[w] - gm);
+            gl += s_l[w] * f[w];
+        }
+        for (int d = lane; d < head_dim; d += WARP) {
+            float o = 0.0f;
+            for (int w = 0; w < nw; w++) o += s_acc[w][d] * f[w];
+            out[t * q_dim + h * head_dim + d] = f2bf(o / gl);
+        }
+    }
+}
+
+/* h (n, ffn) bf16 = silu(gate) * up, gu (n, 2 ffn) f32 = gate | up. Grid-stride over n * ffn. */
+extern "C" __global__ void silu_mul_bf16(const float* __restrict__ gu, bf16_t* __restrict__ h,
+                                         int n, int ffn) {
+    size_t total = (size_t)n * ffn;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t t = i / ffn, j = i % ffn;
+        float g = gu[t * 2 * ffn + j], u = gu[t * 2 * ffn + ffn + j];
+        h[i] = f2bf(g / (1.0f + expf(-g)) * u);
+    }
+}
+
+/* out[r] = index of the largest of logits (rows, vocab) row r; the lowest index wins ties, as
+   the host sampler's greedy pick does. One block per row. */
+extern "C" __global__ void argmax_rows(const float* __restrict__ logits, unsigned int* __restrict__ out,
+                                       int vocab) {
+    __shared__ float s_v[1024];
+    __shared__ int s_i[1024];
+    const float* row = logits + (size_t)blockIdx.x * vocab;
+    float best = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+        float v = row[j];
+        if (v > best || (v == best && j < bi)) { best = v; bi = j; }
+    }
+    s_v[threadIdx.x] = best;
+    s_i[threadIdx.x] = bi;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o /= 2) {
+        if (threadIdx.x < o) {
+            float v = s_v[threadIdx.x + o];
+            int i = s_i[threadIdx.x + o];
+            if (v > s_v[threadIdx.x] || (v == s_v[threadIdx.x] && i < s_i[threadIdx.x])) {
+                s_v[threadIdx.x] = v;
+                s_i[threadIdx.x] = i;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = (unsigned int)(s_i[0] == 0x7fffffff ? 0 : s_i[0]);
+}
+
+/* dst bf16 = src f32, grid-stride (bandwidth probe and conversions). */
+extern "C" __global__ void f32_to_bf16(const float* __restrict__ src, bf16_t* __restrict__ dst,
+                                       unsigned long long n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = f2bf(src[i]);
+}
+"#;
+
+/// Checks what can be checked without a compiler: braces, parentheses and brackets balance
+/// (outside comments and strings), and every name in [`KERNELS`] is defined as an
+/// `extern "C" __global__ void` function. Returns the first problem found.
+pub fn sanity_check(src: &str, kernels: &[&str]) -> Result<(), String> {
+    let mut stack = Vec::new();
+    let bytes = src.as_bytes();
+    let mut i = 0;
+    let mut line = 1;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'\n' {
+            line += 1;
+        }
+        if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
+            let end = src[i + 2..]
+                .find("*/")
+                .ok_or(format!("line {line}: unterminated comment"))?;
+            line += src[i..i + 2 + end].matches('\n').count();
+            i += end + 4;
+            continue;
+        }
+        if c == b'/' && bytes.get(i + 1) == Some(&b'/') {
+            i += src[i..].find('\n').unwrap_or(src.len() - i);
+            continue;
+        }
+        match c {
+            b'{' | b'(' | b'[' => stack.push((c, line)),
+            b'}' | b')' | b']' => {
+                let open = match c {
+                    b'}' => b'{',
+                    b')' => b'(',
+                    _ => b'[',
+                };
+                match stack.pop() {
+                    Some((o, _)) if o == open => {}
+                    Some((o, l)) => {
+                        return Err(format!(
+                            "line {line}: `{}` closes `{}` opened on line {l}",
+                            c as char, o as char
+                        ))
+                    }
+                    None => return Err(format!("line {line}: unmatched `{}`", c as char)),
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if let Some((o, l)) = stack.pop() {
+        return Err(format!("`{}` opened on line {l} is never closed", o as char));
+    }
+    let defined = defined_kernels(src);
+    for k in kernels {
+        if !defined.iter().any(|d| d == k) {
+            return Err(format!("kernel `{k}` is launched but not defined"));
+        }
+    }
+    Ok(())
+}
+
+/// Names of the `extern "C" __global__ void` functions defined in `src`.
+pub fn defined_kernels(src: &str) -> Vec<String> {
+    let key = "extern \"C\" __global__ void ";
+    src.match_indices(key)
+        .filter_map(|(at, _)| {
+            let rest = &src[at + key.len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest[name.len()..]
+                .trim_start()
+                .starts_with('(')
+                .then_some(name)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_is_well_formed_and_defines_every_launched_kernel() {
+        sanity_check(SOURCE, KERNELS).unwrap();
+        let defined = defined_kernels(SOURCE);
+        assert_eq!(defined.len(), KERNELS.len(), "{defined:?}");
+    }
+
+    #[test]
+    fn sanity_check_catches_mistakes() {
+        assert!(sanity_check("void f() { (", &[]).is_err());
+        assert!(sanity_check("void f() }", &[]).is_err());
+        assert!(sanity_check("void f() { [) }", &[]).is_err());
+        let ok = "extern \"C\" __global__ void k1(int a) { /* } */ }";
+        sanity_check(ok, &["k1"]).unwrap();
+        assert!(sanity_check(ok, &["k2"]).unwrap_err().contains("k2"));
+    }
+
+    #[test]
+    fn attention_limits_match_the_source() {
+        // s_acc[4][256] holds 4 warps of MAX_HEAD_DIM values; qr[8] holds MAX_HEAD_DIM / 32.
+        assert_eq!(ATTN_THREADS / 32, 4);
+        assert!(SOURCE.contains("s_acc[4][256]"));
+        assert_eq!(MAX_HEAD_DIM / 32, 8);
+        assert!(ROW_THREADS <= 1024 && ROW_THREADS.is_multiple_of(32));
+    }
+}

@@ -1,0 +1,153 @@
+//! The CUDA backend: NVIDIA GPUs through the driver API, cuBLAS and NVRTC, all loaded at run time
+//! (cudarc with `dynamic-loading`), so the binary builds and runs where there is no CUDA at all.
+//!
+//! - [`libs`]: finds the libraries (loader path, `$CUDA_HOME`, `/usr/local/cuda`, Python
+//!   `nvidia/*/lib`) before cudarc opens them, which would panic on a missing one.
+//! - [`probe`]: is there a usable device? A typed [`Error`] when not, never a panic.
+//! - [`context`]: one device's context, stream, cuBLAS handle and kernels compiled by NVRTC for
+//!   its compute capability (cached per process).
+//! - [`kernels`]: the CUDA C source and the table of kernel names.
+//! - [`graphs`]: batch-size buckets for CUDA graphs of decode steps.
+//! - [`memory`]: sizing the KV pool from free device memory.
+//!
+//! Invariant: nothing here calls into a CUDA library before [`libs::ensure_loaded`] found it; every
+//! failure is an [`Error`].
+
+pub mod context;
+pub mod graphs;
+pub mod kernels;
+pub mod libs;
+pub mod memory;
+
+pub use context::{Ceilings, Gemm, Gpu, GpuBuf};
+pub use libs::CudaLib;
+
+/// Why the CUDA backend cannot run, or what failed on the device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("CUDA libraries not found: {} (searched the loader's path, $CUDA_HOME, /usr/local/cuda and Python nvidia/*/lib folders)", list(.0))]
+    MissingLibrary(Vec<CudaLib>),
+    #[error("no CUDA device {ordinal}: {count} device(s) found")]
+    NoDevice { ordinal: usize, count: usize },
+    #[error("CUDA driver: {0}")]
+    Driver(String),
+    #[error("NVRTC could not compile the kernels for {arch}: {log}")]
+    Compile { arch: String, log: String },
+    #[error("cuBLAS: {0}")]
+    Blas(String),
+    #[error("device memory: {0}")]
+    Memory(String),
+}
+
+fn list(libs: &[CudaLib]) -> String {
+    libs.iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl From<cudarc::driver::DriverError> for Error {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        Error::Driver(e.to_string())
+    }
+}
+
+impl From<cudarc::cublas::result::CublasError> for Error {
+    fn from(e: cudarc::cublas::result::CublasError) -> Self {
+        Error::Blas(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a probe found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// (major, minor): (9, 0) on Hopper.
+    pub compute_capability: (i32, i32),
+    pub total_mem: usize,
+    pub free_mem: usize,
+    pub multiprocessors: usize,
+}
+
+impl DeviceInfo {
+    /// NVRTC's target for this device: `compute_90` on Hopper (PTX the driver finishes for the
+    /// exact chip).
+    pub fn arch(&self) -> String {
+        format!(
+            "compute_{}{}",
+            self.compute_capability.0, self.compute_capability.1
+        )
+    }
+}
+
+/// Checks that the libraries load and device `ordinal` exists. Creating no context beyond the
+/// device's primary one, this is cheap enough to call before choosing a backend.
+pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
+    let missing = libs::ensure_loaded();
+    if !missing.is_empty() {
+        return Err(Error::MissingLibrary(missing.to_vec()));
+    }
+    let count = cudarc::driver::CudaContext::device_count().map_err(|e| {
+        // cuInit fails with "no device" on machines with a driver and no GPU.
+        Error::Driver(format!("cuInit: {e}"))
+    })? as usize;
+    if ordinal >= count {
+        return Err(Error::NoDevice { ordinal, count });
+    }
+    let ctx = cudarc::driver::CudaContext::new(ordinal)?;
+    info_of(&ctx)
+}
+
+pub(crate) fn info_of(ctx: &std::sync::Arc<cudarc::driver::CudaContext>) -> Result<DeviceInfo> {
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    let (free_mem, total_mem) = ctx.mem_get_info()?;
+    Ok(DeviceInfo {
+        ordinal: ctx.ordinal(),
+        name: ctx.name()?,
+        compute_capability: ctx.compute_capability()?,
+        total_mem,
+        free_mem,
+        multiprocessors: ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a machine without CUDA (like the one tests run on here) the probe is a typed error.
+    #[test]
+    fn probe_without_cuda_is_an_error_not_a_panic() {
+        match probe(0) {
+            Ok(info) => eprintln!("a CUDA device is present: {info:?}"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    matches!(
+                        e,
+                        Error::MissingLibrary(_) | Error::NoDevice { .. } | Error::Driver(_)
+                    ),
+                    "{msg}"
+                );
+            }
+        }
+        // A device number far past any machine's is always "no device" (or missing libraries).
+        assert!(probe(1 << 20).is_err());
+    }
+
+    #[test]
+    fn arch_from_compute_capability() {
+        let info = DeviceInfo {
+            ordinal: 0,
+            name: "NVIDIA H200".into(),
+            compute_capability: (9, 0),
+            total_mem: 0,
+            free_mem: 0,
+            multiprocessors: 132,
+        };
+        assert_eq!(info.arch(), "compute_90");
+    }
+}
