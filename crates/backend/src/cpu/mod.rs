@@ -1,7 +1,10 @@
 //! Host kernels: matrix products, normalization, activations, softmax.
 
 mod avx2;
+mod quant;
 mod scalar;
+
+pub use quant::{matmul_q, matmul_q_isa, QMatrix, QType};
 
 use std::sync::OnceLock;
 
@@ -11,7 +14,11 @@ use rayon::prelude::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     Scalar,
+    /// AVX2 + FMA + F16C: f32 tiles, and int8 dot products with `maddubs`/`madd`.
     Avx2,
+    /// AVX-512 F/BW/VL + VNNI (plus AVX2/FMA): int8 dot products with `vpdpbusd` on 512-bit
+    /// registers; f32 kernels use the AVX2 ones.
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -22,12 +29,30 @@ impl Isa {
             if std::env::var_os("TOKENFAB_FORCE_SCALAR").is_some() {
                 return Isa::Scalar;
             }
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-            Isa::Scalar
+            Isa::available().last().copied().unwrap_or(Isa::Scalar)
         })
+    }
+
+    /// Every instruction set this CPU can run, scalar first and the best last (tests run them all;
+    /// unlike [`Isa::detect`] this ignores `TOKENFAB_FORCE_SCALAR`).
+    pub fn available() -> Vec<Isa> {
+        #[allow(unused_mut)]
+        let mut out = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            out.push(Isa::Avx2);
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                out.push(Isa::Avx512Vnni);
+            }
+        }
+        out
     }
 }
 
@@ -84,7 +109,7 @@ pub fn matmul_isa(isa: Isa, x: &[f32], n: usize, w: &Matrix, y: &mut [f32]) {
         unsafe {
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => avx2::gemm_block(&block),
+                Isa::Avx2 | Isa::Avx512Vnni => avx2::gemm_block(&block),
                 _ => scalar::gemm_block(&block),
             }
         }
@@ -115,8 +140,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     match Isa::detect() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2 is only detected when the CPU has AVX2 and FMA.
-        Isa::Avx2 => unsafe { avx2::dot(a, b) },
+        // SAFETY: Avx2 and Avx512Vnni are only detected when the CPU has AVX2 and FMA.
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::dot(a, b) },
         _ => scalar::dot(a, b),
     }
 }

@@ -1,0 +1,325 @@
+//! Quantized matrix products: weights stay in their GGUF blocks, activations are quantized to 8 bits
+//! per block of 32 (as llama.cpp's q8_0/q8_1), and the inner products are integer.
+//!
+//! One matmul call:
+//! 1. `x (n, cols)` is quantized once into a per-thread [`Acts`] buffer (grown, never shrunk).
+//! 2. Output rows are split over rayon's pool in tasks of [`ROWS_PER_TASK`]. A task walks its rows
+//!    [`NR`] at a time: `expand` unpacks those rows' GGUF blocks into a small per-thread [`WTile`]
+//!    (one unsigned byte per weight plus per-lane scales; a few KiB, L1-resident), then the
+//!    instruction set's kernel multiplies that tile with all `n` quantized rows of x.
+//!
+//! Every weight format reduces to the same sum, so one kernel per instruction set serves all:
+//! `y[i][r] = Σ_b Σ_lane dw[r][b][lane] · dx[i][b] · Σ_{4 elems of lane} uw · qx  +  Σ_h mw[r][h] · sx[i][h]`
+//! where a block `b` is 32 elements, a lane 4 of them (the i32 lanes of `maddubs`+`madd` or
+//! `vpdpbusd`), and `h` a half block of 16: `sx = dx · Σ qx` over the half, `mw` the weight's
+//! offset (Q4_0: `-8·d`, Q4_1: `m`, Q4_K: `-dmin·m`, Q6_K: `-32·d·sc`, Q8_0 on VNNI: `-128·d`).
+
+mod expand;
+mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+#[cfg(test)]
+mod tests;
+
+use std::cell::Cell;
+
+use rayon::prelude::*;
+
+use super::{Isa, SendPtr};
+use crate::error::{Error, Result};
+
+/// Elements per activation block (and per weight sub-block the kernels see).
+pub(crate) const QK: usize = 32;
+/// Weight rows expanded and multiplied together: the kernels' register tile height.
+pub(crate) const NR: usize = 4;
+/// Output rows handed to one pool task: small enough to spread a single token over all cores.
+const ROWS_PER_TASK: usize = 32;
+
+/// A GGUF block format the quantized kernels read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum QType {
+    /// f16 d, 16 bytes of nibbles: x = d·(q − 8).
+    Q4_0,
+    /// f16 d, f16 m, 16 bytes of nibbles: x = d·q + m.
+    Q4_1,
+    /// f16 d, u32 high bits, 16 bytes of nibbles: x = d·(q − 16).
+    Q5_0,
+    /// f16 d, f16 m, u32 high bits, 16 bytes of nibbles: x = d·q + m.
+    Q5_1,
+    /// f16 d, 32 i8: x = d·q.
+    Q8_0,
+    /// 256-element super-blocks: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes.
+    Q4_K,
+    /// As Q4_K plus 32 bytes of fifth bits.
+    Q5_K,
+    /// 256-element super-blocks: 128 bytes low nibbles, 64 bytes high bits, 16 i8 scales, f16 d.
+    Q6_K,
+}
+
+impl QType {
+    /// Elements per GGUF block.
+    pub fn block_len(self) -> usize {
+        match self {
+            QType::Q4_K | QType::Q5_K | QType::Q6_K => 256,
+            _ => 32,
+        }
+    }
+
+    /// Bytes per GGUF block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QType::Q4_0 => 18,
+            QType::Q4_1 => 20,
+            QType::Q5_0 => 22,
+            QType::Q5_1 => 24,
+            QType::Q8_0 => 34,
+            QType::Q4_K => 144,
+            QType::Q5_K => 176,
+            QType::Q6_K => 210,
+        }
+    }
+}
+
+/// A weight matrix kept in its GGUF block layout: `rows` output features, each row `cols` input
+/// features stored as `cols / block_len` consecutive blocks, bytes exactly as GGUF stores them.
+#[derive(Clone, Debug)]
+pub struct QMatrix {
+    pub ty: QType,
+    pub rows: usize,
+    pub cols: usize,
+    /// (rows, cols / block_len, block_bytes)
+    data: Vec<u8>,
+}
+
+impl QMatrix {
+    /// Wraps `bytes` (rows · cols / block_len blocks); `cols` must be a whole number of blocks.
+    pub fn new(ty: QType, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<QMatrix> {
+        let bad = |reason: String| Error::BadQMatrix {
+            ty,
+            rows,
+            cols,
+            reason,
+        };
+        if cols == 0 || !cols.is_multiple_of(ty.block_len()) {
+            return Err(bad(format!(
+                "`cols` must be a positive multiple of {}. Given: {cols}",
+                ty.block_len()
+            )));
+        }
+        let need = rows
+            .checked_mul(cols / ty.block_len() * ty.block_bytes())
+            .ok_or_else(|| bad("size overflows".into()))?;
+        if bytes.len() != need {
+            return Err(bad(format!(
+                "byte length must be {need}. Given: {}",
+                bytes.len()
+            )));
+        }
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            data: bytes,
+        })
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_len() * self.ty.block_bytes()
+    }
+
+    /// The GGUF bytes of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// All the GGUF bytes, (rows, row_bytes).
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+/// Row geometry shared by the activation buffer and the weight tile.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geom {
+    /// blocks of 32 per row
+    pub nb: usize,
+    /// blocks per row padded to even (AVX-512 takes two per register); pad blocks are zero
+    pub nbp: usize,
+    /// half blocks (16 elements) per row padded to a multiple of 16 floats; pad entries are zero
+    pub nhp: usize,
+}
+
+impl Geom {
+    fn new(cols: usize) -> Geom {
+        let nb = cols / QK;
+        Geom {
+            nb,
+            nbp: nb.next_multiple_of(2),
+            nhp: (2 * nb).next_multiple_of(16),
+        }
+    }
+}
+
+/// x quantized to 8 bits per block of 32 (q8_1-like): per row `nbp` blocks.
+#[derive(Default)]
+pub(crate) struct Acts {
+    /// (n, nbp * 32): round(x / d), d = max|x| / 127 per block
+    pub qx: Vec<i8>,
+    /// (n, nbp * 8): each block's d repeated once per 4-element lane
+    pub dx: Vec<f32>,
+    /// (n, nhp): d · Σ q over each half block of 16
+    pub sx: Vec<f32>,
+}
+
+impl Acts {
+    /// Quantizes `x (n, g.nb * 32)` into self, growing the buffers if needed; rows in parallel.
+    fn quantize(&mut self, x: &[f32], n: usize, g: Geom) {
+        let cols = g.nb * QK;
+        self.qx.resize(n * g.nbp * QK, 0);
+        self.dx.resize(n * g.nbp * 8, 0.0);
+        self.sx.resize(n * g.nhp, 0.0);
+        let rows = x
+            .par_chunks_exact(cols)
+            .zip(self.qx.par_chunks_exact_mut(g.nbp * QK))
+            .zip(self.dx.par_chunks_exact_mut(g.nbp * 8))
+            .zip(self.sx.par_chunks_exact_mut(g.nhp));
+        rows.with_min_len(8)
+            .for_each(|(((xr, qr), dr), sr)| quantize_row(xr, g, qr, dr, sr));
+    }
+}
+
+/// One row of [`Acts`]: `xr (nb * 32)` into `qr (nbp * 32)`, `dr (nbp * 8)`, `sr (nhp)`.
+fn quantize_row(xr: &[f32], g: Geom, qr: &mut [i8], dr: &mut [f32], sr: &mut [f32]) {
+    for b in 0..g.nb {
+        let xb = &xr[b * QK..(b + 1) * QK];
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sums = [0i32; 2];
+        for (j, (q, &v)) in qr[b * QK..(b + 1) * QK].iter_mut().zip(xb).enumerate() {
+            // Round half away from zero (as roundf), without a libm call.
+            let t = v * id;
+            *q = (t + 0.5f32.copysign(t)) as i8;
+            sums[j / 16] += *q as i32;
+        }
+        dr[b * 8..(b + 1) * 8].fill(d);
+        sr[2 * b] = d * sums[0] as f32;
+        sr[2 * b + 1] = d * sums[1] as f32;
+    }
+    qr[g.nb * QK..].fill(0);
+    dr[g.nb * 8..].fill(0.0);
+    sr[2 * g.nb..].fill(0.0);
+}
+
+/// [`NR`] weight rows unpacked for the kernels, in the same padded geometry as [`Acts`].
+#[derive(Default)]
+pub(crate) struct WTile {
+    /// (NR, nbp * 32): unsigned weight codes (signed i8 for Q8_0 when `signed`)
+    pub uw: Vec<u8>,
+    /// (NR, nbp * 8): the scale of each 4-element lane
+    pub dw: Vec<f32>,
+    /// (NR, nhp): the offset term of each half block
+    pub mw: Vec<f32>,
+    /// Q8_0 stored as raw i8 with no offset (the AVX2 `maddubs` and scalar paths); otherwise every
+    /// code is unsigned and the offset goes to `mw`.
+    pub signed: bool,
+}
+
+/// The activation rows a kernel multiplies, with their geometry.
+pub(crate) struct KernelArgs<'a> {
+    pub acts: &'a Acts,
+    pub n: usize,
+    pub g: Geom,
+    pub tile: &'a WTile,
+    /// valid rows in the tile (the rest are zero padding and not written)
+    pub nr: usize,
+    pub y: SendPtr,
+    pub y_stride: usize,
+    pub y_col: usize,
+}
+
+thread_local! {
+    static ACTS: Cell<Acts> = Cell::new(Acts::default());
+    static TILE: Cell<WTile> = Cell::new(WTile::default());
+}
+
+/// `y (n, w.rows) = x (n, w.cols) · wᵀ` with integer inner products, split over output rows across
+/// the thread pool. Same contract as [`super::matmul`].
+pub fn matmul_q(x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
+    matmul_q_isa(Isa::detect(), x, n, w, y)
+}
+
+/// [`matmul_q`] with an explicit instruction set (tests compare paths; it must be one of
+/// [`Isa::available`]).
+pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
+    let (k, m) = (w.cols, w.rows);
+    assert_eq!(x.len(), n * k, "matmul_q: x is not (n, k)");
+    assert_eq!(y.len(), n * m, "matmul_q: y is not (n, m)");
+    assert!(Isa::available().contains(&isa), "{isa:?} not available");
+    if n == 0 || m == 0 {
+        return;
+    }
+    let g = Geom::new(k);
+    // Taken out of the thread-local for the call: a nested call on this thread (rayon work
+    // stealing) finds an empty buffer and grows its own instead of aliasing this one.
+    let mut acts = ACTS.take();
+    acts.quantize(x, n, g);
+    let signed = w.ty == QType::Q8_0 && isa != Isa::Avx512Vnni;
+    let out = SendPtr(y.as_mut_ptr());
+    let acts_ref = &acts;
+    let tasks = m.div_ceil(ROWS_PER_TASK);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let mut tile = TILE.take();
+        tile.signed = signed;
+        tile.uw.resize(NR * g.nbp * QK, 0);
+        tile.dw.resize(NR * g.nbp * 8, 0.0);
+        tile.mw.resize(NR * g.nhp, 0.0);
+        let end = ((t + 1) * ROWS_PER_TASK).min(m);
+        let mut r0 = t * ROWS_PER_TASK;
+        while r0 < end {
+            let nr = (end - r0).min(NR);
+            for s in 0..NR {
+                let r = (s < nr).then_some(r0 + s);
+                // SAFETY: Avx2 and Avx512Vnni are only available with AVX2 and F16C.
+                #[cfg(target_arch = "x86_64")]
+                if let (Some(r), Isa::Avx2 | Isa::Avx512Vnni) = (r, isa) {
+                    if unsafe { avx2::expand_row(w, r, g, &mut tile, s) } {
+                        continue;
+                    }
+                }
+                expand::row(w, r, g, &mut tile, s);
+            }
+            let args = KernelArgs {
+                acts: acts_ref,
+                n,
+                g,
+                tile: &tile,
+                nr,
+                y: out,
+                y_stride: m,
+                y_col: r0,
+            };
+            // SAFETY: each task writes only columns of its own rows r0..end of y, disjoint
+            // across tasks, and y outlives the parallel loop; the ISA was checked available.
+            unsafe {
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => avx2::rows(&args),
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512Vnni => avx512::rows(&args),
+                    _ => scalar::rows(&args),
+                }
+            }
+            r0 += nr;
+        }
+        TILE.set(tile);
+    });
+    ACTS.set(acts);
+}

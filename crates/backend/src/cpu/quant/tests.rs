@@ -1,0 +1,155 @@
+use tokenfab_loader::quant::{dequantize, quantize};
+use tokenfab_loader::GgmlType;
+
+use super::*;
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+}
+
+const TYPES: [(QType, GgmlType); 8] = [
+    (QType::Q4_0, GgmlType::Q4_0),
+    (QType::Q4_1, GgmlType::Q4_1),
+    (QType::Q5_0, GgmlType::Q5_0),
+    (QType::Q5_1, GgmlType::Q5_1),
+    (QType::Q8_0, GgmlType::Q8_0),
+    (QType::Q4_K, GgmlType::Q4K),
+    (QType::Q5_K, GgmlType::Q5K),
+    (QType::Q6_K, GgmlType::Q6K),
+];
+
+/// A random (rows, cols) matrix of `ty`, its GGUF bytes and their dequantized f32 values.
+fn random_q(
+    ty: QType,
+    gt: GgmlType,
+    rows: usize,
+    cols: usize,
+    seed: &mut u64,
+) -> (QMatrix, Vec<f32>) {
+    // A per-row offset makes Q4_1/Q4_K's minimum matter.
+    let f: Vec<f32> = (0..rows * cols)
+        .map(|e| lcg(seed) + 0.3 * ((e / cols) % 3) as f32)
+        .collect();
+    let mut bytes = Vec::new();
+    quantize(gt, &f, &mut bytes).unwrap();
+    let mut deq = vec![0f32; rows * cols];
+    dequantize(gt, &bytes, &mut deq).unwrap();
+    (QMatrix::new(ty, rows, cols, bytes).unwrap(), deq)
+}
+
+/// Per output: the f64 product of x and the dequantized weights, and the bound on the error the
+/// 8-bit activation rounding can add (|x - x̂| <= d/2 per element, d = max|x|/127 per block).
+fn reference(x: &[f32], n: usize, deq: &[f32], rows: usize, cols: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut want = vec![0f64; n * rows];
+    let mut bound = vec![0f64; n * rows];
+    for i in 0..n {
+        let xr = &x[i * cols..(i + 1) * cols];
+        for r in 0..rows {
+            let wr = &deq[r * cols..(r + 1) * cols];
+            let (mut s, mut e) = (0f64, 0f64);
+            for b in 0..cols / QK {
+                let xb = &xr[b * QK..(b + 1) * QK];
+                let d = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
+                for j in 0..QK {
+                    s += xb[j] as f64 * wr[b * QK + j] as f64;
+                    e += wr[b * QK + j].abs() as f64 * (d * 0.5 + 1e-6 * xb[j].abs() as f64);
+                }
+            }
+            want[i * rows + r] = s;
+            bound[i * rows + r] = e * 1.01 + 1e-5;
+        }
+    }
+    (want, bound)
+}
+
+#[test]
+fn every_type_and_path_matches_the_reference_on_odd_shapes() {
+    let mut seed = 11;
+    for (ty, gt) in TYPES {
+        let bl = ty.block_len();
+        for &(n, cols, rows) in &[
+            (1, bl, 1),
+            (3, 2 * bl, 7),
+            (5, 3 * bl, 9),
+            (17, bl.max(96), 33),
+            (64, 2 * bl, 5),
+        ] {
+            if cols % bl != 0 {
+                continue;
+            }
+            let (w, deq) = random_q(ty, gt, rows, cols, &mut seed);
+            let x: Vec<f32> = (0..n * cols).map(|_| 2.0 * lcg(&mut seed)).collect();
+            let (want, bound) = reference(&x, n, &deq, rows, cols);
+            let mut base = vec![f32::NAN; n * rows];
+            matmul_q_isa(Isa::Scalar, &x, n, &w, &mut base);
+            for (e, (&got, (&wv, &bd))) in base.iter().zip(want.iter().zip(&bound)).enumerate() {
+                assert!(
+                    (got as f64 - wv).abs() <= bd,
+                    "scalar {ty:?} n={n} {rows}x{cols} out {e}: {got} vs {wv} (bound {bd})"
+                );
+            }
+            // Every other path does the same integer sums; only f32 rounding of the scaling and
+            // summation order (and Q8_0's offset form on VNNI) may differ.
+            let mag: Vec<f64> = (0..n * rows)
+                .map(|e| {
+                    let (i, r) = (e / rows, e % rows);
+                    (0..cols)
+                        .map(|p| (x[i * cols + p] * deq[r * cols + p]).abs() as f64)
+                        .sum::<f64>()
+                })
+                .collect();
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; n * rows];
+                matmul_q_isa(isa, &x, n, &w, &mut y);
+                for (e, (&a, &b)) in y.iter().zip(&base).enumerate() {
+                    let tol = 2e-5 * (mag[e] + 1.0);
+                    assert!(
+                        ((a - b) as f64).abs() <= tol,
+                        "{isa:?} vs scalar {ty:?} n={n} {rows}x{cols} out {e}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn model_shapes_q4_1_and_q8_0_on_every_path() {
+    let mut seed = 5;
+    for (ty, gt, rows, cols) in [
+        (QType::Q4_1, GgmlType::Q4_1, 192, 576),
+        (QType::Q4_1, GgmlType::Q4_1, 70, 1536),
+        (QType::Q8_0, GgmlType::Q8_0, 130, 576),
+    ] {
+        let (w, deq) = random_q(ty, gt, rows, cols, &mut seed);
+        for n in [1, 4, 6] {
+            let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
+            let (want, bound) = reference(&x, n, &deq, rows, cols);
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; n * rows];
+                matmul_q_isa(isa, &x, n, &w, &mut y);
+                for (e, (&got, (&wv, &bd))) in y.iter().zip(want.iter().zip(&bound)).enumerate() {
+                    assert!(
+                        (got as f64 - wv).abs() <= bd * 1.01 + 1e-4,
+                        "{isa:?} {ty:?} n={n} out {e}: {got} vs {wv}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn zero_rows_give_zero_and_bad_sizes_are_rejected() {
+    let w = QMatrix::new(QType::Q4_0, 2, 32, vec![0; 36]).unwrap();
+    let mut y = [1f32; 4];
+    matmul_q(&[0.5; 64], 2, &w, &mut y);
+    assert_eq!(y, [0.0; 4]);
+    let e = QMatrix::new(QType::Q4_0, 2, 48, vec![0; 36]).unwrap_err();
+    assert!(e.to_string().contains("multiple of 32"), "{e}");
+    let e = QMatrix::new(QType::Q4_K, 1, 256, vec![0; 143]).unwrap_err();
+    assert!(e.to_string().contains("must be 144"), "{e}");
+}
