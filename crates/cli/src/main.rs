@@ -6,6 +6,7 @@ mod chat;
 mod economics;
 mod eval;
 mod generate;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,8 +32,8 @@ enum Command {
     Perplexity(eval::PerplexityArgs),
     /// Log-probabilities of given continuations (teacher-forced), one JSON row per input row.
     Score(eval::ScoreArgs),
-    /// Serve the model over an OpenAI-compatible HTTP API (not built yet: issue #3).
-    Serve(Pending),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(serve::Args),
     /// Load-test an OpenAI-compatible server: TTFT, TPOT, ITL, goodput, capacity, A/B compare.
     Bench(bench::Args),
     /// Cost per million tokens and revenue per dollar of hardware, from a throughput.
@@ -66,7 +67,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => chat::run(a),
         Command::Perplexity(a) => eval::perplexity(a),
         Command::Score(a) => eval::score(a),
-        Command::Serve(_) => anyhow::bail!("`tokenfab serve` is not built yet (issue #3)"),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Economics(a) => economics::run(a),
     }

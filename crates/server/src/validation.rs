@@ -331,12 +331,14 @@ fn message_text(m: &ChatMessageIn, i: usize) -> ApiResult<String> {
             for (j, p) in parts.iter().enumerate() {
                 match (p.kind.as_str(), &p.text) {
                     ("text", Some(t)) => s.push_str(t),
-                    (kind, _) => return Err(ApiError::invalid(
-                        &format!("messages[{i}].content[{j}]"),
-                        format!(
+                    (kind, _) => {
+                        return Err(ApiError::invalid(
+                            &format!("messages[{i}].content[{j}]"),
+                            format!(
                             "Only text content parts are supported. Given a part of type {kind:?}"
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
             Ok(s)

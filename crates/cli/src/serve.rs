@@ -1,0 +1,264 @@
+//! `tokenfab serve`: the engine behind the OpenAI-compatible HTTP API.
+//!
+//! SIGTERM or Ctrl-C: stop accepting connections, refuse new requests (503), let in-flight ones
+//! finish for up to `--shutdown-timeout`, stop the engine, exit 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokenfab_engine::{EngineConfig, EngineHandle};
+use tokenfab_server::ServerConfig;
+
+use crate::args::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (the bound address is printed on stderr).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The model id clients use in `model` [default: the model file's stem].
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// KV cache size: bytes (`2GiB`, `512MiB`, `1000000`) or a share of system memory (`10%`).
+    #[arg(long, default_value = "1GiB")]
+    pub kv_cache_memory: String,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Token budget of one engine step (prefill chunks and decode tokens together).
+    #[arg(long, default_value_t = 512)]
+    pub max_num_batched_tokens: usize,
+    /// Most requests running at once.
+    #[arg(long, default_value_t = 128)]
+    pub max_num_seqs: usize,
+    /// Most requests waiting to start; more are refused with 429.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queued_requests: usize,
+    /// Turn automatic prefix caching off.
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+    /// Accepted API key for /v1 routes (repeatable). Also read from TOKENFAB_API_KEY.
+    #[arg(long = "api-key", value_name = "KEY", hide_env_values = true)]
+    pub api_keys: Vec<String>,
+    /// File of API keys, one per line (blank lines and `#` comments skipped).
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Largest request body in bytes (or with a unit: `16MiB`); larger ones get 413.
+    #[arg(long, default_value = "8MiB")]
+    pub max_request_bytes: String,
+    /// Largest `max_tokens` a request may ask for, and the cap of the default.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens_limit: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM/Ctrl-C.
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+    /// The engine counts as not ready (GET /ready -> 503) when its loop stalls this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub ready_timeout: f64,
+    /// Seconds between SSE keep-alive comments.
+    #[arg(long, default_value_t = 15.0)]
+    pub keep_alive: f64,
+}
+
+/// `2GiB`, `512MiB`, `1.5G`, `1000000` -> bytes; `10%` -> that share of `total`.
+pub fn parse_size(s: &str, total: Option<u64>) -> Result<u64> {
+    let t = s.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        let p: f64 = p
+            .trim()
+            .parse()
+            .with_context(|| format!("bad percentage {s:?}"))?;
+        if !(p > 0.0 && p <= 100.0) {
+            bail!("a percentage must be in (0, 100]. Given: {s}");
+        }
+        let total = total.context("cannot read the system's memory size for a percentage")?;
+        return Ok((total as f64 * p / 100.0) as u64);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        u => bail!(
+            "unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB or %)"
+        ),
+    };
+    Ok((num * mult as f64) as u64)
+}
+
+fn total_memory() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn api_keys(a: &Args) -> Result<Vec<String>> {
+    let mut keys = a.api_keys.clone();
+    if let Ok(k) = std::env::var("TOKENFAB_API_KEY") {
+        keys.push(k);
+    }
+    if let Some(p) = &a.api_key_file {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("reading --api-key-file {}", p.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    let keys: Vec<String> = keys
+        .into_iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    Ok(keys)
+}
+
+fn secs(v: f64, flag: &str) -> Result<Duration> {
+    if !(v.is_finite() && v >= 0.0) {
+        bail!("{flag} must be a number of seconds >= 0. Given: {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let keys = api_keys(&a)?;
+    let kv_bytes = parse_size(&a.kv_cache_memory, total_memory())?;
+    let max_request_bytes = parse_size(&a.max_request_bytes, None)? as usize;
+    let shutdown_timeout = secs(a.shutdown_timeout, "--shutdown-timeout")?;
+    let engine_cfg = EngineConfig {
+        block_size: a.block_size,
+        kv_cache_bytes: kv_bytes as usize,
+        max_num_batched_tokens: a.max_num_batched_tokens,
+        max_num_seqs: a.max_num_seqs,
+        max_queued_requests: a.max_queued_requests,
+        enable_prefix_caching: !a.no_prefix_caching,
+        ready_timeout: secs(a.ready_timeout, "--ready-timeout")?,
+    };
+    let m = a.model.load()?;
+    let model_id = a.served_model_name.clone().unwrap_or_else(|| {
+        m.path
+            .file_stem()
+            .map_or_else(|| m.name.clone(), |s| s.to_string_lossy().into_owned())
+    });
+    let engine = EngineHandle::start(m, engine_cfg.clone()).context("starting the engine")?;
+    let info = engine.info();
+    tracing::info!(
+        model = %model_id,
+        weights_mib = info.weight_bytes >> 20,
+        context_len = info.context_len,
+        kv_cache_tokens = info.kv_cache_tokens,
+        kv_cache_mib = kv_bytes >> 20,
+        block_size = info.block_size,
+        max_num_seqs = a.max_num_seqs,
+        max_num_batched_tokens = a.max_num_batched_tokens,
+        prefix_caching = engine_cfg.enable_prefix_caching,
+        "engine started"
+    );
+    if !keys.is_empty() {
+        tracing::info!(
+            keys = keys.len(),
+            "API key authentication on for /v1 routes"
+        );
+    }
+    let mut cfg = ServerConfig::new(model_id);
+    cfg.api_keys = keys;
+    cfg.max_request_bytes = max_request_bytes;
+    cfg.max_tokens_limit = a.max_tokens_limit;
+    cfg.keep_alive = secs(a.keep_alive, "--keep-alive")?.max(Duration::from_millis(100));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(
+        engine.clone(),
+        cfg,
+        &a.host,
+        a.port,
+        shutdown_timeout,
+    ))?;
+    // Whatever is still running after the timeout is cut off.
+    engine.shutdown(Duration::from_millis(100));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn serve(
+    engine: EngineHandle,
+    cfg: ServerConfig,
+    host: &str,
+    port: u16,
+    shutdown_timeout: Duration,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("binding {host}:{port}"))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    // Tests and scripts read this exact line.
+    eprintln!("listening on http://{addr}");
+    tracing::info!(%addr, "serving the OpenAI-compatible API");
+    tokenfab_server::serve(listener, engine, cfg, shutdown_signal(), shutdown_timeout)
+        .await
+        .context("the HTTP server failed")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_percentages() {
+        assert_eq!(parse_size("2GiB", None).unwrap(), 2 << 30);
+        assert_eq!(parse_size("512MiB", None).unwrap(), 512 << 20);
+        assert_eq!(parse_size("1.5 GB", None).unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("1000", None).unwrap(), 1000);
+        assert_eq!(parse_size("10%", Some(1000)).unwrap(), 100);
+        assert!(parse_size("10%", None).is_err());
+        assert!(parse_size("0%", Some(1000)).is_err());
+        assert!(parse_size("5 parsecs", None).is_err());
+        assert!(parse_size("GiB", None).is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! The `openai` Python SDK against a real `tokenfab serve` (scripts/openai-smoke.py).
+//! Needs python3 with the `openai` package (`python3 -m pip install openai`).
+
+mod common;
+mod serve_common;
+
+use serve_common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_smoke() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        _ => panic!(
+            "python3 with the `openai` package is needed for this test: \
+             `python3 -m pip install openai` (then rerun)"
+        ),
+    }
+    let _g = serial().await;
+    let s = Server::start(&["--api-key", "smoke-key"]);
+    wait_ready(&s).await;
+    let base = s.url("/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(common::root().join("scripts/openai-smoke.py"))
+            .args(["--base-url", &base, "--api-key", "smoke-key"])
+            .output()
+            .expect("running python3")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "openai-smoke.py failed:\n{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s.log_text()
+    );
+}
