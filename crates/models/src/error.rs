@@ -18,6 +18,9 @@ pub enum Error {
     Config(String),
     #[error("invalid batch: {0}")]
     Batch(String),
+    /// The CUDA backend could not start or failed on the device.
+    #[error(transparent)]
+    Device(#[from] tokenfab_backend::cuda::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

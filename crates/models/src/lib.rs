@@ -7,19 +7,23 @@
 
 pub mod batch;
 pub mod config;
+pub mod cuda_llama;
 pub mod error;
 pub mod executor;
 pub mod kv;
 pub mod llama;
 mod rope;
 pub mod testing;
+pub mod weight;
 
 pub use batch::{ForwardBatch, SeqSlice};
 pub use config::{LlamaConfig, RopeKind, RopeScaling};
+pub use cuda_llama::{CudaConfig, CudaExecutor};
 pub use error::{Error, Result};
 pub use executor::{CpuExecutor, Executor};
 pub use kv::KvCache;
 pub use llama::Llama;
+pub use weight::Weight;
 
 #[cfg(test)]
 mod tests;

@@ -2,94 +2,82 @@
 //! NeoX RoPE) as one plain forward pass.
 
 use rayon::prelude::*;
+use std::borrow::Cow;
+
 use tokenfab_backend::cpu::{self, Matrix};
-use tokenfab_loader::{quant, Gguf};
+use tokenfab_loader::Gguf;
 
 use crate::batch::ForwardBatch;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::kv::KvCache;
 use crate::rope::Rope;
+use crate::weight::{dequant, raw, Weight};
 
 struct Layer {
     /// (dim,)
     attn_norm: Vec<f32>,
     /// (q_dim + 2 * kv_dim, dim): Q, K and V projections stacked, one product for all three.
-    wqkv: Matrix,
+    wqkv: Weight,
     /// (q_dim + 2 * kv_dim,) Q/K/V biases (qwen2), stacked like `wqkv`.
     bqkv: Option<Vec<f32>>,
     /// (dim, q_dim)
-    wo: Matrix,
+    wo: Weight,
     /// (dim,)
     ffn_norm: Vec<f32>,
     /// (2 * ffn_dim, dim): gate rows then up rows.
-    w_gate_up: Matrix,
+    w_gate_up: Weight,
     /// (dim, ffn_dim)
-    w_down: Matrix,
+    w_down: Weight,
 }
 
-/// A loaded Llama-family model with f32 weights.
+/// One layer's weights, borrowed (shapes as in `Layer`).
+pub(crate) struct LayerWeights<'a> {
+    pub attn_norm: &'a [f32],
+    pub wqkv: Cow<'a, Matrix>,
+    pub bqkv: Option<&'a [f32]>,
+    pub wo: Cow<'a, Matrix>,
+    pub ffn_norm: &'a [f32],
+    pub w_gate_up: Cow<'a, Matrix>,
+    pub w_down: Cow<'a, Matrix>,
+}
+
+/// A loaded Llama-family model: matrices in their GGUF block format where a quantized kernel reads
+/// it (activations are quantized to 8 bits per block, as llama.cpp does), else f32.
 pub struct Llama {
     pub cfg: LlamaConfig,
     /// (vocab, dim)
-    tok_embd: Matrix,
+    tok_embd: Weight,
     /// (vocab, dim); `None` when tied to `tok_embd`.
-    output: Option<Matrix>,
+    output: Option<Weight>,
     /// (dim,)
     output_norm: Vec<f32>,
     layers: Vec<Layer>,
     rope: Rope,
 }
 
-/// Reads a 2-D weight of `rows` outputs by `cols` inputs (ggml dims `[cols, rows]`) as f32.
-fn matrix(g: &Gguf, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
-    let data = tensor(g, name, &[cols as u64, rows as u64])?;
-    Ok(Matrix::new(rows, cols, data))
-}
-
+/// Reads a 1-D tensor (norms, biases) as f32.
 fn tensor(g: &Gguf, name: &str, dims: &[u64]) -> Result<Vec<f32>> {
-    let t = g
-        .tensor(name)
-        .ok_or_else(|| tokenfab_loader::Error::MissingTensor(name.into()))?;
-    let mut found = t.dims.clone();
-    while found.len() > dims.len() && found.last() == Some(&1) {
-        found.pop();
-    }
-    if found != dims {
-        return Err(Error::Shape {
-            name: name.into(),
-            expected: dims.to_vec(),
-            found: t.dims.clone(),
-        });
-    }
-    let mut out = vec![0f32; t.n_elements() as usize];
-    quant::dequantize(t.ty, g.tensor_bytes(t), &mut out).map_err(|e| match e {
-        tokenfab_loader::Error::UnsupportedType { ty, .. } => {
-            tokenfab_loader::Error::UnsupportedType {
-                name: name.into(),
-                ty,
-            }
-        }
-        e => e,
-    })?;
-    Ok(out)
-}
-
-fn stack(parts: Vec<Matrix>) -> Matrix {
-    let cols = parts[0].cols;
-    let rows = parts.iter().map(|m| m.rows).sum();
-    let data = parts.into_iter().flat_map(|m| m.data).collect();
-    Matrix::new(rows, cols, data)
+    let (ty, bytes) = raw(g, name, dims)?;
+    dequant(name, ty, bytes, dims.iter().product::<u64>() as usize)
 }
 
 impl Llama {
-    /// Loads the model from a GGUF file, dequantizing every weight to f32.
+    /// Loads the model from a GGUF file, keeping quantized matrices quantized.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        Self::from_gguf_with(g, false)
+    }
+
+    /// Loads the model; with `f32_weights` every matrix is dequantized to f32 (4x the memory; a
+    /// reference for the quantized kernels).
+    pub fn from_gguf_with(g: &Gguf, f32_weights: bool) -> Result<Self> {
+        let matrix =
+            |name: &str, rows: usize, cols: usize| Weight::load(g, name, rows, cols, f32_weights);
         let cfg = LlamaConfig::from_gguf(g)?;
         let (dim, q_dim, kv_dim, ffn) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
-        let tok_embd = matrix(g, "token_embd.weight", cfg.vocab_size, dim)?;
+        let tok_embd = matrix("token_embd.weight", cfg.vocab_size, dim)?;
         let output = match g.tensor("output.weight") {
-            Some(_) => Some(matrix(g, "output.weight", cfg.vocab_size, dim)?),
+            Some(_) => Some(matrix("output.weight", cfg.vocab_size, dim)?),
             None => None,
         };
         let output_norm = tensor(g, "output_norm.weight", &[dim as u64])?;
@@ -123,19 +111,19 @@ impl Llama {
                 };
                 Ok(Layer {
                     attn_norm: tensor(g, &n("attn_norm.weight"), &[dim as u64])?,
-                    wqkv: stack(vec![
-                        matrix(g, &n("attn_q.weight"), q_dim, dim)?,
-                        matrix(g, &n("attn_k.weight"), kv_dim, dim)?,
-                        matrix(g, &n("attn_v.weight"), kv_dim, dim)?,
+                    wqkv: Weight::stack(vec![
+                        matrix(&n("attn_q.weight"), q_dim, dim)?,
+                        matrix(&n("attn_k.weight"), kv_dim, dim)?,
+                        matrix(&n("attn_v.weight"), kv_dim, dim)?,
                     ]),
                     bqkv,
-                    wo: matrix(g, &n("attn_output.weight"), dim, q_dim)?,
+                    wo: matrix(&n("attn_output.weight"), dim, q_dim)?,
                     ffn_norm: tensor(g, &n("ffn_norm.weight"), &[dim as u64])?,
-                    w_gate_up: stack(vec![
-                        matrix(g, &n("ffn_gate.weight"), ffn, dim)?,
-                        matrix(g, &n("ffn_up.weight"), ffn, dim)?,
+                    w_gate_up: Weight::stack(vec![
+                        matrix(&n("ffn_gate.weight"), ffn, dim)?,
+                        matrix(&n("ffn_up.weight"), ffn, dim)?,
                     ]),
-                    w_down: matrix(g, &n("ffn_down.weight"), dim, ffn)?,
+                    w_down: matrix(&n("ffn_down.weight"), dim, ffn)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -157,13 +145,18 @@ impl Llama {
 
     /// Bytes of weights held in memory.
     pub fn weight_bytes(&self) -> usize {
-        let m = |m: &Matrix| m.data.len();
         let per_layer: usize = self
             .layers
             .iter()
-            .map(|l| m(&l.wqkv) + m(&l.wo) + m(&l.w_gate_up) + m(&l.w_down) + 2 * self.cfg.dim)
+            .map(|l| {
+                l.wqkv.bytes()
+                    + l.wo.bytes()
+                    + l.w_gate_up.bytes()
+                    + l.w_down.bytes()
+                    + 8 * self.cfg.dim
+            })
             .sum();
-        4 * (per_layer + m(&self.tok_embd) + self.output.as_ref().map_or(0, m))
+        per_layer + self.tok_embd.bytes() + self.output.as_ref().map_or(0, Weight::bytes)
     }
 
     /// Runs the batch, writing each token's K/V into `kv`, and returns the logits of
@@ -194,7 +187,8 @@ impl Llama {
                     c.vocab_size
                 )));
             }
-            x[t * dim..(t + 1) * dim].copy_from_slice(self.tok_embd.row(tok as usize));
+            self.tok_embd
+                .row_f32(tok as usize, &mut x[t * dim..(t + 1) * dim]);
         }
         // (n, rope_dim / 2) cos and sin per row.
         let half = self.rope.half();
@@ -209,7 +203,7 @@ impl Llama {
         // The hot loop: every layer over all rows of all sequences at once.
         for (l, layer) in self.layers.iter().enumerate() {
             cpu::rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
-            cpu::matmul(&xn, n, &layer.wqkv, &mut qkv);
+            layer.wqkv.matmul(&xn, n, &mut qkv);
             for (t, row) in qkv.chunks_exact_mut(qkv_w).enumerate() {
                 if let Some(b) = &layer.bqkv {
                     row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -232,17 +226,17 @@ impl Llama {
                 kv.block_size,
                 &mut att,
             );
-            cpu::matmul(&att, n, &layer.wo, &mut tmp);
+            layer.wo.matmul(&att, n, &mut tmp);
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
 
             cpu::rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
-            cpu::matmul(&xn, n, &layer.w_gate_up, &mut gu);
+            layer.w_gate_up.matmul(&xn, n, &mut gu);
             for (hr, g) in h.chunks_exact_mut(ffn).zip(gu.chunks_exact_mut(2 * ffn)) {
                 let (gate, up) = g.split_at_mut(ffn);
                 cpu::silu_mul(gate, up);
                 hr.copy_from_slice(gate);
             }
-            cpu::matmul(&h, n, &layer.w_down, &mut tmp);
+            layer.w_down.matmul(&h, n, &mut tmp);
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
         }
 
@@ -258,12 +252,10 @@ impl Llama {
             );
         }
         let mut logits = vec![0f32; r * c.vocab_size];
-        cpu::matmul(
-            &last,
-            r,
-            self.output.as_ref().unwrap_or(&self.tok_embd),
-            &mut logits,
-        );
+        self.output
+            .as_ref()
+            .unwrap_or(&self.tok_embd)
+            .matmul(&last, r, &mut logits);
         Ok(logits)
     }
 
@@ -307,5 +299,43 @@ impl Llama {
                 }
             },
         );
+    }
+
+    // Read-only views of the weights for other executors (cuda_llama.rs uploads them).
+
+    /// (vocab, dim) embedding, and the (vocab, dim) output matrix (the embedding when tied).
+    pub(crate) fn embeddings(&self) -> (Cow<'_, Matrix>, Cow<'_, Matrix>) {
+        (
+            self.tok_embd.f32(),
+            self.output.as_ref().unwrap_or(&self.tok_embd).f32(),
+        )
+    }
+
+    /// Whether the output matrix is a separate tensor.
+    pub(crate) fn has_output(&self) -> bool {
+        self.output.is_some()
+    }
+
+    /// (dim,) final norm.
+    pub(crate) fn output_norm(&self) -> &[f32] {
+        &self.output_norm
+    }
+
+    pub(crate) fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
+    /// Layer `l`'s weights, shaped as in [`Layer`].
+    pub(crate) fn layer_weights(&self, l: usize) -> LayerWeights<'_> {
+        let x = &self.layers[l];
+        LayerWeights {
+            attn_norm: &x.attn_norm,
+            wqkv: x.wqkv.f32(),
+            bqkv: x.bqkv.as_deref(),
+            wo: x.wo.f32(),
+            ffn_norm: &x.ffn_norm,
+            w_gate_up: x.w_gate_up.f32(),
+            w_down: x.w_down.f32(),
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Tiny random models for tests across the workspace (no real weights needed).
 
-use tokenfab_loader::{GgufWriter, Value};
+use tokenfab_loader::{quant, GgmlType, GgufWriter, Value};
 
 /// Residual width of the tiny model.
 pub const DIM: usize = 64;
@@ -24,6 +24,11 @@ fn rand_vec(seed: &mut u64, n: usize, scale: f32, offset: f32) -> Vec<f32> {
 /// biases) with deterministic random F32 weights and `vocab` tokens. Add tokenizer metadata to the
 /// writer to make it a complete model file.
 pub fn tiny_llama(arch: &str, vocab: usize) -> GgufWriter {
+    tiny_llama_typed(arch, vocab, GgmlType::F32)
+}
+
+/// [`tiny_llama`] with its matrices (not norms or biases) stored as `ty`.
+pub fn tiny_llama_typed(arch: &str, vocab: usize, ty: GgmlType) -> GgufWriter {
     let mut seed = 11;
     let mut w = GgufWriter::new();
     let k = |s: &str| format!("{arch}.{s}");
@@ -43,7 +48,14 @@ pub fn tiny_llama(arch: &str, vocab: usize) -> GgufWriter {
     let d = DIM as u64;
     let mut t = |w: &mut GgufWriter, name: &str, dims: &[u64], scale: f32, offset: f32| {
         let n = dims.iter().product::<u64>() as usize;
-        w.tensor_f32(name, dims, &rand_vec(&mut seed, n, scale, offset));
+        let v = rand_vec(&mut seed, n, scale, offset);
+        if dims.len() == 2 && ty != GgmlType::F32 {
+            let mut bytes = Vec::new();
+            quant::quantize(ty, &v, &mut bytes).expect("quantizable tiny matrix");
+            w.tensor(name, dims, ty, bytes);
+        } else {
+            w.tensor_f32(name, dims, &v);
+        }
     };
     t(&mut w, "token_embd.weight", &[d, vocab as u64], 2.0, 0.0);
     t(&mut w, "output_norm.weight", &[d], 1.0, 1.0);

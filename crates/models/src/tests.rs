@@ -3,7 +3,9 @@
 
 use tokenfab_loader::Gguf;
 
-use crate::testing::tiny_llama;
+use tokenfab_loader::GgmlType;
+
+use crate::testing::{tiny_llama, tiny_llama_typed};
 use crate::{ForwardBatch, KvCache, Llama, SeqSlice};
 
 const VOCAB: usize = 50;
@@ -147,4 +149,34 @@ fn bad_batches_are_errors() {
         logits_rows: &[1],
     };
     assert!(m.forward(&b, &mut kv).is_err());
+}
+
+#[test]
+fn quantized_weights_track_their_f32_dequantization() {
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0] {
+        let g = Gguf::from_bytes(tiny_llama_typed("llama", VOCAB, ty).to_bytes()).unwrap();
+        let q = Llama::from_gguf(&g).unwrap();
+        let f = Llama::from_gguf_with(&g, true).unwrap();
+        assert!(
+            q.weight_bytes() * 3 < f.weight_bytes(),
+            "{ty}: weights stay quantized"
+        );
+        let tokens: Vec<u32> = (0..12).map(|i| (i * 7 % VOCAB) as u32).collect();
+        let table: Vec<u32> = (0..4).collect();
+        let lq = run_alone(&q, &tokens, 64, &table, &mut q.new_kv_cache(BS, 4));
+        let lf = run_alone(&f, &tokens, 64, &table, &mut f.new_kv_cache(BS, 4));
+        // 8-bit activations: logits agree to a small fraction of their spread.
+        let spread = lf.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = lq
+            .iter()
+            .zip(&lf)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst < 0.05 * spread,
+            "{ty}: worst {worst} vs spread {spread}"
+        );
+        // Batch composition still changes nothing: one pass equals token-by-token.
+        let step = run_alone(&q, &tokens, 1, &table, &mut q.new_kv_cache(BS, 4));
+        assert_close(&step, &lq, &format!("{ty} chunked"));
+    }
 }
