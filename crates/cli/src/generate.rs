@@ -4,7 +4,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Result;
-use tokenfab_engine::{IncrementalDecoder, LoadedModel, Sampler, Session};
+use tokenfab_engine::{Device, IncrementalDecoder, LoadedModel, Sampler, Session};
+use tokenfab_models::{CudaConfig, CudaExecutor};
 
 use crate::args::{ModelArgs, SamplingArgs};
 
@@ -25,6 +26,34 @@ pub struct Args {
     /// End with one JSON line: {"text", "tokens", "prompt_tokens", "tokens_per_s"}.
     #[arg(long)]
     pub json: bool,
+    /// Where the model runs: auto (a CUDA device when one is usable, else the CPU), cpu, cuda,
+    /// cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: tokenfab_engine::Device,
+    /// Write the logits after the prompt (the first sampled token's) to FILE as f32
+    /// little-endian, for comparing devices.
+    #[arg(long, value_name = "FILE")]
+    pub dump_logits: Option<std::path::PathBuf>,
+}
+
+/// A session on the device asked for (`auto`: the GPU when usable, else the CPU, with a log line).
+fn open_session(m: &LoadedModel, device: Device, capacity: usize) -> Result<Session<'_>> {
+    let (device, why_cpu) = tokenfab_engine::device::resolve(device);
+    if let Some(e) = why_cpu {
+        tracing::info!("--device auto: running on the CPU ({e})");
+    }
+    Ok(match device {
+        Device::Cuda(ordinal) => {
+            let cfg = CudaConfig {
+                ordinal,
+                max_blocks: Some(capacity.div_ceil(16)),
+                max_graph_batch: 1,
+                ..CudaConfig::default()
+            };
+            Session::with_executor(Box::new(CudaExecutor::new(&m.model, &cfg)?), capacity)?
+        }
+        _ => Session::new(&m.model, capacity)?,
+    })
 }
 
 /// What one generation produced.
@@ -93,10 +122,14 @@ pub fn run(a: Args) -> Result<()> {
         prompt.len()
     );
     let capacity = (prompt.len() + a.max_tokens).min(ctx);
-    let mut session = Session::new(&m.model, capacity)?;
+    let mut session = open_session(&m, a.device, capacity)?;
     let t0 = Instant::now();
     let logits = session.feed(&prompt, prompt.len() - 1)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
+    if let Some(path) = &a.dump_logits {
+        let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, bytes)?;
+    }
     let max_new = a.max_tokens.min(capacity - prompt.len());
     let stdout = std::io::stdout();
     let g = stream(
@@ -134,6 +167,7 @@ pub fn run(a: Args) -> Result<()> {
             "prompt_tokens": prompt.len(),
             "tokens_per_s": tokens_per_s,
             "prompt_tokens_per_s": prompt.len() as f64 / prefill_secs,
+            "device": session.device(),
         });
         println!("{j}");
     }

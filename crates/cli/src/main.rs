@@ -6,6 +6,7 @@ mod chat;
 mod economics;
 mod eval;
 mod generate;
+mod gpu;
 mod serve;
 
 use anyhow::Result;
@@ -38,6 +39,9 @@ enum Command {
     Bench(bench::Args),
     /// Cost per million tokens and revenue per dollar of hardware, from a throughput.
     Economics(economics::Args),
+    /// Probe the CUDA device and measure its ceilings (JSON).
+    #[command(name = "gpu-probe", hide = true)]
+    GpuProbe(gpu::Args),
 }
 
 /// Arguments of a command that does not exist yet.
@@ -70,5 +74,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Economics(a) => economics::run(a),
+        Command::GpuProbe(a) => gpu::run(a),
     }
 }

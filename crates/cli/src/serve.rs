@@ -65,6 +65,14 @@ pub struct Args {
     /// Seconds between SSE keep-alive comments.
     #[arg(long, default_value_t = 15.0)]
     pub keep_alive: f64,
+    /// Where the model runs: auto (a CUDA device when one is usable, else the CPU), cpu, cuda,
+    /// cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: tokenfab_engine::Device,
+    /// CUDA: fraction of device memory to use; the KV pool gets what the weights leave
+    /// (`--kv-cache-memory` sizes the CPU's pool only).
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f32,
 }
 
 /// `2GiB`, `512MiB`, `1.5G`, `1000000` -> bytes; `10%` -> that share of `total`.
@@ -153,6 +161,8 @@ pub fn run(a: Args) -> Result<()> {
         max_queued_requests: a.max_queued_requests,
         enable_prefix_caching: !a.no_prefix_caching,
         ready_timeout: secs(a.ready_timeout, "--ready-timeout")?,
+        device: a.device,
+        gpu_memory_utilization: a.gpu_memory_utilization,
     };
     let m = a.model.load()?;
     let model_id = a.served_model_name.clone().unwrap_or_else(|| {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokenfab_backend::cpu::log_softmax;
 use tokenfab_loader::Tokenizer;
-use tokenfab_models::{CpuExecutor, KvCache, Llama};
+use tokenfab_models::Llama;
 use tokenfab_scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use tokenfab_types::{FinishReason, RequestId, TokenId};
 use tokio::sync::mpsc as tmpsc;
@@ -58,29 +58,30 @@ impl EngineCore {
         rx: mpsc::Receiver<Command>,
         shared: Arc<Shared>,
     ) -> Result<Self> {
-        let per_token = KvCache::bytes_per_token(model.cfg.n_layers, model.cfg.kv_dim());
-        let num_blocks = cfg.kv_cache_bytes / (per_token * cfg.block_size);
-        if num_blocks < 2 {
-            return Err(Error::Invalid(format!(
-                "a KV pool of {} bytes holds fewer than 2 blocks of {} tokens ({per_token} bytes per token)",
-                cfg.kv_cache_bytes, cfg.block_size
-            )));
-        }
+        let exec = crate::device::build_executor(
+            model,
+            &crate::device::ExecutorOptions {
+                device: cfg.device,
+                block_size: cfg.block_size,
+                kv_cache_bytes: cfg.kv_cache_bytes,
+                gpu_memory_utilization: cfg.gpu_memory_utilization,
+                max_batch_tokens: cfg.max_num_batched_tokens,
+                max_graph_batch: cfg.max_num_seqs,
+                max_blocks: None,
+            },
+        )?;
+        let num_blocks = exec.num_blocks();
         let sched = Scheduler::new(SchedulerConfig {
             max_num_batched_tokens: cfg.max_num_batched_tokens,
             max_num_seqs: cfg.max_num_seqs,
             block_size: cfg.block_size,
             num_blocks,
             enable_prefix_caching: cfg.enable_prefix_caching,
-            max_model_len: model.cfg.context_len,
+            max_model_len: exec.config().context_len,
         })
         .map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(Self {
-            runner: ModelRunner::new(Box::new(CpuExecutor::new(
-                model,
-                cfg.block_size,
-                num_blocks,
-            ))),
+            runner: ModelRunner::new(exec),
             sched,
             tokenizer,
             active: HashMap::new(),

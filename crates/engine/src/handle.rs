@@ -11,6 +11,7 @@ use tokenfab_loader::{ChatTemplate, Tokenizer};
 use tokenfab_types::RequestId;
 use tokio::sync::mpsc as tmpsc;
 
+pub use crate::device::Device;
 use crate::engine_core::EngineCore;
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -33,6 +34,11 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// The engine counts as not ready when its loop has not come round for this long.
     pub ready_timeout: Duration,
+    /// Where the model runs (`auto`: a CUDA device when one is usable, else the CPU).
+    pub device: Device,
+    /// CUDA: fraction of device memory to use; the KV pool takes what the weights leave
+    /// (`kv_cache_bytes` sizes the CPU's pool only).
+    pub gpu_memory_utilization: f32,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +51,8 @@ impl Default for EngineConfig {
             max_queued_requests: 1024,
             enable_prefix_caching: true,
             ready_timeout: Duration::from_secs(10),
+            device: Device::Auto,
+            gpu_memory_utilization: 0.9,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! seed, never on what else runs beside it.
 
 pub mod detok;
+pub mod device;
 pub mod dummy;
 mod engine_core;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod stop;
 pub mod testing;
 
 pub use detok::IncrementalDecoder;
+pub use device::Device;
 pub use error::{Error, Result};
 pub use handle::{EngineConfig, EngineHandle, EngineInfo, RequestStream, SubmitError};
 pub use metrics::Metrics;

@@ -1,15 +1,24 @@
 //! One sequence driven through the model with its own KV blocks: what `generate`, `chat`, `score`
 //! and `perplexity` use. The serving engine schedules many sequences over a shared pool instead.
 
-use tokenfab_models::{ForwardBatch, KvCache, Llama, SeqSlice};
+use tokenfab_models::{Executor, ForwardBatch, KvCache, Llama, SeqSlice};
 
 use crate::error::{Error, Result};
 
 const BLOCK_SIZE: usize = 16;
 
+/// What runs the session's forward passes.
+enum Runner<'m> {
+    /// A host model with the session's own KV pool.
+    Cpu { model: &'m Llama, kv: KvCache },
+    /// Any executor (e.g. a GPU) whose pool holds at least the session's blocks.
+    Exec(Box<dyn Executor>),
+}
+
 pub struct Session<'m> {
-    model: &'m Llama,
-    kv: KvCache,
+    runner: Runner<'m>,
+    /// Tokens the session holds.
+    capacity: usize,
     /// Blocks 0..n of the private pool, in order.
     block_table: Vec<u32>,
     /// Tokens whose K/V are in the cache, in order.
@@ -29,17 +38,55 @@ impl<'m> Session<'m> {
         }
         let blocks = capacity.max(1).div_ceil(BLOCK_SIZE);
         Ok(Self {
-            model,
-            kv: model.new_kv_cache(BLOCK_SIZE, blocks),
+            runner: Runner::Cpu {
+                model,
+                kv: model.new_kv_cache(BLOCK_SIZE, blocks),
+            },
+            capacity: blocks * BLOCK_SIZE,
             block_table: (0..blocks as u32).collect(),
             tokens: Vec::new(),
             max_chunk: 512,
         })
     }
 
+    /// A session on an executor (any device), using blocks `0..` of its pool for up to
+    /// `capacity` tokens.
+    pub fn with_executor(exec: Box<dyn Executor>, capacity: usize) -> Result<Session<'static>> {
+        let ctx = exec.config().context_len;
+        if capacity > ctx {
+            return Err(Error::Invalid(format!(
+                "{capacity} tokens do not fit the model's context of {ctx}"
+            )));
+        }
+        let bs = exec.block_size();
+        let blocks = capacity.max(1).div_ceil(bs);
+        if blocks > exec.num_blocks() {
+            return Err(Error::Invalid(format!(
+                "{capacity} tokens need {blocks} KV blocks; the {} pool has {}",
+                exec.device(),
+                exec.num_blocks()
+            )));
+        }
+        Ok(Session {
+            runner: Runner::Exec(exec),
+            capacity: blocks * bs,
+            block_table: (0..blocks as u32).collect(),
+            tokens: Vec::new(),
+            max_chunk: 512,
+        })
+    }
+
+    /// The executor's device ("cpu" for a host model).
+    pub fn device(&self) -> String {
+        match &self.runner {
+            Runner::Cpu { .. } => "cpu".into(),
+            Runner::Exec(e) => e.device(),
+        }
+    }
+
     /// Most tokens this session holds.
     pub fn capacity(&self) -> usize {
-        self.kv.capacity_tokens()
+        self.capacity
     }
 
     /// Tokens processed so far.
@@ -55,7 +102,7 @@ impl<'m> Session<'m> {
     /// Appends `new` and returns the logits after each of `new[logits_from..]`:
     /// (new.len() - logits_from, vocab). Long inputs run in chunks of `max_chunk`.
     pub fn feed(&mut self, new: &[u32], logits_from: usize) -> Result<Vec<f32>> {
-        let cap = self.kv.capacity_tokens();
+        let cap = self.capacity;
         if self.tokens.len() + new.len() > cap {
             return Err(Error::Invalid(format!(
                 "{} tokens exceed this session's capacity of {cap}",
@@ -80,7 +127,10 @@ impl<'m> Session<'m> {
                 seqs: &seqs,
                 logits_rows: &rows,
             };
-            logits.extend(self.model.forward(&batch, &mut self.kv)?);
+            logits.extend(match &mut self.runner {
+                Runner::Cpu { model, kv } => model.forward(&batch, kv)?,
+                Runner::Exec(e) => e.forward(&batch)?,
+            });
             self.tokens.extend_from_slice(chunk);
         }
         Ok(logits)

@@ -89,9 +89,11 @@ extern "C" __global__ void rms_norm_bf16(const float* __restrict__ x, const int*
 }
 
 /* Per row t (one block each): add the Q/K/V bias (if any), rotate Q and K heads by RoPE with the
-   host-computed cos/sin (n, half), then store K and V as bf16 at slots[t] of the layer's pool.
+   cos/sin tables (context, half) the host computed once (the CPU's angles exactly), at row t's
+   position, then store K and V as bf16 at slots[t] of the layer's pool.
    neox = 0: pairs (2i, 2i+1); neox = 1: pairs (i, i + half). */
 extern "C" __global__ void qkv_rope_kv_write(float* __restrict__ qkv, const float* __restrict__ bias,
+                                             const unsigned int* __restrict__ positions,
                                              const float* __restrict__ cosv, const float* __restrict__ sinv,
                                              const long long* __restrict__ slots,
                                              bf16_t* __restrict__ k_cache,
@@ -111,7 +113,8 @@ extern "C" __global__ void qkv_rope_kv_write(float* __restrict__ qkv, const floa
         float* h = row + head * head_dim;
         int a = neox ? i : 2 * i;
         int c = neox ? i + half : 2 * i + 1;
-        float cs = cosv[t * half + i], sn = sinv[t * half + i];
+        size_t at = (size_t)positions[t] * half + i;
+        float cs = cosv[at], sn = sinv[at];
         float x0 = h[a], x1 = h[c];
         h[a] = x0 * cs - x1 * sn;
         h[c] = x0 * sn + x1 * cs;
@@ -302,7 +305,10 @@ pub fn sanity_check(src: &str, kernels: &[&str]) -> Result<(), String> {
         i += 1;
     }
     if let Some((o, l)) = stack.pop() {
-        return Err(format!("`{}` opened on line {l} is never closed", o as char));
+        return Err(format!(
+            "`{}` opened on line {l} is never closed",
+            o as char
+        ));
     }
     let defined = defined_kernels(src);
     for k in kernels {
@@ -338,6 +344,7 @@ mod tests {
     #[test]
     fn source_is_well_formed_and_defines_every_launched_kernel() {
         sanity_check(SOURCE, KERNELS).unwrap();
+        assert!(!SOURCE.contains("#include"), "NVRTC must need no headers");
         let defined = defined_kernels(SOURCE);
         assert_eq!(defined.len(), KERNELS.len(), "{defined:?}");
     }

@@ -63,7 +63,12 @@ impl KvSizing {
 }
 
 /// Bytes of K and V for one block across all layers, stored as `elem_bytes` per value.
-pub fn bytes_per_block(n_layers: usize, kv_dim: usize, block_size: usize, elem_bytes: usize) -> usize {
+pub fn bytes_per_block(
+    n_layers: usize,
+    kv_dim: usize,
+    block_size: usize,
+    elem_bytes: usize,
+) -> usize {
     2 * n_layers * kv_dim * block_size * elem_bytes
 }
 
@@ -119,7 +124,11 @@ mod tests {
             bytes_per_block: 60 << 20,
             reserve: 0,
         };
-        assert!(tiny.num_blocks().unwrap_err().to_string().contains("at least 2"));
+        assert!(tiny
+            .num_blocks()
+            .unwrap_err()
+            .to_string()
+            .contains("at least 2"));
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub mod libs;
 pub mod memory;
 
 pub use context::{Ceilings, Gemm, Gpu, GpuBuf};
+/// The bindings themselves, for callers that launch kernels and capture graphs.
+pub use cudarc;
 pub use libs::CudaLib;
 
 /// Why the CUDA backend cannot run, or what failed on the device.

@@ -1,0 +1,165 @@
+//! Where the model runs: `--device auto|cpu|cuda|cuda:N`, and building the executor for it.
+//! `auto` takes the first CUDA device when the libraries and a device are there, else the CPU
+//! with a log line saying why.
+
+use std::fmt;
+use std::str::FromStr;
+
+use tokenfab_backend::cuda;
+use tokenfab_models::{CpuExecutor, CudaConfig, CudaExecutor, Executor, KvCache, Llama};
+
+use crate::error::{Error, Result};
+
+/// The device to run on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// A CUDA device when one is usable, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// CUDA device N (an error when it cannot be used).
+    Cuda(usize),
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("`--device` must be auto, cpu, cuda or cuda:N. Given: {s}");
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Auto => f.write_str("auto"),
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// How to size an executor.
+#[derive(Clone, Debug)]
+pub struct ExecutorOptions {
+    pub device: Device,
+    pub block_size: usize,
+    /// CPU: bytes of the KV pool.
+    pub kv_cache_bytes: usize,
+    /// CUDA: fraction of device memory to use; the KV pool gets what is left after the weights.
+    pub gpu_memory_utilization: f32,
+    /// CUDA: rows of one forward pass (activation buffers).
+    pub max_batch_tokens: usize,
+    /// CUDA: largest decode batch captured as a graph (0: none).
+    pub max_graph_batch: usize,
+    /// Caps the pool's blocks on any device.
+    pub max_blocks: Option<usize>,
+}
+
+/// The device `auto` resolves to on this machine, and why the CPU when it is the CPU.
+pub fn resolve(device: Device) -> (Device, Option<cuda::Error>) {
+    match device {
+        Device::Auto => match cuda::probe(0) {
+            Ok(_) => (Device::Cuda(0), None),
+            Err(e) => (Device::Cpu, Some(e)),
+        },
+        d => (d, None),
+    }
+}
+
+/// Builds the executor for `o.device`, taking ownership of the host model (dropped once its
+/// weights are on a GPU).
+pub fn build_executor(model: Llama, o: &ExecutorOptions) -> Result<Box<dyn Executor>> {
+    let (device, why_cpu) = resolve(o.device);
+    if let Some(e) = why_cpu {
+        tracing::info!("--device auto: running on the CPU ({e})");
+    }
+    match device {
+        Device::Cuda(ordinal) => {
+            let cfg = CudaConfig {
+                ordinal,
+                block_size: o.block_size,
+                gpu_memory_utilization: o.gpu_memory_utilization,
+                max_batch_tokens: o.max_batch_tokens,
+                max_graph_batch: o.max_graph_batch,
+                max_blocks: o.max_blocks,
+            };
+            let exec = CudaExecutor::new(&model, &cfg)?;
+            tracing::info!(device = %exec.device(), blocks = exec.num_blocks(), "model on the GPU");
+            Ok(Box::new(exec))
+        }
+        _ => {
+            let per_token = KvCache::bytes_per_token(model.cfg.n_layers, model.cfg.kv_dim());
+            let mut num_blocks = o.kv_cache_bytes / (per_token * o.block_size);
+            if let Some(m) = o.max_blocks {
+                num_blocks = num_blocks.min(m);
+            }
+            if num_blocks < 2 && o.max_blocks.is_none() {
+                return Err(Error::Invalid(format!(
+                    "a KV pool of {} bytes holds fewer than 2 blocks of {} tokens ({per_token} bytes per token)",
+                    o.kv_cache_bytes, o.block_size
+                )));
+            }
+            Ok(Box::new(CpuExecutor::new(model, o.block_size, num_blocks)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("auto".parse::<Device>(), Ok(Device::Auto));
+        assert_eq!("CPU".parse::<Device>(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse::<Device>(), Ok(Device::Cuda(3)));
+        for bad in ["cuda:", "cuda:x", "tpu", "", "cuda:-1"] {
+            let e = bad.parse::<Device>().unwrap_err();
+            assert!(e.contains("auto, cpu, cuda or cuda:N"), "{e}");
+        }
+        for d in [Device::Auto, Device::Cpu, Device::Cuda(2)] {
+            assert_eq!(d.to_string().parse::<Device>(), Ok(d));
+        }
+    }
+
+    /// Here (no CUDA) auto means the CPU, with the reason; an explicit cuda is an error.
+    #[test]
+    fn auto_falls_back_to_the_cpu_without_cuda() {
+        let (d, why) = resolve(Device::Auto);
+        if d == Device::Cpu {
+            assert!(why.is_some());
+            let dir = std::env::temp_dir().join(format!("tokenfab-dev-{}", std::process::id()));
+            let path = crate::testing::write_tiny_model(&dir);
+            let m = crate::LoadedModel::load(&path).unwrap();
+            let o = ExecutorOptions {
+                device: Device::Auto,
+                block_size: 16,
+                kv_cache_bytes: 1 << 20,
+                gpu_memory_utilization: 0.9,
+                max_batch_tokens: 64,
+                max_graph_batch: 8,
+                max_blocks: None,
+            };
+            let e = build_executor(m.model, &o).unwrap();
+            assert_eq!(e.device(), "cpu");
+            let m = crate::LoadedModel::load(&path).unwrap();
+            let cuda = ExecutorOptions {
+                device: Device::Cuda(0),
+                ..o
+            };
+            assert!(build_executor(m.model, &cuda).is_err());
+            std::fs::remove_dir_all(&dir).ok();
+        }
+    }
+}
