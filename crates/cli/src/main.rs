@@ -44,13 +44,6 @@ enum Command {
     GpuProbe(gpu::Args),
 }
 
-/// Arguments of a command that does not exist yet.
-#[derive(clap::Args)]
-struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
-}
-
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
