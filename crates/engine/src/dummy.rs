@@ -169,9 +169,9 @@ pub fn byte_level_tokenizer(w: &mut GgufWriter, vocab: usize) {
 /// norms in F32 (all ones, as freshly initialized).
 pub fn build_gguf(name: &str, cfg: &DummyConfig, seed: u64, ty: GgmlType) -> Result<Vec<u8>> {
     if cfg.n_heads == 0
-        || cfg.dim % cfg.n_heads != 0
+        || !cfg.dim.is_multiple_of(cfg.n_heads)
         || cfg.n_kv_heads == 0
-        || cfg.n_heads % cfg.n_kv_heads != 0
+        || !cfg.n_heads.is_multiple_of(cfg.n_kv_heads)
     {
         return Err(Error::Invalid(format!(
             "dummy config: {} heads / {} KV heads do not divide {}",
