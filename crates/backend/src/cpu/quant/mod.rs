@@ -38,6 +38,12 @@ pub(crate) const QK: usize = 32;
 pub(crate) const NR: usize = 4;
 /// Output rows handed to one pool task: small enough to spread a single token over all cores.
 const ROWS_PER_TASK: usize = 32;
+/// Batches of at most this many rows read Q4_0/Q4_1/Q8_0 weights straight from their GGUF blocks
+/// (AVX-512 VNNI), with no tile: the decode path, where every weight byte is used by few rows.
+const SMALL_N: usize = 4;
+/// Pool tasks per thread on the small-batch path: few enough that a fork-join stays cheap, enough
+/// that a thread slowed by another process does not hold up the rest.
+const TASKS_PER_THREAD: usize = 4;
 
 /// A GGUF block format the quantized kernels read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -271,6 +277,19 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     // stealing) finds an empty buffer and grows its own instead of aliasing this one.
     let mut acts = ACTS.take();
     acts.quantize(x, n, g);
+    #[cfg(target_arch = "x86_64")]
+    if n <= SMALL_N && isa == Isa::Avx512Vnni {
+        if let Some(ty) = match w.ty {
+            QType::Q4_0 => Some(avx512::D_Q4_0),
+            QType::Q4_1 => Some(avx512::D_Q4_1),
+            QType::Q8_0 => Some(avx512::D_Q8_0),
+            _ => None,
+        } {
+            direct(ty, &acts, n, g, w, y);
+            ACTS.set(acts);
+            return;
+        }
+    }
     let signed = w.ty == QType::Q8_0 && isa != Isa::Avx512Vnni;
     let out = SendPtr(y.as_mut_ptr());
     let acts_ref = &acts;
@@ -322,4 +341,38 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
         TILE.set(tile);
     });
     ACTS.set(acts);
+}
+
+/// The small-batch path: output rows split into about [`TASKS_PER_THREAD`] tasks per thread, each
+/// decoding its rows' GGUF blocks in registers (see `avx512::direct`).
+#[cfg(target_arch = "x86_64")]
+fn direct(ty: u8, acts: &Acts, n: usize, g: Geom, w: &QMatrix, y: &mut [f32]) {
+    let m = w.rows;
+    let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
+    let per = m.div_ceil(tasks).next_multiple_of(NR).max(4 * NR);
+    let out = SendPtr(y.as_mut_ptr());
+    (0..m.div_ceil(per)).into_par_iter().for_each(|t| {
+        let mut tile = TILE.take();
+        tile.mw.resize(NR * g.nhp, 0.0);
+        let mut a = avx512::DirectArgs {
+            w,
+            acts,
+            n,
+            g,
+            r0: t * per,
+            r1: ((t + 1) * per).min(m),
+            y: out,
+            mw: &mut tile.mw,
+        };
+        // SAFETY: the caller checked AVX-512 VNNI (which comes with F16C); each task writes only
+        // columns r0..r1 of y, disjoint across tasks, and y outlives the loop.
+        unsafe {
+            match ty {
+                avx512::D_Q4_0 => avx512::direct::<{ avx512::D_Q4_0 }>(&mut a),
+                avx512::D_Q4_1 => avx512::direct::<{ avx512::D_Q4_1 }>(&mut a),
+                _ => avx512::direct::<{ avx512::D_Q8_0 }>(&mut a),
+            }
+        }
+        TILE.set(tile);
+    });
 }
