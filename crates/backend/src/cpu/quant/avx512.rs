@@ -91,6 +91,9 @@ pub(crate) struct DirectArgs<'a> {
     pub mw: &'a mut [f32],
 }
 
+/// How far ahead of the rows being multiplied the direct kernel prefetches.
+const PREFETCH_ROWS: usize = 8;
+
 /// Q4_0, Q4_1, Q8_0 as const parameters of the direct kernel.
 pub(crate) const D_Q4_0: u8 = 0;
 pub(crate) const D_Q4_1: u8 = 1;
@@ -191,6 +194,7 @@ unsafe fn direct_tile<const TY: u8, const M: usize, const R: usize>(
     let mw: [*mut f32; R] = std::array::from_fn(|s| a.mw.as_mut_ptr().add(s * g.nhp));
     let qx: [*const i8; M] = std::array::from_fn(|i| a.acts.qx.as_ptr().add((i0 + i) * xs));
     let dx: [*const f32; M] = std::array::from_fn(|i| a.acts.dx.as_ptr().add((i0 + i) * ds));
+    let bb = rb / g.nb;
     let mut acc = [[_mm512_setzero_ps(); R]; M];
     // Hot loop: per pair of blocks, R rows decoded in registers and reused by M rows of x.
     for b2 in 0..g.nbp / 2 {
@@ -198,6 +202,9 @@ unsafe fn direct_tile<const TY: u8, const M: usize, const R: usize>(
         let mut wv = [_mm512_setzero_si512(); R];
         let mut wd = [_mm512_setzero_ps(); R];
         for s in 0..R {
+            // The rows PREFETCH_ROWS ahead (the same task's next groups; past the matrix end a
+            // prefetch is harmless): the weights stream from L3/DRAM and the loads above stall.
+            _mm_prefetch::<_MM_HINT_T0>(rows[s].wrapping_add(PREFETCH_ROWS * rb + 2 * b2 * bb) as _);
             (wv[s], wd[s]) = load_pair::<TY>(rows[s], b2, two, mw[s]);
         }
         for i in 0..M {
