@@ -65,6 +65,20 @@ pub struct Args {
     /// Seconds between SSE keep-alive comments.
     #[arg(long, default_value_t = 15.0)]
     pub keep_alive: f64,
+    /// Seconds a client may leave its stream unread while events wait; then the request is
+    /// aborted and its memory freed (per-request buffering is bounded meanwhile).
+    #[arg(long, default_value_t = 60.0)]
+    pub stream_timeout: f64,
+    /// Most tokens of one prompt [default: the context length].
+    #[arg(long)]
+    pub max_prompt_tokens: Option<usize>,
+    /// Per-API-key rate limit on /v1 routes, token bucket: `10/s`, `600/m`, `5/s:20` (burst 20).
+    /// Over it: 429 with Retry-After. Off by default.
+    #[arg(long)]
+    pub rate_limit: Option<tokenfab_server::RateLimit>,
+    /// Origins allowed by CORS (comma-separated or repeated; `*` for any). CORS is off without it.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Where the model runs: auto (a CUDA device when one is usable, else the CPU), cpu, cuda,
     /// cuda:N.
     #[arg(long, default_value = "auto")]
@@ -163,6 +177,8 @@ pub fn run(a: Args) -> Result<()> {
         ready_timeout: secs(a.ready_timeout, "--ready-timeout")?,
         device: a.device,
         gpu_memory_utilization: a.gpu_memory_utilization,
+        stream_timeout: secs(a.stream_timeout, "--stream-timeout")?.max(Duration::from_millis(10)),
+        ..EngineConfig::default()
     };
     let m = a.model.load()?;
     let model_id = a.served_model_name.clone().unwrap_or_else(|| {
@@ -195,6 +211,9 @@ pub fn run(a: Args) -> Result<()> {
     cfg.max_request_bytes = max_request_bytes;
     cfg.max_tokens_limit = a.max_tokens_limit;
     cfg.keep_alive = secs(a.keep_alive, "--keep-alive")?.max(Duration::from_millis(100));
+    cfg.max_prompt_tokens = a.max_prompt_tokens;
+    cfg.rate_limit = a.rate_limit;
+    cfg.allowed_origins = a.allowed_origins.clone();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

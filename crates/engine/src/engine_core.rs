@@ -10,11 +10,11 @@ use tokenfab_loader::Tokenizer;
 use tokenfab_models::Llama;
 use tokenfab_scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use tokenfab_types::{FinishReason, RequestId, TokenId};
-use tokio::sync::mpsc as tmpsc;
 
 use crate::detok::IncrementalDecoder;
 use crate::error::{Error, Result};
 use crate::handle::{Command, EngineConfig, Shared};
+use crate::outbox::Outbox;
 use crate::request::{EngineRequest, StreamEvent, TokenLogprob, Usage};
 use crate::runner::{ModelRunner, StepLogits};
 use crate::sampler::Sampler;
@@ -23,7 +23,8 @@ use crate::stop::StopChecker;
 /// One request as the engine tracks it (the scheduler tracks its tokens and blocks).
 struct Active {
     req: EngineRequest,
-    tx: tmpsc::UnboundedSender<StreamEvent>,
+    /// Events back to the consumer (bounded channel + backlog; never blocks the engine).
+    out: Outbox,
     sampler: Sampler,
     detok: IncrementalDecoder,
     stop: StopChecker,
@@ -48,6 +49,10 @@ pub(crate) struct EngineCore {
     shared: Arc<Shared>,
     preemptions_seen: u64,
     prefix_seen: (u64, u64),
+    /// Finished requests whose last events the consumer has not taken yet.
+    lingering: Vec<Outbox>,
+    /// A consumer that takes nothing for this long while events wait is dropped (aborted).
+    stream_timeout: Duration,
 }
 
 impl EngineCore {
@@ -89,6 +94,8 @@ impl EngineCore {
             shared,
             preemptions_seen: 0,
             prefix_seen: (0, 0),
+            lingering: Vec::new(),
+            stream_timeout: cfg.stream_timeout,
         })
     }
 
@@ -148,7 +155,9 @@ impl EngineCore {
     /// Applies waiting commands; blocks briefly for one when idle. False when every handle is gone.
     fn take_commands(&mut self, idle: bool) -> bool {
         if idle {
-            match self.rx.recv_timeout(Duration::from_millis(200)) {
+            // Finished streams still handing over their last events are checked often.
+            let wait = if self.lingering.is_empty() { 200 } else { 5 };
+            match self.rx.recv_timeout(Duration::from_millis(wait)) {
                 Ok(c) => self.apply(c),
                 Err(mpsc::RecvTimeoutError::Timeout) => return true,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
@@ -179,7 +188,7 @@ impl EngineCore {
                     max_tokens,
                     skip_cache,
                 ) {
-                    let _ = tx.send(StreamEvent::Error(e.to_string()));
+                    let _ = tx.try_send(StreamEvent::Error(e.to_string()));
                     self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
                     self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
                     return;
@@ -207,7 +216,7 @@ impl EngineCore {
                         last_token: None,
                         next_logprob: None,
                         req: *req,
-                        tx,
+                        out: Outbox::new(tx),
                     },
                 );
             }
@@ -215,17 +224,30 @@ impl EngineCore {
         }
     }
 
-    /// Clients that went away are aborted before the step, freeing their blocks.
+    /// Clients that went away, or took nothing for `stream_timeout` while events waited, are
+    /// aborted before the step, freeing their blocks; backlogs move on as far as they fit.
     fn reap_disconnected(&mut self) {
-        let gone: Vec<RequestId> = self
-            .active
-            .iter()
-            .filter(|(_, a)| a.tx.is_closed())
-            .map(|(&id, _)| id)
-            .collect();
+        let now = Instant::now();
+        let limit = self.stream_timeout;
+        let mut gone = Vec::new();
+        for (&id, a) in self.active.iter_mut() {
+            if a.out.is_closed() {
+                gone.push(id);
+            } else if !a.out.flush(now) && a.out.timed_out(now, limit) {
+                tracing::warn!(
+                    request = id,
+                    held = a.out.backlog_len(),
+                    timeout_s = limit.as_secs_f64(),
+                    "the client stopped reading its stream; aborting the request"
+                );
+                gone.push(id);
+            }
+        }
         for id in gone {
             self.finish(id, FinishReason::Abort);
         }
+        self.lingering
+            .retain_mut(|o| !o.is_closed() && !o.flush(now) && !o.timed_out(now, limit));
     }
 
     fn note_scheduled(&mut self, out: &SchedulerOutput) {
@@ -294,9 +316,10 @@ impl EngineCore {
             }
             if s.start + s.tokens.len() >= prompt.len() {
                 a.prompt_logprobs_sent = true;
-                let _ = a.tx.send(StreamEvent::PromptLogprobs(std::mem::take(
-                    &mut a.prompt_logprobs,
-                )));
+                a.out.send(
+                    StreamEvent::PromptLogprobs(std::mem::take(&mut a.prompt_logprobs)),
+                    Instant::now(),
+                );
             }
         }
     }
@@ -356,11 +379,14 @@ impl EngineCore {
             } else {
                 let text = a.detok.push(&self.tokenizer.token_bytes(tok));
                 let (released, hit) = a.stop.push(&text);
-                let _ = a.tx.send(StreamEvent::Token {
-                    token: tok,
-                    text: released,
-                    logprob,
-                });
+                a.out.send(
+                    StreamEvent::Token {
+                        token: tok,
+                        text: released,
+                        logprob,
+                    },
+                    now,
+                );
                 if hit {
                     reason = Some(FinishReason::Stop);
                 }
@@ -393,26 +419,35 @@ impl EngineCore {
             FinishReason::Abort => m.request_success_abort.add(1),
         }
         if reason == FinishReason::Abort {
+            // An error event (fail_all) may still wait for its consumer.
+            if a.out.backlog_len() > 0 {
+                self.lingering.push(a.out);
+            }
             return;
         }
+        let now = Instant::now();
         let mut tail = a.detok.finish();
         tail = a.stop.push(&tail).0 + &a.stop.finish();
         if !tail.is_empty() {
-            let _ = a.tx.send(StreamEvent::Text(tail));
+            a.out.send(StreamEvent::Text(tail), now);
         }
         let usage = Usage {
             prompt_tokens: a.req.prompt_tokens.len(),
             completion_tokens: a.output.len(),
             cached_tokens: a.cached_tokens,
         };
-        let _ = a.tx.send(StreamEvent::End { reason, usage });
+        a.out.send(StreamEvent::End { reason, usage }, now);
+        if a.out.backlog_len() > 0 {
+            self.lingering.push(a.out);
+        }
     }
 
     fn fail_all(&mut self, msg: &str) {
         let ids: Vec<RequestId> = self.active.keys().copied().collect();
         for id in ids {
-            if let Some(a) = self.active.get(&id) {
-                let _ = a.tx.send(StreamEvent::Error(msg.to_string()));
+            if let Some(a) = self.active.get_mut(&id) {
+                a.out
+                    .send(StreamEvent::Error(msg.to_string()), Instant::now());
             }
             self.finish(id, FinishReason::Abort);
         }

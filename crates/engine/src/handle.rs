@@ -39,6 +39,11 @@ pub struct EngineConfig {
     /// CUDA: fraction of device memory to use; the KV pool takes what the weights leave
     /// (`kv_cache_bytes` sizes the CPU's pool only).
     pub gpu_memory_utilization: f32,
+    /// Events buffered per request in its channel; the engine holds further ones back.
+    pub stream_buffer: usize,
+    /// A request whose consumer takes no event for this long while events wait is aborted (a
+    /// client that stopped reading its stream); its blocks are freed.
+    pub stream_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +58,8 @@ impl Default for EngineConfig {
             ready_timeout: Duration::from_secs(10),
             device: Device::Auto,
             gpu_memory_utilization: 0.9,
+            stream_buffer: 64,
+            stream_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -88,7 +95,7 @@ pub(crate) enum Command {
         id: RequestId,
         req: Box<EngineRequest>,
         arrival: Instant,
-        tx: tmpsc::UnboundedSender<StreamEvent>,
+        tx: tmpsc::Sender<StreamEvent>,
     },
     Abort(RequestId),
 }
@@ -189,7 +196,7 @@ impl EngineHandle {
         }
         self.shared.unfinished.fetch_add(1, Ordering::SeqCst);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (etx, erx) = tmpsc::unbounded_channel();
+        let (etx, erx) = tmpsc::channel(self.cfg.stream_buffer.max(1));
         let cmd = Command::Add {
             id,
             req: Box::new(req),
@@ -285,7 +292,7 @@ impl EngineHandle {
 /// The events of one request. Dropping it before the end aborts the request and frees its blocks.
 pub struct RequestStream {
     id: RequestId,
-    rx: tmpsc::UnboundedReceiver<StreamEvent>,
+    rx: tmpsc::Receiver<StreamEvent>,
     abort: mpsc::Sender<Command>,
     done: bool,
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod handle;
 pub mod metrics;
 pub mod model;
+mod outbox;
 pub mod request;
 pub mod rng;
 mod runner;

@@ -29,6 +29,8 @@ pub enum ApiError {
         "The server is at capacity ({max} requests waiting); retry after {retry_after_secs} s."
     )]
     QueueFull { max: usize, retry_after_secs: u64 },
+    #[error("Too many requests for this API key; retry after {retry_after_secs} s.")]
+    RateLimited { retry_after_secs: u64 },
     #[error("The server is shutting down and accepts no new requests.")]
     ShuttingDown,
     #[error("Not found: {0}")]
@@ -100,6 +102,11 @@ impl ApiError {
                 "rate_limit_error",
                 Some("rate_limit_exceeded"),
             ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                Some("rate_limit_exceeded"),
+            ),
             ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
@@ -165,7 +172,8 @@ impl IntoResponse for ApiError {
         let mut resp = (status, axum::Json(self.body())).into_response();
         if let ApiError::QueueFull {
             retry_after_secs, ..
-        } = self
+        }
+        | ApiError::RateLimited { retry_after_secs } = self
         {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

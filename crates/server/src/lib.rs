@@ -16,6 +16,7 @@ pub mod error;
 mod json;
 mod logprobs;
 pub mod openai;
+pub mod ratelimit;
 mod routes;
 mod sse;
 pub mod stream;
@@ -32,6 +33,8 @@ use tokenfab_engine::EngineHandle;
 
 pub use error::{ApiError, ApiResult};
 use logprobs::Vocab;
+use ratelimit::Limiter;
+pub use ratelimit::RateLimit;
 
 /// The server's own settings (the engine's are in `EngineConfig`).
 #[derive(Clone)]
@@ -46,6 +49,12 @@ pub struct ServerConfig {
     pub max_tokens_limit: usize,
     /// Interval of SSE keep-alive comments.
     pub keep_alive: Duration,
+    /// Most tokens of one prompt; `None`: only the context and the KV pool bound it.
+    pub max_prompt_tokens: Option<usize>,
+    /// Per-key token bucket on /v1 routes; `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Origins allowed by CORS; empty: no CORS headers at all (browsers refuse cross-origin).
+    pub allowed_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -57,6 +66,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_tokens_limit", &self.max_tokens_limit)
             .field("keep_alive", &self.keep_alive)
+            .field("max_prompt_tokens", &self.max_prompt_tokens)
+            .field("rate_limit", &self.rate_limit)
+            .field("allowed_origins", &self.allowed_origins)
             .finish()
     }
 }
@@ -69,6 +81,9 @@ impl ServerConfig {
             max_request_bytes: 8 << 20,
             max_tokens_limit: 4096,
             keep_alive: Duration::from_secs(15),
+            max_prompt_tokens: None,
+            rate_limit: None,
+            allowed_origins: vec![],
         }
     }
 }
@@ -81,10 +96,14 @@ pub struct AppState {
     vocab: Vocab,
     next_id: Arc<AtomicU64>,
     created: u64,
+    limiter: Option<Arc<Limiter>>,
 }
 
+/// The OpenAPI 3.1 document served at /openapi.json.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
 /// The router with every route: /v1/chat/completions, /v1/completions, /v1/models,
-/// /v1/models/{id}, /tokenize, /detokenize, /health, /ready, /metrics.
+/// /v1/models/{id}, /tokenize, /detokenize, /health, /ready, /metrics, /openapi.json.
 pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
     let vocab: Vocab = {
         let e = engine.clone();
@@ -94,18 +113,26 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let limit = cfg.max_request_bytes;
+    let cors = cors_layer(&cfg.allowed_origins);
+    let limiter = cfg.rate_limit.map(|r| Arc::new(Limiter::new(r)));
     let state = AppState {
         engine,
         cfg: Arc::new(cfg),
         vocab,
         next_id: Arc::new(AtomicU64::new(created << 20)),
         created,
+        limiter,
     };
     let v1 = Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/models", get(routes::models))
         .route("/v1/models/{id}", get(routes::model))
+        // Layers run outside-in: the key is checked before its bucket is charged.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::rate_limit,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,
@@ -117,9 +144,51 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
+        .route("/openapi.json", get(routes::openapi))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(cors)
         .with_state(state)
+}
+
+/// CORS for the given origins (`*` allows any); none given: a layer that adds nothing, so
+/// browsers keep refusing cross-origin calls.
+fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(600))
+}
+
+/// A generation request body -> [`ValidRequest`](validation::ValidRequest): everything a handler
+/// does before it submits (JSON checks, typed parsing, validation). Exposed for fuzzing.
+pub fn validate_request(
+    chat: bool,
+    body: &[u8],
+    l: &validation::Limits,
+) -> ApiResult<validation::ValidRequest> {
+    let v = json::parse_body(body)?;
+    let f: openai::SamplingFields = json::parse(&v)?;
+    if chat {
+        validation::chat(&json::parse(&v)?, &f, l)
+    } else {
+        validation::completion(&json::parse(&v)?, &f, l)
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; then stops accepting connections,

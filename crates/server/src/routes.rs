@@ -33,6 +33,7 @@ impl AppState {
             vocab_size: info.vocab_size.min(self.engine.tokenizer().vocab_size()),
             model_id: &self.cfg.model_id,
             max_tokens_limit: self.cfg.max_tokens_limit,
+            max_prompt_tokens: self.cfg.max_prompt_tokens.unwrap_or(usize::MAX),
         }
     }
 
@@ -226,6 +227,15 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         s.engine.render_metrics(),
+    )
+        .into_response()
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::OPENAPI_JSON,
     )
         .into_response()
 }

@@ -33,6 +33,8 @@ pub struct Limits<'a> {
     pub model_id: &'a str,
     /// Largest `max_tokens`, and the cap of the default.
     pub max_tokens_limit: usize,
+    /// Most prompt tokens of one prompt (`--max-prompt-tokens`; the context bounds it anyway).
+    pub max_prompt_tokens: usize,
 }
 
 impl Limits<'_> {
@@ -286,6 +288,15 @@ pub fn fit_max_tokens(
     allow_zero: bool,
     l: &Limits,
 ) -> ApiResult<usize> {
+    if prompt_len > l.max_prompt_tokens {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!(
+                "The prompt must be <= {} tokens. Given: {prompt_len}",
+                l.max_prompt_tokens
+            ),
+        ));
+    }
     let limit = l.seq_limit();
     let (what, what_cap) = if l.kv_cache_tokens < l.context_len {
         ("the KV cache holds", "The KV cache holds")

@@ -28,15 +28,20 @@ impl Server {
     /// Starts `tokenfab serve --port 0` with `args` and waits for its address.
     pub fn start(args: &[&str]) -> Server {
         let model = crate::common::model();
+        let mut all = vec!["--model", model.to_str().expect("a UTF-8 model path")];
+        all.extend_from_slice(args);
+        if !args.contains(&"--kv-cache-memory") {
+            all.extend_from_slice(&["--kv-cache-memory", "256MiB"]);
+        }
+        Self::start_with(&all)
+    }
+
+    /// Starts `tokenfab serve --port 0` with exactly `args` (the model included, or
+    /// `--dummy-weights`) and waits for its address.
+    pub fn start_with(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
-            .args(["serve", "--port", "0", "--model"])
-            .arg(&model)
+            .args(["serve", "--port", "0"])
             .args(args)
-            .args(if args.contains(&"--kv-cache-memory") {
-                &[][..]
-            } else {
-                &["--kv-cache-memory", "256MiB"][..]
-            })
             .env("RUST_LOG", "info")
             .env_remove("TOKENFAB_API_KEY")
             .stdout(Stdio::null())
