@@ -1,0 +1,41 @@
+//! Request bodies through everything a handler does before it submits: JSON checks, typed
+//! parsing, validation against the model's limits. Any body must become a `ValidRequest` or a
+//! 4xx `ApiError`, never a panic; a valid request must fit the limits.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tokenfab_server::validation::Limits;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, body)) = data.split_first() else {
+        return;
+    };
+    let m = tokenfab_fuzz::model();
+    let l = Limits {
+        tokenizer: &m.tokenizer,
+        template: m.template.as_ref(),
+        context_len: 2048,
+        kv_cache_tokens: if flags & 2 != 0 { 1024 } else { 1 << 20 },
+        vocab_size: m.tokenizer.vocab_size(),
+        model_id: "m",
+        max_tokens_limit: 512,
+        max_prompt_tokens: if flags & 4 != 0 { 64 } else { usize::MAX },
+    };
+    match tokenfab_server::validate_request(flags & 1 != 0, body, &l) {
+        Ok(v) => {
+            assert!(v.n >= 1 && v.num_choices() >= 1);
+            for p in &v.prompts {
+                assert!(!p.tokens.is_empty());
+                assert!(p.tokens.len() <= l.max_prompt_tokens);
+                assert!(p.tokens.len() + p.max_tokens <= l.context_len.min(l.kv_cache_tokens));
+                assert!(p.max_tokens <= l.max_tokens_limit);
+                assert!(p.tokens.iter().all(|&t| (t as usize) < l.vocab_size));
+            }
+            let _ = v.engine_requests();
+        }
+        Err(e) => {
+            let (status, _, _) = e.status_type_code();
+            assert!(status.is_client_error(), "{status} for a request body: {e}");
+        }
+    }
+});

@@ -1,0 +1,36 @@
+//! Arbitrary text and special-token soup through the default model's tokenizer: encoding never
+//! panics, every id is in the vocabulary, decoding never panics, and plain text (no specials
+//! parsed or added) decodes back to itself.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let tok = &tokenfab_fuzz::model().tokenizer;
+    let text = tokenfab_fuzz::text(rest, flags & 4 != 0);
+    let add_special = flags & 1 != 0;
+    let parse_special = flags & 2 != 0;
+    let ids = tok
+        .encode(&text, add_special, parse_special)
+        .expect("encoding a string never fails");
+    let vocab = tok.vocab_size() as u32;
+    assert!(ids.iter().all(|&i| i < vocab), "an id past the vocabulary");
+    let back = tok.decode(&ids, false);
+    if !add_special && !parse_special {
+        assert_eq!(back, text, "plain text must round-trip");
+    }
+    let _ = tok.decode(&ids, true);
+    // Arbitrary ids (as the /detokenize route gets them, after its range check).
+    let raw: Vec<u32> = rest
+        .chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+        .map(|i| i % vocab)
+        .collect();
+    let _ = tok.decode(&raw, flags & 8 != 0);
+    for &i in &raw {
+        let _ = tok.token_bytes(i);
+    }
+});
