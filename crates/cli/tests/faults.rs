@@ -107,7 +107,7 @@ async fn a_full_queue_answers_429_with_retry_after_then_recovers() {
     }
     // Recovery: once the queue drains, requests are accepted again.
     wait_metric(&s, "tokenfab:num_requests_running", 0.0, 30).await;
-    assert_eq!(text_of(&s, &greedy("after", 4)).await.len() > 0, true);
+    assert!(!text_of(&s, &greedy("after", 4)).await.is_empty());
 }
 
 /// Opens a stream over a socket with a small receive buffer, reads the headers, then reads
