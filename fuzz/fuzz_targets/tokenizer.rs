@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
     let vocab = tok.vocab_size() as u32;
     assert!(ids.iter().all(|&i| i < vocab), "an id past the vocabulary");
     let back = tok.decode(&ids, false);
-    if !add_special && !parse_special {
+    // Plain text round-trips, except bytes the vocabulary has no token for: llama.cpp drops
+    // those too (SmolLM2 lacks bytes 0x04, 0x06, 0x13, 0x14, 0x16, 0x1d).
+    if !add_special && !parse_special && tokenfab_fuzz::all_bytes_in_vocab(tok, &text) {
         assert_eq!(back, text, "plain text must round-trip");
     }
     let _ = tok.decode(&ids, true);

@@ -137,3 +137,17 @@ pub fn text(data: &[u8], soup: bool) -> String {
     }
     s
 }
+
+/// Whether every byte of `text` has its byte-level token in the vocabulary (GPT-2's byte map).
+pub fn all_bytes_in_vocab(tok: &tokenfab_loader::Tokenizer, text: &str) -> bool {
+    let printable = |b: u8| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+    text.bytes().all(|b| {
+        let c = if printable(b) {
+            b as char
+        } else {
+            let n = (0..b).filter(|&x| !printable(x)).count() as u32;
+            char::from_u32(256 + n).expect("valid")
+        };
+        tok.token_to_id(&c.to_string()).is_some()
+    })
+}

@@ -218,3 +218,20 @@ fn default_model_matches_llama_server() {
     assert_eq!(tok.decode(&ids, false), text);
     assert!(took.as_secs_f64() < 5.0, "encoding took {took:?}");
 }
+
+/// SmolLM2's vocabulary lacks a few byte-level tokens (bytes 0x04, 0x06, 0x13, 0x14, 0x16, 0x1d);
+/// llama.cpp drops such bytes when encoding (`llama-tokenize` gives [49] for "\x06A"), and so do
+/// we: text with them does not round-trip. Found by the tokenizer fuzz target.
+#[test]
+fn bytes_missing_from_the_vocabulary_are_dropped_as_llama_cpp_does() {
+    let tok = Tokenizer::from_gguf(&Gguf::open(default_model()).unwrap()).unwrap();
+    assert_eq!(tok.token_to_id("\u{106}"), None, "byte 0x06 has no token");
+    assert_eq!(tok.encode("\u{6}A", false, false).unwrap(), [49]);
+    assert_eq!(
+        tok.encode("\u{6}", false, false).unwrap(),
+        Vec::<u32>::new()
+    );
+    // Bytes that do have tokens survive around it.
+    let ids = tok.encode("\u{0}\u{6}\u{1}A", false, false).unwrap();
+    assert_eq!(tok.decode(&ids, false), "\u{0}\u{1}A");
+}
