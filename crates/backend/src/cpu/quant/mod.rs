@@ -13,6 +13,11 @@
 //! where a block `b` is 32 elements, a lane 4 of them (the i32 lanes of `maddubs`+`madd` or
 //! `vpdpbusd`), and `h` a half block of 16: `sx = dx · Σ qx` over the half, `mw` the weight's
 //! offset (Q4_0: `-8·d`, Q4_1: `m`, Q4_K: `-dmin·m`, Q6_K: `-32·d·sc`, Q8_0 on VNNI: `-128·d`).
+//!
+//! Exception, the hot one: Q4_0/Q4_1/Q8_0 on AVX-512 VNNI (the default model's formats) use
+//! `packed.rs` at every batch size: the matrix repacked once into groups of 16 rows, one row per
+//! i32 lane, so a block's 32 products accumulate in i32 and the float work per block is 4 ops per
+//! 16 rows instead of 4 per row.
 
 mod expand;
 mod scalar;
@@ -21,11 +26,14 @@ mod scalar;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod packed;
 
 #[cfg(test)]
 mod tests;
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -38,10 +46,7 @@ pub(crate) const QK: usize = 32;
 pub(crate) const NR: usize = 4;
 /// Output rows handed to one pool task: small enough to spread a single token over all cores.
 const ROWS_PER_TASK: usize = 32;
-/// Batches of at most this many rows read Q4_0/Q4_1/Q8_0 weights straight from their GGUF blocks
-/// (AVX-512 VNNI), with no tile: the decode path, where every weight byte is used by few rows.
-const SMALL_N: usize = 4;
-/// Pool tasks per thread on the small-batch path: few enough that a fork-join stays cheap, enough
+/// Pool tasks per thread on the packed path: few enough that a fork-join stays cheap, enough
 /// that a thread slowed by another process does not hold up the rest.
 const TASKS_PER_THREAD: usize = 4;
 
@@ -100,6 +105,8 @@ pub struct QMatrix {
     pub cols: usize,
     /// (rows, cols / block_len, block_bytes)
     data: Vec<u8>,
+    /// Q4_0/Q4_1/Q8_0 repacked for the AVX-512 VNNI kernel (see `packed.rs`), built on first use.
+    packed: OnceLock<Vec<u8>>,
 }
 
 impl QMatrix {
@@ -131,6 +138,7 @@ impl QMatrix {
             rows,
             cols,
             data: bytes,
+            packed: OnceLock::new(),
         })
     }
 
@@ -278,17 +286,10 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     let mut acts = ACTS.take();
     acts.quantize(x, n, g);
     #[cfg(target_arch = "x86_64")]
-    if n <= SMALL_N && isa == Isa::Avx512Vnni {
-        if let Some(ty) = match w.ty {
-            QType::Q4_0 => Some(avx512::D_Q4_0),
-            QType::Q4_1 => Some(avx512::D_Q4_1),
-            QType::Q8_0 => Some(avx512::D_Q8_0),
-            _ => None,
-        } {
-            direct(ty, &acts, n, g, w, y);
-            ACTS.set(acts);
-            return;
-        }
+    if isa == Isa::Avx512Vnni && packed::packs(w.ty) {
+        packed_matmul(&acts, n, g, w, y);
+        ACTS.set(acts);
+        return;
     }
     let signed = w.ty == QType::Q8_0 && isa != Isa::Avx512Vnni;
     let out = SendPtr(y.as_mut_ptr());
@@ -343,36 +344,34 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     ACTS.set(acts);
 }
 
-/// The small-batch path: output rows split into about [`TASKS_PER_THREAD`] tasks per thread, each
-/// decoding its rows' GGUF blocks in registers (see `avx512::direct`).
+/// The packed path (AVX-512 VNNI, Q4_0/Q4_1/Q8_0, any batch size): groups of 16 output rows
+/// split into about [`TASKS_PER_THREAD`] tasks per thread, whole group pairs each.
 #[cfg(target_arch = "x86_64")]
-fn direct(ty: u8, acts: &Acts, n: usize, g: Geom, w: &QMatrix, y: &mut [f32]) {
-    let m = w.rows;
+fn packed_matmul(acts: &Acts, n: usize, g: Geom, w: &QMatrix, y: &mut [f32]) {
+    let packed = w.packed.get_or_init(|| packed::pack(w));
+    let groups = w.rows.div_ceil(packed::G);
     let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
-    let per = m.div_ceil(tasks).next_multiple_of(NR).max(4 * NR);
+    let per = groups.div_ceil(tasks).next_multiple_of(2);
     let out = SendPtr(y.as_mut_ptr());
-    (0..m.div_ceil(per)).into_par_iter().for_each(|t| {
-        let mut tile = TILE.take();
-        tile.mw.resize(NR * g.nhp, 0.0);
-        let mut a = avx512::DirectArgs {
+    (0..groups.div_ceil(per)).into_par_iter().for_each(|t| {
+        let a = packed::PackedArgs {
             w,
+            packed,
             acts,
             n,
             g,
-            r0: t * per,
-            r1: ((t + 1) * per).min(m),
+            g0: t * per,
+            g1: ((t + 1) * per).min(groups),
             y: out,
-            mw: &mut tile.mw,
         };
-        // SAFETY: the caller checked AVX-512 VNNI (which comes with F16C); each task writes only
-        // columns r0..r1 of y, disjoint across tasks, and y outlives the loop.
+        // SAFETY: the caller checked AVX-512 VNNI; `packed` is `pack(w)`; each task writes only
+        // its own groups' columns of y, disjoint across tasks, and y outlives the loop.
         unsafe {
-            match ty {
-                avx512::D_Q4_0 => avx512::direct::<{ avx512::D_Q4_0 }>(&mut a),
-                avx512::D_Q4_1 => avx512::direct::<{ avx512::D_Q4_1 }>(&mut a),
-                _ => avx512::direct::<{ avx512::D_Q8_0 }>(&mut a),
+            if w.ty == QType::Q8_0 {
+                packed::run::<true>(&a)
+            } else {
+                packed::run::<false>(&a)
             }
         }
-        TILE.set(tile);
     });
 }

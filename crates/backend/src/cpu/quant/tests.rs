@@ -156,18 +156,19 @@ fn zero_rows_give_zero_and_bad_sizes_are_rejected() {
 
 #[test]
 fn a_row_gives_bit_identical_results_at_every_batch_size_and_path() {
-    // Batch composition must not change any request's output: the small-batch (direct) path and
-    // the tiled path compute each (row of x, row of w) with the same operations.
+    // Batch composition must not change any request's output: every tile height of the packed
+    // path (1..6 rows of x, one or two groups of w) and the tiled path compute each (row of x,
+    // row of w) with the same operations.
     let mut seed = 23;
     for (ty, gt) in &TYPES[..5] {
-        for (rows, cols) in [(37, 32 * 3), (64, 32 * 18), (9, 32 * 7)] {
+        for (rows, cols) in [(37, 32 * 3), (64, 32 * 18), (9, 32 * 7), (200, 32 * 2)] {
             let (w, _) = random_q(*ty, *gt, rows, cols, &mut seed);
-            let big = 9;
+            let big = 17;
             let x: Vec<f32> = (0..big * cols).map(|_| lcg(&mut seed)).collect();
             for isa in Isa::available() {
                 let mut all = vec![f32::NAN; big * rows];
                 matmul_q_isa(isa, &x, big, &w, &mut all);
-                for n in 1..=4 {
+                for n in (1..=8).chain([12, 13]) {
                     let mut y = vec![f32::NAN; n * rows];
                     matmul_q_isa(isa, &x[..n * cols], n, &w, &mut y);
                     for (e, (&a, &b)) in y.iter().zip(&all).enumerate() {
