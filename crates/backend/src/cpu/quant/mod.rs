@@ -190,6 +190,8 @@ pub(crate) struct Acts {
     pub dx: Vec<f32>,
     /// (n, nhp): d · Σ q over each half block of 16
     pub sx: Vec<f32>,
+    /// (n, nbp * 2): per block `[d, sx[2b] + sx[2b + 1]]`, broadcast from memory by `packed.rs`
+    pub ds: Vec<f32>,
 }
 
 impl Acts {
@@ -199,13 +201,21 @@ impl Acts {
         self.qx.resize(n * g.nbp * QK, 0);
         self.dx.resize(n * g.nbp * 8, 0.0);
         self.sx.resize(n * g.nhp, 0.0);
+        self.ds.resize(n * g.nbp * 2, 0.0);
         let rows = x
             .par_chunks_exact(cols)
             .zip(self.qx.par_chunks_exact_mut(g.nbp * QK))
             .zip(self.dx.par_chunks_exact_mut(g.nbp * 8))
-            .zip(self.sx.par_chunks_exact_mut(g.nhp));
+            .zip(self.sx.par_chunks_exact_mut(g.nhp))
+            .zip(self.ds.par_chunks_exact_mut(g.nbp * 2));
         rows.with_min_len(8)
-            .for_each(|(((xr, qr), dr), sr)| quantize_row(xr, g, qr, dr, sr));
+            .for_each(|((((xr, qr), dr), sr), dsr)| {
+                quantize_row(xr, g, qr, dr, sr);
+                for b in 0..g.nbp {
+                    dsr[2 * b] = dr[8 * b];
+                    dsr[2 * b + 1] = sr[2 * b] + sr[2 * b + 1];
+                }
+            });
     }
 }
 
