@@ -49,6 +49,8 @@ const ROWS_PER_TASK: usize = 32;
 /// Pool tasks per thread on the packed path: few enough that a fork-join stays cheap, enough
 /// that a thread slowed by another process does not hold up the rest.
 const TASKS_PER_THREAD: usize = 4;
+/// Batches of fewer rows quantize x on the calling thread.
+const PAR_QUANTIZE_ROWS: usize = 16;
 
 /// A GGUF block format the quantized kernels read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -196,31 +198,55 @@ pub(crate) struct Acts {
 
 impl Acts {
     /// Quantizes `x (n, g.nb * 32)` into self, growing the buffers if needed; rows in parallel.
-    fn quantize(&mut self, x: &[f32], n: usize, g: Geom) {
+    fn quantize(&mut self, isa: Isa, x: &[f32], n: usize, g: Geom) {
         let cols = g.nb * QK;
         self.qx.resize(n * g.nbp * QK, 0);
         self.dx.resize(n * g.nbp * 8, 0.0);
         self.sx.resize(n * g.nhp, 0.0);
         self.ds.resize(n * g.nbp * 2, 0.0);
+        let one = |(((xr, qr), dr), sr): RowBufs, dsr: &mut [f32]| {
+            quantize_row(isa, xr, g, qr, dr, sr);
+            for b in 0..g.nbp {
+                dsr[2 * b] = dr[8 * b];
+                dsr[2 * b + 1] = sr[2 * b] + sr[2 * b + 1];
+            }
+        };
+        if n < PAR_QUANTIZE_ROWS {
+            // A few rows (decode) cost less than a fork-join: quantize them on this thread.
+            let rows = x
+                .chunks_exact(cols)
+                .zip(self.qx.chunks_exact_mut(g.nbp * QK))
+                .zip(self.dx.chunks_exact_mut(g.nbp * 8))
+                .zip(self.sx.chunks_exact_mut(g.nhp))
+                .zip(self.ds.chunks_exact_mut(g.nbp * 2));
+            rows.for_each(|(r, dsr)| one(r, dsr));
+            return;
+        }
         let rows = x
             .par_chunks_exact(cols)
             .zip(self.qx.par_chunks_exact_mut(g.nbp * QK))
             .zip(self.dx.par_chunks_exact_mut(g.nbp * 8))
             .zip(self.sx.par_chunks_exact_mut(g.nhp))
             .zip(self.ds.par_chunks_exact_mut(g.nbp * 2));
-        rows.with_min_len(8)
-            .for_each(|((((xr, qr), dr), sr), dsr)| {
-                quantize_row(xr, g, qr, dr, sr);
-                for b in 0..g.nbp {
-                    dsr[2 * b] = dr[8 * b];
-                    dsr[2 * b + 1] = sr[2 * b] + sr[2 * b + 1];
-                }
-            });
+        rows.with_min_len(8).for_each(|(r, dsr)| one(r, dsr));
     }
 }
 
+/// One row's x and its [`Acts`] rows, as the zipped chunk iterators give them.
+type RowBufs<'a> = (((&'a [f32], &'a mut [i8]), &'a mut [f32]), &'a mut [f32]);
+
 /// One row of [`Acts`]: `xr (nb * 32)` into `qr (nbp * 32)`, `dr (nbp * 8)`, `sr (nhp)`.
-fn quantize_row(xr: &[f32], g: Geom, qr: &mut [i8], dr: &mut [f32], sr: &mut [f32]) {
+fn quantize_row(isa: Isa, xr: &[f32], g: Geom, qr: &mut [i8], dr: &mut [f32], sr: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: AVX-512 VNNI comes with F/BW/VL; the slices hold nb blocks (checked inside).
+        unsafe { avx512::quantize_blocks(xr, g.nb, qr, dr, sr) };
+        qr[g.nb * QK..].fill(0);
+        dr[g.nb * 8..].fill(0.0);
+        sr[2 * g.nb..].fill(0.0);
+        return;
+    }
+    let _ = isa;
     for b in 0..g.nb {
         let xb = &xr[b * QK..(b + 1) * QK];
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -294,7 +320,7 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     // Taken out of the thread-local for the call: a nested call on this thread (rayon work
     // stealing) finds an empty buffer and grows its own instead of aliasing this one.
     let mut acts = ACTS.take();
-    acts.quantize(x, n, g);
+    acts.quantize(isa, x, n, g);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni && packed::packs(w.ty) {
         packed_matmul(&acts, n, g, w, y);

@@ -118,9 +118,12 @@ unsafe fn tile<const Q8: bool, const M: usize, const GR: usize>(
     // Hot loop: per block, 8 vpdpbusd per (row of x, group) accumulated in i32.
     for b in 0..nb {
         let blk: [*const u8; GR] = std::array::from_fn(|q| base[q].add(b * gbb));
+        // The block 4 ahead, every cache line: on the first pass over x the weights stream from
+        // L3/DRAM; later passes find them in L1.
         for q in 0..GR {
-            _mm_prefetch::<_MM_HINT_T0>(blk[q].add(4 * gbb) as _);
-            _mm_prefetch::<_MM_HINT_T0>(blk[q].add(4 * gbb + 256) as _);
+            for line in (0..gbb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(blk[q].wrapping_add(4 * gbb + line) as _);
+            }
         }
         let mut s = [[_mm512_setzero_si512(); GR]; M];
         if Q8 {
