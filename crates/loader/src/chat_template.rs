@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Gguf, Result, Tokenizer};
 
 /// Instructions one render may execute; real templates need a few thousand per message.
-const FUEL: u64 = 20_000_000;
+const FUEL: u64 = 2_000_000;
 /// Nesting depth of macros, loops and conditionals.
 const RECURSION_LIMIT: usize = 200;
 /// Longest rendered prompt, in bytes.

@@ -214,6 +214,29 @@ fn raise_exception_becomes_a_template_error_with_its_message() {
         .is_ok());
 }
 
+/// The fuel budget bounds hostile templates (a fuzz run under ASan timed out on 20M units of fuel)
+/// yet leaves real conversations far inside it: 500 messages through the default template.
+#[test]
+fn fuel_suffices_for_long_real_conversations() {
+    let gguf = Gguf::open(default_model()).unwrap();
+    let tok = tokenfab_loader::Tokenizer::from_gguf(&gguf).unwrap();
+    let tmpl = ChatTemplate::from_gguf(&gguf, &tok).unwrap().unwrap();
+    let msgs: Vec<ChatMessage> = (0..500)
+        .map(|i| {
+            ChatMessage::new(
+                if i % 2 == 0 { "user" } else { "assistant" },
+                "word ".repeat(50),
+            )
+        })
+        .collect();
+    let out = tmpl.render(&msgs, true).unwrap();
+    assert_eq!(
+        out.matches("<|im_start|>").count(),
+        502,
+        "system + 500 + generation prompt"
+    );
+}
+
 #[test]
 fn hostile_templates_fail_instead_of_hanging() {
     let hostile = [
