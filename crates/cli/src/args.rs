@@ -50,7 +50,8 @@ impl ModelArgs {
                 Some(p) => p.clone(),
                 None => default_model_path()?,
             };
-            let m = LoadedModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
+            let m =
+                LoadedModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
             (m, path)
         };
         tracing::info!(
