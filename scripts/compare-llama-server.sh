@@ -3,6 +3,7 @@
 # `tokenfab bench --compare` (runs interleaved A B A B), plus each server's capacity under an SLO.
 # Both servers listen on 127.0.0.1 only and are stopped at the end.
 #   usage: scripts/compare-llama-server.sh OUT_DIR [CONCURRENCY=1,8,32,64] [PROMPTS_PER_LOAD=64]
+#   NO_CAPACITY=1 skips the capacity search.
 # Records how much CPU other processes used during the run (a fair comparison needs them idle).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,10 +27,12 @@ for p in "$pa" "$pb"; do
 done
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
 mine() { cat /proc/$a/stat /proc/$b/stat 2>/dev/null | awk '{s+=$14+$15} END{print s}'; }
+cap=(--capacity --capacity-max 128)
+[[ ${NO_CAPACITY:-0} == 1 ]] && cap=()
 read -r busy0 total0 < <(busy); mine0=$(mine)
 "$tf" bench --url "http://127.0.0.1:$pa" --compare "http://127.0.0.1:$pb" \
   --concurrency "$conc" --num-prompts "$prompts" --input-len 64 --output-len 64 --ignore-eos \
-  --warmup 4 --rounds 2 --seed 1 --slo ttft=2000,tpot=100 --capacity --capacity-max 128 \
+  --warmup 4 --rounds 2 --seed 1 --slo ttft=2000,tpot=100 "${cap[@]}" \
   --json "$out/compare.json" --plot "$out/compare.svg" 2>&1 | tee "$out/compare.txt"
 read -r busy1 total1 < <(busy); mine1=$(mine)
 # Share of all CPU time used by processes other than the two servers (the bench client included).
