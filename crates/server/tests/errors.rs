@@ -281,8 +281,15 @@ async fn queue_full_is_429_with_retry_after() {
     };
     let mut got = None;
     for _ in 0..20 {
-        // A prefills one token per step, so it runs a long while; B waits in the queue.
+        // A prefills one token per step, so it runs a long while; B waits in the queue. Wait
+        // until the engine has taken A, or B (not the HTTP request) would meet the full queue.
         let a = t.engine.submit(long(200)).unwrap();
+        let start = std::time::Instant::now();
+        while t.engine.metrics().num_requests_running.get() < 1.0
+            && start.elapsed() < std::time::Duration::from_secs(5)
+        {
+            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+        }
         let b = t.engine.submit(long(10));
         let (s, h, body) = t
             .post_raw(
