@@ -5,7 +5,8 @@
 
 use std::sync::OnceLock;
 
-use tokenfab_loader::{ChatTemplate, Gguf, GgufWriter, Tokenizer, Value, ValueType};
+use tokenfab_loader::byte_vocab::{byte_level_tokenizer, gpt2_byte_char};
+use tokenfab_loader::{ChatTemplate, Gguf, GgufWriter, Tokenizer, Value};
 
 pub struct Model {
     pub tokenizer: Tokenizer,
@@ -62,44 +63,9 @@ fn model_path() -> std::path::PathBuf {
 /// A byte-level vocabulary of 256 bytes plus `<|im_start|>` (256) and `<|im_end|>` (257) with a
 /// ChatML template, as a GGUF held in memory.
 fn tiny_gguf() -> Gguf {
-    let printable = |b: u8| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
-    let mut next = 256u32;
-    let mut tokens: Vec<Value> = (0..=255u8)
-        .map(|b| {
-            let c = if printable(b) {
-                b as char
-            } else {
-                next += 1;
-                char::from_u32(next - 1).unwrap()
-            };
-            Value::String(c.to_string())
-        })
-        .collect();
-    tokens.push(Value::String("<|im_start|>".into()));
-    tokens.push(Value::String("<|im_end|>".into()));
-    let mut types = vec![Value::I32(1); 256];
-    types.extend([Value::I32(3), Value::I32(3)]);
-    let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
     let mut w = GgufWriter::new();
-    w.meta("general.architecture", Value::String("llama".into()))
-        .meta("tokenizer.ggml.model", Value::String("gpt2".into()))
-        .meta("tokenizer.ggml.pre", Value::String("gpt-2".into()))
-        .meta(
-            "tokenizer.ggml.tokens",
-            Value::Array(ValueType::String, tokens),
-        )
-        .meta(
-            "tokenizer.ggml.token_type",
-            Value::Array(ValueType::I32, types),
-        )
-        .meta(
-            "tokenizer.ggml.merges",
-            Value::Array(ValueType::String, vec![]),
-        )
-        .meta("tokenizer.ggml.bos_token_id", Value::U32(256))
-        .meta("tokenizer.ggml.eos_token_id", Value::U32(257))
-        .meta("tokenizer.ggml.add_bos_token", Value::Bool(false))
-        .meta("tokenizer.chat_template", Value::String(chatml.into()));
+    w.meta("general.architecture", Value::String("llama".into()));
+    byte_level_tokenizer(&mut w, 258);
     Gguf::from_bytes(w.to_bytes()).expect("the tiny vocabulary parses")
 }
 
@@ -139,15 +105,7 @@ pub fn text(data: &[u8], soup: bool) -> String {
 }
 
 /// Whether every byte of `text` has its byte-level token in the vocabulary (GPT-2's byte map).
-pub fn all_bytes_in_vocab(tok: &tokenfab_loader::Tokenizer, text: &str) -> bool {
-    let printable = |b: u8| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
-    text.bytes().all(|b| {
-        let c = if printable(b) {
-            b as char
-        } else {
-            let n = (0..b).filter(|&x| !printable(x)).count() as u32;
-            char::from_u32(256 + n).expect("valid")
-        };
-        tok.token_to_id(&c.to_string()).is_some()
-    })
+pub fn all_bytes_in_vocab(tok: &Tokenizer, text: &str) -> bool {
+    text.bytes()
+        .all(|b| tok.token_to_id(&gpt2_byte_char(b).to_string()).is_some())
 }

@@ -11,7 +11,8 @@ use std::path::Path;
 
 use rayon::prelude::*;
 use serde::Deserialize;
-use tokenfab_loader::{quant, GgmlType, GgufWriter, Value, ValueType};
+pub use tokenfab_loader::byte_vocab::byte_level_tokenizer;
+use tokenfab_loader::{quant, GgmlType, GgufWriter, Value};
 
 use crate::error::{Error, Result};
 
@@ -118,51 +119,6 @@ fn random(seed: u64, name: &str, n: usize, fan_in: usize) -> Vec<f32> {
             }
         });
     v
-}
-
-/// Adds a byte-level BPE vocabulary of `vocab` tokens (256 bytes, ChatML specials, fillers) and a
-/// ChatML template. Token 256 is `<|im_start|>` (BOS), 257 `<|im_end|>` (EOS).
-pub fn byte_level_tokenizer(w: &mut GgufWriter, vocab: usize) {
-    let printable = |b: u8| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
-    let mut next = 256u32;
-    let mut tokens: Vec<Value> = (0..=255u8)
-        .map(|b| {
-            let c = if printable(b) {
-                b as char
-            } else {
-                next += 1;
-                char::from_u32(next - 1).expect("valid")
-            };
-            Value::String(c.to_string())
-        })
-        .collect();
-    tokens.push(Value::String("<|im_start|>".into()));
-    tokens.push(Value::String("<|im_end|>".into()));
-    let mut types = vec![Value::I32(1); 256];
-    types.extend([Value::I32(3), Value::I32(3)]);
-    for i in tokens.len()..vocab {
-        tokens.push(Value::String(format!("<|filler_{i}|>")));
-        types.push(Value::I32(1));
-    }
-    const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-    w.meta("tokenizer.ggml.model", Value::String("gpt2".into()))
-        .meta("tokenizer.ggml.pre", Value::String("gpt-2".into()))
-        .meta(
-            "tokenizer.ggml.tokens",
-            Value::Array(ValueType::String, tokens),
-        )
-        .meta(
-            "tokenizer.ggml.token_type",
-            Value::Array(ValueType::I32, types),
-        )
-        .meta(
-            "tokenizer.ggml.merges",
-            Value::Array(ValueType::String, vec![]),
-        )
-        .meta("tokenizer.ggml.bos_token_id", Value::U32(256))
-        .meta("tokenizer.ggml.eos_token_id", Value::U32(257))
-        .meta("tokenizer.ggml.add_bos_token", Value::Bool(false))
-        .meta("tokenizer.chat_template", Value::String(CHATML.into()));
 }
 
 /// A complete GGUF file of `cfg`'s shape: matrices in `ty` (F32, F16, BF16, Q8_0, Q4_0, Q4_1, ...),

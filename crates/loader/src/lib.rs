@@ -4,6 +4,7 @@
 //! Invariant: this crate knows no model architecture; it hands out bytes, f32 values, token ids and
 //! strings, and every malformed input becomes an [`Error`], never a panic.
 
+pub mod byte_vocab;
 pub mod chat_template;
 pub mod error;
 pub mod ggml_type;
