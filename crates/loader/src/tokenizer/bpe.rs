@@ -74,12 +74,28 @@ impl Merges {
 }
 
 /// One symbol of a word being merged: a byte range of the word, linked to its neighbours.
+/// Shared with the SentencePiece tokenizer, which merges the same kind of list.
 #[derive(Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
+pub(super) struct Symbol {
+    pub start: usize,
+    pub len: usize,
+    pub prev: Option<usize>,
+    pub next: Option<usize>,
+}
+
+/// One symbol per character of `text`, each linked to its neighbours.
+pub(super) fn symbols(text: &str) -> Vec<Symbol> {
+    let mut symbols = Vec::with_capacity(text.len());
+    for (i, (start, c)) in text.char_indices().enumerate() {
+        let len = c.len_utf8();
+        symbols.push(Symbol {
+            start,
+            len,
+            prev: i.checked_sub(1),
+            next: (start + len < text.len()).then_some(i + 1),
+        });
+    }
+    symbols
 }
 
 /// A candidate merge: ordered by rank, then by the left symbol's index.
@@ -87,16 +103,7 @@ type Bigram = Reverse<(u32, usize, usize, usize, usize)>; // (rank, left, right,
 
 /// Splits one (byte-encoded) word into the pieces BPE merges it into.
 pub(crate) fn merge_word<'w>(merges: &Merges, word: &'w str, out: &mut Vec<&'w str>) {
-    let mut symbols: Vec<Symbol> = Vec::with_capacity(word.len());
-    for (i, (start, c)) in word.char_indices().enumerate() {
-        let len = c.len_utf8();
-        symbols.push(Symbol {
-            start,
-            len,
-            prev: i.checked_sub(1),
-            next: (start + len < word.len()).then_some(i + 1),
-        });
-    }
+    let mut symbols = symbols(word);
     let mut key = String::new();
     let mut queue: BinaryHeap<Bigram> = BinaryHeap::new();
     let text = |s: &Symbol| &word[s.start..s.start + s.len];

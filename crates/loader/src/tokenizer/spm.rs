@@ -8,19 +8,13 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
+use super::bpe::{symbols, Symbol};
+
 /// What the SPM session needs from the vocabulary.
 pub(crate) trait SpmVocab {
     fn text_to_token(&self, text: &str) -> Option<u32>;
     fn score(&self, id: u32) -> f32;
     fn byte_to_token(&self, byte: u8) -> Option<u32>;
-}
-
-#[derive(Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
 }
 
 struct Bigram {
@@ -52,16 +46,7 @@ impl Ord for Bigram {
 
 /// Tokenizes `text` (whitespace already escaped) and appends the ids to `out`.
 pub(crate) fn tokenize(vocab: &impl SpmVocab, text: &str, out: &mut Vec<u32>) {
-    let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
-    for (i, (start, c)) in text.char_indices().enumerate() {
-        let len = c.len_utf8();
-        symbols.push(Symbol {
-            start,
-            len,
-            prev: i.checked_sub(1),
-            next: (start + len < text.len()).then_some(i + 1),
-        });
-    }
+    let mut symbols = symbols(text);
     let mut queue = BinaryHeap::new();
     let mut rev_merge: HashMap<&str, (usize, usize)> = HashMap::new();
     for i in 1..symbols.len() {
