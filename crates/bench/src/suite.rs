@@ -15,6 +15,8 @@ use crate::BenchError;
 
 /// Prompts made when a run is bounded by duration only (they are reused in a cycle).
 const DURATION_POOL: usize = 256;
+/// Most prompts one run makes (each needs a /tokenize round trip).
+const MAX_POOL: usize = 8192;
 
 /// Everything `tokenfab bench` was asked to do.
 #[derive(Debug, Clone)]
@@ -141,12 +143,7 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         targets.push(Target::connect(url, cfg.compare_model.clone()).await?);
     }
     let mut rng = Rng::new(cfg.seed);
-    let pool = cfg
-        .bound
-        .num_prompts
-        .unwrap_or(DURATION_POOL)
-        .clamp(1, 4096)
-        + cfg.warmup;
+    let pool = prompt_pool(cfg);
     let (prompts, exact) = match &cfg.source {
         PromptSource::Synthetic {
             input_len,
@@ -200,12 +197,14 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         let mut pooled: Vec<(Vec<RequestRecord>, f64)> = vec![(Vec::new(), 0.0); targets.len()];
         for _ in 0..cfg.rounds.max(1) {
             // A B A B: each round runs every server on the same prompts, in the same order.
+            let mut sent = 0;
             for (t, acc) in targets.iter().zip(pooled.iter_mut()) {
                 let (recs, secs) = run_load(t, &prompts, &plan(load, cfg.bound, offset)).await;
+                sent = sent.max(recs.len());
                 acc.0.extend(recs);
                 acc.1 += secs;
             }
-            offset += cfg.bound.num_prompts.unwrap_or(0);
+            offset += sent;
         }
         for ((recs, secs), rep) in pooled.iter().zip(reports.iter_mut()) {
             rep.runs.push(with_load(
@@ -215,7 +214,10 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         }
     }
     if let (Some(max), Some(slo)) = (cfg.capacity_max, cfg.slo) {
+        let start = offset;
         for (t, rep) in targets.iter().zip(reports.iter_mut()) {
+            // Each server's search starts on the same prompts.
+            let mut offset = start;
             let mut search = CapacitySearch::new(max);
             let mut probes = Vec::new();
             while let Some(users) = search.next_probe() {
@@ -226,6 +228,7 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
                 };
                 let (recs, secs) =
                     run_load(t, &prompts, &plan(Load::Concurrency(users), bound, offset)).await;
+                offset += recs.len();
                 let m = with_load(
                     RunMetrics::from_records(&recs, secs, Some(slo)),
                     Load::Concurrency(users),
@@ -288,6 +291,20 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         targets: reports,
         ratios,
     })
+}
+
+/// Prompts to make: enough that no request of the run repeats an earlier one (a repeat would
+/// measure the servers' prefix caches instead of their prefill), up to [`MAX_POOL`]; past that,
+/// and in runs bounded by time, prompts are reused in order.
+fn prompt_pool(cfg: &BenchConfig) -> usize {
+    let per_load = cfg.bound.num_prompts.unwrap_or(DURATION_POOL).max(1);
+    let mut n = cfg.warmup + per_load * cfg.rounds.max(1) * cfg.loads.len().max(1);
+    if let Some(max) = cfg.capacity_max {
+        // The search probes about 2·log2(max) levels, each user sending at least twice.
+        let probes = 2 * (usize::BITS - max.leading_zeros()) as usize;
+        n += probes * per_load.max(2 * max);
+    }
+    n.clamp(1, MAX_POOL)
 }
 
 fn with_load(mut m: RunMetrics, load: Load) -> RunMetrics {

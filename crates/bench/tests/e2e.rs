@@ -1,8 +1,9 @@
 //! End to end over real sockets: a tiny deterministic OpenAI-style streaming server written
 //! here with tokio (127.0.0.1, port 0), and full `run_bench` runs against it.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -42,6 +43,8 @@ struct Stats {
     generations: AtomicUsize,
     /// Generation requests whose body asked for the usage chunk and ignore_eos.
     well_formed: AtomicUsize,
+    /// Every distinct prompt (or message list) a generation request carried.
+    prompts: Mutex<HashSet<String>>,
 }
 
 async fn start(fake: Fake) -> (String, Arc<Stats>) {
@@ -142,6 +145,8 @@ async fn serve(mut sock: TcpStream, fake: Fake, stats: Arc<Stats>) {
 
 async fn generate(sock: &mut TcpStream, fake: Fake, stats: &Stats, body: &Value, chat: bool) {
     let n = stats.generations.fetch_add(1, Ordering::SeqCst) + 1;
+    let key = if chat { "messages" } else { "prompt" };
+    stats.prompts.lock().unwrap().insert(body[key].to_string());
     if body["stream"] == json!(true)
         && body["stream_options"]["include_usage"] == json!(true)
         && body["ignore_eos"] == json!(true)
@@ -254,6 +259,11 @@ async fn closed_loop_measures_ttft_tpot_and_holds_concurrency() {
     );
     assert_eq!(stats.generations.load(Ordering::SeqCst), 2 + 8 + 8);
     assert_eq!(stats.well_formed.load(Ordering::SeqCst), 18);
+    assert_eq!(
+        stats.prompts.lock().unwrap().len(),
+        18,
+        "no request repeats an earlier prompt (a repeat would measure the prefix cache)"
+    );
     for m in &rep.targets[0].runs {
         assert_eq!((m.completed, m.failed), (8, 0), "{}", m.load_label());
         assert_eq!(m.input_tokens, 8 * 16, "prompts of exactly 16 tokens");
@@ -365,6 +375,13 @@ async fn compare_interleaves_and_capacity_finds_the_crowd_limit() {
     assert!(
         sa.generations.load(Ordering::SeqCst) >= 8 && sb.generations.load(Ordering::SeqCst) >= 8
     );
+    for s in [&sa, &sb] {
+        assert_eq!(
+            s.prompts.lock().unwrap().len(),
+            s.generations.load(Ordering::SeqCst),
+            "rounds and capacity probes never repeat a prompt on one server"
+        );
+    }
     let r = &rep.ratios[0];
     assert_eq!(r.load, "c=2");
     assert!(
