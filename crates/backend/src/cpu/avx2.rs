@@ -55,7 +55,7 @@ unsafe fn tile<const MR: usize, const NR: usize>(b: &Block, i0: usize, r0: usize
     let wp: [*const f32; NR] = std::array::from_fn(|r| b.w.as_ptr().add((r0 + r) * k));
     let mut p = 0;
     while p < k8 {
-        let wv: [__m256; NR] = std::array::from_fn(|r| _mm256_loadu_ps(wp[r].add(p)));
+        let wv = simd_array!(NR, _mm256_setzero_ps(), |r| _mm256_loadu_ps(wp[r].add(p)));
         for i in 0..MR {
             let xv = _mm256_loadu_ps(xp[i].add(p));
             for r in 0..NR {

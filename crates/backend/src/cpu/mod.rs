@@ -1,5 +1,18 @@
 //! Host kernels: matrix products, normalization, activations, softmax.
 
+/// `[f(0), f(1), ..]` built by a plain loop, for SIMD code: the closure of `std::array::from_fn`
+/// does not inherit the caller's `#[target_feature]`, so intrinsics inside it became out-of-line
+/// calls with registers passed through memory (found in the hot loops, 2-3x slower there).
+macro_rules! simd_array {
+    ($n:expr, $zero:expr, |$i:ident| $body:expr) => {{
+        let mut a = [$zero; $n];
+        for $i in 0..$n {
+            a[$i] = $body;
+        }
+        a
+    }};
+}
+
 mod avx2;
 mod quant;
 mod scalar;

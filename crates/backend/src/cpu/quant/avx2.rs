@@ -27,13 +27,13 @@ unsafe fn tile<const M: usize, const SIGNED: bool>(a: &KernelArgs, i0: usize, r0
     let mut acc = [[_mm256_setzero_ps(); RN]; M];
     // Hot loop: per block, RN weight loads reused by M rows of x.
     for b in 0..g.nb {
-        let wv: [__m256i; RN] = std::array::from_fn(|r| _mm256_loadu_si256(uw[r].add(32 * b) as _));
-        let wa: [__m256i; RN] = std::array::from_fn(|r| {
-            if SIGNED {
-                _mm256_abs_epi8(wv[r])
-            } else {
-                wv[r]
-            }
+        let wv = simd_array!(RN, _mm256_setzero_si256(), |r| _mm256_loadu_si256(
+            uw[r].add(32 * b) as _
+        ));
+        let wa = simd_array!(RN, _mm256_setzero_si256(), |r| if SIGNED {
+            _mm256_abs_epi8(wv[r])
+        } else {
+            wv[r]
         });
         for i in 0..M {
             let xv = _mm256_loadu_si256(qx[i].add(32 * b) as _);

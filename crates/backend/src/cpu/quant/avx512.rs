@@ -25,9 +25,12 @@ unsafe fn tile<const M: usize>(a: &KernelArgs, i0: usize) {
     let mut acc = [[_mm512_setzero_ps(); NR]; M];
     // Hot loop: per pair of blocks, NR weight loads reused by M rows of x.
     for b2 in 0..g.nbp / 2 {
-        let wv: [__m512i; NR] =
-            std::array::from_fn(|r| _mm512_loadu_si512(uw[r].add(64 * b2) as _));
-        let wd: [__m512; NR] = std::array::from_fn(|r| _mm512_loadu_ps(dw[r].add(16 * b2)));
+        let wv = simd_array!(NR, _mm512_setzero_si512(), |r| _mm512_loadu_si512(
+            uw[r].add(64 * b2) as _
+        ));
+        let wd = simd_array!(NR, _mm512_setzero_ps(), |r| _mm512_loadu_ps(
+            dw[r].add(16 * b2)
+        ));
         for i in 0..M {
             let xv = _mm512_loadu_si512(qx[i].add(64 * b2) as _);
             let xd = _mm512_loadu_ps(dx[i].add(16 * b2));
@@ -40,8 +43,9 @@ unsafe fn tile<const M: usize>(a: &KernelArgs, i0: usize) {
     }
     // Offset terms: Σ_h mw[r][h] · sx[i][h], 16 half blocks per register (zero padded).
     for h in (0..g.nhp).step_by(16) {
-        let mw: [__m512; NR] =
-            std::array::from_fn(|r| _mm512_loadu_ps(t.mw.as_ptr().add(r * g.nhp + h)));
+        let mw = simd_array!(NR, _mm512_setzero_ps(), |r| _mm512_loadu_ps(
+            t.mw.as_ptr().add(r * g.nhp + h)
+        ));
         for i in 0..M {
             let sx = _mm512_loadu_ps(a.acts.sx.as_ptr().add((i0 + i) * g.nhp + h));
             for r in 0..NR {
@@ -74,9 +78,49 @@ pub(super) unsafe fn rows(a: &KernelArgs) {
     }
 }
 
-/// Blocks `0..nb` of one activation row quantized as `quantize_row` does, 16 elements per
-/// register; the same IEEE operations per element (max |x|, d = amax / 127, t = x · (1 / d),
-/// trunc(t ± 0.5)) and exact integer sums, so the output is bit-identical to the scalar loop.
+/// Lane `j` of the result is the largest lane of `v[j]`: a transposing tree of 15 maxima.
+#[inline(always)]
+unsafe fn hmax16(v: [__m512; 16]) -> __m512 {
+    // 128-bit lanes [a0 a1 b0 b1] vs [a2 a3 b2 b3]: a's 16 values to lanes 0-1, b's to 2-3.
+    let mut t = [_mm512_setzero_ps(); 8];
+    for (k, t) in t.iter_mut().enumerate() {
+        let (a, b) = (v[2 * k], v[2 * k + 1]);
+        *t = _mm512_max_ps(
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+            _mm512_shuffle_f32x4::<0xEE>(a, b),
+        );
+    }
+    // [a0 a2 b0 b2] vs [a1 a3 b1 b3]: 128-bit lane L of u[k] holds v[4k + L] in 4 values.
+    let mut u = [_mm512_setzero_ps(); 4];
+    for (k, u) in u.iter_mut().enumerate() {
+        let (a, b) = (t[2 * k], t[2 * k + 1]);
+        *u = _mm512_max_ps(
+            _mm512_shuffle_f32x4::<0x88>(a, b),
+            _mm512_shuffle_f32x4::<0xDD>(a, b),
+        );
+    }
+    // Within 128-bit lanes: elements 0-1 from a, 2-3 from b.
+    let mut w = [_mm512_setzero_ps(); 2];
+    for (k, w) in w.iter_mut().enumerate() {
+        let (a, b) = (u[2 * k], u[2 * k + 1]);
+        *w = _mm512_max_ps(
+            _mm512_shuffle_ps::<0x44>(a, b),
+            _mm512_shuffle_ps::<0xEE>(a, b),
+        );
+    }
+    // Element e of 128-bit lane L now holds v[4e + L]; put v[j] in lane j.
+    let r = _mm512_max_ps(
+        _mm512_shuffle_ps::<0x88>(w[0], w[1]),
+        _mm512_shuffle_ps::<0xDD>(w[0], w[1]),
+    );
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_permutexvar_ps(idx, r)
+}
+
+/// Blocks `0..nb` of one activation row quantized as `quantize_row` does; the same IEEE
+/// operations per element (max |x|, d = amax / 127, t = x · (1 / d), trunc(t ± 0.5)) and exact
+/// integer sums, so the output is bit-identical to the scalar loop. The scales of 16 blocks at
+/// a time come from one transposing max tree and two vector divisions.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW; `xr` holds `nb * 32` floats, `qr` `nb * 32` bytes,
@@ -90,26 +134,65 @@ pub(super) unsafe fn quantize_blocks(
     sr: &mut [f32],
 ) {
     assert!(xr.len() >= nb * QK && qr.len() >= nb * QK && dr.len() >= nb * 8 && sr.len() >= 2 * nb);
-    let sign = _mm512_set1_ps(-0.0);
-    let half = _mm512_set1_ps(0.5);
-    for b in 0..nb {
-        let x0 = _mm512_loadu_ps(xr.as_ptr().add(b * QK));
-        let x1 = _mm512_loadu_ps(xr.as_ptr().add(b * QK + 16));
-        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
-        let d = amax / 127.0;
-        let id = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-        let q = [x0, x1].map(|v| {
-            let t = _mm512_mul_ps(v, id);
-            let r = _mm512_add_ps(t, _mm512_or_ps(_mm512_and_ps(t, sign), half));
-            _mm512_cvttps_epi32(r)
-        });
-        _mm_storeu_si128(qr.as_mut_ptr().add(b * QK) as _, _mm512_cvtepi32_epi8(q[0]));
-        _mm_storeu_si128(
-            qr.as_mut_ptr().add(b * QK + 16) as _,
-            _mm512_cvtepi32_epi8(q[1]),
-        );
-        _mm256_storeu_ps(dr.as_mut_ptr().add(b * 8), _mm256_set1_ps(d));
-        sr[2 * b] = d * _mm512_reduce_add_epi32(q[0]) as f32;
-        sr[2 * b + 1] = d * _mm512_reduce_add_epi32(q[1]) as f32;
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let half = _mm512_castps_si512(_mm512_set1_ps(0.5));
+    let (mut d, mut id) = ([0f32; 16], [0f32; 16]);
+    // No closures over intrinsics here (`array::from_fn`, `map`): see `simd_array!`.
+    for b0 in (0..nb).step_by(16) {
+        let m = (nb - b0).min(16);
+        let mut amax = [_mm512_setzero_ps(); 16];
+        for (j, a) in amax.iter_mut().enumerate().take(m) {
+            let at = xr.as_ptr().add((b0 + j) * QK);
+            *a = _mm512_max_ps(
+                _mm512_abs_ps(_mm512_loadu_ps(at)),
+                _mm512_abs_ps(_mm512_loadu_ps(at.add(16))),
+            );
+        }
+        let dv = _mm512_div_ps(hmax16(amax), _mm512_set1_ps(127.0));
+        let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(dv, _mm512_setzero_ps());
+        let iv = _mm512_maskz_div_ps(pos, _mm512_set1_ps(1.0), dv);
+        _mm512_storeu_ps(d.as_mut_ptr(), dv);
+        _mm512_storeu_ps(id.as_mut_ptr(), iv);
+        for j in 0..m {
+            let b = b0 + j;
+            let at = xr.as_ptr().add(b * QK);
+            let inv = _mm512_set1_ps(id[j]);
+            let t0 = _mm512_mul_ps(_mm512_loadu_ps(at), inv);
+            let t1 = _mm512_mul_ps(_mm512_loadu_ps(at.add(16)), inv);
+            // t ± 0.5 with t's sign (integer and/or: the float forms need AVX-512 DQ).
+            let r0 = _mm512_add_ps(
+                t0,
+                _mm512_castsi512_ps(_mm512_or_si512(
+                    _mm512_and_si512(_mm512_castps_si512(t0), sign),
+                    half,
+                )),
+            );
+            let r1 = _mm512_add_ps(
+                t1,
+                _mm512_castsi512_ps(_mm512_or_si512(
+                    _mm512_and_si512(_mm512_castps_si512(t1), sign),
+                    half,
+                )),
+            );
+            let (q0, q1) = (_mm512_cvttps_epi32(r0), _mm512_cvttps_epi32(r1));
+            _mm_storeu_si128(qr.as_mut_ptr().add(b * QK) as _, _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128(
+                qr.as_mut_ptr().add(b * QK + 16) as _,
+                _mm512_cvtepi32_epi8(q1),
+            );
+            _mm256_storeu_ps(dr.as_mut_ptr().add(b * 8), _mm256_set1_ps(d[j]));
+            // Both halves' sums in one tree: 128-bit lanes [q0 q0 q1 q1] after the first add.
+            let c = _mm512_add_epi32(
+                _mm512_shuffle_i32x4::<0x44>(q0, q1),
+                _mm512_shuffle_i32x4::<0xEE>(q0, q1),
+            );
+            let c = _mm512_add_epi32(c, _mm512_shuffle_i32x4::<0xB1>(c, c));
+            let c = _mm512_add_epi32(c, _mm512_shuffle_epi32::<0x4E>(c));
+            let c = _mm512_add_epi32(c, _mm512_shuffle_epi32::<0xB1>(c));
+            let s0 = _mm512_cvtsi512_si32(c);
+            let s1 = _mm_cvtsi128_si32(_mm512_extracti32x4_epi32::<2>(c));
+            sr[2 * b] = d[j] * s0 as f32;
+            sr[2 * b + 1] = d[j] * s1 as f32;
+        }
     }
 }

@@ -51,6 +51,9 @@ const ROWS_PER_TASK: usize = 32;
 const TASKS_PER_THREAD: usize = 4;
 /// Batches of fewer rows quantize x on the calling thread.
 const PAR_QUANTIZE_ROWS: usize = 16;
+/// Batches of at least this many rows use a Q4 matrix's wide packing: its weights are reused by
+/// enough rows of x that unpacking nibbles costs more than reading twice the bytes.
+const WIDE_MIN_ROWS: usize = 16;
 
 /// A GGUF block format the quantized kernels read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -109,6 +112,9 @@ pub struct QMatrix {
     data: Vec<u8>,
     /// Q4_0/Q4_1/Q8_0 repacked for the AVX-512 VNNI kernel (see `packed.rs`), built on first use.
     packed: OnceLock<Vec<u8>>,
+    /// Q4_0/Q4_1 repacked with one byte per weight, for batches of [`WIDE_MIN_ROWS`] or more
+    /// rows (no nibble unpack in the kernel; 1.7x the bytes of `packed`), built on first use.
+    wide: OnceLock<Vec<u8>>,
 }
 
 impl QMatrix {
@@ -141,6 +147,7 @@ impl QMatrix {
             cols,
             data: bytes,
             packed: OnceLock::new(),
+            wide: OnceLock::new(),
         })
     }
 
@@ -384,7 +391,13 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
 /// split into about [`TASKS_PER_THREAD`] tasks per thread, whole group pairs each.
 #[cfg(target_arch = "x86_64")]
 fn packed_matmul(acts: &Acts, n: usize, g: Geom, w: &QMatrix, y: &mut [f32]) {
-    let packed = w.packed.get_or_init(|| packed::pack(w));
+    let wide =
+        w.ty == QType::Q8_0 || (n >= WIDE_MIN_ROWS && std::env::var_os("TF_NOWIDE").is_none());
+    let packed = if w.ty != QType::Q8_0 && wide {
+        w.wide.get_or_init(|| packed::pack(w, true))
+    } else {
+        w.packed.get_or_init(|| packed::pack(w, false))
+    };
     let groups = w.rows.div_ceil(packed::G);
     let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
     let per = groups.div_ceil(tasks).next_multiple_of(2);
@@ -403,7 +416,7 @@ fn packed_matmul(acts: &Acts, n: usize, g: Geom, w: &QMatrix, y: &mut [f32]) {
         // SAFETY: the caller checked AVX-512 VNNI; `packed` is `pack(w)`; each task writes only
         // its own groups' columns of y, disjoint across tasks, and y outlives the loop.
         unsafe {
-            if w.ty == QType::Q8_0 {
+            if wide {
                 packed::run::<true>(&a)
             } else {
                 packed::run::<false>(&a)

@@ -29,9 +29,10 @@ pub(crate) const G: usize = 16;
 /// Rows of x per register tile (2 groups × MR i32 and f32 accumulators fit in 32 registers).
 const MR: usize = 6;
 
-/// Bytes of codes per (group, block).
-fn code_bytes(ty: QType) -> usize {
-    if ty == QType::Q8_0 {
+/// Bytes of codes per (group, block): one byte per weight when `wide` (and always for Q8_0),
+/// else Q4's nibbles as GGUF packs them.
+fn code_bytes(ty: QType, wide: bool) -> usize {
+    if ty == QType::Q8_0 || wide {
         512
     } else {
         256
@@ -39,8 +40,8 @@ fn code_bytes(ty: QType) -> usize {
 }
 
 /// Bytes per (group, block): codes, then 16 scales and 16 offsets.
-pub(crate) fn group_block_bytes(ty: QType) -> usize {
-    code_bytes(ty) + 2 * G * 4
+pub(crate) fn group_block_bytes(ty: QType, wide: bool) -> usize {
+    code_bytes(ty, wide) + 2 * G * 4
 }
 
 /// Whether `ty` has a packed form.
@@ -53,10 +54,12 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 }
 
 /// `w` (Q4_0, Q4_1 or Q8_0) in the packed layout: (ceil(rows / 16), nb, group_block_bytes).
-pub(crate) fn pack(w: &QMatrix) -> Vec<u8> {
+/// `wide` unpacks Q4's nibbles to one byte per weight, laid out as Q8_0's codes (register `k`
+/// lane `s` holds elements `4k..4k+4` of row `s`), so the kernel runs without the unpack.
+pub(crate) fn pack(w: &QMatrix, wide: bool) -> Vec<u8> {
     let nb = w.cols / QK;
     let bb = w.ty.block_bytes();
-    let (cb, gbb) = (code_bytes(w.ty), group_block_bytes(w.ty));
+    let (cb, gbb) = (code_bytes(w.ty, wide), group_block_bytes(w.ty, wide));
     let groups = w.rows.div_ceil(G);
     let mut out = vec![0u8; groups * nb * gbb];
     for (gi, gdata) in out.chunks_exact_mut(nb * gbb).enumerate() {
@@ -71,8 +74,14 @@ pub(crate) fn pack(w: &QMatrix) -> Vec<u8> {
                 };
                 for k in 0..cb / 64 {
                     for t in 0..4 {
-                        let v = qs[4 * k + t];
-                        dst[k * 64 + s * 4 + t] = if w.ty == QType::Q8_0 { v ^ 0x80 } else { v };
+                        let e = 4 * k + t;
+                        dst[k * 64 + s * 4 + t] = match (w.ty, wide) {
+                            (QType::Q8_0, _) => qs[e] ^ 0x80,
+                            // Element e of a Q4 block: low nibble of byte e, high of byte e - 16.
+                            (_, true) if e < 16 => qs[e] & 0x0F,
+                            (_, true) => qs[e - 16] >> 4,
+                            (_, false) => qs[e],
+                        };
                     }
                 }
                 dst[cb + 4 * s..cb + 4 * s + 4].copy_from_slice(&d.to_le_bytes());
@@ -95,17 +104,18 @@ pub(crate) struct PackedArgs<'a> {
     pub y: SendPtr,
 }
 
-/// Groups `gi..gi + GR` against the M rows of x from `i0`.
+/// Groups `gi..gi + GR` against the M rows of x from `i0`; `WIDE`: one byte per code (Q8_0, or
+/// Q4 packed wide), else Q4 nibbles.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn tile<const Q8: bool, const M: usize, const GR: usize>(
+unsafe fn tile<const WIDE: bool, const M: usize, const GR: usize>(
     a: &PackedArgs,
     gi: usize,
     i0: usize,
 ) {
     let g = a.g;
     let nb = g.nb;
-    let gbb = if Q8 { 640 } else { 384 };
+    let gbb = if WIDE { 640 } else { 384 };
     let cb = gbb - 2 * G * 4;
     let base: [*const u8; GR] = std::array::from_fn(|q| a.packed.as_ptr().add((gi + q) * nb * gbb));
     let qx: [*const u8; M] =
@@ -126,10 +136,11 @@ unsafe fn tile<const Q8: bool, const M: usize, const GR: usize>(
             }
         }
         let mut s = [[_mm512_setzero_si512(); GR]; M];
-        if Q8 {
+        if WIDE {
             for k in 0..8 {
-                let wv: [__m512i; GR] =
-                    std::array::from_fn(|q| _mm512_loadu_si512(blk[q].add(64 * k) as _));
+                let wv = simd_array!(GR, _mm512_setzero_si512(), |q| _mm512_loadu_si512(
+                    blk[q].add(64 * k) as _
+                ));
                 for i in 0..M {
                     let xv = bx(i, b * QK + 4 * k);
                     for q in 0..GR {
@@ -139,17 +150,20 @@ unsafe fn tile<const Q8: bool, const M: usize, const GR: usize>(
             }
         } else {
             for j in 0..4 {
-                let v: [__m512i; GR] =
-                    std::array::from_fn(|q| _mm512_loadu_si512(blk[q].add(64 * j) as _));
-                let lo: [__m512i; GR] = std::array::from_fn(|q| _mm512_and_si512(v[q], low));
+                let v = simd_array!(GR, _mm512_setzero_si512(), |q| _mm512_loadu_si512(
+                    blk[q].add(64 * j) as _
+                ));
+                let lo = simd_array!(GR, _mm512_setzero_si512(), |q| _mm512_and_si512(v[q], low));
                 for i in 0..M {
                     let xv = bx(i, b * QK + 4 * j);
                     for q in 0..GR {
                         s[i][q] = _mm512_dpbusd_epi32(s[i][q], lo[q], xv);
                     }
                 }
-                let hi: [__m512i; GR] =
-                    std::array::from_fn(|q| _mm512_and_si512(_mm512_srli_epi16(v[q], 4), low));
+                let hi = simd_array!(GR, _mm512_setzero_si512(), |q| _mm512_and_si512(
+                    _mm512_srli_epi16(v[q], 4),
+                    low
+                ));
                 for i in 0..M {
                     let xv = bx(i, b * QK + 16 + 4 * j);
                     for q in 0..GR {
@@ -158,10 +172,12 @@ unsafe fn tile<const Q8: bool, const M: usize, const GR: usize>(
                 }
             }
         }
-        let dw: [__m512; GR] =
-            std::array::from_fn(|q| _mm512_loadu_ps(blk[q].add(cb) as *const f32));
-        let mw: [__m512; GR] =
-            std::array::from_fn(|q| _mm512_loadu_ps(blk[q].add(cb + 64) as *const f32));
+        let dw = simd_array!(GR, _mm512_setzero_ps(), |q| _mm512_loadu_ps(
+            blk[q].add(cb) as *const f32
+        ));
+        let mw = simd_array!(GR, _mm512_setzero_ps(), |q| _mm512_loadu_ps(
+            blk[q].add(cb + 64) as *const f32
+        ));
         for i in 0..M {
             let xd = _mm512_set1_ps(*ds[i].add(2 * b));
             let xs = _mm512_set1_ps(*ds[i].add(2 * b + 1));
@@ -188,17 +204,17 @@ unsafe fn tile<const Q8: bool, const M: usize, const GR: usize>(
 }
 
 #[inline(always)]
-unsafe fn rows_of<const Q8: bool, const GR: usize>(a: &PackedArgs, gi: usize) {
+unsafe fn rows_of<const WIDE: bool, const GR: usize>(a: &PackedArgs, gi: usize) {
     let mut i0 = 0;
     while i0 < a.n {
         let mm = (a.n - i0).min(MR);
         match mm {
-            6 => tile::<Q8, 6, GR>(a, gi, i0),
-            5 => tile::<Q8, 5, GR>(a, gi, i0),
-            4 => tile::<Q8, 4, GR>(a, gi, i0),
-            3 => tile::<Q8, 3, GR>(a, gi, i0),
-            2 => tile::<Q8, 2, GR>(a, gi, i0),
-            _ => tile::<Q8, 1, GR>(a, gi, i0),
+            6 => tile::<WIDE, 6, GR>(a, gi, i0),
+            5 => tile::<WIDE, 5, GR>(a, gi, i0),
+            4 => tile::<WIDE, 4, GR>(a, gi, i0),
+            3 => tile::<WIDE, 3, GR>(a, gi, i0),
+            2 => tile::<WIDE, 2, GR>(a, gi, i0),
+            _ => tile::<WIDE, 1, GR>(a, gi, i0),
         }
         i0 += mm;
     }
@@ -207,16 +223,17 @@ unsafe fn rows_of<const Q8: bool, const GR: usize>(a: &PackedArgs, gi: usize) {
 /// Groups `g0..g1` against all rows of x, two groups per tile.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL/VNNI; `a.packed` is `pack(a.w)`; `a.y` points to an
+/// The CPU must support AVX-512 F/BW/VL/VNNI; `a.packed` is `pack(a.w, WIDE)` (or
+/// `pack(a.w, false)` of a Q8_0 matrix with `WIDE`); `a.y` points to an
 /// (n, w.rows) buffer whose columns `16 g0..16 g1` (clipped to w.rows) no one else touches.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-pub(super) unsafe fn run<const Q8: bool>(a: &PackedArgs) {
+pub(super) unsafe fn run<const WIDE: bool>(a: &PackedArgs) {
     let mut gi = a.g0;
     while gi + 2 <= a.g1 {
-        rows_of::<Q8, 2>(a, gi);
+        rows_of::<WIDE, 2>(a, gi);
         gi += 2;
     }
     if gi < a.g1 {
-        rows_of::<Q8, 1>(a, gi);
+        rows_of::<WIDE, 1>(a, gi);
     }
 }

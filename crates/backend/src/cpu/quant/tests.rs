@@ -189,26 +189,29 @@ fn every_isa_quantizes_activations_bit_identically() {
     // The SIMD quantizer must give the scalar one's bytes and scales exactly (a zero block, a
     // block with a .5 tie, wide magnitudes), so that the paths differ only in the products.
     let mut seed = 31;
-    let (n, cols) = (20, 32 * 7);
-    let mut x: Vec<f32> = (0..n * cols)
-        .map(|e| lcg(&mut seed) * (1 + e % 5) as f32 * 10f32.powi((e / 32 % 7) as i32 - 3))
-        .collect();
-    x[32..64].fill(0.0);
-    x[64] = 127.0;
-    x[65] = 0.5;
-    x[66] = -2.5;
-    let g = Geom::new(cols);
-    let mut base = Acts::default();
-    base.quantize(Isa::Scalar, &x, n, g);
-    for isa in Isa::available() {
-        for rows in [1, n] {
-            let mut a = Acts::default();
-            a.quantize(isa, &x[..rows * cols], rows, g);
-            assert_eq!(a.qx[..], base.qx[..a.qx.len()], "{isa:?} qx");
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&a.dx), bits(&base.dx[..a.dx.len()]), "{isa:?} dx");
-            assert_eq!(bits(&a.sx), bits(&base.sx[..a.sx.len()]), "{isa:?} sx");
-            assert_eq!(bits(&a.ds), bits(&base.ds[..a.ds.len()]), "{isa:?} ds");
+    // 7 blocks, and 37 (two groups of 16 scales at once and a tail of 5).
+    for nb in [7, 37] {
+        let (n, cols) = (20, 32 * nb);
+        let mut x: Vec<f32> = (0..n * cols)
+            .map(|e| lcg(&mut seed) * (1 + e % 5) as f32 * 10f32.powi((e / 32 % 7) as i32 - 3))
+            .collect();
+        x[32..64].fill(0.0);
+        x[64] = 127.0;
+        x[65] = 0.5;
+        x[66] = -2.5;
+        let g = Geom::new(cols);
+        let mut base = Acts::default();
+        base.quantize(Isa::Scalar, &x, n, g);
+        for isa in Isa::available() {
+            for rows in [1, n] {
+                let mut a = Acts::default();
+                a.quantize(isa, &x[..rows * cols], rows, g);
+                assert_eq!(a.qx[..], base.qx[..a.qx.len()], "{isa:?} qx");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a.dx), bits(&base.dx[..a.dx.len()]), "{isa:?} dx");
+                assert_eq!(bits(&a.sx), bits(&base.sx[..a.sx.len()]), "{isa:?} sx");
+                assert_eq!(bits(&a.ds), bits(&base.ds[..a.ds.len()]), "{isa:?} ds");
+            }
         }
     }
 }
