@@ -122,18 +122,23 @@ unsafe fn hmax16(v: [__m512; 16]) -> __m512 {
 /// integer sums, so the output is bit-identical to the scalar loop. The scales of 16 blocks at
 /// a time come from one transposing max tree and two vector divisions.
 ///
+/// Writes `qr`, `ds` (per block `[d, d·s0 + d·s1]`) and, when `FULL`, `dr` and `sr` (the tiled
+/// kernels' forms; the packed kernel reads only `qr` and `ds`).
+///
 /// # Safety
-/// The CPU must support AVX-512 F/BW; `xr` holds `nb * 32` floats, `qr` `nb * 32` bytes,
-/// `dr` `nb * 8` and `sr` `2 nb` floats.
+/// The CPU must support AVX-512 F/BW; `xr` holds `nb * 32` floats, `qr` `nb * 32` bytes, `ds`
+/// `2 nb` floats, and when `FULL` `dr` `nb * 8` and `sr` `2 nb` floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn quantize_blocks(
+pub(super) unsafe fn quantize_blocks<const FULL: bool>(
     xr: &[f32],
     nb: usize,
     qr: &mut [i8],
     dr: &mut [f32],
     sr: &mut [f32],
+    ds: &mut [f32],
 ) {
-    assert!(xr.len() >= nb * QK && qr.len() >= nb * QK && dr.len() >= nb * 8 && sr.len() >= 2 * nb);
+    assert!(xr.len() >= nb * QK && qr.len() >= nb * QK && ds.len() >= 2 * nb);
+    assert!(!FULL || (dr.len() >= nb * 8 && sr.len() >= 2 * nb));
     let sign = _mm512_set1_epi32(i32::MIN);
     let half = _mm512_castps_si512(_mm512_set1_ps(0.5));
     let (mut d, mut id) = ([0f32; 16], [0f32; 16]);
@@ -180,7 +185,7 @@ pub(super) unsafe fn quantize_blocks(
                 qr.as_mut_ptr().add(b * QK + 16) as _,
                 _mm512_cvtepi32_epi8(q1),
             );
-            _mm256_storeu_ps(dr.as_mut_ptr().add(b * 8), _mm256_set1_ps(d[j]));
+
             // Both halves' sums in one tree: 128-bit lanes [q0 q0 q1 q1] after the first add.
             let c = _mm512_add_epi32(
                 _mm512_shuffle_i32x4::<0x44>(q0, q1),
@@ -191,8 +196,14 @@ pub(super) unsafe fn quantize_blocks(
             let c = _mm512_add_epi32(c, _mm512_shuffle_epi32::<0xB1>(c));
             let s0 = _mm512_cvtsi512_si32(c);
             let s1 = _mm_cvtsi128_si32(_mm512_extracti32x4_epi32::<2>(c));
-            sr[2 * b] = d[j] * s0 as f32;
-            sr[2 * b + 1] = d[j] * s1 as f32;
+            let (sx0, sx1) = (d[j] * s0 as f32, d[j] * s1 as f32);
+            if FULL {
+                _mm256_storeu_ps(dr.as_mut_ptr().add(b * 8), _mm256_set1_ps(d[j]));
+                *sr.get_unchecked_mut(2 * b) = sx0;
+                *sr.get_unchecked_mut(2 * b + 1) = sx1;
+            }
+            *ds.get_unchecked_mut(2 * b) = d[j];
+            *ds.get_unchecked_mut(2 * b + 1) = sx0 + sx1;
         }
     }
 }

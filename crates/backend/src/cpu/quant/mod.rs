@@ -205,52 +205,94 @@ pub(crate) struct Acts {
 
 impl Acts {
     /// Quantizes `x (n, g.nb * 32)` into self, growing the buffers if needed; rows in parallel.
-    fn quantize(&mut self, isa: Isa, x: &[f32], n: usize, g: Geom) {
+    /// `packed_only`: the caller reads only `qx` and `ds` (the packed kernel), so the AVX-512
+    /// quantizer skips `dx` and `sx` (a third of the bytes written, and `dx` was the bulk).
+    fn quantize(&mut self, isa: Isa, x: &[f32], n: usize, g: Geom, packed_only: bool) {
         let cols = g.nb * QK;
-        self.qx.resize(n * g.nbp * QK, 0);
-        self.dx.resize(n * g.nbp * 8, 0.0);
-        self.sx.resize(n * g.nhp, 0.0);
-        self.ds.resize(n * g.nbp * 2, 0.0);
-        let one = |(((xr, qr), dr), sr): RowBufs, dsr: &mut [f32]| {
-            quantize_row(isa, xr, g, qr, dr, sr);
-            for b in 0..g.nbp {
-                dsr[2 * b] = dr[8 * b];
-                dsr[2 * b + 1] = sr[2 * b] + sr[2 * b + 1];
+        let full = !(packed_only && isa == Isa::Avx512Vnni);
+        let bufs = (
+            g.nbp * QK,
+            if full { g.nbp * 8 } else { 0 },
+            if full { g.nhp } else { 0 },
+            g.nbp * 2,
+        );
+        self.qx.resize(n * bufs.0, 0);
+        self.dx.resize(n * bufs.1, 0.0);
+        self.sx.resize(n * bufs.2, 0.0);
+        self.ds.resize(n * bufs.3, 0.0);
+        // Rows `r0..` of x into the matching rows of the four buffers.
+        let rows = |r0: usize, qx: &mut [i8], dx: &mut [f32], sx: &mut [f32], ds: &mut [f32]| {
+            for r in 0..qx.len() / bufs.0 {
+                let xr = &x[(r0 + r) * cols..(r0 + r + 1) * cols];
+                let qr = &mut qx[r * bufs.0..(r + 1) * bufs.0];
+                let dsr = &mut ds[r * bufs.3..(r + 1) * bufs.3];
+                if full {
+                    let dr = &mut dx[r * bufs.1..(r + 1) * bufs.1];
+                    let sr = &mut sx[r * bufs.2..(r + 1) * bufs.2];
+                    quantize_row(isa, xr, g, qr, dr, sr, dsr);
+                } else {
+                    quantize_row(isa, xr, g, qr, &mut [], &mut [], dsr);
+                }
             }
         };
         if n < PAR_QUANTIZE_ROWS {
             // A few rows (decode) cost less than a fork-join: quantize them on this thread.
-            let rows = x
-                .chunks_exact(cols)
-                .zip(self.qx.chunks_exact_mut(g.nbp * QK))
-                .zip(self.dx.chunks_exact_mut(g.nbp * 8))
-                .zip(self.sx.chunks_exact_mut(g.nhp))
-                .zip(self.ds.chunks_exact_mut(g.nbp * 2));
-            rows.for_each(|(r, dsr)| one(r, dsr));
+            rows(0, &mut self.qx, &mut self.dx, &mut self.sx, &mut self.ds);
             return;
         }
-        let rows = x
-            .par_chunks_exact(cols)
-            .zip(self.qx.par_chunks_exact_mut(g.nbp * QK))
-            .zip(self.dx.par_chunks_exact_mut(g.nbp * 8))
-            .zip(self.sx.par_chunks_exact_mut(g.nhp))
-            .zip(self.ds.par_chunks_exact_mut(g.nbp * 2));
-        rows.with_min_len(8).for_each(|(r, dsr)| one(r, dsr));
+        // One contiguous run of rows per task, a few tasks per thread.
+        let per = n.div_ceil(2 * rayon::current_num_threads()).max(8);
+        let (qx, ds) = (&mut self.qx, &mut self.ds);
+        let (dx, sx) = (&mut self.dx, &mut self.sx);
+        // Zero-width chunks for the buffers a packed-only run leaves empty.
+        let dxs: Vec<&mut [f32]> = if full {
+            dx.chunks_mut(per * bufs.1).collect()
+        } else {
+            (0..n.div_ceil(per))
+                .map(|_| <&mut [f32]>::default())
+                .collect()
+        };
+        let sxs: Vec<&mut [f32]> = if full {
+            sx.chunks_mut(per * bufs.2).collect()
+        } else {
+            (0..n.div_ceil(per))
+                .map(|_| <&mut [f32]>::default())
+                .collect()
+        };
+        qx.par_chunks_mut(per * bufs.0)
+            .zip(ds.par_chunks_mut(per * bufs.3))
+            .zip(dxs)
+            .zip(sxs)
+            .enumerate()
+            .for_each(|(c, (((qx, ds), dx), sx))| rows(c * per, qx, dx, sx, ds));
     }
 }
 
-/// One row's x and its [`Acts`] rows, as the zipped chunk iterators give them.
-type RowBufs<'a> = (((&'a [f32], &'a mut [i8]), &'a mut [f32]), &'a mut [f32]);
-
-/// One row of [`Acts`]: `xr (nb * 32)` into `qr (nbp * 32)`, `dr (nbp * 8)`, `sr (nhp)`.
-fn quantize_row(isa: Isa, xr: &[f32], g: Geom, qr: &mut [i8], dr: &mut [f32], sr: &mut [f32]) {
+/// One row of [`Acts`]: `xr (nb * 32)` into `qr (nbp * 32)`, `dsr (nbp * 2)` and, unless they
+/// are empty (a packed-only AVX-512 run), `dr (nbp * 8)` and `sr (nhp)`.
+fn quantize_row(
+    isa: Isa,
+    xr: &[f32],
+    g: Geom,
+    qr: &mut [i8],
+    dr: &mut [f32],
+    sr: &mut [f32],
+    dsr: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
         // SAFETY: AVX-512 VNNI comes with F/BW/VL; the slices hold nb blocks (checked inside).
-        unsafe { avx512::quantize_blocks(xr, g.nb, qr, dr, sr) };
+        unsafe {
+            if dr.is_empty() {
+                avx512::quantize_blocks::<false>(xr, g.nb, qr, dr, sr, dsr);
+            } else {
+                avx512::quantize_blocks::<true>(xr, g.nb, qr, dr, sr, dsr);
+                dr[g.nb * 8..].fill(0.0);
+                sr[2 * g.nb..].fill(0.0);
+            }
+        }
         qr[g.nb * QK..].fill(0);
-        dr[g.nb * 8..].fill(0.0);
-        sr[2 * g.nb..].fill(0.0);
+        dsr[2 * g.nb..].fill(0.0);
         return;
     }
     let _ = isa;
@@ -269,10 +311,13 @@ fn quantize_row(isa: Isa, xr: &[f32], g: Geom, qr: &mut [i8], dr: &mut [f32], sr
         dr[b * 8..(b + 1) * 8].fill(d);
         sr[2 * b] = d * sums[0] as f32;
         sr[2 * b + 1] = d * sums[1] as f32;
+        dsr[2 * b] = d;
+        dsr[2 * b + 1] = sr[2 * b] + sr[2 * b + 1];
     }
     qr[g.nb * QK..].fill(0);
     dr[g.nb * 8..].fill(0.0);
     sr[2 * g.nb..].fill(0.0);
+    dsr[2 * g.nb..].fill(0.0);
 }
 
 /// [`NR`] weight rows unpacked for the kernels, in the same padded geometry as [`Acts`].
@@ -327,9 +372,13 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     // Taken out of the thread-local for the call: a nested call on this thread (rayon work
     // stealing) finds an empty buffer and grows its own instead of aliasing this one.
     let mut acts = ACTS.take();
-    acts.quantize(isa, x, n, g);
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && packed::packs(w.ty) {
+    let packed = isa == Isa::Avx512Vnni && packed::packs(w.ty);
+    #[cfg(not(target_arch = "x86_64"))]
+    let packed = false;
+    acts.quantize(isa, x, n, g, packed);
+    #[cfg(target_arch = "x86_64")]
+    if packed {
         packed_matmul(&acts, n, g, w, y);
         ACTS.set(acts);
         return;
