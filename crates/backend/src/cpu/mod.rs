@@ -29,6 +29,9 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C: f32 tiles, and int8 dot products with `maddubs`/`madd`.
     Avx2,
+    /// AVX2 + FMA + F16C + AVX-VNNI: as `Avx2`, and `vpdpbusd` on 256-bit registers for the
+    /// packed Q4_0/Q4_1/Q8_0 kernel.
+    AvxVnni,
     /// AVX-512 F/BW/VL + VNNI (plus AVX2/FMA): int8 dot products with `vpdpbusd` on 512-bit
     /// registers; f32 kernels use the AVX2 ones.
     Avx512Vnni,
@@ -57,6 +60,9 @@ impl Isa {
             && is_x86_feature_detected!("f16c")
         {
             out.push(Isa::Avx2);
+            if is_x86_feature_detected!("avxvnni") {
+                out.push(Isa::AvxVnni);
+            }
             if is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
@@ -122,7 +128,7 @@ pub fn matmul_isa(isa: Isa, x: &[f32], n: usize, w: &Matrix, y: &mut [f32]) {
         unsafe {
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 | Isa::Avx512Vnni => avx2::gemm_block(&block),
+                Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::gemm_block(&block),
                 _ => scalar::gemm_block(&block),
             }
         }
@@ -154,7 +160,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     match Isa::detect() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 and Avx512Vnni are only detected when the CPU has AVX2 and FMA.
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::dot(a, b) },
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe { avx2::dot(a, b) },
         _ => scalar::dot(a, b),
     }
 }

@@ -14,10 +14,12 @@
 //! `vpdpbusd`), and `h` a half block of 16: `sx = dx · Σ qx` over the half, `mw` the weight's
 //! offset (Q4_0: `-8·d`, Q4_1: `m`, Q4_K: `-dmin·m`, Q6_K: `-32·d·sc`, Q8_0 on VNNI: `-128·d`).
 //!
-//! Exception, the hot one: Q4_0/Q4_1/Q8_0 on AVX-512 VNNI (the default model's formats) use
-//! `packed.rs` at every batch size: the matrix repacked once into groups of 16 rows, one row per
-//! i32 lane, so a block's 32 products accumulate in i32 and the float work per block is 4 ops per
-//! 16 rows instead of 4 per row.
+//! Exception, the hot one: Q4_0/Q4_1/Q8_0 (the default model's formats) use the packed path at
+//! every batch size: the matrix repacked once into groups of 16 rows, one row per i32 lane, so a
+//! block's 32 products accumulate in i32 and the float work per block is 4 ops per 16 rows instead
+//! of 4 per row. `packed.rs` runs it on AVX-512 VNNI (zmm), `packed256.rs` on AVX-VNNI or AVX2
+//! (two ymm halves per group; AVX2 for Q4 only). Batches of [`WIDE_MIN_ROWS`]+ rows read a
+//! second, wide copy of a Q4 matrix (a byte per weight, no nibble unpack in the loop).
 
 mod expand;
 mod scalar;
@@ -28,6 +30,8 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod packed;
+#[cfg(target_arch = "x86_64")]
+mod packed256;
 
 #[cfg(test)]
 mod tests;
@@ -373,13 +377,13 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     // stealing) finds an empty buffer and grows its own instead of aliasing this one.
     let mut acts = ACTS.take();
     #[cfg(target_arch = "x86_64")]
-    let packed = isa == Isa::Avx512Vnni && packed::packs(w.ty);
+    let packed = packed::packs(isa, w.ty);
     #[cfg(not(target_arch = "x86_64"))]
     let packed = false;
     acts.quantize(isa, x, n, g, packed);
     #[cfg(target_arch = "x86_64")]
     if packed {
-        packed_matmul(&acts, n, g, w, y);
+        packed_matmul(isa, &acts, n, g, w, y);
         ACTS.set(acts);
         return;
     }
@@ -401,7 +405,7 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
                 let r = (s < nr).then_some(r0 + s);
                 // SAFETY: Avx2 and Avx512Vnni are only available with AVX2 and F16C.
                 #[cfg(target_arch = "x86_64")]
-                if let (Some(r), Isa::Avx2 | Isa::Avx512Vnni) = (r, isa) {
+                if let (Some(r), Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni) = (r, isa) {
                     if unsafe { avx2::expand_row(w, r, g, &mut tile, s) } {
                         continue;
                     }
@@ -423,7 +427,7 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
             unsafe {
                 match isa {
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => avx2::rows(&args),
+                    Isa::Avx2 | Isa::AvxVnni => avx2::rows(&args),
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512Vnni => avx512::rows(&args),
                     _ => scalar::rows(&args),
@@ -436,12 +440,11 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     ACTS.set(acts);
 }
 
-/// The packed path (AVX-512 VNNI, Q4_0/Q4_1/Q8_0, any batch size): groups of 16 output rows
-/// split into about [`TASKS_PER_THREAD`] tasks per thread, whole group pairs each.
+/// The packed path (Q4_0/Q4_1/Q8_0 where [`packed::packs`] says so, any batch size): groups of
+/// 16 output rows split into about [`TASKS_PER_THREAD`] tasks per thread, whole group pairs each.
 #[cfg(target_arch = "x86_64")]
-fn packed_matmul(acts: &Acts, n: usize, g: Geom, w: &QMatrix, y: &mut [f32]) {
-    let wide =
-        w.ty == QType::Q8_0 || (n >= WIDE_MIN_ROWS && std::env::var_os("TF_NOWIDE").is_none());
+fn packed_matmul(isa: Isa, acts: &Acts, n: usize, g: Geom, w: &QMatrix, y: &mut [f32]) {
+    let wide = w.ty == QType::Q8_0 || n >= WIDE_MIN_ROWS;
     let packed = if w.ty != QType::Q8_0 && wide {
         w.wide.get_or_init(|| packed::pack(w, true))
     } else {
@@ -462,13 +465,17 @@ fn packed_matmul(acts: &Acts, n: usize, g: Geom, w: &QMatrix, y: &mut [f32]) {
             g1: ((t + 1) * per).min(groups),
             y: out,
         };
-        // SAFETY: the caller checked AVX-512 VNNI; `packed` is `pack(w)`; each task writes only
+        // SAFETY: `packs(isa, w.ty)` held, so the CPU has the kernel's features and the type is
+        // one it reads; `packed` is `pack(w, wide)` (Q8_0 is always wide); each task writes only
         // its own groups' columns of y, disjoint across tasks, and y outlives the loop.
         unsafe {
-            if wide {
-                packed::run::<true>(&a)
-            } else {
-                packed::run::<false>(&a)
+            match (isa, wide) {
+                (Isa::Avx512Vnni, true) => packed::run::<true>(&a),
+                (Isa::Avx512Vnni, false) => packed::run::<false>(&a),
+                (Isa::AvxVnni, true) => packed256::run_vnni::<true>(&a),
+                (Isa::AvxVnni, false) => packed256::run_vnni::<false>(&a),
+                (_, true) => packed256::run_avx2::<true>(&a),
+                (_, false) => packed256::run_avx2::<false>(&a),
             }
         }
     });

@@ -22,6 +22,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::{Acts, Geom, QMatrix, QType, QK};
+use crate::cpu::Isa;
 use crate::cpu::SendPtr;
 
 /// Weight rows per group: the i32 lanes of a 512-bit register.
@@ -44,9 +45,14 @@ pub(crate) fn group_block_bytes(ty: QType, wide: bool) -> usize {
     code_bytes(ty, wide) + 2 * G * 4
 }
 
-/// Whether `ty` has a packed form.
-pub(crate) fn packs(ty: QType) -> bool {
-    matches!(ty, QType::Q4_0 | QType::Q4_1 | QType::Q8_0)
+/// Whether `isa` multiplies `ty` on a packed path: this file's (AVX-512 VNNI) or
+/// `packed256.rs` (AVX-VNNI; AVX2 for Q4 only, whose codes cannot overflow `maddubs`).
+pub(crate) fn packs(isa: Isa, ty: QType) -> bool {
+    match isa {
+        Isa::Avx512Vnni | Isa::AvxVnni => matches!(ty, QType::Q4_0 | QType::Q4_1 | QType::Q8_0),
+        Isa::Avx2 => matches!(ty, QType::Q4_0 | QType::Q4_1),
+        Isa::Scalar => false,
+    }
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {

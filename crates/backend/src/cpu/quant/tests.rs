@@ -226,3 +226,41 @@ fn every_isa_quantizes_activations_bit_identically() {
         }
     }
 }
+
+#[test]
+fn packed_paths_agree_bit_for_bit_across_instruction_sets() {
+    // The AVX-512, AVX-VNNI and AVX2 packed kernels read one buffer and do the same operations
+    // per (row of x, row of w, block): any lane or half mixed up shows as a different bit.
+    let mut seed = 41;
+    for (ty, gt) in [
+        (QType::Q4_0, GgmlType::Q4_0),
+        (QType::Q4_1, GgmlType::Q4_1),
+        (QType::Q8_0, GgmlType::Q8_0),
+    ] {
+        let isas: Vec<Isa> = Isa::available()
+            .into_iter()
+            .filter(|&i| super::packed::packs(i, ty))
+            .collect();
+        for (rows, cols) in [(37, 32 * 3), (48, 32 * 18), (200, 32 * 2)] {
+            let (w, _) = random_q(ty, gt, rows, cols, &mut seed);
+            for n in [1, 2, 3, 5, 16, 21] {
+                let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
+                let outs: Vec<Vec<u32>> = isas
+                    .iter()
+                    .map(|&isa| {
+                        let mut y = vec![f32::NAN; n * rows];
+                        matmul_q_isa(isa, &x, n, &w, &mut y);
+                        y.iter().map(|v| v.to_bits()).collect()
+                    })
+                    .collect();
+                for (isa, o) in isas.iter().zip(&outs) {
+                    assert_eq!(
+                        o, &outs[0],
+                        "{isa:?} vs {:?}: {ty:?} n={n} {rows}x{cols}",
+                        isas[0]
+                    );
+                }
+            }
+        }
+    }
+}
