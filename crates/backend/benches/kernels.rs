@@ -14,11 +14,12 @@ use tokenfab_backend::cpu::{matmul, matmul_q_isa, Isa, Matrix, QMatrix, QType};
 use tokenfab_loader::quant::{dequantize, quantize};
 use tokenfab_loader::GgmlType;
 
-/// (name, weight type, rows = output features, cols = input features)
+/// (name, weight type, rows = output features, cols = input features): the matrices
+/// `Llama::forward` multiplies for SmolLM2-135M (q|k|v and gate|up stacked, as the model runs them).
 const SHAPES: [(&str, QType, usize, usize); 5] = [
-    ("attn_q/o 576x576", QType::Q4_1, 576, 576),
-    ("attn_k/v 192x576", QType::Q4_1, 192, 576),
-    ("ffn_gate/up 1536x576", QType::Q4_1, 1536, 576),
+    ("attn_qkv 960x576", QType::Q4_1, 960, 576),
+    ("attn_output 576x576", QType::Q4_1, 576, 576),
+    ("ffn_gate_up 3072x576", QType::Q4_1, 3072, 576),
     ("ffn_down 576x1536", QType::Q4_1, 576, 1536),
     ("output 49152x576", QType::Q8_0, 49152, 576),
 ];
@@ -69,6 +70,8 @@ mod peak {
     //! Dependency-free loops of independent multiply-adds, long enough to hide latency.
     #[cfg(target_arch = "x86_64")]
     use std::arch::x86_64::*;
+    #[cfg(target_arch = "x86_64")]
+    use std::hint::black_box;
 
     /// f32 ops (2 per FMA lane) done by `fma(iters)`.
     #[cfg(target_arch = "x86_64")]
@@ -89,7 +92,10 @@ mod peak {
     #[target_feature(enable = "avx512f")]
     unsafe fn fma512(iters: usize) -> f32 {
         let mut acc = [_mm512_set1_ps(0.5); 12];
-        let (a, b) = (_mm512_set1_ps(0.999), _mm512_set1_ps(1e-7));
+        let (a, b) = (
+            black_box(_mm512_set1_ps(0.999)),
+            black_box(_mm512_set1_ps(1e-7)),
+        );
         for _ in 0..iters {
             for v in acc.iter_mut() {
                 *v = _mm512_fmadd_ps(*v, a, b);
@@ -102,7 +108,10 @@ mod peak {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn fma256(iters: usize) -> f32 {
         let mut acc = [_mm256_set1_ps(0.5); 12];
-        let (a, b) = (_mm256_set1_ps(0.999), _mm256_set1_ps(1e-7));
+        let (a, b) = (
+            black_box(_mm256_set1_ps(0.999)),
+            black_box(_mm256_set1_ps(1e-7)),
+        );
         for _ in 0..iters {
             for v in acc.iter_mut() {
                 *v = _mm256_fmadd_ps(*v, a, b);
@@ -137,7 +146,10 @@ mod peak {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn dp512(iters: usize) -> i32 {
         let mut acc = [_mm512_setzero_si512(); 12];
-        let (a, b) = (_mm512_set1_epi8(3), _mm512_set1_epi8(-5));
+        let (a, b) = (
+            black_box(_mm512_set1_epi8(3)),
+            black_box(_mm512_set1_epi8(-5)),
+        );
         for _ in 0..iters {
             for v in acc.iter_mut() {
                 *v = _mm512_dpbusd_epi32(*v, a, b);
@@ -151,8 +163,8 @@ mod peak {
     unsafe fn dp256(iters: usize) -> i32 {
         let mut acc = [_mm256_setzero_si256(); 12];
         let (a, b, ones) = (
-            _mm256_set1_epi8(3),
-            _mm256_set1_epi8(-5),
+            black_box(_mm256_set1_epi8(3)),
+            black_box(_mm256_set1_epi8(-5)),
             _mm256_set1_epi16(1),
         );
         for _ in 0..iters {
