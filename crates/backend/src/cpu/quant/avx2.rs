@@ -166,3 +166,68 @@ pub(super) unsafe fn expand_row(
     tile.mw[s * g.nhp + 2 * g.nb..(s + 1) * g.nhp].fill(0.0);
     true
 }
+
+/// Horizontal sum of 8 i32 lanes.
+#[inline(always)]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0x4E>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0xB1>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Blocks `0..nb` of one activation row quantized as `quantize_row`'s scalar loop does, with the
+/// same IEEE operations per element (max |x|, d = amax / 127, t = x · (1 / d), trunc(t ± 0.5),
+/// saturated to i8) and exact integer sums: bit-identical output.
+///
+/// # Safety
+/// The CPU must support AVX2; `xr` holds `nb * 32` floats, `qr` `nb * 32` bytes, `dr` `nb * 8`
+/// and `sr` `2 nb` floats.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_blocks(
+    xr: &[f32],
+    nb: usize,
+    qr: &mut [i8],
+    dr: &mut [f32],
+    sr: &mut [f32],
+) {
+    assert!(xr.len() >= nb * QK && qr.len() >= nb * QK && dr.len() >= nb * 8 && sr.len() >= 2 * nb);
+    let sign = _mm256_set1_epi32(i32::MIN);
+    let abs = _mm256_set1_epi32(i32::MAX);
+    let half = _mm256_castps_si256(_mm256_set1_ps(0.5));
+    // packs_epi32 then packs_epi16 interleave 128-bit lanes; this restores element order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for b in 0..nb {
+        let at = xr.as_ptr().add(b * QK);
+        let x = simd_array!(4, _mm256_setzero_ps(), |k| _mm256_loadu_ps(at.add(8 * k)));
+        let mut m = _mm256_setzero_ps();
+        for v in x {
+            m = _mm256_max_ps(
+                m,
+                _mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(v), abs)),
+            );
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<0x55>(m, m));
+        let d = _mm_cvtss_f32(m) / 127.0;
+        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (qv, v) in q.iter_mut().zip(x) {
+            let t = _mm256_mul_ps(v, id);
+            let r = _mm256_or_si256(_mm256_and_si256(_mm256_castps_si256(t), sign), half);
+            *qv = _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_castsi256_ps(r)));
+        }
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        _mm256_storeu_si256(
+            qr.as_mut_ptr().add(b * QK) as _,
+            _mm256_permutevar8x32_epi32(p, order),
+        );
+        _mm256_storeu_ps(dr.as_mut_ptr().add(b * 8), _mm256_set1_ps(d));
+        sr[2 * b] = d * hsum_i32(_mm256_add_epi32(q[0], q[1])) as f32;
+        sr[2 * b + 1] = d * hsum_i32(_mm256_add_epi32(q[2], q[3])) as f32;
+    }
+}

@@ -299,6 +299,20 @@ fn quantize_row(
         dsr[2 * g.nb..].fill(0.0);
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::AvxVnni) {
+        // SAFETY: both come with AVX2; the slices hold nb blocks (checked inside).
+        unsafe { avx2::quantize_blocks(xr, g.nb, qr, dr, sr) };
+        for b in 0..g.nb {
+            dsr[2 * b] = dr[8 * b];
+            dsr[2 * b + 1] = sr[2 * b] + sr[2 * b + 1];
+        }
+        qr[g.nb * QK..].fill(0);
+        dr[g.nb * 8..].fill(0.0);
+        sr[2 * g.nb..].fill(0.0);
+        dsr[2 * g.nb..].fill(0.0);
+        return;
+    }
     let _ = isa;
     for b in 0..g.nb {
         let xb = &xr[b * QK..(b + 1) * QK];
