@@ -1,5 +1,6 @@
-//! Host kernels: matrix products, normalization, activations, softmax.
+//! Host kernels: matrix products, normalization, activations, softmax, paged attention.
 
+pub mod attention;
 mod avx2;
 mod quant;
 mod scalar;
@@ -161,6 +162,38 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         let scale = 1.0 / (ss + eps).sqrt();
         for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
             *o = v * scale * w;
+        }
+    }
+}
+
+/// `x += add`, then the RMSNorm of each row of the sum into `out` (one pass over `x` instead of
+/// two; the same results as adding and then calling [`rms_norm`]).
+pub fn add_rms_norm(x: &mut [f32], add: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for ((xr, ar), or) in x
+        .chunks_exact_mut(d)
+        .zip(add.chunks_exact(d))
+        .zip(out.chunks_exact_mut(d))
+    {
+        let mut ss = 0f32;
+        for (v, a) in xr.iter_mut().zip(ar) {
+            *v += a;
+            ss += *v * *v;
+        }
+        let scale = 1.0 / (ss / d as f32 + eps).sqrt();
+        for ((o, &v), &w) in or.iter_mut().zip(xr.iter()).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+/// SwiGLU of each row of `gu` = (gate | up), each half `ffn` wide, written to `h` (n, ffn):
+/// `h = silu(gate) * up` (no copy of the gate).
+pub fn silu_mul_rows(gu: &[f32], h: &mut [f32], ffn: usize) {
+    for (hr, g) in h.chunks_exact_mut(ffn).zip(gu.chunks_exact(2 * ffn)) {
+        let (gate, up) = g.split_at(ffn);
+        for ((o, &g), &u) in hr.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + (-g).exp()) * u;
         }
     }
 }
