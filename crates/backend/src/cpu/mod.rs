@@ -35,25 +35,54 @@ impl Isa {
     }
 
     /// Every instruction set this CPU can run, scalar first and the best last (tests run them all;
-    /// unlike [`Isa::detect`] this ignores `TOKENFAB_FORCE_SCALAR`).
-    pub fn available() -> Vec<Isa> {
+    /// unlike [`Isa::detect`] this ignores `TOKENFAB_FORCE_SCALAR`). Allocates nothing: kernels
+    /// check their argument against it on every call.
+    pub fn available() -> IsaSet {
         #[allow(unused_mut)]
-        let mut out = vec![Isa::Scalar];
+        let mut out = IsaSet {
+            isas: [Isa::Scalar; 3],
+            len: 1,
+        };
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
-            out.push(Isa::Avx2);
+            out.isas[out.len] = Isa::Avx2;
+            out.len += 1;
             if is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512vnni")
             {
-                out.push(Isa::Avx512Vnni);
+                out.isas[out.len] = Isa::Avx512Vnni;
+                out.len += 1;
             }
         }
         out
+    }
+}
+
+/// The instruction sets of [`Isa::available`]: a slice (`contains`, `last`) and an iterator of
+/// `Isa`, held inline.
+#[derive(Clone, Copy, Debug)]
+pub struct IsaSet {
+    isas: [Isa; 3],
+    len: usize,
+}
+
+impl std::ops::Deref for IsaSet {
+    type Target = [Isa];
+    fn deref(&self) -> &[Isa] {
+        &self.isas[..self.len]
+    }
+}
+
+impl IntoIterator for IsaSet {
+    type Item = Isa;
+    type IntoIter = std::iter::Take<std::array::IntoIter<Isa, 3>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.isas.into_iter().take(self.len)
     }
 }
 

@@ -34,7 +34,7 @@ impl KvDtype {
     /// Whether heads of `head_dim` values can be stored this way (Q8_0 blocks must not straddle
     /// two heads); the error says why not.
     pub fn check_head_dim(self, head_dim: usize) -> Result<(), String> {
-        if self == KvDtype::Q8_0 && head_dim % QK8_0 != 0 {
+        if self == KvDtype::Q8_0 && !head_dim.is_multiple_of(QK8_0) {
             return Err(format!(
                 "a q8_0 KV cache needs a head size that is a multiple of {QK8_0}; this model's is {head_dim}"
             ));
@@ -116,7 +116,7 @@ impl KvStore {
             KvDtype::F32 => KvData::F32(vec![0.0; slots * width]),
             KvDtype::F16 => KvData::F16(vec![f16::ZERO; slots * width]),
             KvDtype::Q8_0 => {
-                assert_eq!(width % QK8_0, 0, "q8_0 rows are whole blocks");
+                assert!(width.is_multiple_of(QK8_0), "q8_0 rows are whole blocks");
                 KvData::Q8_0(vec![BlockQ8_0::default(); slots * width / QK8_0])
             }
         };
