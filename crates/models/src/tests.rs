@@ -5,7 +5,7 @@ use tokenfab_loader::Gguf;
 
 use tokenfab_loader::GgmlType;
 
-use crate::testing::{tiny_llama, tiny_llama_typed};
+use crate::testing::{tiny_llama, tiny_llama_heads, tiny_llama_typed};
 use crate::{ForwardBatch, KvCache, KvDtype, Llama, SeqSlice};
 
 const VOCAB: usize = 50;
@@ -197,4 +197,42 @@ fn quantized_weights_track_their_f32_dequantization() {
         );
         assert_close(&step, &lq, &format!("{ty} chunked"));
     }
+}
+
+/// Every KV dtype keeps the invariants exactly (chunking and block placement change nothing:
+/// every row reads K/V back from the pool), and f16 / q8_0 stay close to f32.
+#[test]
+fn kv_dtypes_keep_the_invariants_and_track_f32() {
+    // Heads of 32 (2 query heads over 1 KV head) so that q8_0 blocks fit a head.
+    let g =
+        Gguf::from_bytes(tiny_llama_heads("llama", VOCAB, GgmlType::F32, 2, 1).to_bytes()).unwrap();
+    let m = Llama::from_gguf(&g).unwrap();
+    let tokens: Vec<u32> = (0..21).map(|i| (i * 5 % VOCAB) as u32).collect();
+    let kv = |d: KvDtype| m.new_kv_cache(d, BS, 12).unwrap();
+    let table: Vec<u32> = (0..6).collect();
+    let scattered = [11u32, 3, 8, 0, 6, 9];
+    let f32_logits = run_alone(&m, &tokens, 64, &table, &mut kv(KvDtype::F32));
+    let spread = f32_logits.iter().fold(0f32, |a, v| a.max(v.abs()));
+    for (d, tol) in [
+        (KvDtype::F32, 0.0),
+        (KvDtype::F16, 0.01),
+        (KvDtype::Q8_0, 0.05),
+    ] {
+        let whole = run_alone(&m, &tokens, 64, &table, &mut kv(d));
+        for chunk in [1, 4, 7] {
+            let c = run_alone(&m, &tokens, chunk, &scattered, &mut kv(d));
+            assert_eq!(c, whole, "{d}: chunks of {chunk} in scattered blocks");
+        }
+        let worst = whole
+            .iter()
+            .zip(&f32_logits)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(
+            worst <= tol * spread,
+            "{d}: worst {worst} vs spread {spread}"
+        );
+    }
+    // A q8_0 pool cannot hold heads of 16.
+    let small = tiny_model("llama");
+    assert!(small.new_kv_cache(KvDtype::Q8_0, BS, 4).is_err());
 }

@@ -96,7 +96,10 @@ pub fn paged_attention_isa<'t, F>(
 {
     let sh = &inp.shape;
     let (hd, nkv) = (sh.head_dim, sh.n_kv_heads);
-    assert!(nkv > 0 && sh.n_heads.is_multiple_of(nkv), "attention: GQA groups");
+    assert!(
+        nkv > 0 && sh.n_heads.is_multiple_of(nkv),
+        "attention: GQA groups"
+    );
     let q_dim = sh.n_heads * hd;
     assert_eq!(
         out.len() % q_dim.max(1),
