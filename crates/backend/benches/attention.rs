@@ -91,7 +91,7 @@ fn main() {
                 k.write(s, &kf[s * kv_dim..(s + 1) * kv_dim]);
                 v.write(s, &vf[s * kv_dim..(s + 1) * kv_dim]);
             }
-            let mut scratch = vec![0f32; scratch_len(&shape, rows)];
+            let mut scratch = vec![0f32; scratch_len(&shape)];
             let inp = AttnInput {
                 shape,
                 q: &q,

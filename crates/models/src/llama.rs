@@ -221,7 +221,7 @@ impl Llama {
             ffn,
             half_rope: half,
             vocab: c.vocab_size,
-            attn: attention::scratch_len(&shape, n),
+            attn: attention::scratch_len(&shape),
         });
         // Row t of each buffer belongs to batch.tokens[t] (shapes in `Scratch`).
         let x = &mut s.x[..n * dim];

@@ -23,7 +23,7 @@ pub struct Scratch {
     /// (n, rope_dim / 2) cos and sin per row
     pub(crate) cos: Vec<f32>,
     pub(crate) sin: Vec<f32>,
-    /// Per (row, KV head) task: online-softmax state (`attention::scratch_len`)
+    /// Per pool thread: online-softmax state and widened K/V rows (`attention::scratch_len`)
     pub(crate) attn: Vec<f32>,
     /// (r, dim) residual of the logits rows, then (r, dim) its final norm
     pub(crate) resid: Vec<f32>,

@@ -2,8 +2,9 @@
 //!
 //! Work is split over (row, KV head): the `n_heads / n_kv_heads` query heads of one GQA group share
 //! one pass over their sequence's K and V. Softmax is computed online over tiles of `TILE`
-//! positions (flash-attention style), so the only per-task memory is a fixed scratch slice handed
-//! in by the caller: nothing grows with the context and nothing is allocated per call.
+//! positions (flash-attention style), so the only working memory is a fixed slice per pool thread
+//! of a scratch buffer the caller owns: nothing grows with the context or the batch, and nothing
+//! is allocated per call.
 //! f16 and Q8_0 rows are widened to f32 one head row at a time (F16C / AVX2 on x86-64, the portable
 //! conversion elsewhere; both exact).
 
@@ -18,7 +19,7 @@ use rayon::prelude::*;
 
 use kv::KvData;
 
-use super::Isa;
+use super::{Isa, SendPtr};
 
 /// Positions scored together before their V rows are summed (one rescale of the output per tile).
 const TILE: usize = 32;
@@ -43,10 +44,10 @@ impl AttnShape {
     }
 
     /// f32s of scratch one (row, KV head) task uses: scores (group, TILE), running max and sum
-    /// (group,) each, and two widened head rows (head_dim,).
+    /// (group,) each, a widened K row (head_dim,) and a tile of widened V rows (TILE, head_dim).
     fn task_scratch(&self) -> usize {
         let g = self.group();
-        g * TILE + 2 * g + 2 * self.head_dim
+        g * TILE + 2 * g + (1 + TILE) * self.head_dim
     }
 }
 
@@ -59,7 +60,7 @@ pub struct RowKv<'a> {
 }
 
 /// The inputs of [`paged_attention`]. `rows(t)` describes row `t`; it is called once per
-/// (row, KV head) task, from pool threads.
+/// (row, KV head) task, from pool threads, and must not itself use rayon.
 pub struct AttnInput<'a, F> {
     pub shape: AttnShape,
     /// (n_rows, q_stride): row `t`'s query heads are `q[t * q_stride..][..n_heads * head_dim]`.
@@ -71,13 +72,15 @@ pub struct AttnInput<'a, F> {
     pub v: &'a KvStore,
 }
 
-/// f32s of scratch [`paged_attention`] needs for `n_rows` rows.
-pub fn scratch_len(shape: &AttnShape, n_rows: usize) -> usize {
-    n_rows * shape.n_kv_heads * shape.task_scratch()
+/// f32s of scratch [`paged_attention`] needs when called from here: one task's share per thread
+/// of the rayon pool it will run on (whatever the number of rows).
+pub fn scratch_len(shape: &AttnShape) -> usize {
+    rayon::current_num_threads() * shape.task_scratch()
 }
 
 /// Writes each row's attention output, (n_rows, n_heads * head_dim), to `out`; `scratch` holds at
-/// least [`scratch_len`] f32s. The result of a row depends only on that row's inputs.
+/// least [`scratch_len`] f32s (taken on the same thread). The result of a row depends only on
+/// that row's inputs.
 pub fn paged_attention<'t, F>(inp: &AttnInput<'_, F>, out: &mut [f32], scratch: &mut [f32])
 where
     F: Fn(usize) -> RowKv<'t> + Sync,
@@ -115,37 +118,49 @@ pub fn paged_attention_isa<'t, F>(
     assert_eq!(inp.k.width(), nkv * hd, "attention: K width");
     assert_eq!(inp.v.width(), nkv * hd, "attention: V width");
     let per = sh.task_scratch();
+    let threads = rayon::current_num_threads();
+    assert!(scratch.len() >= threads * per, "attention: scratch_len");
+    let base = SendPtr(scratch.as_mut_ptr());
     let gw = sh.group() * hd;
-    out.par_chunks_mut(gw)
-        .zip(scratch[..n * nkv * per].par_chunks_mut(per))
-        .enumerate()
-        .for_each(|(i, (o, s))| {
-            let (t, kh) = (i / nkv, i % nkv);
-            let task = Task {
-                sh,
-                k: inp.k,
-                v: inp.v,
-                q: &inp.q[t * inp.q_stride + kh * gw..][..gw],
-                row: (inp.rows)(t),
-                kh,
-            };
-            // SAFETY: Avx2 and Avx512Vnni are only detected on CPUs with AVX2, FMA and F16C.
-            unsafe {
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 | Isa::Avx512Vnni => avx2::task(&task, o, s),
-                    _ => run::<scalar::Scalar>(&task, o, s),
-                }
+    out.par_chunks_mut(gw).enumerate().for_each(|(i, o)| {
+        let (t, kh) = (i / nkv, i % nkv);
+        let me = rayon::current_thread_index().unwrap_or(0);
+        assert!(
+            me < threads,
+            "attention: ran outside the pool it was sized for"
+        );
+        // SAFETY: each pool thread owns slice `me` of the scratch, and runs one task at a time on
+        // it: a task never calls back into rayon, so no other task can start on this thread
+        // before it returns. `scratch` outlives the loop.
+        let s = unsafe { std::slice::from_raw_parts_mut(base.at(me * per), per) };
+        let task = Task {
+            sh,
+            k: inp.k,
+            v: inp.v,
+            q: &inp.q[t * inp.q_stride + kh * gw..][..gw],
+            row: (inp.rows)(t),
+            kh,
+        };
+        // SAFETY: Avx2 and Avx512Vnni are only detected on CPUs with AVX2, FMA and F16C.
+        unsafe {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 | Isa::Avx512Vnni => avx2::task(&task, o, s),
+                _ => run::<scalar::Scalar>(&task, o, s),
             }
-        });
+        }
+    });
 }
 
 /// The vector operations a task needs, per instruction set.
 pub(crate) trait Ops {
-    /// Σ a[i] * b[i] over equal lengths.
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
-    /// y += a * x
-    unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]);
+    /// `s[g * stride] = scale * q_g · k` for each query head g of `q` (heads of `k.len()`).
+    unsafe fn dots(q: &[f32], k: &[f32], scale: f32, s: &mut [f32], stride: usize);
+    /// `s = exp(s - mx)` (every `s <= mx`); returns the sum.
+    unsafe fn exp_sum(s: &mut [f32], mx: f32) -> f32;
+    /// `out_g += Σ_j w[g * stride + j] * rows[j]` for each head g of `out` (heads of
+    /// `rows[j].len()`).
+    unsafe fn acc(w: &[f32], stride: usize, rows: &[&[f32]], out: &mut [f32]);
     /// y *= a
     unsafe fn scale(a: f32, y: &mut [f32]);
     /// Exact widening of `src` into `dst` (equal lengths).
@@ -189,9 +204,10 @@ unsafe fn head_row<'b, O: Ops>(
     }
 }
 
-/// The hot loop: for each tile of positions, score K against the group's queries, fold the tile
-/// into each head's running max and sum (rescaling `out` when the max grows), then add the tile's
-/// weighted V rows into `out`. `out`: (group, head_dim); `scratch`: `task_scratch()` f32s.
+/// The hot loop: for each tile of positions, score the tile's K rows against the group's queries,
+/// fold the tile into each head's running max and sum (rescaling `out` when the max grows), then
+/// add the tile's weighted V rows into `out`. `out`: (group, head_dim); `scratch`:
+/// `task_scratch()` f32s.
 #[inline(always)]
 pub(crate) unsafe fn run<O: Ops>(t: &Task, out: &mut [f32], scratch: &mut [f32]) {
     let (hd, bs) = (t.sh.head_dim, t.sh.block_size);
@@ -200,7 +216,7 @@ pub(crate) unsafe fn run<O: Ops>(t: &Task, out: &mut [f32], scratch: &mut [f32])
     let (m, rest) = rest.split_at_mut(g_n);
     let (l, rest) = rest.split_at_mut(g_n);
     let (kbuf, rest) = rest.split_at_mut(hd);
-    let vbuf = &mut rest[..hd];
+    let vtile = &mut rest[..TILE * hd];
     m.fill(f32::NEG_INFINITY);
     l.fill(0.0);
     out.fill(0.0);
@@ -212,9 +228,7 @@ pub(crate) unsafe fn run<O: Ops>(t: &Task, out: &mut [f32], scratch: &mut [f32])
         let np = TILE.min(ctx - p0);
         for j in 0..np {
             let kr = head_row::<O>(t.k, slot(p0 + j), off, kbuf);
-            for g in 0..g_n {
-                scores[g * TILE + j] = O::dot(&t.q[g * hd..(g + 1) * hd], kr) * t.sh.scale;
-            }
+            O::dots(t.q, kr, t.sh.scale, &mut scores[j..], TILE);
         }
         for g in 0..g_n {
             let s = &mut scores[g * TILE..g * TILE + np];
@@ -225,19 +239,14 @@ pub(crate) unsafe fn run<O: Ops>(t: &Task, out: &mut [f32], scratch: &mut [f32])
                 O::scale(c, &mut out[g * hd..(g + 1) * hd]);
                 m[g] = mx;
             }
-            let mut sum = 0.0;
-            for x in s.iter_mut() {
-                *x = (*x - mx).exp();
-                sum += *x;
-            }
-            l[g] += sum;
+            l[g] += O::exp_sum(s, mx);
         }
-        for j in 0..np {
-            let vr = head_row::<O>(t.v, slot(p0 + j), off, vbuf);
-            for g in 0..g_n {
-                O::axpy(scores[g * TILE + j], vr, &mut out[g * hd..(g + 1) * hd]);
-            }
+        // The tile's V rows: borrowed from an f32 pool, else widened into `vtile`.
+        let mut rows: [&[f32]; TILE] = [&[]; TILE];
+        for (j, buf) in vtile.chunks_exact_mut(hd).take(np).enumerate() {
+            rows[j] = head_row::<O>(t.v, slot(p0 + j), off, buf);
         }
+        O::acc(scores, TILE, &rows[..np], out);
         p0 += np;
     }
     for g in 0..g_n {

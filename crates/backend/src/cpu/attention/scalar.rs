@@ -8,14 +8,34 @@ pub(crate) struct Scalar;
 
 impl Ops for Scalar {
     #[inline(always)]
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        crate::cpu::scalar::dot(a, b)
+    unsafe fn dots(q: &[f32], k: &[f32], scale: f32, s: &mut [f32], stride: usize) {
+        for (g, qh) in q.chunks_exact(k.len()).enumerate() {
+            s[g * stride] = crate::cpu::scalar::dot(qh, k) * scale;
+        }
     }
 
     #[inline(always)]
-    unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        for (yi, xi) in y.iter_mut().zip(x) {
-            *yi += a * xi;
+    unsafe fn exp_sum(s: &mut [f32], mx: f32) -> f32 {
+        let mut sum = 0.0;
+        for x in s.iter_mut() {
+            *x = (*x - mx).exp();
+            sum += *x;
+        }
+        sum
+    }
+
+    #[inline(always)]
+    unsafe fn acc(w: &[f32], stride: usize, rows: &[&[f32]], out: &mut [f32]) {
+        let Some(hd) = rows.first().map(|r| r.len()) else {
+            return;
+        };
+        for (g, o) in out.chunks_exact_mut(hd).enumerate() {
+            for (j, r) in rows.iter().enumerate() {
+                let a = w[g * stride + j];
+                for (yi, xi) in o.iter_mut().zip(r.iter()) {
+                    *yi += a * xi;
+                }
+            }
         }
     }
 

@@ -123,7 +123,7 @@ fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, blo
     };
     for isa in Isa::available() {
         let mut out = vec![f32::NAN; rows.len() * q_dim];
-        let mut scratch = vec![f32::NAN; scratch_len(&sh, rows.len())];
+        let mut scratch = vec![f32::NAN; scratch_len(&sh)];
         paged_attention_isa(isa, &inp, &mut out, &mut scratch);
         for (i, (a, b)) in out.iter().zip(&want).enumerate() {
             assert!(
