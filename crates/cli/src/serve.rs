@@ -29,6 +29,10 @@ pub struct Args {
     /// KV cache size: bytes (`2GiB`, `512MiB`, `1000000`) or a share of system memory (`10%`).
     #[arg(long, default_value = "1GiB")]
     pub kv_cache_memory: String,
+    /// How the CPU's KV cache stores K and V: auto (= f16, llama.cpp's default), f16, f32, or
+    /// q8_0 (llama.cpp's 8-bit blocks: 32 int8 and one f16 scale; about half of f16's bytes).
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: tokenfab_engine::KvDtype,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
@@ -170,6 +174,7 @@ pub fn run(a: Args) -> Result<()> {
     let engine_cfg = EngineConfig {
         block_size: a.block_size,
         kv_cache_bytes: kv_bytes as usize,
+        kv_cache_dtype: a.kv_cache_dtype,
         max_num_batched_tokens: a.max_num_batched_tokens,
         max_num_seqs: a.max_num_seqs,
         max_queued_requests: a.max_queued_requests,
@@ -194,6 +199,7 @@ pub fn run(a: Args) -> Result<()> {
         context_len = info.context_len,
         kv_cache_tokens = info.kv_cache_tokens,
         kv_cache_mib = kv_bytes >> 20,
+        kv_cache_dtype = %engine_cfg.kv_cache_dtype,
         block_size = info.block_size,
         max_num_seqs = a.max_num_seqs,
         max_num_batched_tokens = a.max_num_batched_tokens,

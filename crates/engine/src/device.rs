@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use tokenfab_backend::cuda;
-use tokenfab_models::{CpuExecutor, CudaConfig, CudaExecutor, Executor, KvCache, Llama};
+use tokenfab_models::{CpuExecutor, CudaConfig, CudaExecutor, Executor, KvCache, KvDtype, Llama};
 
 use crate::error::{Error, Result};
 
@@ -55,6 +55,8 @@ pub struct ExecutorOptions {
     pub block_size: usize,
     /// CPU: bytes of the KV pool.
     pub kv_cache_bytes: usize,
+    /// CPU: how the pool stores K and V.
+    pub kv_dtype: KvDtype,
     /// CUDA: fraction of device memory to use; the KV pool gets what is left after the weights.
     pub gpu_memory_utilization: f32,
     /// CUDA: rows of one forward pass (activation buffers).
@@ -98,7 +100,8 @@ pub fn build_executor(model: Llama, o: &ExecutorOptions) -> Result<Box<dyn Execu
             Ok(Box::new(exec))
         }
         _ => {
-            let per_token = KvCache::bytes_per_token(model.cfg.n_layers, model.cfg.kv_dim());
+            let per_token =
+                KvCache::bytes_per_token(model.cfg.n_layers, model.cfg.kv_dim(), o.kv_dtype);
             let mut num_blocks = o.kv_cache_bytes / (per_token * o.block_size);
             if let Some(m) = o.max_blocks {
                 num_blocks = num_blocks.min(m);
@@ -109,7 +112,15 @@ pub fn build_executor(model: Llama, o: &ExecutorOptions) -> Result<Box<dyn Execu
                     o.kv_cache_bytes, o.block_size
                 )));
             }
-            Ok(Box::new(CpuExecutor::new(model, o.block_size, num_blocks)))
+            let exec = CpuExecutor::new(model, o.kv_dtype, o.block_size, num_blocks)?;
+            tracing::info!(
+                kv_cache_dtype = %o.kv_dtype,
+                kv_bytes_per_token = per_token,
+                kv_cache_tokens = num_blocks * o.block_size,
+                kv_cache_mib = exec.kv.bytes() >> 20,
+                "KV pool on the CPU"
+            );
+            Ok(Box::new(exec))
         }
     }
 }
@@ -146,6 +157,7 @@ mod tests {
                 device: Device::Auto,
                 block_size: 16,
                 kv_cache_bytes: 1 << 20,
+                kv_dtype: KvDtype::default(),
                 gpu_memory_utilization: 0.9,
                 max_batch_tokens: 64,
                 max_graph_batch: 8,

@@ -69,6 +69,7 @@ impl EngineCore {
                 device: cfg.device,
                 block_size: cfg.block_size,
                 kv_cache_bytes: cfg.kv_cache_bytes,
+                kv_dtype: cfg.kv_cache_dtype,
                 gpu_memory_utilization: cfg.gpu_memory_utilization,
                 max_batch_tokens: cfg.max_num_batched_tokens,
                 max_graph_batch: cfg.max_num_seqs,
@@ -147,6 +148,7 @@ impl EngineCore {
         let logits = self.runner.execute(&out, |i| all_rows[i])?;
         self.record_prompt_logprobs(&out, &logits);
         let sampled = self.sample(&out, &logits);
+        self.runner.recycle(logits);
         self.sched.update(&out, &sampled);
         self.emit(&sampled);
         Ok(())

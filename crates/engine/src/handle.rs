@@ -8,6 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokenfab_loader::{ChatTemplate, Tokenizer};
+pub use tokenfab_models::KvDtype;
 use tokenfab_types::RequestId;
 use tokio::sync::mpsc as tmpsc;
 
@@ -25,6 +26,8 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// Bytes of the KV pool (K and V of every layer).
     pub kv_cache_bytes: usize,
+    /// How the CPU's pool stores K and V (f16 by default; the CUDA pool is bf16 regardless).
+    pub kv_cache_dtype: KvDtype,
     /// Token budget of one step (prefill chunks and decode tokens together).
     pub max_num_batched_tokens: usize,
     /// Most requests in the running batch.
@@ -51,6 +54,7 @@ impl Default for EngineConfig {
         Self {
             block_size: 16,
             kv_cache_bytes: 1 << 30,
+            kv_cache_dtype: KvDtype::default(),
             max_num_batched_tokens: 512,
             max_num_seqs: 128,
             max_queued_requests: 1024,

@@ -25,7 +25,7 @@ pub mod testing;
 pub use detok::IncrementalDecoder;
 pub use device::Device;
 pub use error::{Error, Result};
-pub use handle::{EngineConfig, EngineHandle, EngineInfo, RequestStream, SubmitError};
+pub use handle::{EngineConfig, EngineHandle, EngineInfo, KvDtype, RequestStream, SubmitError};
 pub use metrics::Metrics;
 pub use model::LoadedModel;
 pub use request::{EngineRequest, StreamEvent, TokenLogprob, Usage};

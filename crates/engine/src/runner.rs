@@ -14,6 +14,8 @@ pub(crate) struct ModelRunner {
     tokens: Vec<u32>,
     positions: Vec<u32>,
     logits_rows: Vec<usize>,
+    /// The logits buffer handed out last step, given back by [`ModelRunner::recycle`].
+    spare: Vec<f32>,
 }
 
 /// Logits of one step: for scheduled sequence `i`, rows `rows[i]` of `logits` (each `vocab` wide),
@@ -38,6 +40,7 @@ impl ModelRunner {
             tokens: Vec::new(),
             positions: Vec::new(),
             logits_rows: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -78,11 +81,18 @@ impl ModelRunner {
             seqs: &seqs,
             logits_rows: &self.logits_rows,
         };
-        let logits = self.exec.forward(&batch)?;
+        let mut logits = std::mem::take(&mut self.spare);
+        logits.clear();
+        logits.extend_from_slice(self.exec.forward(&batch)?);
         Ok(StepLogits {
             rows,
             logits,
             vocab: self.exec.config().vocab_size,
         })
+    }
+
+    /// Takes back a step's logits so that the next step reuses their buffer.
+    pub fn recycle(&mut self, step: StepLogits) {
+        self.spare = step.logits;
     }
 }

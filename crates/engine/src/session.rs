@@ -1,7 +1,7 @@
 //! One sequence driven through the model with its own KV blocks: what `generate`, `chat`, `score`
 //! and `perplexity` use. The serving engine schedules many sequences over a shared pool instead.
 
-use tokenfab_models::{Executor, ForwardBatch, KvCache, Llama, SeqSlice};
+use tokenfab_models::{Executor, ForwardBatch, KvCache, KvDtype, Llama, Scratch, SeqSlice};
 
 use crate::error::{Error, Result};
 
@@ -10,7 +10,11 @@ const BLOCK_SIZE: usize = 16;
 /// What runs the session's forward passes.
 enum Runner<'m> {
     /// A host model with the session's own KV pool.
-    Cpu { model: &'m Llama, kv: KvCache },
+    Cpu {
+        model: &'m Llama,
+        kv: KvCache,
+        scratch: Box<Scratch>,
+    },
     /// Any executor (e.g. a GPU) whose pool holds at least the session's blocks.
     Exec(Box<dyn Executor>),
 }
@@ -40,7 +44,8 @@ impl<'m> Session<'m> {
         Ok(Self {
             runner: Runner::Cpu {
                 model,
-                kv: model.new_kv_cache(BLOCK_SIZE, blocks),
+                kv: model.new_kv_cache(KvDtype::default(), BLOCK_SIZE, blocks)?,
+                scratch: Box::default(),
             },
             capacity: blocks * BLOCK_SIZE,
             block_table: (0..blocks as u32).collect(),
@@ -127,8 +132,8 @@ impl<'m> Session<'m> {
                 seqs: &seqs,
                 logits_rows: &rows,
             };
-            logits.extend(match &mut self.runner {
-                Runner::Cpu { model, kv } => model.forward(&batch, kv)?,
+            logits.extend_from_slice(match &mut self.runner {
+                Runner::Cpu { model, kv, scratch } => model.forward_into(&batch, kv, scratch)?,
                 Runner::Exec(e) => e.forward(&batch)?,
             });
             self.tokens.extend_from_slice(chunk);

@@ -36,6 +36,20 @@ impl ForwardBatch<'_> {
         block_size: usize,
         num_blocks: usize,
     ) -> Result<(Vec<usize>, Vec<usize>)> {
+        let (mut seq_of, mut slots) = (Vec::new(), Vec::new());
+        self.plan_into(block_size, num_blocks, &mut seq_of, &mut slots)?;
+        Ok((seq_of, slots))
+    }
+
+    /// [`Self::plan`] into caller-owned vectors (reused across steps: no allocation once they
+    /// have grown).
+    pub(crate) fn plan_into(
+        &self,
+        block_size: usize,
+        num_blocks: usize,
+        seq_of: &mut Vec<usize>,
+        slots: &mut Vec<usize>,
+    ) -> Result<()> {
         let n = self.tokens.len();
         if self.positions.len() != n {
             return Err(Error::Batch(format!(
@@ -43,8 +57,10 @@ impl ForwardBatch<'_> {
                 self.positions.len()
             )));
         }
-        let mut seq_of = vec![usize::MAX; n];
-        let mut slots = vec![0usize; n];
+        seq_of.clear();
+        seq_of.resize(n, usize::MAX);
+        slots.clear();
+        slots.resize(n, 0);
         let mut next = 0;
         for (s, seq) in self.seqs.iter().enumerate() {
             if seq.rows.start != next || seq.rows.end > n || seq.rows.is_empty() {
@@ -72,6 +88,16 @@ impl ForwardBatch<'_> {
                 seq_of[t] = s;
                 slots[t] = block * block_size + p % block_size;
             }
+            // Attention reads every earlier position too: their blocks must be in the pool.
+            let last = self.positions[seq.rows.end - 1] as usize;
+            if let Some(&b) = seq.block_table[..=last / block_size]
+                .iter()
+                .find(|&&b| b as usize >= num_blocks)
+            {
+                return Err(Error::Batch(format!(
+                    "sequence {s}: block {b} is outside the pool of {num_blocks}"
+                )));
+            }
         }
         if next != n {
             return Err(Error::Batch(format!(
@@ -83,6 +109,6 @@ impl ForwardBatch<'_> {
                 "logits row {r} is outside the batch of {n}"
             )));
         }
-        Ok((seq_of, slots))
+        Ok(())
     }
 }

@@ -161,6 +161,8 @@ pub struct CudaExecutor {
     acts: Acts,
     stage: Staging,
     graphs: GraphCache<Graph>,
+    /// (rows, vocab) the last forward's logits, copied to the host.
+    host_logits: Vec<f32>,
 }
 
 fn to_bf16(m: &[f32]) -> Vec<bf16> {
@@ -256,6 +258,7 @@ impl CudaExecutor {
             layers,
             acts,
             stage: Staging::default(),
+            host_logits: Vec::new(),
         })
     }
 
@@ -597,9 +600,10 @@ fn tracing_line(gpu: &Gpu, c: &LlamaConfig, num_blocks: usize, cfg: &CudaConfig,
 }
 
 impl Executor for CudaExecutor {
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>> {
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<&[f32]> {
         let r = self.run_batch(batch)?;
-        Ok(self.gpu.read(&self.acts.logits, r * self.cfg.vocab_size)?)
+        self.host_logits = self.gpu.read(&self.acts.logits, r * self.cfg.vocab_size)?;
+        Ok(&self.host_logits)
     }
     fn config(&self) -> &LlamaConfig {
         &self.cfg

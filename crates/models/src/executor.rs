@@ -3,13 +3,15 @@
 use crate::batch::ForwardBatch;
 use crate::config::LlamaConfig;
 use crate::error::Result;
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvDtype};
 use crate::llama::Llama;
+use crate::scratch::Scratch;
 
 /// A model bound to a device and a KV pool of `num_blocks` blocks of `block_size` tokens.
 pub trait Executor: Send {
-    /// Runs one batch and returns the logits of `batch.logits_rows`: (rows, vocab).
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>>;
+    /// Runs one batch and returns the logits of `batch.logits_rows`: (rows, vocab), held by the
+    /// executor until the next call.
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<&[f32]>;
     fn config(&self) -> &LlamaConfig;
     fn block_size(&self) -> usize;
     fn num_blocks(&self) -> usize;
@@ -19,22 +21,30 @@ pub trait Executor: Send {
     fn device(&self) -> String;
 }
 
-/// The CPU: f32 weights in host memory, the KV pool in host memory.
+/// The CPU: weights, the KV pool and every activation buffer in host memory.
 pub struct CpuExecutor {
     pub model: Llama,
     pub kv: KvCache,
+    /// Activations, reused by every step (a step of a shape seen before allocates nothing).
+    scratch: Scratch,
 }
 
 impl CpuExecutor {
-    pub fn new(model: Llama, block_size: usize, num_blocks: usize) -> Self {
-        let kv = model.new_kv_cache(block_size, num_blocks);
-        Self { model, kv }
+    /// The model with a pool of `num_blocks` blocks of `block_size` tokens stored as `dtype`.
+    pub fn new(model: Llama, dtype: KvDtype, block_size: usize, num_blocks: usize) -> Result<Self> {
+        let kv = model.new_kv_cache(dtype, block_size, num_blocks)?;
+        Ok(Self {
+            model,
+            kv,
+            scratch: Scratch::default(),
+        })
     }
 }
 
 impl Executor for CpuExecutor {
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<f32>> {
-        self.model.forward(batch, &mut self.kv)
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<&[f32]> {
+        self.model
+            .forward_into(batch, &mut self.kv, &mut self.scratch)
     }
     fn config(&self) -> &LlamaConfig {
         &self.model.cfg

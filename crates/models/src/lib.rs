@@ -13,6 +13,7 @@ pub mod executor;
 pub mod kv;
 pub mod llama;
 mod rope;
+pub mod scratch;
 pub mod testing;
 pub mod weight;
 
@@ -21,8 +22,9 @@ pub use config::{LlamaConfig, RopeKind, RopeScaling};
 pub use cuda_llama::{CudaConfig, CudaExecutor};
 pub use error::{Error, Result};
 pub use executor::{CpuExecutor, Executor};
-pub use kv::KvCache;
+pub use kv::{KvCache, KvDtype};
 pub use llama::Llama;
+pub use scratch::Scratch;
 pub use weight::Weight;
 
 #[cfg(test)]

@@ -4,14 +4,16 @@
 use rayon::prelude::*;
 use std::borrow::Cow;
 
+use tokenfab_backend::cpu::attention::{self, AttnInput, AttnShape, RowKv};
 use tokenfab_backend::cpu::{self, Matrix};
 use tokenfab_loader::Gguf;
 
 use crate::batch::ForwardBatch;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvDtype};
 use crate::rope::Rope;
+use crate::scratch::{Scratch, Sizes};
 use crate::weight::{dequant, raw, Weight};
 
 struct Layer {
@@ -138,9 +140,22 @@ impl Llama {
         })
     }
 
-    /// A KV pool shaped for this model.
-    pub fn new_kv_cache(&self, block_size: usize, num_blocks: usize) -> KvCache {
-        KvCache::new(self.cfg.n_layers, self.cfg.kv_dim(), block_size, num_blocks)
+    /// A KV pool shaped for this model, stored as `dtype`.
+    pub fn new_kv_cache(
+        &self,
+        dtype: KvDtype,
+        block_size: usize,
+        num_blocks: usize,
+    ) -> Result<KvCache> {
+        let c = &self.cfg;
+        KvCache::new(
+            c.n_layers,
+            c.kv_dim(),
+            c.head_dim,
+            dtype,
+            block_size,
+            num_blocks,
+        )
     }
 
     /// Bytes of weights held in memory.
@@ -160,41 +175,69 @@ impl Llama {
     }
 
     /// Runs the batch, writing each token's K/V into `kv`, and returns the logits of
-    /// `batch.logits_rows`: (logits_rows.len(), vocab).
+    /// `batch.logits_rows`: (logits_rows.len(), vocab). Allocates its buffers on every call;
+    /// executors use [`Llama::forward_into`] with a [`Scratch`] they keep.
     pub fn forward(&self, batch: &ForwardBatch, kv: &mut KvCache) -> Result<Vec<f32>> {
+        let mut s = Scratch::default();
+        Ok(self.forward_into(batch, kv, &mut s)?.to_vec())
+    }
+
+    /// [`Llama::forward`] over the buffers of `s`, returning the logits held in `s`. Once `s` has
+    /// seen a batch of this size, the pass allocates nothing.
+    pub fn forward_into<'s>(
+        &self,
+        batch: &ForwardBatch,
+        kv: &mut KvCache,
+        s: &'s mut Scratch,
+    ) -> Result<&'s [f32]> {
         let c = &self.cfg;
         let (dim, q_dim, kv_dim, ffn, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
         if kv.kv_dim != kv_dim || kv.k.len() != c.n_layers {
             return Err(Error::Batch("KV cache was made for another model".into()));
         }
-        let (seq_of, slots) = batch.plan(kv.block_size, kv.num_blocks)?;
-        let n = batch.tokens.len();
+        batch.plan_into(kv.block_size, kv.num_blocks, &mut s.seq_of, &mut s.slots)?;
+        if let Some(&tok) = batch.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::Batch(format!(
+                "token {tok} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        let (n, r) = (batch.tokens.len(), batch.logits_rows.len());
         let qkv_w = q_dim + 2 * kv_dim;
-
-        // Activations, row t belonging to batch.tokens[t].
-        let mut x = vec![0f32; n * dim]; // (n, dim) residual stream
-        let mut xn = vec![0f32; n * dim]; // (n, dim) normalized
-        let mut qkv = vec![0f32; n * qkv_w]; // (n, q_dim + 2 kv_dim)
-        let mut att = vec![0f32; n * q_dim]; // (n, q_dim) attention output
-        let mut tmp = vec![0f32; n * dim]; // (n, dim) projection output
-        let mut gu = vec![0f32; n * 2 * ffn]; // (n, 2 ffn) gate | up
-        let mut h = vec![0f32; n * ffn]; // (n, ffn)
+        let half = self.rope.half();
+        let shape = AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: hd,
+            block_size: kv.block_size,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        s.fit(&Sizes {
+            n,
+            r,
+            dim,
+            qkv: qkv_w,
+            q_dim,
+            ffn,
+            half_rope: half,
+            vocab: c.vocab_size,
+            attn: attention::scratch_len(&shape),
+        });
+        // Row t of each buffer belongs to batch.tokens[t] (shapes in `Scratch`).
+        let x = &mut s.x[..n * dim];
+        let xn = &mut s.xn[..n * dim];
+        let qkv = &mut s.qkv[..n * qkv_w];
+        let att = &mut s.att[..n * q_dim];
+        let tmp = &mut s.tmp[..n * dim];
+        let gu = &mut s.gu[..n * 2 * ffn];
+        let h = &mut s.h[..n * ffn];
+        let (cos, sin) = (&mut s.cos[..n * half], &mut s.sin[..n * half]);
+        let attn_scratch = &mut s.attn[..];
+        let (seq_of, slots) = (&s.seq_of, &s.slots);
 
         for (t, &tok) in batch.tokens.iter().enumerate() {
-            if tok as usize >= c.vocab_size {
-                return Err(Error::Batch(format!(
-                    "token {tok} is outside the vocabulary of {}",
-                    c.vocab_size
-                )));
-            }
             self.tok_embd
                 .row_f32(tok as usize, &mut x[t * dim..(t + 1) * dim]);
-        }
-        // (n, rope_dim / 2) cos and sin per row.
-        let half = self.rope.half();
-        let mut cos = vec![0f32; n * half];
-        let mut sin = vec![0f32; n * half];
-        for t in 0..n {
             let r = t * half..(t + 1) * half;
             self.rope
                 .angles(batch.positions[t], &mut cos[r.clone()], &mut sin[r]);
@@ -202,103 +245,63 @@ impl Llama {
 
         // The hot loop: every layer over all rows of all sequences at once.
         for (l, layer) in self.layers.iter().enumerate() {
-            cpu::rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
-            layer.wqkv.matmul(&xn, n, &mut qkv);
+            if l == 0 {
+                cpu::rms_norm(x, &layer.attn_norm, c.rms_eps, xn);
+            } else {
+                // The previous layer's FFN output joins the residual here.
+                cpu::add_rms_norm(x, tmp, &layer.attn_norm, c.rms_eps, xn);
+            }
+            layer.wqkv.matmul(xn, n, qkv);
+            // Per row, one pass: bias, RoPE on Q and K, K and V into the pool.
             for (t, row) in qkv.chunks_exact_mut(qkv_w).enumerate() {
                 if let Some(b) = &layer.bqkv {
                     row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
                 }
-                let (cs, sn) = (
-                    &cos[t * half..(t + 1) * half],
-                    &sin[t * half..(t + 1) * half],
-                );
-                self.rope.apply(&mut row[..q_dim + kv_dim], hd, cs, sn);
-                let s = slots[t] * kv_dim;
-                kv.k[l][s..s + kv_dim].copy_from_slice(&row[q_dim..q_dim + kv_dim]);
-                kv.v[l][s..s + kv_dim].copy_from_slice(&row[q_dim + kv_dim..]);
+                let hr = t * half..(t + 1) * half;
+                self.rope
+                    .apply(&mut row[..q_dim + kv_dim], hd, &cos[hr.clone()], &sin[hr]);
+                kv.k[l].write(slots[t], &row[q_dim..q_dim + kv_dim]);
+                kv.v[l].write(slots[t], &row[q_dim + kv_dim..]);
             }
-            self.attention(
-                batch,
-                &seq_of,
-                &qkv,
-                &kv.k[l],
-                &kv.v[l],
-                kv.block_size,
-                &mut att,
-            );
-            layer.wo.matmul(&att, n, &mut tmp);
-            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
-
-            cpu::rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
-            layer.w_gate_up.matmul(&xn, n, &mut gu);
-            for (hr, g) in h.chunks_exact_mut(ffn).zip(gu.chunks_exact_mut(2 * ffn)) {
-                let (gate, up) = g.split_at_mut(ffn);
-                cpu::silu_mul(gate, up);
-                hr.copy_from_slice(gate);
-            }
-            layer.w_down.matmul(&h, n, &mut tmp);
-            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+            let inp = AttnInput {
+                shape,
+                q: qkv,
+                q_stride: qkv_w,
+                rows: |t: usize| RowKv {
+                    block_table: batch.seqs[seq_of[t]].block_table,
+                    ctx: batch.positions[t] as usize + 1,
+                },
+                k: &kv.k[l],
+                v: &kv.v[l],
+            };
+            attention::paged_attention(&inp, att, attn_scratch);
+            layer.wo.matmul(att, n, tmp);
+            cpu::add_rms_norm(x, tmp, &layer.ffn_norm, c.rms_eps, xn);
+            layer.w_gate_up.matmul(xn, n, gu);
+            cpu::silu_mul_rows(gu, h, ffn);
+            layer.w_down.matmul(h, n, tmp);
         }
 
-        let r = batch.logits_rows.len();
-        let mut last = vec![0f32; r * dim];
+        // The last FFN output joins the residual of the logits rows only.
+        let resid = &mut s.resid[..r * dim];
+        let last = &mut s.last[..r * dim];
         for (i, &row) in batch.logits_rows.iter().enumerate() {
-            let src = &x[row * dim..(row + 1) * dim];
-            cpu::rms_norm(
-                src,
-                &self.output_norm,
-                c.rms_eps,
-                &mut last[i * dim..(i + 1) * dim],
+            let (xr, tr) = (
+                &x[row * dim..(row + 1) * dim],
+                &tmp[row * dim..(row + 1) * dim],
             );
+            resid[i * dim..(i + 1) * dim]
+                .iter_mut()
+                .zip(xr.iter().zip(tr))
+                .for_each(|(o, (a, b))| *o = a + b);
         }
-        let mut logits = vec![0f32; r * c.vocab_size];
+        cpu::rms_norm(resid, &self.output_norm, c.rms_eps, last);
+        let logits = &mut s.logits[..r * c.vocab_size];
         self.output
             .as_ref()
             .unwrap_or(&self.tok_embd)
-            .matmul(&last, r, &mut logits);
+            .matmul(last, r, logits);
         Ok(logits)
-    }
-
-    /// Causal grouped-query attention of every row over its own sequence's KV, split over
-    /// (row, head) pairs.
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        batch: &ForwardBatch,
-        seq_of: &[usize],
-        qkv: &[f32],
-        k_cache: &[f32],
-        v_cache: &[f32],
-        block_size: usize,
-        att: &mut [f32],
-    ) {
-        let c = &self.cfg;
-        let (hd, q_dim, kv_dim) = (c.head_dim, c.q_dim(), c.kv_dim());
-        let qkv_w = q_dim + 2 * kv_dim;
-        let group = c.n_heads / c.n_kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
-        att.par_chunks_mut(hd).enumerate().for_each_init(
-            Vec::new,
-            |scores: &mut Vec<f32>, (i, out)| {
-                let (t, head) = (i / c.n_heads, i % c.n_heads);
-                let kh = head / group;
-                let q = &qkv[t * qkv_w + head * hd..t * qkv_w + (head + 1) * hd];
-                let table = batch.seqs[seq_of[t]].block_table;
-                let ctx = batch.positions[t] as usize + 1;
-                let slot = |p: usize| {
-                    (table[p / block_size] as usize * block_size + p % block_size) * kv_dim
-                        + kh * hd
-                };
-                scores.clear();
-                scores
-                    .extend((0..ctx).map(|p| cpu::dot(q, &k_cache[slot(p)..slot(p) + hd]) * scale));
-                cpu::softmax(scores);
-                out.fill(0.0);
-                for (p, &w) in scores.iter().enumerate() {
-                    cpu::axpy(w, &v_cache[slot(p)..slot(p) + hd], out);
-                }
-            },
-        );
     }
 
     // Read-only views of the weights for other executors (cuda_llama.rs uploads them).

@@ -29,6 +29,18 @@ pub fn tiny_llama(arch: &str, vocab: usize) -> GgufWriter {
 
 /// [`tiny_llama`] with its matrices (not norms or biases) stored as `ty`.
 pub fn tiny_llama_typed(arch: &str, vocab: usize, ty: GgmlType) -> GgufWriter {
+    tiny_llama_heads(arch, vocab, ty, HEADS, KV_HEADS)
+}
+
+/// [`tiny_llama_typed`] with `heads` query heads and `kv_heads` KV heads over the same width
+/// (2 and 1 give heads of 32, storable in a Q8_0 KV cache).
+pub fn tiny_llama_heads(
+    arch: &str,
+    vocab: usize,
+    ty: GgmlType,
+    heads: usize,
+    kv_heads: usize,
+) -> GgufWriter {
     let mut seed = 11;
     let mut w = GgufWriter::new();
     let k = |s: &str| format!("{arch}.{s}");
@@ -37,14 +49,14 @@ pub fn tiny_llama_typed(arch: &str, vocab: usize, ty: GgmlType) -> GgufWriter {
         .meta(&k("block_count"), Value::U32(LAYERS as u32))
         .meta(&k("embedding_length"), Value::U32(DIM as u32))
         .meta(&k("feed_forward_length"), Value::U32(FFN as u32))
-        .meta(&k("attention.head_count"), Value::U32(HEADS as u32))
-        .meta(&k("attention.head_count_kv"), Value::U32(KV_HEADS as u32))
+        .meta(&k("attention.head_count"), Value::U32(heads as u32))
+        .meta(&k("attention.head_count_kv"), Value::U32(kv_heads as u32))
         .meta(&k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
         .meta(&k("context_length"), Value::U32(256))
         .meta(&k("rope.freq_base"), Value::F32(10000.0))
         .meta(&k("vocab_size"), Value::U32(vocab as u32));
-    let hd = DIM / HEADS;
-    let kv = KV_HEADS * hd;
+    let hd = DIM / heads;
+    let kv = kv_heads * hd;
     let d = DIM as u64;
     let mut t = |w: &mut GgufWriter, name: &str, dims: &[u64], scale: f32, offset: f32| {
         let n = dims.iter().product::<u64>() as usize;

@@ -5,8 +5,8 @@ use tokenfab_loader::Gguf;
 
 use tokenfab_loader::GgmlType;
 
-use crate::testing::{tiny_llama, tiny_llama_typed};
-use crate::{ForwardBatch, KvCache, Llama, SeqSlice};
+use crate::testing::{tiny_llama, tiny_llama_heads, tiny_llama_typed};
+use crate::{ForwardBatch, KvCache, KvDtype, Llama, SeqSlice};
 
 const VOCAB: usize = 50;
 const BS: usize = 4;
@@ -53,10 +53,10 @@ fn chunked_prefill_and_decode_equal_one_pass() {
         let m = tiny_model(arch);
         let tokens: Vec<u32> = (0..23).map(|i| (i * 7 % VOCAB) as u32).collect();
         let table: Vec<u32> = (0..8).collect();
-        let mut kv = m.new_kv_cache(BS, 8);
+        let mut kv = m.new_kv_cache(KvDtype::default(), BS, 8).unwrap();
         let whole = run_alone(&m, &tokens, 64, &table, &mut kv);
         for chunk in [1, 3, 5] {
-            let mut kv = m.new_kv_cache(BS, 8);
+            let mut kv = m.new_kv_cache(KvDtype::default(), BS, 8).unwrap();
             assert_close(
                 &run_alone(&m, &tokens, chunk, &table, &mut kv),
                 &whole,
@@ -70,9 +70,9 @@ fn chunked_prefill_and_decode_equal_one_pass() {
 fn block_placement_does_not_matter() {
     let m = tiny_model("llama");
     let tokens: Vec<u32> = (0..15).map(|i| (i * 3 % VOCAB) as u32).collect();
-    let mut kv = m.new_kv_cache(BS, 10);
+    let mut kv = m.new_kv_cache(KvDtype::default(), BS, 10).unwrap();
     let a = run_alone(&m, &tokens, 4, &[0, 1, 2, 3], &mut kv);
-    let mut kv = m.new_kv_cache(BS, 10);
+    let mut kv = m.new_kv_cache(KvDtype::default(), BS, 10).unwrap();
     let b = run_alone(&m, &tokens, 4, &[9, 2, 7, 5], &mut kv);
     assert_close(&a, &b, "permuted blocks");
 }
@@ -82,12 +82,12 @@ fn batching_sequences_together_changes_nothing() {
     let m = tiny_model("llama");
     let s1: Vec<u32> = (0..9).map(|i| (i * 5 % VOCAB) as u32).collect();
     let s2: Vec<u32> = (0..6).map(|i| (i * 11 % VOCAB) as u32).collect();
-    let mut kv = m.new_kv_cache(BS, 16);
+    let mut kv = m.new_kv_cache(KvDtype::default(), BS, 16).unwrap();
     let alone1 = run_alone(&m, &s1, 64, &[0, 1, 2], &mut kv);
     let alone2 = run_alone(&m, &s2, 64, &[3, 4], &mut kv);
 
     // Both sequences' prompts minus the last token in one batch, then both last tokens in another.
-    let mut kv = m.new_kv_cache(BS, 16);
+    let mut kv = m.new_kv_cache(KvDtype::default(), BS, 16).unwrap();
     let (t1, t2) = ([5u32, 6, 9], [7u32, 8]);
     let step = |kv: &mut KvCache, a: &[u32], pa: u32, b: &[u32], pb: u32| {
         let tokens: Vec<u32> = a.iter().chain(b).copied().collect();
@@ -122,7 +122,7 @@ fn batching_sequences_together_changes_nothing() {
 #[test]
 fn bad_batches_are_errors() {
     let m = tiny_model("llama");
-    let mut kv = m.new_kv_cache(BS, 2);
+    let mut kv = m.new_kv_cache(KvDtype::default(), BS, 2).unwrap();
     let seqs = [SeqSlice {
         rows: 0..1,
         block_table: &[0],
@@ -163,8 +163,20 @@ fn quantized_weights_track_their_f32_dequantization() {
         );
         let tokens: Vec<u32> = (0..12).map(|i| (i * 7 % VOCAB) as u32).collect();
         let table: Vec<u32> = (0..4).collect();
-        let lq = run_alone(&q, &tokens, 64, &table, &mut q.new_kv_cache(BS, 4));
-        let lf = run_alone(&f, &tokens, 64, &table, &mut f.new_kv_cache(BS, 4));
+        let lq = run_alone(
+            &q,
+            &tokens,
+            64,
+            &table,
+            &mut q.new_kv_cache(KvDtype::default(), BS, 4).unwrap(),
+        );
+        let lf = run_alone(
+            &f,
+            &tokens,
+            64,
+            &table,
+            &mut f.new_kv_cache(KvDtype::default(), BS, 4).unwrap(),
+        );
         // 8-bit activations: logits agree to a small fraction of their spread.
         let spread = lf.iter().fold(0f32, |m, v| m.max(v.abs()));
         let worst = lq
@@ -176,7 +188,51 @@ fn quantized_weights_track_their_f32_dequantization() {
             "{ty}: worst {worst} vs spread {spread}"
         );
         // Batch composition still changes nothing: one pass equals token-by-token.
-        let step = run_alone(&q, &tokens, 1, &table, &mut q.new_kv_cache(BS, 4));
+        let step = run_alone(
+            &q,
+            &tokens,
+            1,
+            &table,
+            &mut q.new_kv_cache(KvDtype::default(), BS, 4).unwrap(),
+        );
         assert_close(&step, &lq, &format!("{ty} chunked"));
     }
+}
+
+/// Every KV dtype keeps the invariants exactly (chunking and block placement change nothing:
+/// every row reads K/V back from the pool), and f16 / q8_0 stay close to f32.
+#[test]
+fn kv_dtypes_keep_the_invariants_and_track_f32() {
+    // Heads of 32 (2 query heads over 1 KV head) so that q8_0 blocks fit a head.
+    let g =
+        Gguf::from_bytes(tiny_llama_heads("llama", VOCAB, GgmlType::F32, 2, 1).to_bytes()).unwrap();
+    let m = Llama::from_gguf(&g).unwrap();
+    let tokens: Vec<u32> = (0..21).map(|i| (i * 5 % VOCAB) as u32).collect();
+    let kv = |d: KvDtype| m.new_kv_cache(d, BS, 12).unwrap();
+    let table: Vec<u32> = (0..6).collect();
+    let scattered = [11u32, 3, 8, 0, 6, 9];
+    let f32_logits = run_alone(&m, &tokens, 64, &table, &mut kv(KvDtype::F32));
+    let spread = f32_logits.iter().fold(0f32, |a, v| a.max(v.abs()));
+    for (d, tol) in [
+        (KvDtype::F32, 0.0),
+        (KvDtype::F16, 0.01),
+        (KvDtype::Q8_0, 0.05),
+    ] {
+        let whole = run_alone(&m, &tokens, 64, &table, &mut kv(d));
+        for chunk in [1, 4, 7] {
+            let c = run_alone(&m, &tokens, chunk, &scattered, &mut kv(d));
+            assert_eq!(c, whole, "{d}: chunks of {chunk} in scattered blocks");
+        }
+        let worst = whole
+            .iter()
+            .zip(&f32_logits)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(
+            worst <= tol * spread,
+            "{d}: worst {worst} vs spread {spread}"
+        );
+    }
+    // A q8_0 pool cannot hold heads of 16.
+    let small = tiny_model("llama");
+    assert!(small.new_kv_cache(KvDtype::Q8_0, BS, 4).is_err());
 }

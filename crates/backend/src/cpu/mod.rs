@@ -1,4 +1,4 @@
-//! Host kernels: matrix products, normalization, activations, softmax.
+//! Host kernels: matrix products, normalization, activations, softmax, paged attention.
 
 /// `[f(0), f(1), ..]` built by a plain loop, for SIMD code: the closure of `std::array::from_fn`
 /// does not inherit the caller's `#[target_feature]`, so intrinsics inside it became out-of-line
@@ -13,6 +13,7 @@ macro_rules! simd_array {
     }};
 }
 
+pub mod attention;
 mod avx2;
 mod quant;
 mod scalar;
@@ -50,28 +51,58 @@ impl Isa {
     }
 
     /// Every instruction set this CPU can run, scalar first and the best last (tests run them all;
-    /// unlike [`Isa::detect`] this ignores `TOKENFAB_FORCE_SCALAR`).
-    pub fn available() -> Vec<Isa> {
+    /// unlike [`Isa::detect`] this ignores `TOKENFAB_FORCE_SCALAR`). Allocates nothing: kernels
+    /// check their argument against it on every call.
+    pub fn available() -> IsaSet {
         #[allow(unused_mut)]
-        let mut out = vec![Isa::Scalar];
+        let mut out = IsaSet {
+            isas: [Isa::Scalar; 4],
+            len: 1,
+        };
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
-            out.push(Isa::Avx2);
+            out.isas[out.len] = Isa::Avx2;
+            out.len += 1;
             if is_x86_feature_detected!("avxvnni") {
-                out.push(Isa::AvxVnni);
+                out.isas[out.len] = Isa::AvxVnni;
+                out.len += 1;
             }
             if is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512vnni")
             {
-                out.push(Isa::Avx512Vnni);
+                out.isas[out.len] = Isa::Avx512Vnni;
+                out.len += 1;
             }
         }
         out
+    }
+}
+
+/// The instruction sets of [`Isa::available`]: a slice (`contains`, `last`) and an iterator of
+/// `Isa`, held inline.
+#[derive(Clone, Copy, Debug)]
+pub struct IsaSet {
+    isas: [Isa; 4],
+    len: usize,
+}
+
+impl std::ops::Deref for IsaSet {
+    type Target = [Isa];
+    fn deref(&self) -> &[Isa] {
+        &self.isas[..self.len]
+    }
+}
+
+impl IntoIterator for IsaSet {
+    type Item = Isa;
+    type IntoIter = std::iter::Take<std::array::IntoIter<Isa, 4>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.isas.into_iter().take(self.len)
     }
 }
 
@@ -154,6 +185,17 @@ pub(crate) struct SendPtr(pub *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer `i` floats on (a method, so that closures capture the `Sync` wrapper rather
+    /// than the raw pointer field).
+    ///
+    /// # Safety
+    /// `i` must stay inside the allocation.
+    pub(crate) unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
+
 /// Dot product of two equal-length slices.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
@@ -180,6 +222,38 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         let scale = 1.0 / (ss + eps).sqrt();
         for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
             *o = v * scale * w;
+        }
+    }
+}
+
+/// `x += add`, then the RMSNorm of each row of the sum into `out` (one pass over `x` instead of
+/// two; the same results as adding and then calling [`rms_norm`]).
+pub fn add_rms_norm(x: &mut [f32], add: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for ((xr, ar), or) in x
+        .chunks_exact_mut(d)
+        .zip(add.chunks_exact(d))
+        .zip(out.chunks_exact_mut(d))
+    {
+        let mut ss = 0f32;
+        for (v, a) in xr.iter_mut().zip(ar) {
+            *v += a;
+            ss += *v * *v;
+        }
+        let scale = 1.0 / (ss / d as f32 + eps).sqrt();
+        for ((o, &v), &w) in or.iter_mut().zip(xr.iter()).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+/// SwiGLU of each row of `gu` = (gate | up), each half `ffn` wide, written to `h` (n, ffn):
+/// `h = silu(gate) * up` (no copy of the gate).
+pub fn silu_mul_rows(gu: &[f32], h: &mut [f32], ffn: usize) {
+    for (hr, g) in h.chunks_exact_mut(ffn).zip(gu.chunks_exact(2 * ffn)) {
+        let (gate, up) = g.split_at(ffn);
+        for ((o, &g), &u) in hr.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + (-g).exp()) * u;
         }
     }
 }

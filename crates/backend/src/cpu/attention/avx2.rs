@@ -1,0 +1,277 @@
+//! AVX2 + FMA + F16C attention operations (x86-64). Callers guarantee the CPU has all three.
+//! Query heads are taken up to four at a time so that one load of a K or V row feeds all of them.
+#![cfg(target_arch = "x86_64")]
+// Register tiles are indexed by head alongside pointer offsets; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use super::{BlockQ8_0, Ops, Task, QK8_0};
+
+pub(crate) struct Avx2;
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+}
+
+/// e^x for x <= 88 (below -87 it returns about e^-87 rather than 0): 2^n · P(f) with
+/// n = round(x / ln 2), f = x - n ln 2 in two steps (Cody-Waite), P Taylor's series to degree 6
+/// (|f| <= ln 2 / 2: a few ulp).
+#[inline(always)]
+unsafe fn exp(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
+        _mm256_set1_ps(88.0),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let f = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), f);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
+    }
+    let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+}
+
+/// `N` heads of `q` (rows of `k.len()`) against `k`: `s[g * stride] = scale * q_g · k`.
+#[inline(always)]
+unsafe fn dots_n<const N: usize>(q: *const f32, k: &[f32], scale: f32, s: *mut f32, stride: usize) {
+    let hd = k.len();
+    let (hd16, hd8) = (hd / 16 * 16, hd / 8 * 8);
+    let pk = k.as_ptr();
+    let mut a0 = [_mm256_setzero_ps(); N];
+    let mut a1 = [_mm256_setzero_ps(); N];
+    let mut i = 0;
+    while i < hd16 {
+        let (k0, k1) = (_mm256_loadu_ps(pk.add(i)), _mm256_loadu_ps(pk.add(i + 8)));
+        for g in 0..N {
+            a0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + i)), k0, a0[g]);
+            a1[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + i + 8)), k1, a1[g]);
+        }
+        i += 16;
+    }
+    if i < hd8 {
+        let k0 = _mm256_loadu_ps(pk.add(i));
+        for g in 0..N {
+            a0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + i)), k0, a0[g]);
+        }
+    }
+    for g in 0..N {
+        let mut d = hsum(_mm256_add_ps(a0[g], a1[g]));
+        for r in hd8..hd {
+            d += *q.add(g * hd + r) * *pk.add(r);
+        }
+        *s.add(g * stride) = d * scale;
+    }
+}
+
+/// `out_g += Σ_j w[g * stride + j] * rows[j]` for `N` heads of `out` (rows of `hd`).
+#[inline(always)]
+unsafe fn acc_n<const N: usize>(
+    w: *const f32,
+    stride: usize,
+    rows: &[&[f32]],
+    out: *mut f32,
+    hd: usize,
+) {
+    let hd8 = hd / 8 * 8;
+    let mut c = 0;
+    while c < hd8 {
+        let mut a = simd_array!(N, _mm256_setzero_ps(), |g| _mm256_loadu_ps(
+            out.add(g * hd + c)
+        ));
+        for (j, r) in rows.iter().enumerate() {
+            let v = _mm256_loadu_ps(r.as_ptr().add(c));
+            for g in 0..N {
+                a[g] = _mm256_fmadd_ps(_mm256_set1_ps(*w.add(g * stride + j)), v, a[g]);
+            }
+        }
+        for g in 0..N {
+            _mm256_storeu_ps(out.add(g * hd + c), a[g]);
+        }
+        c += 8;
+    }
+    for c in hd8..hd {
+        for g in 0..N {
+            let mut y = *out.add(g * hd + c);
+            for (j, r) in rows.iter().enumerate() {
+                y += *w.add(g * stride + j) * r[c];
+            }
+            *out.add(g * hd + c) = y;
+        }
+    }
+}
+
+impl Ops for Avx2 {
+    #[inline(always)]
+    unsafe fn dots(q: &[f32], k: &[f32], scale: f32, s: &mut [f32], stride: usize) {
+        let hd = k.len();
+        let gn = q.len() / hd;
+        assert!(gn == 0 || s.len() > (gn - 1) * stride, "attention: scores");
+        let (pq, ps) = (q.as_ptr(), s.as_mut_ptr());
+        let mut g = 0;
+        while g < gn {
+            let (qg, sg) = (pq.add(g * hd), ps.add(g * stride));
+            let c = (gn - g).min(4);
+            match c {
+                4 => dots_n::<4>(qg, k, scale, sg, stride),
+                3 => dots_n::<3>(qg, k, scale, sg, stride),
+                2 => dots_n::<2>(qg, k, scale, sg, stride),
+                _ => dots_n::<1>(qg, k, scale, sg, stride),
+            }
+            g += c;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn exp_sum(s: &mut [f32], mx: f32) -> f32 {
+        let n = s.len();
+        let (p, m) = (s.as_mut_ptr(), _mm256_set1_ps(mx));
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let mut sum = hsum(acc);
+        if i < n {
+            // The tail through the same exp, via a padded copy.
+            let mut t = [mx; 8];
+            t[..n - i].copy_from_slice(&s[i..]);
+            let e = exp(_mm256_sub_ps(_mm256_loadu_ps(t.as_ptr()), m));
+            _mm256_storeu_ps(t.as_mut_ptr(), e);
+            for (d, &v) in s[i..].iter_mut().zip(&t) {
+                *d = v;
+                sum += v;
+            }
+        }
+        sum
+    }
+
+    #[inline(always)]
+    unsafe fn acc(w: &[f32], stride: usize, rows: &[&[f32]], out: &mut [f32]) {
+        let Some(hd) = rows.first().map(|r| r.len()) else {
+            return;
+        };
+        let gn = out.len() / hd;
+        assert!(
+            rows.iter().all(|r| r.len() == hd)
+                && (gn == 0 || w.len() >= (gn - 1) * stride + rows.len()),
+            "attention: weights and rows"
+        );
+        let (pw, po) = (w.as_ptr(), out.as_mut_ptr());
+        let mut g = 0;
+        while g < gn {
+            let (wg, og) = (pw.add(g * stride), po.add(g * hd));
+            let c = (gn - g).min(4);
+            match c {
+                4 => acc_n::<4>(wg, stride, rows, og, hd),
+                3 => acc_n::<3>(wg, stride, rows, og, hd),
+                2 => acc_n::<2>(wg, stride, rows, og, hd),
+                _ => acc_n::<1>(wg, stride, rows, og, hd),
+            }
+            g += c;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scale(a: f32, y: &mut [f32]) {
+        let n = y.len();
+        let av = _mm256_set1_ps(a);
+        let py = y.as_mut_ptr();
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(py.add(i), _mm256_mul_ps(av, _mm256_loadu_ps(py.add(i))));
+            i += 8;
+        }
+        while i < n {
+            y[i] *= a;
+            i += 1;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(ps.add(i) as *const __m128i);
+            _mm256_storeu_ps(pd.add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        while i < n {
+            dst[i] = src[i].to_f32();
+            i += 1;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn q8_to_f32(src: &[BlockQ8_0], dst: &mut [f32]) {
+        for (o, b) in dst.chunks_exact_mut(QK8_0).zip(src) {
+            let d = _mm256_set1_ps(b.d.to_f32());
+            let (pq, po) = (b.qs.as_ptr(), o.as_mut_ptr());
+            for i in (0..QK8_0).step_by(8) {
+                let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(pq.add(i) as *const __m128i));
+                _mm256_storeu_ps(po.add(i), _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn task(t: &Task, out: &mut [f32], scratch: &mut [f32]) {
+    super::run::<Avx2>(t, out, scratch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector exp against f64's over the range softmax feeds it (x <= 0).
+    #[test]
+    fn exp_is_within_a_few_ulp() {
+        if !crate::cpu::Isa::available().contains(&crate::cpu::Isa::Avx2) {
+            return;
+        }
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let xs = [
+                x,
+                x * 0.5,
+                x * 0.25,
+                x * 0.125,
+                x * 0.01,
+                x * 1e-3,
+                x * 1e-5,
+                0.0,
+            ];
+            let mut out = [0f32; 8];
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp(_mm256_loadu_ps(xs.as_ptr()))) };
+            for (&x, &e) in xs.iter().zip(&out) {
+                let want = (x as f64).exp();
+                worst = worst.max(((e as f64 - want) / want).abs());
+            }
+            x += 0.0137;
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
+    }
+}

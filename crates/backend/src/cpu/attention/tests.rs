@@ -1,0 +1,181 @@
+//! Paged attention on every instruction set against a plain two-pass softmax in f64 over the same
+//! (widened) K/V rows.
+
+use super::*;
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+}
+
+/// One row: its sequence's block table and context.
+struct Row {
+    table: Vec<u32>,
+    ctx: usize,
+}
+
+/// The reference: scores of every position, softmax in f64, weighted sum of V rows.
+fn reference(
+    sh: &AttnShape,
+    q: &[f32],
+    q_stride: usize,
+    rows: &[Row],
+    k: &KvStore,
+    v: &KvStore,
+) -> Vec<f32> {
+    let (hd, w) = (sh.head_dim, k.width());
+    let group = sh.n_heads / sh.n_kv_heads;
+    let mut out = vec![0f32; rows.len() * sh.n_heads * hd];
+    let (mut kr, mut vr) = (vec![0f32; w], vec![0f32; w]);
+    for (t, row) in rows.iter().enumerate() {
+        for h in 0..sh.n_heads {
+            let off = h / group * hd;
+            let qh = &q[t * q_stride + h * hd..][..hd];
+            let slot = |p: usize| {
+                row.table[p / sh.block_size] as usize * sh.block_size + p % sh.block_size
+            };
+            let scores: Vec<f64> = (0..row.ctx)
+                .map(|p| {
+                    k.read(slot(p), &mut kr);
+                    let d: f64 = (0..hd).map(|i| qh[i] as f64 * kr[off + i] as f64).sum();
+                    d * sh.scale as f64
+                })
+                .collect();
+            let mx = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let o = &mut out[(t * sh.n_heads + h) * hd..][..hd];
+            let mut acc = vec![0f64; hd];
+            for (p, w) in e.iter().enumerate() {
+                v.read(slot(p), &mut vr);
+                for i in 0..hd {
+                    acc[i] += w / sum * vr[off + i] as f64;
+                }
+            }
+            for i in 0..hd {
+                o[i] = acc[i] as f32;
+            }
+        }
+    }
+    out
+}
+
+fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, block_size: usize) {
+    let mut seed = (n_heads * 1000 + head_dim * 10 + block_size) as u64;
+    let sh = AttnShape {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        block_size,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    };
+    let num_blocks = 12;
+    let width = n_kv_heads * head_dim;
+    let mut k = KvStore::new(dtype, num_blocks * block_size, width);
+    let mut v = KvStore::new(dtype, num_blocks * block_size, width);
+    for slot in 0..num_blocks * block_size {
+        // Large-ish K values so that softmax is peaked and the online max moves between tiles.
+        let kr: Vec<f32> = (0..width).map(|_| 6.0 * lcg(&mut seed)).collect();
+        let vr: Vec<f32> = (0..width).map(|_| lcg(&mut seed)).collect();
+        k.write(slot, &kr);
+        v.write(slot, &vr);
+    }
+    // Non-contiguous tables; contexts not a multiple of the block size, one of one position, and
+    // ones longer than a tile.
+    let rows = [
+        Row {
+            table: vec![7, 2, 9, 0, 4, 11, 1, 3, 5],
+            ctx: 1,
+        },
+        Row {
+            table: vec![7, 2, 9, 0, 4, 11, 1, 3, 5],
+            ctx: 3 * block_size + 1,
+        },
+        Row {
+            table: vec![10, 8, 6, 3, 1, 2, 0, 4, 5, 7, 9, 11],
+            ctx: (12 * block_size).min(TILE * 2 + 5),
+        },
+        Row {
+            table: vec![5, 6],
+            ctx: 2 * block_size,
+        },
+        Row {
+            table: vec![11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+            ctx: 12 * block_size - 3,
+        },
+    ];
+    let q_dim = n_heads * head_dim;
+    let q_stride = q_dim + 2 * width;
+    let q: Vec<f32> = (0..rows.len() * q_stride).map(|_| lcg(&mut seed)).collect();
+    let want = reference(&sh, &q, q_stride, &rows, &k, &v);
+    let inp = AttnInput {
+        shape: sh,
+        q: &q,
+        q_stride,
+        rows: |t: usize| RowKv {
+            block_table: &rows[t].table,
+            ctx: rows[t].ctx,
+        },
+        k: &k,
+        v: &v,
+    };
+    for isa in Isa::available() {
+        let mut out = vec![f32::NAN; rows.len() * q_dim];
+        let mut scratch = vec![f32::NAN; scratch_len(&sh)];
+        paged_attention_isa(isa, &inp, &mut out, &mut scratch);
+        for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
+                "{dtype} {isa:?} heads {n_heads}/{n_kv_heads} hd {head_dim} bs {block_size}: [{i}] {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn matches_the_reference_on_every_path_dtype_and_shape() {
+    for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+        // (n_heads, n_kv_heads, head_dim, block_size): GQA groups of 3, 4 and 1, MHA.
+        for &(h, kvh, hd, bs) in &[(9, 3, 64, 16), (8, 2, 32, 4), (4, 4, 32, 5), (6, 1, 96, 16)] {
+            check(dtype, h, kvh, hd, bs);
+        }
+    }
+    // Head sizes that are not a multiple of 8 (remainder loops); not storable as q8_0.
+    for dtype in [KvDtype::F32, KvDtype::F16] {
+        check(dtype, 4, 2, 20, 3);
+        check(dtype, 2, 1, 13, 7);
+    }
+}
+
+#[test]
+fn stores_round_trip() {
+    let mut seed = 3;
+    let x: Vec<f32> = (0..64).map(|_| 4.0 * lcg(&mut seed)).collect();
+    let mut out = vec![0f32; 64];
+    for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+        let mut s = KvStore::new(dtype, 3, 64);
+        assert_eq!(s.bytes(), 3 * dtype.row_bytes(64));
+        s.write(1, &x);
+        s.read(1, &mut out);
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let tol = match dtype {
+            KvDtype::F32 => 0.0,
+            KvDtype::F16 => amax / 1024.0,
+            KvDtype::Q8_0 => amax / 127.0,
+        };
+        for (a, b) in out.iter().zip(&x) {
+            assert!((a - b).abs() <= tol, "{dtype}: {a} vs {b}");
+        }
+    }
+    assert_eq!(KvDtype::Q8_0.row_bytes(64), 68);
+    assert_eq!(std::mem::size_of::<BlockQ8_0>(), 34);
+    assert!(KvDtype::Q8_0.check_head_dim(48).is_err());
+    assert_eq!("auto".parse::<KvDtype>(), Ok(KvDtype::F16));
+    assert_eq!("Q8_0".parse::<KvDtype>(), Ok(KvDtype::Q8_0));
+    assert!("q4"
+        .parse::<KvDtype>()
+        .unwrap_err()
+        .contains("--kv-cache-dtype"));
+}
