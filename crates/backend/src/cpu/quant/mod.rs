@@ -246,29 +246,26 @@ impl Acts {
         }
         // One contiguous run of rows per task, a few tasks per thread.
         let per = n.div_ceil(2 * rayon::current_num_threads()).max(8);
-        let (qx, ds) = (&mut self.qx, &mut self.ds);
-        let (dx, sx) = (&mut self.dx, &mut self.sx);
-        // Zero-width chunks for the buffers a packed-only run leaves empty.
-        let dxs: Vec<&mut [f32]> = if full {
-            dx.chunks_mut(per * bufs.1).collect()
-        } else {
-            (0..n.div_ceil(per))
-                .map(|_| <&mut [f32]>::default())
-                .collect()
-        };
-        let sxs: Vec<&mut [f32]> = if full {
-            sx.chunks_mut(per * bufs.2).collect()
-        } else {
-            (0..n.div_ceil(per))
-                .map(|_| <&mut [f32]>::default())
-                .collect()
-        };
-        qx.par_chunks_mut(per * bufs.0)
-            .zip(ds.par_chunks_mut(per * bufs.3))
-            .zip(dxs)
-            .zip(sxs)
+        let ptrs = (SendPtr(self.dx.as_mut_ptr()), SendPtr(self.sx.as_mut_ptr()));
+        // Captured whole (a closure capturing the fields would hold bare `*mut f32`s).
+        let (dxp, sxp) = (&ptrs.0, &ptrs.1);
+        self.qx
+            .par_chunks_mut(per * bufs.0)
+            .zip(self.ds.par_chunks_mut(per * bufs.3))
             .enumerate()
-            .for_each(|(c, (((qx, ds), dx), sx))| rows(c * per, qx, dx, sx, ds));
+            .for_each(|(c, (qx, ds))| {
+                let here = qx.len() / bufs.0;
+                // SAFETY: chunk c owns rows c·per .. c·per + here of dx and sx (sized n rows of
+                // bufs.1 and bufs.2 above, zero-width in a packed-only run), disjoint across
+                // chunks; both outlive the loop.
+                let (dx, sx) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(dxp.0.add(c * per * bufs.1), here * bufs.1),
+                        std::slice::from_raw_parts_mut(sxp.0.add(c * per * bufs.2), here * bufs.2),
+                    )
+                };
+                rows(c * per, qx, dx, sx, ds)
+            });
     }
 }
 
