@@ -46,7 +46,7 @@ async fn wait_metric(s: &Server, name: &str, want: f64, secs: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kv_pool_exhausted_preempts_and_every_request_gets_its_own_text() {
     let _g = serial().await;
-    // 512 bytes per token (2 layers x K,V x 32 x f32): 320 KiB hold 640 tokens, while 8
+    // 256 bytes per token (2 layers x K,V x 32 x f16): 320 KiB hold 1,280 tokens, while 8
     // requests of ~20 + 200 tokens need 1,760.
     let s = tiny(&["--kv-cache-memory", "327680", "--block-size", "16"]);
     wait_ready(&s).await;

@@ -250,8 +250,9 @@ async fn preemption_under_a_tiny_pool_gives_the_same_text() {
         }
     };
     let (roomy, p0) = run(&[]).await;
-    // 16 blocks of 16 tokens (46,080 bytes per token): each request alone fits, all 8 do not.
-    let (tight, p1) = run(&["--kv-cache-memory", "11796480"]).await;
+    // 16 blocks of 16 tokens (f16 KV: 23,040 bytes per token): each request alone fits, all 8
+    // do not.
+    let (tight, p1) = run(&["--kv-cache-memory", "5898240"]).await;
     assert_eq!(p0, 0.0);
     assert!(p1 > 0.0, "no preemption happened");
     assert_eq!(roomy, tight);
