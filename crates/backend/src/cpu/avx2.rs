@@ -5,8 +5,9 @@ use std::arch::x86_64::*;
 
 use super::Block;
 
+/// Sum of the 8 lanes (one fixed order: every AVX2 kernel that sums lanes uses this one).
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps(v, 1);
     let s = _mm_add_ps(lo, hi);

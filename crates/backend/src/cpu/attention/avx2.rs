@@ -9,15 +9,9 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::{BlockQ8_0, Ops, Task, QK8_0};
+use crate::cpu::avx2::hsum;
 
 pub(crate) struct Avx2;
-
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-}
 
 /// e^x for x <= 88 (below -87 it returns about e^-87 rather than 0): 2^n · P(f) with
 /// n = round(x / ln 2), f = x - n ln 2 in two steps (Cody-Waite), P Taylor's series to degree 6

@@ -6,6 +6,7 @@
 use std::arch::x86_64::*;
 
 use super::{Geom, KernelArgs, QMatrix, QType, WTile, QK};
+use crate::cpu::avx2::hsum;
 
 /// Rows of x per register tile (16 ymm registers: MR × RN accumulators, RN weights, scales).
 const MR: usize = 4;
@@ -65,14 +66,6 @@ unsafe fn tile<const M: usize, const SIGNED: bool>(a: &KernelArgs, i0: usize, r0
             *a.y.0.add((i0 + i) * a.y_stride + a.y_col + r0 + r) = hsum(acc[i][r]);
         }
     }
-}
-
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
 }
 
 #[inline(always)]

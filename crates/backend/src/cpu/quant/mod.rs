@@ -199,9 +199,10 @@ impl Geom {
 pub(crate) struct Acts {
     /// (n, nbp * 32): round(x / d), d = max|x| / 127 per block
     pub qx: Vec<i8>,
-    /// (n, nbp * 8): each block's d repeated once per 4-element lane
+    /// (n, nbp * 8): each block's d repeated once per 4-element lane (empty after a
+    /// packed-only AVX-512 run, whose kernel reads only `qx` and `ds`)
     pub dx: Vec<f32>,
-    /// (n, nhp): d · Σ q over each half block of 16
+    /// (n, nhp): d · Σ q over each half block of 16 (empty as `dx`)
     pub sx: Vec<f32>,
     /// (n, nbp * 2): per block `[d, sx[2b] + sx[2b + 1]]`, broadcast from memory by `packed.rs`
     pub ds: Vec<f32>,
@@ -297,36 +298,38 @@ fn quantize_row(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::AvxVnni) {
+    let simd = matches!(isa, Isa::Avx2 | Isa::AvxVnni);
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = {
+        let _ = isa;
+        false
+    };
+    if simd {
         // SAFETY: both come with AVX2; the slices hold nb blocks (checked inside).
-        unsafe { avx2::quantize_blocks(xr, g.nb, qr, dr, sr) };
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            avx2::quantize_blocks(xr, g.nb, qr, dr, sr)
+        };
+    } else {
         for b in 0..g.nb {
-            dsr[2 * b] = dr[8 * b];
-            dsr[2 * b + 1] = sr[2 * b] + sr[2 * b + 1];
+            let xb = &xr[b * QK..(b + 1) * QK];
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut sums = [0i32; 2];
+            for (j, (q, &v)) in qr[b * QK..(b + 1) * QK].iter_mut().zip(xb).enumerate() {
+                // Round half away from zero (as roundf), without a libm call.
+                let t = v * id;
+                *q = (t + 0.5f32.copysign(t)) as i8;
+                sums[j / 16] += *q as i32;
+            }
+            dr[b * 8..(b + 1) * 8].fill(d);
+            sr[2 * b] = d * sums[0] as f32;
+            sr[2 * b + 1] = d * sums[1] as f32;
         }
-        qr[g.nb * QK..].fill(0);
-        dr[g.nb * 8..].fill(0.0);
-        sr[2 * g.nb..].fill(0.0);
-        dsr[2 * g.nb..].fill(0.0);
-        return;
     }
-    let _ = isa;
     for b in 0..g.nb {
-        let xb = &xr[b * QK..(b + 1) * QK];
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut sums = [0i32; 2];
-        for (j, (q, &v)) in qr[b * QK..(b + 1) * QK].iter_mut().zip(xb).enumerate() {
-            // Round half away from zero (as roundf), without a libm call.
-            let t = v * id;
-            *q = (t + 0.5f32.copysign(t)) as i8;
-            sums[j / 16] += *q as i32;
-        }
-        dr[b * 8..(b + 1) * 8].fill(d);
-        sr[2 * b] = d * sums[0] as f32;
-        sr[2 * b + 1] = d * sums[1] as f32;
-        dsr[2 * b] = d;
+        dsr[2 * b] = dr[8 * b];
         dsr[2 * b + 1] = sr[2 * b] + sr[2 * b + 1];
     }
     qr[g.nb * QK..].fill(0);
