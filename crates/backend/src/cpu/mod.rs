@@ -196,6 +196,60 @@ impl SendPtr {
     }
 }
 
+/// Runs `first(c)` for every `c` in `0..n1`, then, once all of them have returned, `second(t)`
+/// for every `t` in `0..n2`: two parallel loops in one fork-join over the pool (a matmul's
+/// activation quantization, then its weight tasks). Each participating thread claims items from
+/// an atomic counter, so a pool thread that never joins (busy elsewhere) only means the others
+/// take its share; a thread between the phases waits only for items that running threads have
+/// already claimed, so the wait always ends.
+pub(crate) fn two_phase(
+    n1: usize,
+    first: impl Fn(usize) + Sync,
+    n2: usize,
+    second: impl Fn(usize) + Sync,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (next1, done1, next2) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    let work = |_| {
+        loop {
+            let c = next1.fetch_add(1, Ordering::Relaxed);
+            if c >= n1 {
+                break;
+            }
+            first(c);
+            // Release: this item's writes are seen by whoever acquires the count.
+            done1.fetch_add(1, Ordering::Release);
+        }
+        let mut spins = 0u32;
+        while done1.load(Ordering::Acquire) < n1 {
+            spins += 1;
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+            } else {
+                // The item's thread was descheduled: let it run.
+                std::thread::yield_now();
+            }
+        }
+        loop {
+            let t = next2.fetch_add(1, Ordering::Relaxed);
+            if t >= n2 {
+                break;
+            }
+            second(t);
+        }
+    };
+    let threads = rayon::current_num_threads().min(n1.max(n2));
+    if threads <= 1 {
+        work(0);
+    } else {
+        (0..threads).into_par_iter().for_each(work);
+    }
+}
+
 /// Dot product of two equal-length slices.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());

@@ -119,8 +119,12 @@ unsafe fn hmax16(v: [__m512; 16]) -> __m512 {
 
 /// Blocks `0..nb` of one activation row quantized as `quantize_row` does; the same IEEE
 /// operations per element (max |x|, d = amax / 127, t = x · (1 / d), trunc(t ± 0.5)) and exact
-/// integer sums, so the output is bit-identical to the scalar loop. The scales of 16 blocks at
-/// a time come from one transposing max tree and two vector divisions.
+/// integer sums, so the output is bit-identical to the scalar loop.
+///
+/// Sixteen blocks at a time: their scales from one transposing max tree and two vector
+/// divisions; each pair of blocks packed to bytes with two saturating packs and a dword
+/// permute (no `vpmovdb`, two uops each); the half-block sums from one `vpsadbw` per pair
+/// (bytes biased by 128) and one transposing add tree for all sixteen.
 ///
 /// Writes `qr`, `ds` (per block `[d, d·s0 + d·s1]`) and, when `FULL`, `dr` and `sr` (the tiled
 /// kernels' forms; the packed kernel reads only `qr` and `ds`).
@@ -141,69 +145,118 @@ pub(super) unsafe fn quantize_blocks<const FULL: bool>(
     assert!(!FULL || (dr.len() >= nb * 8 && sr.len() >= 2 * nb));
     let sign = _mm512_set1_epi32(i32::MIN);
     let half = _mm512_castps_si512(_mm512_set1_ps(0.5));
-    let (mut d, mut id) = ([0f32; 16], [0f32; 16]);
-    // No closures over intrinsics here (`array::from_fn`, `map`): see `simd_array!`.
+    let flip = _mm512_set1_epi8(i8::MIN);
+    // Dword c·4 + L of the output from dword L·4 + c of the packs (c: which of the 4 vectors).
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    // No closures over intrinsics in the loops below (`array::from_fn`, `map`): see `simd_array!`.
     for b0 in (0..nb).step_by(16) {
         let m = (nb - b0).min(16);
+        let x = xr.as_ptr().add(b0 * QK);
         let mut amax = [_mm512_setzero_ps(); 16];
         for (j, a) in amax.iter_mut().enumerate().take(m) {
-            let at = xr.as_ptr().add((b0 + j) * QK);
             *a = _mm512_max_ps(
-                _mm512_abs_ps(_mm512_loadu_ps(at)),
-                _mm512_abs_ps(_mm512_loadu_ps(at.add(16))),
+                _mm512_abs_ps(_mm512_loadu_ps(x.add(j * QK))),
+                _mm512_abs_ps(_mm512_loadu_ps(x.add(j * QK + 16))),
             );
         }
         let dv = _mm512_div_ps(hmax16(amax), _mm512_set1_ps(127.0));
         let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(dv, _mm512_setzero_ps());
         let iv = _mm512_maskz_div_ps(pos, _mm512_set1_ps(1.0), dv);
-        _mm512_storeu_ps(d.as_mut_ptr(), dv);
-        _mm512_storeu_ps(id.as_mut_ptr(), iv);
-        for j in 0..m {
-            let b = b0 + j;
-            let at = xr.as_ptr().add(b * QK);
-            let inv = _mm512_set1_ps(id[j]);
-            let t0 = _mm512_mul_ps(_mm512_loadu_ps(at), inv);
-            let t1 = _mm512_mul_ps(_mm512_loadu_ps(at.add(16)), inv);
-            // t ± 0.5 with t's sign (integer and/or: the float forms need AVX-512 DQ).
-            let r0 = _mm512_add_ps(
-                t0,
-                _mm512_castsi512_ps(_mm512_or_si512(
-                    _mm512_and_si512(_mm512_castps_si512(t0), sign),
-                    half,
-                )),
-            );
-            let r1 = _mm512_add_ps(
-                t1,
-                _mm512_castsi512_ps(_mm512_or_si512(
-                    _mm512_and_si512(_mm512_castps_si512(t1), sign),
-                    half,
-                )),
-            );
-            let (q0, q1) = (_mm512_cvttps_epi32(r0), _mm512_cvttps_epi32(r1));
-            _mm_storeu_si128(qr.as_mut_ptr().add(b * QK) as _, _mm512_cvtepi32_epi8(q0));
-            _mm_storeu_si128(
-                qr.as_mut_ptr().add(b * QK + 16) as _,
-                _mm512_cvtepi32_epi8(q1),
-            );
-
-            // Both halves' sums in one tree: 128-bit lanes [q0 q0 q1 q1] after the first add.
-            let c = _mm512_add_epi32(
-                _mm512_shuffle_i32x4::<0x44>(q0, q1),
-                _mm512_shuffle_i32x4::<0xEE>(q0, q1),
-            );
-            let c = _mm512_add_epi32(c, _mm512_shuffle_i32x4::<0xB1>(c, c));
-            let c = _mm512_add_epi32(c, _mm512_shuffle_epi32::<0x4E>(c));
-            let c = _mm512_add_epi32(c, _mm512_shuffle_epi32::<0xB1>(c));
-            let s0 = _mm512_cvtsi512_si32(c);
-            let s1 = _mm_cvtsi128_si32(_mm512_extracti32x4_epi32::<2>(c));
-            let (sx0, sx1) = (d[j] * s0 as f32, d[j] * s1 as f32);
-            if FULL {
-                _mm256_storeu_ps(dr.as_mut_ptr().add(b * 8), _mm256_set1_ps(d[j]));
-                *sr.get_unchecked_mut(2 * b) = sx0;
-                *sr.get_unchecked_mut(2 * b + 1) = sx1;
+        // Per pair of blocks: u64 lane k of sad[p] = Σ (q + 128) over bytes 8k..8k+8 of the pair.
+        let mut sad = [_mm512_setzero_si512(); 8];
+        for (p, sad) in sad.iter_mut().enumerate().take(m.div_ceil(2)) {
+            let mut q = [_mm512_setzero_si512(); 4];
+            for e in 0..2 {
+                let j = 2 * p + e;
+                if j < m {
+                    let inv = _mm512_permutexvar_ps(_mm512_set1_epi32(j as i32), iv);
+                    q[2 * e] = round(
+                        _mm512_mul_ps(_mm512_loadu_ps(x.add(j * QK)), inv),
+                        sign,
+                        half,
+                    );
+                    q[2 * e + 1] = round(
+                        _mm512_mul_ps(_mm512_loadu_ps(x.add(j * QK + 16)), inv),
+                        sign,
+                        half,
+                    );
+                }
             }
-            *ds.get_unchecked_mut(2 * b) = d[j];
-            *ds.get_unchecked_mut(2 * b + 1) = sx0 + sx1;
+            // |q| <= 127: the saturating packs are exact.
+            let c = _mm512_packs_epi16(
+                _mm512_packs_epi32(q[0], q[1]),
+                _mm512_packs_epi32(q[2], q[3]),
+            );
+            let c = _mm512_permutexvar_epi32(order, c);
+            let dst = qr.as_mut_ptr().add((b0 + 2 * p) * QK);
+            if 2 * p + 1 < m {
+                _mm512_storeu_si512(dst as _, c);
+            } else {
+                _mm256_storeu_si256(dst as _, _mm512_castsi512_si256(c));
+            }
+            *sad = _mm512_sad_epu8(_mm512_xor_si512(c, flip), _mm512_setzero_si512());
         }
+        let (s0, s1) = half_sums(&sad);
+        let bias = _mm512_set1_epi32(16 * 128);
+        let sx0 = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_sub_epi32(s0, bias)));
+        let sx1 = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_sub_epi32(s1, bias)));
+        store_pairs(ds.as_mut_ptr().add(2 * b0), m, dv, _mm512_add_ps(sx0, sx1));
+        if FULL {
+            store_pairs(sr.as_mut_ptr().add(2 * b0), m, sx0, sx1);
+            let mut d = [0f32; 16];
+            _mm512_storeu_ps(d.as_mut_ptr(), dv);
+            for (j, &d) in d.iter().enumerate().take(m) {
+                _mm256_storeu_ps(dr.as_mut_ptr().add((b0 + j) * 8), _mm256_set1_ps(d));
+            }
+        }
+    }
+}
+
+/// round(t) as the scalar loop: trunc(t ± 0.5) with t's sign; `sign` (i32::MIN per lane) and
+/// `half` (0.5's bits) merged by one ternary-logic op, `(t & sign) | half`.
+#[inline(always)]
+unsafe fn round(t: __m512, sign: __m512i, half: __m512i) -> __m512i {
+    let r = _mm512_ternarylogic_epi32::<0xEA>(_mm512_castps_si512(t), sign, half);
+    _mm512_cvttps_epi32(_mm512_add_ps(t, _mm512_castsi512_ps(r)))
+}
+
+/// Lane j of the results: the byte sums of block j's first and second half (+ 16·128 each),
+/// from `sad[p]` (blocks 2p, 2p + 1; u64 lanes 0-1 the first half of block 2p, 2-3 its second,
+/// 4-7 block 2p + 1's).
+#[inline(always)]
+unsafe fn half_sums(sad: &[__m512i; 8]) -> (__m512i, __m512i) {
+    // Sums < 2^12: two pairs' u64 lanes share one vector as i32 lanes (odd: the second pair).
+    // Then 128-bit lane L of y[k] holds in elements 0-1 the half sums (half L % 2) of blocks
+    // 4k + L / 2 and 4k + 2 + L / 2.
+    let mut y = [_mm512_setzero_si512(); 4];
+    for (k, y) in y.iter_mut().enumerate() {
+        let x = _mm512_add_epi32(sad[2 * k], _mm512_slli_epi64::<32>(sad[2 * k + 1]));
+        *y = _mm512_add_epi32(x, _mm512_shuffle_epi32::<0x4E>(x));
+    }
+    // Elements 2-3 from the next k: lane L of z holds blocks (L / 2) + 2t, t = 0..4, half L % 2.
+    let z0 = _mm512_mask_blend_epi32(0xCCCC, y[0], y[1]);
+    let z1 = _mm512_mask_blend_epi32(0xCCCC, y[2], y[3]);
+    let h0 = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 16, 24, 17, 25, 18, 26, 19, 27);
+    let h1 = _mm512_setr_epi32(4, 12, 5, 13, 6, 14, 7, 15, 20, 28, 21, 29, 22, 30, 23, 31);
+    (
+        _mm512_permutex2var_epi32(z0, h0, z1),
+        _mm512_permutex2var_epi32(z0, h1, z1),
+    )
+}
+
+/// `[a[j], b[j]]` for j in 0..m, interleaved into `dst` (2 m floats).
+#[inline(always)]
+unsafe fn store_pairs(dst: *mut f32, m: usize, a: __m512, b: __m512) {
+    let (lo, hi) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    let i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    let i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    let mask = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
+    _mm512_mask_storeu_ps(dst, mask(2 * m), _mm512_permutex2var_ps(lo, i0, hi));
+    if m > 8 {
+        _mm512_mask_storeu_ps(
+            dst.add(16),
+            mask(2 * m - 16),
+            _mm512_permutex2var_ps(lo, i1, hi),
+        );
     }
 }

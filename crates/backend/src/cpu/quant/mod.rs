@@ -39,9 +39,7 @@ mod tests;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
-use super::{Isa, SendPtr};
+use super::{two_phase, Isa, SendPtr};
 use crate::error::{Error, Result};
 
 /// Elements per activation block (and per weight sub-block the kernels see).
@@ -209,64 +207,83 @@ pub(crate) struct Acts {
 }
 
 impl Acts {
-    /// Quantizes `x (n, g.nb * 32)` into self, growing the buffers if needed; rows in parallel.
-    /// `packed_only`: the caller reads only `qx` and `ds` (the packed kernel), so the AVX-512
-    /// quantizer skips `dx` and `sx` (a third of the bytes written, and `dx` was the bulk).
-    fn quantize(&mut self, isa: Isa, x: &[f32], n: usize, g: Geom, packed_only: bool) {
-        let cols = g.nb * QK;
+    /// Sizes the buffers for `n` rows of geometry `g` (grown, never shrunk) and returns raw views
+    /// through which rows are then quantized, in parallel if need be. `packed_only`: the caller
+    /// reads only `qx` and `ds` (the packed kernel), so the AVX-512 quantizer skips `dx` and `sx`
+    /// (a third of the bytes written, and `dx` was the bulk).
+    fn prepare(&mut self, isa: Isa, n: usize, g: Geom, packed_only: bool) -> ActsRows {
         let full = !(packed_only && isa == Isa::Avx512Vnni);
-        let bufs = (
+        let len = [
             g.nbp * QK,
             if full { g.nbp * 8 } else { 0 },
             if full { g.nhp } else { 0 },
             g.nbp * 2,
-        );
-        self.qx.resize(n * bufs.0, 0);
-        self.dx.resize(n * bufs.1, 0.0);
-        self.sx.resize(n * bufs.2, 0.0);
-        self.ds.resize(n * bufs.3, 0.0);
-        // Rows `r0..` of x into the matching rows of the four buffers.
-        let rows = |r0: usize, qx: &mut [i8], dx: &mut [f32], sx: &mut [f32], ds: &mut [f32]| {
-            for r in 0..qx.len() / bufs.0 {
-                let xr = &x[(r0 + r) * cols..(r0 + r + 1) * cols];
-                let qr = &mut qx[r * bufs.0..(r + 1) * bufs.0];
-                let dsr = &mut ds[r * bufs.3..(r + 1) * bufs.3];
-                if full {
-                    let dr = &mut dx[r * bufs.1..(r + 1) * bufs.1];
-                    let sr = &mut sx[r * bufs.2..(r + 1) * bufs.2];
-                    quantize_row(isa, xr, g, qr, dr, sr, dsr);
-                } else {
-                    quantize_row(isa, xr, g, qr, &mut [], &mut [], dsr);
-                }
-            }
-        };
-        if n < PAR_QUANTIZE_ROWS {
-            // A few rows (decode) cost less than a fork-join: quantize them on this thread.
-            rows(0, &mut self.qx, &mut self.dx, &mut self.sx, &mut self.ds);
-            return;
+        ];
+        self.qx.resize(n * len[0], 0);
+        self.dx.resize(n * len[1], 0.0);
+        self.sx.resize(n * len[2], 0.0);
+        self.ds.resize(n * len[3], 0.0);
+        ActsRows {
+            isa,
+            g,
+            n,
+            len,
+            qx: self.qx.as_mut_ptr(),
+            dx: self.dx.as_mut_ptr(),
+            sx: self.sx.as_mut_ptr(),
+            ds: self.ds.as_mut_ptr(),
         }
-        // One contiguous run of rows per task, a few tasks per thread.
-        let per = n.div_ceil(2 * rayon::current_num_threads()).max(8);
-        let ptrs = (SendPtr(self.dx.as_mut_ptr()), SendPtr(self.sx.as_mut_ptr()));
-        // Captured whole (a closure capturing the fields would hold bare `*mut f32`s).
-        let (dxp, sxp) = (&ptrs.0, &ptrs.1);
-        self.qx
-            .par_chunks_mut(per * bufs.0)
-            .zip(self.ds.par_chunks_mut(per * bufs.3))
-            .enumerate()
-            .for_each(|(c, (qx, ds))| {
-                let here = qx.len() / bufs.0;
-                // SAFETY: chunk c owns rows c·per .. c·per + here of dx and sx (sized n rows of
-                // bufs.1 and bufs.2 above, zero-width in a packed-only run), disjoint across
-                // chunks; both outlive the loop.
-                let (dx, sx) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(dxp.0.add(c * per * bufs.1), here * bufs.1),
-                        std::slice::from_raw_parts_mut(sxp.0.add(c * per * bufs.2), here * bufs.2),
-                    )
-                };
-                rows(c * per, qx, dx, sx, ds)
-            });
+    }
+
+    /// Quantizes `x (n, g.nb * 32)` into self on this thread.
+    #[cfg(test)]
+    fn quantize(&mut self, isa: Isa, x: &[f32], n: usize, g: Geom, packed_only: bool) {
+        let rows = self.prepare(isa, n, g, packed_only);
+        // SAFETY: `rows` was just made for n rows and nothing else touches the buffers.
+        unsafe { rows.quantize(x, 0..n) };
+    }
+}
+
+/// Raw views of an [`Acts`]'s buffers sized for `n` rows, so that pool threads quantize
+/// disjoint rows at once.
+#[derive(Clone, Copy)]
+struct ActsRows {
+    isa: Isa,
+    g: Geom,
+    n: usize,
+    /// per-row lengths of qx, dx, sx, ds (dx and sx zero in a packed-only AVX-512 run)
+    len: [usize; 4],
+    qx: *mut i8,
+    dx: *mut f32,
+    sx: *mut f32,
+    ds: *mut f32,
+}
+// SAFETY: handed to pool threads that each write their own rows (see `quantize`).
+unsafe impl Send for ActsRows {}
+unsafe impl Sync for ActsRows {}
+
+impl ActsRows {
+    /// Rows `rows` of `x (n, g.nb * 32)` quantized into the matching rows of the buffers.
+    ///
+    /// # Safety
+    /// The [`Acts`] these views came from is alive and not resized, and no one else reads or
+    /// writes these rows during the call.
+    unsafe fn quantize(&self, x: &[f32], rows: std::ops::Range<usize>) {
+        let (g, [lq, ld, ls, lds]) = (self.g, self.len);
+        let cols = g.nb * QK;
+        assert!(rows.end <= self.n && x.len() >= self.n * cols);
+        for r in rows {
+            let part = |p: *mut f32, l: usize| std::slice::from_raw_parts_mut(p.add(r * l), l);
+            quantize_row(
+                self.isa,
+                &x[r * cols..(r + 1) * cols],
+                g,
+                std::slice::from_raw_parts_mut(self.qx.add(r * lq), lq),
+                part(self.dx, ld),
+                part(self.sx, ls),
+                part(self.ds, lds),
+            );
+        }
     }
 }
 
@@ -378,6 +395,9 @@ pub fn matmul_q(x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
 
 /// [`matmul_q`] with an explicit instruction set (tests compare paths; it must be one of
 /// [`Isa::available`]).
+///
+/// One fork-join: the pool's threads first quantize x in runs of rows, then (once every row
+/// is done) share out the weight tasks; see [`two_phase`].
 pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     let (k, m) = (w.cols, w.rows);
     assert_eq!(x.len(), n * k, "matmul_q: x is not (n, k)");
@@ -394,18 +414,35 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     let packed = packed::packs(isa, w.ty);
     #[cfg(not(target_arch = "x86_64"))]
     let packed = false;
-    acts.quantize(isa, x, n, g, packed);
+    let rows = acts.prepare(isa, n, g, packed);
+    // Runs of rows to quantize: one for a few rows (decode), else a few per thread.
+    let per = if n < PAR_QUANTIZE_ROWS {
+        n
+    } else {
+        n.div_ceil(2 * rayon::current_num_threads()).max(8)
+    };
+    let quantize = |c: usize| {
+        // SAFETY: run c owns rows c·per.., disjoint across runs; `acts` outlives the fork-join
+        // and is not resized in it.
+        unsafe { rows.quantize(x, c * per..((c + 1) * per).min(n)) }
+    };
+    let acts_at = ActsAt::new(&acts);
+    // SAFETY (of every `acts_at.get()` below): the second phase starts after the last row is
+    // written, and only reads.
     #[cfg(target_arch = "x86_64")]
     if packed {
-        packed_matmul(isa, &acts, n, g, w, y);
+        let (tasks, run) = packed_tasks(isa, n, g, w, y);
+        two_phase(n.div_ceil(per), quantize, tasks, |t| {
+            run(unsafe { acts_at.get() }, t)
+        });
         ACTS.set(acts);
         return;
     }
     let signed = w.ty == QType::Q8_0 && isa != Isa::Avx512Vnni;
     let out = SendPtr(y.as_mut_ptr());
-    let acts_ref = &acts;
     let tasks = m.div_ceil(ROWS_PER_TASK);
-    (0..tasks).into_par_iter().for_each(|t| {
+    two_phase(n.div_ceil(per), quantize, tasks, |t| {
+        let acts = unsafe { acts_at.get() };
         let mut tile = TILE.take();
         tile.signed = signed;
         tile.uw.resize(NR * g.nbp * QK, 0);
@@ -427,7 +464,7 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
                 expand::row(w, r, g, &mut tile, s);
             }
             let args = KernelArgs {
-                acts: acts_ref,
+                acts,
                 n,
                 g,
                 tile: &tile,
@@ -454,10 +491,37 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     ACTS.set(acts);
 }
 
+/// A shared view of the [`Acts`] that the first phase of a matmul writes through [`ActsRows`]:
+/// the reference is made only in the second phase, after the writes.
+#[derive(Clone, Copy)]
+struct ActsAt(*const Acts);
+// SAFETY: read by pool threads in the second phase only (see `get`).
+unsafe impl Send for ActsAt {}
+unsafe impl Sync for ActsAt {}
+
+impl ActsAt {
+    fn new(acts: &Acts) -> ActsAt {
+        ActsAt(acts)
+    }
+
+    /// # Safety
+    /// No row is being written any more, and the [`Acts`] is alive.
+    unsafe fn get<'a>(self) -> &'a Acts {
+        &*self.0
+    }
+}
+
 /// The packed path (Q4_0/Q4_1/Q8_0 where [`packed::packs`] says so, any batch size): groups of
-/// 16 output rows split into about [`TASKS_PER_THREAD`] tasks per thread, whole group pairs each.
+/// 16 output rows split into about [`TASKS_PER_THREAD`] tasks per thread, whole group pairs
+/// each. Returns the task count and the task body.
 #[cfg(target_arch = "x86_64")]
-fn packed_matmul(isa: Isa, acts: &Acts, n: usize, g: Geom, w: &QMatrix, y: &mut [f32]) {
+fn packed_tasks<'a>(
+    isa: Isa,
+    n: usize,
+    g: Geom,
+    w: &'a QMatrix,
+    y: &mut [f32],
+) -> (usize, impl Fn(&Acts, usize) + Sync + 'a) {
     let wide = w.ty == QType::Q8_0 || n >= WIDE_MIN_ROWS;
     let packed = if w.ty != QType::Q8_0 && wide {
         w.wide.get_or_init(|| packed::pack(w, true))
@@ -468,7 +532,7 @@ fn packed_matmul(isa: Isa, acts: &Acts, n: usize, g: Geom, w: &QMatrix, y: &mut 
     let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
     let per = groups.div_ceil(tasks).next_multiple_of(2);
     let out = SendPtr(y.as_mut_ptr());
-    (0..groups.div_ceil(per)).into_par_iter().for_each(|t| {
+    let run = move |acts: &Acts, t: usize| {
         let a = packed::PackedArgs {
             w,
             packed,
@@ -492,5 +556,6 @@ fn packed_matmul(isa: Isa, acts: &Acts, n: usize, g: Geom, w: &QMatrix, y: &mut 
                 (_, false) => packed256::run_avx2::<false>(&a),
             }
         }
-    });
+    };
+    (groups.div_ceil(per), run)
 }

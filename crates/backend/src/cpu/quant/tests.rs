@@ -189,8 +189,9 @@ fn every_isa_quantizes_activations_bit_identically() {
     // The SIMD quantizer must give the scalar one's bytes and scales exactly (a zero block, a
     // block with a .5 tie, wide magnitudes), so that the paths differ only in the products.
     let mut seed = 31;
-    // 7 blocks, and 37 (two groups of 16 scales at once and a tail of 5).
-    for nb in [7, 37] {
+    // Groups of 16 blocks at once: 7 and 9 (a lone block at the end of a pair), 12 (more than
+    // 8: two partial stores of scales), 37 (two full groups and a tail of 5).
+    for nb in [7, 9, 12, 37] {
         let (n, cols) = (20, 32 * nb);
         let mut x: Vec<f32> = (0..n * cols)
             .map(|e| lcg(&mut seed) * (1 + e % 5) as f32 * 10f32.powi((e / 32 % 7) as i32 - 3))
