@@ -82,3 +82,38 @@ fn norms_and_activations() {
         assert!((a.exp() - b).abs() < 1e-6);
     }
 }
+
+#[test]
+fn two_phase_runs_every_item_once_and_the_second_phase_after_the_first() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Many calls at once from several threads (as tests and nested pools do), each on the
+    // shared pool: none may deadlock, and each must see all of its first phase done.
+    std::thread::scope(|s| {
+        for caller in 0..4usize {
+            s.spawn(move || {
+                for (n1, n2) in [(0, 3), (1, 1), (3, 0), (7, 13), (64, 5)] {
+                    let first: Vec<AtomicUsize> = (0..n1).map(|_| AtomicUsize::new(0)).collect();
+                    let second: Vec<AtomicUsize> = (0..n2).map(|_| AtomicUsize::new(0)).collect();
+                    two_phase(
+                        n1,
+                        |c| {
+                            // Uneven work, so threads finish the first phase at different times.
+                            std::thread::sleep(std::time::Duration::from_micros(
+                                (c * 37 + caller) as u64 % 200,
+                            ));
+                            first[c].fetch_add(1, Ordering::Relaxed);
+                        },
+                        n2,
+                        |t| {
+                            let done = first.iter().filter(|f| f.load(Ordering::Relaxed) == 1);
+                            assert_eq!(done.count(), n1, "second phase began early");
+                            second[t].fetch_add(1, Ordering::Relaxed);
+                        },
+                    );
+                    assert!(first.iter().all(|f| f.load(Ordering::Relaxed) == 1));
+                    assert!(second.iter().all(|f| f.load(Ordering::Relaxed) == 1));
+                }
+            });
+        }
+    });
+}
