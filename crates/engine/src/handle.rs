@@ -195,7 +195,7 @@ impl EngineHandle {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::QueueFull {
                 max,
-                retry_after_secs: 1,
+                retry_after_secs: self.retry_after_secs(),
             });
         }
         self.shared.unfinished.fetch_add(1, Ordering::SeqCst);
@@ -254,6 +254,23 @@ impl EngineHandle {
         let now = self.shared.epoch.elapsed().as_millis() as u64;
         let last = self.shared.heartbeat_ms.load(Ordering::Relaxed);
         now.saturating_sub(last) <= self.cfg.ready_timeout.as_millis() as u64
+    }
+
+    /// Seconds a refused client should wait: the mean time requests have waited in the queue so
+    /// far (a place frees about that often once the queue is full), 1 to 60 s.
+    pub fn retry_after_secs(&self) -> u64 {
+        let q = &self.shared.metrics.request_queue_time_seconds;
+        let mean = q.sum() / q.count().max(1) as f64;
+        mean.ceil().clamp(1.0, 60.0) as u64
+    }
+
+    /// True while the engine thread runs: false once it has exited (shut down, or died of a
+    /// panic), when the process can no longer serve anything.
+    pub fn is_alive(&self) -> bool {
+        self.thread
+            .lock()
+            .map(|t| t.as_ref().is_some_and(|t| !t.is_finished()))
+            .unwrap_or(false)
     }
 
     /// Requests accepted and not yet finished.

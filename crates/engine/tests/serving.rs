@@ -152,6 +152,7 @@ fn queue_limit_refuses_with_retry_after() {
             }
         }
     }
+    // Nothing has waited in the queue yet: the shortest wait.
     assert!(
         matches!(
             refused,
@@ -271,4 +272,21 @@ fn requests_that_can_never_fit_are_refused_not_hung() {
     let mut s = e.submit(greedy(&p, 100)).unwrap();
     assert!(matches!(s.blocking_recv(), Some(StreamEvent::Error(_))));
     e.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn retry_after_follows_the_mean_queue_time_and_is_alive_ends_with_the_thread() {
+    let e = engine("alive", EngineConfig::default());
+    assert!(e.is_alive());
+    assert_eq!(e.retry_after_secs(), 1, "no queue time seen yet");
+    let q = &e.metrics().request_queue_time_seconds;
+    q.observe(2.0);
+    q.observe(2.4);
+    assert_eq!(e.retry_after_secs(), 3, "mean 2.2 s, rounded up");
+    for _ in 0..10 {
+        q.observe(1000.0);
+    }
+    assert_eq!(e.retry_after_secs(), 60, "capped");
+    e.shutdown(Duration::from_secs(5));
+    assert!(!e.is_alive());
 }

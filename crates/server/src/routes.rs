@@ -203,9 +203,15 @@ pub async fn detokenize(
     }))
 }
 
-/// Alive: the process answers.
-pub async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Alive: the process answers and its engine thread runs (a dead engine makes a process that
+/// should be restarted: 503).
+pub async fn health(State(s): State<AppState>) -> Response {
+    if s.engine.is_alive() {
+        (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+    } else {
+        let body = json!({"status": "engine stopped"});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
 /// Ready: the engine loop is coming round and the server is not draining.

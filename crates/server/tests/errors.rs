@@ -324,4 +324,8 @@ async fn draining_is_503_and_not_ready() {
     assert_eq!(to_json(&b)["status"], "draining");
     assert_eq!(t.get("/health").await.0, 200);
     t.engine.shutdown(Duration::from_secs(1));
+    // The engine thread is gone: the process is no longer healthy.
+    let (s, _, b) = t.get("/health").await;
+    assert_eq!(s, 503);
+    assert_eq!(to_json(&b)["status"], "engine stopped");
 }
