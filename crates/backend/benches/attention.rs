@@ -10,7 +10,8 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
 use tokenfab_backend::cpu::attention::{
-    paged_attention, scratch_len, AttnInput, AttnShape, KvDtype, KvStore, RowKv,
+    paged_attention, scratch_len, scratch_len_unsplit, AttnInput, AttnShape, KvDtype, KvStore,
+    RowKv,
 };
 use tokenfab_backend::cpu::{axpy, dot, softmax};
 
@@ -106,6 +107,13 @@ fn main() {
             g.bench_function(BenchmarkId::new(format!("paged {dtype}"), &id), |b| {
                 b.iter(|| paged_attention(black_box(&inp), &mut out, &mut scratch))
             });
+            if dtype == KvDtype::F16 {
+                // No room to split a context over threads: one task per (row, KV head).
+                let unsplit = &mut scratch[..scratch_len_unsplit(&shape)];
+                g.bench_function(BenchmarkId::new("paged f16 unsplit", &id), |b| {
+                    b.iter(|| paged_attention(black_box(&inp), &mut out, unsplit))
+                });
+            }
         }
     }
     g.finish();

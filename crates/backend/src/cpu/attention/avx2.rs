@@ -227,11 +227,27 @@ impl Ops for Avx2 {
     }
 }
 
+/// [`super::run`] on AVX2.
+///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn task(t: &Task, out: &mut [f32], scratch: &mut [f32]) {
-    super::run::<Avx2>(t, out, scratch)
+pub(crate) unsafe fn chunk(
+    t: &Task,
+    range: std::ops::Range<usize>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    super::run::<Avx2>(t, range, out, scratch)
+}
+
+/// y *= a
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn scale(a: f32, y: &mut [f32]) {
+    Avx2::scale(a, y)
 }
 
 #[cfg(test)]

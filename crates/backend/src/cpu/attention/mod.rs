@@ -5,6 +5,12 @@
 //! positions (flash-attention style), so the only working memory is a fixed slice per pool thread
 //! of a scratch buffer the caller owns: nothing grows with the context or the batch, and nothing
 //! is allocated per call.
+//!
+//! A row's context is folded in chunks of [`CHUNK`] positions, each from a fresh softmax state,
+//! merged left to right. So when there are too few (row, KV head) tasks to busy the pool (one
+//! sequence decoding), the chunks run as tasks of their own and are merged after (flash-decoding),
+//! with results bit-identical to the unsplit fold: how a row is computed never depends on the
+//! other rows of the batch.
 //! f16 and Q8_0 rows are widened to f32 one head row at a time (F16C / AVX2 on x86-64, the portable
 //! conversion elsewhere; both exact).
 
@@ -19,10 +25,18 @@ use rayon::prelude::*;
 
 use kv::KvData;
 
-use super::{Isa, SendPtr};
+use super::{two_phase, Isa, SendPtr};
 
 /// Positions scored together before their V rows are summed (one rescale of the output per tile).
 const TILE: usize = 32;
+/// Positions per chunk of a row's context (a multiple of `TILE`).
+const CHUNK: usize = 256;
+/// Contexts split over threads have at most this many chunks (longer ones run unsplit).
+const MAX_SPLIT_CHUNKS: usize = 32;
+/// Split chunks into tasks when the batch has fewer (row, KV head) tasks than this per thread.
+const SPLIT_BELOW_TASKS_PER_THREAD: usize = 2;
+/// At most this many (row, KV head) tasks are split (the chunk offsets live on the stack).
+const MAX_SPLIT_TASKS: usize = 64;
 
 /// The shapes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -43,11 +57,22 @@ impl AttnShape {
         self.n_heads / self.n_kv_heads
     }
 
-    /// f32s of scratch one (row, KV head) task uses: scores (group, TILE), running max and sum
-    /// (group,) each, a widened K row (head_dim,) and a tile of widened V rows (TILE, head_dim).
-    fn task_scratch(&self) -> usize {
+    /// f32s of scratch one chunk uses: scores (group, TILE), running max and sum (group,) each,
+    /// a widened K row (head_dim,) and a tile of widened V rows (TILE, head_dim).
+    fn chunk_scratch(&self) -> usize {
         let g = self.group();
         g * TILE + 2 * g + (1 + TILE) * self.head_dim
+    }
+
+    /// f32s of a chunk's result: its unnormalized output (group, head_dim), max and sum (group,).
+    fn partial(&self) -> usize {
+        self.group() * (self.head_dim + 2)
+    }
+
+    /// f32s of scratch one (row, KV head) task uses: a chunk's, and the merged result's
+    /// max and sum plus the output of the chunk being merged (one `partial`).
+    fn task_scratch(&self) -> usize {
+        self.chunk_scratch() + self.partial() + 2 * self.group()
     }
 }
 
@@ -59,8 +84,14 @@ pub struct RowKv<'a> {
     pub ctx: usize,
 }
 
-/// The inputs of [`paged_attention`]. `rows(t)` describes row `t`; it is called once per
-/// (row, KV head) task, from pool threads, and must not itself use rayon.
+/// The least scratch [`paged_attention`] accepts: with it, a context is never split over threads
+/// (the same results, less parallelism when there are few rows).
+pub fn scratch_len_unsplit(shape: &AttnShape) -> usize {
+    rayon::current_num_threads() * shape.task_scratch()
+}
+
+/// The inputs of [`paged_attention`]. `rows(t)` describes row `t`; it is called a few times per
+/// row, from pool threads and the calling one, and must not itself use rayon.
 pub struct AttnInput<'a, F> {
     pub shape: AttnShape,
     /// (n_rows, q_stride): row `t`'s query heads are `q[t * q_stride..][..n_heads * head_dim]`.
@@ -73,9 +104,12 @@ pub struct AttnInput<'a, F> {
 }
 
 /// f32s of scratch [`paged_attention`] needs when called from here: one task's share per thread
-/// of the rayon pool it will run on (whatever the number of rows).
+/// of the rayon pool it will run on (whatever the number of rows), and room for the chunk results
+/// of a split context.
 pub fn scratch_len(shape: &AttnShape) -> usize {
-    rayon::current_num_threads() * shape.task_scratch()
+    let threads = rayon::current_num_threads();
+    let split_tasks = (SPLIT_BELOW_TASKS_PER_THREAD * threads).min(MAX_SPLIT_TASKS);
+    threads * shape.task_scratch() + split_tasks * MAX_SPLIT_CHUNKS * shape.partial()
 }
 
 /// Writes each row's attention output, (n_rows, n_heads * head_dim), to `out`; `scratch` holds at
@@ -120,10 +154,23 @@ pub fn paged_attention_isa<'t, F>(
     let per = sh.task_scratch();
     let threads = rayon::current_num_threads();
     assert!(scratch.len() >= threads * per, "attention: scratch_len");
-    let base = SendPtr(scratch.as_mut_ptr());
+    let (own, rest) = scratch.split_at_mut(threads * per);
+    let base = SendPtr(own.as_mut_ptr());
     let gw = sh.group() * hd;
-    out.par_chunks_mut(gw).enumerate().for_each(|(i, o)| {
+    let tasks = n * nkv;
+    let task = |i: usize| {
         let (t, kh) = (i / nkv, i % nkv);
+        Task {
+            sh,
+            k: inp.k,
+            v: inp.v,
+            q: &inp.q[t * inp.q_stride + kh * gw..][..gw],
+            row: (inp.rows)(t),
+            kh,
+        }
+    };
+    // This thread's slice of the scratch.
+    let mine = || {
         let me = rayon::current_thread_index().unwrap_or(0);
         assert!(
             me < threads,
@@ -131,25 +178,162 @@ pub fn paged_attention_isa<'t, F>(
         );
         // SAFETY: each pool thread owns slice `me` of the scratch, and runs one task at a time on
         // it: a task never calls back into rayon, so no other task can start on this thread
-        // before it returns. `scratch` outlives the loop.
-        let s = unsafe { std::slice::from_raw_parts_mut(base.at(me * per), per) };
-        let task = Task {
-            sh,
-            k: inp.k,
-            v: inp.v,
-            q: &inp.q[t * inp.q_stride + kh * gw..][..gw],
-            row: (inp.rows)(t),
-            kh,
-        };
-        // SAFETY: Avx2 and Avx512Vnni are only detected on CPUs with AVX2, FMA and F16C.
-        unsafe {
+        // before it returns. `scratch` outlives the loops.
+        unsafe { std::slice::from_raw_parts_mut(base.at(me * per), per) }
+    };
+    // Chunk offsets of a split: task i's chunks are partials off[i]..off[i + 1].
+    let mut off = [0usize; MAX_SPLIT_TASKS + 1];
+    let split = tasks < SPLIT_BELOW_TASKS_PER_THREAD * threads
+        && tasks <= MAX_SPLIT_TASKS
+        && (0..tasks).all(|i| {
+            let c = (inp.rows)(i / nkv).ctx.div_ceil(CHUNK).max(1);
+            off[i + 1] = off[i] + c;
+            c <= MAX_SPLIT_CHUNKS
+        })
+        && off[tasks] > tasks
+        && rest.len() >= off[tasks] * sh.partial();
+    if !split {
+        out.par_chunks_mut(gw).enumerate().for_each(|(i, o)| {
+            // SAFETY: see `run_task`.
+            unsafe { run_task(isa, &task(i), o, mine()) }
+        });
+        return;
+    }
+    let (parts, outp) = (SendPtr(rest.as_mut_ptr()), SendPtr(out.as_mut_ptr()));
+    let pw = sh.partial();
+    two_phase(
+        off[tasks],
+        |j| {
+            let i = (0..tasks).rfind(|&i| off[i] <= j).unwrap_or(0);
+            let c = j - off[i];
+            // SAFETY: partial j is this item's alone, inside `rest` (checked above).
+            let p = unsafe { std::slice::from_raw_parts_mut(parts.at(j * pw), pw) };
+            unsafe { run_chunk(isa, &task(i), c, p, mine()) }
+        },
+        tasks,
+        |i| {
+            // SAFETY: every chunk is done (second phase); task i's output and partials are its
+            // own.
+            let (o, p) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(outp.at(i * gw), gw),
+                    std::slice::from_raw_parts_mut(
+                        parts.at(off[i] * pw),
+                        (off[i + 1] - off[i]) * pw,
+                    ),
+                )
+            };
+            // The first chunk's max and sum become the running ones.
+            let (first, others) = p.split_at_mut(pw);
+            let (o0, ml) = first.split_at_mut(gw);
+            o.copy_from_slice(o0);
+            let (m, l) = ml.split_at_mut(sh.group());
+            for pc in others.chunks_exact(pw) {
+                let (oc, mlc) = pc.split_at(gw);
+                let (mc, lc) = mlc.split_at(sh.group());
+                merge(o, m, l, oc, mc, lc, hd);
+            }
+            // SAFETY: the ISA was detected (as for the chunks).
+            unsafe { normalize(isa, o, l, hd) }
+        },
+    );
+}
+
+/// Folds a chunk's result (`oc`, `mc`, `lc`) into the running one (`o`, `m`, `l`): the same
+/// operations whether the chunks ran on one thread or many.
+fn merge(
+    o: &mut [f32],
+    m: &mut [f32],
+    l: &mut [f32],
+    oc: &[f32],
+    mc: &[f32],
+    lc: &[f32],
+    hd: usize,
+) {
+    for g in 0..m.len() {
+        let mx = m[g].max(mc[g]);
+        let (a, b) = ((m[g] - mx).exp(), (mc[g] - mx).exp());
+        for (x, y) in o[g * hd..(g + 1) * hd]
+            .iter_mut()
+            .zip(&oc[g * hd..(g + 1) * hd])
+        {
+            *x = *x * a + *y * b;
+        }
+        l[g] = l[g] * a + lc[g] * b;
+        m[g] = mx;
+    }
+}
+
+/// Divides each head's output by its softmax sum (a row with no positions stays zero).
+///
+/// # Safety
+/// `isa` is available.
+unsafe fn normalize(isa: Isa, o: &mut [f32], l: &[f32], hd: usize) {
+    for (g, &l) in l.iter().enumerate() {
+        if l > 0.0 {
+            let y = &mut o[g * hd..(g + 1) * hd];
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::task(&task, o, s),
-                _ => run::<scalar::Scalar>(&task, o, s),
+                Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::scale(1.0 / l, y),
+                _ => scalar::Scalar::scale(1.0 / l, y),
             }
         }
-    });
+    }
+}
+
+/// Chunk `c` of task `t`: its unnormalized output, max and sum into `p` (`partial()` f32s).
+///
+/// # Safety
+/// `isa` is available; `s` holds `task_scratch()` f32s.
+unsafe fn run_chunk(isa: Isa, t: &Task, c: usize, p: &mut [f32], s: &mut [f32]) {
+    let g = t.sh.group();
+    let (o, ml) = p.split_at_mut(g * t.sh.head_dim);
+    let range = c * CHUNK..((c + 1) * CHUNK).min(t.row.ctx);
+    chunk_isa(isa, t, range, o, s);
+    ml.copy_from_slice(&s[g * TILE..g * TILE + 2 * g]);
+}
+
+/// A whole (row, KV head) task on one thread: its chunks folded left to right, normalized.
+///
+/// # Safety
+/// `isa` is available; `s` holds `task_scratch()` f32s.
+unsafe fn run_task(isa: Isa, t: &Task, o: &mut [f32], s: &mut [f32]) {
+    let (g, hd) = (t.sh.group(), t.sh.head_dim);
+    let (s, acc) = s.split_at_mut(t.sh.chunk_scratch());
+    let (oc, acc) = acc.split_at_mut(g * hd);
+    let (m, acc) = acc.split_at_mut(g);
+    let l = &mut acc[..g];
+    let (ms, ls) = (g * TILE, g * TILE + g);
+    for c in 0..t.row.ctx.div_ceil(CHUNK).max(1) {
+        let range = c * CHUNK..((c + 1) * CHUNK).min(t.row.ctx);
+        if c == 0 {
+            chunk_isa(isa, t, range, o, s);
+            m.copy_from_slice(&s[ms..ms + g]);
+            l.copy_from_slice(&s[ls..ls + g]);
+        } else {
+            chunk_isa(isa, t, range, oc, s);
+            merge(o, m, l, oc, &s[ms..ms + g], &s[ls..ls + g], hd);
+        }
+    }
+    normalize(isa, o, l, hd);
+}
+
+/// [`run`] on `isa`'s operations.
+///
+/// # Safety
+/// `isa` is available; `s` holds `chunk_scratch()` f32s.
+unsafe fn chunk_isa(
+    isa: Isa,
+    t: &Task,
+    range: std::ops::Range<usize>,
+    o: &mut [f32],
+    s: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::chunk(t, range, o, s),
+        _ => run::<scalar::Scalar>(t, range, o, s),
+    }
 }
 
 /// The vector operations a task needs, per instruction set.
@@ -204,12 +388,18 @@ unsafe fn head_row<'b, O: Ops>(
     }
 }
 
-/// The hot loop: for each tile of positions, score the tile's K rows against the group's queries,
-/// fold the tile into each head's running max and sum (rescaling `out` when the max grows), then
-/// add the tile's weighted V rows into `out`. `out`: (group, head_dim); `scratch`:
-/// `task_scratch()` f32s.
+/// The hot loop over positions `range` of the row, from a fresh softmax state: for each tile of
+/// positions, score the tile's K rows against the group's queries, fold the tile into each head's
+/// running max and sum (rescaling `out` when the max grows), then add the tile's weighted V rows
+/// into `out`. `out`: (group, head_dim), left unnormalized; `scratch`: `chunk_scratch()` f32s,
+/// whose `[group * TILE..][..2 * group]` holds the max and sum on return.
 #[inline(always)]
-pub(crate) unsafe fn run<O: Ops>(t: &Task, out: &mut [f32], scratch: &mut [f32]) {
+pub(crate) unsafe fn run<O: Ops>(
+    t: &Task,
+    range: std::ops::Range<usize>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
     let (hd, bs) = (t.sh.head_dim, t.sh.block_size);
     let g_n = t.sh.group();
     let (scores, rest) = scratch.split_at_mut(g_n * TILE);
@@ -221,9 +411,9 @@ pub(crate) unsafe fn run<O: Ops>(t: &Task, out: &mut [f32], scratch: &mut [f32])
     l.fill(0.0);
     out.fill(0.0);
     let off = t.kh * hd;
-    let (table, ctx) = (t.row.block_table, t.row.ctx);
+    let table = t.row.block_table;
     let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
-    let mut p0 = 0;
+    let (mut p0, ctx) = (range.start, range.end);
     while p0 < ctx {
         let np = TILE.min(ctx - p0);
         for j in 0..np {
@@ -248,11 +438,6 @@ pub(crate) unsafe fn run<O: Ops>(t: &Task, out: &mut [f32], scratch: &mut [f32])
         }
         O::acc(scores, TILE, &rows[..np], out);
         p0 += np;
-    }
-    for g in 0..g_n {
-        if l[g] > 0.0 {
-            O::scale(1.0 / l[g], &mut out[g * hd..(g + 1) * hd]);
-        }
     }
 }
 

@@ -179,3 +179,101 @@ fn stores_round_trip() {
         .unwrap_err()
         .contains("--kv-cache-dtype"));
 }
+
+#[test]
+fn long_contexts_split_over_threads_give_the_unsplit_results_bit_for_bit() {
+    // One sequence decoding over a long context: its 3 (row, KV head) tasks are too few for a
+    // pool of 4, so the context's chunks run as tasks and are merged after. The row must come out
+    // exactly as when the same chunks are folded on one thread: with no room to split, and inside
+    // a batch big enough not to split.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    let (bs, hd) = (16, 64);
+    let sh = AttnShape {
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: hd,
+        block_size: bs,
+        scale: 1.0 / 8.0,
+    };
+    let width = 3 * hd;
+    let blocks = 72;
+    let mut seed = 77;
+    for dtype in [KvDtype::F32, KvDtype::F16] {
+        let mut k = KvStore::new(dtype, blocks * bs, width);
+        let mut v = KvStore::new(dtype, blocks * bs, width);
+        for slot in 0..blocks * bs {
+            let kr: Vec<f32> = (0..width).map(|_| 6.0 * lcg(&mut seed)).collect();
+            let vr: Vec<f32> = (0..width).map(|_| lcg(&mut seed)).collect();
+            k.write(slot, &kr);
+            v.write(slot, &vr);
+        }
+        // Row 0 is the long one (5 chunks, the last partial); the others fill the batch.
+        let table: Vec<u32> = (0..blocks as u32).rev().collect();
+        let rows = [
+            Row {
+                table: table.clone(),
+                ctx: 4 * CHUNK + 37,
+            },
+            Row {
+                table: table.clone(),
+                ctx: 300,
+            },
+            Row {
+                table: table.clone(),
+                ctx: 2,
+            },
+            Row { table, ctx: 999 },
+        ];
+        let q_dim = 9 * hd;
+        let q: Vec<f32> = (0..rows.len() * q_dim).map(|_| lcg(&mut seed)).collect();
+        let want = reference(&sh, &q, q_dim, &rows[..1], &k, &v);
+        let inp = |n: usize| AttnInput {
+            shape: sh,
+            q: &q[..n * q_dim],
+            q_stride: q_dim,
+            rows: |t: usize| RowKv {
+                block_table: &rows[t].table,
+                ctx: rows[t].ctx,
+            },
+            k: &k,
+            v: &v,
+        };
+        for isa in Isa::available() {
+            pool.install(|| {
+                let len = scratch_len(&sh);
+                let own = 4 * sh.task_scratch();
+                let mut scratch = vec![f32::NAN; len];
+                let mut split = vec![f32::NAN; q_dim];
+                paged_attention_isa(isa, &inp(1), &mut split, &mut scratch);
+                assert!(
+                    !scratch[own..].iter().all(|v| v.is_nan()),
+                    "{isa:?}: the context was not split"
+                );
+                let mut unsplit = vec![f32::NAN; q_dim];
+                paged_attention_isa(isa, &inp(1), &mut unsplit, &mut scratch[..own]);
+                let mut batch = vec![f32::NAN; rows.len() * q_dim];
+                paged_attention_isa(isa, &inp(rows.len()), &mut batch, &mut scratch);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&split),
+                    bits(&unsplit),
+                    "{dtype} {isa:?}: split vs one thread"
+                );
+                assert_eq!(
+                    bits(&split),
+                    bits(&batch[..q_dim]),
+                    "{dtype} {isa:?}: in a batch"
+                );
+                for (i, (a, b)) in split.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
+                        "{dtype} {isa:?}: [{i}] {a} vs {b}"
+                    );
+                }
+            });
+        }
+    }
+}
