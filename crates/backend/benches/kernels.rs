@@ -183,6 +183,7 @@ mod peak {
 }
 
 /// Peak ops/s of `f(iters) -> ops` on one thread and on every thread of the pool at once.
+#[cfg(target_arch = "x86_64")]
 fn measure_peak(f: fn(usize, bool) -> f64, wide: bool) -> (f64, f64) {
     let iters = 2_000_000;
     let one = time(Duration::from_millis(300), || {

@@ -37,6 +37,7 @@ mod packed256;
 mod tests;
 
 use std::cell::Cell;
+#[cfg(target_arch = "x86_64")]
 use std::sync::OnceLock;
 
 use super::{two_phase, Isa, SendPtr};
@@ -50,11 +51,13 @@ pub(crate) const NR: usize = 4;
 const ROWS_PER_TASK: usize = 32;
 /// Pool tasks per thread on the packed path: few enough that a fork-join stays cheap, enough
 /// that a thread slowed by another process does not hold up the rest.
+#[cfg(target_arch = "x86_64")]
 const TASKS_PER_THREAD: usize = 4;
 /// Batches of fewer rows quantize x on the calling thread.
 const PAR_QUANTIZE_ROWS: usize = 16;
 /// Batches of at least this many rows use a Q4 matrix's wide packing: its weights are reused by
 /// enough rows of x that unpacking nibbles costs more than reading twice the bytes.
+#[cfg(target_arch = "x86_64")]
 const WIDE_MIN_ROWS: usize = 16;
 
 /// A GGUF block format the quantized kernels read.
@@ -113,9 +116,11 @@ pub struct QMatrix {
     /// (rows, cols / block_len, block_bytes)
     data: Vec<u8>,
     /// Q4_0/Q4_1/Q8_0 repacked for the AVX-512 VNNI kernel (see `packed.rs`), built on first use.
+    #[cfg(target_arch = "x86_64")]
     packed: OnceLock<Vec<u8>>,
     /// Q4_0/Q4_1 repacked with one byte per weight, for batches of [`WIDE_MIN_ROWS`] or more
     /// rows (no nibble unpack in the kernel; 1.7x the bytes of `packed`), built on first use.
+    #[cfg(target_arch = "x86_64")]
     wide: OnceLock<Vec<u8>>,
 }
 
@@ -148,7 +153,9 @@ impl QMatrix {
             rows,
             cols,
             data: bytes,
+            #[cfg(target_arch = "x86_64")]
             packed: OnceLock::new(),
+            #[cfg(target_arch = "x86_64")]
             wide: OnceLock::new(),
         })
     }

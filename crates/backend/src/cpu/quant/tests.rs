@@ -228,6 +228,7 @@ fn every_isa_quantizes_activations_bit_identically() {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn packed_paths_agree_bit_for_bit_across_instruction_sets() {
     // The AVX-512, AVX-VNNI and AVX2 packed kernels read one buffer and do the same operations
