@@ -15,6 +15,7 @@ macro_rules! simd_array {
 
 pub mod attention;
 mod avx2;
+mod neon;
 mod quant;
 mod scalar;
 
@@ -36,6 +37,14 @@ pub enum Isa {
     /// AVX-512 F/BW/VL + VNNI (plus AVX2/FMA): int8 dot products with `vpdpbusd` on 512-bit
     /// registers; f32 kernels use the AVX2 ones.
     Avx512Vnni,
+    /// NEON (aarch64, where every CPU has it): f32 tiles, int8 dot products with `smull` and
+    /// pairwise adds, f16 widened with `fcvtl`.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    /// NEON + dotprod (`sdot`, optional from ARMv8.2, e.g. Cortex-A55/A76, Apple M1, Graviton 2):
+    /// as `Neon`, int8 dot products with `sdot`, bit-identical to `Neon`'s.
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
 }
 
 impl Isa {
@@ -76,6 +85,15 @@ impl Isa {
                 && is_x86_feature_detected!("avx512vnni")
             {
                 out.isas[out.len] = Isa::Avx512Vnni;
+                out.len += 1;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            out.isas[out.len] = Isa::Neon;
+            out.len += 1;
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                out.isas[out.len] = Isa::NeonDot;
                 out.len += 1;
             }
         }
@@ -160,6 +178,8 @@ pub fn matmul_isa(isa: Isa, x: &[f32], n: usize, w: &Matrix, y: &mut [f32]) {
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::gemm_block(&block),
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon | Isa::NeonDot => neon::gemm_block(&block),
                 _ => scalar::gemm_block(&block),
             }
         }
@@ -257,6 +277,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 and Avx512Vnni are only detected when the CPU has AVX2 and FMA.
         Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe { avx2::dot(a, b) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is detected before either is chosen.
+        Isa::Neon | Isa::NeonDot => unsafe { neon::dot(a, b) },
         _ => scalar::dot(a, b),
     }
 }

@@ -117,3 +117,16 @@ fn two_phase_runs_every_item_once_and_the_second_phase_after_the_first() {
         }
     });
 }
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn every_aarch64_cpu_gets_neon() {
+    // NEON is part of the aarch64 base; the tests above compare it against scalar only if
+    // detection lists it.
+    assert!(
+        Isa::available().contains(&Isa::Neon),
+        "{:?}",
+        Isa::available()
+    );
+    eprintln!("instruction sets: {:?}", &Isa::available()[..]);
+}

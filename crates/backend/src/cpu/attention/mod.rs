@@ -11,11 +11,12 @@
 //! sequence decoding), the chunks run as tasks of their own and are merged after (flash-decoding),
 //! with results bit-identical to the unsplit fold: how a row is computed never depends on the
 //! other rows of the batch.
-//! f16 and Q8_0 rows are widened to f32 one head row at a time (F16C / AVX2 on x86-64, the portable
-//! conversion elsewhere; both exact).
+//! f16 and Q8_0 rows are widened to f32 one head row at a time (F16C / AVX2 on x86-64, NEON on
+//! aarch64, the portable conversion elsewhere; all exact).
 
 mod avx2;
 mod kv;
+mod neon;
 mod scalar;
 
 pub use kv::{BlockQ8_0, KvDtype, KvStore, QK8_0};
@@ -275,6 +276,8 @@ unsafe fn normalize(isa: Isa, o: &mut [f32], l: &[f32], hd: usize) {
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::scale(1.0 / l, y),
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon | Isa::NeonDot => neon::scale(1.0 / l, y),
                 _ => scalar::Scalar::scale(1.0 / l, y),
             }
         }
@@ -332,6 +335,8 @@ unsafe fn chunk_isa(
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::chunk(t, range, o, s),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => neon::chunk(t, range, o, s),
         _ => run::<scalar::Scalar>(t, range, o, s),
     }
 }

@@ -1,0 +1,295 @@
+//! NEON attention operations (aarch64). Query heads are taken up to four at a time so that one
+//! load of a K or V row feeds all of them; f16 rows widen with `fcvtl`, Q8_0 rows with `sxtl`
+//! (both exact, as the portable conversion).
+#![cfg(target_arch = "aarch64")]
+// Register tiles are indexed by head alongside pointer offsets; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::aarch64::*;
+
+use half::f16;
+
+use super::{BlockQ8_0, Ops, Task, QK8_0};
+use crate::cpu::neon::{f16_to_f32, f16x4_high_to_f32, f16x4_to_f32};
+
+pub(crate) struct Neon;
+
+/// e^x for x <= 88 (below -87 it returns about e^-87 rather than 0): 2^n · P(f) with
+/// n = round(x / ln 2), f = x - n ln 2 in two steps (Cody-Waite), P Taylor's series to degree 6
+/// (|f| <= ln 2 / 2: a few ulp). The AVX2 path's function, operation for operation.
+#[inline(always)]
+unsafe fn exp(x: float32x4_t) -> float32x4_t {
+    let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0)), vdupq_n_f32(88.0));
+    let n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(std::f32::consts::LOG2_E)));
+    let f = vfmsq_f32(x, n, vdupq_n_f32(0.693_359_4));
+    let f = vfmsq_f32(f, n, vdupq_n_f32(-2.121_944_4e-4));
+    let mut p = vdupq_n_f32(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = vfmaq_f32(vdupq_n_f32(c), p, f);
+    }
+    // n is a whole number in [-126, 127]: the conversion is exact.
+    let e = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
+    vmulq_f32(p, vreinterpretq_f32_s32(e))
+}
+
+/// `N` heads of `q` (rows of `k.len()`) against `k`: `s[g * stride] = scale * q_g · k`.
+#[inline(always)]
+unsafe fn dots_n<const N: usize>(q: *const f32, k: &[f32], scale: f32, s: *mut f32, stride: usize) {
+    let hd = k.len();
+    let (hd8, hd4) = (hd / 8 * 8, hd / 4 * 4);
+    let pk = k.as_ptr();
+    let mut a0 = [vdupq_n_f32(0.0); N];
+    let mut a1 = [vdupq_n_f32(0.0); N];
+    let mut i = 0;
+    while i < hd8 {
+        let (k0, k1) = (vld1q_f32(pk.add(i)), vld1q_f32(pk.add(i + 4)));
+        for g in 0..N {
+            a0[g] = vfmaq_f32(a0[g], vld1q_f32(q.add(g * hd + i)), k0);
+            a1[g] = vfmaq_f32(a1[g], vld1q_f32(q.add(g * hd + i + 4)), k1);
+        }
+        i += 8;
+    }
+    if i < hd4 {
+        let k0 = vld1q_f32(pk.add(i));
+        for g in 0..N {
+            a0[g] = vfmaq_f32(a0[g], vld1q_f32(q.add(g * hd + i)), k0);
+        }
+    }
+    for g in 0..N {
+        let mut d = vaddvq_f32(vaddq_f32(a0[g], a1[g]));
+        for r in hd4..hd {
+            d += *q.add(g * hd + r) * *pk.add(r);
+        }
+        *s.add(g * stride) = d * scale;
+    }
+}
+
+/// `out_g += Σ_j w[g * stride + j] * rows[j]` for `N` heads of `out` (rows of `hd`), eight
+/// columns (two registers) at a time.
+#[inline(always)]
+unsafe fn acc_n<const N: usize>(
+    w: *const f32,
+    stride: usize,
+    rows: &[&[f32]],
+    out: *mut f32,
+    hd: usize,
+) {
+    let hd8 = hd / 8 * 8;
+    let mut c = 0;
+    while c < hd8 {
+        let mut a0 = simd_array!(N, vdupq_n_f32(0.0), |g| vld1q_f32(out.add(g * hd + c)));
+        let mut a1 = simd_array!(N, vdupq_n_f32(0.0), |g| vld1q_f32(out.add(g * hd + c + 4)));
+        for (j, r) in rows.iter().enumerate() {
+            let (v0, v1) = (
+                vld1q_f32(r.as_ptr().add(c)),
+                vld1q_f32(r.as_ptr().add(c + 4)),
+            );
+            for g in 0..N {
+                let wj = *w.add(g * stride + j);
+                a0[g] = vfmaq_n_f32(a0[g], v0, wj);
+                a1[g] = vfmaq_n_f32(a1[g], v1, wj);
+            }
+        }
+        for g in 0..N {
+            vst1q_f32(out.add(g * hd + c), a0[g]);
+            vst1q_f32(out.add(g * hd + c + 4), a1[g]);
+        }
+        c += 8;
+    }
+    for c in hd8..hd {
+        for g in 0..N {
+            let mut y = *out.add(g * hd + c);
+            for (j, r) in rows.iter().enumerate() {
+                y += *w.add(g * stride + j) * r[c];
+            }
+            *out.add(g * hd + c) = y;
+        }
+    }
+}
+
+impl Ops for Neon {
+    #[inline(always)]
+    unsafe fn dots(q: &[f32], k: &[f32], scale: f32, s: &mut [f32], stride: usize) {
+        let hd = k.len();
+        let gn = q.len() / hd;
+        assert!(gn == 0 || s.len() > (gn - 1) * stride, "attention: scores");
+        let (pq, ps) = (q.as_ptr(), s.as_mut_ptr());
+        let mut g = 0;
+        while g < gn {
+            let (qg, sg) = (pq.add(g * hd), ps.add(g * stride));
+            let c = (gn - g).min(4);
+            match c {
+                4 => dots_n::<4>(qg, k, scale, sg, stride),
+                3 => dots_n::<3>(qg, k, scale, sg, stride),
+                2 => dots_n::<2>(qg, k, scale, sg, stride),
+                _ => dots_n::<1>(qg, k, scale, sg, stride),
+            }
+            g += c;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn exp_sum(s: &mut [f32], mx: f32) -> f32 {
+        let n = s.len();
+        let (p, m) = (s.as_mut_ptr(), vdupq_n_f32(mx));
+        let mut acc = vdupq_n_f32(0.0);
+        let mut i = 0;
+        while i + 4 <= n {
+            let e = exp(vsubq_f32(vld1q_f32(p.add(i)), m));
+            vst1q_f32(p.add(i), e);
+            acc = vaddq_f32(acc, e);
+            i += 4;
+        }
+        let mut sum = vaddvq_f32(acc);
+        if i < n {
+            // The tail through the same exp, via a padded copy.
+            let mut t = [mx; 4];
+            t[..n - i].copy_from_slice(&s[i..]);
+            let e = exp(vsubq_f32(vld1q_f32(t.as_ptr()), m));
+            vst1q_f32(t.as_mut_ptr(), e);
+            for (d, &v) in s[i..].iter_mut().zip(&t) {
+                *d = v;
+                sum += v;
+            }
+        }
+        sum
+    }
+
+    #[inline(always)]
+    unsafe fn acc(w: &[f32], stride: usize, rows: &[&[f32]], out: &mut [f32]) {
+        let Some(hd) = rows.first().map(|r| r.len()) else {
+            return;
+        };
+        let gn = out.len() / hd;
+        assert!(
+            rows.iter().all(|r| r.len() == hd)
+                && (gn == 0 || w.len() >= (gn - 1) * stride + rows.len()),
+            "attention: weights and rows"
+        );
+        let (pw, po) = (w.as_ptr(), out.as_mut_ptr());
+        let mut g = 0;
+        while g < gn {
+            let (wg, og) = (pw.add(g * stride), po.add(g * hd));
+            let c = (gn - g).min(4);
+            match c {
+                4 => acc_n::<4>(wg, stride, rows, og, hd),
+                3 => acc_n::<3>(wg, stride, rows, og, hd),
+                2 => acc_n::<2>(wg, stride, rows, og, hd),
+                _ => acc_n::<1>(wg, stride, rows, og, hd),
+            }
+            g += c;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scale(a: f32, y: &mut [f32]) {
+        let n = y.len();
+        let py = y.as_mut_ptr();
+        let mut i = 0;
+        while i + 4 <= n {
+            vst1q_f32(py.add(i), vmulq_n_f32(vld1q_f32(py.add(i)), a));
+            i += 4;
+        }
+        while i < n {
+            y[i] *= a;
+            i += 1;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let (ps, pd) = (src.as_ptr() as *const u16, dst.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = vld1q_u16(ps.add(i));
+            vst1q_f32(pd.add(i), f16x4_to_f32(vget_low_u16(h)));
+            vst1q_f32(pd.add(i + 4), f16x4_high_to_f32(h));
+            i += 8;
+        }
+        while i < n {
+            dst[i] = f16_to_f32(src[i].to_bits());
+            i += 1;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn q8_to_f32(src: &[BlockQ8_0], dst: &mut [f32]) {
+        for (o, b) in dst.chunks_exact_mut(QK8_0).zip(src) {
+            let d = f16_to_f32(b.d.to_bits());
+            let (pq, po) = (b.qs.as_ptr(), o.as_mut_ptr());
+            for i in (0..QK8_0).step_by(16) {
+                let q = vld1q_s8(pq.add(i));
+                let (lo, hi) = (vmovl_s8(vget_low_s8(q)), vmovl_high_s8(q));
+                let w = [
+                    vmovl_s16(vget_low_s16(lo)),
+                    vmovl_high_s16(lo),
+                    vmovl_s16(vget_low_s16(hi)),
+                    vmovl_high_s16(hi),
+                ];
+                for j in 0..4 {
+                    vst1q_f32(po.add(i + 4 * j), vmulq_n_f32(vcvtq_f32_s32(w[j]), d));
+                }
+            }
+        }
+    }
+}
+
+/// [`super::run`] on NEON.
+///
+/// # Safety
+/// None beyond NEON, which every aarch64 CPU has.
+pub(crate) unsafe fn chunk(
+    t: &Task,
+    range: std::ops::Range<usize>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    super::run::<Neon>(t, range, out, scratch)
+}
+
+/// y *= a
+///
+/// # Safety
+/// None beyond NEON.
+pub(crate) unsafe fn scale(a: f32, y: &mut [f32]) {
+    Neon::scale(a, y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector exp against f64's over the range softmax feeds it (x <= 0).
+    #[test]
+    fn exp_is_within_a_few_ulp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let xs = [
+                x,
+                x * 0.5,
+                x * 0.25,
+                x * 0.125,
+                x * 0.01,
+                x * 1e-3,
+                x * 1e-5,
+                0.0,
+            ];
+            let mut out = [0f32; 8];
+            // SAFETY: NEON is baseline on aarch64; both arrays hold 8 floats.
+            unsafe {
+                for h in [0, 4] {
+                    let e = exp(vld1q_f32(xs.as_ptr().add(h)));
+                    vst1q_f32(out.as_mut_ptr().add(h), e);
+                }
+            }
+            for (&x, &e) in xs.iter().zip(&out) {
+                let want = (x as f64).exp();
+                worst = worst.max(((e as f64 - want) / want).abs());
+            }
+            x += 0.0137;
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
+    }
+}
