@@ -20,6 +20,9 @@
 //! of 4 per row. `packed.rs` runs it on AVX-512 VNNI (zmm), `packed256.rs` on AVX-VNNI or AVX2
 //! (two ymm halves per group; AVX2 for Q4 only). Batches of [`WIDE_MIN_ROWS`]+ rows read a
 //! second, wide copy of a Q4 matrix (a byte per weight, no nibble unpack in the loop).
+//!
+//! On aarch64 every format takes the tiled path: `neon.rs` (`sdot` with dotprod, `smull` and
+//! pairwise adds without, bit-identical to each other).
 
 mod expand;
 mod scalar;
@@ -32,6 +35,9 @@ mod avx512;
 mod packed;
 #[cfg(target_arch = "x86_64")]
 mod packed256;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(test)]
 mod tests;
@@ -323,7 +329,9 @@ fn quantize_row(
     }
     #[cfg(target_arch = "x86_64")]
     let simd = matches!(isa, Isa::Avx2 | Isa::AvxVnni);
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    let simd = matches!(isa, Isa::Neon | Isa::NeonDot);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let simd = {
         let _ = isa;
         false
@@ -333,6 +341,11 @@ fn quantize_row(
         #[cfg(target_arch = "x86_64")]
         unsafe {
             avx2::quantize_blocks(xr, g.nb, qr, dr, sr)
+        };
+        // SAFETY: NEON was detected; the slices hold nb blocks (checked inside).
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            neon::quantize_blocks(xr, g.nb, qr, dr, sr)
         };
     } else {
         for b in 0..g.nb {
@@ -468,6 +481,13 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
                         continue;
                     }
                 }
+                // SAFETY: NEON was detected.
+                #[cfg(target_arch = "aarch64")]
+                if let (Some(r), Isa::Neon | Isa::NeonDot) = (r, isa) {
+                    if unsafe { neon::expand_row(w, r, g, &mut tile, s) } {
+                        continue;
+                    }
+                }
                 expand::row(w, r, g, &mut tile, s);
             }
             let args = KernelArgs {
@@ -488,6 +508,10 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
                     Isa::Avx2 | Isa::AvxVnni => avx2::rows(&args),
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512Vnni => avx512::rows(&args),
+                    #[cfg(target_arch = "aarch64")]
+                    Isa::Neon => neon::rows(&args, w.ty),
+                    #[cfg(target_arch = "aarch64")]
+                    Isa::NeonDot => neon::rows_dot(&args, w.ty),
                     _ => scalar::rows(&args),
                 }
             }

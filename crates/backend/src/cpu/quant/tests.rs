@@ -266,3 +266,32 @@ fn packed_paths_agree_bit_for_bit_across_instruction_sets() {
         }
     }
 }
+
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_and_dotprod_agree_bit_for_bit() {
+    // `smull`/`smlal` and `sdot` fill the same i32 lanes with the same exact sums, and the float
+    // work after them is shared: a lane or half mixed up on either side shows as a different bit
+    // (Q6_K's halves carry different scales).
+    let isas = Isa::available();
+    if !isas.contains(&Isa::NeonDot) {
+        eprintln!("skipped: this CPU has no dotprod");
+        return;
+    }
+    let mut seed = 43;
+    for (ty, gt) in TYPES {
+        let bl = ty.block_len();
+        for (rows, cols) in [(9, bl), (37, 3 * bl), (6, 8 * bl.min(64))] {
+            let (w, _) = random_q(ty, gt, rows, cols, &mut seed);
+            for n in [1, 3, 4, 7] {
+                let x: Vec<f32> = (0..n * cols).map(|_| 3.0 * lcg(&mut seed)).collect();
+                let [a, b] = [Isa::Neon, Isa::NeonDot].map(|isa| {
+                    let mut y = vec![f32::NAN; n * rows];
+                    matmul_q_isa(isa, &x, n, &w, &mut y);
+                    y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                });
+                assert_eq!(a, b, "{ty:?} n={n} {rows}x{cols}");
+            }
+        }
+    }
+}
