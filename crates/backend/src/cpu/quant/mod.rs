@@ -43,6 +43,7 @@ mod neon;
 mod tests;
 
 use std::cell::Cell;
+use std::ops::Range;
 #[cfg(target_arch = "x86_64")]
 use std::sync::OnceLock;
 
@@ -65,6 +66,15 @@ const PAR_QUANTIZE_ROWS: usize = 16;
 /// enough rows of x that unpacking nibbles costs more than reading twice the bytes.
 #[cfg(target_arch = "x86_64")]
 const WIDE_MIN_ROWS: usize = 16;
+/// Batches of at least this many rows per thread split a small matrix by rows of x (see
+/// [`PackedPlan::row_blocks`]).
+#[cfg(target_arch = "x86_64")]
+const ROW_SPLIT_MIN_ROWS: usize = 12;
+/// ... when every thread reading all of the packed matrix reads at most this many bytes in all
+/// (2 threads: matrices up to 1.5 MiB, e.g. SmolLM2's q|k|v, o and down; with many threads the
+/// split by groups, which reads each byte once, wins).
+#[cfg(target_arch = "x86_64")]
+const ROW_SPLIT_MAX_BYTES: usize = 3 << 20;
 
 /// A GGUF block format the quantized kernels read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -451,10 +461,32 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     // written, and only reads.
     #[cfg(target_arch = "x86_64")]
     if packed {
-        let (tasks, run) = packed_tasks(isa, n, g, w, y);
-        two_phase(n.div_ceil(per), quantize, tasks, |t| {
-            run(unsafe { acts_at.get() }, t)
-        });
+        let (plan, run) = packed_plan(isa, n, g, w, y);
+        if plan.row_blocks > 1 {
+            // Each task quantizes its own rows of x and multiplies them by every group: no wait
+            // between the phases, and no quantized row crosses to another core.
+            let rb = n.div_ceil(plan.row_blocks);
+            two_phase(
+                0,
+                |_| {},
+                plan.row_blocks,
+                |t| {
+                    let r = t * rb..((t + 1) * rb).min(n);
+                    // SAFETY: task t owns rows r, disjoint across tasks; `acts` outlives the
+                    // fork-join and is not resized in it; the kernel reads only rows r.
+                    unsafe {
+                        rows.quantize(x, r.clone());
+                        run(acts_at.get(), r, 0..plan.groups)
+                    }
+                },
+            );
+        } else {
+            let per_task = plan.groups_per_task;
+            two_phase(n.div_ceil(per), quantize, plan.group_tasks, |t| {
+                let gr = t * per_task..((t + 1) * per_task).min(plan.groups);
+                run(unsafe { acts_at.get() }, 0..n, gr)
+            });
+        }
         ACTS.set(acts);
         return;
     }
@@ -542,17 +574,33 @@ impl ActsAt {
     }
 }
 
-/// The packed path (Q4_0/Q4_1/Q8_0 where [`packed::packs`] says so, any batch size): groups of
-/// 16 output rows split into about [`TASKS_PER_THREAD`] tasks per thread, whole group pairs
-/// each. Returns the task count and the task body.
+/// How [`packed_plan`] splits a matmul over the pool.
 #[cfg(target_arch = "x86_64")]
-fn packed_tasks<'a>(
+struct PackedPlan {
+    /// groups of 16 output rows
+    groups: usize,
+    /// More than 1: tasks are blocks of x rows, each quantizing its rows and multiplying them by
+    /// every group (small matrices and big batches: no wait between quantizing and multiplying,
+    /// no quantized row read on another core, at the cost of each thread reading all weights).
+    row_blocks: usize,
+    /// Otherwise tasks are runs of whole group pairs against all rows of x.
+    group_tasks: usize,
+    groups_per_task: usize,
+}
+
+/// The packed path (Q4_0/Q4_1/Q8_0 where [`packed::packs`] says so, any batch size): its split
+/// over the pool and the task body, `run(acts, rows of x, groups)`.
+#[cfg(target_arch = "x86_64")]
+fn packed_plan<'a>(
     isa: Isa,
     n: usize,
     g: Geom,
     w: &'a QMatrix,
     y: &mut [f32],
-) -> (usize, impl Fn(&Acts, usize) + Sync + 'a) {
+) -> (
+    PackedPlan,
+    impl Fn(&Acts, Range<usize>, Range<usize>) + Sync + 'a,
+) {
     let wide = w.ty == QType::Q8_0 || n >= WIDE_MIN_ROWS;
     let packed = if w.ty != QType::Q8_0 && wide {
         w.wide.get_or_init(|| packed::pack(w, true))
@@ -560,23 +608,33 @@ fn packed_tasks<'a>(
         w.packed.get_or_init(|| packed::pack(w, false))
     };
     let groups = w.rows.div_ceil(packed::G);
-    let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
+    let threads = rayon::current_num_threads();
+    let row_blocks = if threads > 1
+        && n >= ROW_SPLIT_MIN_ROWS * threads
+        && packed.len() * threads <= ROW_SPLIT_MAX_BYTES
+    {
+        threads
+    } else {
+        1
+    };
+    let tasks = threads * TASKS_PER_THREAD;
     let per = groups.div_ceil(tasks).next_multiple_of(2);
     let out = SendPtr(y.as_mut_ptr());
-    let run = move |acts: &Acts, t: usize| {
+    let run = move |acts: &Acts, rows: Range<usize>, gr: Range<usize>| {
         let a = packed::PackedArgs {
             w,
             packed,
             acts,
-            n,
             g,
-            g0: t * per,
-            g1: ((t + 1) * per).min(groups),
+            i0: rows.start,
+            i1: rows.end,
+            g0: gr.start,
+            g1: gr.end,
             y: out,
         };
         // SAFETY: `packs(isa, w.ty)` held, so the CPU has the kernel's features and the type is
         // one it reads; `packed` is `pack(w, wide)` (Q8_0 is always wide); each task writes only
-        // its own groups' columns of y, disjoint across tasks, and y outlives the loop.
+        // its own (rows, groups) block of y, disjoint across tasks, and y outlives the loop.
         unsafe {
             match (isa, wide) {
                 (Isa::Avx512Vnni, true) => packed::run::<true>(&a),
@@ -588,5 +646,11 @@ fn packed_tasks<'a>(
             }
         }
     };
-    (groups.div_ceil(per), run)
+    let plan = PackedPlan {
+        groups,
+        row_blocks,
+        group_tasks: groups.div_ceil(per),
+        groups_per_task: per,
+    };
+    (plan, run)
 }

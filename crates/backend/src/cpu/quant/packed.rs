@@ -103,8 +103,10 @@ pub(crate) struct PackedArgs<'a> {
     pub w: &'a QMatrix,
     pub packed: &'a [u8],
     pub acts: &'a Acts,
-    pub n: usize,
     pub g: Geom,
+    /// rows `i0..i1` of x
+    pub i0: usize,
+    pub i1: usize,
     pub g0: usize,
     pub g1: usize,
     pub y: SendPtr,
@@ -211,9 +213,9 @@ unsafe fn tile<const WIDE: bool, const M: usize, const GR: usize>(
 
 #[inline(always)]
 unsafe fn rows_of<const WIDE: bool, const GR: usize>(a: &PackedArgs, gi: usize) {
-    let mut i0 = 0;
-    while i0 < a.n {
-        let mm = (a.n - i0).min(MR);
+    let mut i0 = a.i0;
+    while i0 < a.i1 {
+        let mm = (a.i1 - i0).min(MR);
         match mm {
             6 => tile::<WIDE, 6, GR>(a, gi, i0),
             5 => tile::<WIDE, 5, GR>(a, gi, i0),

@@ -116,9 +116,9 @@ unsafe fn tile<const VNNI: bool, const WIDE: bool, const M: usize>(
 unsafe fn groups<const VNNI: bool, const WIDE: bool>(a: &PackedArgs) {
     let mr = if WIDE { MR_WIDE } else { MR_NIBBLE };
     for gi in a.g0..a.g1 {
-        let mut i0 = 0;
-        while i0 < a.n {
-            let mm = (a.n - i0).min(mr);
+        let mut i0 = a.i0;
+        while i0 < a.i1 {
+            let mm = (a.i1 - i0).min(mr);
             match mm {
                 3 => tile::<VNNI, WIDE, 3>(a, gi, i0),
                 2 => tile::<VNNI, WIDE, 2>(a, gi, i0),

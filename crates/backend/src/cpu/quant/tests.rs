@@ -159,15 +159,29 @@ fn a_row_gives_bit_identical_results_at_every_batch_size_and_path() {
     // Batch composition must not change any request's output: every tile height of the packed
     // path (1..6 rows of x, one or two groups of w) and the tiled path compute each (row of x,
     // row of w) with the same operations.
+    // The big batch also runs split by rows of x (small matrices on a pool of 2+ threads; the
+    // 4-thread pool makes sure of it), the small ones by groups of weight rows.
     let mut seed = 23;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
     for (ty, gt) in &TYPES[..5] {
         for (rows, cols) in [(37, 32 * 3), (64, 32 * 18), (9, 32 * 7), (200, 32 * 2)] {
             let (w, _) = random_q(*ty, *gt, rows, cols, &mut seed);
-            let big = 17;
+            let big = 53;
             let x: Vec<f32> = (0..big * cols).map(|_| lcg(&mut seed)).collect();
             for isa in Isa::available() {
                 let mut all = vec![f32::NAN; big * rows];
                 matmul_q_isa(isa, &x, big, &w, &mut all);
+                let mut all4 = vec![f32::NAN; big * rows];
+                pool.install(|| matmul_q_isa(isa, &x, big, &w, &mut all4));
+                assert!(
+                    all.iter()
+                        .zip(&all4)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa:?} {ty:?} {rows}x{cols}: 4 threads"
+                );
                 for n in (1..=8).chain([12, 13]) {
                     let mut y = vec![f32::NAN; n * rows];
                     matmul_q_isa(isa, &x[..n * cols], n, &w, &mut y);
