@@ -291,7 +291,7 @@ impl ActsRows {
     /// # Safety
     /// The [`Acts`] these views came from is alive and not resized, and no one else reads or
     /// writes these rows during the call.
-    unsafe fn quantize(&self, x: &[f32], rows: std::ops::Range<usize>) {
+    unsafe fn quantize(&self, x: &[f32], rows: Range<usize>) {
         let (g, [lq, ld, ls, lds]) = (self.g, self.len);
         let cols = g.nb * QK;
         assert!(rows.end <= self.n && x.len() >= self.n * cols);
