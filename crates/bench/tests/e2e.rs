@@ -202,15 +202,25 @@ async fn generate(sock: &mut TcpStream, fake: Fake, stats: &Stats, body: &Value,
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens, "total_tokens": prompt_tokens + max_tokens});
     events.push((0, send(json!({"choices": [], "usage": usage}))));
     events.push((0, "data: [DONE]\n\n".to_string()));
-    for (delay, ev) in events {
+    let last = events.len() - 1;
+    let mut counted = true;
+    for (e, (delay, ev)) in events.into_iter().enumerate() {
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if e == last {
+            // Out of flight before the client can see the end and send its next request (else
+            // a busy runtime could count that one before this one leaves).
+            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+            counted = false;
         }
         if sock.write_all(ev.as_bytes()).await.is_err() {
             break;
         }
     }
-    stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+    if counted {
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn config(url: &str) -> BenchConfig {
