@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{BlockQ8_0, Ops, Task, QK8_0};
+use super::{acc_grouped, dots_grouped, BlockQ8_0, HeadGroups, Ops, Task, QK8_0};
 use crate::cpu::avx2::hsum;
 
 pub(crate) struct Avx2;
@@ -39,71 +39,79 @@ unsafe fn exp(x: __m256) -> __m256 {
     _mm256_mul_ps(p, _mm256_castsi256_ps(e))
 }
 
-/// `N` heads of `q` (rows of `k.len()`) against `k`: `s[g * stride] = scale * q_g · k`.
-#[inline(always)]
-unsafe fn dots_n<const N: usize>(q: *const f32, k: &[f32], scale: f32, s: *mut f32, stride: usize) {
-    let hd = k.len();
-    let (hd16, hd8) = (hd / 16 * 16, hd / 8 * 8);
-    let pk = k.as_ptr();
-    let mut a0 = [_mm256_setzero_ps(); N];
-    let mut a1 = [_mm256_setzero_ps(); N];
-    let mut i = 0;
-    while i < hd16 {
-        let (k0, k1) = (_mm256_loadu_ps(pk.add(i)), _mm256_loadu_ps(pk.add(i + 8)));
-        for g in 0..N {
-            a0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + i)), k0, a0[g]);
-            a1[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + i + 8)), k1, a1[g]);
-        }
-        i += 16;
-    }
-    if i < hd8 {
-        let k0 = _mm256_loadu_ps(pk.add(i));
-        for g in 0..N {
-            a0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + i)), k0, a0[g]);
-        }
-    }
-    for g in 0..N {
-        let mut d = hsum(_mm256_add_ps(a0[g], a1[g]));
-        for r in hd8..hd {
-            d += *q.add(g * hd + r) * *pk.add(r);
-        }
-        *s.add(g * stride) = d * scale;
-    }
-}
-
-/// `out_g += Σ_j w[g * stride + j] * rows[j]` for `N` heads of `out` (rows of `hd`).
-#[inline(always)]
-unsafe fn acc_n<const N: usize>(
-    w: *const f32,
-    stride: usize,
-    rows: &[&[f32]],
-    out: *mut f32,
-    hd: usize,
-) {
-    let hd8 = hd / 8 * 8;
-    let mut c = 0;
-    while c < hd8 {
-        let mut a = simd_array!(N, _mm256_setzero_ps(), |g| _mm256_loadu_ps(
-            out.add(g * hd + c)
-        ));
-        for (j, r) in rows.iter().enumerate() {
-            let v = _mm256_loadu_ps(r.as_ptr().add(c));
+impl HeadGroups for Avx2 {
+    /// `N` heads of `q` (rows of `k.len()`) against `k`: `s[g * stride] = scale * q_g · k`.
+    #[inline(always)]
+    unsafe fn dots_n<const N: usize>(
+        q: *const f32,
+        k: &[f32],
+        scale: f32,
+        s: *mut f32,
+        stride: usize,
+    ) {
+        let hd = k.len();
+        let (hd16, hd8) = (hd / 16 * 16, hd / 8 * 8);
+        let pk = k.as_ptr();
+        let mut a0 = [_mm256_setzero_ps(); N];
+        let mut a1 = [_mm256_setzero_ps(); N];
+        let mut i = 0;
+        while i < hd16 {
+            let (k0, k1) = (_mm256_loadu_ps(pk.add(i)), _mm256_loadu_ps(pk.add(i + 8)));
             for g in 0..N {
-                a[g] = _mm256_fmadd_ps(_mm256_set1_ps(*w.add(g * stride + j)), v, a[g]);
+                a0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + i)), k0, a0[g]);
+                a1[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + i + 8)), k1, a1[g]);
+            }
+            i += 16;
+        }
+        if i < hd8 {
+            let k0 = _mm256_loadu_ps(pk.add(i));
+            for g in 0..N {
+                a0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(g * hd + i)), k0, a0[g]);
             }
         }
         for g in 0..N {
-            _mm256_storeu_ps(out.add(g * hd + c), a[g]);
+            let mut d = hsum(_mm256_add_ps(a0[g], a1[g]));
+            for r in hd8..hd {
+                d += *q.add(g * hd + r) * *pk.add(r);
+            }
+            *s.add(g * stride) = d * scale;
         }
-        c += 8;
     }
-    for c in hd8..hd {
-        for g in 0..N {
-            let mut y = *out.add(g * hd + c);
+
+    /// `out_g += Σ_j w[g * stride + j] * rows[j]` for `N` heads of `out` (rows of `hd`).
+    #[inline(always)]
+    unsafe fn acc_n<const N: usize>(
+        w: *const f32,
+        stride: usize,
+        rows: &[&[f32]],
+        out: *mut f32,
+        hd: usize,
+    ) {
+        let hd8 = hd / 8 * 8;
+        let mut c = 0;
+        while c < hd8 {
+            let mut a = simd_array!(N, _mm256_setzero_ps(), |g| _mm256_loadu_ps(
+                out.add(g * hd + c)
+            ));
             for (j, r) in rows.iter().enumerate() {
-                y += *w.add(g * stride + j) * r[c];
+                let v = _mm256_loadu_ps(r.as_ptr().add(c));
+                for g in 0..N {
+                    a[g] = _mm256_fmadd_ps(_mm256_set1_ps(*w.add(g * stride + j)), v, a[g]);
+                }
             }
-            *out.add(g * hd + c) = y;
+            for g in 0..N {
+                _mm256_storeu_ps(out.add(g * hd + c), a[g]);
+            }
+            c += 8;
+        }
+        for c in hd8..hd {
+            for g in 0..N {
+                let mut y = *out.add(g * hd + c);
+                for (j, r) in rows.iter().enumerate() {
+                    y += *w.add(g * stride + j) * r[c];
+                }
+                *out.add(g * hd + c) = y;
+            }
         }
     }
 }
@@ -111,22 +119,7 @@ unsafe fn acc_n<const N: usize>(
 impl Ops for Avx2 {
     #[inline(always)]
     unsafe fn dots(q: &[f32], k: &[f32], scale: f32, s: &mut [f32], stride: usize) {
-        let hd = k.len();
-        let gn = q.len() / hd;
-        assert!(gn == 0 || s.len() > (gn - 1) * stride, "attention: scores");
-        let (pq, ps) = (q.as_ptr(), s.as_mut_ptr());
-        let mut g = 0;
-        while g < gn {
-            let (qg, sg) = (pq.add(g * hd), ps.add(g * stride));
-            let c = (gn - g).min(4);
-            match c {
-                4 => dots_n::<4>(qg, k, scale, sg, stride),
-                3 => dots_n::<3>(qg, k, scale, sg, stride),
-                2 => dots_n::<2>(qg, k, scale, sg, stride),
-                _ => dots_n::<1>(qg, k, scale, sg, stride),
-            }
-            g += c;
-        }
+        dots_grouped::<Self>(q, k, scale, s, stride)
     }
 
     #[inline(always)]
@@ -158,28 +151,7 @@ impl Ops for Avx2 {
 
     #[inline(always)]
     unsafe fn acc(w: &[f32], stride: usize, rows: &[&[f32]], out: &mut [f32]) {
-        let Some(hd) = rows.first().map(|r| r.len()) else {
-            return;
-        };
-        let gn = out.len() / hd;
-        assert!(
-            rows.iter().all(|r| r.len() == hd)
-                && (gn == 0 || w.len() >= (gn - 1) * stride + rows.len()),
-            "attention: weights and rows"
-        );
-        let (pw, po) = (w.as_ptr(), out.as_mut_ptr());
-        let mut g = 0;
-        while g < gn {
-            let (wg, og) = (pw.add(g * stride), po.add(g * hd));
-            let c = (gn - g).min(4);
-            match c {
-                4 => acc_n::<4>(wg, stride, rows, og, hd),
-                3 => acc_n::<3>(wg, stride, rows, og, hd),
-                2 => acc_n::<2>(wg, stride, rows, og, hd),
-                _ => acc_n::<1>(wg, stride, rows, og, hd),
-            }
-            g += c;
-        }
+        acc_grouped::<Self>(w, stride, rows, out)
     }
 
     #[inline(always)]

@@ -341,6 +341,86 @@ unsafe fn chunk_isa(
     }
 }
 
+/// A SIMD path's kernels for `N` (1 to 4) query heads at once, which [`dots_grouped`] and
+/// [`acc_grouped`] walk a GQA group through four heads at a time.
+pub(crate) trait HeadGroups {
+    /// `N` heads of `q` (rows of `k.len()`) against `k`: `s[g * stride] = scale * q_g · k`.
+    unsafe fn dots_n<const N: usize>(
+        q: *const f32,
+        k: &[f32],
+        scale: f32,
+        s: *mut f32,
+        stride: usize,
+    );
+    /// `out_g += Σ_j w[g * stride + j] * rows[j]` for `N` heads of `out` (rows of `hd`).
+    unsafe fn acc_n<const N: usize>(
+        w: *const f32,
+        stride: usize,
+        rows: &[&[f32]],
+        out: *mut f32,
+        hd: usize,
+    );
+}
+
+/// [`Ops::dots`] through `H`'s kernels, four query heads at a time.
+#[inline(always)]
+pub(crate) unsafe fn dots_grouped<H: HeadGroups>(
+    q: &[f32],
+    k: &[f32],
+    scale: f32,
+    s: &mut [f32],
+    stride: usize,
+) {
+    let hd = k.len();
+    let gn = q.len() / hd;
+    assert!(gn == 0 || s.len() > (gn - 1) * stride, "attention: scores");
+    let (pq, ps) = (q.as_ptr(), s.as_mut_ptr());
+    let mut g = 0;
+    while g < gn {
+        let (qg, sg) = (pq.add(g * hd), ps.add(g * stride));
+        let c = (gn - g).min(4);
+        match c {
+            4 => H::dots_n::<4>(qg, k, scale, sg, stride),
+            3 => H::dots_n::<3>(qg, k, scale, sg, stride),
+            2 => H::dots_n::<2>(qg, k, scale, sg, stride),
+            _ => H::dots_n::<1>(qg, k, scale, sg, stride),
+        }
+        g += c;
+    }
+}
+
+/// [`Ops::acc`] through `H`'s kernels, four query heads at a time.
+#[inline(always)]
+pub(crate) unsafe fn acc_grouped<H: HeadGroups>(
+    w: &[f32],
+    stride: usize,
+    rows: &[&[f32]],
+    out: &mut [f32],
+) {
+    let Some(hd) = rows.first().map(|r| r.len()) else {
+        return;
+    };
+    let gn = out.len() / hd;
+    assert!(
+        rows.iter().all(|r| r.len() == hd)
+            && (gn == 0 || w.len() >= (gn - 1) * stride + rows.len()),
+        "attention: weights and rows"
+    );
+    let (pw, po) = (w.as_ptr(), out.as_mut_ptr());
+    let mut g = 0;
+    while g < gn {
+        let (wg, og) = (pw.add(g * stride), po.add(g * hd));
+        let c = (gn - g).min(4);
+        match c {
+            4 => H::acc_n::<4>(wg, stride, rows, og, hd),
+            3 => H::acc_n::<3>(wg, stride, rows, og, hd),
+            2 => H::acc_n::<2>(wg, stride, rows, og, hd),
+            _ => H::acc_n::<1>(wg, stride, rows, og, hd),
+        }
+        g += c;
+    }
+}
+
 /// The vector operations a task needs, per instruction set.
 pub(crate) trait Ops {
     /// `s[g * stride] = scale * q_g · k` for each query head g of `q` (heads of `k.len()`).

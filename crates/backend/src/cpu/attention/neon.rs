@@ -9,7 +9,7 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::{BlockQ8_0, Ops, Task, QK8_0};
+use super::{acc_grouped, dots_grouped, BlockQ8_0, HeadGroups, Ops, Task, QK8_0};
 use crate::cpu::neon::{f16_to_f32, f16x4_high_to_f32, f16x4_to_f32};
 
 pub(crate) struct Neon;
@@ -32,77 +32,85 @@ unsafe fn exp(x: float32x4_t) -> float32x4_t {
     vmulq_f32(p, vreinterpretq_f32_s32(e))
 }
 
-/// `N` heads of `q` (rows of `k.len()`) against `k`: `s[g * stride] = scale * q_g · k`.
-#[inline(always)]
-unsafe fn dots_n<const N: usize>(q: *const f32, k: &[f32], scale: f32, s: *mut f32, stride: usize) {
-    let hd = k.len();
-    let (hd8, hd4) = (hd / 8 * 8, hd / 4 * 4);
-    let pk = k.as_ptr();
-    let mut a0 = [vdupq_n_f32(0.0); N];
-    let mut a1 = [vdupq_n_f32(0.0); N];
-    let mut i = 0;
-    while i < hd8 {
-        let (k0, k1) = (vld1q_f32(pk.add(i)), vld1q_f32(pk.add(i + 4)));
-        for g in 0..N {
-            a0[g] = vfmaq_f32(a0[g], vld1q_f32(q.add(g * hd + i)), k0);
-            a1[g] = vfmaq_f32(a1[g], vld1q_f32(q.add(g * hd + i + 4)), k1);
-        }
-        i += 8;
-    }
-    if i < hd4 {
-        let k0 = vld1q_f32(pk.add(i));
-        for g in 0..N {
-            a0[g] = vfmaq_f32(a0[g], vld1q_f32(q.add(g * hd + i)), k0);
-        }
-    }
-    for g in 0..N {
-        let mut d = vaddvq_f32(vaddq_f32(a0[g], a1[g]));
-        for r in hd4..hd {
-            d += *q.add(g * hd + r) * *pk.add(r);
-        }
-        *s.add(g * stride) = d * scale;
-    }
-}
-
-/// `out_g += Σ_j w[g * stride + j] * rows[j]` for `N` heads of `out` (rows of `hd`), eight
-/// columns (two registers) at a time.
-#[inline(always)]
-unsafe fn acc_n<const N: usize>(
-    w: *const f32,
-    stride: usize,
-    rows: &[&[f32]],
-    out: *mut f32,
-    hd: usize,
-) {
-    let hd8 = hd / 8 * 8;
-    let mut c = 0;
-    while c < hd8 {
-        let mut a0 = simd_array!(N, vdupq_n_f32(0.0), |g| vld1q_f32(out.add(g * hd + c)));
-        let mut a1 = simd_array!(N, vdupq_n_f32(0.0), |g| vld1q_f32(out.add(g * hd + c + 4)));
-        for (j, r) in rows.iter().enumerate() {
-            let (v0, v1) = (
-                vld1q_f32(r.as_ptr().add(c)),
-                vld1q_f32(r.as_ptr().add(c + 4)),
-            );
+impl HeadGroups for Neon {
+    /// `N` heads of `q` (rows of `k.len()`) against `k`: `s[g * stride] = scale * q_g · k`.
+    #[inline(always)]
+    unsafe fn dots_n<const N: usize>(
+        q: *const f32,
+        k: &[f32],
+        scale: f32,
+        s: *mut f32,
+        stride: usize,
+    ) {
+        let hd = k.len();
+        let (hd8, hd4) = (hd / 8 * 8, hd / 4 * 4);
+        let pk = k.as_ptr();
+        let mut a0 = [vdupq_n_f32(0.0); N];
+        let mut a1 = [vdupq_n_f32(0.0); N];
+        let mut i = 0;
+        while i < hd8 {
+            let (k0, k1) = (vld1q_f32(pk.add(i)), vld1q_f32(pk.add(i + 4)));
             for g in 0..N {
-                let wj = *w.add(g * stride + j);
-                a0[g] = vfmaq_n_f32(a0[g], v0, wj);
-                a1[g] = vfmaq_n_f32(a1[g], v1, wj);
+                a0[g] = vfmaq_f32(a0[g], vld1q_f32(q.add(g * hd + i)), k0);
+                a1[g] = vfmaq_f32(a1[g], vld1q_f32(q.add(g * hd + i + 4)), k1);
+            }
+            i += 8;
+        }
+        if i < hd4 {
+            let k0 = vld1q_f32(pk.add(i));
+            for g in 0..N {
+                a0[g] = vfmaq_f32(a0[g], vld1q_f32(q.add(g * hd + i)), k0);
             }
         }
         for g in 0..N {
-            vst1q_f32(out.add(g * hd + c), a0[g]);
-            vst1q_f32(out.add(g * hd + c + 4), a1[g]);
+            let mut d = vaddvq_f32(vaddq_f32(a0[g], a1[g]));
+            for r in hd4..hd {
+                d += *q.add(g * hd + r) * *pk.add(r);
+            }
+            *s.add(g * stride) = d * scale;
         }
-        c += 8;
     }
-    for c in hd8..hd {
-        for g in 0..N {
-            let mut y = *out.add(g * hd + c);
+
+    /// `out_g += Σ_j w[g * stride + j] * rows[j]` for `N` heads of `out` (rows of `hd`), eight
+    /// columns (two registers) at a time.
+    #[inline(always)]
+    unsafe fn acc_n<const N: usize>(
+        w: *const f32,
+        stride: usize,
+        rows: &[&[f32]],
+        out: *mut f32,
+        hd: usize,
+    ) {
+        let hd8 = hd / 8 * 8;
+        let mut c = 0;
+        while c < hd8 {
+            let mut a0 = simd_array!(N, vdupq_n_f32(0.0), |g| vld1q_f32(out.add(g * hd + c)));
+            let mut a1 = simd_array!(N, vdupq_n_f32(0.0), |g| vld1q_f32(out.add(g * hd + c + 4)));
             for (j, r) in rows.iter().enumerate() {
-                y += *w.add(g * stride + j) * r[c];
+                let (v0, v1) = (
+                    vld1q_f32(r.as_ptr().add(c)),
+                    vld1q_f32(r.as_ptr().add(c + 4)),
+                );
+                for g in 0..N {
+                    let wj = *w.add(g * stride + j);
+                    a0[g] = vfmaq_n_f32(a0[g], v0, wj);
+                    a1[g] = vfmaq_n_f32(a1[g], v1, wj);
+                }
             }
-            *out.add(g * hd + c) = y;
+            for g in 0..N {
+                vst1q_f32(out.add(g * hd + c), a0[g]);
+                vst1q_f32(out.add(g * hd + c + 4), a1[g]);
+            }
+            c += 8;
+        }
+        for c in hd8..hd {
+            for g in 0..N {
+                let mut y = *out.add(g * hd + c);
+                for (j, r) in rows.iter().enumerate() {
+                    y += *w.add(g * stride + j) * r[c];
+                }
+                *out.add(g * hd + c) = y;
+            }
         }
     }
 }
@@ -110,22 +118,7 @@ unsafe fn acc_n<const N: usize>(
 impl Ops for Neon {
     #[inline(always)]
     unsafe fn dots(q: &[f32], k: &[f32], scale: f32, s: &mut [f32], stride: usize) {
-        let hd = k.len();
-        let gn = q.len() / hd;
-        assert!(gn == 0 || s.len() > (gn - 1) * stride, "attention: scores");
-        let (pq, ps) = (q.as_ptr(), s.as_mut_ptr());
-        let mut g = 0;
-        while g < gn {
-            let (qg, sg) = (pq.add(g * hd), ps.add(g * stride));
-            let c = (gn - g).min(4);
-            match c {
-                4 => dots_n::<4>(qg, k, scale, sg, stride),
-                3 => dots_n::<3>(qg, k, scale, sg, stride),
-                2 => dots_n::<2>(qg, k, scale, sg, stride),
-                _ => dots_n::<1>(qg, k, scale, sg, stride),
-            }
-            g += c;
-        }
+        dots_grouped::<Self>(q, k, scale, s, stride)
     }
 
     #[inline(always)]
@@ -157,28 +150,7 @@ impl Ops for Neon {
 
     #[inline(always)]
     unsafe fn acc(w: &[f32], stride: usize, rows: &[&[f32]], out: &mut [f32]) {
-        let Some(hd) = rows.first().map(|r| r.len()) else {
-            return;
-        };
-        let gn = out.len() / hd;
-        assert!(
-            rows.iter().all(|r| r.len() == hd)
-                && (gn == 0 || w.len() >= (gn - 1) * stride + rows.len()),
-            "attention: weights and rows"
-        );
-        let (pw, po) = (w.as_ptr(), out.as_mut_ptr());
-        let mut g = 0;
-        while g < gn {
-            let (wg, og) = (pw.add(g * stride), po.add(g * hd));
-            let c = (gn - g).min(4);
-            match c {
-                4 => acc_n::<4>(wg, stride, rows, og, hd),
-                3 => acc_n::<3>(wg, stride, rows, og, hd),
-                2 => acc_n::<2>(wg, stride, rows, og, hd),
-                _ => acc_n::<1>(wg, stride, rows, og, hd),
-            }
-            g += c;
-        }
+        acc_grouped::<Self>(w, stride, rows, out)
     }
 
     #[inline(always)]
