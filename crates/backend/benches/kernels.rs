@@ -191,12 +191,20 @@ fn measure_peak(f: fn(usize, bool) -> f64, wide: bool) -> (f64, f64) {
     let one = time(Duration::from_millis(300), || {
         black_box(f(iters, wide));
     });
-    let threads = rayon::current_num_threads();
-    let all = time(Duration::from_millis(300), || {
+    let ops = f(1, wide) * iters as f64;
+    (
+        ops / one,
+        pool_rate(f, wide, iters, Duration::from_millis(300)),
+    )
+}
+
+/// Ops/s of `f(iters)` run on every thread of the pool at once, best over about `budget`.
+#[cfg(target_arch = "x86_64")]
+fn pool_rate(f: fn(usize, bool) -> f64, wide: bool, iters: usize, budget: Duration) -> f64 {
+    let all = time(budget, || {
         rayon::broadcast(|_| black_box(f(iters, wide)));
     });
-    let ops = f(1, wide) * iters as f64;
-    (ops / one, ops * threads as f64 / all)
+    f(1, wide) * (iters * rayon::current_num_threads()) as f64 / all
 }
 
 fn main() {
@@ -233,12 +241,7 @@ fn main() {
     let pool_peak = || {
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar {
-            let iters = 200_000;
-            let threads = rayon::current_num_threads();
-            let all = time(Duration::from_millis(100), || {
-                rayon::broadcast(|_| black_box(peak::int8(iters, wide)));
-            });
-            return peak::int8(1, wide) * (iters * threads) as f64 / all;
+            return pool_rate(peak::int8, wide, 200_000, Duration::from_millis(100));
         }
         f64::NAN
     };

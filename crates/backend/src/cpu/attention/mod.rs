@@ -291,8 +291,7 @@ unsafe fn normalize(isa: Isa, o: &mut [f32], l: &[f32], hd: usize) {
 unsafe fn run_chunk(isa: Isa, t: &Task, c: usize, p: &mut [f32], s: &mut [f32]) {
     let g = t.sh.group();
     let (o, ml) = p.split_at_mut(g * t.sh.head_dim);
-    let range = c * CHUNK..((c + 1) * CHUNK).min(t.row.ctx);
-    chunk_isa(isa, t, range, o, s);
+    chunk_isa(isa, t, t.chunk(c), o, s);
     ml.copy_from_slice(&s[g * TILE..g * TILE + 2 * g]);
 }
 
@@ -308,13 +307,12 @@ unsafe fn run_task(isa: Isa, t: &Task, o: &mut [f32], s: &mut [f32]) {
     let l = &mut acc[..g];
     let (ms, ls) = (g * TILE, g * TILE + g);
     for c in 0..t.row.ctx.div_ceil(CHUNK).max(1) {
-        let range = c * CHUNK..((c + 1) * CHUNK).min(t.row.ctx);
         if c == 0 {
-            chunk_isa(isa, t, range, o, s);
+            chunk_isa(isa, t, t.chunk(c), o, s);
             m.copy_from_slice(&s[ms..ms + g]);
             l.copy_from_slice(&s[ls..ls + g]);
         } else {
-            chunk_isa(isa, t, range, oc, s);
+            chunk_isa(isa, t, t.chunk(c), oc, s);
             merge(o, m, l, oc, &s[ms..ms + g], &s[ls..ls + g], hd);
         }
     }
@@ -447,6 +445,13 @@ pub(crate) struct Task<'a, 't> {
     q: &'a [f32],
     row: RowKv<'t>,
     kh: usize,
+}
+
+impl Task<'_, '_> {
+    /// Positions of chunk `c` of the row's context.
+    fn chunk(&self, c: usize) -> std::ops::Range<usize> {
+        c * CHUNK..((c + 1) * CHUNK).min(self.row.ctx)
+    }
 }
 
 /// KV head `off / head_dim` of row `slot`, as f32: borrowed when stored as f32, else widened into

@@ -62,6 +62,20 @@ fn reference(
     out
 }
 
+/// K and V pools of `slots` random rows of `width`. Large-ish K values, so that softmax is peaked
+/// and the online max moves between tiles.
+fn random_pool(dtype: KvDtype, slots: usize, width: usize, seed: &mut u64) -> (KvStore, KvStore) {
+    let mut k = KvStore::new(dtype, slots, width);
+    let mut v = KvStore::new(dtype, slots, width);
+    for slot in 0..slots {
+        let kr: Vec<f32> = (0..width).map(|_| 6.0 * lcg(seed)).collect();
+        let vr: Vec<f32> = (0..width).map(|_| lcg(seed)).collect();
+        k.write(slot, &kr);
+        v.write(slot, &vr);
+    }
+    (k, v)
+}
+
 fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, block_size: usize) {
     let mut seed = (n_heads * 1000 + head_dim * 10 + block_size) as u64;
     let sh = AttnShape {
@@ -73,15 +87,7 @@ fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, blo
     };
     let num_blocks = 12;
     let width = n_kv_heads * head_dim;
-    let mut k = KvStore::new(dtype, num_blocks * block_size, width);
-    let mut v = KvStore::new(dtype, num_blocks * block_size, width);
-    for slot in 0..num_blocks * block_size {
-        // Large-ish K values so that softmax is peaked and the online max moves between tiles.
-        let kr: Vec<f32> = (0..width).map(|_| 6.0 * lcg(&mut seed)).collect();
-        let vr: Vec<f32> = (0..width).map(|_| lcg(&mut seed)).collect();
-        k.write(slot, &kr);
-        v.write(slot, &vr);
-    }
+    let (k, v) = random_pool(dtype, num_blocks * block_size, width, &mut seed);
     // Non-contiguous tables; contexts not a multiple of the block size, one of one position, and
     // ones longer than a tile.
     let rows = [
@@ -202,14 +208,7 @@ fn long_contexts_split_over_threads_give_the_unsplit_results_bit_for_bit() {
     let blocks = 72;
     let mut seed = 77;
     for dtype in [KvDtype::F32, KvDtype::F16] {
-        let mut k = KvStore::new(dtype, blocks * bs, width);
-        let mut v = KvStore::new(dtype, blocks * bs, width);
-        for slot in 0..blocks * bs {
-            let kr: Vec<f32> = (0..width).map(|_| 6.0 * lcg(&mut seed)).collect();
-            let vr: Vec<f32> = (0..width).map(|_| lcg(&mut seed)).collect();
-            k.write(slot, &kr);
-            v.write(slot, &vr);
-        }
+        let (k, v) = random_pool(dtype, blocks * bs, width, &mut seed);
         // Row 0 is the long one (5 chunks, the last partial); the others fill the batch.
         let table: Vec<u32> = (0..blocks as u32).rev().collect();
         let rows = [
