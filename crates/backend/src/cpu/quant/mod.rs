@@ -457,8 +457,9 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
         unsafe { rows.quantize(x, c * per..((c + 1) * per).min(n)) }
     };
     let acts_at = ActsAt::new(&acts);
-    // SAFETY (of every `acts_at.get()` below): the second phase starts after the last row is
-    // written, and only reads.
+    // SAFETY (of every `acts_at.get()` below): split by groups, the second phase starts after
+    // the last row is written, and only reads; split by rows, a task reads only the rows it has
+    // just written itself.
     #[cfg(target_arch = "x86_64")]
     if packed {
         let (plan, run) = packed_plan(isa, n, g, w, y);
