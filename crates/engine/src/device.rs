@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use tokenfab_backend::cuda;
-use tokenfab_models::{CpuExecutor, CudaConfig, CudaExecutor, Executor, KvCache, KvDtype, Llama};
+use tokenfab_models::{CpuExecutor, CudaConfig, CudaExecutor, Executor, KvCache, KvDtype, Model};
 
 use crate::error::{Error, Result};
 
@@ -80,7 +80,7 @@ pub fn resolve(device: Device) -> (Device, Option<cuda::Error>) {
 
 /// Builds the executor for `o.device`, taking ownership of the host model (dropped once its
 /// weights are on a GPU).
-pub fn build_executor(model: Llama, o: &ExecutorOptions) -> Result<Box<dyn Executor>> {
+pub fn build_executor(model: Model, o: &ExecutorOptions) -> Result<Box<dyn Executor>> {
     let (device, why_cpu) = resolve(o.device);
     if let Some(e) = why_cpu {
         tracing::info!("--device auto: running on the CPU ({e})");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokenfab_backend::cpu::log_softmax;
 use tokenfab_loader::Tokenizer;
-use tokenfab_models::Llama;
+use tokenfab_models::Model;
 use tokenfab_scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use tokenfab_types::{FinishReason, RequestId, TokenId};
 
@@ -57,7 +57,7 @@ pub(crate) struct EngineCore {
 
 impl EngineCore {
     pub fn new(
-        model: Llama,
+        model: Model,
         tokenizer: Arc<Tokenizer>,
         cfg: &EngineConfig,
         rx: mpsc::Receiver<Command>,

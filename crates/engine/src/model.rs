@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use tokenfab_loader::chat_template::ChatTemplate;
 use tokenfab_loader::tokenizer::Tokenizer;
 use tokenfab_loader::{GgmlType, Gguf};
-use tokenfab_models::Llama;
+use tokenfab_models::Model;
 
 use crate::dummy::{self, DummyConfig};
 use crate::error::Result;
@@ -15,7 +15,7 @@ pub struct LoadedModel {
     pub path: PathBuf,
     /// `general.name`, else the file stem.
     pub name: String,
-    pub model: Llama,
+    pub model: Model,
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
     /// Size of the tensor data in the file.
@@ -38,7 +38,7 @@ impl LoadedModel {
     }
 
     fn from_gguf(g: Gguf, path: &Path) -> Result<Self> {
-        let model = Llama::from_gguf(&g)?;
+        let model = Model::from_gguf(&g)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let template = ChatTemplate::from_gguf(&g, &tokenizer)?;
         let name = g

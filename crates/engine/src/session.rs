@@ -1,7 +1,7 @@
 //! One sequence driven through the model with its own KV blocks: what `generate`, `chat`, `score`
 //! and `perplexity` use. The serving engine schedules many sequences over a shared pool instead.
 
-use tokenfab_models::{Executor, ForwardBatch, KvCache, KvDtype, Llama, Scratch, SeqSlice};
+use tokenfab_models::{Executor, ForwardBatch, KvCache, KvDtype, Model, Scratch, SeqSlice};
 
 use crate::error::{Error, Result};
 
@@ -11,7 +11,7 @@ const BLOCK_SIZE: usize = 16;
 enum Runner<'m> {
     /// A host model with the session's own KV pool.
     Cpu {
-        model: &'m Llama,
+        model: &'m Model,
         kv: KvCache,
         scratch: Box<Scratch>,
     },
@@ -33,7 +33,7 @@ pub struct Session<'m> {
 
 impl<'m> Session<'m> {
     /// A session able to hold `capacity` tokens (capped at the model's context length).
-    pub fn new(model: &'m Llama, capacity: usize) -> Result<Self> {
+    pub fn new(model: &'m Model, capacity: usize) -> Result<Self> {
         let ctx = model.cfg.context_len;
         if capacity > ctx {
             return Err(Error::Invalid(format!(

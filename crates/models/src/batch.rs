@@ -42,19 +42,8 @@ impl ForwardBatch<'_> {
         }
     }
 
-    /// Checks shapes against a KV pool; returns, per row, its sequence index and its KV slot.
-    pub(crate) fn plan(
-        &self,
-        block_size: usize,
-        num_blocks: usize,
-    ) -> Result<(Vec<usize>, Vec<usize>)> {
-        let (mut seq_of, mut slots) = (Vec::new(), Vec::new());
-        self.plan_into(block_size, num_blocks, &mut seq_of, &mut slots)?;
-        Ok((seq_of, slots))
-    }
-
-    /// [`Self::plan`] into caller-owned vectors (reused across steps: no allocation once they
-    /// have grown).
+    /// Checks shapes against a KV pool; writes, per row, its sequence index and its KV slot into
+    /// caller-owned vectors (reused across steps: no allocation once they have grown).
     pub(crate) fn plan_into(
         &self,
         block_size: usize,

@@ -9,7 +9,7 @@
 
 pub mod batch;
 pub mod config;
-// TEMP pub mod cuda;
+pub mod cuda;
 pub mod error;
 pub mod executor;
 pub mod forward;
@@ -22,7 +22,7 @@ pub mod weight;
 
 pub use batch::{ForwardBatch, SeqSlice};
 pub use config::{Arch, ModelConfig, RopeScaling};
-// TEMP pub use cuda::{CudaConfig, CudaExecutor};
+pub use cuda::{CudaConfig, CudaExecutor};
 pub use error::{Error, Result};
 pub use executor::{CpuExecutor, Executor};
 pub use kv::{KvCache, KvDtype};
