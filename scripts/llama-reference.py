@@ -70,13 +70,13 @@ class Server:
         with urllib.request.urlopen(req) as r:
             return json.load(r)
 
-    def greedy(self, prompt_tokens, n):
+    def greedy(self, prompt_tokens, n, ignore_eos=True):
         """n tokens by greedy decoding (EOS ignored, no penalty), and each one's log-probability
         under the full softmax (None where llama-server merged tokens that split a character
         into one entry)."""
         r = self.post("/completion", {
             "prompt": prompt_tokens, "n_predict": n, "temperature": 0, "samplers": ["top_k"],
-            "top_k": 1, "repeat_penalty": 1, "ignore_eos": True, "cache_prompt": False,
+            "top_k": 1, "repeat_penalty": 1, "ignore_eos": ignore_eos, "cache_prompt": False,
             "n_probs": 1, "return_tokens": True})
         probs, lps, k = r["completion_probabilities"], [], 0
         for t in r["tokens"]:
@@ -120,9 +120,35 @@ GEMMA_PROMPTS = [
 ]
 
 
+def gemma3_model():
+    return subprocess.run(["bash", os.path.join(ROOT, "scripts", "fetch-gemma3.sh")],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+# A conversation, rendered as templates/gemma3.jinja renders it (the system message folded into
+# the first user turn): what tokenfab's /v1/chat/completions must send the model.
+CHAT = [{"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"}]
+CHAT_TEXT = ("<bos><start_of_turn>user\nYou are a helpful assistant.\n\n"
+             "What is the capital of France?<end_of_turn>\n<start_of_turn>model\n")
+
+
+def gemma3_chat():
+    with Server(gemma3_model(), 4096) as s:
+        ids = s.post("/tokenize", {"content": CHAT_TEXT, "add_special": False,
+                                   "parse_special": True})["tokens"]
+        # Stopping at the end of the turn, as a chat reply does.
+        toks, lps = s.greedy(ids, 8, ignore_eos=False)
+        text = s.post("/detokenize", {"tokens": toks})["content"]
+    with open(os.path.join(REF, "gemma3-270m-chat.json"), "w") as fh:
+        json.dump({"messages": CHAT, "prompt": CHAT_TEXT, "prompt_tokens": ids,
+                   "greedy_tokens": toks, "greedy_logprobs": lps, "greedy_text": text},
+                  fh, indent=1, ensure_ascii=False)
+        fh.write("\n")
+
+
 def gemma3():
-    model = subprocess.run(["bash", os.path.join(ROOT, "scripts", "fetch-gemma3.sh")],
-                           check=True, capture_output=True, text=True).stdout.strip()
+    model = gemma3_model()
     # Two prompts longer than the 512-position sliding window, so that windowed layers drop
     # their earliest positions.
     long = [open(os.path.join(TEXTS, f), encoding="utf-8").read()[:n]
@@ -150,6 +176,7 @@ def gemma3():
     with open(os.path.join(REF, "gemma3-270m-perplexity.json"), "w") as fh:
         json.dump(ppl, fh, indent=1)
         fh.write("\n")
+    gemma3_chat()
 
 
 def random_models():

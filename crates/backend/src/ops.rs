@@ -84,8 +84,12 @@ pub trait Ops {
     type Error;
 
     /// `x (n, dim) = table[tokens] * scale`.
-    fn embed(&mut self, table: &Self::Matrix, scale: f32, x: &mut Self::Act)
-        -> Result<(), Self::Error>;
+    fn embed(
+        &mut self,
+        table: &Self::Matrix,
+        scale: f32,
+        x: &mut Self::Act,
+    ) -> Result<(), Self::Error>;
 
     /// `x += add` (when given), then `out (n, dim) = rms_norm(x) * norm` (dim = `norm`'s length).
     fn residual_norm(

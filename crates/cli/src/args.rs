@@ -28,6 +28,10 @@ pub struct ModelArgs {
     /// Storage type of the dummy weight matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k.
     #[arg(long, default_value = "q8_0")]
     pub dummy_dtype: String,
+    /// A chat template file (Jinja, as `tokenizer.chat_template`) to use instead of the model
+    /// file's own, e.g. `templates/gemma3.jinja` for a GGUF that carries none.
+    #[arg(long)]
+    pub chat_template: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -54,6 +58,13 @@ impl ModelArgs {
                 LoadedModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
             (m, path)
         };
+        let mut m = m;
+        if let Some(t) = &self.chat_template {
+            let source = std::fs::read_to_string(t)
+                .with_context(|| format!("reading the chat template {}", t.display()))?;
+            m.set_chat_template(&source)
+                .with_context(|| format!("the chat template {}", t.display()))?;
+        }
         tracing::info!(
             model = %m.name,
             path = %path.display(),

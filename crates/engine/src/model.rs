@@ -37,6 +37,19 @@ impl LoadedModel {
         )
     }
 
+    /// Replaces the file's chat template (or gives one to a file without) with `source`, a Jinja
+    /// template in the `tokenizer.chat_template` dialect.
+    pub fn set_chat_template(&mut self, source: &str) -> Result<()> {
+        let t = &self.tokenizer;
+        let text = |id: Option<u32>| id.and_then(|i| t.id_to_token(i)).unwrap_or("");
+        self.template = Some(ChatTemplate::new(
+            source,
+            text(t.bos_id()),
+            text(t.eos_id()),
+        )?);
+        Ok(())
+    }
+
     fn from_gguf(g: Gguf, path: &Path) -> Result<Self> {
         let model = Model::from_gguf(&g)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
@@ -56,5 +69,46 @@ impl LoadedModel {
             template,
             file_tensor_bytes: g.tensor_data_bytes(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokenfab_loader::ChatMessage;
+
+    use super::*;
+
+    /// Gemma 3's template (templates/gemma3.jinja) renders with the loader's minijinja setup: the
+    /// system message folded into the first user turn, `assistant` turns as `model`.
+    #[test]
+    fn a_chat_template_file_replaces_the_models() {
+        let dir = std::env::temp_dir().join(format!("tokenfab-tmpl-{}", std::process::id()));
+        let path = crate::testing::write_tiny_model(&dir);
+        let mut m = LoadedModel::load(&path).unwrap();
+        let src = include_str!("../../../templates/gemma3.jinja");
+        m.set_chat_template(src).unwrap();
+        let msgs = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", " Hi "),
+            ChatMessage::new("assistant", "Hello"),
+            ChatMessage::new("user", "Again"),
+        ];
+        let t = m.template.as_ref().unwrap();
+        let bos = m
+            .tokenizer
+            .id_to_token(m.tokenizer.bos_id().unwrap())
+            .unwrap();
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            format!(
+                "{bos}<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n\
+                 Hello<end_of_turn>\n<start_of_turn>user\nAgain<end_of_turn>\n<start_of_turn>model\n"
+            )
+        );
+        let twice = [msgs[1].clone(), msgs[1].clone()];
+        let e = t.render(&twice, false).unwrap_err().to_string();
+        assert!(e.contains("must alternate"), "{e}");
+        assert!(m.set_chat_template("{% if %}").is_err());
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

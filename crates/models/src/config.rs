@@ -45,7 +45,9 @@ impl Arch {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (`rope.scaling.type = linear`).
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
 }
 
 /// Gemma 3's sliding-window attention.
@@ -261,11 +263,7 @@ fn sliding_window(g: &Gguf, arch: &str, n_layers: usize) -> Result<Option<Slidin
             let flags: Option<Vec<bool>> = v.iter().map(Value::as_bool).collect();
             match flags {
                 Some(f) if f.len() == n_layers => f,
-                _ => {
-                    return Err(Error::Config(format!(
-                        "`{key}` must hold {n_layers} bools"
-                    )))
-                }
+                _ => return Err(Error::Config(format!("`{key}` must hold {n_layers} bools"))),
             }
         }
         Some(_) => {

@@ -26,6 +26,7 @@ use tokenfab_backend::cuda::memory::{self, KvSizing};
 use tokenfab_backend::cuda::ops::{CudaOps, DevKv, DevStep};
 use tokenfab_backend::cuda::{self, Gpu, GpuBuf};
 use tokenfab_backend::rope::RopeKind;
+use tokenfab_types::TokenId;
 
 use crate::batch::ForwardBatch;
 use crate::config::ModelConfig;
@@ -67,7 +68,7 @@ impl Default for CudaConfig {
 /// Host-side copies of one step's inputs, reused every step.
 #[derive(Default)]
 struct Staging {
-    tokens: Vec<u32>,
+    tokens: Vec<TokenId>,
     positions: Vec<u32>,
     slots: Vec<i64>,
     row_table: Vec<i32>,
@@ -113,7 +114,7 @@ pub struct CudaExecutor {
     acts: DevActs,
     step: DevStep,
     /// (rows,) greedy tokens of the logits rows.
-    argmax: GpuBuf<u32>,
+    argmax: GpuBuf<TokenId>,
     stage: Staging,
     graphs: GraphCache<Graph>,
     /// (rows, vocab) the last forward's logits, copied to the host.
@@ -221,7 +222,7 @@ impl CudaExecutor {
     /// Greedy decoding on the device: runs the batch like [`Executor::forward`] and returns the
     /// argmax token of each of `batch.logits_rows` (lowest id on ties, as the host sampler), so
     /// only token ids cross the bus.
-    pub fn forward_greedy(&mut self, batch: &ForwardBatch) -> Result<Vec<u32>> {
+    pub fn forward_greedy(&mut self, batch: &ForwardBatch) -> Result<Vec<TokenId>> {
         let r = self.run_batch(batch)?;
         if r == 0 {
             return Ok(Vec::new());
@@ -284,7 +285,11 @@ impl CudaExecutor {
         let c = &self.cfg;
         batch.check_tokens(c.vocab_size)?;
         // The RoPE tables cover the model's context.
-        if let Some(&pos) = batch.positions.iter().find(|&&p| p as usize >= c.context_len) {
+        if let Some(&pos) = batch
+            .positions
+            .iter()
+            .find(|&&p| p as usize >= c.context_len)
+        {
             return Err(Error::Batch(format!(
                 "position {pos} is past the context of {}",
                 c.context_len

@@ -97,7 +97,10 @@ fn build(
     match arch {
         "gemma3" => {
             w.meta(&k("attention.sliding_window"), Value::U32(WINDOW as u32))
-                .meta(&k("attention.sliding_window_pattern"), Value::U32(swa_pattern))
+                .meta(
+                    &k("attention.sliding_window_pattern"),
+                    Value::U32(swa_pattern),
+                )
                 .meta(&k("rope.freq_base_swa"), Value::F32(100.0))
                 .meta(&k("attention.key_length"), Value::U32(hd as u32))
                 .meta(&k("attention.value_length"), Value::U32(hd as u32));

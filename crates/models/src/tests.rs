@@ -146,8 +146,16 @@ fn batching_sequences_together_changes_nothing() {
         };
         let _ = step(&mut kv, &s1[..8], 0, &s2[..5], 0);
         let last = step(&mut kv, &s1[8..], 8, &s2[5..], 5);
-        assert_close(&last[..VOCAB], &alone1[8 * VOCAB..], &format!("{arch} seq 1"));
-        assert_close(&last[VOCAB..], &alone2[5 * VOCAB..], &format!("{arch} seq 2"));
+        assert_close(
+            &last[..VOCAB],
+            &alone1[8 * VOCAB..],
+            &format!("{arch} seq 1"),
+        );
+        assert_close(
+            &last[VOCAB..],
+            &alone2[5 * VOCAB..],
+            &format!("{arch} seq 2"),
+        );
     }
 }
 
@@ -170,7 +178,11 @@ fn sliding_windows_see_only_their_window() {
     for p in 0..20 {
         let (ra, rb) = (&la[p * VOCAB..][..VOCAB], &lb[p * VOCAB..][..VOCAB]);
         if p >= reach {
-            assert_close(ra, rb, &format!("position {p} is past the reach of token 0"));
+            assert_close(
+                ra,
+                rb,
+                &format!("position {p} is past the reach of token 0"),
+            );
         } else {
             assert!(ra != rb, "position {p} sees token 0");
         }
@@ -212,11 +224,11 @@ fn bad_batches_are_errors() {
 /// What a file asks for and tokenfab does not do is an error naming it.
 #[test]
 fn unsupported_files_are_errors_that_name_the_reason() {
-    let err = |w: tokenfab_loader::GgufWriter| {
-        match Model::from_gguf(&Gguf::from_bytes(w.to_bytes()).unwrap()) {
-            Ok(_) => panic!("loaded"),
-            Err(e) => e,
-        }
+    let err = |w: tokenfab_loader::GgufWriter| match Model::from_gguf(
+        &Gguf::from_bytes(w.to_bytes()).unwrap(),
+    ) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e,
     };
     let mut w = tiny_model("llama", VOCAB, GgmlType::F32, 4, 2);
     w.tensor_f32("blk.0.attn_output.bias", &[64], &[0.0; 64]);
@@ -226,7 +238,10 @@ fn unsupported_files_are_errors_that_name_the_reason() {
         "{e}"
     );
     let mut w = tiny_model("gemma3", VOCAB, GgmlType::F32, 4, 2);
-    w.meta("gemma3.final_logit_softcapping", tokenfab_loader::Value::F32(30.0));
+    w.meta(
+        "gemma3.final_logit_softcapping",
+        tokenfab_loader::Value::F32(30.0),
+    );
     assert!(err(w).to_string().contains("final_logit_softcapping"));
     let mut w = tiny_model("qwen3", VOCAB, GgmlType::F32, 4, 2);
     w.meta(
@@ -292,7 +307,10 @@ fn kv_dtypes_keep_the_invariants_and_track_f32() {
             let whole = run_alone(&m, &tokens, 64, &table, &mut kv(d));
             for chunk in [1, 4, 7] {
                 let c = run_alone(&m, &tokens, chunk, &scattered, &mut kv(d));
-                assert_eq!(c, whole, "{arch} {d}: chunks of {chunk} in scattered blocks");
+                assert_eq!(
+                    c, whole,
+                    "{arch} {d}: chunks of {chunk} in scattered blocks"
+                );
             }
             let worst = whole
                 .iter()

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use rayon::prelude::*;
-pub use tokenfab_backend::cpu::Weight;
 use tokenfab_backend::cpu::Matrix;
+pub use tokenfab_backend::cpu::Weight;
 use tokenfab_backend::QMatrix;
 use tokenfab_backend::QType;
 use tokenfab_loader::{quant, GgmlType, Gguf};
@@ -232,15 +232,15 @@ impl Weights<Weight, Vec<f32>> {
                     (w, b)
                 };
                 // Phi-3 stores gate and up as one (2 ffn, dim) `ffn_up`, gate rows first.
-                let w_gate_up = if cfg.kind == Arch::Phi3 && g.tensor(&n("ffn_gate.weight")).is_none()
-                {
-                    matrix("ffn_up.weight", 2 * ffn)?
-                } else {
-                    Weight::stack(vec![
-                        matrix("ffn_gate.weight", ffn)?,
-                        matrix("ffn_up.weight", ffn)?,
-                    ])
-                };
+                let w_gate_up =
+                    if cfg.kind == Arch::Phi3 && g.tensor(&n("ffn_gate.weight")).is_none() {
+                        matrix("ffn_up.weight", 2 * ffn)?
+                    } else {
+                        Weight::stack(vec![
+                            matrix("ffn_gate.weight", ffn)?,
+                            matrix("ffn_up.weight", ffn)?,
+                        ])
+                    };
                 let opt = |on: bool, s: &str, len: usize| on.then(|| vector(s, len)).transpose();
                 Ok(LayerWeights {
                     attn_norm: vector("attn_norm.weight", dim)?,

@@ -50,9 +50,7 @@ fn score(model: &Model, reference: &Path) -> (usize, usize, f64) {
         let tokens: Vec<u32> = prompt.iter().chain(&greedy).copied().collect();
         let positions: Vec<u32> = (0..tokens.len() as u32).collect();
         let table: Vec<u32> = (0..tokens.len().div_ceil(16) as u32).collect();
-        let mut kv = model
-            .new_kv_cache(KvDtype::F16, 16, table.len())
-            .unwrap();
+        let mut kv = model.new_kv_cache(KvDtype::F16, 16, table.len()).unwrap();
         let seqs = [SeqSlice {
             rows: 0..tokens.len(),
             block_table: &table,
@@ -95,7 +93,11 @@ fn qwen3_and_phi3_give_llama_cpp_top_1() {
             share * 100.0
         );
         assert!(total >= 500, "{name}: {total} positions");
-        assert!(share >= 0.99, "{name}: top-1 equal on {:.2}%", share * 100.0);
+        assert!(
+            share >= 0.99,
+            "{name}: top-1 equal on {:.2}%",
+            share * 100.0
+        );
         assert!(mad <= 0.02, "{name}: mean |logprob diff| {mad:.4}");
     }
 }

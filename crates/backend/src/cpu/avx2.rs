@@ -151,7 +151,10 @@ pub unsafe fn glu(act: super::Activation, gate: &[f32], up: &[f32], h: &mut [f32
             super::Activation::GeluTanh => {
                 let g2 = _mm256_mul_ps(g, g);
                 let inner = _mm256_fmadd_ps(_mm256_set1_ps(super::GELU_COEF_A), g2, one);
-                _mm256_mul_ps(_mm256_set1_ps(-2.0 * super::SQRT_2_OVER_PI), _mm256_mul_ps(g, inner))
+                _mm256_mul_ps(
+                    _mm256_set1_ps(-2.0 * super::SQRT_2_OVER_PI),
+                    _mm256_mul_ps(g, inner),
+                )
             }
         };
         _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, exp(z))), u)
@@ -170,7 +173,11 @@ pub unsafe fn glu(act: super::Activation, gate: &[f32], up: &[f32], h: &mut [f32
         u[..n - i].copy_from_slice(&up[i..n]);
         _mm256_storeu_ps(
             y.as_mut_ptr(),
-            eight(act, _mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr())),
+            eight(
+                act,
+                _mm256_loadu_ps(g.as_ptr()),
+                _mm256_loadu_ps(u.as_ptr()),
+            ),
         );
         h[i..].copy_from_slice(&y[..n - i]);
     }

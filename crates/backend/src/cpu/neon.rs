@@ -200,7 +200,10 @@ pub unsafe fn glu(act: super::Activation, gate: &[f32], up: &[f32], h: &mut [f32
             super::Activation::Silu => vnegq_f32(g),
             super::Activation::GeluTanh => {
                 let inner = vfmaq_f32(one, vdupq_n_f32(super::GELU_COEF_A), vmulq_f32(g, g));
-                vmulq_f32(vdupq_n_f32(-2.0 * super::SQRT_2_OVER_PI), vmulq_f32(g, inner))
+                vmulq_f32(
+                    vdupq_n_f32(-2.0 * super::SQRT_2_OVER_PI),
+                    vmulq_f32(g, inner),
+                )
             }
         };
         vmulq_f32(vdivq_f32(g, vaddq_f32(one, exp(z))), u)
@@ -209,7 +212,10 @@ pub unsafe fn glu(act: super::Activation, gate: &[f32], up: &[f32], h: &mut [f32
     let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
     let mut i = 0;
     while i + 4 <= n {
-        vst1q_f32(ph.add(i), four(act, vld1q_f32(pg.add(i)), vld1q_f32(pu.add(i))));
+        vst1q_f32(
+            ph.add(i),
+            four(act, vld1q_f32(pg.add(i)), vld1q_f32(pu.add(i))),
+        );
         i += 4;
     }
     if i < n {

@@ -73,7 +73,13 @@ fn norms_and_activations() {
     assert_eq!(inplace, out);
 
     let mut h = [0f32; 2];
-    glu_rows_isa(Isa::Scalar, Activation::Silu, &[0.0, 1.0, 5.0, 2.0], &mut h, 2);
+    glu_rows_isa(
+        Isa::Scalar,
+        Activation::Silu,
+        &[0.0, 1.0, 5.0, 2.0],
+        &mut h,
+        2,
+    );
     assert_eq!(h[0], 0.0);
     assert!((h[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6);
     // GELU's tanh form, written out.

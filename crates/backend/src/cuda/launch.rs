@@ -85,7 +85,9 @@ fn check(ok: bool, what: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Memory(format!("{what}: a buffer is smaller than the launch reads")))
+        Err(Error::Memory(format!(
+            "{what}: a buffer is smaller than the launch reads"
+        )))
     }
 }
 
@@ -243,9 +245,22 @@ impl Gpu {
             hd as i32,
         ];
         let mut b = self.stream.launch_builder(&self.k.qkv_prep);
-        b.arg(&ptrs[0]).arg(&ptrs[1]).arg(&ptrs[2]).arg(&ptrs[3]).arg(&a.eps);
-        b.arg(&pos).arg(&cos).arg(&sin).arg(&ints[0]).arg(&ints[1]).arg(&slots);
-        b.arg(&kp).arg(&vp).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]);
+        b.arg(&ptrs[0])
+            .arg(&ptrs[1])
+            .arg(&ptrs[2])
+            .arg(&ptrs[3])
+            .arg(&a.eps);
+        b.arg(&pos)
+            .arg(&cos)
+            .arg(&sin)
+            .arg(&ints[0])
+            .arg(&ints[1])
+            .arg(&slots);
+        b.arg(&kp)
+            .arg(&vp)
+            .arg(&ints[2])
+            .arg(&ints[3])
+            .arg(&ints[4]);
         // SAFETY: sizes checked above; positions and slots were checked against the tables and
         // the pool when staged.
         unsafe { b.launch(grid(n, 1, ROW_THREADS)) }?;

@@ -120,9 +120,10 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{arch}: {e}"));
             assert!(c.cubin.starts_with(b"\x7fELF"), "{arch}: not an ELF cubin");
             for k in KERNELS {
-                let found = c.cubin.windows(k.len() + 1).any(|w| {
-                    w[..k.len()] == *k.as_bytes() && w[k.len()] == 0
-                });
+                let found = c
+                    .cubin
+                    .windows(k.len() + 1)
+                    .any(|w| w[..k.len()] == *k.as_bytes() && w[k.len()] == 0);
                 assert!(found, "{arch}: kernel `{k}` is not in the cubin");
             }
             for line in c.log.lines().filter(|l| l.contains("spill")) {
@@ -134,9 +135,13 @@ mod tests {
             eprintln!("{arch}: {} bytes\n{}", c.cubin.len(), c.log);
         }
         // A mistake is a compile error naming the architecture and the line.
-        let e = compile("extern \"C\" __global__ void k() { int x = ; }", "sm_90", &[])
-            .unwrap_err()
-            .to_string();
+        let e = compile(
+            "extern \"C\" __global__ void k() { int x = ; }",
+            "sm_90",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("sm_90") && e.contains("error"), "{e}");
     }
 }

@@ -92,7 +92,10 @@ fn every_architecture_matches_the_cpu_on_a_gpu() {
         };
         // Past Gemma 3's window of 5: the decode steps attend through it.
         let got = run(&mut gpu, 6);
-        assert!(gpu.graphs_captured() > 0, "{arch}: decode steps ran as graphs");
+        assert!(
+            gpu.graphs_captured() > 0,
+            "{arch}: decode steps ran as graphs"
+        );
         let mut cpu = CpuExecutor::new(tiny(arch), KvDtype::F32, 4, 32).unwrap();
         let want = run(&mut cpu, 6);
         for (s, (g, w)) in got.iter().zip(&want).enumerate() {

@@ -213,61 +213,66 @@ fn long_contexts_split_over_threads_give_the_unsplit_results_bit_for_bit() {
         // inside a block); the others fill the batch.
         let table: Vec<u32> = (0..blocks as u32).rev().collect();
         for start in [0, CHUNK + 5] {
-        let row = |start: usize, ctx: usize| Row {
-            table: table.clone(),
-            start,
-            ctx,
-        };
-        let rows = [row(start, 4 * CHUNK + 37), row(0, 300), row(7, 9), row(0, 999)];
-        let q_dim = 9 * hd;
-        let q: Vec<f32> = (0..rows.len() * q_dim).map(|_| lcg(&mut seed)).collect();
-        let want = reference(&sh, &q, q_dim, &rows[..1], &k, &v);
-        let inp = |n: usize| AttnInput {
-            shape: sh,
-            q: &q[..n * q_dim],
-            q_stride: q_dim,
-            rows: |t: usize| RowKv {
-                block_table: &rows[t].table,
-                start: rows[t].start,
-                ctx: rows[t].ctx,
-            },
-            k: &k,
-            v: &v,
-        };
-        for isa in Isa::available() {
-            pool.install(|| {
-                let len = scratch_len(&sh);
-                let own = 4 * sh.task_scratch();
-                let mut scratch = vec![f32::NAN; len];
-                let mut split = vec![f32::NAN; q_dim];
-                paged_attention_isa(isa, &inp(1), &mut split, &mut scratch);
-                assert!(
-                    !scratch[own..].iter().all(|v| v.is_nan()),
-                    "{isa:?}: the context was not split"
-                );
-                let mut unsplit = vec![f32::NAN; q_dim];
-                paged_attention_isa(isa, &inp(1), &mut unsplit, &mut scratch[..own]);
-                let mut batch = vec![f32::NAN; rows.len() * q_dim];
-                paged_attention_isa(isa, &inp(rows.len()), &mut batch, &mut scratch);
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&split),
-                    bits(&unsplit),
-                    "{dtype} {isa:?}: split vs one thread"
-                );
-                assert_eq!(
-                    bits(&split),
-                    bits(&batch[..q_dim]),
-                    "{dtype} {isa:?}: in a batch"
-                );
-                for (i, (a, b)) in split.iter().zip(&want).enumerate() {
+            let row = |start: usize, ctx: usize| Row {
+                table: table.clone(),
+                start,
+                ctx,
+            };
+            let rows = [
+                row(start, 4 * CHUNK + 37),
+                row(0, 300),
+                row(7, 9),
+                row(0, 999),
+            ];
+            let q_dim = 9 * hd;
+            let q: Vec<f32> = (0..rows.len() * q_dim).map(|_| lcg(&mut seed)).collect();
+            let want = reference(&sh, &q, q_dim, &rows[..1], &k, &v);
+            let inp = |n: usize| AttnInput {
+                shape: sh,
+                q: &q[..n * q_dim],
+                q_stride: q_dim,
+                rows: |t: usize| RowKv {
+                    block_table: &rows[t].table,
+                    start: rows[t].start,
+                    ctx: rows[t].ctx,
+                },
+                k: &k,
+                v: &v,
+            };
+            for isa in Isa::available() {
+                pool.install(|| {
+                    let len = scratch_len(&sh);
+                    let own = 4 * sh.task_scratch();
+                    let mut scratch = vec![f32::NAN; len];
+                    let mut split = vec![f32::NAN; q_dim];
+                    paged_attention_isa(isa, &inp(1), &mut split, &mut scratch);
                     assert!(
-                        (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
-                        "{dtype} {isa:?} from {start}: [{i}] {a} vs {b}"
+                        !scratch[own..].iter().all(|v| v.is_nan()),
+                        "{isa:?}: the context was not split"
                     );
-                }
-            });
-        }
+                    let mut unsplit = vec![f32::NAN; q_dim];
+                    paged_attention_isa(isa, &inp(1), &mut unsplit, &mut scratch[..own]);
+                    let mut batch = vec![f32::NAN; rows.len() * q_dim];
+                    paged_attention_isa(isa, &inp(rows.len()), &mut batch, &mut scratch);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&split),
+                        bits(&unsplit),
+                        "{dtype} {isa:?}: split vs one thread"
+                    );
+                    assert_eq!(
+                        bits(&split),
+                        bits(&batch[..q_dim]),
+                        "{dtype} {isa:?}: in a batch"
+                    );
+                    for (i, (a, b)) in split.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
+                            "{dtype} {isa:?} from {start}: [{i}] {a} vs {b}"
+                        );
+                    }
+                });
+            }
         }
     }
 }

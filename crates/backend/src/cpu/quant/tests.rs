@@ -328,7 +328,11 @@ fn column_views_write_their_columns_only() {
                 matmul_q_cols_isa(isa, &x, n, &w, &mut y, stride, col);
                 for i in 0..n {
                     let r = &y[i * stride..(i + 1) * stride];
-                    assert_eq!(&r[col..col + rows], &want[i * rows..(i + 1) * rows], "{ty:?} {isa:?}");
+                    assert_eq!(
+                        &r[col..col + rows],
+                        &want[i * rows..(i + 1) * rows],
+                        "{ty:?} {isa:?}"
+                    );
                     assert!(
                         r[..col].iter().chain(&r[col + rows..]).all(|&v| v == -7.0),
                         "{ty:?} {isa:?} n {n}: wrote outside its columns"
