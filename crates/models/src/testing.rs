@@ -29,24 +29,7 @@ fn rand_vec(seed: &mut u64, n: usize, scale: f32, offset: f32) -> Vec<f32> {
 /// biases) with deterministic random F32 weights and `vocab` tokens. Add tokenizer metadata to the
 /// writer to make it a complete model file.
 pub fn tiny_llama(arch: &str, vocab: usize) -> GgufWriter {
-    tiny_llama_typed(arch, vocab, GgmlType::F32)
-}
-
-/// [`tiny_llama`] with its matrices (not norms or biases) stored as `ty`.
-pub fn tiny_llama_typed(arch: &str, vocab: usize, ty: GgmlType) -> GgufWriter {
-    tiny_llama_heads(arch, vocab, ty, HEADS, KV_HEADS)
-}
-
-/// [`tiny_llama_typed`] with `heads` query heads and `kv_heads` KV heads over the same width
-/// (2 and 1 give heads of 32, storable in a Q8_0 KV cache).
-pub fn tiny_llama_heads(
-    arch: &str,
-    vocab: usize,
-    ty: GgmlType,
-    heads: usize,
-    kv_heads: usize,
-) -> GgufWriter {
-    tiny_model(arch, vocab, ty, heads, kv_heads)
+    tiny_model(arch, vocab, GgmlType::F32, HEADS, KV_HEADS)
 }
 
 /// A 2-layer model of any supported architecture (`llama`, `qwen2`, `qwen3`, `gemma3`, `phi3`)

@@ -3,7 +3,7 @@
 
 use tokenfab_loader::{GgmlType, Gguf};
 
-use crate::testing::{tiny_gemma3_all_windowed, tiny_llama_heads, tiny_model, ARCHS, WINDOW};
+use crate::testing::{tiny_gemma3_all_windowed, tiny_model, ARCHS, WINDOW};
 use crate::{Arch, Error, ForwardBatch, KvCache, KvDtype, Model, SeqSlice};
 
 const VOCAB: usize = 50;
@@ -292,7 +292,7 @@ fn quantized_weights_track_their_f32_dequantization() {
 fn kv_dtypes_keep_the_invariants_and_track_f32() {
     for arch in ["llama", "gemma3"] {
         // Heads of 32 (2 query heads over 1 KV head) so that q8_0 blocks fit a head.
-        let m = load(tiny_llama_heads(arch, VOCAB, GgmlType::F32, 2, 1));
+        let m = load(tiny_model(arch, VOCAB, GgmlType::F32, 2, 1));
         let tokens: Vec<u32> = (0..21).map(|i| (i * 5 % VOCAB) as u32).collect();
         let kv = |d: KvDtype| m.new_kv_cache(d, BS, 12).unwrap();
         let table: Vec<u32> = (0..6).collect();
