@@ -87,7 +87,7 @@ async fn serves_chat_through_the_openai_api_with_gemmas_template() {
         &std::fs::read_to_string(root().join("reference/gemma3-270m-chat.json")).unwrap(),
     )
     .unwrap();
-    let mut server = Server::start_with(&[
+    let server = Server::start_with(&[
         "--model",
         model.to_str().unwrap(),
         "--chat-template",
@@ -95,32 +95,16 @@ async fn serves_chat_through_the_openai_api_with_gemmas_template() {
         "--kv-cache-memory",
         "256MiB",
     ]);
-    let n = r["greedy_tokens"].as_array().unwrap().len();
-    let models: serde_json::Value = server
-        .client
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let res = server
-        .client
-        .post(server.url("/v1/chat/completions"))
-        .json(&serde_json::json!({
-            "model": models["data"][0]["id"],
-            "messages": r["messages"],
-            "max_tokens": n,
-            "temperature": 0,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let j: serde_json::Value = res.json().await.unwrap();
-    let _ = server.child.kill();
-    let _ = server.child.wait();
+    let (_, models) = server.get_text("/v1/models").await;
+    let models: serde_json::Value = serde_json::from_str(&models).unwrap();
+    let body = serde_json::json!({
+        "model": models["data"][0]["id"],
+        "messages": r["messages"],
+        "max_tokens": r["greedy_tokens"].as_array().unwrap().len(),
+        "temperature": 0,
+    });
+    let (status, j) = server.post("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{j}");
     assert_eq!(
         j["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
         r["prompt_tokens"].as_array().unwrap().len(),
