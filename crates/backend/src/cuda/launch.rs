@@ -81,6 +81,16 @@ pub struct AttnArgs<'a> {
     pub row_ctx: &'a GpuBuf<i32>,
 }
 
+/// One `residual_norm` launch: device addresses of x and out, what is added, which rows.
+struct NormLaunch<'a> {
+    x: u64,
+    add: Option<(&'a GpuBuf<f32>, Option<&'a GpuBuf<f32>>)>,
+    rows: Option<&'a GpuBuf<i32>>,
+    out: u64,
+    n: usize,
+    write_x: bool,
+}
+
 fn check(ok: bool, what: &str) -> Result<()> {
     if ok {
         Ok(())
@@ -144,7 +154,15 @@ impl Gpu {
             x.len() >= need && out.len() >= need && add.is_none_or(|(a, _)| a.len() >= need),
             "residual_norm",
         )?;
-        self.launch_residual_norm(self.ptr(x), add, None, w, eps, self.ptr(out), n, true)
+        let l = NormLaunch {
+            x: self.ptr(x),
+            add,
+            rows: None,
+            out: self.ptr(out),
+            n,
+            write_x: true,
+        };
+        self.launch_residual_norm(&l, w, eps)
     }
 
     /// The final norm of the rows whose logits are wanted: for output row b, with
@@ -164,22 +182,19 @@ impl Gpu {
             add.0.len() >= x.len() && out.len() >= r * w.len() && rows.len() >= r,
             "norm_rows",
         )?;
-        let op = self.ptr(out);
-        self.launch_residual_norm(self.ptr(x), Some(add), Some(rows), w, eps, op, r, false)
+        let l = NormLaunch {
+            x: self.ptr(x),
+            add: Some(add),
+            rows: Some(rows),
+            out: self.ptr(out),
+            n: r,
+            write_x: false,
+        };
+        self.launch_residual_norm(&l, w, eps)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn launch_residual_norm(
-        &self,
-        x: u64,
-        add: Option<(&GpuBuf<f32>, Option<&GpuBuf<f32>>)>,
-        rows: Option<&GpuBuf<i32>>,
-        w: &GpuBuf<f32>,
-        eps: f32,
-        out: u64,
-        n: usize,
-        write_x: bool,
-    ) -> Result<()> {
+    fn launch_residual_norm(&self, l: &NormLaunch<'_>, w: &GpuBuf<f32>, eps: f32) -> Result<()> {
+        let (add, rows, n) = (l.add, l.rows, l.n);
         let dim = w.len();
         check(
             add.and_then(|a| a.1).is_none_or(|p| p.len() == dim),
@@ -191,9 +206,9 @@ impl Gpu {
             self.opt_ptr(rows),
             self.ptr(w),
         );
-        let (d, write) = (dim as i32, i32::from(write_x));
+        let (d, write) = (dim as i32, i32::from(l.write_x));
         let mut b = self.stream.launch_builder(&self.k.residual_norm);
-        b.arg(&x).arg(&ap).arg(&pp).arg(&rp).arg(&wp).arg(&out);
+        b.arg(&l.x).arg(&ap).arg(&pp).arg(&rp).arg(&wp).arg(&l.out);
         b.arg(&d).arg(&eps).arg(&write);
         // SAFETY: the public callers checked the sizes; `rows` indices are rows of x.
         unsafe { b.launch(grid(n, 1, ROW_THREADS)) }?;
