@@ -136,34 +136,28 @@ pub unsafe fn gemm_block(b: &Block) {
     }
 }
 
-/// `h = act(gate) * up`, eight at a time through [`exp`] (the tail through a padded copy): SiLU as
-/// `g / (1 + e^-g)`, GELU (tanh form) as `g / (1 + e^-2u)`, `u = √(2/π) (g + 0.044715 g³)`.
+/// `h = gelu(gate) * up`, eight at a time through [`exp`] (the tail through a padded copy): GELU's
+/// tanh form as `g / (1 + e^-2u)`, `u = √(2/π) (g + 0.044715 g³)`.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; the three slices have equal lengths.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn glu(act: super::Activation, gate: &[f32], up: &[f32], h: &mut [f32]) {
+pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
     #[inline(always)]
-    unsafe fn eight(act: super::Activation, g: __m256, u: __m256) -> __m256 {
+    unsafe fn eight(g: __m256, u: __m256) -> __m256 {
         let one = _mm256_set1_ps(1.0);
-        let z = match act {
-            super::Activation::Silu => _mm256_sub_ps(_mm256_setzero_ps(), g),
-            super::Activation::GeluTanh => {
-                let g2 = _mm256_mul_ps(g, g);
-                let inner = _mm256_fmadd_ps(_mm256_set1_ps(super::GELU_COEF_A), g2, one);
-                _mm256_mul_ps(
-                    _mm256_set1_ps(-2.0 * super::SQRT_2_OVER_PI),
-                    _mm256_mul_ps(g, inner),
-                )
-            }
-        };
+        let inner = _mm256_fmadd_ps(_mm256_set1_ps(super::GELU_COEF_A), _mm256_mul_ps(g, g), one);
+        let z = _mm256_mul_ps(
+            _mm256_set1_ps(-2.0 * super::SQRT_2_OVER_PI),
+            _mm256_mul_ps(g, inner),
+        );
         _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, exp(z))), u)
     }
     let n = h.len();
     let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
     let mut i = 0;
     while i + 8 <= n {
-        let y = eight(act, _mm256_loadu_ps(pg.add(i)), _mm256_loadu_ps(pu.add(i)));
+        let y = eight(_mm256_loadu_ps(pg.add(i)), _mm256_loadu_ps(pu.add(i)));
         _mm256_storeu_ps(ph.add(i), y);
         i += 8;
     }
@@ -171,14 +165,8 @@ pub unsafe fn glu(act: super::Activation, gate: &[f32], up: &[f32], h: &mut [f32
         let (mut g, mut u, mut y) = ([0f32; 8], [0f32; 8], [0f32; 8]);
         g[..n - i].copy_from_slice(&gate[i..n]);
         u[..n - i].copy_from_slice(&up[i..n]);
-        _mm256_storeu_ps(
-            y.as_mut_ptr(),
-            eight(
-                act,
-                _mm256_loadu_ps(g.as_ptr()),
-                _mm256_loadu_ps(u.as_ptr()),
-            ),
-        );
+        let v = eight(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr()));
+        _mm256_storeu_ps(y.as_mut_ptr(), v);
         h[i..].copy_from_slice(&y[..n - i]);
     }
 }

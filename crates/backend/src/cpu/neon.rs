@@ -187,35 +187,27 @@ mod tests {
     }
 }
 
-/// `h = act(gate) * up`, four at a time through [`exp`]: the AVX2 path's formulas (SiLU as
-/// `g / (1 + e^-g)`, GELU as `g / (1 + e^-2u)`).
+/// `h = gelu(gate) * up`, four at a time through [`exp`]: the AVX2 path's formula
+/// (`g / (1 + e^-2u)`).
 ///
 /// # Safety
 /// None beyond NEON; the three slices have equal lengths.
-pub unsafe fn glu(act: super::Activation, gate: &[f32], up: &[f32], h: &mut [f32]) {
+pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
     #[inline(always)]
-    unsafe fn four(act: super::Activation, g: float32x4_t, u: float32x4_t) -> float32x4_t {
+    unsafe fn four(g: float32x4_t, u: float32x4_t) -> float32x4_t {
         let one = vdupq_n_f32(1.0);
-        let z = match act {
-            super::Activation::Silu => vnegq_f32(g),
-            super::Activation::GeluTanh => {
-                let inner = vfmaq_f32(one, vdupq_n_f32(super::GELU_COEF_A), vmulq_f32(g, g));
-                vmulq_f32(
-                    vdupq_n_f32(-2.0 * super::SQRT_2_OVER_PI),
-                    vmulq_f32(g, inner),
-                )
-            }
-        };
+        let inner = vfmaq_f32(one, vdupq_n_f32(super::GELU_COEF_A), vmulq_f32(g, g));
+        let z = vmulq_f32(
+            vdupq_n_f32(-2.0 * super::SQRT_2_OVER_PI),
+            vmulq_f32(g, inner),
+        );
         vmulq_f32(vdivq_f32(g, vaddq_f32(one, exp(z))), u)
     }
     let n = h.len();
     let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
     let mut i = 0;
     while i + 4 <= n {
-        vst1q_f32(
-            ph.add(i),
-            four(act, vld1q_f32(pg.add(i)), vld1q_f32(pu.add(i))),
-        );
+        vst1q_f32(ph.add(i), four(vld1q_f32(pg.add(i)), vld1q_f32(pu.add(i))));
         i += 4;
     }
     if i < n {
@@ -224,7 +216,7 @@ pub unsafe fn glu(act: super::Activation, gate: &[f32], up: &[f32], h: &mut [f32
         u[..n - i].copy_from_slice(&up[i..n]);
         vst1q_f32(
             y.as_mut_ptr(),
-            four(act, vld1q_f32(g.as_ptr()), vld1q_f32(u.as_ptr())),
+            four(vld1q_f32(g.as_ptr()), vld1q_f32(u.as_ptr())),
         );
         h[i..].copy_from_slice(&y[..n - i]);
     }
