@@ -3,10 +3,10 @@
 use std::collections::{HashMap, VecDeque};
 
 use tokenfab_kv_cache::{ComputedBlocks, KvCacheManager};
-use tokenfab_types::{BlockId, RequestId, TokenId};
+use tokenfab_types::{BlockId, FinishReason, RequestId, TokenId};
 
 use crate::config::{SchedulerConfig, SchedulerError};
-use crate::request::Request;
+use crate::request::{Finished, NewRequest, Request};
 
 /// One request's share of a step.
 ///
@@ -22,8 +22,9 @@ pub struct ScheduledSeq {
     pub tokens: Vec<TokenId>,
     /// The request's whole block table: block `i` holds positions `i * block_size ..`.
     pub block_table: Vec<BlockId>,
-    /// True when after this step every known token is computed: the runner must sample the next
-    /// token from the logits of the last position. False for a non-final prefill chunk.
+    /// True when after this step every known token is computed and the request may grow: the
+    /// runner must sample the next token from the logits of the last position. False for a
+    /// non-final prefill chunk, and for a prefill-only request's last one.
     pub sample: bool,
     /// Prefix-cache hit tokens when the request was first scheduled, for usage reporting.
     pub num_cached_tokens: usize,
@@ -78,64 +79,37 @@ impl Scheduler {
         &self.cfg
     }
 
-    /// Queues a request (FIFO). Refuses one that could never run: empty, `max_tokens == 0`,
-    /// longer than `max_model_len`, or needing more blocks than the whole pool even alone.
+    /// Queues a request (FIFO); shorthand for [`Self::add`] with no stop tokens.
     pub fn add_request(
         &mut self,
         id: RequestId,
         prompt: Vec<TokenId>,
         max_tokens: usize,
     ) -> Result<(), SchedulerError> {
-        self.add_request_with(id, prompt, max_tokens, false)
+        self.add(NewRequest::new(id, prompt, max_tokens))
     }
 
-    /// [`Scheduler::add_request`], optionally computing every prompt token even when the prefix
-    /// cache holds some (a request that wants prompt log-probabilities needs their logits).
-    pub fn add_request_with(
-        &mut self,
-        id: RequestId,
-        prompt: Vec<TokenId>,
-        max_tokens: usize,
-        skip_prefix_cache: bool,
-    ) -> Result<(), SchedulerError> {
-        if self.requests.contains_key(&id) {
-            return Err(SchedulerError::DuplicateId(id));
+    /// Queues a request (FIFO). Refuses one that could never run
+    /// ([`SchedulerConfig::check_request`]: empty, longer than `max_model_len`, or needing more
+    /// blocks than the whole pool even alone) and a duplicate id.
+    pub fn add(&mut self, r: NewRequest) -> Result<(), SchedulerError> {
+        if self.requests.contains_key(&r.id) {
+            return Err(SchedulerError::DuplicateId(r.id));
         }
-        if prompt.is_empty() {
-            return Err(SchedulerError::EmptyPrompt);
-        }
-        if max_tokens == 0 {
-            return Err(SchedulerError::ZeroMaxTokens);
-        }
-        let max_model_len = self.cfg.max_model_len;
-        if prompt.len().saturating_add(max_tokens) > max_model_len {
-            return Err(SchedulerError::TooLong {
-                prompt_tokens: prompt.len(),
-                max_tokens,
-                max_model_len,
-            });
-        }
-        // The last sampled token is never fed back, so its KV slot is never needed.
-        let needed_blocks = (prompt.len() + max_tokens - 1).div_ceil(self.cfg.block_size);
-        if needed_blocks > self.cfg.num_blocks {
-            return Err(SchedulerError::DoesNotFit {
-                needed_blocks,
-                num_blocks: self.cfg.num_blocks,
-            });
-        }
-        let num_prompt_tokens = prompt.len();
+        self.cfg.check_request(r.prompt.len(), r.max_tokens)?;
         let req = Request {
-            id,
-            tokens: prompt,
-            num_prompt_tokens,
-            max_tokens,
+            id: r.id,
+            num_prompt_tokens: r.prompt.len(),
+            tokens: r.prompt,
+            max_tokens: r.max_tokens,
+            stop_token_ids: r.stop_token_ids,
             num_computed_tokens: 0,
-            skip_prefix_cache,
+            skip_prefix_cache: r.skip_prefix_cache,
             num_cached_tokens: None,
             num_preemptions: 0,
         };
-        self.requests.insert(id, req);
-        self.waiting.push_back(id);
+        self.requests.insert(r.id, req);
+        self.waiting.push_back(r.id);
         Ok(())
     }
 
@@ -216,7 +190,7 @@ impl Scheduler {
                     start,
                     tokens: req.tokens[start..start + n].to_vec(),
                     block_table: self.kv.block_table(id).to_vec(),
-                    sample: start + n == req.num_tokens(),
+                    sample: start + n == req.num_tokens() && !self.capped(req),
                     num_cached_tokens: req.num_cached_tokens(),
                 }
             })
@@ -229,12 +203,9 @@ impl Scheduler {
         }
     }
 
-    /// Tokens `req` still has to compute; 0 for a length-capped request (it only awaits
-    /// `finish`, and computing its last token would sample past its limit).
+    /// Tokens `req` still has to compute. A live request always has some: one whose tokens are
+    /// all computed has either sampled its next token or finished in [`Self::update`].
     fn num_to_schedule(&self, req: &Request) -> usize {
-        if self.capped(req) {
-            return 0;
-        }
         req.num_tokens() - req.num_computed_tokens
     }
 
@@ -249,47 +220,64 @@ impl Scheduler {
     }
 
     /// Applies a step's results: each scheduled request advances by its scheduled tokens, and
-    /// each `(id, token)` in `sampled` is appended to that request's output. Requests finished
-    /// (or aborted) since `schedule` are skipped. Nothing is removed: the caller checks stop
-    /// conditions ([`Self::is_length_capped`], EOS, stop strings) and calls [`Self::finish`].
-    pub fn update(&mut self, out: &SchedulerOutput, sampled: &[(RequestId, TokenId)]) {
+    /// each `(id, token)` in `sampled` is appended to that request's output. Then the scheduler
+    /// decides who is done, the one place that does: a sampled stop token ends a request with
+    /// `Stop`; `max_tokens` outputs, or `max_model_len` tokens, with `Length` (a prefill-only
+    /// request once its prompt is computed). Those are removed, their blocks freed, and returned
+    /// in scheduling order. Requests finished (or aborted) since `schedule` are skipped. Stop
+    /// strings are the caller's: it ends such a request with [`Self::finish`].
+    pub fn update(
+        &mut self,
+        out: &SchedulerOutput,
+        sampled: &[(RequestId, TokenId)],
+    ) -> Vec<Finished> {
+        let sampled: HashMap<RequestId, TokenId> = sampled.iter().copied().collect();
+        let mut finished = Vec::new();
         for s in &out.scheduled {
-            if let Some(req) = self.requests.get_mut(&s.id) {
-                debug_assert_eq!(req.num_computed_tokens, s.start, "update applied twice?");
-                req.num_computed_tokens = s.start + s.tokens.len();
+            let Some(req) = self.requests.get_mut(&s.id) else {
+                continue;
+            };
+            debug_assert_eq!(req.num_computed_tokens, s.start, "update applied twice?");
+            req.num_computed_tokens = s.start + s.tokens.len();
+            if req.num_computed_tokens < req.num_tokens() {
+                continue; // a prompt chunk: more to compute
+            }
+            let tok = sampled.get(&s.id).copied();
+            debug_assert_eq!(tok.is_some(), s.sample, "a token is sampled exactly when asked");
+            if let Some(t) = tok {
+                req.tokens.push(t);
+            }
+            let reason = if tok.is_some_and(|t| req.stop_token_ids.contains(&t)) {
+                FinishReason::Stop
+            } else if self.capped(&self.requests[&s.id]) {
+                FinishReason::Length
+            } else {
+                continue;
+            };
+            if let Some(request) = self.finish(s.id) {
+                finished.push(Finished { reason, request });
             }
         }
-        for &(id, tok) in sampled {
-            if let Some(req) = self.requests.get_mut(&id) {
-                debug_assert_eq!(req.num_computed_tokens, req.num_tokens(), "sampled a chunk");
-                req.tokens.push(tok);
-            }
-        }
+        finished
     }
 
-    /// Removes a request (finished or aborted), waiting or running, and frees its blocks.
-    /// False when `id` is unknown.
-    pub fn finish(&mut self, id: RequestId) -> bool {
-        if self.requests.remove(&id).is_none() {
-            return false;
-        }
+    /// Removes a request (aborted, or stopped by the caller), waiting or running, frees its
+    /// blocks and returns it; `None` when `id` is unknown.
+    pub fn finish(&mut self, id: RequestId) -> Option<Request> {
+        let req = self.requests.remove(&id)?;
         if let Some(pos) = self.running.iter().position(|&r| r == id) {
             self.running.remove(pos);
             self.kv.free(id);
         } else if let Some(pos) = self.waiting.iter().position(|&r| r == id) {
             self.waiting.remove(pos);
         }
-        true
+        Some(req)
     }
 
+    /// True when `req` may not grow: `max_tokens` outputs (always, for prefill-only) or
+    /// `max_model_len` tokens.
     fn capped(&self, req: &Request) -> bool {
         req.output().len() >= req.max_tokens || req.num_tokens() >= self.cfg.max_model_len
-    }
-
-    /// True when `id` has `max_tokens` outputs or reached `max_model_len` tokens: the caller
-    /// should finish it with reason "length". False for an unknown id.
-    pub fn is_length_capped(&self, id: RequestId) -> bool {
-        self.requests.get(&id).is_some_and(|r| self.capped(r))
     }
 
     /// A live request's tokens and progress.
