@@ -1,49 +1,60 @@
-//! The engine loop: schedule, run, sample, emit. One thread owns all of it.
+//! The engine loop: schedule, run, sample, update, emit. One thread owns all of it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use tokenfab_backend::cpu::log_softmax;
 use tokenfab_loader::Tokenizer;
 use tokenfab_models::Llama;
-use tokenfab_scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
+use tokenfab_scheduler::{Finished, NewRequest, Request, Scheduler, SchedulerConfig, SchedulerOutput};
 use tokenfab_types::{FinishReason, RequestId, TokenId};
 
 use crate::detok::IncrementalDecoder;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::handle::{Command, EngineConfig, Shared};
 use crate::outbox::Outbox;
 use crate::request::{EngineRequest, StreamEvent, TokenLogprob, Usage};
 use crate::runner::{ModelRunner, StepLogits};
-use crate::sampler::Sampler;
+use crate::sampler::{token_logprob, LogitBias, Sample, Sampler};
 use crate::stop::StopChecker;
 
-/// One request as the engine tracks it (the scheduler tracks its tokens and blocks).
+/// What the engine keeps of one request beside what the scheduler owns (its tokens, limits and
+/// progress): how to sample it, how to turn its tokens into text, and where its events go.
 struct Active {
-    req: EngineRequest,
-    /// Events back to the consumer (bounded channel + backlog; never blocks the engine).
-    out: Outbox,
+    /// Sampling parameters, seeded stream, logits processors, logprobs wanted.
     sampler: Sampler,
     detok: IncrementalDecoder,
     stop: StopChecker,
-    output: Vec<TokenId>,
-    /// Per prompt position, filled as prompt chunks run (index 0 stays `None`).
-    prompt_logprobs: Vec<Option<TokenLogprob>>,
-    prompt_logprobs_sent: bool,
-    cached_tokens: usize,
+    /// Events back to the consumer (bounded channel + backlog; never blocks the engine).
+    out: Outbox,
+    /// Prompt log-probabilities being gathered; `None` when not asked for or already sent.
+    prompt_logprobs: Option<PromptLogprobs>,
+    times: Times,
+}
+
+struct PromptLogprobs {
+    /// Alternatives per entry.
+    top_n: usize,
+    /// (prompt length,) filled as prompt chunks run; entry 0 stays `None`.
+    entries: Vec<Option<TokenLogprob>>,
+}
+
+/// For the latency metrics.
+struct Times {
     arrival: Instant,
+    /// First scheduled (it left the queue).
     scheduled: bool,
     last_token: Option<Instant>,
-    /// The log-probability of the token just sampled, when asked for.
-    next_logprob: Option<TokenLogprob>,
 }
 
 pub(crate) struct EngineCore {
     runner: ModelRunner,
     sched: Scheduler,
     tokenizer: Arc<Tokenizer>,
+    /// The model's end-of-generation tokens: stop tokens of every request that does not ignore
+    /// them.
+    eog: Vec<TokenId>,
     active: HashMap<RequestId, Active>,
     rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
@@ -53,6 +64,8 @@ pub(crate) struct EngineCore {
     lingering: Vec<Outbox>,
     /// A consumer that takes nothing for this long while events wait is dropped (aborted).
     stream_timeout: Duration,
+    /// Scratch: (vocab,) log-softmax of one row for prompt log-probabilities.
+    lsm: Vec<f32>,
 }
 
 impl EngineCore {
@@ -73,7 +86,7 @@ impl EngineCore {
                 gpu_memory_utilization: cfg.gpu_memory_utilization,
                 max_batch_tokens: cfg.max_num_batched_tokens,
                 max_graph_batch: cfg.max_num_seqs,
-                max_blocks: None,
+                max_blocks: cfg.max_kv_blocks,
             },
         )?;
         let num_blocks = exec.num_blocks();
@@ -84,11 +97,11 @@ impl EngineCore {
             num_blocks,
             enable_prefix_caching: cfg.enable_prefix_caching,
             max_model_len: exec.config().context_len,
-        })
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+        })?;
         Ok(Self {
             runner: ModelRunner::new(exec),
             sched,
+            eog: tokenizer.eog_ids(),
             tokenizer,
             active: HashMap::new(),
             rx,
@@ -97,6 +110,7 @@ impl EngineCore {
             prefix_seen: (0, 0),
             lingering: Vec::new(),
             stream_timeout: cfg.stream_timeout,
+            lsm: Vec::new(),
         })
     }
 
@@ -111,6 +125,12 @@ impl EngineCore {
     }
     pub fn weight_bytes(&self) -> usize {
         self.runner.exec.weight_bytes()
+    }
+    pub fn device(&self) -> String {
+        self.runner.exec.device()
+    }
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        self.sched.config()
     }
 
     /// The loop: take commands, then one step while anything is unfinished.
@@ -149,8 +169,9 @@ impl EngineCore {
         self.record_prompt_logprobs(&out, &logits);
         let sampled = self.sample(&out, &logits);
         self.runner.recycle(logits);
-        self.sched.update(&out, &sampled);
-        self.emit(&sampled);
+        let tokens: Vec<(RequestId, TokenId)> = sampled.iter().map(|(id, s)| (*id, s.token)).collect();
+        let finished = self.sched.update(&out, &tokens);
+        self.emit(sampled, finished);
         Ok(())
     }
 
@@ -181,49 +202,59 @@ impl EngineCore {
                 req,
                 arrival,
                 tx,
-            } => {
-                let max_tokens = req.max_tokens;
-                let skip_cache = req.prompt_logprobs.is_some();
-                if let Err(e) = self.sched.add_request_with(
-                    id,
-                    req.prompt_tokens.clone(),
-                    max_tokens,
-                    skip_cache,
-                ) {
-                    let _ = tx.try_send(StreamEvent::Error(e.to_string()));
-                    self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-                    self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
-                    return;
-                }
-                let prompt_len = req.prompt_tokens.len();
-                self.active.insert(
-                    id,
-                    Active {
-                        sampler: Sampler::new(req.sampling.clone()),
-                        detok: IncrementalDecoder::new(),
-                        stop: StopChecker::new(req.stop.clone()),
-                        output: Vec::new(),
-                        prompt_logprobs: vec![
-                            None;
-                            if req.prompt_logprobs.is_some() {
-                                prompt_len
-                            } else {
-                                0
-                            }
-                        ],
-                        prompt_logprobs_sent: false,
-                        cached_tokens: 0,
-                        arrival,
-                        scheduled: false,
-                        last_token: None,
-                        next_logprob: None,
-                        req: *req,
-                        out: Outbox::new(tx),
-                    },
-                );
-            }
-            Command::Abort(id) => self.finish(id, FinishReason::Abort),
+            } => self.add(id, *req, arrival, tx),
+            Command::Abort(id) => self.abort(id),
         }
+    }
+
+    /// Hands the request's tokens and limits to the scheduler and keeps the rest.
+    fn add(
+        &mut self,
+        id: RequestId,
+        req: EngineRequest,
+        arrival: Instant,
+        tx: tokio::sync::mpsc::Sender<StreamEvent>,
+    ) {
+        let mut stop_token_ids = req.stop_token_ids;
+        if !req.ignore_eos {
+            stop_token_ids.extend_from_slice(&self.eog);
+        }
+        let prompt_len = req.prompt_tokens.len();
+        let new = NewRequest {
+            id,
+            prompt: req.prompt_tokens,
+            max_tokens: req.max_tokens,
+            stop_token_ids,
+            skip_prefix_cache: req.prompt_logprobs.is_some(),
+        };
+        if let Err(e) = self.sched.add(new) {
+            // `submit` checked the request against the same rules: this is a bug, not a refusal.
+            tracing::error!(request = id, error = %e, "the scheduler refused a checked request");
+            let _ = tx.try_send(StreamEvent::Error("internal error".into()));
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let mut sampler = Sampler::new(req.sampling).with_logprobs(req.logprobs);
+        if !req.logit_bias.is_empty() {
+            sampler = sampler.with_processor(Box::new(LogitBias(req.logit_bias)));
+        }
+        let active = Active {
+            sampler,
+            detok: IncrementalDecoder::new(),
+            stop: StopChecker::new(req.stop),
+            out: Outbox::new(tx),
+            prompt_logprobs: req.prompt_logprobs.map(|top_n| PromptLogprobs {
+                top_n,
+                entries: vec![None; prompt_len],
+            }),
+            times: Times {
+                arrival,
+                scheduled: false,
+                last_token: None,
+            },
+        };
+        self.active.insert(id, active);
     }
 
     /// Clients that went away, or took nothing for `stream_timeout` while events waited, are
@@ -246,39 +277,28 @@ impl EngineCore {
             }
         }
         for id in gone {
-            self.finish(id, FinishReason::Abort);
+            self.abort(id);
         }
         self.lingering
             .retain_mut(|o| !o.is_closed() && !o.flush(now) && !o.timed_out(now, limit));
     }
 
     fn note_scheduled(&mut self, out: &SchedulerOutput) {
+        let m = &self.shared.metrics;
+        let mut prompt_tokens = 0;
         for s in &out.scheduled {
-            if let Some(a) = self.active.get_mut(&s.id) {
-                if !a.scheduled {
-                    a.scheduled = true;
-                    a.cached_tokens = s.num_cached_tokens;
-                    self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-                    self.shared
-                        .metrics
-                        .request_queue_time_seconds
-                        .observe(a.arrival.elapsed().as_secs_f64());
-                }
+            let Some(r) = self.sched.request(s.id) else {
+                continue;
+            };
+            prompt_tokens += s.tokens.len().min(r.prompt().len().saturating_sub(s.start));
+            if let Some(a) = self.active.get_mut(&s.id).filter(|a| !a.times.scheduled) {
+                a.times.scheduled = true;
+                self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                m.request_queue_time_seconds
+                    .observe(a.times.arrival.elapsed().as_secs_f64());
             }
         }
-        let m = &self.shared.metrics;
-        m.prompt_tokens.add(
-            out.scheduled
-                .iter()
-                .filter_map(|s| {
-                    self.active.get(&s.id).map(|a| {
-                        s.tokens
-                            .len()
-                            .min(a.req.prompt_tokens.len().saturating_sub(s.start))
-                    })
-                })
-                .sum::<usize>() as u64,
-        );
+        m.prompt_tokens.add(prompt_tokens as u64);
     }
 
     /// Per scheduled sequence: does it need the logits of every row (prompt log-probabilities)?
@@ -286,11 +306,15 @@ impl EngineCore {
         out.scheduled
             .iter()
             .map(|s| {
-                self.active.get(&s.id).is_some_and(|a| {
-                    a.req.prompt_logprobs.is_some()
-                        && !a.prompt_logprobs_sent
-                        && s.start < a.req.prompt_tokens.len()
-                })
+                let asked = self
+                    .active
+                    .get(&s.id)
+                    .is_some_and(|a| a.prompt_logprobs.is_some());
+                asked
+                    && self
+                        .sched
+                        .request(s.id)
+                        .is_some_and(|r| s.start < r.prompt().len())
             })
             .collect()
     }
@@ -298,149 +322,147 @@ impl EngineCore {
     /// Fills prompt log-probabilities from every row of prompt chunks; sends them once complete.
     fn record_prompt_logprobs(&mut self, out: &SchedulerOutput, logits: &StepLogits) {
         for (i, s) in out.scheduled.iter().enumerate() {
-            let Some(a) = self.active.get_mut(&s.id) else {
+            let (Some(a), Some(r)) = (self.active.get_mut(&s.id), self.sched.request(s.id)) else {
                 continue;
             };
-            let (Some(top_n), false) = (a.req.prompt_logprobs, a.prompt_logprobs_sent) else {
+            let Some(p) = a.prompt_logprobs.as_mut() else {
                 continue;
             };
             let rows = logits.rows[i].clone();
             if rows.len() != s.tokens.len() {
                 continue;
             }
-            let prompt = &a.req.prompt_tokens;
-            for (j, r) in rows.enumerate() {
+            let prompt = r.prompt();
+            for (j, row) in rows.enumerate() {
                 let next = s.start + j + 1;
                 if next < prompt.len() {
-                    a.prompt_logprobs[next] =
-                        Some(token_logprob(logits.row(r), prompt[next], top_n));
+                    let lp = token_logprob(logits.row(row), prompt[next], p.top_n, &mut self.lsm);
+                    p.entries[next] = Some(lp);
                 }
             }
             if s.start + s.tokens.len() >= prompt.len() {
-                a.prompt_logprobs_sent = true;
-                a.out.send(
-                    StreamEvent::PromptLogprobs(std::mem::take(&mut a.prompt_logprobs)),
-                    Instant::now(),
-                );
+                let entries = std::mem::take(&mut p.entries);
+                a.prompt_logprobs = None;
+                a.out
+                    .send(StreamEvent::PromptLogprobs(entries), Instant::now());
             }
         }
     }
 
-    /// Samples a token for every sequence whose known tokens are all computed.
-    fn sample(&mut self, out: &SchedulerOutput, logits: &StepLogits) -> Vec<(RequestId, TokenId)> {
-        let mut sampled = Vec::new();
-        let mut row = Vec::new();
-        for (i, s) in out.scheduled.iter().enumerate() {
-            let Some(a) = self.active.get_mut(&s.id) else {
+    /// Samples a token for every sequence the scheduler asked one of, from its last row.
+    fn sample(&mut self, out: &SchedulerOutput, logits: &StepLogits) -> Vec<(RequestId, Sample)> {
+        let mut sampled = Vec::with_capacity(out.scheduled.len());
+        for (i, s) in out.scheduled.iter().enumerate().filter(|(_, s)| s.sample) {
+            let (Some(a), Some(r)) = (self.active.get_mut(&s.id), self.sched.request(s.id)) else {
                 continue;
             };
-            let Some(last) = logits.rows[i].clone().last().filter(|_| s.sample) else {
-                continue;
-            };
-            row.clear();
-            row.extend_from_slice(logits.row(last));
-            let lp = a.req.logprobs.map(|n| (n, row.clone()));
-            for &(t, b) in &a.req.logit_bias {
-                if let Some(l) = row.get_mut(t as usize) {
-                    *l += b;
-                }
+            if let Some(last) = logits.rows[i].clone().last() {
+                let sample = a.sampler.sample(logits.row(last), r.prompt(), r.output());
+                sampled.push((s.id, sample));
             }
-            let tok = a.sampler.sample(&mut row, &a.req.prompt_tokens, &a.output);
-            a.next_logprob = lp.map(|(n, raw)| token_logprob(&raw, tok, n));
-            sampled.push((s.id, tok));
         }
         sampled
     }
 
-    /// Streams each sampled token and finishes requests that stop.
-    fn emit(&mut self, sampled: &[(RequestId, TokenId)]) {
+    /// Streams each sampled token, then ends the requests that finished: those the scheduler
+    /// ended (stop token, length cap, prefill-only) and those whose text reached a stop string.
+    fn emit(&mut self, sampled: Vec<(RequestId, Sample)>, finished: Vec<Finished>) {
         let now = Instant::now();
-        for &(id, tok) in sampled {
-            let capped = self.sched.is_length_capped(id);
+        let mut ended: HashMap<RequestId, Finished> = finished
+            .into_iter()
+            .map(|f| (f.request.id(), f))
+            .collect();
+        let shared = self.shared.clone();
+        let m = &shared.metrics;
+        for (id, s) in sampled {
             let Some(a) = self.active.get_mut(&id) else {
                 continue;
             };
-            let m = &self.shared.metrics;
             m.generation_tokens.add(1);
-            match a.last_token {
-                None => m
-                    .time_to_first_token_seconds
-                    .observe((now - a.arrival).as_secs_f64()),
-                Some(t) => m
-                    .inter_token_latency_seconds
-                    .observe((now - t).as_secs_f64()),
+            let since = now - a.times.last_token.unwrap_or(a.times.arrival);
+            match a.times.last_token {
+                None => m.time_to_first_token_seconds.observe(since.as_secs_f64()),
+                Some(_) => m.inter_token_latency_seconds.observe(since.as_secs_f64()),
             }
-            a.last_token = Some(now);
-            a.output.push(tok);
-            let logprob = a.next_logprob.take();
-            let eog = (!a.req.ignore_eos && self.tokenizer.is_eog(tok))
-                || a.req.stop_token_ids.contains(&tok);
-            let mut reason = None;
-            if eog {
-                reason = Some(FinishReason::Stop);
+            a.times.last_token = Some(now);
+            // A stop or end-of-generation token ends the text: its log-probability is streamed,
+            // its text is not (as vLLM and llama-server do).
+            let stop_token = ended
+                .get(&id)
+                .is_some_and(|f| f.reason == FinishReason::Stop);
+            let (text, hit) = if stop_token {
+                (String::new(), false)
             } else {
-                let text = a.detok.push(&self.tokenizer.token_bytes(tok));
-                let (released, hit) = a.stop.push(&text);
-                a.out.send(
-                    StreamEvent::Token {
-                        token: tok,
-                        text: released,
-                        logprob,
-                    },
-                    now,
-                );
-                if hit {
-                    reason = Some(FinishReason::Stop);
+                let t = a.detok.push(&self.tokenizer.token_bytes(s.token));
+                a.stop.push(&t)
+            };
+            let ev = StreamEvent::Token {
+                token: s.token,
+                text,
+                logprob: s.logprob,
+            };
+            a.out.send(ev, now);
+            if hit {
+                let f = ended.remove(&id).map(|f| f.request);
+                if let Some(r) = f.or_else(|| self.sched.finish(id)) {
+                    self.end(id, FinishReason::Stop, &r);
                 }
             }
-            if reason.is_none() && (a.output.len() >= a.req.max_tokens || capped) {
-                reason = Some(FinishReason::Length);
-            }
-            if let Some(r) = reason {
-                self.finish(id, r);
-            }
+        }
+        for (id, f) in ended {
+            self.end(id, f.reason, &f.request);
         }
     }
 
-    /// Ends a request: frees its blocks, sends its last text and `End` (unless aborted).
-    fn finish(&mut self, id: RequestId, reason: FinishReason) {
-        self.sched.finish(id);
+    /// Ends a request the scheduler no longer holds: sends its held-back text and `End`.
+    fn end(&mut self, id: RequestId, reason: FinishReason, r: &Request) {
         let Some(mut a) = self.active.remove(&id) else {
             return;
         };
-        if !a.scheduled {
+        self.count_finished(&a, reason);
+        let now = Instant::now();
+        let tail = a.detok.finish();
+        let tail = a.stop.push(&tail).0 + &a.stop.finish();
+        if !tail.is_empty() {
+            a.out.send(StreamEvent::Text(tail), now);
+        }
+        let usage = Usage {
+            prompt_tokens: r.prompt().len(),
+            completion_tokens: r.output().len(),
+            cached_tokens: r.num_cached_tokens(),
+        };
+        a.out.send(StreamEvent::End { reason, usage }, now);
+        if a.out.backlog_len() > 0 {
+            self.lingering.push(a.out);
+        }
+    }
+
+    /// Drops a request with no `End` (its client went away, or the engine is failing it) and
+    /// frees its blocks.
+    fn abort(&mut self, id: RequestId) {
+        self.sched.finish(id);
+        let Some(a) = self.active.remove(&id) else {
+            return;
+        };
+        self.count_finished(&a, FinishReason::Abort);
+        // An error event (fail_all) may still wait for its consumer.
+        if a.out.backlog_len() > 0 {
+            self.lingering.push(a.out);
+        }
+    }
+
+    fn count_finished(&self, a: &Active, reason: FinishReason) {
+        if !a.times.scheduled {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
         }
         self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
         let m = &self.shared.metrics;
         m.e2e_request_latency_seconds
-            .observe(a.arrival.elapsed().as_secs_f64());
+            .observe(a.times.arrival.elapsed().as_secs_f64());
         match reason {
             FinishReason::Stop => m.request_success_stop.add(1),
             FinishReason::Length => m.request_success_length.add(1),
             FinishReason::Abort => m.request_success_abort.add(1),
-        }
-        if reason == FinishReason::Abort {
-            // An error event (fail_all) may still wait for its consumer.
-            if a.out.backlog_len() > 0 {
-                self.lingering.push(a.out);
-            }
-            return;
-        }
-        let now = Instant::now();
-        let mut tail = a.detok.finish();
-        tail = a.stop.push(&tail).0 + &a.stop.finish();
-        if !tail.is_empty() {
-            a.out.send(StreamEvent::Text(tail), now);
-        }
-        let usage = Usage {
-            prompt_tokens: a.req.prompt_tokens.len(),
-            completion_tokens: a.output.len(),
-            cached_tokens: a.cached_tokens,
-        };
-        a.out.send(StreamEvent::End { reason, usage }, now);
-        if a.out.backlog_len() > 0 {
-            self.lingering.push(a.out);
         }
     }
 
@@ -451,7 +473,7 @@ impl EngineCore {
                 a.out
                     .send(StreamEvent::Error(msg.to_string()), Instant::now());
             }
-            self.finish(id, FinishReason::Abort);
+            self.abort(id);
         }
     }
 
@@ -467,27 +489,5 @@ impl EngineCore {
         m.prefix_cache_queries.add(q - self.prefix_seen.0);
         m.prefix_cache_hits.add(h - self.prefix_seen.1);
         self.prefix_seen = (q, h);
-    }
-}
-
-/// The log-probability of `token` under raw `logits`, with the `top_n` most likely tokens.
-pub(crate) fn token_logprob(logits: &[f32], token: TokenId, top_n: usize) -> TokenLogprob {
-    let mut lsm = vec![0f32; logits.len()];
-    log_softmax(logits, &mut lsm);
-    let mut top: Vec<(TokenId, f32)> = Vec::with_capacity(top_n);
-    if top_n > 0 {
-        let mut idx: Vec<u32> = (0..lsm.len() as u32).collect();
-        let k = top_n.min(idx.len());
-        idx.select_nth_unstable_by(k - 1, |&a, &b| {
-            lsm[b as usize].total_cmp(&lsm[a as usize]).then(a.cmp(&b))
-        });
-        idx.truncate(k);
-        idx.sort_by(|&a, &b| lsm[b as usize].total_cmp(&lsm[a as usize]).then(a.cmp(&b)));
-        top.extend(idx.into_iter().map(|i| (i, lsm[i as usize])));
-    }
-    TokenLogprob {
-        token,
-        logprob: lsm[token as usize],
-        top,
     }
 }

@@ -58,3 +58,16 @@ impl LoadedModel {
         })
     }
 }
+
+/// What the front doors need to size a request before the engine starts.
+impl LoadedModel {
+    /// Most tokens (prompt + output) of one sequence.
+    pub fn context_len(&self) -> usize {
+        self.model.cfg.context_len
+    }
+
+    /// Bytes of the weights as loaded in host memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
+    }
+}

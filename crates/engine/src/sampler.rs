@@ -1,13 +1,50 @@
-//! Turns one row of logits into a token: penalties, then greedy or temperature / top-k / top-p /
-//! min-p sampling from a per-request seeded stream.
+//! Turns one row of logits into a token: the request's logits processors (logit bias; grammar
+//! masks plug in the same way), penalties, then greedy or temperature / top-k / top-p / min-p
+//! sampling from a per-request seeded stream, and the chosen token's log-probability when asked.
 
+use tokenfab_backend::cpu::log_softmax;
 use tokenfab_types::{SamplingParams, TokenId};
 
+use crate::request::TokenLogprob;
 use crate::rng::Rng;
+
+/// Edits one request's row of logits before sampling. Stateful processors (a grammar's mask)
+/// advance on [`LogitsProcessor::accept`]; a request's processors run in the order added.
+pub trait LogitsProcessor: Send {
+    /// Edits `logits` (vocab,) in place.
+    fn apply(&mut self, logits: &mut [f32]);
+    /// The token sampled after `apply`.
+    fn accept(&mut self, _token: TokenId) {}
+}
+
+/// OpenAI's `logit_bias`: a value added to the logit of each listed token.
+pub struct LogitBias(pub Vec<(TokenId, f32)>);
+
+impl LogitsProcessor for LogitBias {
+    fn apply(&mut self, logits: &mut [f32]) {
+        for &(t, b) in &self.0 {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
+    }
+}
+
+/// One sampled token and, when asked, its log-probability under the raw logits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub token: TokenId,
+    pub logprob: Option<TokenLogprob>,
+}
 
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
+    processors: Vec<Box<dyn LogitsProcessor>>,
+    /// Alternatives returned with each token's log-probability; `None`: no log-probabilities.
+    logprobs: Option<usize>,
+    /// Scratch: (vocab,) the row being edited, then its log-softmax; reused across calls.
+    row: Vec<f32>,
     /// Scratch: (token, probability) candidates, reused across calls.
     cand: Vec<(u32, f32)>,
 }
@@ -18,12 +55,46 @@ impl Sampler {
         Self {
             params,
             rng: Rng::new(seed),
+            processors: Vec::new(),
+            logprobs: None,
+            row: Vec::new(),
             cand: Vec::new(),
         }
     }
 
+    /// Adds a logits processor, run after those added before.
+    pub fn with_processor(mut self, p: Box<dyn LogitsProcessor>) -> Self {
+        self.processors.push(p);
+        self
+    }
+
+    /// Return each token's log-probability with `top_n` alternatives.
+    pub fn with_logprobs(mut self, top_n: Option<usize>) -> Self {
+        self.logprobs = top_n;
+        self
+    }
+
     pub fn params(&self) -> &SamplingParams {
         &self.params
+    }
+
+    /// Picks the next token after raw `logits` (vocab,), which are left unchanged.
+    pub fn sample(&mut self, logits: &[f32], prompt: &[TokenId], output: &[TokenId]) -> Sample {
+        let mut row = std::mem::take(&mut self.row);
+        row.clear();
+        row.extend_from_slice(logits);
+        for p in &mut self.processors {
+            p.apply(&mut row);
+        }
+        let token = self.pick(&mut row, prompt, output);
+        for p in &mut self.processors {
+            p.accept(token);
+        }
+        let logprob = self
+            .logprobs
+            .map(|n| token_logprob(logits, token, n, &mut row));
+        self.row = row;
+        Sample { token, logprob }
     }
 
     /// Applies the penalties in place: repetition over prompt and output (as vLLM and HF do),
@@ -58,13 +129,8 @@ impl Sampler {
         }
     }
 
-    /// Picks the next token. `logits` is modified (penalties, scaling).
-    pub fn sample(
-        &mut self,
-        logits: &mut [f32],
-        prompt: &[TokenId],
-        output: &[TokenId],
-    ) -> TokenId {
+    /// Penalties, then greedy or random choice over `logits` (modified).
+    fn pick(&mut self, logits: &mut [f32], prompt: &[TokenId], output: &[TokenId]) -> TokenId {
         self.apply_penalties(logits, prompt, output);
         if self.params.is_greedy() {
             return argmax(logits);
@@ -115,6 +181,42 @@ impl Sampler {
     }
 }
 
+/// The log-probability of `token` under raw `logits`, with the `top_n` most likely tokens
+/// (highest first, ties by lower id). `lsm` is scratch for the log-softmax.
+pub(crate) fn token_logprob(
+    logits: &[f32],
+    token: TokenId,
+    top_n: usize,
+    lsm: &mut Vec<f32>,
+) -> TokenLogprob {
+    lsm.resize(logits.len(), 0.0);
+    log_softmax(logits, lsm);
+    let k = top_n.min(lsm.len());
+    let better = |a: &(TokenId, f32), b: &(TokenId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut top: Vec<(TokenId, f32)> = Vec::with_capacity(k);
+    if k > 32 {
+        top.extend(lsm.iter().enumerate().map(|(i, &l)| (i as TokenId, l)));
+        top.sort_unstable_by(better);
+        top.truncate(k);
+    } else if k > 0 {
+        // A few alternatives: one pass keeping them sorted, no vocab-sized buffer.
+        for (i, &l) in lsm.iter().enumerate() {
+            let c = (i as TokenId, l);
+            if top.len() == k && better(&c, &top[k - 1]).is_ge() {
+                continue;
+            }
+            let at = top.partition_point(|t| better(t, &c).is_lt());
+            top.insert(at, c);
+            top.truncate(k);
+        }
+    }
+    TokenLogprob {
+        token,
+        logprob: lsm[token as usize],
+        top,
+    }
+}
+
 /// Index of the largest value; the lowest index wins ties.
 pub fn argmax(x: &[f32]) -> TokenId {
     let mut best = 0;
@@ -142,7 +244,7 @@ mod tests {
     #[test]
     fn greedy_is_argmax_with_lowest_index_on_ties() {
         let mut s = Sampler::new(params(|_| {}));
-        assert_eq!(s.sample(&mut [0.0, 3.0, 1.0, 3.0], &[], &[]), 1);
+        assert_eq!(s.sample(&[0.0, 3.0, 1.0, 3.0], &[], &[]).token, 1);
     }
 
     #[test]
@@ -159,7 +261,7 @@ mod tests {
         ] {
             let mut s = Sampler::new(p);
             for _ in 0..20 {
-                assert_eq!(s.sample(&mut [0.0, 2.0, 1.9, -1.0], &[], &[]), 1);
+                assert_eq!(s.sample(&[0.0, 2.0, 1.9, -1.0], &[], &[]).token, 1);
             }
         }
     }
@@ -173,7 +275,7 @@ mod tests {
         let mut counts = [0u32; 4];
         let n = 20000;
         for _ in 0..n {
-            counts[s.sample(&mut [0.0, 1.0, 0.5, -5.0], &[], &[]) as usize] += 1;
+            counts[s.sample(&[0.0, 1.0, 0.5, -5.0], &[], &[]).token as usize] += 1;
         }
         assert_eq!(counts[0] + counts[3], 0, "{counts:?}");
         // p(1) / p(2) = e^0.5
@@ -190,7 +292,7 @@ mod tests {
         }));
         for _ in 0..200 {
             // p(2)/p(0) = e^-1 < 0.5: only 0 and 1 (equal) survive.
-            let t = s.sample(&mut [1.0, 1.0, 0.0], &[], &[]);
+            let t = s.sample(&[1.0, 1.0, 0.0], &[], &[]).token;
             assert!(t < 2);
         }
     }
@@ -205,7 +307,7 @@ mod tests {
         let run = || {
             let mut s = Sampler::new(p.clone());
             (0..30)
-                .map(|_| s.sample(&mut logits.clone(), &[], &[]))
+                .map(|_| s.sample(&logits, &[], &[]).token)
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(), run());
@@ -224,5 +326,35 @@ mod tests {
         assert_eq!(l[1], -4.0); // negative multiplied
         assert_eq!(l[2], 1.0 - 0.5 - 0.5); // repetition, presence, 2 x frequency
         assert_eq!(l[3], 1.0);
+    }
+
+    #[test]
+    fn logit_bias_steers_greedy_choice_but_not_the_reported_logprob() {
+        let mut s = Sampler::new(params(|_| {}))
+            .with_processor(Box::new(LogitBias(vec![(2, 10.0)])))
+            .with_logprobs(Some(1));
+        let logits = [0.0, 3.0, 1.0];
+        let got = s.sample(&logits, &[], &[]);
+        assert_eq!(got.token, 2);
+        let lp = got.logprob.unwrap();
+        assert_eq!(lp.token, 2);
+        // Under the raw logits token 1 is the most likely.
+        assert_eq!(lp.top[0].0, 1);
+        assert!(lp.logprob < lp.top[0].1);
+        assert_eq!(logits, [0.0, 3.0, 1.0], "the caller's row is not touched");
+    }
+
+    #[test]
+    fn top_alternatives_are_the_same_by_scan_and_by_sort() {
+        let logits: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 * 0.1).sin()).collect();
+        let mut scratch = Vec::new();
+        let small = token_logprob(&logits, 5, 20, &mut scratch);
+        let all = token_logprob(&logits, 5, 200, &mut scratch);
+        assert_eq!(small.top[..], all.top[..20]);
+        assert!(all.top.windows(2).all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)));
+        let total: f64 = all.top.iter().map(|&(_, l)| (l as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-4, "{total}");
+        assert_eq!(small.logprob, all.top.iter().find(|t| t.0 == 5).unwrap().1);
+        assert!(token_logprob(&logits, 5, 0, &mut scratch).top.is_empty());
     }
 }
