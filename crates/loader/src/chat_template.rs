@@ -42,6 +42,8 @@ impl ChatMessage {
 /// A compiled chat template with its BOS/EOS token texts.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The Jinja text as the model file gives it (served to clients that render it themselves).
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -94,6 +96,7 @@ impl ChatTemplate {
             .map_err(template_error)?;
         Ok(ChatTemplate {
             env,
+            source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
@@ -106,6 +109,11 @@ impl ChatTemplate {
         };
         let text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or("");
         Self::new(source, text(tokenizer.bos_id()), text(tokenizer.eos_id())).map(Some)
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders the conversation; `add_generation_prompt` appends the assistant turn's opening.

@@ -603,6 +603,15 @@ impl Tokenizer {
         self.tokens.len()
     }
 
+    /// The vocabulary kind, as `tokenizer.ggml.model` names it: `gpt2` (byte-level BPE) or
+    /// `llama` (SentencePiece).
+    pub fn kind(&self) -> &'static str {
+        match self.model {
+            Model::Bpe { .. } => "gpt2",
+            Model::Spm => "llama",
+        }
+    }
+
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
     }
