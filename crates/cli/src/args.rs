@@ -1,9 +1,10 @@
-//! Arguments shared by several commands, and model loading.
+//! Arguments shared by several commands, model loading, and the in-process engine that
+//! `generate`, `chat`, `score` and `perplexity` drive (the same engine `serve` runs).
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use tokenfab_engine::LoadedModel;
+use anyhow::{bail, Context, Result};
+use tokenfab_engine::{Device, EngineConfig, EngineHandle, LoadedModel, RequestStream, StreamEvent};
 use tokenfab_loader::GgmlType;
 use tokenfab_types::SamplingParams;
 
@@ -58,12 +59,41 @@ impl ModelArgs {
             model = %m.name,
             path = %path.display(),
             file_mib = m.file_tensor_bytes >> 20,
-            resident_mib = m.model.weight_bytes() >> 20,
+            resident_mib = m.weight_bytes() >> 20,
             secs = format!("{:.2}", t.elapsed().as_secs_f64()),
             threads = rayon::current_num_threads(),
             "model loaded"
         );
         Ok(m)
+    }
+}
+
+/// Starts an engine for one command: `seqs` requests at once over a KV pool of `pool_tokens`
+/// tokens (rounded up to whole blocks), on `device`.
+pub fn start_engine(
+    m: LoadedModel,
+    device: Device,
+    seqs: usize,
+    pool_tokens: usize,
+) -> Result<EngineHandle> {
+    let base = EngineConfig::default();
+    let cfg = EngineConfig {
+        device,
+        max_num_seqs: seqs.max(1),
+        max_kv_blocks: Some(pool_tokens.max(1).div_ceil(base.block_size)),
+        // The pool is sized by `max_kv_blocks`, whatever memory that takes.
+        kv_cache_bytes: usize::MAX,
+        ..base
+    };
+    EngineHandle::start(m, cfg).context("starting the engine")
+}
+
+/// The next event of a request, an engine error as an error.
+pub fn next_event(s: &mut RequestStream) -> Result<StreamEvent> {
+    match s.blocking_recv() {
+        Some(StreamEvent::Error(e)) => bail!("the engine failed the request: {e}"),
+        Some(ev) => Ok(ev),
+        None => bail!("the engine stopped before the request finished"),
     }
 }
 

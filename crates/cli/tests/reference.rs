@@ -117,11 +117,16 @@ fn free_running_greedy_matches_llama_cpp_first_tokens() {
     );
 }
 
-/// llama.cpp's `llama-perplexity -c 512` on the same files (shared/reference/README.md).
+/// llama.cpp's `llama-perplexity -c 512` on the same files (shared/reference/README.md), and
+/// what `tokenfab perplexity` gave before it ran through the engine (its own loop over one
+/// sequence, commit 6ea0d29): the engine must not move it by more than 0.01%.
 #[test]
-fn perplexity_is_within_two_percent_of_llama_cpp() {
+fn perplexity_is_within_two_percent_of_llama_cpp_and_unchanged_by_the_engine() {
     let model = model();
-    for (file, want) in [("GPL-2.txt", 14.9655), ("MPL-2.0.txt", 11.6840)] {
+    for (file, want, before) in [
+        ("GPL-2.txt", 14.9655, 14.9660),
+        ("MPL-2.0.txt", 11.6840, 11.6592),
+    ] {
         let path = shared().join("reference/texts").join(file);
         let out = tokenfab(&[
             "perplexity",
@@ -150,6 +155,12 @@ fn perplexity_is_within_two_percent_of_llama_cpp() {
             rel <= 0.02,
             "{file}: PPL {ppl} is {:.2}% from llama.cpp's {want}",
             rel * 100.0
+        );
+        let moved = (ppl - before).abs() / before;
+        assert!(
+            moved <= 1e-4,
+            "{file}: PPL {ppl} moved {:.4}% from {before}",
+            moved * 100.0
         );
     }
 }

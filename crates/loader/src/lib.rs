@@ -10,6 +10,7 @@ pub mod error;
 pub mod ggml_type;
 pub mod gguf;
 pub mod quant;
+pub mod testing;
 pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use tokenfab_loader::testing::{default_model, workspace_root};
 use tokenfab_loader::{Gguf, Tokenizer};
 
 /// The vocabularies this tokenizer claims to match exactly.
@@ -27,10 +28,6 @@ const VOCABS: &[&str] = &[
     "deepseek-coder",
     "deepseek-llm",
 ];
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn shared_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
@@ -136,26 +133,10 @@ fn llama_cpp_tokenizer_suite() {
     assert!(total > 500, "only {total} cases found");
 }
 
-fn default_model() -> PathBuf {
-    let path = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return path;
-    }
-    let out = Command::new("bash")
-        .arg(workspace_root().join("scripts/fetch-model.sh"))
-        .output()
-        .expect("cannot run scripts/fetch-model.sh");
-    assert!(
-        out.status.success(),
-        "fetch-model.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
 
 #[test]
 fn default_model_matches_llama_server() {
-    let gguf = Gguf::open(default_model()).unwrap();
+    let gguf = Gguf::open(default_model().unwrap()).unwrap();
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
     assert!(!tok.add_bos());
@@ -224,7 +205,7 @@ fn default_model_matches_llama_server() {
 /// we: text with them does not round-trip. Found by the tokenizer fuzz target.
 #[test]
 fn bytes_missing_from_the_vocabulary_are_dropped_as_llama_cpp_does() {
-    let tok = Tokenizer::from_gguf(&Gguf::open(default_model()).unwrap()).unwrap();
+    let tok = Tokenizer::from_gguf(&Gguf::open(default_model().unwrap()).unwrap()).unwrap();
     assert_eq!(tok.token_to_id("\u{106}"), None, "byte 0x06 has no token");
     assert_eq!(tok.encode("\u{6}A", false, false).unwrap(), [49]);
     assert_eq!(

@@ -1,16 +1,11 @@
-//! Helpers for the end-to-end tests: the real default model and llama.cpp's reference outputs.
+//! Helpers for the end-to-end tests: the real default model, the binary, and llama.cpp's
+//! reference outputs.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The checkout's root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+pub use tokenfab_loader::testing::workspace_root as root;
 
 /// `../shared` beside the checkout (reference data, peers).
 pub fn shared() -> PathBuf {
@@ -19,16 +14,7 @@ pub fn shared() -> PathBuf {
 
 /// The default model, fetched with `scripts/fetch-model.sh` when missing.
 pub fn model() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/fetch-model.sh"))
-        .output()
-        .expect("running scripts/fetch-model.sh");
-    assert!(
-        out.status.success(),
-        "fetch-model.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    tokenfab_loader::testing::default_model().unwrap()
 }
 
 /// Runs the tokenfab binary; panics with its stderr when it fails.
