@@ -60,8 +60,8 @@ pub fn run(a: Args) -> Result<()> {
         prompt.len()
     );
     let max_tokens = a.max_tokens.min(ctx - prompt.len());
-    let vocab = m.tokenizer.vocab_size();
     let engine = start_engine(m, a.device, 1, prompt.len() + max_tokens)?;
+    let vocab = engine.info().vocab_size;
     let req = EngineRequest {
         prompt_tokens: prompt.clone(),
         sampling: a.sampling.params()?,

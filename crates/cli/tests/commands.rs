@@ -69,6 +69,24 @@ fn generate_is_deterministic_and_logs_plain_text_or_json() {
     let j2: Value = serde_json::from_str(again.lines().last().unwrap()).unwrap();
     assert_eq!(j2["tokens"], j["tokens"], "temperature 0 is deterministic");
 
+    // The first token's whole distribution, by token id.
+    let dir = temp_dir("dump");
+    let dump = dir.join("lp.f32");
+    let mut dump_args = args.clone();
+    dump_args.extend(["--dump-logprobs", dump.to_str().unwrap()]);
+    ok(&dump_args, "", "warn");
+    let bytes = std::fs::read(&dump).unwrap();
+    let lps: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(lps.len(), 300);
+    let total: f64 = lps.iter().map(|&l| (l as f64).exp()).sum();
+    assert!((total - 1.0).abs() < 1e-4, "{total}");
+    let first = j["tokens"][0].as_u64().unwrap() as usize;
+    assert!(lps.iter().all(|&l| l <= lps[first]), "greedy took the most likely token");
+    std::fs::remove_dir_all(&dir).ok();
+
     let mut json_args = args.clone();
     json_args.extend(["--log-format", "json"]);
     let (_, err) = ok(&json_args, "", "info");
