@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use tokenfab_engine::{Device, EngineConfig, EngineHandle, LoadedModel, RequestStream, StreamEvent};
+use tokenfab_engine::{
+    Device, EngineConfig, EngineHandle, LoadedModel, RequestStream, StreamEvent,
+};
 use tokenfab_loader::GgmlType;
 use tokenfab_types::SamplingParams;
 

@@ -68,10 +68,9 @@ pub fn run(a: Args) -> Result<()> {
             _ => {}
         }
         messages.push(ChatMessage::new("user", line));
-        let prompt =
-            engine
-                .tokenizer()
-                .encode(&template.render(&messages, true)?, true, true)?;
+        let prompt = engine
+            .tokenizer()
+            .encode(&template.render(&messages, true)?, true, true)?;
         if prompt.len() >= ctx {
             eprintln!("(the conversation fills the context; /reset to start over)");
             messages.pop();

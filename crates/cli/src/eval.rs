@@ -49,12 +49,16 @@ fn prompt_logprobs(
                 other => anyhow::bail!("a prefill-only request produced {other:?}"),
             }
         }
-        each(i, lps.context("the engine sent no prompt log-probabilities")?)?;
+        each(
+            i,
+            lps.context("the engine sent no prompt log-probabilities")?,
+        )?;
     }
 }
 
 fn lp(e: &Option<TokenLogprob>) -> Result<&TokenLogprob> {
-    e.as_ref().context("a prompt position without its log-probability")
+    e.as_ref()
+        .context("a prompt position without its log-probability")
 }
 
 #[derive(clap::Args)]
@@ -207,7 +211,9 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         .max()
         .unwrap_or(1);
     let engine = start_engine(m, a.device, WINDOW, WINDOW * longest)?;
-    let inputs = rows.iter().map(|r| [&r.prompt_tokens[..], &r.tokens].concat());
+    let inputs = rows
+        .iter()
+        .map(|r| [&r.prompt_tokens[..], &r.tokens].concat());
     prompt_logprobs(&engine, inputs, 1, |i, lps| {
         let (mut lps_out, mut top_ids, mut top_lps) = (Vec::new(), Vec::new(), Vec::new());
         for e in &lps[rows[i].prompt_tokens.len()..] {
@@ -217,7 +223,8 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             top_ids.push(top);
             top_lps.push(top_lp);
         }
-        let j = serde_json::json!({"logprobs": lps_out, "top_ids": top_ids, "top_logprobs": top_lps});
+        let j =
+            serde_json::json!({"logprobs": lps_out, "top_ids": top_ids, "top_logprobs": top_lps});
         writeln!(out, "{j}")?;
         Ok(())
     })?;

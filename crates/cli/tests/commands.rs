@@ -55,14 +55,26 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 fn generate_is_deterministic_and_logs_plain_text_or_json() {
     let args = with_tiny(
         "generate",
-        &["-p", "hello", "-n", "8", "--temperature", "0", "--ignore-eos", "--json"],
+        &[
+            "-p",
+            "hello",
+            "-n",
+            "8",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--json",
+        ],
     );
     let (out, err) = ok(&args, "", "info");
     let j: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(j["prompt_tokens"], 5);
     assert_eq!(j["tokens"].as_array().unwrap().len(), 8);
     assert_eq!(j["device"], "cpu");
-    assert!(out.starts_with(j["text"].as_str().unwrap()), "streamed text first");
+    assert!(
+        out.starts_with(j["text"].as_str().unwrap()),
+        "streamed text first"
+    );
     assert!(err.contains("model loaded"), "{err}");
     assert!(!err.contains('\x1b'), "colour codes in a pipe: {err:?}");
     let (again, _) = ok(&args, "", "info");
@@ -84,7 +96,10 @@ fn generate_is_deterministic_and_logs_plain_text_or_json() {
     let total: f64 = lps.iter().map(|&l| (l as f64).exp()).sum();
     assert!((total - 1.0).abs() < 1e-4, "{total}");
     let first = j["tokens"][0].as_u64().unwrap() as usize;
-    assert!(lps.iter().all(|&l| l <= lps[first]), "greedy took the most likely token");
+    assert!(
+        lps.iter().all(|&l| l <= lps[first]),
+        "greedy took the most likely token"
+    );
     std::fs::remove_dir_all(&dir).ok();
 
     let mut json_args = args.clone();
@@ -94,7 +109,9 @@ fn generate_is_deterministic_and_logs_plain_text_or_json() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
         .collect();
-    assert!(lines.iter().any(|l| l["fields"]["message"] == "model loaded"));
+    assert!(lines
+        .iter()
+        .any(|l| l["fields"]["message"] == "model loaded"));
     assert!(lines.iter().all(|l| l["level"].is_string()));
 }
 
@@ -113,7 +130,12 @@ fn chat_keeps_the_conversation_in_the_prefix_cache() {
         .map(|l| {
             let field = |name: &str| -> usize {
                 let at = l.find(&format!("{name}=")).unwrap() + name.len() + 1;
-                l[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+                l[at..]
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
             };
             (field("prompt_tokens"), field("cached_tokens"))
         })
@@ -175,7 +197,10 @@ fn perplexity_is_the_mean_of_the_scores_of_its_chunks() {
         lps.extend(row);
     }
     let want = (-lps.iter().sum::<f64>() / lps.len() as f64).exp();
-    assert!((ppl - want).abs() / want < 1e-3, "perplexity {ppl}, from scores {want}");
+    assert!(
+        (ppl - want).abs() / want < 1e-3,
+        "perplexity {ppl}, from scores {want}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -212,7 +237,10 @@ fn gpu_probe_describes_the_device_or_says_why_there_is_none() {
         assert!(j["device"].as_str().is_some_and(|d| !d.is_empty()), "{j}");
     } else {
         assert_eq!(o.status.code(), Some(1));
-        assert!(j["device"].is_null() && j["error"].as_str().is_some(), "{j}");
+        assert!(
+            j["device"].is_null() && j["error"].as_str().is_some(),
+            "{j}"
+        );
         eprintln!("device checks skipped: {}", j["error"]);
     }
 }

@@ -181,7 +181,10 @@ async fn generate_and_the_server_give_the_same_tokens() {
     wait_ready(&s).await;
     for (prompt, ignore_eos) in [
         ("The capital of France is", true),
-        ("<|im_start|>user\nSay only the word yes.<|im_end|>\n<|im_start|>assistant\n", false),
+        (
+            "<|im_start|>user\nSay only the word yes.<|im_end|>\n<|im_start|>assistant\n",
+            false,
+        ),
     ] {
         let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0,
                           "ignore_eos": ignore_eos, "logprobs": 0,
@@ -195,8 +198,22 @@ async fn generate_and_the_server_give_the_same_tokens() {
             .map(|t| t.as_str().unwrap()["token_id:".len()..].parse().unwrap())
             .collect();
         let model = common::model();
-        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", prompt];
-        args.extend(["--max-tokens", "24", "--temperature", "0", "--json", "--device", "cpu"]);
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            prompt,
+        ];
+        args.extend([
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "0",
+            "--json",
+            "--device",
+            "cpu",
+        ]);
         if ignore_eos {
             args.push("--ignore-eos");
         }

@@ -161,7 +161,15 @@ mod tests {
             max_graph_batch: 8,
             max_blocks: Some(64),
         };
-        let on = |device| build_executor(load(), &ExecutorOptions { device, ..o.clone() });
+        let on = |device| {
+            build_executor(
+                load(),
+                &ExecutorOptions {
+                    device,
+                    ..o.clone()
+                },
+            )
+        };
         let (d, why) = resolve(Device::Auto);
         let auto = on(Device::Auto).unwrap();
         assert_eq!(on(Device::Cpu).unwrap().device(), "cpu");

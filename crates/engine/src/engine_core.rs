@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokenfab_loader::Tokenizer;
 use tokenfab_models::Llama;
-use tokenfab_scheduler::{Finished, NewRequest, Request, Scheduler, SchedulerConfig, SchedulerOutput};
+use tokenfab_scheduler::{
+    Finished, NewRequest, Request, Scheduler, SchedulerConfig, SchedulerOutput,
+};
 use tokenfab_types::{FinishReason, RequestId, TokenId};
 
 use crate::detok::IncrementalDecoder;
@@ -169,7 +171,8 @@ impl EngineCore {
         self.record_prompt_logprobs(&out, &logits);
         let sampled = self.sample(&out, &logits);
         self.runner.recycle(logits);
-        let tokens: Vec<(RequestId, TokenId)> = sampled.iter().map(|(id, s)| (*id, s.token)).collect();
+        let tokens: Vec<(RequestId, TokenId)> =
+            sampled.iter().map(|(id, s)| (*id, s.token)).collect();
         let finished = self.sched.update(&out, &tokens);
         self.emit(sampled, finished);
         Ok(())
@@ -368,10 +371,8 @@ impl EngineCore {
     /// ended (stop token, length cap, prefill-only) and those whose text reached a stop string.
     fn emit(&mut self, sampled: Vec<(RequestId, Sample)>, finished: Vec<Finished>) {
         let now = Instant::now();
-        let mut ended: HashMap<RequestId, Finished> = finished
-            .into_iter()
-            .map(|f| (f.request.id(), f))
-            .collect();
+        let mut ended: HashMap<RequestId, Finished> =
+            finished.into_iter().map(|f| (f.request.id(), f)).collect();
         let shared = self.shared.clone();
         let m = &shared.metrics;
         for (id, s) in sampled {

@@ -138,6 +138,10 @@ mod tests {
             }
         ));
         r.stop_token_ids.push(7);
-        assert!(r.check_token_ids(5).unwrap_err().to_string().contains("stop_token_ids"));
+        assert!(r
+            .check_token_ids(5)
+            .unwrap_err()
+            .to_string()
+            .contains("stop_token_ids"));
     }
 }

@@ -346,12 +346,17 @@ mod tests {
 
     #[test]
     fn top_alternatives_are_the_same_by_scan_and_by_sort() {
-        let logits: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 * 0.1).sin()).collect();
+        let logits: Vec<f32> = (0..200)
+            .map(|i| ((i * 37 % 101) as f32 * 0.1).sin())
+            .collect();
         let mut scratch = Vec::new();
         let small = token_logprob(&logits, 5, 20, &mut scratch);
         let all = token_logprob(&logits, 5, 200, &mut scratch);
         assert_eq!(small.top[..], all.top[..20]);
-        assert!(all.top.windows(2).all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)));
+        assert!(all
+            .top
+            .windows(2)
+            .all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)));
         let total: f64 = all.top.iter().map(|&(_, l)| (l as f64).exp()).sum();
         assert!((total - 1.0).abs() < 1e-4, "{total}");
         assert_eq!(small.logprob, all.top.iter().find(|t| t.0 == 5).unwrap().1);

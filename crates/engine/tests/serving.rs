@@ -322,10 +322,13 @@ fn requests_that_can_never_run_are_refused_at_submit_with_their_reason() {
 
 #[test]
 fn a_prefill_only_request_returns_prompt_logprobs_and_generates_nothing() {
-    let e = engine("prefill", EngineConfig {
-        max_num_batched_tokens: 16,
-        ..Default::default()
-    });
+    let e = engine(
+        "prefill",
+        EngineConfig {
+            max_num_batched_tokens: 16,
+            ..Default::default()
+        },
+    );
     let p: Vec<u32> = (0..40).map(|i| (i * 7 % 250) as u32).collect();
     let gen_before = e.metrics().generation_tokens.get();
     let mut s = e

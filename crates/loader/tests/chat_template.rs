@@ -118,7 +118,6 @@ const LLAMA31: &str = r##"{{- bos_token }}
 {%- endif %}
 "##;
 
-
 fn conversation() -> Vec<ChatMessage> {
     vec![
         ChatMessage::new("user", "What is the capital of France?"),

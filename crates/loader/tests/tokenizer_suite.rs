@@ -133,7 +133,6 @@ fn llama_cpp_tokenizer_suite() {
     assert!(total > 500, "only {total} cases found");
 }
 
-
 #[test]
 fn default_model_matches_llama_server() {
     let gguf = Gguf::open(default_model().unwrap()).unwrap();

@@ -62,7 +62,11 @@ impl SchedulerConfig {
     /// Whether a request of `prompt_len` tokens and up to `max_tokens` outputs can ever run: not
     /// empty, within `max_model_len`, and fitting the whole pool alone. [`crate::Scheduler::add`]
     /// refuses what fails here; a caller may check before queueing to answer synchronously.
-    pub fn check_request(&self, prompt_len: usize, max_tokens: usize) -> Result<(), SchedulerError> {
+    pub fn check_request(
+        &self,
+        prompt_len: usize,
+        max_tokens: usize,
+    ) -> Result<(), SchedulerError> {
         if prompt_len == 0 {
             return Err(SchedulerError::EmptyPrompt);
         }

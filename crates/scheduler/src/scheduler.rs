@@ -243,7 +243,11 @@ impl Scheduler {
                 continue; // a prompt chunk: more to compute
             }
             let tok = sampled.get(&s.id).copied();
-            debug_assert_eq!(tok.is_some(), s.sample, "a token is sampled exactly when asked");
+            debug_assert_eq!(
+                tok.is_some(),
+                s.sample,
+                "a token is sampled exactly when asked"
+            );
             if let Some(t) = tok {
                 req.tokens.push(t);
             }

@@ -117,7 +117,10 @@ fn run_all_with(
         let sampled = runner.execute(s, &out);
         for f in s.update(&out, &sampled) {
             assert_eq!(f.reason, FinishReason::Length);
-            assert!(s.request(f.request.id()).is_none(), "finished but still live");
+            assert!(
+                s.request(f.request.id()).is_none(),
+                "finished but still live"
+            );
             done.insert(f.request.id(), f.request.output().to_vec());
         }
     }
@@ -652,7 +655,10 @@ fn a_sampled_stop_token_ends_the_request_and_is_kept() {
     .unwrap();
     s.add_request(2, prompt(2, 5), 10).unwrap();
     let out = s.schedule();
-    assert!(s.update(&out, &[(1, 4), (2, 9)]).is_empty(), "9 stops only 1");
+    assert!(
+        s.update(&out, &[(1, 4), (2, 9)]).is_empty(),
+        "9 stops only 1"
+    );
     let out = s.schedule();
     let done = s.update(&out, &[(1, 9), (2, 2)]);
     assert_eq!(done.len(), 1);
@@ -672,5 +678,8 @@ fn the_context_length_caps_a_request_before_max_tokens() {
     assert_eq!(done[&1].len(), 2);
     let e = s.config().check_request(6, 3).unwrap_err();
     assert!(matches!(e, SchedulerError::TooLong { .. }), "{e}");
-    assert_eq!(s.config().check_request(0, 3), Err(SchedulerError::EmptyPrompt));
+    assert_eq!(
+        s.config().check_request(0, 3),
+        Err(SchedulerError::EmptyPrompt)
+    );
 }

@@ -181,7 +181,9 @@ fn refusal_message(e: &EngineError) -> String {
         EngineError::ShuttingDown => {
             "The server is shutting down and accepts no new requests.".into()
         }
-        EngineError::EngineDead => "The engine has stopped; the server cannot serve requests.".into(),
+        EngineError::EngineDead => {
+            "The engine has stopped; the server cannot serve requests.".into()
+        }
         other => other.to_string(),
     }
 }
@@ -241,7 +243,10 @@ mod tests {
             max_model_len: 12,
         };
         assert_eq!(status(EngineError::Scheduler(too_long)), 400);
-        assert_eq!(status(EngineError::Scheduler(SchedulerError::EmptyPrompt)), 400);
+        assert_eq!(
+            status(EngineError::Scheduler(SchedulerError::EmptyPrompt)),
+            400
+        );
         let too_big = SchedulerError::DoesNotFit {
             needed_blocks: 9,
             num_blocks: 4,
@@ -257,7 +262,9 @@ mod tests {
             body["error"]["message"],
             "`logit_bias` token ids must be in [0, 50). Given: 70"
         );
-        let hidden = serde_json::to_value(ApiError::from(EngineError::Invalid("secret".into())).body()).unwrap();
+        let hidden =
+            serde_json::to_value(ApiError::from(EngineError::Invalid("secret".into())).body())
+                .unwrap();
         assert_eq!(hidden["error"]["message"], GENERIC_INTERNAL);
     }
 

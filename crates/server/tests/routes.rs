@@ -437,18 +437,25 @@ async fn an_end_of_sequence_token_has_its_logprob_entry() {
     assert_eq!(l["tokens"][5], "<|im_end|>");
     assert!(l["token_logprobs"][5].as_f64().is_some());
     assert_eq!(v["usage"]["completion_tokens"], 1);
-    let (s, _, b) = t
-        .post_raw("/v1/completions", body(true).to_string())
-        .await;
+    let (s, _, b) = t.post_raw("/v1/completions", body(true).to_string()).await;
     assert_eq!(s, 200);
     let as_f32 = |v: &Value| v.as_f64().map(|x| x as f32);
     let streamed: Vec<Option<f32>> = sse_chunks(&b)
         .iter()
-        .filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array().cloned())
+        .filter_map(|c| {
+            c["choices"][0]["logprobs"]["token_logprobs"]
+                .as_array()
+                .cloned()
+        })
         .flatten()
         .map(|v| as_f32(&v))
         .collect();
-    let whole: Vec<Option<f32>> = l["token_logprobs"].as_array().unwrap().iter().map(as_f32).collect();
+    let whole: Vec<Option<f32>> = l["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(as_f32)
+        .collect();
     assert_eq!(streamed, whole);
     // Chat: the entry is there too.
     let (s, v) = t
@@ -477,7 +484,10 @@ async fn tokenizer_info_answers_as_vllm_does() {
     assert_eq!(v["bos_token"], "<|im_start|>");
     assert_eq!(v["add_bos_token"], false);
     assert_eq!(v["model_max_length"], 256);
-    assert!(v["chat_template"].as_str().unwrap().contains("<|im_start|>"));
+    assert!(v["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>"));
     assert_eq!(v["added_tokens_decoder"]["257"]["content"], "<|im_end|>");
     assert_eq!(v["added_tokens_decoder"]["257"]["special"], true);
     assert!(v["added_tokens_decoder"].get("65").is_none());

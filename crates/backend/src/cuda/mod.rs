@@ -130,7 +130,10 @@ mod tests {
                 assert!(!info.name.trim().is_empty(), "{info:?}");
                 assert!(info.compute_capability.0 >= 3, "{info:?}");
                 assert!(info.multiprocessors > 0, "{info:?}");
-                assert!(info.total_mem > 0 && info.free_mem <= info.total_mem, "{info:?}");
+                assert!(
+                    info.total_mem > 0 && info.free_mem <= info.total_mem,
+                    "{info:?}"
+                );
                 let (major, minor) = info.compute_capability;
                 assert_eq!(info.arch(), format!("compute_{major}{minor}"));
             }
