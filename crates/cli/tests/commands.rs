@@ -2,6 +2,8 @@
 //! `--dummy-weights tiny` (byte-level vocabulary: a token per byte, ChatML specials; context 512),
 //! and the log format on stderr.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -162,15 +164,7 @@ fn perplexity_is_the_mean_of_the_scores_of_its_chunks() {
         "",
         "warn",
     );
-    let ppl: f64 = out
-        .trim()
-        .strip_prefix("PPL = ")
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ppl = common::ppl_of(&out);
     // The same positions through `score`: each chunk's second half given what precedes it (the
     // byte-level vocabulary makes token ids the text's bytes).
     let bytes: Vec<u32> = text.bytes().map(u32::from).collect();

@@ -137,15 +137,7 @@ fn perplexity_is_within_two_percent_of_llama_cpp_and_unchanged_by_the_engine() {
             "--ctx",
             "512",
         ]);
-        let line = out.lines().last().unwrap();
-        let ppl: f64 = line
-            .strip_prefix("PPL = ")
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let ppl = ppl_of(&out);
         let rel = (ppl - want).abs() / want;
         eprintln!(
             "{file}: PPL {ppl:.4} vs llama.cpp {want} ({:+.2}%)",

@@ -32,6 +32,15 @@ pub fn tokenfab(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The PPL of `tokenfab perplexity`'s last line, `PPL = X +/- Y`.
+pub fn ppl_of(out: &str) -> f64 {
+    let line = out.lines().last().expect("perplexity printed nothing");
+    line.strip_prefix("PPL = ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("not a PPL line: {line:?}"))
+}
+
 #[derive(serde::Deserialize)]
 pub struct Reference {
     pub prompt: String,
