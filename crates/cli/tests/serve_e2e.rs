@@ -235,6 +235,19 @@ async fn generate_and_the_server_give_the_same_tokens() {
             assert_eq!(generated.last(), Some(&2), "ends with <|im_end|>");
         }
     }
+    // A prefill-only request (lm-eval's loglikelihood shape): the prompt and its logprobs, no
+    // completion, and no generated token counted.
+    let before = s.metric("tokenfab:generation_tokens_total").await;
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 0, "echo": true,
+                      "logprobs": 1});
+    let (st, v) = s.post("/v1/completions", &body).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], "The capital of France is");
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    let lps = v["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap();
+    assert_eq!(lps.len(), 5);
+    assert!(lps[0].is_null() && lps[1..].iter().all(|l| l.as_f64().unwrap() < 0.0));
+    assert_eq!(s.metric("tokenfab:generation_tokens_total").await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
