@@ -244,7 +244,9 @@ async fn generate_and_the_server_give_the_same_tokens() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["choices"][0]["text"], "The capital of France is");
     assert_eq!(v["usage"]["completion_tokens"], 0);
-    let lps = v["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap();
+    let lps = v["choices"][0]["logprobs"]["token_logprobs"]
+        .as_array()
+        .unwrap();
     assert_eq!(lps.len(), 5);
     assert!(lps[0].is_null() && lps[1..].iter().all(|l| l.as_f64().unwrap() < 0.0));
     assert_eq!(s.metric("tokenfab:generation_tokens_total").await, before);
