@@ -26,6 +26,8 @@ fn teacher_forced_scores_match_llama_cpp() {
         model.to_str().unwrap(),
         "--input",
         input.to_str().unwrap(),
+        "--device",
+        "cpu",
     ]);
     let lines: Vec<serde_json::Value> = out
         .lines()
@@ -136,6 +138,8 @@ fn perplexity_is_within_two_percent_of_llama_cpp_and_unchanged_by_the_engine() {
             path.to_str().unwrap(),
             "--ctx",
             "512",
+            "--device",
+            "cpu",
         ]);
         let ppl = ppl_of(&out);
         let rel = (ppl - want).abs() / want;
