@@ -12,7 +12,7 @@ pub mod gguf;
 pub mod quant;
 pub mod tokenizer;
 
-pub use chat_template::{ChatMessage, ChatTemplate};
+pub use chat_template::{ChatMessage, ChatTemplate, TemplateMessage};
 pub use error::{Error, Result};
 pub use ggml_type::GgmlType;
 pub use gguf::{Gguf, GgufWriter, TensorInfo, Value, ValueType};
