@@ -128,8 +128,8 @@ impl RequestMatcher {
     }
 
     /// Computes the mask of tokens allowed next (only EOS once the grammar is complete) into
-    /// the matcher's own buffer. The expensive call: 0.1 to a few ms; run it for all rows of a
-    /// step at once with [`compute_masks`], overlapping the forward pass.
+    /// the matcher's own buffer. The expensive call (tens to hundreds of µs): run it for all
+    /// rows of a step at once with [`compute_masks`], overlapping the forward pass.
     pub fn compute_mask(&mut self) -> Result<&TokenMask> {
         let v = self.inner.compute_mask_or_eos().map_err(matcher_error)?;
         if v.is_zero() {

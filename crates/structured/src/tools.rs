@@ -195,12 +195,9 @@ pub fn tool_constraint(
     // One call at most for a named function or without parallel calls.
     let many = parallel && !matches!(choice, ToolChoice::Function(_));
     // The start tag, inline: a special token is named by id (free text cannot spell it).
-    let tag_text = format.start_tag();
-    let special = grammars.special_token(tag_text).is_some();
-    let tag = match grammars.special_token(tag_text) {
-        Some(id) => format!("<[{id}]>"),
-        None => lark_str(tag_text),
-    };
+    let special_id = grammars.special_token(format.start_tag());
+    let special = special_id.is_some();
+    let tag = special_id.map_or_else(|| lark_str(format.start_tag()), |id| format!("<[{id}]>"));
     let mut rules = Vec::new();
     // `after_tag`: the calls once their opening tag is written.
     let after_tag = match format {

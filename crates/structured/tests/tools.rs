@@ -326,3 +326,133 @@ fn the_tokenizer_has_no_special_tool_tags() {
         assert_eq!(tok.token_to_id(tag), None, "{tag}");
     }
 }
+
+/// A byte-level vocabulary whose tool tags are control tokens, as in Llama 3 and Mistral
+/// tokenizers: the grammars must name them by id, and free text cannot spell them.
+fn special_tag_grammars() -> (tokenfab_structured::Grammars, u32, u32) {
+    use tokenfab_loader::byte_vocab::gpt2_byte_char;
+    use tokenfab_loader::{Gguf, GgufWriter, Tokenizer, Value, ValueType};
+    let mut tokens: Vec<Value> = (0..=255u8)
+        .map(|b| Value::String(gpt2_byte_char(b).to_string()))
+        .collect();
+    let mut types = vec![Value::I32(1); 256];
+    for special in ["<|eot_id|>", "<|python_tag|>", "[TOOL_CALLS]"] {
+        tokens.push(Value::String(special.into()));
+        types.push(Value::I32(3));
+    }
+    let mut w = GgufWriter::new();
+    w.meta("general.architecture", Value::String("llama".into()))
+        .meta("tokenizer.ggml.model", Value::String("gpt2".into()))
+        .meta("tokenizer.ggml.pre", Value::String("gpt-2".into()))
+        .meta(
+            "tokenizer.ggml.tokens",
+            Value::Array(ValueType::String, tokens),
+        )
+        .meta(
+            "tokenizer.ggml.token_type",
+            Value::Array(ValueType::I32, types),
+        )
+        .meta(
+            "tokenizer.ggml.merges",
+            Value::Array(ValueType::String, vec![]),
+        )
+        .meta("tokenizer.ggml.eos_token_id", Value::U32(256));
+    let gguf = Gguf::from_bytes(w.to_bytes()).unwrap();
+    let tok = std::sync::Arc::new(Tokenizer::from_gguf(&gguf).unwrap());
+    let n = tok.vocab_size();
+    let g =
+        tokenfab_structured::Grammars::new(tok, n, tokenfab_structured::Limits::default()).unwrap();
+    (g, 257, 258)
+}
+
+#[test]
+fn special_token_tags_are_named_by_id() {
+    let (g, python_tag, tool_calls) = special_tag_grammars();
+    let text = |ids: &[u32]| -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&t| g.tokenizer().token_piece(t).to_vec())
+            .collect();
+        String::from_utf8(bytes).unwrap()
+    };
+    let mut rng = Rng::new(11);
+    // Mistral, required: the control token is the only way to start.
+    let c = tool_constraint(
+        &g,
+        ToolFormat::Mistral,
+        &tools(),
+        &ToolChoice::Required,
+        true,
+    )
+    .unwrap()
+    .unwrap();
+    let compiled = g.compile(&c).unwrap();
+    assert_eq!(
+        compiled.matcher().compute_mask().unwrap().allowed(),
+        [tool_calls]
+    );
+    let mut done = 0;
+    for _ in 0..6 {
+        let mut m = compiled.matcher();
+        let (ids, finished) = walk_ids(&g, &mut m, &mut rng);
+        if !finished {
+            continue;
+        }
+        done += 1;
+        let out = ToolCallParser::parse(ToolFormat::Mistral, &text(&ids), 0);
+        assert!(!out.tool_calls.is_empty(), "{:?}", text(&ids));
+    }
+    assert!(done >= 3);
+    // Llama 3, auto: text, or the control tag (or `{`) and a call.
+    let c = tool_constraint(
+        &g,
+        ToolFormat::Llama3Json,
+        &tools(),
+        &ToolChoice::Auto,
+        false,
+    )
+    .unwrap()
+    .unwrap();
+    let compiled = g.compile(&c).unwrap();
+    let mut m = compiled.matcher();
+    let first = m.compute_mask().unwrap().clone();
+    assert!(first.is_allowed(python_tag) && first.is_allowed(u32::from(b'{')));
+    assert!(first.is_allowed(u32::from(b'H')) && !first.is_allowed(tool_calls));
+    m.consume(python_tag).unwrap();
+    assert!(!m.compute_mask().unwrap().is_allowed(u32::from(b'H')));
+    let (ids, finished) = walk_ids(&g, &mut m, &mut rng);
+    if finished {
+        let t = format!("<|python_tag|>{}", text(&ids));
+        let out = ToolCallParser::parse(ToolFormat::Llama3Json, &t, 0);
+        assert_eq!(out.tool_calls.len(), 1, "{t:?}");
+    }
+}
+
+/// `walk` for a grammar over another vocabulary than the default model's.
+fn walk_ids(
+    g: &tokenfab_structured::Grammars,
+    m: &mut tokenfab_structured::RequestMatcher,
+    rng: &mut Rng,
+) -> (Vec<u32>, bool) {
+    let tok = g.tokenizer();
+    let mut out = Vec::new();
+    for _ in 0..600 {
+        let allowed = m.compute_mask().unwrap().allowed();
+        let closing: Vec<u32> = allowed
+            .iter()
+            .copied()
+            .filter(|&t| tok.is_eog(t) || tok.token_piece(t).iter().any(|b| b"\"}],".contains(b)))
+            .collect();
+        let t = if !closing.is_empty() && rng.below(2) == 0 {
+            closing[rng.below(closing.len())]
+        } else {
+            allowed[rng.below(allowed.len())]
+        };
+        m.consume(t).unwrap();
+        if tok.is_eog(t) {
+            return (out, true);
+        }
+        out.push(t);
+    }
+    (out, false)
+}
