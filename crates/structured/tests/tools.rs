@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{force, gguf, grammars, text_of, tokenizer, walk, Rng};
+use common::{force, gguf, grammars, text_of, tokenizer, walk, walk_with, Rng};
 use serde_json::{json, Value};
 use tokenfab_loader::{ChatTemplate, TemplateMessage};
 use tokenfab_structured::tools::{generic_messages, tool_constraint};
@@ -31,6 +31,18 @@ fn tools() -> Vec<Tool> {
     .unwrap()
 }
 
+/// The tool grammar for `choice` over `tools()`.
+fn grammar_for(
+    g: &tokenfab_structured::Grammars,
+    format: ToolFormat,
+    choice: ToolChoice,
+    parallel: bool,
+) -> tokenfab_structured::Constraint {
+    tool_constraint(g, format, &tools(), &choice, parallel)
+        .unwrap()
+        .expect("a grammar")
+}
+
 fn params(name: &str) -> Value {
     tools()
         .into_iter()
@@ -49,9 +61,7 @@ fn walk_calls(
     n: usize,
 ) -> Vec<tokenfab_structured::ParsedToolOutput> {
     let g = grammars();
-    let c = tool_constraint(g, format, &tools(), &choice, parallel)
-        .unwrap()
-        .expect("a grammar");
+    let c = grammar_for(g, format, choice, parallel);
     let compiled = g
         .compile(&c)
         .unwrap_or_else(|e| panic!("{e}\n{}", grammar_text(&c)));
@@ -149,9 +159,7 @@ fn a_named_function_is_the_only_call() {
 #[test]
 fn auto_is_free_text_until_the_tag_then_a_valid_call() {
     let g = grammars();
-    let c = tool_constraint(g, ToolFormat::Hermes, &tools(), &ToolChoice::Auto, true)
-        .unwrap()
-        .unwrap();
+    let c = grammar_for(g, ToolFormat::Hermes, ToolChoice::Auto, true);
     let compiled = g.compile(&c).unwrap();
     // Free text: any ordinary token is allowed at first.
     let mut m = compiled.matcher();
@@ -186,15 +194,7 @@ fn auto_is_free_text_until_the_tag_then_a_valid_call() {
 #[test]
 fn auto_for_llama3_keeps_text_from_starting_like_a_call() {
     let g = grammars();
-    let c = tool_constraint(
-        g,
-        ToolFormat::Llama3Json,
-        &tools(),
-        &ToolChoice::Auto,
-        false,
-    )
-    .unwrap()
-    .unwrap();
+    let c = grammar_for(g, ToolFormat::Llama3Json, ToolChoice::Auto, false);
     let mut m = g.compile(&c).unwrap().matcher();
     force(&mut m, "{");
     let mut rng = Rng::new(3);
@@ -377,15 +377,7 @@ fn special_token_tags_are_named_by_id() {
     };
     let mut rng = Rng::new(11);
     // Mistral, required: the control token is the only way to start.
-    let c = tool_constraint(
-        &g,
-        ToolFormat::Mistral,
-        &tools(),
-        &ToolChoice::Required,
-        true,
-    )
-    .unwrap()
-    .unwrap();
+    let c = grammar_for(&g, ToolFormat::Mistral, ToolChoice::Required, true);
     let compiled = g.compile(&c).unwrap();
     assert_eq!(
         compiled.matcher().compute_mask().unwrap().allowed(),
@@ -394,7 +386,7 @@ fn special_token_tags_are_named_by_id() {
     let mut done = 0;
     for _ in 0..6 {
         let mut m = compiled.matcher();
-        let (ids, finished) = walk_ids(&g, &mut m, &mut rng);
+        let (ids, finished) = walk_with(g.tokenizer(), &mut m, &mut rng, 600);
         if !finished {
             continue;
         }
@@ -404,15 +396,7 @@ fn special_token_tags_are_named_by_id() {
     }
     assert!(done >= 3);
     // Llama 3, auto: text, or the control tag (or `{`) and a call.
-    let c = tool_constraint(
-        &g,
-        ToolFormat::Llama3Json,
-        &tools(),
-        &ToolChoice::Auto,
-        false,
-    )
-    .unwrap()
-    .unwrap();
+    let c = grammar_for(&g, ToolFormat::Llama3Json, ToolChoice::Auto, false);
     let compiled = g.compile(&c).unwrap();
     let mut m = compiled.matcher();
     let first = m.compute_mask().unwrap().clone();
@@ -420,39 +404,10 @@ fn special_token_tags_are_named_by_id() {
     assert!(first.is_allowed(u32::from(b'H')) && !first.is_allowed(tool_calls));
     m.consume(python_tag).unwrap();
     assert!(!m.compute_mask().unwrap().is_allowed(u32::from(b'H')));
-    let (ids, finished) = walk_ids(&g, &mut m, &mut rng);
+    let (ids, finished) = walk_with(g.tokenizer(), &mut m, &mut rng, 600);
     if finished {
         let t = format!("<|python_tag|>{}", text(&ids));
         let out = ToolCallParser::parse(ToolFormat::Llama3Json, &t, 0);
         assert_eq!(out.tool_calls.len(), 1, "{t:?}");
     }
-}
-
-/// `walk` for a grammar over another vocabulary than the default model's.
-fn walk_ids(
-    g: &tokenfab_structured::Grammars,
-    m: &mut tokenfab_structured::RequestMatcher,
-    rng: &mut Rng,
-) -> (Vec<u32>, bool) {
-    let tok = g.tokenizer();
-    let mut out = Vec::new();
-    for _ in 0..600 {
-        let allowed = m.compute_mask().unwrap().allowed();
-        let closing: Vec<u32> = allowed
-            .iter()
-            .copied()
-            .filter(|&t| tok.is_eog(t) || tok.token_piece(t).iter().any(|b| b"\"}],".contains(b)))
-            .collect();
-        let t = if !closing.is_empty() && rng.below(2) == 0 {
-            closing[rng.below(closing.len())]
-        } else {
-            allowed[rng.below(allowed.len())]
-        };
-        m.consume(t).unwrap();
-        if tok.is_eog(t) {
-            return (out, true);
-        }
-        out.push(t);
-    }
-    (out, false)
 }

@@ -78,7 +78,16 @@ pub fn text_of(tokens: &[u32]) -> String {
 /// (without the final EOG) and whether the walk ended. Half the steps pick among allowed
 /// tokens that close something (quote, bracket, comma, EOG), so walks end.
 pub fn walk(m: &mut RequestMatcher, rng: &mut Rng, max_steps: usize) -> (Vec<u32>, bool) {
-    let tok = tokenizer();
+    walk_with(&tokenizer(), m, rng, max_steps)
+}
+
+/// [`walk`] over any tokenizer's vocabulary.
+pub fn walk_with(
+    tok: &Tokenizer,
+    m: &mut RequestMatcher,
+    rng: &mut Rng,
+    max_steps: usize,
+) -> (Vec<u32>, bool) {
     let mut out = Vec::new();
     for _ in 0..max_steps {
         let allowed = m.compute_mask().unwrap().allowed();
@@ -99,11 +108,10 @@ pub fn walk(m: &mut RequestMatcher, rng: &mut Rng, max_steps: usize) -> (Vec<u32
         } else {
             allowed[rng.below(allowed.len())]
         };
+        m.consume(t).unwrap();
         if tok.is_eog(t) {
-            m.consume(t).unwrap();
             return (out, true);
         }
-        m.consume(t).unwrap();
         out.push(t);
     }
     (out, false)
