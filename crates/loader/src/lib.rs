@@ -13,7 +13,7 @@ pub mod quant;
 pub mod testing;
 pub mod tokenizer;
 
-pub use chat_template::{ChatMessage, ChatTemplate};
+pub use chat_template::{ChatMessage, ChatTemplate, TemplateMessage};
 pub use error::{Error, Result};
 pub use ggml_type::GgmlType;
 pub use gguf::{Gguf, GgufWriter, TensorInfo, Value, ValueType};
