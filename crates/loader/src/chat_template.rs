@@ -146,13 +146,6 @@ impl ChatTemplate {
             .is_ok_and(|t| t.undeclared_variables(false).contains("tools"))
     }
 
-    /// The template's source text (to recognise the tool-call format it writes).
-    pub fn source(&self) -> String {
-        self.env
-            .get_template("chat")
-            .map_or_else(|_| String::new(), |t| t.source().to_string())
-    }
-
     fn render_value(
         &self,
         messages: Value,
