@@ -1,5 +1,5 @@
-//! Reads model files and what comes with them: GGUF containers, quantized weight blocks, the
-//! tokenizer and the chat template stored in the metadata.
+//! Reads model files and what comes with them: GGUF containers and Hugging Face checkpoints
+//! (read as a GGUF view), quantized weight blocks, the tokenizer and the chat template.
 //!
 //! Invariant: this crate knows no model architecture; it hands out bytes, f32 values, token ids and
 //! strings, and every malformed input becomes an [`Error`], never a panic.
@@ -9,11 +9,14 @@ pub mod chat_template;
 pub mod error;
 pub mod ggml_type;
 pub mod gguf;
+pub mod hf;
 pub mod quant;
+pub mod safetensors;
 pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
 pub use ggml_type::GgmlType;
 pub use gguf::{Gguf, GgufWriter, TensorInfo, Value, ValueType};
+pub use hf::{HfOptions, Quantization};
 pub use tokenizer::Tokenizer;
