@@ -133,14 +133,14 @@ impl SafeTensors {
                 metadata = m;
                 continue;
             }
-            let e: Entry = serde_json::from_value(v)
-                .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
+            let e: Entry =
+                serde_json::from_value(v).map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
             let bad = |reason: String| Error::BadTensor {
                 name: name.clone(),
                 reason: format!("{reason} (in {what})"),
             };
-            let per = dtype_bytes(&e.dtype)
-                .ok_or_else(|| bad(format!("unknown dtype `{}`", e.dtype)))?;
+            let per =
+                dtype_bytes(&e.dtype).ok_or_else(|| bad(format!("unknown dtype `{}`", e.dtype)))?;
             let [begin, end] = e.data_offsets;
             let need = e
                 .shape
@@ -227,7 +227,8 @@ mod tests {
 
     #[test]
     fn unsupported_dtype_is_named_when_used() {
-        let st = SafeTensors::from_bytes(write(&[("ids", "I64", vec![1], vec![0; 8])]), "t").unwrap();
+        let st =
+            SafeTensors::from_bytes(write(&[("ids", "I64", vec![1], vec![0; 8])]), "t").unwrap();
         let e = st.tensors[0].ggml_type().unwrap_err().to_string();
         assert!(e.contains("`ids`") && e.contains("I64"), "{e}");
     }

@@ -85,7 +85,10 @@ struct TensorData {
 impl TensorData {
     /// The bytes at `offset..offset + len`, when one segment holds them.
     fn get(&self, offset: u64, len: usize) -> Option<&[u8]> {
-        let i = self.segments.partition_point(|s| s.base <= offset).checked_sub(1)?;
+        let i = self
+            .segments
+            .partition_point(|s| s.base <= offset)
+            .checked_sub(1)?;
         let s = self.segments[i];
         let rel = usize::try_from(offset - s.base).ok()?;
         if rel.checked_add(len)? > s.len {

@@ -77,7 +77,9 @@ impl Hparams {
         for k in keys {
             if let Some(v) = self.get(k) {
                 return v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
-                    unsupported(format!("config.json `{k}` = {v} is not an unsigned integer"))
+                    unsupported(format!(
+                        "config.json `{k}` = {v} is not an unsigned integer"
+                    ))
                 });
             }
         }
@@ -107,7 +109,10 @@ impl Hparams {
     /// (the converter's `TextModel.__init__`). Per-layer-type maps (`full_attention`,
     /// `sliding_attention`) are kept as they are.
     pub fn rope(&self) -> Map<String, Json> {
-        let mut r = match self.get("rope_parameters").or_else(|| self.get("rope_scaling")) {
+        let mut r = match self
+            .get("rope_parameters")
+            .or_else(|| self.get("rope_scaling"))
+        {
             Some(Json::Object(m)) => m.clone(),
             _ => Map::new(),
         };
@@ -170,7 +175,11 @@ pub(super) fn metadata(arch: Arch, hp: &Hparams, n_vocab: usize) -> Result<ArchM
     let n_heads = match (gemma, hp.usize_of(&["num_attention_heads", "n_head"])?) {
         (_, Some(n)) => n,
         (true, None) => 8,
-        (false, None) => return Err(unsupported("config.json has no `num_attention_heads`".into())),
+        (false, None) => {
+            return Err(unsupported(
+                "config.json has no `num_attention_heads`".into(),
+            ))
+        }
     };
     let n_kv_heads = hp
         .usize_of(&["num_key_value_heads", "n_kv_heads"])?
@@ -298,7 +307,8 @@ pub(super) fn metadata(arch: Arch, hp: &Hparams, n_vocab: usize) -> Result<ArchM
                 "attention.sliding_window",
                 u32v(hp.usize_of(&["sliding_window"])?.unwrap_or(0)),
             );
-            if let Some((attn, long, short)) = phi3_longrope(&full, &rope_type, ctx, orig, rope_dim)?
+            if let Some((attn, long, short)) =
+                phi3_longrope(&full, &rope_type, ctx, orig, rope_dim)?
             {
                 put("rope.scaling.attn_factor", Value::F32(attn));
                 extra.push(("rope_factors_long.weight".into(), long));
@@ -360,14 +370,17 @@ fn phi3_longrope(
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
-            Some(v) => Err(unsupported(format!("rope scaling `{k}` = {v} is not a list"))),
+            Some(v) => Err(unsupported(format!(
+                "rope scaling `{k}` = {v} is not a list"
+            ))),
         }
     };
     let Some(long) = list("long_factor")? else {
         return Ok(None);
     };
-    let short = list("short_factor")?
-        .ok_or_else(|| unsupported("rope scaling has `long_factor` but no `short_factor`".into()))?;
+    let short = list("short_factor")?.ok_or_else(|| {
+        unsupported("rope scaling has `long_factor` but no `short_factor`".into())
+    })?;
     if long.len() != rope_dim / 2 || short.len() != rope_dim / 2 {
         return Err(unsupported(format!(
             "rope scaling factors must have {} entries; long has {}, short {}",
@@ -395,7 +408,9 @@ pub(super) enum Op {
     Keep,
     /// llama.cpp's `LlamaModel.permute` of the rows: heads of `rows / heads` rows, each head's
     /// two halves interleaved, so that RoPE pairs adjacent rows.
-    Permute { heads: usize },
+    Permute {
+        heads: usize,
+    },
     /// Gemma's RMSNorm multiplies by `1 + w`; llama.cpp stores `1 + w`.
     AddOne,
     /// Keep the first `n` rows (Gemma 3's embedding has rows past the vocabulary).
@@ -412,14 +427,23 @@ pub(super) fn map_tensor(
     n_vocab: usize,
 ) -> Result<Option<(String, Op)>> {
     if name.ends_with("rotary_emb.inv_freq")
-        || ["vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."]
-            .iter()
-            .any(|p| name.starts_with(p))
+        || [
+            "vision_tower.",
+            "multi_modal_projector.",
+            "model.vision_tower.",
+            "model.multi_modal_projector.",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
     {
         return Ok(None);
     }
-    let unknown =
-        || unsupported(format!("tensor `{name}` of a {} checkpoint has no GGUF name", arch.gguf()));
+    let unknown = || {
+        unsupported(format!(
+            "tensor `{name}` of a {} checkpoint has no GGUF name",
+            arch.gguf()
+        ))
+    };
     let (stem, suffix) = name.rsplit_once('.').ok_or_else(unknown)?;
     if suffix != "weight" && suffix != "bias" {
         return Err(unknown());
@@ -432,13 +456,23 @@ pub(super) fn map_tensor(
         .find_map(|p| stem.strip_prefix(p))
         .ok_or_else(unknown)?;
     let gemma = arch == Arch::Gemma3;
-    let shift = |op: Op| if gemma && stem.ends_with("norm") { Op::AddOne } else { op };
+    let shift = |op: Op| {
+        if gemma && stem.ends_with("norm") {
+            Op::AddOne
+        } else {
+            op
+        }
+    };
     let out = |n: String, op: Op| Ok(Some((format!("{n}.{suffix}"), shift(op))));
     match stem {
         "embed_tokens" => {
             return out(
                 "token_embd".into(),
-                if gemma { Op::FirstRows(n_vocab) } else { Op::Keep },
+                if gemma {
+                    Op::FirstRows(n_vocab)
+                } else {
+                    Op::Keep
+                },
             )
         }
         "norm" => return out("output_norm".into(), Op::Keep),
@@ -450,14 +484,23 @@ pub(super) fn map_tensor(
     let llama = arch == Arch::Llama;
     let (gguf, op) = match part {
         "self_attn.q_proj" if llama => ("attn_q", Op::Permute { heads: m.n_heads }),
-        "self_attn.k_proj" if llama => ("attn_k", Op::Permute { heads: m.n_kv_heads }),
+        "self_attn.k_proj" if llama => (
+            "attn_k",
+            Op::Permute {
+                heads: m.n_kv_heads,
+            },
+        ),
         "self_attn.q_proj" if arch != Arch::Phi3 => ("attn_q", Op::Keep),
         "self_attn.k_proj" if arch != Arch::Phi3 => ("attn_k", Op::Keep),
         "self_attn.v_proj" if arch != Arch::Phi3 => ("attn_v", Op::Keep),
         "self_attn.qkv_proj" if arch == Arch::Phi3 => ("attn_qkv", Op::Keep),
         "self_attn.o_proj" => ("attn_output", Op::Keep),
-        "self_attn.q_norm" if matches!(arch, Arch::Qwen3 | Arch::Gemma3) => ("attn_q_norm", Op::Keep),
-        "self_attn.k_norm" if matches!(arch, Arch::Qwen3 | Arch::Gemma3) => ("attn_k_norm", Op::Keep),
+        "self_attn.q_norm" if matches!(arch, Arch::Qwen3 | Arch::Gemma3) => {
+            ("attn_q_norm", Op::Keep)
+        }
+        "self_attn.k_norm" if matches!(arch, Arch::Qwen3 | Arch::Gemma3) => {
+            ("attn_k_norm", Op::Keep)
+        }
         "mlp.gate_proj" if arch != Arch::Phi3 => ("ffn_gate", Op::Keep),
         "mlp.up_proj" if arch != Arch::Phi3 => ("ffn_up", Op::Keep),
         "mlp.gate_up_proj" if arch == Arch::Phi3 => ("ffn_up", Op::Keep),

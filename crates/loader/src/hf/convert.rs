@@ -65,7 +65,11 @@ pub(super) fn plan(
                 let rows = dims.last_mut().expect("not empty");
                 *rows = (*rows).min(n as u64);
             }
-            let out_ty = if op == Op::AddOne { GgmlType::F32 } else { in_ty };
+            let out_ty = if op == Op::AddOne {
+                GgmlType::F32
+            } else {
+                in_ty
+            };
             plan.push(Planned {
                 name,
                 dims,
@@ -88,10 +92,13 @@ pub(super) fn plan(
         )));
     }
     // Matrices whose rows are whole blocks are quantized; norms, biases and RoPE factors are not.
-    let is_matrix = |p: &Planned| {
-        p.dims.len() == 2 && p.name.ends_with(".weight") && p.dims[0] % 32 == 0
-    };
-    let matrix_types: Vec<GgmlType> = plan.iter().filter(|p| is_matrix(p)).map(|p| p.in_ty).collect();
+    let is_matrix =
+        |p: &Planned| p.dims.len() == 2 && p.name.ends_with(".weight") && p.dims[0] % 32 == 0;
+    let matrix_types: Vec<GgmlType> = plan
+        .iter()
+        .filter(|p| is_matrix(p))
+        .map(|p| p.in_ty)
+        .collect();
     if let Some(qt) = resolve(q, &matrix_types) {
         let output = if plan.iter().any(|p| p.name == "output.weight") {
             "output.weight"
@@ -115,30 +122,31 @@ pub(super) fn run(
     shards: &[SafeTensors],
     extra: &[(String, Vec<f32>)],
 ) -> Result<Vec<(TensorInfo, Source)>> {
-    let mut out: Vec<(TensorInfo, Source)> = plan
-        .par_iter()
-        .map(|p| {
-            let n_bytes = p.out_ty.bytes_for(p.n_elements() as u64).ok_or_else(|| {
-                unsupported(format!("tensor `{}` is too large", p.src.name))
-            })? as usize;
-            let info = TensorInfo {
-                name: p.name.clone(),
-                dims: p.dims.clone(),
-                ty: p.out_ty,
-                offset: 0,
-                n_bytes,
-            };
-            let src = if p.mapped() {
-                Source::Shard {
-                    shard: p.shard,
-                    start: p.src.start,
-                }
-            } else {
-                Source::Owned(convert(p, &shards[p.shard].bytes(&p.src)[..])?)
-            };
-            Ok((info, src))
-        })
-        .collect::<Result<_>>()?;
+    let mut out: Vec<(TensorInfo, Source)> =
+        plan.par_iter()
+            .map(|p| {
+                let n_bytes =
+                    p.out_ty.bytes_for(p.n_elements() as u64).ok_or_else(|| {
+                        unsupported(format!("tensor `{}` is too large", p.src.name))
+                    })? as usize;
+                let info = TensorInfo {
+                    name: p.name.clone(),
+                    dims: p.dims.clone(),
+                    ty: p.out_ty,
+                    offset: 0,
+                    n_bytes,
+                };
+                let src = if p.mapped() {
+                    Source::Shard {
+                        shard: p.shard,
+                        start: p.src.start,
+                    }
+                } else {
+                    Source::Owned(convert(p, &shards[p.shard].bytes(&p.src)[..])?)
+                };
+                Ok((info, src))
+            })
+            .collect::<Result<_>>()?;
     for (name, values) in extra {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         out.push((
@@ -174,11 +182,17 @@ fn convert(p: &Planned, bytes: &[u8]) -> Result<Vec<u8>> {
     match p.op {
         Op::Keep | Op::FirstRows(_) => {}
         Op::AddOne => x.iter_mut().for_each(|v| *v += 1.0),
-        Op::Permute { heads } => x = permute_rows(&x, p.dims[p.dims.len() - 1] as usize, heads)
-            .ok_or_else(|| Error::BadTensor {
-                name: p.src.name.clone(),
-                reason: format!("shape {:?} does not split into {heads} heads of paired rows", p.src.shape),
-            })?,
+        Op::Permute { heads } => {
+            x = permute_rows(&x, p.dims[p.dims.len() - 1] as usize, heads).ok_or_else(|| {
+                Error::BadTensor {
+                    name: p.src.name.clone(),
+                    reason: format!(
+                        "shape {:?} does not split into {heads} heads of paired rows",
+                        p.src.shape
+                    ),
+                }
+            })?
+        }
     }
     let cols = p.dims[0] as usize;
     let mut out = Vec::with_capacity(p.out_ty.bytes_for(n as u64).unwrap_or(0) as usize);

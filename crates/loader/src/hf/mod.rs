@@ -152,9 +152,10 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let j = read_json(&index)?;
-        let map = j.get("weight_map").and_then(Json::as_object).ok_or_else(|| {
-            unsupported(format!("{} has no `weight_map`", index.display()))
-        })?;
+        let map = j
+            .get("weight_map")
+            .and_then(Json::as_object)
+            .ok_or_else(|| unsupported(format!("{} has no `weight_map`", index.display())))?;
         let mut files: Vec<&str> = Vec::new();
         for (t, f) in map {
             let f = f

@@ -26,7 +26,9 @@ impl TokenIds {
             .and_then(Json::as_object)
             .ok_or_else(|| unsupported("tokenizer.json has no `model.vocab` map".into()))?;
         for (t, id) in vocab {
-            let id = id.as_u64().ok_or_else(|| json_err("tokenizer.json", t, id))?;
+            let id = id
+                .as_u64()
+                .ok_or_else(|| json_err("tokenizer.json", t, id))?;
             ids.insert(t.clone(), id as u32);
         }
         let added = tok
@@ -125,10 +127,7 @@ pub(super) fn tokenizer_meta(
         .get("clean_up_tokenization_spaces")
         .and_then(Json::as_bool)
     {
-        meta.insert(
-            "tokenizer.huggingface.clean_spaces".into(),
-            Value::Bool(b),
-        );
+        meta.insert("tokenizer.huggingface.clean_spaces".into(), Value::Bool(b));
     }
     let template = cfg
         .get("chat_template")
