@@ -136,6 +136,72 @@ fn llama_cpp_tokenizer_suite() {
     assert!(total > 500, "only {total} cases found");
 }
 
+/// Exports `gguf`'s vocabulary as a Hugging Face tokenizer (scripts/export-hf.py) into `dir`.
+fn export_tokenizer(gguf: &Path, dir: &Path) {
+    let out = Command::new("python3")
+        .arg(workspace_root().join("scripts/export-hf.py"))
+        .arg(gguf)
+        .arg(dir)
+        .arg("--tokenizer-only")
+        .output()
+        .expect("cannot run python3 scripts/export-hf.py");
+    assert!(
+        out.status.success(),
+        "export-hf.py {}: {}",
+        gguf.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The suite again, with each vocabulary exported to tokenizer.json and run by the `tokenizers`
+/// backend: the ids must be the suite's (which transformers wrote) and the GGUF tokenizer's.
+#[test]
+fn tokenizer_json_exports_match_the_suite() {
+    let models = llama_cpp_src().join("models");
+    let tmp = std::env::temp_dir().join(format!("tokenfab-hf-vocab-{}", std::process::id()));
+    let mut report = Vec::new();
+    for name in VOCABS {
+        let path = models.join(format!("ggml-vocab-{name}.gguf"));
+        let dir = tmp.join(name);
+        export_tokenizer(&path, &dir);
+        let view =
+            tokenfab_loader::hf::open_tokenizer(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let hf = Tokenizer::from_gguf(&view).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let gguf = Tokenizer::from_gguf(&open_vocab(&path)).unwrap();
+        let cases = read_cases(&models, name);
+        let mut failed = 0;
+        for (text, want) in &cases {
+            let got = hf.encode(text, false, false).unwrap();
+            if &got != want || gguf.encode(text, false, false).unwrap() != got {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("{name}: {text:?}\n  want {want:?}\n  got  {got:?}");
+                }
+            }
+        }
+        eprintln!(
+            "{name} (tokenizer.json): {}/{} cases match",
+            cases.len() - failed,
+            cases.len()
+        );
+        if failed > 0 {
+            report.push(format!("{name}: {failed} of {} cases differ", cases.len()));
+        }
+        assert_eq!(hf.vocab_size(), gguf.vocab_size(), "{name}");
+        assert_eq!(
+            (hf.bos_id(), hf.eos_id()),
+            (gguf.bos_id(), gguf.eos_id()),
+            "{name}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(
+        report.is_empty(),
+        "tokenizer.json mismatches:\n{}",
+        report.join("\n")
+    );
+}
+
 fn default_model() -> PathBuf {
     let path = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if path.exists() {

@@ -125,7 +125,14 @@ fn read_optional(path: &Path) -> Result<Option<Json>> {
 }
 
 impl Files {
-    fn read(dir: &Path) -> Result<Self> {
+    /// Reads the files of `dir`; `config.json` may be absent only when `!need_config`.
+    fn read(dir: &Path, need_config: bool) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let config = if need_config || config_path.is_file() {
+            read_json(&config_path)?
+        } else {
+            Json::Object(Default::default())
+        };
         let tok_path = dir.join("tokenizer.json");
         let tokenizer_text = read_text(&tok_path)?;
         let jinja = dir.join("chat_template.jinja");
@@ -136,7 +143,7 @@ impl Files {
                 .and_then(|j| j.get("chat_template").cloned())
         };
         Ok(Files {
-            config: read_json(&dir.join("config.json"))?,
+            config,
             tokenizer: parse_json(&tok_path, &tokenizer_text)?,
             tokenizer_text,
             tokenizer_config: read_optional(&dir.join("tokenizer_config.json"))?,
@@ -190,9 +197,20 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     )))
 }
 
+/// The tokenizer files of `dir` alone (`config.json` optional) as a GGUF view without tensors:
+/// what [`crate::Tokenizer::from_gguf`] and [`crate::ChatTemplate::from_gguf`] read.
+pub fn open_tokenizer(dir: &Path) -> Result<Gguf> {
+    let files = Files::read(dir, false)?;
+    let hp = Hparams::new(files.config.clone())?;
+    let ids = special::TokenIds::new(&files.tokenizer)?;
+    let mut meta = std::collections::BTreeMap::new();
+    special::tokenizer_meta(&mut meta, &files, &ids, &hp)?;
+    Gguf::from_parts(meta, Vec::new(), Vec::new(), Vec::new())
+}
+
 /// Reads the checkpoint in `dir` as a GGUF view (see the module comment).
 pub fn open(dir: &Path, opts: &HfOptions) -> Result<Gguf> {
-    let files = Files::read(dir)?;
+    let files = Files::read(dir, true)?;
     let hp = Hparams::new(files.config.clone())?;
     let hf_arch = files
         .config
