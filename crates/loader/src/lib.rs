@@ -1,8 +1,10 @@
 //! Reads model files and what comes with them: GGUF containers and Hugging Face checkpoints
 //! (read as a GGUF view), quantized weight blocks, the tokenizer and the chat template.
 //!
-//! Invariant: this crate knows no model architecture; it hands out bytes, f32 values, token ids and
-//! strings, and every malformed input becomes an [`Error`], never a panic.
+//! Invariant: this crate knows no model's computation; it hands out bytes, f32 values, token ids
+//! and strings, and every malformed input becomes an [`Error`], never a panic. The one place that
+//! names architectures is [`hf`], which maps a checkpoint's config keys and tensor names onto
+//! llama.cpp's GGUF ones, as llama.cpp's converter does.
 
 pub mod byte_vocab;
 pub mod chat_template;
