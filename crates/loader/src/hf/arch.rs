@@ -184,7 +184,7 @@ pub(super) fn metadata(arch: Arch, hp: &Hparams, n_vocab: usize) -> Result<ArchM
     let n_kv_heads = hp
         .usize_of(&["num_key_value_heads", "n_kv_heads"])?
         .unwrap_or(if gemma { 4 } else { n_heads });
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+    if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         return Err(unsupported(format!(
             "{n_heads} attention heads cannot share {n_kv_heads} KV heads"
         )));

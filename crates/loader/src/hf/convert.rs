@@ -92,8 +92,9 @@ pub(super) fn plan(
         )));
     }
     // Matrices whose rows are whole blocks are quantized; norms, biases and RoPE factors are not.
-    let is_matrix =
-        |p: &Planned| p.dims.len() == 2 && p.name.ends_with(".weight") && p.dims[0] % 32 == 0;
+    let is_matrix = |p: &Planned| {
+        p.dims.len() == 2 && p.name.ends_with(".weight") && p.dims[0].is_multiple_of(32)
+    };
     let matrix_types: Vec<GgmlType> = plan
         .iter()
         .filter(|p| is_matrix(p))
@@ -142,7 +143,7 @@ pub(super) fn run(
                         start: p.src.start,
                     }
                 } else {
-                    Source::Owned(convert(p, &shards[p.shard].bytes(&p.src)[..])?)
+                    Source::Owned(convert(p, shards[p.shard].bytes(&p.src))?)
                 };
                 Ok((info, src))
             })
@@ -207,7 +208,12 @@ fn convert(p: &Planned, bytes: &[u8]) -> Result<Vec<u8>> {
 /// .swapaxes(1, 2)`): within each head, row `2i + j` of the result is row `j * half + i` of `x`.
 /// `None` when the rows do not split into heads of an even number of rows.
 pub(super) fn permute_rows(x: &[f32], rows: usize, heads: usize) -> Option<Vec<f32>> {
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || x.len() % rows != 0 {
+    if heads == 0
+        || rows == 0
+        || !rows.is_multiple_of(heads)
+        || !(rows / heads).is_multiple_of(2)
+        || !x.len().is_multiple_of(rows)
+    {
         return None;
     }
     let cols = x.len() / rows;
