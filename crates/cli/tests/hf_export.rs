@@ -36,19 +36,6 @@ fn checkpoint() -> &'static Path {
     })
 }
 
-fn score(model: &Path, input: &Path) -> Vec<serde_json::Value> {
-    let out = tokenfab(&[
-        "score",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ]);
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn greedy(model: &Path, prompt: &str) -> Vec<u32> {
     let out = tokenfab(&[
         "generate",
@@ -71,15 +58,7 @@ fn greedy(model: &Path, prompt: &str) -> Vec<u32> {
 fn checkpoint_tokens_follow_the_gguf() {
     let (gguf, hf) = (model(), checkpoint());
     let refs = references();
-    let input = hf.join("rows.jsonl");
-    let rows: Vec<String> = refs
-        .iter()
-        .map(|r| {
-            serde_json::json!({"prompt_tokens": r.prompt_tokens, "tokens": r.greedy_tokens})
-                .to_string()
-        })
-        .collect();
-    std::fs::write(&input, rows.join("\n")).unwrap();
+    let input = score_rows(&refs, hf);
     let (a, b) = (score(&gguf, &input), score(hf, &input));
     assert_eq!((a.len(), b.len()), (refs.len(), refs.len()));
     // Where the GGUF's top choice is the scored token, the checkpoint's is too, or within 0.1

@@ -3,28 +3,13 @@
 //! names (the Llama Q/K permutation undone by the export and redone by the loader), the same
 //! metadata, tokenizer and chat template, from one file or from shards.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::PathBuf;
+
+use common::*;
 use tokenfab_loader::hf::{self, HfOptions, Quantization};
 use tokenfab_loader::{quant, ChatMessage, ChatTemplate, GgmlType, Gguf, Tokenizer};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn default_model() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/fetch-model.sh"))
-        .output()
-        .expect("cannot run scripts/fetch-model.sh");
-    assert!(
-        out.status.success(),
-        "fetch-model.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
 
 /// A temporary directory removed on drop.
 struct TempDir(PathBuf);
@@ -37,18 +22,7 @@ impl Drop for TempDir {
 
 fn export(args: &[&str], tag: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("tokenfab-hf-{tag}-{}", std::process::id()));
-    let out = Command::new("python3")
-        .arg(root().join("scripts/export-hf.py"))
-        .arg(default_model())
-        .arg(&dir)
-        .args(args)
-        .output()
-        .expect("cannot run python3 scripts/export-hf.py");
-    assert!(
-        out.status.success(),
-        "export-hf.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    export_hf(&default_model(), &dir, args);
     TempDir(dir)
 }
 

@@ -6,6 +6,8 @@
 //! The llama.cpp tree comes from `$LLAMA_CPP_SRC`, else from `shared/peers/llama-cpp-src.sh`
 //! beside the checkout. Without either the test fails: it never passes by skipping.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -136,23 +138,6 @@ fn llama_cpp_tokenizer_suite() {
     assert!(total > 500, "only {total} cases found");
 }
 
-/// Exports `gguf`'s vocabulary as a Hugging Face tokenizer (scripts/export-hf.py) into `dir`.
-fn export_tokenizer(gguf: &Path, dir: &Path) {
-    let out = Command::new("python3")
-        .arg(workspace_root().join("scripts/export-hf.py"))
-        .arg(gguf)
-        .arg(dir)
-        .arg("--tokenizer-only")
-        .output()
-        .expect("cannot run python3 scripts/export-hf.py");
-    assert!(
-        out.status.success(),
-        "export-hf.py {}: {}",
-        gguf.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The suite again, with each vocabulary exported to tokenizer.json and run by the `tokenizers`
 /// backend: the ids must be the suite's (which transformers wrote) and the GGUF tokenizer's.
 #[test]
@@ -163,7 +148,7 @@ fn tokenizer_json_exports_match_the_suite() {
     for name in VOCABS {
         let path = models.join(format!("ggml-vocab-{name}.gguf"));
         let dir = tmp.join(name);
-        export_tokenizer(&path, &dir);
+        common::export_hf(&path, &dir, &["--tokenizer-only"]);
         let view =
             tokenfab_loader::hf::open_tokenizer(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
         let hf = Tokenizer::from_gguf(&view).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -202,26 +187,9 @@ fn tokenizer_json_exports_match_the_suite() {
     );
 }
 
-fn default_model() -> PathBuf {
-    let path = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return path;
-    }
-    let out = Command::new("bash")
-        .arg(workspace_root().join("scripts/fetch-model.sh"))
-        .output()
-        .expect("cannot run scripts/fetch-model.sh");
-    assert!(
-        out.status.success(),
-        "fetch-model.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
 #[test]
 fn default_model_matches_llama_server() {
-    let gguf = Gguf::open(default_model()).unwrap();
+    let gguf = Gguf::open(common::default_model()).unwrap();
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
     assert!(!tok.add_bos());
@@ -290,7 +258,7 @@ fn default_model_matches_llama_server() {
 /// we: text with them does not round-trip. Found by the tokenizer fuzz target.
 #[test]
 fn bytes_missing_from_the_vocabulary_are_dropped_as_llama_cpp_does() {
-    let tok = Tokenizer::from_gguf(&Gguf::open(default_model()).unwrap()).unwrap();
+    let tok = Tokenizer::from_gguf(&Gguf::open(common::default_model()).unwrap()).unwrap();
     assert_eq!(tok.token_to_id("\u{106}"), None, "byte 0x06 has no token");
     assert_eq!(tok.encode("\u{6}A", false, false).unwrap(), [49]);
     assert_eq!(
