@@ -21,16 +21,30 @@ pub(super) struct TokenIds {
 impl TokenIds {
     pub fn new(tok: &Json) -> Result<Self> {
         let mut ids = HashMap::new();
-        let vocab = tok
-            .pointer("/model/vocab")
-            .and_then(Json::as_object)
-            .ok_or_else(|| unsupported("tokenizer.json has no `model.vocab` map".into()))?;
-        for (t, id) in vocab {
-            let id = id
-                .as_u64()
-                .ok_or_else(|| json_err("tokenizer.json", t, id))?;
-            ids.insert(t.clone(), id as u32);
-        }
+        let n_vocab = match tok.pointer("/model/vocab") {
+            // BPE, WordPiece: text -> id.
+            Some(Json::Object(vocab)) => {
+                for (t, id) in vocab {
+                    let id = id
+                        .as_u64()
+                        .ok_or_else(|| json_err("tokenizer.json", t, id))?;
+                    ids.insert(t.clone(), id as u32);
+                }
+                vocab.len()
+            }
+            // Unigram: [text, score] by id.
+            Some(Json::Array(vocab)) => {
+                for (id, entry) in vocab.iter().enumerate() {
+                    let t = entry
+                        .get(0)
+                        .and_then(Json::as_str)
+                        .ok_or_else(|| json_err("tokenizer.json", "model.vocab", entry))?;
+                    ids.insert(t.to_string(), id as u32);
+                }
+                vocab.len()
+            }
+            _ => return Err(unsupported("tokenizer.json has no `model.vocab`".into())),
+        };
         let added = tok
             .get("added_tokens")
             .and_then(Json::as_array)
@@ -44,7 +58,7 @@ impl TokenIds {
             }
         }
         Ok(TokenIds {
-            n_listed: vocab.len() + added.len(),
+            n_listed: n_vocab + added.len(),
             ids,
         })
     }

@@ -425,6 +425,29 @@ fn tokenizer_files_become_tokenizer_metadata() {
     assert_eq!(tok.decode(&[4, 2, 3, 2, 5], true), "ab ab");
 }
 
+#[test]
+fn unigram_tokenizer_json() {
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "always", "split": true},
+        "post_processor": null,
+        "decoder": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "always", "split": true},
+        "model": {"type": "Unigram", "unk_id": 0, "byte_fallback": false,
+            "vocab": [["<unk>", 0.0], ["\u{2581}a", -1.0], ["a", -2.0], ["\u{2581}", -3.0], ["b", -2.5]]}
+    });
+    let d = tmp("unigram");
+    std::fs::write(d.0.join("tokenizer.json"), tok.to_string()).unwrap();
+    let g = open_tokenizer(&d.0).unwrap();
+    let t = Tokenizer::from_gguf(&g).unwrap();
+    assert_eq!(t.vocab_size(), 5);
+    assert_eq!(t.unk_id(), Some(0));
+    assert!(t.is_special(0));
+    let ids = t.encode("a ab", false, false).unwrap();
+    assert_eq!(ids, [1, 1, 4]);
+    assert_eq!(t.decode(&ids, false), "a ab");
+}
+
 fn err_of(dir: &Path) -> String {
     open_default(dir).unwrap_err().to_string()
 }

@@ -146,10 +146,15 @@ pub(super) fn load(text: &str) -> Result<HfVocab> {
             attr::USER_DEFINED
         };
     }
+    // BPE names its unknown token, Unigram gives its id.
     let unk = json
         .pointer("/model/unk_token")
         .and_then(Json::as_str)
-        .and_then(|u| vocab.get(u).copied());
+        .and_then(|u| vocab.get(u).copied())
+        .or_else(|| {
+            let id = json.pointer("/model/unk_id").and_then(Json::as_u64)?;
+            ((id as usize) < n).then_some(id as u32)
+        });
     if let Some(u) = unk {
         tokens[u as usize].attr = attr::UNKNOWN;
     }
