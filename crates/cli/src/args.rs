@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use tokenfab_engine::{
     Device, EngineConfig, EngineHandle, LoadedModel, RequestStream, StreamEvent,
 };
-use tokenfab_loader::GgmlType;
+use tokenfab_loader::{GgmlType, HfOptions, Quantization};
 use tokenfab_types::SamplingParams;
 
 /// The default model's file name, fetched by `scripts/fetch-model.sh` into `models/`.
@@ -15,9 +15,14 @@ pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// GGUF model file [default: models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    /// GGUF model file or Hugging Face checkpoint directory [default:
+    /// models/SmolLM2-135M-Instruct.Q4_1.gguf].
     #[arg(long, short = 'm', env = "TOKENFAB_MODEL")]
     pub model: Option<PathBuf>,
+    /// Checkpoint directories: how weight matrices are stored once loaded: auto (q8_0 for
+    /// bf16/f16 checkpoints, for the CPU's quantized kernels), none (as stored), q8_0, q4_0.
+    #[arg(long, default_value = "auto")]
+    pub quantization: Quantization,
     /// Worker threads [default: the cores this process may use].
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
@@ -53,8 +58,17 @@ impl ModelArgs {
                 Some(p) => p.clone(),
                 None => default_model_path()?,
             };
-            let m =
-                LoadedModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
+            anyhow::ensure!(
+                self.quantization == Quantization::Auto || path.is_dir(),
+                "--quantization applies to Hugging Face checkpoint directories; {} is a file \
+                 (a GGUF file's tensors are used as stored)",
+                path.display()
+            );
+            let hf = HfOptions {
+                quantization: self.quantization,
+            };
+            let m = LoadedModel::load_with(&path, &hf)
+                .with_context(|| format!("loading {}", path.display()))?;
             (m, path)
         };
         tracing::info!(

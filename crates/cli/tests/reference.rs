@@ -10,29 +10,8 @@ fn teacher_forced_scores_match_llama_cpp() {
     let model = model();
     let refs = references();
     let dir = std::env::temp_dir().join(format!("tokenfab-score-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let input = dir.join("in.jsonl");
-    let rows: Vec<String> = refs
-        .iter()
-        .map(|r| {
-            serde_json::json!({"prompt_tokens": r.prompt_tokens, "tokens": r.greedy_tokens})
-                .to_string()
-        })
-        .collect();
-    std::fs::write(&input, rows.join("\n")).unwrap();
-    let out = tokenfab(&[
-        "score",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let input = score_rows(&refs, &dir);
+    let lines = score(&model, &input);
     assert_eq!(lines.len(), refs.len());
 
     let (mut positions, mut agree, mut diffs) = (0usize, 0usize, Vec::new());

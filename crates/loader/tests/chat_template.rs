@@ -2,9 +2,10 @@
 //! (copied from llama.cpp's `models/templates/meta-llama-Llama-3.1-8B-Instruct.jinja`), and
 //! hostile templates that must fail instead of hanging.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use tokenfab_loader::testing::default_model;
 use tokenfab_loader::{ChatMessage, ChatTemplate, Error, Gguf, Tokenizer};
 
 const LLAMA31: &str = r##"{{- bos_token }}
@@ -127,7 +128,7 @@ fn conversation() -> Vec<ChatMessage> {
 
 #[test]
 fn default_model_template_is_chatml_with_default_system_prompt() {
-    let gguf = Gguf::open(default_model().unwrap()).unwrap();
+    let gguf = Gguf::open(common::default_model()).unwrap();
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
     let tmpl = ChatTemplate::from_gguf(&gguf, &tok)
         .unwrap()
@@ -199,7 +200,7 @@ fn raise_exception_becomes_a_template_error_with_its_message() {
 /// yet leaves real conversations far inside it: 500 messages through the default template.
 #[test]
 fn fuel_suffices_for_long_real_conversations() {
-    let gguf = Gguf::open(default_model().unwrap()).unwrap();
+    let gguf = Gguf::open(common::default_model()).unwrap();
     let tok = tokenfab_loader::Tokenizer::from_gguf(&gguf).unwrap();
     let tmpl = ChatTemplate::from_gguf(&gguf, &tok).unwrap().unwrap();
     let msgs: Vec<ChatMessage> = (0..500)

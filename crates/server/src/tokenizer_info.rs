@@ -24,6 +24,7 @@ fn describe(t: &Tokenizer, template: Option<&ChatTemplate>, context_len: usize) 
     // The Hugging Face class a converter builds for each GGUF vocabulary kind.
     let class = match t.kind() {
         "llama" => "LlamaTokenizerFast",
+        "huggingface" => "PreTrainedTokenizerFast",
         _ => "GPT2TokenizerFast",
     };
     let mut m = Map::new();

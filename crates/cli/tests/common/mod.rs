@@ -2,7 +2,7 @@
 //! reference outputs.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use tokenfab_loader::testing::workspace_root as root;
@@ -55,6 +55,39 @@ pub fn references() -> Vec<Reference> {
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
         .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Writes the references as `tokenfab score` input rows (prompt, llama.cpp's greedy tokens) into
+/// `dir/rows.jsonl` and returns its path.
+pub fn score_rows(refs: &[Reference], dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let input = dir.join("rows.jsonl");
+    let rows: Vec<String> = refs
+        .iter()
+        .map(|r| {
+            serde_json::json!({"prompt_tokens": r.prompt_tokens, "tokens": r.greedy_tokens})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&input, rows.join("\n")).unwrap();
+    input
+}
+
+/// `tokenfab score` of `input` with `model` on the CPU (where the references were taken): one
+/// JSON object per row.
+pub fn score(model: &Path, input: &Path) -> Vec<serde_json::Value> {
+    let out = tokenfab(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    out.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
