@@ -258,7 +258,7 @@ fn smollm2_template_ignores_tools_so_the_generic_prompt_carries_them() {
     let tok = tokenizer();
     let tmpl = ChatTemplate::from_gguf(gguf(), &tok).unwrap().unwrap();
     assert!(!tmpl.takes_tools());
-    assert_eq!(ToolFormat::detect(&tmpl.source()), None);
+    assert_eq!(ToolFormat::detect(tmpl.source()), None);
     let tools_json: Vec<Value> = tools()
         .iter()
         .map(|t| serde_json::to_value(t).unwrap())
