@@ -14,6 +14,7 @@ use tokenfab_types::{FinishReason, RequestId, TokenId};
 use crate::detok::IncrementalDecoder;
 use crate::error::{Error, Result};
 use crate::handle::{Command, EngineConfig, Shared};
+use crate::kv_events::KvEventPublisher;
 use crate::outbox::Outbox;
 use crate::request::{EngineRequest, StreamEvent, TokenLogprob, Usage};
 use crate::runner::{ModelRunner, StepLogits};
@@ -53,6 +54,8 @@ pub(crate) struct EngineCore {
     lingering: Vec<Outbox>,
     /// A consumer that takes nothing for this long while events wait is dropped (aborted).
     stream_timeout: Duration,
+    /// Publishes the KV manager's events after each step, when on.
+    kv_events: Option<KvEventPublisher>,
 }
 
 impl EngineCore {
@@ -77,7 +80,7 @@ impl EngineCore {
             },
         )?;
         let num_blocks = exec.num_blocks();
-        let sched = Scheduler::new(SchedulerConfig {
+        let mut sched = Scheduler::new(SchedulerConfig {
             max_num_batched_tokens: cfg.max_num_batched_tokens,
             max_num_seqs: cfg.max_num_seqs,
             block_size: cfg.block_size,
@@ -86,6 +89,19 @@ impl EngineCore {
             max_model_len: exec.config().context_len,
         })
         .map_err(|e| Error::Invalid(e.to_string()))?;
+        let kv_events = match &cfg.kv_events {
+            Some(s) if s.config.publishes() => Some(crate::kv_events::attach(
+                &mut sched,
+                s,
+                &exec.device(),
+                &shared.metrics,
+            )?),
+            _ => None,
+        };
+        let _ = shared
+            .metrics
+            .cache_config
+            .set(cache_config_info(cfg, num_blocks));
         Ok(Self {
             runner: ModelRunner::new(exec),
             sched,
@@ -97,6 +113,7 @@ impl EngineCore {
             prefix_seen: (0, 0),
             lingering: Vec::new(),
             stream_timeout: cfg.stream_timeout,
+            kv_events,
         })
     }
 
@@ -133,7 +150,18 @@ impl EngineCore {
                     self.fail_all("internal error");
                 }
             }
+            self.publish_kv_events();
             self.update_gauges();
+        }
+    }
+
+    /// Hands the KV events of the last step to the publisher (never blocks).
+    fn publish_kv_events(&mut self) {
+        let Some(p) = &self.kv_events else { return };
+        let mut events = Vec::new();
+        self.sched.drain_kv_events(&mut events);
+        if !events.is_empty() {
+            p.publish(events);
         }
     }
 
@@ -468,6 +496,23 @@ impl EngineCore {
         m.prefix_cache_hits.add(h - self.prefix_seen.1);
         self.prefix_seen = (q, h);
     }
+}
+
+/// vLLM's `cache_config_info` labels; the endpoint picker reads `block_size` and
+/// `num_gpu_blocks` (the KV pool's blocks, on whatever device).
+fn cache_config_info(cfg: &EngineConfig, num_blocks: usize) -> Vec<(&'static str, String)> {
+    let py_bool = |b: bool| if b { "True" } else { "False" }.to_string();
+    let mut labels = vec![
+        ("block_size", cfg.block_size.to_string()),
+        ("cache_dtype", cfg.kv_cache_dtype.to_string()),
+        ("enable_prefix_caching", py_bool(cfg.enable_prefix_caching)),
+        ("num_gpu_blocks", num_blocks.to_string()),
+    ];
+    // Only with events are blocks named by one of vLLM's hashes.
+    if let Some(s) = cfg.kv_events.as_ref().filter(|s| s.config.publishes()) {
+        labels.push(("prefix_caching_hash_algo", s.hash_algo.to_string()));
+    }
+    labels
 }
 
 /// The log-probability of `token` under raw `logits`, with the `top_n` most likely tokens.

@@ -47,6 +47,8 @@ pub struct EngineConfig {
     /// A request whose consumer takes no event for this long while events wait is aborted (a
     /// client that stopped reading its stream); its blocks are freed.
     pub stream_timeout: Duration,
+    /// KV-cache events for prefix-aware routers (`--kv-events-config`); off when `None`.
+    pub kv_events: Option<crate::kv_events::KvEventsSettings>,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +66,7 @@ impl Default for EngineConfig {
             gpu_memory_utilization: 0.9,
             stream_buffer: 64,
             stream_timeout: Duration::from_secs(60),
+            kv_events: None,
         }
     }
 }

@@ -21,4 +21,4 @@ mod scheduler;
 pub use config::{SchedulerConfig, SchedulerError};
 pub use request::Request;
 pub use scheduler::{ScheduledSeq, Scheduler, SchedulerOutput};
-pub use tokenfab_kv_cache::KvCacheManager;
+pub use tokenfab_kv_cache::{HashAlgo, KvCacheManager, KvEvent, VllmHasher};
