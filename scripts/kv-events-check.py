@@ -32,6 +32,7 @@ import urllib.request
 from typing import Any
 
 import cbor2
+import msgpack
 import msgspec
 import xxhash
 import zmq
@@ -179,6 +180,14 @@ class Replica:
         self.stored = self.removed = 0
 
     def apply(self, payload: bytes):
+        # Untyped, as a generic consumer sees it: a positional [ts, events, rank] envelope;
+        # events are {"type": tag, ...} maps or [tag, ...] arrays.
+        raw = msgpack.unpackb(payload)
+        self.c.check(isinstance(raw, list) and len(raw) == 3 and isinstance(raw[0], float),
+                     "the batch is [ts, events, data_parallel_rank]")
+        for ev in raw[1]:
+            tag = ev.get("type") if self.encoding == "map" else ev[0]
+            self.c.check(tag in ("BlockStored", "BlockRemoved", "AllBlocksCleared"), f"tag {tag}")
         batch = self.decoder.decode(payload)
         self.c.check(self.encoder.encode(batch) == payload,
                      "payload re-encodes to the same bytes with msgspec")
