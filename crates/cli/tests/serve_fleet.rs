@@ -1,9 +1,10 @@
 //! What an inference gateway reads from a real `tokenfab serve`: /metrics through the
 //! `prometheus_client` parser, and KV-cache events through pyzmq + msgspec against the cache's
 //! real behaviour and an independent implementation of vLLM's block hash
-//! (scripts/check-metrics.py, scripts/kv-events-check.py; docs/deploy.md).
-//! Needs python3 with pyzmq, msgpack, msgspec, cbor2, xxhash and prometheus_client (.ci/run
-//! installs them).
+//! (scripts/check-metrics.py, scripts/kv-events-check.py; docs/deploy.md), and the Helm chart
+//! against the server (deploy/helm/check-chart.py).
+//! Needs python3 with pyzmq, msgpack, msgspec, cbor2, xxhash, prometheus_client, PyYAML and
+//! helm-python-sdk (.ci/run installs them).
 
 mod common;
 mod serve_common;
@@ -19,7 +20,7 @@ fn need_python(modules: &[&str]) {
         Ok(o) if o.status.success() => {}
         _ => panic!(
             "python3 with {modules:?} is needed for this test: `python3 -m pip install pyzmq \
-             msgpack msgspec cbor2 xxhash prometheus_client` (then rerun)"
+             msgpack msgspec cbor2 xxhash prometheus_client pyyaml helm-python-sdk` (then rerun)"
         ),
     }
 }
@@ -96,6 +97,23 @@ async fn kv_events_match_the_cache_and_vllms_block_hash() {
     need_python(&["zmq", "msgspec", "cbor2", "xxhash"]);
     let _g = serial().await;
     let script = common::root().join("scripts/kv-events-check.py");
+    let args = vec![
+        script.to_string_lossy().into_owned(),
+        "--binary".into(),
+        env!("CARGO_BIN_EXE_tokenfab").into(),
+        "--model".into(),
+        common::model().to_string_lossy().into_owned(),
+    ];
+    python(args, String::new).await;
+}
+
+/// deploy/helm/tokenfab rendered by Helm's own engine (helm-python-sdk), its Deployment's
+/// container run as the kubelet would run it: probes, ports, metrics and drain match the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_chart_matches_the_server() {
+    need_python(&["helm_python", "yaml"]);
+    let _g = serial().await;
+    let script = common::root().join("deploy/helm/check-chart.py");
     let args = vec![
         script.to_string_lossy().into_owned(),
         "--binary".into(),
