@@ -64,10 +64,14 @@ if ! buildah "${storage[@]}" inspect "$debian_image" >/dev/null 2>&1; then
 fi
 
 cd "$root"
+# Build-time mounts for this sandbox only (the Containerfile needs neither): its TLS proxy's CA,
+# which `cargo` inside the build must trust to reach crates.io, and this machine's crate cache.
+mounts=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+[[ -d $HOME/.cargo/registry ]] && mounts+=(--volume "$HOME/.cargo/registry:/usr/local/cargo/registry")
 echo "buildah bud (all stages)..." >&2
 buildah "${storage[@]}" bud --isolation chroot --pull=never --layers=false \
   -t localhost/tokenfab-fetch:check --target fetch -f Containerfile .
-buildah "${storage[@]}" bud --isolation chroot --pull=never --layers=false \
+buildah "${storage[@]}" bud --isolation chroot --pull=never --layers=false "${mounts[@]}" \
   -t localhost/tokenfab:check -f Containerfile .
 
 # The runtime image: its user, entrypoint, and the binary running there as that user.
