@@ -123,7 +123,7 @@ fn evicting_a_parent_removes_its_descendants() {
     // A child named after a parent no longer indexed is not registered.
     let stale = k1;
     let id = p.allocate(1).unwrap()[0];
-    assert_eq!(p.register_with(id, 13, Some(stale), &[4], ext(4)).1, false);
+    assert!(!p.register_with(id, 13, Some(stale), &[4], ext(4)).1);
     assert!(!p.is_cached(id));
 }
 
