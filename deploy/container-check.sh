@@ -80,5 +80,27 @@ c=$(buildah "${storage[@]}" from --pull=never localhost/tokenfab:check)
 trap 'buildah "${storage[@]}" rm "$c" >/dev/null' EXIT
 buildah "${storage[@]}" run --isolation chroot --user 10001:10001 "$c" -- /usr/local/bin/tokenfab --version
 buildah "${storage[@]}" run --isolation chroot "$c" -- id
+
+# Serve the default model from a read-only volume as user 10001, answer one request, then
+# SIGTERM: the server drains and exits 0.
+model=$("$root/scripts/fetch-model.sh")
+port=18573
+log=$work/serve.log
+buildah "${storage[@]}" run --isolation chroot --user 10001:10001 \
+  --volume "$(dirname "$model"):/models:ro" "$c" -- /usr/local/bin/tokenfab serve \
+  --host 127.0.0.1 --port $port --model "/models/$(basename "$model")" --kv-cache-memory 64MiB \
+  >"$log" 2>&1 &
+runner=$!
+for _ in $(seq 120); do
+  [[ $(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$port/ready) == 200 ]] && break
+  sleep 1
+done
+curl -sf http://127.0.0.1:$port/v1/completions -H 'content-type: application/json' \
+  -d '{"model": "'"$(basename "$model" .gguf)"'", "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}'
+echo
+server=$(pgrep -n -f -- "--port $port --model /models/")
+kill -TERM "$server"
+wait "$runner"
+grep -q "stopped" "$log" || { cat "$log"; exit 1; }
 buildah "${storage[@]}" images
 echo "container check: ok" >&2

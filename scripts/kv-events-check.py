@@ -49,59 +49,41 @@ class EventBatch(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     data_parallel_rank: int | None = None
 
 
-class MapEvent(msgspec.Struct, omit_defaults=True, gc=False, tag=True):
-    pass
+# Fields in vLLM's declaration order; the array encoding (before vllm-project/vllm#42892) ends
+# at lora_name.
+STORED_FIELDS = [
+    ("block_hashes", list[int]),
+    ("parent_block_hash", int | None),
+    ("token_ids", list[int]),
+    ("block_size", int),
+    ("lora_id", int | None),
+    ("medium", str | None),
+    ("lora_name", str | None),
+    ("extra_keys", list[tuple[Any, ...] | None] | None, None),
+    ("group_idx", int | None, None),
+    ("kv_cache_spec_kind", str | None, None),
+    ("kv_cache_spec_sliding_window", int | None, None),
+]
+REMOVED_FIELDS = [("block_hashes", list[int]), ("medium", str | None),
+                  ("group_idx", int | None, None)]
 
 
-class BlockStored(MapEvent):
-    block_hashes: list[int]
-    parent_block_hash: int | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-    lora_name: str | None
-    extra_keys: list[tuple[Any, ...] | None] | None = None
-    group_idx: int | None = None
-    kv_cache_spec_kind: str | None = None
-    kv_cache_spec_sliding_window: int | None = None
+def event_types(array_like: bool):
+    """BlockStored, BlockRemoved, AllBlocksCleared as msgspec structs tagged by class name."""
+    opts = dict(array_like=array_like, omit_defaults=True, gc=False, tag=True)
+    stored = STORED_FIELDS[:7] if array_like else STORED_FIELDS
+    removed = REMOVED_FIELDS[:2] if array_like else REMOVED_FIELDS
+    return (msgspec.defstruct("BlockStored", stored, **opts),
+            msgspec.defstruct("BlockRemoved", removed, **opts),
+            msgspec.defstruct("AllBlocksCleared", [], **opts))
 
 
-class BlockRemoved(MapEvent):
-    block_hashes: list[int]
-    medium: str | None
-    group_idx: int | None = None
-
-
-class AllBlocksCleared(MapEvent):
-    pass
+BlockStored, BlockRemoved, AllBlocksCleared = event_types(False)
+ABlockStored, ABlockRemoved, AAllBlocksCleared = event_types(True)
 
 
 class MapBatch(EventBatch):
     events: list[BlockStored | BlockRemoved | AllBlocksCleared]
-
-
-class ArrayEvent(msgspec.Struct, array_like=True, omit_defaults=True, gc=False, tag=True):
-    pass
-
-
-class ABlockStored(ArrayEvent, tag="BlockStored"):
-    block_hashes: list[int]
-    parent_block_hash: int | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None
-    medium: str | None
-    lora_name: str | None
-
-
-class ABlockRemoved(ArrayEvent, tag="BlockRemoved"):
-    block_hashes: list[int]
-    medium: str | None
-
-
-class AAllBlocksCleared(ArrayEvent, tag="AllBlocksCleared"):
-    pass
 
 
 class ArrayBatch(EventBatch):

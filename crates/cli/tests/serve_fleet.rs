@@ -25,6 +25,18 @@ fn need_python(modules: &[&str]) {
     }
 }
 
+/// Arguments for a script (path from the checkout's root) that starts servers itself from the
+/// binary and the default model.
+fn script_with_server(script: &str) -> Vec<String> {
+    vec![
+        common::root().join(script).to_string_lossy().into_owned(),
+        "--binary".into(),
+        env!("CARGO_BIN_EXE_tokenfab").into(),
+        "--model".into(),
+        common::model().to_string_lossy().into_owned(),
+    ]
+}
+
 /// The log without its terminal colour codes (`ESC [ ... m`).
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -96,15 +108,11 @@ async fn metrics_parse_with_prometheus_client() {
 async fn kv_events_match_the_cache_and_vllms_block_hash() {
     need_python(&["zmq", "msgspec", "cbor2", "xxhash"]);
     let _g = serial().await;
-    let script = common::root().join("scripts/kv-events-check.py");
-    let args = vec![
-        script.to_string_lossy().into_owned(),
-        "--binary".into(),
-        env!("CARGO_BIN_EXE_tokenfab").into(),
-        "--model".into(),
-        common::model().to_string_lossy().into_owned(),
-    ];
-    python(args, String::new).await;
+    python(
+        script_with_server("scripts/kv-events-check.py"),
+        String::new,
+    )
+    .await;
 }
 
 /// deploy/helm/tokenfab rendered by Helm's own engine (helm-python-sdk), its Deployment's
@@ -113,13 +121,9 @@ async fn kv_events_match_the_cache_and_vllms_block_hash() {
 async fn helm_chart_matches_the_server() {
     need_python(&["helm_python", "yaml"]);
     let _g = serial().await;
-    let script = common::root().join("deploy/helm/check-chart.py");
-    let args = vec![
-        script.to_string_lossy().into_owned(),
-        "--binary".into(),
-        env!("CARGO_BIN_EXE_tokenfab").into(),
-        "--model".into(),
-        common::model().to_string_lossy().into_owned(),
-    ];
-    python(args, String::new).await;
+    python(
+        script_with_server("deploy/helm/check-chart.py"),
+        String::new,
+    )
+    .await;
 }

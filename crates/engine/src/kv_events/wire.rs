@@ -61,115 +61,89 @@ pub fn encode_batch(
     mp::array_head(out, 3);
     mp::f64(out, ts);
     mp::array_head(out, events.len());
+    let mut w = EventWriter {
+        out,
+        keyed: format == WireFormat::Map,
+    };
     for e in events {
-        match format {
-            WireFormat::Map => map_event(out, e, medium),
-            WireFormat::Array => array_event(out, e, medium),
+        w.event(e, medium);
+    }
+    mp::uint(w.out, 0);
+}
+
+/// Writes one event's fields in vLLM's declaration order, each under its name in map encoding
+/// and by position in array encoding (where only the fields up to `lora_name` are written).
+struct EventWriter<'a> {
+    out: &'a mut Vec<u8>,
+    keyed: bool,
+}
+
+impl EventWriter<'_> {
+    /// The event's head: `{"type": tag, ...}` of `n_map` entries, or `[tag, ...]` of `n_array`.
+    fn head(&mut self, tag: &str, n_map: usize, n_array: usize) {
+        if self.keyed {
+            mp::map_head(self.out, n_map);
+            mp::str(self.out, "type");
+        } else {
+            mp::array_head(self.out, n_array);
+        }
+        mp::str(self.out, tag);
+    }
+
+    fn key(&mut self, k: &str) -> &mut Vec<u8> {
+        if self.keyed {
+            mp::str(self.out, k);
+        }
+        self.out
+    }
+
+    fn event(&mut self, e: &KvEvent, medium: &str) {
+        match e {
+            KvEvent::Stored {
+                block_hashes,
+                parent_block_hash,
+                token_ids,
+                block_size,
+            } => {
+                self.head("BlockStored", 11, 8);
+                hashes(self.key("block_hashes"), block_hashes);
+                match parent_block_hash {
+                    Some(p) => mp::uint(self.key("parent_block_hash"), *p),
+                    None => mp::nil(self.key("parent_block_hash")),
+                }
+                let out = self.key("token_ids");
+                mp::array_head(out, token_ids.len());
+                token_ids.iter().for_each(|&t| mp::uint(out, u64::from(t)));
+                mp::uint(self.key("block_size"), u64::from(*block_size));
+                mp::nil(self.key("lora_id"));
+                mp::str(self.key("medium"), medium);
+                mp::nil(self.key("lora_name"));
+                if self.keyed {
+                    // One entry per block; tokenfab has no extra keys (no LoRA, multimodal input
+                    // or cache salt).
+                    let out = self.key("extra_keys");
+                    mp::array_head(out, block_hashes.len());
+                    block_hashes.iter().for_each(|_| mp::nil(out));
+                    mp::uint(self.key("group_idx"), 0);
+                    mp::str(self.key("kv_cache_spec_kind"), FULL_ATTENTION);
+                }
+            }
+            KvEvent::Removed { block_hashes } => {
+                self.head("BlockRemoved", 4, 3);
+                hashes(self.key("block_hashes"), block_hashes);
+                mp::str(self.key("medium"), medium);
+                if self.keyed {
+                    mp::uint(self.key("group_idx"), 0);
+                }
+            }
+            KvEvent::AllCleared => self.head("AllBlocksCleared", 1, 1),
         }
     }
-    mp::uint(out, 0);
 }
 
 fn hashes(out: &mut Vec<u8>, h: &[u64]) {
     mp::array_head(out, h.len());
     h.iter().for_each(|&x| mp::uint(out, x));
-}
-
-fn opt_hash(out: &mut Vec<u8>, h: Option<u64>) {
-    match h {
-        Some(x) => mp::uint(out, x),
-        None => mp::nil(out),
-    }
-}
-
-fn tokens(out: &mut Vec<u8>, t: &[u32]) {
-    mp::array_head(out, t.len());
-    t.iter().for_each(|&x| mp::uint(out, u64::from(x)));
-}
-
-fn map_event(out: &mut Vec<u8>, e: &KvEvent, medium: &str) {
-    let key = |out: &mut Vec<u8>, k: &str| mp::str(out, k);
-    match e {
-        KvEvent::Stored {
-            block_hashes,
-            parent_block_hash,
-            token_ids,
-            block_size,
-        } => {
-            mp::map_head(out, 11);
-            key(out, "type");
-            mp::str(out, "BlockStored");
-            key(out, "block_hashes");
-            hashes(out, block_hashes);
-            key(out, "parent_block_hash");
-            opt_hash(out, *parent_block_hash);
-            key(out, "token_ids");
-            tokens(out, token_ids);
-            key(out, "block_size");
-            mp::uint(out, u64::from(*block_size));
-            key(out, "lora_id");
-            mp::nil(out);
-            key(out, "medium");
-            mp::str(out, medium);
-            key(out, "lora_name");
-            mp::nil(out);
-            // One entry per block; tokenfab has no extra keys (no LoRA, multimodal or salt).
-            key(out, "extra_keys");
-            mp::array_head(out, block_hashes.len());
-            block_hashes.iter().for_each(|_| mp::nil(out));
-            key(out, "group_idx");
-            mp::uint(out, 0);
-            key(out, "kv_cache_spec_kind");
-            mp::str(out, FULL_ATTENTION);
-        }
-        KvEvent::Removed { block_hashes } => {
-            mp::map_head(out, 4);
-            key(out, "type");
-            mp::str(out, "BlockRemoved");
-            key(out, "block_hashes");
-            hashes(out, block_hashes);
-            key(out, "medium");
-            mp::str(out, medium);
-            key(out, "group_idx");
-            mp::uint(out, 0);
-        }
-        KvEvent::AllCleared => {
-            mp::map_head(out, 1);
-            key(out, "type");
-            mp::str(out, "AllBlocksCleared");
-        }
-    }
-}
-
-fn array_event(out: &mut Vec<u8>, e: &KvEvent, medium: &str) {
-    match e {
-        KvEvent::Stored {
-            block_hashes,
-            parent_block_hash,
-            token_ids,
-            block_size,
-        } => {
-            mp::array_head(out, 8);
-            mp::str(out, "BlockStored");
-            hashes(out, block_hashes);
-            opt_hash(out, *parent_block_hash);
-            tokens(out, token_ids);
-            mp::uint(out, u64::from(*block_size));
-            mp::nil(out); // lora_id
-            mp::str(out, medium);
-            mp::nil(out); // lora_name
-        }
-        KvEvent::Removed { block_hashes } => {
-            mp::array_head(out, 3);
-            mp::str(out, "BlockRemoved");
-            hashes(out, block_hashes);
-            mp::str(out, medium);
-        }
-        KvEvent::AllCleared => {
-            mp::array_head(out, 1);
-            mp::str(out, "AllBlocksCleared");
-        }
-    }
 }
 
 #[cfg(test)]
