@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::tests::admit;
 use super::*;
 use crate::block_pool::BlockPool;
 use crate::vllm_hash::HashAlgo;
@@ -35,12 +36,6 @@ fn chain(tokens: &[TokenId], block_size: usize) -> Vec<u64> {
             f.external()
         })
         .collect()
-}
-
-fn admit(m: &mut KvCacheManager, req: RequestId, tokens: &[TokenId]) -> Option<ComputedBlocks> {
-    let c = m.get_computed_blocks(tokens);
-    m.allocate_slots(req, tokens, tokens.len() - c.num_computed_tokens, Some(&c))?;
-    Some(c)
 }
 
 #[test]
