@@ -194,6 +194,12 @@ pub(crate) fn attach(
     } else {
         "CPU"
     };
+    if s.hash_seed.is_none() {
+        tracing::warn!(
+            "PYTHONHASHSEED is not set: KV-event block hashes start from a random seed, so no \
+             other replica or indexer can reproduce them; set it to the same value everywhere"
+        );
+    }
     let publisher = KvEventPublisher::start(s, medium, metrics)?;
     sched.enable_kv_events(s.hasher());
     tracing::info!(
