@@ -181,3 +181,14 @@ fn a_taken_port_is_a_start_error() {
         .to_string();
     assert!(e.contains("replay_endpoint"), "{e}");
 }
+
+/// Without PYTHONHASHSEED the seed is random (vLLM's os.urandom), so two engines disagree; with
+/// it, they agree.
+#[test]
+fn unseeded_hashes_differ_seeded_agree() {
+    let mut s = settings("tcp://127.0.0.1:1".into(), false, 1);
+    s.hash_seed = None;
+    assert_ne!(s.hasher().none_hash(), s.hasher().none_hash());
+    s.hash_seed = Some("42".into());
+    assert_eq!(s.hasher().none_hash(), s.hasher().none_hash());
+}
