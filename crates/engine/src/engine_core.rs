@@ -15,6 +15,7 @@ use tokenfab_types::{FinishReason, RequestId, TokenId};
 use crate::detok::IncrementalDecoder;
 use crate::error::Result;
 use crate::handle::{Command, EngineConfig, Shared};
+use crate::kv_events::KvEventPublisher;
 use crate::outbox::Outbox;
 use crate::request::{EngineRequest, StreamEvent, TokenLogprob, Usage};
 use crate::runner::{ModelRunner, StepLogits};
@@ -68,6 +69,8 @@ pub(crate) struct EngineCore {
     stream_timeout: Duration,
     /// Scratch: (vocab,) log-softmax of one row for prompt log-probabilities.
     lsm: Vec<f32>,
+    /// Publishes the KV manager's events after each step, when on.
+    kv_events: Option<KvEventPublisher>,
 }
 
 impl EngineCore {
@@ -92,7 +95,7 @@ impl EngineCore {
             },
         )?;
         let num_blocks = exec.num_blocks();
-        let sched = Scheduler::new(SchedulerConfig {
+        let mut sched = Scheduler::new(SchedulerConfig {
             max_num_batched_tokens: cfg.max_num_batched_tokens,
             max_num_seqs: cfg.max_num_seqs,
             block_size: cfg.block_size,
@@ -100,6 +103,19 @@ impl EngineCore {
             enable_prefix_caching: cfg.enable_prefix_caching,
             max_model_len: exec.config().context_len,
         })?;
+        let kv_events = match &cfg.kv_events {
+            Some(s) if s.config.publishes() => Some(crate::kv_events::attach(
+                &mut sched,
+                s,
+                &exec.device(),
+                &shared.metrics,
+            )?),
+            _ => None,
+        };
+        let _ = shared
+            .metrics
+            .cache_config
+            .set(cache_config_info(cfg, num_blocks));
         Ok(Self {
             runner: ModelRunner::new(exec),
             sched,
@@ -113,6 +129,7 @@ impl EngineCore {
             lingering: Vec::new(),
             stream_timeout: cfg.stream_timeout,
             lsm: Vec::new(),
+            kv_events,
         })
     }
 
@@ -155,7 +172,18 @@ impl EngineCore {
                     self.fail_all("internal error");
                 }
             }
+            self.publish_kv_events();
             self.update_gauges();
+        }
+    }
+
+    /// Hands the KV events of the last step to the publisher (never blocks).
+    fn publish_kv_events(&mut self) {
+        let Some(p) = &self.kv_events else { return };
+        let mut events = Vec::new();
+        self.sched.drain_kv_events(&mut events);
+        if !events.is_empty() {
+            p.publish(events);
         }
     }
 
@@ -491,4 +519,21 @@ impl EngineCore {
         m.prefix_cache_hits.add(h - self.prefix_seen.1);
         self.prefix_seen = (q, h);
     }
+}
+
+/// vLLM's `cache_config_info` labels; the endpoint picker reads `block_size` and
+/// `num_gpu_blocks` (the KV pool's blocks, on whatever device).
+fn cache_config_info(cfg: &EngineConfig, num_blocks: usize) -> Vec<(&'static str, String)> {
+    let py_bool = |b: bool| if b { "True" } else { "False" }.to_string();
+    let mut labels = vec![
+        ("block_size", cfg.block_size.to_string()),
+        ("cache_dtype", cfg.kv_cache_dtype.to_string()),
+        ("enable_prefix_caching", py_bool(cfg.enable_prefix_caching)),
+        ("num_gpu_blocks", num_blocks.to_string()),
+    ];
+    // Only with events are blocks named by one of vLLM's hashes.
+    if let Some(s) = cfg.kv_events.as_ref().filter(|s| s.config.publishes()) {
+        labels.push(("prefix_caching_hash_algo", s.hash_algo.to_string()));
+    }
+    labels
 }

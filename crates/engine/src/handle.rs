@@ -51,6 +51,8 @@ pub struct EngineConfig {
     /// Caps the KV pool at this many blocks on any device: a CLI command sizes its pool by the
     /// sequences it runs rather than by memory.
     pub max_kv_blocks: Option<usize>,
+    /// KV-cache events for prefix-aware routers (`--kv-events-config`); off when `None`.
+    pub kv_events: Option<crate::kv_events::KvEventsSettings>,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +71,7 @@ impl Default for EngineConfig {
             stream_buffer: 64,
             stream_timeout: Duration::from_secs(60),
             max_kv_blocks: None,
+            kv_events: None,
         }
     }
 }

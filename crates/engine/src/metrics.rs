@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 /// A monotonically increasing count.
 #[derive(Default, Debug)]
@@ -106,6 +107,12 @@ pub struct Metrics {
     pub inter_token_latency_seconds: Histogram,
     pub e2e_request_latency_seconds: Histogram,
     pub request_queue_time_seconds: Histogram,
+    /// vLLM's `cache_config_info` labels (block_size, num_gpu_blocks, ...), set at start.
+    pub cache_config: OnceLock<Vec<(&'static str, String)>>,
+    /// KV-event batches sent on the PUB socket (shared with the publisher thread).
+    pub kv_events_published: Arc<Counter>,
+    /// KV-event batches dropped because the publisher's queue was full.
+    pub kv_events_dropped: Arc<Counter>,
 }
 
 impl Default for Metrics {
@@ -126,6 +133,9 @@ impl Default for Metrics {
             inter_token_latency_seconds: Histogram::new(ITL),
             e2e_request_latency_seconds: Histogram::new(LATENCY),
             request_queue_time_seconds: Histogram::new(LATENCY),
+            cache_config: OnceLock::new(),
+            kv_events_published: Arc::default(),
+            kv_events_dropped: Arc::default(),
         }
     }
 }
@@ -158,6 +168,18 @@ impl Metrics {
                 "Fraction of KV-cache blocks in use (1 = full).",
                 self.kv_cache_usage_perc.get(),
             );
+            if let Some(info) = self.cache_config.get() {
+                let labels: String = info
+                    .iter()
+                    .map(|(k, v)| format!(",{k}=\"{}\"", escape(v)))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "# HELP {prefix}:cache_config_info Information of the KV cache configuration.\n\
+                     # TYPE {prefix}:cache_config_info gauge\n\
+                     {prefix}:cache_config_info{{{label}{labels}}} 1"
+                );
+            }
             let mut counter = |name: &str, help: &str, v: u64, extra: &str| {
                 let _ = writeln!(
                     out,
@@ -247,6 +269,25 @@ impl Metrics {
                 let _ = writeln!(out, "{prefix}:{name}_count{{{label}}} {}", h.count());
             }
         }
+        for (name, help, c) in [
+            (
+                "kv_events_published_total",
+                "KV-event batches sent on the ZMQ PUB socket.",
+                &*self.kv_events_published,
+            ),
+            (
+                "kv_events_dropped_total",
+                "KV-event batches dropped because the publisher's queue was full.",
+                &*self.kv_events_dropped,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP tokenfab:{name} {help}\n# TYPE tokenfab:{name} counter\n\
+                 tokenfab:{name}{{{label}}} {}",
+                c.get()
+            );
+        }
         out
     }
 }
@@ -291,5 +332,26 @@ mod tests {
         assert!(
             text.contains("tokenfab:time_to_first_token_seconds_count{model_name=\"m\\\"x\"} 3")
         );
+    }
+
+    #[test]
+    fn cache_config_info_and_kv_event_counters() {
+        let m = Metrics::default();
+        assert!(!m.render("m").contains("cache_config_info"));
+        m.cache_config
+            .set(vec![
+                ("block_size", "16".into()),
+                ("num_gpu_blocks", "7".into()),
+            ])
+            .unwrap();
+        m.kv_events_dropped.add(2);
+        let text = m.render("m");
+        for prefix in ["tokenfab", "vllm"] {
+            assert!(text.contains(&format!(
+                "{prefix}:cache_config_info{{model_name=\"m\",block_size=\"16\",num_gpu_blocks=\"7\"}} 1"
+            )));
+        }
+        assert!(text.contains("tokenfab:kv_events_dropped_total{model_name=\"m\"} 2"));
+        assert!(!text.contains("vllm:kv_events"));
     }
 }

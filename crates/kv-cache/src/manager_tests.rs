@@ -8,7 +8,11 @@ fn toks(start: u32, n: usize) -> Vec<TokenId> {
 }
 
 /// Schedules a whole new prompt the way the scheduler does: lookup, then allocate the rest.
-fn admit(m: &mut KvCacheManager, req: RequestId, tokens: &[TokenId]) -> Option<ComputedBlocks> {
+pub(super) fn admit(
+    m: &mut KvCacheManager,
+    req: RequestId,
+    tokens: &[TokenId],
+) -> Option<ComputedBlocks> {
     let c = m.get_computed_blocks(tokens);
     m.allocate_slots(req, tokens, tokens.len() - c.num_computed_tokens, Some(&c))?;
     Some(c)

@@ -24,4 +24,4 @@ mod scheduler;
 pub use config::{SchedulerConfig, SchedulerError};
 pub use request::{Finished, NewRequest, Request};
 pub use scheduler::{ScheduledSeq, Scheduler, SchedulerOutput};
-pub use tokenfab_kv_cache::KvCacheManager;
+pub use tokenfab_kv_cache::{HashAlgo, KvCacheManager, KvEvent, VllmHasher};

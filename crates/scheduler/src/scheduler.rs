@@ -323,6 +323,16 @@ impl Scheduler {
     pub fn kv(&self) -> &KvCacheManager {
         &self.kv
     }
+
+    /// Turns KV-cache events on (before the first request; see `KvCacheManager::enable_events`).
+    pub fn enable_kv_events(&mut self, hasher: tokenfab_kv_cache::VllmHasher) {
+        self.kv.enable_events(hasher);
+    }
+
+    /// Moves the KV-cache events recorded since the last call into `out`, oldest first.
+    pub fn drain_kv_events(&mut self, out: &mut Vec<tokenfab_kv_cache::KvEvent>) {
+        self.kv.drain_events(out);
+    }
 }
 
 #[cfg(test)]
