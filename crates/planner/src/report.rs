@@ -67,7 +67,7 @@ pub fn render(r: &PlanReport) -> String {
     let e = &p.engine;
     let _ = writeln!(
         out,
-        "simulated {} steps ({:.1} virtual s, {} tokens, {} preemptions) in {:.2} s\n",
+        "simulated {} steps ({:.1} virtual s, {} tokens, {} preemptions) in {:.3} s\n",
         e.steps, e.busy.seconds, e.tokens, e.preemptions, p.wall_s
     );
     out += &tokenfab_bench::report::render(&r.bench);
