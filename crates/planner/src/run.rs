@@ -171,6 +171,17 @@ pub fn plan(s: &Setup, w: &Workload) -> Result<PlanReport, PlanError> {
         enable_prefix_caching: s.enable_prefix_caching,
         max_model_len: s.shape.context_len,
     };
+    let fits = |p: &Prompt| {
+        let longest = p.input_len + p.output_len;
+        longest <= cfg.max_model_len && (longest - 1).div_ceil(cfg.block_size) <= num_blocks
+    };
+    if !w.prompts.iter().any(fits) {
+        return Err(PlanError::Invalid(format!(
+            "no prompt fits: prompt + output must be <= the context ({}) and fit the KV pool ({} tokens)",
+            cfg.max_model_len,
+            num_blocks * cfg.block_size
+        )));
+    }
     let mut engine = SimEngine::new(
         cfg.clone(),
         cost,

@@ -161,6 +161,9 @@ impl SimEngine {
         // Soonest last, so the next one pops off the end.
         pending.reverse();
         let mut records = Vec::new();
+        // Requests whose user sends again after the next step: finished ones, and refused ones
+        // (which cannot be admitted before a step has freed the queue).
+        let mut again: Vec<Live> = Vec::new();
         loop {
             while let Some(p) = pending.last().copied() {
                 if p.at + self.latency_s > self.clock {
@@ -169,10 +172,12 @@ impl SimEngine {
                 pending.pop();
                 let prompt = &prompts[p.prompt % prompts.len()];
                 if let Some(r) = self.submit(prompt, p.at, p.user) {
-                    records.push(self.record(start, r));
+                    again.push(r);
                 }
             }
-            if !self.sched.has_unfinished() {
+            if self.sched.has_unfinished() {
+                again.extend(self.step()?);
+            } else if again.is_empty() {
                 match pending.last() {
                     Some(p) => {
                         self.clock = self.clock.max(p.at + self.latency_s);
@@ -181,7 +186,7 @@ impl SimEngine {
                     None => break,
                 }
             }
-            for done in self.step()? {
+            for done in again.drain(..) {
                 let (user, end) = (done.user, done.last.unwrap_or(self.clock));
                 records.push(self.record(start, done));
                 // The user reads the end of the stream, then sends its next request.

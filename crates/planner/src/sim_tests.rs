@@ -43,6 +43,16 @@ fn fixed_step_device() -> Device {
 }
 
 fn engine(budget: usize, seqs: usize, blocks: usize, latency_s: f64) -> SimEngine {
+    engine_queue(budget, seqs, blocks, latency_s, 1024)
+}
+
+fn engine_queue(
+    budget: usize,
+    seqs: usize,
+    blocks: usize,
+    latency_s: f64,
+    max_queued: usize,
+) -> SimEngine {
     let shape =
         ModelShape::resolve("tiny", Some(Dtype::Ggml(tokenfab_loader::GgmlType::Q8_0))).unwrap();
     let cost = CostModel::new(&shape, &fixed_step_device(), 1, Dtype::F16).unwrap();
@@ -54,7 +64,7 @@ fn engine(budget: usize, seqs: usize, blocks: usize, latency_s: f64) -> SimEngin
         enable_prefix_caching: true,
         max_model_len: 512,
     };
-    SimEngine::new(cfg, cost, latency_s, 1024, shape.vocab_size).unwrap()
+    SimEngine::new(cfg, cost, latency_s, max_queued, shape.vocab_size).unwrap()
 }
 
 fn prompts(input: usize, output: usize) -> Vec<Prompt> {
@@ -158,6 +168,26 @@ fn a_full_pool_preempts_and_everything_finishes() {
     assert_eq!(recs.len(), 8);
     assert!(recs.iter().all(|r| r.ok() && r.output_tokens == 24));
     assert!(e.stats.preemptions > 0, "{:?}", e.stats);
+}
+
+#[test]
+fn a_full_queue_refuses_and_users_send_again() {
+    // One waiting request at most: of four users arriving together one is queued and three get
+    // 429; they send again after each step, so the run still ends after 12 requests.
+    let mut e = engine_queue(512, 8, 64, 0.0, 1);
+    let (recs, _) = e
+        .run_load(&prompts(8, 4), Load::Concurrency(4), bound(12), 0, 0)
+        .unwrap();
+    assert_eq!(recs.len(), 12);
+    let refused = recs
+        .iter()
+        .filter(|r| r.error == Some(tokenfab_bench::metrics::ErrorKind::Http(429)))
+        .count();
+    assert!(refused >= 3, "{refused}");
+    assert!(recs
+        .iter()
+        .filter(|r| r.ok())
+        .all(|r| r.output_tokens == 4 && r.ttft_ms.is_some()));
 }
 
 #[test]
