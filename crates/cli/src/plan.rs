@@ -6,15 +6,13 @@
 //! one request on the real engine).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokenfab_bench::workload::{read_dataset, Prompt};
-use tokenfab_bench::{Bound, Load, Slo};
 use tokenfab_planner::probe::{probe_cpu, Source};
 use tokenfab_planner::{plan, Device, Dtype, KvMemory, ModelShape, Setup, Workload};
 
-use crate::args::default_model_path;
+use crate::args::{default_model_path, WorkloadArgs};
 use crate::serve::parse_size;
 
 #[derive(clap::Args)]
@@ -66,96 +64,15 @@ pub struct Args {
     /// Write the device (measured or not) as JSON, to reuse with `--device FILE`.
     #[arg(long)]
     save_device: Option<PathBuf>,
-    /// Closed loop: concurrent users, one run per value (`1,8,32`).
-    #[arg(long, value_delimiter = ',', conflicts_with = "request_rate")]
-    concurrency: Vec<usize>,
-    /// Open loop: arrivals per second, one run per value (`inf` sends everything at once).
-    #[arg(long, value_delimiter = ',')]
-    request_rate: Vec<f64>,
-    /// Shape of the gamma distribution of arrival gaps: 1 is Poisson, < 1 burstier.
-    #[arg(long, default_value_t = 1.0)]
-    burstiness: f64,
-    /// Requests per run (default 100 when no --duration).
-    #[arg(long)]
-    num_prompts: Option<usize>,
-    /// Virtual seconds per run: stop sending after this long.
-    #[arg(long)]
-    duration: Option<f64>,
-    #[arg(long, default_value_t = 128)]
-    input_len: usize,
-    #[arg(long, default_value_t = 128)]
-    output_len: usize,
-    /// JSONL of `{"prompt": "...", "output_len": N}` rows (lengths by the GGUF's tokenizer, else
-    /// one token per word).
-    #[arg(long)]
-    dataset: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long, default_value_t = 0)]
-    warmup: usize,
-    /// Goodput objective, `ttft=MS,tpot=MS`.
-    #[arg(long)]
-    slo: Option<String>,
-    #[arg(long, default_value_t = 0.9)]
-    slo_attainment: f64,
-    /// Search for the most concurrent users held within `--slo`.
-    #[arg(long, requires = "slo")]
-    capacity: bool,
-    #[arg(long, default_value_t = 256)]
-    capacity_max: usize,
+    #[command(flatten)]
+    workload: WorkloadArgs,
     /// Print the report as JSON on stdout (`--json`) or write it to a file (`--json PATH`).
     #[arg(long, num_args = 0..=1, default_missing_value = "-")]
     json: Option<PathBuf>,
 }
 
-/// The loads and bound, checked as `tokenfab bench` checks them.
-fn loads(a: &Args) -> Result<(Vec<Load>, Bound)> {
-    if a.concurrency.contains(&0) {
-        bail!("`--concurrency` must be >= 1. Given: 0");
-    }
-    if !(a.burstiness > 0.0 && a.burstiness.is_finite()) {
-        bail!("`--burstiness` must be > 0. Given: {}", a.burstiness);
-    }
-    let mut loads: Vec<Load> = a
-        .concurrency
-        .iter()
-        .map(|&c| Load::Concurrency(c))
-        .collect();
-    for &rate in &a.request_rate {
-        if rate.is_nan() || rate <= 0.0 {
-            bail!("`--request-rate` must be > 0. Given: {rate}");
-        }
-        loads.push(Load::Rate {
-            rate,
-            burstiness: a.burstiness,
-        });
-    }
-    if loads.is_empty() && !a.capacity {
-        loads.push(Load::Concurrency(1));
-    }
-    let duration = match a.duration {
-        Some(d) if !(d > 0.0 && d.is_finite()) => bail!("`--duration` must be > 0. Given: {d}"),
-        d => d.map(Duration::from_secs_f64),
-    };
-    let num_prompts = match (a.num_prompts, duration) {
-        (Some(0), _) => bail!("`--num-prompts` must be >= 1. Given: 0"),
-        (None, None) => Some(100),
-        (n, _) => n,
-    };
-    Ok((
-        loads,
-        Bound {
-            num_prompts,
-            duration,
-        },
-    ))
-}
-
 /// The prompts' lengths: synthetic, or a dataset's rows measured by the GGUF's tokenizer.
-fn prompts(a: &Args, gguf: Option<&Path>) -> Result<(Vec<Prompt>, bool)> {
-    if a.input_len == 0 || a.output_len == 0 {
-        bail!("`--input-len` and `--output-len` must be >= 1");
-    }
+fn prompts(a: &WorkloadArgs, gguf: Option<&Path>) -> Result<(Vec<Prompt>, bool)> {
     let Some(path) = &a.dataset else {
         let p = Prompt {
             text: String::new(),
@@ -247,12 +164,6 @@ pub fn run(a: Args) -> Result<()> {
             a.network_latency_ms
         );
     }
-    if !(0.0..=1.0).contains(&a.slo_attainment) {
-        bail!(
-            "`--slo-attainment` must be in [0, 1]. Given: {}",
-            a.slo_attainment
-        );
-    }
     let setup = Setup {
         shape,
         device,
@@ -266,18 +177,18 @@ pub fn run(a: Args) -> Result<()> {
         enable_prefix_caching: !a.no_prefix_caching,
         latency_s: a.network_latency_ms / 1e3,
     };
-    let (loads, bound) = loads(&a)?;
-    let (prompts, exact_lengths) = prompts(&a, gguf)?;
+    let w = a.workload.check()?;
+    let (prompts, exact_lengths) = prompts(&a.workload, gguf)?;
     let workload = Workload {
-        loads,
-        bound,
+        loads: w.loads,
+        bound: w.bound,
         prompts,
         exact_lengths,
-        seed: a.seed,
-        warmup: a.warmup,
-        slo: a.slo.as_deref().map(Slo::parse).transpose()?,
-        attainment: a.slo_attainment,
-        capacity_max: a.capacity.then_some(a.capacity_max.max(1)),
+        seed: a.workload.seed,
+        warmup: a.workload.warmup,
+        slo: w.slo,
+        attainment: w.attainment,
+        capacity_max: w.capacity_max,
     };
     let report = plan(&setup, &workload)?;
     match a.json.as_deref() {

@@ -246,12 +246,7 @@ mod tests {
             peaks: BTreeMap::from([(Compute::Bf16, 100e12)]),
             attention_ops: 10e12,
             link_bw: Some(100e9),
-            efficiency: Efficiency {
-                mem_bw: 1.0,
-                compute: 1.0,
-                attention: 1.0,
-                link: 1.0,
-            },
+            efficiency: Efficiency::MEASURED,
             overhead: Overhead {
                 step_s: 1e-3,
                 ..Overhead::default()

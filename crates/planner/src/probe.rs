@@ -435,12 +435,7 @@ pub fn probe_cpu(
         peaks: BTreeMap::from([(Compute::F32, f32_peak), (Compute::Int8, int8_peak)]),
         attention_ops: attn,
         link_bw: None,
-        efficiency: Efficiency {
-            mem_bw: 1.0,
-            compute: 1.0,
-            attention: 1.0,
-            link: 1.0,
-        },
+        efficiency: Efficiency::MEASURED,
         overhead: Overhead {
             sample_per_vocab_s: sample,
             ..Overhead::default()

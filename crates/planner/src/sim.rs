@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use tokenfab_bench::metrics::{ErrorKind, RequestRecord};
-use tokenfab_bench::runner::{Bound, Load};
+use tokenfab_bench::runner::{sort_and_span, Bound, Load};
 use tokenfab_bench::workload::{next_gap_s, Prompt, Rng};
 use tokenfab_scheduler::{Scheduler, SchedulerConfig, SchedulerError};
 use tokenfab_types::{RequestId, TokenId};
@@ -207,13 +207,8 @@ impl SimEngine {
                 }
             }
         }
-        records.sort_by(|a, b| a.sent_at_ms.total_cmp(&b.sent_at_ms));
-        let first = records.first().map_or(0.0, |r| r.sent_at_ms);
-        let last = records
-            .iter()
-            .map(|r| r.sent_at_ms + r.e2e_ms)
-            .fold(0.0, f64::max);
-        Ok((records, (last - first).max(0.0) / 1000.0))
+        let secs = sort_and_span(&mut records);
+        Ok((records, secs))
     }
 
     /// Adds a request sent at `at`; a refused one comes back finished with its error.

@@ -26,12 +26,7 @@ fn fixed_step_device() -> Device {
         peaks: BTreeMap::from([(Compute::Int8, 1e30), (Compute::F32, 1e30)]),
         attention_ops: 1e30,
         link_bw: None,
-        efficiency: Efficiency {
-            mem_bw: 1.0,
-            compute: 1.0,
-            attention: 1.0,
-            link: 1.0,
-        },
+        efficiency: Efficiency::MEASURED,
         overhead: Overhead {
             step_s: STEP,
             ..Overhead::default()
