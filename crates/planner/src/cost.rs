@@ -3,6 +3,8 @@
 //!
 //! - Layer products: every layer's matrices are read once per step (`bytes / bandwidth`) and
 //!   multiply every scheduled token (`2 · params · tokens / rate`); the step takes the larger.
+//!   A rate measured on the model's own matrices (the CPU probe) was timed with the weights
+//!   coming from memory, so its time stands alone.
 //! - Output product: the same for the rows whose logits are sampled.
 //! - Attention: each sequence's K/V read once and the new tokens' written (`bytes / bandwidth`),
 //!   against `4 · head_dim · heads` operations per (query token, attended position) pair.
@@ -187,6 +189,17 @@ impl CostModel {
         })
     }
 
+    /// Seconds of one product of a `bytes`-byte, `macs`-parameter matrix by `rows` rows: the
+    /// roofline for a peak; the measured time alone for a measured rate (it was timed with the
+    /// weights coming from memory).
+    fn product(&self, rate: &Rate, bytes: f64, macs: f64, rows: usize) -> f64 {
+        let compute = 2.0 * macs * rows as f64 / rate.at(rows);
+        match rate {
+            Rate::Measured { .. } => compute,
+            Rate::Peak(_) => (bytes / self.bw).max(compute),
+        }
+    }
+
     /// The time of one step computing `seqs`.
     pub fn step(&self, seqs: &[SeqWork]) -> StepCost {
         let tokens: usize = seqs.iter().map(|s| s.tokens).sum();
@@ -204,14 +217,12 @@ impl CostModel {
         let layers_s = if tokens == 0 {
             0.0
         } else {
-            l * (self.layer_bytes / self.bw)
-                .max(2.0 * self.layer_macs * t / self.layer_rate.at(tokens))
+            l * self.product(&self.layer_rate, self.layer_bytes, self.layer_macs, tokens)
         };
         let lm_head_s = if sampled == 0 {
             0.0
         } else {
-            (self.lm_bytes / self.bw)
-                .max(2.0 * self.lm_macs * sampled as f64 / self.lm_rate.at(sampled))
+            self.product(&self.lm_rate, self.lm_bytes, self.lm_macs, sampled)
         };
         let kv_bytes = l * self.kv_token_layer * (kv_read + t);
         let attention_s = (kv_bytes / self.bw).max(l * self.attn_ops_pair * pairs / self.attn_rate);
@@ -317,6 +328,43 @@ mod tests {
         let ops = 10.0 * 4096.0 * n * (n + 1.0) / 2.0;
         let bytes = 10.0 * 512.0 * 2.0 * 2.0 * n;
         assert!((big.attention_s - (ops / 10e12).max(bytes / 1e12)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn measured_rates_replace_the_roofline_for_their_model() {
+        let s = round_shape();
+        let mut d = round_device();
+        // 1 GOP/s at 1 row, 4 GOP/s from 16 rows: slower than the bandwidth would allow.
+        d.measured = Some(MeasuredRates {
+            model: "round".into(),
+            rows: vec![1, 16],
+            layers: vec![1e9, 4e9],
+            lm_head: vec![2e9, 2e9],
+        });
+        let c = CostModel::new(&s, &d, 1, Dtype::Bf16).unwrap();
+        assert!(c.products.contains("measured"));
+        let lp = s.layer_params();
+        for (rows, rate) in [(1usize, 1e9), (16, 4e9), (4, 2.5e9)] {
+            let step = c.step(&vec![
+                SeqWork {
+                    start: 0,
+                    tokens: 1,
+                    sample: false,
+                };
+                rows
+            ]);
+            // 4 rows sit halfway between 1 and 16 in log: 2.5 GOP/s.
+            let want = 10.0 * 2.0 * lp * rows as f64 / rate;
+            assert!(
+                (step.layers_s - want).abs() < 1e-9 * want,
+                "{rows}: {step:?}"
+            );
+        }
+        // Another model falls back to the peaks.
+        let mut other = s.clone();
+        other.name = "other".into();
+        let c = CostModel::new(&other, &d, 1, Dtype::Bf16).unwrap();
+        assert!(c.products.contains("peak"));
     }
 
     #[test]
