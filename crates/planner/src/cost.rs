@@ -10,7 +10,7 @@
 //!   against `4 · head_dim · heads` operations per (query token, attended position) pair.
 //! - Tensor parallelism: weights, heads and KV split `tp` ways; two ring all-reduces of the
 //!   activations per layer over the link, not overlapped.
-//! - Fixed: per step, per layer, and per sampled row and vocabulary entry.
+//! - Fixed: per step, per layer, per sampled row, and per sampled row and vocabulary entry.
 
 use serde::Serialize;
 
@@ -184,7 +184,8 @@ impl CostModel {
             },
             step_s: dev.overhead.step_s,
             layer_s: dev.overhead.layer_s,
-            sample_row_s: dev.overhead.sample_per_vocab_s * shape.vocab_size as f64,
+            sample_row_s: dev.overhead.sample_per_vocab_s * shape.vocab_size as f64
+                + dev.overhead.row_s,
             products: how,
         })
     }
@@ -306,6 +307,32 @@ mod tests {
         assert_eq!(one.all_reduce_s, 0.0);
         let sum = one.layers_s + one.lm_head_s + one.attention_s + one.fixed_s;
         assert!((one.seconds - sum).abs() < 1e-15);
+    }
+
+    #[test]
+    fn fixed_costs_per_step_layer_and_sampled_row() {
+        let s = round_shape();
+        let mut d = round_device();
+        // 1 ms per step, 10 us per layer, 0.1 ms per sampled row, 1 ns per vocabulary entry.
+        d.overhead = Overhead {
+            step_s: 1e-3,
+            layer_s: 10e-6,
+            sample_per_vocab_s: 1e-9,
+            row_s: 0.1e-3,
+            all_reduce_s: 0.0,
+        };
+        let c = CostModel::new(&s, &d, 1, Dtype::Bf16).unwrap();
+        let w = |sample| SeqWork {
+            start: 10,
+            tokens: 1,
+            sample,
+        };
+        // 1 ms + 10 layers x 10 us + 3 rows x (0.1 ms + 100,000 x 1 ns).
+        let step = c.step(&[w(true), w(true), w(false), w(true)]);
+        assert!(
+            (step.fixed_s - (1e-3 + 100e-6 + 3.0 * 0.2e-3)).abs() < 1e-12,
+            "{step:?}"
+        );
     }
 
     #[test]

@@ -41,8 +41,12 @@ pub struct Overhead {
     pub step_s: f64,
     /// Every layer of every step (kernel launches, thread fork-joins), seconds.
     pub layer_s: f64,
-    /// Every sampled row and vocabulary entry (choosing the token, streaming it), seconds.
+    /// Every sampled row and vocabulary entry (choosing the token), seconds.
     pub sample_per_vocab_s: f64,
+    /// Every sampled row beyond that (its share of the step outside the priced parts: emitting
+    /// the token, per-row work of the forward pass), seconds.
+    #[serde(default)]
+    pub row_s: f64,
     /// One all-reduce's latency under tensor parallelism, seconds.
     pub all_reduce_s: f64,
 }
@@ -125,6 +129,7 @@ fn gpu_assumptions() -> (Efficiency, Overhead, Vec<String>) {
             step_s: 0.5e-3,
             layer_s: 5e-6,
             sample_per_vocab_s: 0.0,
+            row_s: 0.0,
             all_reduce_s: 10e-6,
         },
         vec![

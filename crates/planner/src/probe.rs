@@ -36,8 +36,10 @@ const LM_ROWS_MAX: usize = 32768;
 /// Requests of the real-engine run: prompt and output tokens.
 const ENGINE_PROMPT: usize = 8;
 const ENGINE_OUTPUT: usize = 40;
-/// Requests timed on the real engine; the mean step of the fastest one counts.
-const ENGINE_RUNS: usize = 4;
+/// Runs timed on the real engine at each batch; the mean step of the fastest one counts.
+const ENGINE_RUNS: usize = 3;
+/// Sequences decoding together in the second real-engine measurement.
+const ENGINE_BATCH: usize = 32;
 
 /// Where the model's matrices come from.
 pub enum Source<'a> {
@@ -293,13 +295,17 @@ fn sample_per_vocab(vocab: usize) -> f64 {
     t / vocab as f64
 }
 
-/// What one decode step of one sequence costs on the real engine: the mean gap between its
-/// tokens as the engine's own inter-token-latency metric records it (on the engine thread, so
-/// the reader's scheduling does not count), of the fastest of [`ENGINE_RUNS`] requests after a
-/// warm-up one; and the mean context.
-fn engine_step(m: LoadedModel, vocab: usize) -> Result<(f64, usize), PlanError> {
+/// What a decode step of one sequence, and of [`ENGINE_BATCH`] sequences, costs on the real
+/// engine: the mean gap between tokens as the engine's own inter-token-latency metric records it
+/// (on the engine thread, so the reader's scheduling does not count), the fastest of
+/// [`ENGINE_RUNS`] runs after a warm-up; with the mean context of the decoding sequences.
+fn engine_steps(m: LoadedModel, shape: &ModelShape) -> Result<[(f64, usize); 2], PlanError> {
+    let vocab = shape.vocab_size;
+    // Room for every sequence of the batch at its longest, twice.
+    let per_token = shape.kv_bytes_per_token(Dtype::F16);
     let cfg = EngineConfig {
-        kv_cache_bytes: 64 << 20,
+        kv_cache_bytes: (2.0 * (ENGINE_BATCH * (ENGINE_PROMPT + ENGINE_OUTPUT)) as f64 * per_token)
+            .max((64 << 20) as f64) as usize,
         kv_cache_dtype: KvDtype::F16,
         device: tokenfab_engine::Device::Cpu,
         ..EngineConfig::default()
@@ -313,33 +319,45 @@ fn engine_step(m: LoadedModel, vocab: usize) -> Result<(f64, usize), PlanError> 
         ignore_eos: true,
         ..EngineRequest::default()
     };
-    let run = |r: EngineRequest| -> Result<(), PlanError> {
-        let mut s = h.submit(r).map_err(|e| PlanError::Invalid(e.to_string()))?;
-        while let Some(ev) = s.blocking_recv() {
-            if let StreamEvent::Error(e) = ev {
-                return Err(PlanError::Invalid(e));
+    // `n` requests at once, to their end: after the first step (all prompts), each step decodes
+    // one token of each.
+    let run = |n: usize, max_tokens: usize| -> Result<(), PlanError> {
+        let mut streams = Vec::new();
+        for _ in 0..n {
+            streams.push(
+                h.submit(req(max_tokens))
+                    .map_err(|e| PlanError::Invalid(e.to_string()))?,
+            );
+        }
+        for mut s in streams {
+            while let Some(ev) = s.blocking_recv() {
+                if let StreamEvent::Error(e) = ev {
+                    return Err(PlanError::Invalid(e));
+                }
             }
         }
         Ok(())
     };
-    run(req(8))?;
+    run(ENGINE_BATCH, 8)?;
     let itl = &h.metrics().inter_token_latency_seconds;
-    let mut best = f64::MAX;
+    let mut out = [(f64::MAX, ENGINE_PROMPT + ENGINE_OUTPUT / 2); 2];
     for _ in 0..ENGINE_RUNS {
-        let (sum0, n0) = (itl.sum(), itl.count());
-        run(req(ENGINE_OUTPUT))?;
-        let n = itl.count() - n0;
-        if n > 0 {
-            best = best.min((itl.sum() - sum0) / n as f64);
+        for (i, n) in [1, ENGINE_BATCH].into_iter().enumerate() {
+            let (sum0, n0) = (itl.sum(), itl.count());
+            run(n, ENGINE_OUTPUT)?;
+            let count = itl.count() - n0;
+            if count > 0 {
+                out[i].0 = out[i].0.min((itl.sum() - sum0) / count as f64);
+            }
         }
     }
     h.shutdown(Duration::from_secs(5));
-    if best == f64::MAX {
+    if out.iter().any(|o| o.0 == f64::MAX) {
         return Err(PlanError::Invalid(
             "the engine produced no tokens during the probe".into(),
         ));
     }
-    Ok((best, ENGINE_PROMPT + ENGINE_OUTPUT / 2))
+    Ok(out)
 }
 
 /// The model the real-engine run uses, and what it stands for.
@@ -457,35 +475,48 @@ pub fn probe_cpu(
     // The real engine: what a decode step of one sequence costs beyond the model's prediction.
     let (m, what) = engine_model(shape, src)?;
     let engine_shape = ModelShape::from_loaded(&m, shape);
-    let (measured, ctx) = engine_step(m, engine_shape.vocab_size)?;
+    let [(one, ctx), (batch, _)] = engine_steps(m, &engine_shape)?;
     let kv_dtype = match kv {
         KvDtype::F32 => Dtype::F32,
         KvDtype::F16 => Dtype::F16,
         KvDtype::Q8_0 => Dtype::Ggml(GgmlType::Q8_0),
     };
-    let predicted = CostModel::new(&engine_shape, &dev, 1, kv_dtype)?
-        .step(&[SeqWork {
+    let model = CostModel::new(&engine_shape, &dev, 1, kv_dtype)?;
+    let decode = |n: usize| {
+        let w = SeqWork {
             start: ctx,
             tokens: 1,
             sample: true,
-        }])
-        .seconds;
-    let step = (measured - predicted).max(0.0);
+        };
+        model.step(&vec![w; n]).seconds
+    };
+    // What the real steps take beyond the priced parts, split into a cost per step and one per
+    // sampled row by the two batch sizes.
+    let (left1, left_b) = (one - decode(1), batch - decode(ENGINE_BATCH));
+    let row = ((left_b - left1) / (ENGINE_BATCH - 1) as f64).max(0.0);
+    let step = (left1 - row).max(0.0);
     log(format!(
-        "real engine ({what}): {:.2} ms per decode step of one sequence, model without step cost {:.2} ms: {:.2} ms per step",
-        measured * 1e3,
-        predicted * 1e3,
-        step * 1e3
+        "real engine ({what}): decode steps of 1 and {ENGINE_BATCH} sequences {:.2} and {:.2} ms, priced parts {:.2} and {:.2} ms: {:.3} ms per step and {:.3} ms per sampled row",
+        one * 1e3,
+        batch * 1e3,
+        decode(1) * 1e3,
+        decode(ENGINE_BATCH) * 1e3,
+        step * 1e3,
+        row * 1e3
     ));
     dev.overhead.step_s = step;
+    dev.overhead.row_s = row;
     dev.assumptions = vec![
         format!("memory, product, attention and sampling rates measured here with {threads} threads (best of several runs)"),
         format!(
-            "per-step cost {:.2} ms: one sequence decoding on the real engine ({what}) measured {:.2} ms per token, the cost model without it {:.2} ms{}",
+            "{:.3} ms per step and {:.3} ms per sampled row: decode steps of 1 and {ENGINE_BATCH} sequences on the real engine ({what}) took {:.2} and {:.2} ms, the priced parts {:.2} and {:.2} ms{}",
             step * 1e3,
-            measured * 1e3,
-            predicted * 1e3,
-            if measured < predicted { " (the model over-predicts: no step cost)" } else { "" }
+            row * 1e3,
+            one * 1e3,
+            batch * 1e3,
+            decode(1) * 1e3,
+            decode(ENGINE_BATCH) * 1e3,
+            if left1 < 0.0 || left_b < 0.0 { " (the priced parts alone exceed a real step: the model over-predicts there)" } else { "" }
         ),
         "products: the model's own matrices timed as a forward pass runs them (enough layers to overflow the caches twice; the output matrix after a cache flush)".into(),
     ];
