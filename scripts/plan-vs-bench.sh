@@ -11,7 +11,8 @@
 # Records how much CPU other processes used during the probe and during the bench (the figures
 # mean something only when that is near 0). The server listens on 127.0.0.1, stopped at the end.
 #   usage: scripts/plan-vs-bench.sh OUT_DIR [CONCURRENCY=1,8,32,64] [PROMPTS_PER_LOAD=64]
-#   NO_CAPACITY=1 skips the capacity search (both sides); MODEL=file.gguf another model;
+#   NO_CAPACITY=1 skips the capacity search (both sides), CAPACITY_MAX=N caps it (default 128);
+#   MODEL=file.gguf another model;
 #   THREADS=N threads of the probe and the server (default: all cores).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +29,7 @@ port=${PORT:-18111}
 engine=(--max-num-seqs 256 --max-num-batched-tokens 512 --block-size 16 --kv-cache-memory 1GiB)
 work=(--concurrency "$conc" --num-prompts "$prompts" --input-len 64 --output-len 64 --warmup 4
   --seed 1 --slo ttft=2000,tpot=100)
-[[ ${NO_CAPACITY:-0} == 1 ]] || work+=(--capacity --capacity-max 128)
+[[ ${NO_CAPACITY:-0} == 1 ]] || work+=(--capacity --capacity-max "${CAPACITY_MAX:-128}")
 
 # measured LABEL CMD...: runs CMD and prints the share of all CPU time that processes other than
 # CMD (and the processes in $WATCH) used meanwhile.
