@@ -63,6 +63,44 @@ pub struct CapacityReport {
     pub probes: Vec<RunMetrics>,
 }
 
+impl CapacityReport {
+    /// The answer of a finished `search` whose probes were `probes`.
+    pub fn from_search(
+        search: &CapacitySearch,
+        slo: Slo,
+        attainment: f64,
+        probes: Vec<RunMetrics>,
+    ) -> Self {
+        let at = search
+            .capacity()
+            .and_then(|u| probes.iter().find(|m| m.concurrency == Some(u)));
+        CapacityReport {
+            users: search.capacity(),
+            hit_max: search.hit_max(),
+            slo,
+            attainment,
+            output_tokens_per_s: at.map_or(0.0, |m| m.output_tokens_per_s),
+            per_user_tokens_per_s: at.map_or(0.0, |m| {
+                if m.tpot.p50 > 0.0 {
+                    1000.0 / m.tpot.p50
+                } else {
+                    0.0
+                }
+            }),
+            probes,
+        }
+    }
+}
+
+/// The bound of one capacity probe of `users`: every user sends at least twice, so each level
+/// is seen past its first wave.
+pub fn probe_bound(bound: Bound, users: usize) -> Bound {
+    Bound {
+        num_prompts: bound.num_prompts.map(|n| n.max(2 * users)),
+        duration: bound.duration,
+    }
+}
+
 /// Results on one server.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TargetReport {
@@ -221,11 +259,7 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
             let mut search = CapacitySearch::new(max);
             let mut probes = Vec::new();
             while let Some(users) = search.next_probe() {
-                // Every user sends at least twice, so each level is seen past its first wave.
-                let bound = Bound {
-                    num_prompts: cfg.bound.num_prompts.map(|n| n.max(2 * users)),
-                    duration: cfg.bound.duration,
-                };
+                let bound = probe_bound(cfg.bound, users);
                 let (recs, secs) =
                     run_load(t, &prompts, &plan(Load::Concurrency(users), bound, offset)).await;
                 offset += recs.len();
@@ -244,24 +278,12 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
                 search.record(users, passed);
                 probes.push(m);
             }
-            let at = search
-                .capacity()
-                .and_then(|u| probes.iter().find(|m| m.concurrency == Some(u)));
-            rep.capacity = Some(CapacityReport {
-                users: search.capacity(),
-                hit_max: search.hit_max(),
+            rep.capacity = Some(CapacityReport::from_search(
+                &search,
                 slo,
-                attainment: cfg.attainment,
-                output_tokens_per_s: at.map_or(0.0, |m| m.output_tokens_per_s),
-                per_user_tokens_per_s: at.map_or(0.0, |m| {
-                    if m.tpot.p50 > 0.0 {
-                        1000.0 / m.tpot.p50
-                    } else {
-                        0.0
-                    }
-                }),
+                cfg.attainment,
                 probes,
-            });
+            ));
         }
     }
     let ratios = match reports.as_slice() {
@@ -307,7 +329,8 @@ fn prompt_pool(cfg: &BenchConfig) -> usize {
     n.clamp(1, MAX_POOL)
 }
 
-fn with_load(mut m: RunMetrics, load: Load) -> RunMetrics {
+/// `m` labelled with the load it ran at.
+pub fn with_load(mut m: RunMetrics, load: Load) -> RunMetrics {
     match load {
         Load::Concurrency(c) => m.concurrency = Some(c),
         Load::Rate { rate, .. } => m.request_rate_target = rate.is_finite().then_some(rate),

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
+use tokenfab_bench::{Bound, Load, Slo};
 use tokenfab_engine::{
     Device, EngineConfig, EngineHandle, LoadedModel, RequestStream, StreamEvent,
 };
@@ -213,6 +216,122 @@ impl SamplingArgs {
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             seed: self.seed,
+        })
+    }
+}
+
+/// The load a run offers and the objective it is judged by: shared by `bench` (on a server)
+/// and `plan` (in virtual time). Every run is bounded: by `--num-prompts` (default 100 per
+/// load), `--duration`, or both.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkloadArgs {
+    /// Closed loop: concurrent users, one run per value (`1,8,32`).
+    #[arg(long, value_delimiter = ',', conflicts_with = "request_rate")]
+    pub concurrency: Vec<usize>,
+    /// Open loop: arrivals per second, one run per value (`inf` sends everything at once).
+    #[arg(long, value_delimiter = ',')]
+    pub request_rate: Vec<f64>,
+    /// Shape of the gamma distribution of arrival gaps: 1 is Poisson, < 1 burstier.
+    #[arg(long, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// Requests per run (per load, per round).
+    #[arg(long)]
+    pub num_prompts: Option<usize>,
+    /// Seconds per run (virtual ones in `plan`): stop sending after this long (in-flight
+    /// requests finish).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Prompt length in tokens (exact when the server has /tokenize).
+    #[arg(long, default_value_t = 128)]
+    pub input_len: usize,
+    /// `max_tokens` of each request.
+    #[arg(long, default_value_t = 128)]
+    pub output_len: usize,
+    /// JSONL of `{"prompt": "...", "output_len": N}` rows instead of synthetic prompts.
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Requests sent before measuring.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// Goodput objective, `ttft=MS,tpot=MS` (either part optional).
+    #[arg(long)]
+    pub slo: Option<String>,
+    /// Share of requests that must meet the SLO for a load to hold (capacity search).
+    #[arg(long, default_value_t = 0.9)]
+    pub slo_attainment: f64,
+    /// Search for the most concurrent users held within `--slo`.
+    #[arg(long, requires = "slo")]
+    pub capacity: bool,
+    /// Upper bound of the capacity search.
+    #[arg(long, default_value_t = 256)]
+    pub capacity_max: usize,
+}
+
+/// [`WorkloadArgs`] checked.
+pub struct Workload {
+    pub loads: Vec<Load>,
+    pub bound: Bound,
+    pub slo: Option<Slo>,
+    pub attainment: f64,
+    pub capacity_max: Option<usize>,
+}
+
+impl WorkloadArgs {
+    /// The loads (one closed-loop user when none is given and no capacity search), the bound
+    /// and the objective; every value out of range is an error naming its flag.
+    pub fn check(&self) -> Result<Workload> {
+        let mut loads: Vec<Load> = self
+            .concurrency
+            .iter()
+            .map(|&c| Load::Concurrency(c))
+            .collect();
+        if loads.contains(&Load::Concurrency(0)) {
+            bail!("`--concurrency` must be >= 1. Given: 0");
+        }
+        for &rate in &self.request_rate {
+            if rate.is_nan() || rate <= 0.0 {
+                bail!("`--request-rate` must be > 0. Given: {rate}");
+            }
+            loads.push(Load::Rate {
+                rate,
+                burstiness: self.burstiness,
+            });
+        }
+        if !(self.burstiness > 0.0 && self.burstiness.is_finite()) {
+            bail!("`--burstiness` must be > 0. Given: {}", self.burstiness);
+        }
+        if loads.is_empty() && !self.capacity {
+            loads.push(Load::Concurrency(1));
+        }
+        let duration = match self.duration {
+            Some(d) if !(d > 0.0 && d.is_finite()) => bail!("`--duration` must be > 0. Given: {d}"),
+            d => d.map(Duration::from_secs_f64),
+        };
+        let num_prompts = match (self.num_prompts, duration) {
+            (Some(0), _) => bail!("`--num-prompts` must be >= 1. Given: 0"),
+            (None, None) => Some(100),
+            (n, _) => n,
+        };
+        if self.input_len == 0 || self.output_len == 0 {
+            bail!("`--input-len` and `--output-len` must be >= 1");
+        }
+        if !(0.0..=1.0).contains(&self.slo_attainment) {
+            bail!(
+                "`--slo-attainment` must be in [0, 1]. Given: {}",
+                self.slo_attainment
+            );
+        }
+        Ok(Workload {
+            loads,
+            bound: Bound {
+                num_prompts,
+                duration,
+            },
+            slo: self.slo.as_deref().map(Slo::parse).transpose()?,
+            attainment: self.slo_attainment,
+            capacity_max: self.capacity.then_some(self.capacity_max.max(1)),
         })
     }
 }

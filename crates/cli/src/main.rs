@@ -7,6 +7,7 @@ mod economics;
 mod eval;
 mod generate;
 mod gpu;
+mod plan;
 mod serve;
 
 use std::io::IsTerminal;
@@ -51,6 +52,8 @@ enum Command {
     Bench(bench::Args),
     /// Cost per million tokens and revenue per dollar of hardware, from a throughput.
     Economics(economics::Args),
+    /// Predict bench's figures on a device (this CPU, H100, H200, B200) in virtual time.
+    Plan(plan::Args),
     /// Probe the CUDA device and measure its ceilings (JSON).
     #[command(name = "gpu-probe", hide = true)]
     GpuProbe(gpu::Args),
@@ -88,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Economics(a) => economics::run(a),
+        Command::Plan(a) => plan::run(a),
         Command::GpuProbe(a) => gpu::run(a),
     }
 }
