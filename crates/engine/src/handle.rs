@@ -16,9 +16,11 @@ use tokio::sync::mpsc as tmpsc;
 pub use crate::device::Device;
 use crate::engine_core::EngineCore;
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SpecMetrics};
 use crate::model::LoadedModel;
+use crate::profile::HttpTimer;
 use crate::request::{EngineRequest, StreamEvent};
+use crate::spec::SpeculativeConfig;
 
 /// How the engine is sized and how it schedules.
 #[derive(Clone, Debug)]
@@ -51,6 +53,8 @@ pub struct EngineConfig {
     /// Caps the KV pool at this many blocks on any device: a CLI command sizes its pool by the
     /// sequences it runs rather than by memory.
     pub max_kv_blocks: Option<usize>,
+    /// n-gram speculative decoding (vLLM's `--speculative-config`); `None`: off.
+    pub speculative: Option<SpeculativeConfig>,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +73,7 @@ impl Default for EngineConfig {
             stream_buffer: 64,
             stream_timeout: Duration::from_secs(60),
             max_kv_blocks: None,
+            speculative: None,
         }
     }
 }
@@ -139,7 +144,13 @@ impl EngineHandle {
     pub fn start(m: LoadedModel, cfg: EngineConfig) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
-            metrics: Metrics::default(),
+            metrics: Metrics {
+                spec: cfg
+                    .speculative
+                    .as_ref()
+                    .map(|c| SpecMetrics::new(c.num_speculative_tokens)),
+                ..Metrics::default()
+            },
             epoch: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
@@ -219,6 +230,7 @@ impl EngineHandle {
             rx: erx,
             abort: self.tx.clone(),
             done: false,
+            shared: self.shared.clone(),
         })
     }
 
@@ -318,11 +330,21 @@ pub struct RequestStream {
     rx: tmpsc::Receiver<StreamEvent>,
     abort: mpsc::Sender<Command>,
     done: bool,
+    /// For [`RequestStream::http_timer`].
+    shared: Arc<Shared>,
 }
 
 impl RequestStream {
     pub fn id(&self) -> RequestId {
         self.id
+    }
+
+    /// Times the consumer's work on this stream's events (the server's SSE frames) as the
+    /// `http` phase of the engine's phase metrics.
+    pub fn http_timer(&self) -> HttpTimer {
+        HttpTimer {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The next event; `None` after `End`/`Error` (or if the engine died).

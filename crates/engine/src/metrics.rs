@@ -233,19 +233,30 @@ struct Family<'a> {
 impl Family<'_> {
     fn head(&mut self, name: &str, help: &str, kind: &str) {
         let p = self.prefix;
-        let _ = writeln!(self.out, "# HELP {p}:{name} {help}\n# TYPE {p}:{name} {kind}");
+        let _ = writeln!(
+            self.out,
+            "# HELP {p}:{name} {help}\n# TYPE {p}:{name} {kind}"
+        );
     }
 
     /// A sample; `extra` is `,key="value"` or empty.
     fn sample(&mut self, name: &str, extra: &str, v: impl std::fmt::Display) {
-        let _ = writeln!(self.out, "{}:{name}{{{}{extra}}} {v}", self.prefix, self.label);
+        let _ = writeln!(
+            self.out,
+            "{}:{name}{{{}{extra}}} {v}",
+            self.prefix, self.label
+        );
     }
 
     fn histogram(&mut self, name: &str, extra: &str, h: &Histogram) {
         let mut cum = 0;
         for (i, b) in h.bounds.iter().enumerate() {
             cum += h.counts[i].load(Relaxed);
-            self.sample(&format!("{name}_bucket"), &format!("{extra},le=\"{b}\""), cum);
+            self.sample(
+                &format!("{name}_bucket"),
+                &format!("{extra},le=\"{b}\""),
+                cum,
+            );
         }
         self.sample(
             &format!("{name}_bucket"),
@@ -493,8 +504,14 @@ mod tests {
         assert!(
             text.contains("tokenfab:time_to_first_token_seconds_count{model_name=\"m\\\"x\"} 3")
         );
-        assert!(!text.contains("spec_decode"), "no speculative config, no spec series");
-        assert!(!text.contains("forward_phase"), "no profiled pass, no forward series");
+        assert!(
+            !text.contains("spec_decode"),
+            "no speculative config, no spec series"
+        );
+        assert!(
+            !text.contains("forward_phase"),
+            "no profiled pass, no forward series"
+        );
     }
 
     #[test]
@@ -527,6 +544,9 @@ mod tests {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
         assert!(text.contains("tokenfab:process_cpu_seconds_total{model_name=\"m\"} "));
-        assert!(!text.contains("vllm:engine_phase"), "tokenfab's own series have no alias");
+        assert!(
+            !text.contains("vllm:engine_phase"),
+            "tokenfab's own series have no alias"
+        );
     }
 }

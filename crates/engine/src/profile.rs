@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokenfab_types::profile::{ForwardHook, ForwardPhase};
 
-use crate::metrics::{Histogram, PhaseMetrics};
+use crate::metrics::PhaseMetrics;
 
 /// A phase of the engine loop (one step, plus the server's share of a token's way out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -159,10 +159,6 @@ impl StepTimer {
         }
     }
 
-    pub fn clocks(&self) -> &CpuClocks {
-        &self.clocks
-    }
-
     /// Starts a step: clears the totals and takes the clocks.
     pub fn begin(&mut self) {
         self.acc = [(Duration::ZERO, Duration::ZERO); EnginePhase::COUNT];
@@ -178,6 +174,11 @@ impl StepTimer {
         a.1 += cpu.saturating_sub(self.cpu);
         self.wall = wall;
         self.cpu = cpu;
+    }
+
+    /// Wall time charged to `phase` so far in this step.
+    pub fn wall(&self, phase: EnginePhase) -> Duration {
+        self.acc[phase.index()].0
     }
 
     /// Records the step's per-phase totals (the server's HTTP phase is recorded by the server).
@@ -260,15 +261,15 @@ impl ForwardHook for ForwardProfile {
     }
 }
 
-/// Observations of one histogram per phase, `(bucket counts, sum)`, for tests.
-#[cfg(test)]
-pub(crate) fn totals(h: &[Histogram]) -> Vec<(u64, f64)> {
-    h.iter().map(|h| (h.count(), h.sum())).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Histogram;
+
+    /// `(observations, sum)` of each histogram.
+    fn totals(h: &[Histogram]) -> Vec<(u64, f64)> {
+        h.iter().map(|h| (h.count(), h.sum())).collect()
+    }
 
     /// Burns about `ms` of CPU on this thread.
     fn spin(ms: u64) {
@@ -282,8 +283,10 @@ mod tests {
     #[test]
     fn laps_charge_cpu_to_the_phase_that_spent_it_not_to_sleep() {
         let m = PhaseMetrics::default();
-        let mut t = StepTimer::new(CpuClocks::of_global_pool());
-        assert!(t.clocks().pool_threads() >= 1);
+        let clocks = CpuClocks::of_global_pool();
+        let pool = clocks.pool_threads() as f64;
+        assert!(pool >= 1.0);
+        let mut t = StepTimer::new(clocks);
         t.begin();
         spin(30);
         t.lap(EnginePhase::Sample);
@@ -302,7 +305,6 @@ mod tests {
         );
         assert!(cpu[s].1 >= 0.029, "{cpu:?}");
         assert!(wall[e].1 >= 0.029 && cpu[e].1 < 0.015, "{wall:?} {cpu:?}");
-        let pool = t.clocks().pool_threads() as f64;
         assert!(cpu[f].1 >= 0.019 * pool, "{cpu:?}");
         assert_eq!(m.steps.get(), 1);
         // Every engine phase got one observation, the HTTP phase none.

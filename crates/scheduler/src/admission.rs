@@ -123,7 +123,11 @@ mod tests {
             output_len: 19,
             ..room
         };
-        assert_eq!(last.cap(5, 100), 0, "the next token is the last one allowed");
+        assert_eq!(
+            last.cap(5, 100),
+            0,
+            "the next token is the last one allowed"
+        );
         let ctx = DraftRoom {
             max_model_len: 103,
             ..room

@@ -349,8 +349,14 @@ impl Scheduler {
                 continue;
             };
             debug_assert_eq!(req.num_computed_tokens, s.start, "update applied twice?");
-            let toks = runs.get(&s.id).map_or(&sampled[..0], |&(a, b)| &sampled[a..b]);
-            debug_assert_eq!(!toks.is_empty(), s.sample, "tokens are sampled exactly when asked");
+            let toks = runs
+                .get(&s.id)
+                .map_or(&sampled[..0], |&(a, b)| &sampled[a..b]);
+            debug_assert_eq!(
+                !toks.is_empty(),
+                s.sample,
+                "tokens are sampled exactly when asked"
+            );
             let base = s.tokens.len() - s.num_draft;
             let accepted = toks.len().saturating_sub(1).min(s.num_draft);
             debug_assert!(

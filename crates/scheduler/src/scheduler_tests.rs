@@ -77,7 +77,10 @@ impl FakeRunner {
                     seq.id
                 );
             }
-            assert!(seq.sample || draft.is_empty(), "drafts only where a token is sampled");
+            assert!(
+                seq.sample || draft.is_empty(),
+                "drafts only where a token is sampled"
+            );
             if seq.sample {
                 // The token after each position, while the draft agrees (exact verification).
                 for j in 0..=draft.len() {
