@@ -17,6 +17,8 @@ use crate::args::ModelArgs;
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: crate::args::SpecArgs,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -183,6 +185,7 @@ pub fn run(a: Args) -> Result<()> {
         device: a.device,
         gpu_memory_utilization: a.gpu_memory_utilization,
         stream_timeout: secs(a.stream_timeout, "--stream-timeout")?.max(Duration::from_millis(10)),
+        speculative: a.spec.config()?,
         ..EngineConfig::default()
     };
     let m = a.model.load()?;
