@@ -408,9 +408,17 @@ impl EngineCore {
             return;
         };
         let drafted: usize = out.scheduled.iter().map(|s| s.num_draft).sum();
-        let forward = self.timer.wall(EnginePhase::Forward).as_secs_f64();
-        self.cost.observe(out.num_batched_tokens, forward);
-        let breakeven = self.cost.breakeven(out.num_batched_tokens - drafted);
+        // Only passes of decode rows tell what draft rows cost beside decode rows.
+        if out
+            .scheduled
+            .iter()
+            .all(|s| s.tokens.len() == s.num_draft + 1)
+        {
+            let forward = self.timer.wall(EnginePhase::Forward).as_secs_f64();
+            self.cost.observe(out.num_batched_tokens, forward);
+        }
+        let decodes = self.sched.num_running();
+        let breakeven = self.cost.breakeven(decodes, drafted.max(decodes));
         for s in out.scheduled.iter().filter(|s| s.sample) {
             let (Some(a), Some(r)) = (self.active.get_mut(&s.id), self.sched.request(s.id)) else {
                 continue;

@@ -12,8 +12,8 @@
 //!
 //! Drafting costs forward-pass rows, so each request decides for itself ([`SpecState`]): it
 //! drafts as many tokens as its recent acceptance pays for at the current batch size, judged by
-//! a running fit of forward time against rows ([`CostModel`]), and backs off (exponentially
-//! longer pauses) while its drafts keep failing.
+//! the pass times the engine has seen for each number of rows ([`CostModel`]), and backs off
+//! (exponentially longer pauses) while its drafts keep failing.
 
 use serde_json::Value;
 
@@ -126,48 +126,62 @@ pub fn ngram_draft(tokens: &[TokenId], min_n: usize, max_n: usize, k: usize) -> 
     &tokens[from..(from + k).min(len)]
 }
 
-/// Forward time against rows, fitted as `t = fixed + per_row * rows` by least squares with
-/// exponential forgetting, so that drafting adapts to the device, the model and the load.
+/// What a forward pass of decode steps costs by its number of rows: for each row count seen, a
+/// floor of the times observed (it drops to any faster pass at once and rises 1% a pass while
+/// passes stay slower), so that other processes slowing some passes, or a cold first pass, do
+/// not make drafts look dear; between row counts seen it interpolates.
 #[derive(Clone, Debug, Default)]
 pub struct CostModel {
-    /// Weighted sums of 1, n, n², t, n·t.
-    s: [f64; 5],
+    /// `floor[rows]`: seconds, 0 when not seen.
+    floor: Vec<f64>,
 }
 
 impl CostModel {
-    /// Weight of the past at each new observation.
-    const KEEP: f64 = 0.98;
-
-    /// One forward pass of `rows` rows that took `secs`.
+    /// A decode pass (no prompt rows) of `rows` rows took `secs`.
     pub fn observe(&mut self, rows: usize, secs: f64) {
-        let n = rows as f64;
-        for (s, v) in self.s.iter_mut().zip([1.0, n, n * n, secs, n * secs]) {
-            *s = *s * Self::KEEP + v;
+        if rows == 0 || !(secs > 0.0) {
+            return;
         }
+        if self.floor.len() <= rows {
+            self.floor.resize(rows + 1, 0.0);
+        }
+        let f = &mut self.floor[rows];
+        *f = if *f == 0.0 { secs } else { secs.min(*f * 1.01) };
     }
 
-    /// `(fixed, per_row)` seconds, when the observations determine them.
-    pub fn fit(&self) -> Option<(f64, f64)> {
-        let [s0, s1, s2, t1, t2] = self.s;
-        let det = s0 * s2 - s1 * s1;
-        if s0 < 2.0 || det <= 1e-9 * s0 * s2 {
-            return None;
-        }
-        let per_row = (s0 * t2 - s1 * t1) / det;
-        let fixed = (t1 - per_row * s1) / s0;
-        Some((fixed.max(0.0), per_row.max(0.0)))
-    }
-
-    /// The acceptance rate a draft token needs to pay for its row in a step of `rows` other rows:
-    /// a token then costs `(fixed + per_row * rows) / rows`, a draft row `per_row`, and an
-    /// accepted draft saves one token's share. 0.5 until the fit is known.
-    pub fn breakeven(&self, rows: usize) -> f64 {
-        let rows = rows.max(1) as f64;
-        match self.fit() {
-            Some((fixed, per_row)) if fixed + per_row > 0.0 => {
-                per_row * rows / (fixed + per_row * rows)
+    /// The time of a pass of `rows` rows, from the nearest row counts seen on either side (the
+    /// nearest one alone when it is within a quarter of `rows`); `None` when unknown.
+    pub fn time(&self, rows: usize) -> Option<f64> {
+        let seen = |r: &usize| self.floor.get(*r).is_some_and(|&t| t > 0.0);
+        let below = (1..=rows.min(self.floor.len().saturating_sub(1)))
+            .rev()
+            .find(seen);
+        let above = (rows..self.floor.len()).find(seen);
+        let near = |r: usize| r.abs_diff(rows) * 4 <= rows;
+        match (below, above) {
+            (Some(b), Some(a)) if a == b => Some(self.floor[a]),
+            (Some(b), Some(a)) => {
+                let (tb, ta) = (self.floor[b], self.floor[a]);
+                Some(tb + (ta - tb) * (rows - b) as f64 / (a - b) as f64)
             }
-            _ => 0.5,
+            (Some(r), None) | (None, Some(r)) if near(r) => Some(self.floor[r]),
+            _ => None,
+        }
+    }
+
+    /// The acceptance rate a draft token needs to pay for its row when `rows` decode rows run
+    /// with about `drafts` draft rows beside them: a token costs `time(rows) / rows`, a draft
+    /// row the slope from `time(rows)` to `time(rows + drafts)`, and an accepted draft saves one
+    /// token's share. 0 (draft, and so measure) while either time is unknown.
+    pub fn breakeven(&self, rows: usize, drafts: usize) -> f64 {
+        let rows = rows.max(1);
+        let drafts = drafts.max(1);
+        match (self.time(rows), self.time(rows + drafts)) {
+            (Some(t0), Some(t1)) => {
+                let per_row = ((t1 - t0) / drafts as f64).max(0.0);
+                (per_row * rows as f64 / t0).min(1.0)
+            }
+            _ => 0.0,
         }
     }
 }
@@ -322,24 +336,36 @@ mod tests {
     }
 
     #[test]
-    fn the_cost_fit_recovers_a_line_and_prices_draft_rows_by_batch_size() {
+    fn pass_times_keep_their_floor_and_price_draft_rows_by_batch_size() {
         let mut m = CostModel::default();
-        assert!(m.fit().is_none());
-        assert_eq!(m.breakeven(1), 0.5);
-        for rows in [1, 6, 1, 30, 64, 2, 1, 128] {
+        assert_eq!(
+            (m.time(1), m.breakeven(1, 5)),
+            (None, 0.0),
+            "unknown: try drafts"
+        );
+        // A cold first pass and a slow (contended) one do not stick.
+        m.observe(1, 0.25);
+        m.observe(1, 0.012);
+        m.observe(1, 0.0065);
+        assert_eq!(m.time(1), Some(0.0065));
+        m.observe(1, 0.012);
+        assert!(
+            (m.time(1).unwrap() - 0.006565).abs() < 1e-12,
+            "rises 1% a slow pass"
+        );
+        m.observe(1, 0.0065);
+        for rows in [6, 64, 128, 448] {
             m.observe(rows, 0.006 + 0.0005 * rows as f64);
         }
-        let (fixed, per_row) = m.fit().unwrap();
-        assert!((fixed - 0.006).abs() < 1e-9 && (per_row - 0.0005).abs() < 1e-9);
-        // One stream: a draft token pays if accepted more than ~8% of the time; 64: ~84%.
-        assert!((m.breakeven(1) - 0.0005 / 0.0065).abs() < 1e-9);
-        assert!(m.breakeven(64) > 0.8);
-        // One row size only: nothing to fit.
-        let mut flat = CostModel::default();
-        for _ in 0..10 {
-            flat.observe(1, 0.006);
-        }
-        assert!(flat.fit().is_none());
+        // Between row counts seen, a straight line; far from any, unknown.
+        assert!((m.time(96).unwrap() - 0.054).abs() < 1e-9);
+        assert!(m.time(2000).is_none() && m.time(500).is_some());
+        // One stream: a draft row costs 0.5 ms against ~6 ms a token: break-even ~8%.
+        let one = m.breakeven(1, 5);
+        assert!(one > 0.07 && one < 0.09, "{one}");
+        // 64 streams with 64 drafts: a row costs 0.5 ms against 0.59 ms a token: ~84%.
+        let many = m.breakeven(64, 64);
+        assert!(many > 0.8 && many < 0.9, "{many}");
     }
 
     #[test]
