@@ -408,13 +408,14 @@ impl EngineCore {
             return;
         };
         let drafted: usize = out.scheduled.iter().map(|s| s.num_draft).sum();
-        // Only passes of decode rows tell what draft rows cost beside decode rows.
+        // Only passes of decode rows tell what draft rows cost beside decode rows. CPU time, not
+        // wall time: it does not grow when other processes take the cores.
         if out
             .scheduled
             .iter()
             .all(|s| s.tokens.len() == s.num_draft + 1)
         {
-            let forward = self.timer.wall(EnginePhase::Forward).as_secs_f64();
+            let forward = self.timer.cpu(EnginePhase::Forward).as_secs_f64();
             self.cost.observe(out.num_batched_tokens, forward);
         }
         let decodes = self.sched.num_running();

@@ -176,9 +176,9 @@ impl StepTimer {
         self.cpu = cpu;
     }
 
-    /// Wall time charged to `phase` so far in this step.
-    pub fn wall(&self, phase: EnginePhase) -> Duration {
-        self.acc[phase.index()].0
+    /// CPU time charged to `phase` so far in this step.
+    pub fn cpu(&self, phase: EnginePhase) -> Duration {
+        self.acc[phase.index()].1
     }
 
     /// Records the step's per-phase totals (the server's HTTP phase is recorded by the server).

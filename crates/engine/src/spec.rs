@@ -150,13 +150,23 @@ impl CostModel {
     }
 
     /// The time of a pass of `rows` rows, from the nearest row counts seen on either side (the
-    /// nearest one alone when it is within a quarter of `rows`); `None` when unknown.
+    /// nearest one alone when it is within a quarter of `rows`); `None` when unknown. A count
+    /// whose floor is above that of some larger count is left out (a slow pass at a count not
+    /// seen since), so that it can make extra rows look neither free nor dear.
     pub fn time(&self, rows: usize) -> Option<f64> {
-        let seen = |r: &usize| self.floor.get(*r).is_some_and(|&t| t > 0.0);
+        // valid[r]: seen, and no larger count was seen faster.
+        let mut valid = vec![false; self.floor.len()];
+        let mut least = f64::INFINITY;
+        for (r, &t) in self.floor.iter().enumerate().rev() {
+            if t > 0.0 && t <= least {
+                valid[r] = true;
+                least = t;
+            }
+        }
         let below = (1..=rows.min(self.floor.len().saturating_sub(1)))
             .rev()
-            .find(seen);
-        let above = (rows..self.floor.len()).find(seen);
+            .find(|&r| valid[r]);
+        let above = (rows..self.floor.len()).find(|&r| valid[r]);
         let near = |r: usize| r.abs_diff(rows) * 4 <= rows;
         match (below, above) {
             (Some(b), Some(a)) if a == b => Some(self.floor[a]),
@@ -357,6 +367,12 @@ mod tests {
         for rows in [6, 64, 128, 448] {
             m.observe(rows, 0.006 + 0.0005 * rows as f64);
         }
+        // A slow pass at a count not seen again does not make more rows look cheaper.
+        m.observe(8, 0.5);
+        assert!(
+            (m.time(8).unwrap() - 0.0100).abs() < 1e-9,
+            "from 6 and 64 rows"
+        );
         // Between row counts seen, a straight line; far from any, unknown.
         assert!((m.time(96).unwrap() - 0.054).abs() < 1e-9);
         assert!(m.time(2000).is_none() && m.time(500).is_some());
