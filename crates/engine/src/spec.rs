@@ -14,6 +14,12 @@
 //! drafts as many tokens as its recent acceptance pays for at the current batch size, judged by
 //! the pass times the engine has seen for each number of rows ([`CostModel`]), and backs off
 //! (exponentially longer pauses) while its drafts keep failing.
+//!
+//! Structured outputs: a grammar matcher is one of the request's [`crate::LogitsProcessor`]s.
+//! Before a draft is scheduled, [`crate::Sampler::validate_draft`] cuts it to the prefix every
+//! processor allows (`LogitsProcessor::validate_draft`, llguidance's `validate_tokens`); during
+//! verification each position's mask is applied and `accept` called with the token kept, in
+//! order, so the matcher only ever advances over kept tokens and never needs to roll back.
 
 use serde_json::Value;
 
@@ -139,7 +145,7 @@ pub struct CostModel {
 impl CostModel {
     /// A decode pass (no prompt rows) of `rows` rows took `secs`.
     pub fn observe(&mut self, rows: usize, secs: f64) {
-        if rows == 0 || !(secs > 0.0) {
+        if rows == 0 || secs.is_nan() || secs <= 0.0 {
             return;
         }
         if self.floor.len() <= rows {

@@ -145,7 +145,7 @@ fn speculation_changes_no_event_of_any_request() {
     // One at a time (drafts get the whole budget), then all together.
     let alone: Vec<_> = reqs
         .iter()
-        .map(|r| run(&e, &[r.clone()]).remove(0))
+        .map(|r| run(&e, std::slice::from_ref(r)).remove(0))
         .collect();
     same(&alone, &want, "alone");
     let together = run(&e, &reqs);
@@ -215,7 +215,7 @@ fn the_real_model_copying_its_input_drafts_and_accepts_with_the_same_text() {
     let m = real_model();
     let req = copy_request(&m);
     let plain = EngineHandle::start(m, EngineConfig::default()).unwrap();
-    let want = run(&plain, &[req.clone()]);
+    let want = run(&plain, std::slice::from_ref(&req));
     let tokens: Vec<u32> = want[0]
         .iter()
         .filter_map(|ev| match ev {
@@ -251,7 +251,7 @@ fn the_real_model_copying_its_input_drafts_and_accepts_with_the_same_text() {
     });
     let want: Vec<_> = reqs
         .iter()
-        .map(|r| run(&plain, &[r.clone()]).remove(0))
+        .map(|r| run(&plain, std::slice::from_ref(r)).remove(0))
         .collect();
     plain.shutdown(Duration::from_secs(5));
 
@@ -265,7 +265,7 @@ fn the_real_model_copying_its_input_drafts_and_accepts_with_the_same_text() {
     .unwrap();
     let got: Vec<_> = reqs
         .iter()
-        .map(|r| run(&e, &[r.clone()]).remove(0))
+        .map(|r| run(&e, std::slice::from_ref(r)).remove(0))
         .collect();
     same(&got, &want, "real model");
     let m = e.metrics().spec.as_ref().unwrap();

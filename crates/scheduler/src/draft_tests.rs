@@ -13,7 +13,7 @@ fn right_draft(id: RequestId, num_tokens: usize, k: usize) -> Vec<TokenId> {
 fn draft(id: RequestId, num_tokens: usize, k: usize, good: usize) -> Vec<TokenId> {
     let mut d = right_draft(id, num_tokens, k);
     for t in d.iter_mut().skip(good) {
-        *t = 5000 + *t; // never a fake token (those are <= 997)
+        *t += 5000; // never a fake token (those are <= 997)
     }
     d
 }
