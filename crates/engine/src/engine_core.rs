@@ -133,13 +133,17 @@ impl EngineCore {
                 return;
             }
             self.reap_disconnected();
-            self.update_gauges();
             self.timer.lap(EnginePhase::Commands);
-            if self.sched.has_unfinished() {
+            let stepped = self.sched.has_unfinished();
+            if stepped {
                 if let Err(e) = self.step() {
                     tracing::error!(error = %e, "engine step failed");
                     self.fail_all("internal error");
                 }
+            }
+            self.update_gauges();
+            self.timer.lap(EnginePhase::Commands);
+            if stepped {
                 self.timer.end(&self.shared.metrics.phases);
             }
         }
