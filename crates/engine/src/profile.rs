@@ -139,46 +139,64 @@ impl CpuClocks {
     }
 }
 
-/// Times the phases of one engine step: each [`StepTimer::lap`] charges the wall and CPU time
-/// since the previous lap to a phase; [`StepTimer::end`] records the step's totals.
-pub(crate) struct StepTimer {
+/// Wall and CPU time charged to `N` phases: each lap charges the time since the previous one (or
+/// since `begin`) to a phase.
+struct Laps<const N: usize> {
     clocks: CpuClocks,
     wall: Instant,
     cpu: Duration,
-    /// (wall, CPU) per phase in this step.
-    acc: [(Duration, Duration); EnginePhase::COUNT],
+    /// (wall, CPU) per phase since `begin`.
+    acc: [(Duration, Duration); N],
 }
 
-impl StepTimer {
-    pub fn new(clocks: CpuClocks) -> Self {
+impl<const N: usize> Laps<N> {
+    fn new(clocks: CpuClocks) -> Self {
         Self {
             wall: Instant::now(),
             cpu: clocks.now(),
             clocks,
-            acc: [(Duration::ZERO, Duration::ZERO); EnginePhase::COUNT],
+            acc: [(Duration::ZERO, Duration::ZERO); N],
         }
     }
 
-    /// Starts a step: clears the totals and takes the clocks.
-    pub fn begin(&mut self) {
-        self.acc = [(Duration::ZERO, Duration::ZERO); EnginePhase::COUNT];
+    fn begin(&mut self) {
+        self.acc = [(Duration::ZERO, Duration::ZERO); N];
         self.wall = Instant::now();
         self.cpu = self.clocks.now();
     }
 
-    /// Charges the time since the previous lap (or `begin`) to `phase`.
-    pub fn lap(&mut self, phase: EnginePhase) {
+    fn lap(&mut self, phase: usize) {
         let (wall, cpu) = (Instant::now(), self.clocks.now());
-        let a = &mut self.acc[phase.index()];
+        let a = &mut self.acc[phase];
         a.0 += wall - self.wall;
         a.1 += cpu.saturating_sub(self.cpu);
         self.wall = wall;
         self.cpu = cpu;
     }
+}
+
+/// Times the phases of one engine step: each [`StepTimer::lap`] charges the wall and CPU time
+/// since the previous lap to a phase; [`StepTimer::end`] records the step's totals.
+pub(crate) struct StepTimer(Laps<{ EnginePhase::COUNT }>);
+
+impl StepTimer {
+    pub fn new(clocks: CpuClocks) -> Self {
+        Self(Laps::new(clocks))
+    }
+
+    /// Starts a step: clears the totals and takes the clocks.
+    pub fn begin(&mut self) {
+        self.0.begin();
+    }
+
+    /// Charges the time since the previous lap (or `begin`) to `phase`.
+    pub fn lap(&mut self, phase: EnginePhase) {
+        self.0.lap(phase.index());
+    }
 
     /// CPU time charged to `phase` so far in this step.
     pub fn cpu(&self, phase: EnginePhase) -> Duration {
-        self.acc[phase.index()].1
+        self.0.acc[phase.index()].1
     }
 
     /// Records the step's per-phase totals (the server's HTTP phase is recorded by the server).
@@ -186,7 +204,7 @@ impl StepTimer {
         m.steps.add(1);
         for p in EnginePhase::ALL {
             if p != EnginePhase::Http {
-                let (wall, cpu) = self.acc[p.index()];
+                let (wall, cpu) = self.0.acc[p.index()];
                 m.observe(p, wall, cpu);
             }
         }
@@ -216,28 +234,18 @@ impl HttpTimer {
 
 /// The hook a forward pass calls at its phase boundaries: sums each [`ForwardPhase`]'s wall
 /// and CPU time over the layers of one pass, recorded per pass by [`ForwardProfile::end`].
-pub struct ForwardProfile {
-    clocks: CpuClocks,
-    wall: Instant,
-    cpu: Duration,
-    acc: [(Duration, Duration); ForwardPhase::ALL.len()],
-}
+pub struct ForwardProfile(Laps<{ ForwardPhase::ALL.len() }>);
 
 impl ForwardProfile {
     pub fn new(clocks: CpuClocks) -> Self {
-        Self {
-            wall: Instant::now(),
-            cpu: clocks.now(),
-            clocks,
-            acc: [(Duration::ZERO, Duration::ZERO); ForwardPhase::ALL.len()],
-        }
+        Self(Laps::new(clocks))
     }
 
     /// Records the pass's totals per phase.
     pub fn end(&mut self, m: &PhaseMetrics) {
         m.forward_passes.add(1);
         for p in ForwardPhase::ALL {
-            let (wall, cpu) = self.acc[p.index()];
+            let (wall, cpu) = self.0.acc[p.index()];
             m.forward_wall[p.index()].observe(wall.as_secs_f64());
             m.forward_cpu[p.index()].observe(cpu.as_secs_f64());
         }
@@ -246,18 +254,11 @@ impl ForwardProfile {
 
 impl ForwardHook for ForwardProfile {
     fn pass_begin(&mut self) {
-        self.acc = [(Duration::ZERO, Duration::ZERO); ForwardPhase::ALL.len()];
-        self.wall = Instant::now();
-        self.cpu = self.clocks.now();
+        self.0.begin();
     }
 
     fn phase_done(&mut self, _layer: Option<usize>, phase: ForwardPhase) {
-        let (wall, cpu) = (Instant::now(), self.clocks.now());
-        let a = &mut self.acc[phase.index()];
-        a.0 += wall - self.wall;
-        a.1 += cpu.saturating_sub(self.cpu);
-        self.wall = wall;
-        self.cpu = cpu;
+        self.0.lap(phase.index());
     }
 }
 
