@@ -18,6 +18,20 @@ fn draft(id: RequestId, num_tokens: usize, k: usize, good: usize) -> Vec<TokenId
     d
 }
 
+/// A scheduler and a fake runner over `c`.
+fn setup(c: SchedulerConfig) -> (Scheduler, FakeRunner) {
+    let runner = FakeRunner::new(&c);
+    (Scheduler::new(c).unwrap(), runner)
+}
+
+/// `cfg` with prefix caching off.
+fn no_cache(budget: usize, seqs: usize, block_size: usize, blocks: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        enable_prefix_caching: false,
+        ..cfg(budget, seqs, block_size, blocks)
+    }
+}
+
 /// Gives every running request that is decoding a draft of `k` tokens, `good` of them right.
 fn propose_all(s: &mut Scheduler, k: usize, good: usize) {
     let ids: Vec<RequestId> = s.running.clone();
@@ -32,8 +46,7 @@ fn propose_all(s: &mut Scheduler, k: usize, good: usize) {
 
 #[test]
 fn right_drafts_are_accepted_and_save_steps() {
-    let mut s = Scheduler::new(cfg(64, 4, 4, 64)).unwrap();
-    let mut runner = FakeRunner::new(s.config());
+    let (mut s, mut runner) = setup(cfg(64, 4, 4, 64));
     s.add_request(1, prompt(1, 5), 20).unwrap();
     let mut steps = 0;
     let mut drafted = 0;
@@ -61,8 +74,7 @@ fn right_drafts_are_accepted_and_save_steps() {
 #[test]
 fn wrong_drafts_are_rolled_back_and_change_nothing() {
     for good in 0..4 {
-        let mut s = Scheduler::new(cfg(64, 4, 4, 64)).unwrap();
-        let mut runner = FakeRunner::new(s.config());
+        let (mut s, mut runner) = setup(cfg(64, 4, 4, 64));
         s.add_request(1, prompt(1, 6), 12).unwrap();
         s.add_request(2, prompt(2, 9), 12).unwrap();
         let mut done = HashMap::new();
@@ -91,8 +103,7 @@ fn wrong_drafts_are_rolled_back_and_change_nothing() {
 
 #[test]
 fn blocks_holding_draft_tokens_never_enter_the_prefix_cache() {
-    let mut s = Scheduler::new(cfg(64, 4, 4, 64)).unwrap();
-    let mut runner = FakeRunner::new(s.config());
+    let (mut s, mut runner) = setup(cfg(64, 4, 4, 64));
     // 6 prompt tokens: block 0 full, block 1 holds positions 4..8.
     s.add_request(1, prompt(1, 6), 10).unwrap();
     step(&mut s, &mut runner);
@@ -125,8 +136,7 @@ fn blocks_holding_draft_tokens_never_enter_the_prefix_cache() {
 #[test]
 fn drafts_fit_max_tokens_and_the_budget_and_never_preempt() {
     // max_tokens: 2 outputs so far of 4, so at most 1 draft (it and the token after make 4).
-    let mut s = Scheduler::new(cfg(64, 4, 4, 64)).unwrap();
-    let mut runner = FakeRunner::new(s.config());
+    let (mut s, mut runner) = setup(cfg(64, 4, 4, 64));
     s.add_request(1, prompt(1, 3), 4).unwrap();
     step(&mut s, &mut runner);
     step(&mut s, &mut runner);
@@ -136,8 +146,7 @@ fn drafts_fit_max_tokens_and_the_budget_and_never_preempt() {
     assert!(s.request(1).is_none(), "4 outputs: done");
 
     // Budget 3 with one decode: 2 drafts at most.
-    let mut s = Scheduler::new(cfg(3, 4, 4, 64)).unwrap();
-    let mut runner = FakeRunner::new(s.config());
+    let (mut s, mut runner) = setup(cfg(3, 4, 4, 64));
     s.add_request(1, prompt(1, 2), 20).unwrap();
     step(&mut s, &mut runner);
     s.set_draft(1, right_draft(1, 3, 5));
@@ -145,10 +154,7 @@ fn drafts_fit_max_tokens_and_the_budget_and_never_preempt() {
     assert_eq!((out.scheduled[0].num_draft, out.num_batched_tokens), (2, 3));
 
     // No free block for the draft: it is dropped, nobody is preempted.
-    let mut c = cfg(64, 4, 2, 3);
-    c.enable_prefix_caching = false;
-    let mut s = Scheduler::new(c).unwrap();
-    let mut runner = FakeRunner::new(s.config());
+    let (mut s, mut runner) = setup(no_cache(64, 4, 2, 3));
     s.add_request(1, prompt(1, 3), 3).unwrap();
     s.add_request(2, prompt(2, 1), 3).unwrap();
     step(&mut s, &mut runner); // blocks: 1 -> 2 of them, 2 -> 1
@@ -160,8 +166,7 @@ fn drafts_fit_max_tokens_and_the_budget_and_never_preempt() {
 
 #[test]
 fn drafts_wait_while_a_request_waits() {
-    let mut s = Scheduler::new(cfg(64, 1, 4, 64)).unwrap();
-    let mut runner = FakeRunner::new(s.config());
+    let (mut s, mut runner) = setup(cfg(64, 1, 4, 64));
     s.add_request(1, prompt(1, 3), 20).unwrap();
     step(&mut s, &mut runner);
     s.add_request(2, prompt(2, 3), 20).unwrap();
@@ -172,10 +177,7 @@ fn drafts_wait_while_a_request_waits() {
 
 #[test]
 fn preemption_drops_the_draft() {
-    let mut c = cfg(64, 8, 2, 4);
-    c.enable_prefix_caching = false;
-    let mut s = Scheduler::new(c).unwrap();
-    let mut runner = FakeRunner::new(s.config());
+    let (mut s, mut runner) = setup(no_cache(64, 8, 2, 4));
     s.add_request(1, prompt(1, 4), 4).unwrap();
     s.add_request(2, prompt(2, 4), 4).unwrap();
     step(&mut s, &mut runner);
