@@ -207,6 +207,7 @@ pub fn run(a: Args) -> Result<()> {
         max_num_seqs = a.max_num_seqs,
         max_num_batched_tokens = a.max_num_batched_tokens,
         prefix_caching = engine_cfg.enable_prefix_caching,
+        speculative = ?engine_cfg.speculative,
         "engine started"
     );
     if !keys.is_empty() {
