@@ -3,9 +3,10 @@
 //!
 //! CPU time is what shares can be trusted on under contention: on a loaded machine a phase's wall
 //! time grows with whatever else runs, its CPU time does not. A phase's CPU time is that of the
-//! threads that do the engine's work, read from their own clocks: the engine thread and every
-//! thread of the compute pool (`rayon`'s global pool, where the forward pass and any parallel
-//! host work run). The HTTP phase is timed on the server's threads with each one's own clock.
+//! threads that do the engine's work, read from their own clocks: the engine thread, plus every
+//! thread of the compute pool (`rayon`'s global pool) for the phases that use it (batch,
+//! forward, sample: one system call per pool thread, so not for the others). The HTTP phase is
+//! timed on the server's threads with each one's own clock.
 //! Whatever else the process burns (the async runtime, socket writes, the allocator's
 //! background work) is the difference between `tokenfab:process_cpu_seconds_total` and the sum of
 //! the phases.
@@ -135,16 +136,25 @@ impl CpuClocks {
 
     /// CPU time so far of the calling thread plus every pool thread.
     pub fn now(&self) -> Duration {
-        thread_cpu() + self.pool.iter().map(|&id| clock(id)).sum::<Duration>()
+        thread_cpu() + self.pool()
+    }
+
+    /// CPU time so far of every pool thread (one system call each).
+    pub fn pool(&self) -> Duration {
+        self.pool.iter().map(|&id| clock(id)).sum()
     }
 }
 
 /// Wall and CPU time charged to `N` phases: each lap charges the time since the previous one (or
-/// since `begin`) to a phase.
+/// since `begin`) to a phase. The calling thread's clock is read at every lap, the pool's clocks
+/// (a system call per thread) only at laps that ask for them: pool time between two such laps
+/// goes to the second.
 struct Laps<const N: usize> {
     clocks: CpuClocks,
     wall: Instant,
-    cpu: Duration,
+    /// This thread's CPU time and the pool's at the last lap that read each.
+    own: Duration,
+    pool: Duration,
     /// (wall, CPU) per phase since `begin`.
     acc: [(Duration, Duration); N],
 }
@@ -153,7 +163,8 @@ impl<const N: usize> Laps<N> {
     fn new(clocks: CpuClocks) -> Self {
         Self {
             wall: Instant::now(),
-            cpu: clocks.now(),
+            own: thread_cpu(),
+            pool: clocks.pool(),
             clocks,
             acc: [(Duration::ZERO, Duration::ZERO); N],
         }
@@ -162,16 +173,22 @@ impl<const N: usize> Laps<N> {
     fn begin(&mut self) {
         self.acc = [(Duration::ZERO, Duration::ZERO); N];
         self.wall = Instant::now();
-        self.cpu = self.clocks.now();
+        self.own = thread_cpu();
+        self.pool = self.clocks.pool();
     }
 
-    fn lap(&mut self, phase: usize) {
-        let (wall, cpu) = (Instant::now(), self.clocks.now());
+    fn lap(&mut self, phase: usize, read_pool: bool) {
+        let (wall, own) = (Instant::now(), thread_cpu());
         let a = &mut self.acc[phase];
         a.0 += wall - self.wall;
-        a.1 += cpu.saturating_sub(self.cpu);
+        a.1 += own.saturating_sub(self.own);
+        if read_pool {
+            let pool = self.clocks.pool();
+            a.1 += pool.saturating_sub(self.pool);
+            self.pool = pool;
+        }
         self.wall = wall;
-        self.cpu = cpu;
+        self.own = own;
     }
 }
 
@@ -189,9 +206,16 @@ impl StepTimer {
         self.0.begin();
     }
 
-    /// Charges the time since the previous lap (or `begin`) to `phase`.
+    /// Charges the time since the previous lap (or `begin`) to `phase`. The pool's clocks are
+    /// read after the phases that use the pool (batch, so that the forward starts from a fresh
+    /// reading; forward; sample); its threads' CPU between steps (idle spinning) is left to
+    /// "other process CPU".
     pub fn lap(&mut self, phase: EnginePhase) {
-        self.0.lap(phase.index());
+        let pool = matches!(
+            phase,
+            EnginePhase::Batch | EnginePhase::Forward | EnginePhase::Sample
+        );
+        self.0.lap(phase.index(), pool);
     }
 
     /// CPU time charged to `phase` so far in this step.
@@ -258,7 +282,7 @@ impl ForwardHook for ForwardProfile {
     }
 
     fn phase_done(&mut self, _layer: Option<usize>, phase: ForwardPhase) {
-        self.0.lap(phase.index());
+        self.0.lap(phase.index(), true);
     }
 }
 
