@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{Endpoint, SendOptions, Target};
 use crate::metrics::{RequestRecord, RunMetrics};
+use crate::profile::{Snapshot, StepProfile};
 use crate::runner::{run_load, Bound, Load, RunPlan};
 use crate::slo::{CapacitySearch, Slo};
 use crate::workload::{dataset_prompts, synthetic_prompts, PromptSource, Rng};
@@ -44,6 +45,8 @@ pub struct BenchConfig {
     pub rounds: usize,
     pub timeout: Duration,
     pub progress: bool,
+    /// Read each tokenfab server's phase metrics before and after every run (`--profile`).
+    pub profile: bool,
 }
 
 /// The capacity search's answer for one server.
@@ -233,22 +236,31 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         .collect();
     for &load in &cfg.loads {
         let mut pooled: Vec<(Vec<RequestRecord>, f64)> = vec![(Vec::new(), 0.0); targets.len()];
+        let mut profiles: Vec<Option<StepProfile>> = vec![None; targets.len()];
         for _ in 0..cfg.rounds.max(1) {
             // A B A B: each round runs every server on the same prompts, in the same order.
             let mut sent = 0;
-            for (t, acc) in targets.iter().zip(pooled.iter_mut()) {
+            for ((t, acc), prof) in targets.iter().zip(pooled.iter_mut()).zip(&mut profiles) {
+                let before = if cfg.profile {
+                    snapshot(t).await?
+                } else {
+                    None
+                };
                 let (recs, secs) = run_load(t, &prompts, &plan(load, cfg.bound, offset)).await;
+                if let (Some(before), Some(after)) = (before, snapshot(t).await?) {
+                    prof.get_or_insert_with(StepProfile::default)
+                        .add(&after.since(&before));
+                }
                 sent = sent.max(recs.len());
                 acc.0.extend(recs);
                 acc.1 += secs;
             }
             offset += sent;
         }
-        for ((recs, secs), rep) in pooled.iter().zip(reports.iter_mut()) {
-            rep.runs.push(with_load(
-                RunMetrics::from_records(recs, *secs, cfg.slo),
-                load,
-            ));
+        for (((recs, secs), rep), prof) in pooled.iter().zip(reports.iter_mut()).zip(profiles) {
+            let mut m = with_load(RunMetrics::from_records(recs, *secs, cfg.slo), load);
+            m.profile = prof;
+            rep.runs.push(m);
         }
     }
     if let (Some(max), Some(slo)) = (cfg.capacity_max, cfg.slo) {
@@ -327,6 +339,14 @@ fn prompt_pool(cfg: &BenchConfig) -> usize {
         n += probes * per_load.max(2 * max);
     }
     n.clamp(1, MAX_POOL)
+}
+
+/// The server's phase metrics now, when it is a tokenfab server that exports them.
+async fn snapshot(t: &Target) -> Result<Option<Snapshot>, BenchError> {
+    Ok(t.metrics_text()
+        .await?
+        .map(|text| Snapshot::parse(&text))
+        .filter(Snapshot::has_phases))
 }
 
 /// `m` labelled with the load it ran at.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokenfab_bench::{Bound, Load, Slo};
 use tokenfab_engine::{
-    Device, EngineConfig, EngineHandle, LoadedModel, RequestStream, StreamEvent,
+    Device, EngineConfig, EngineHandle, LoadedModel, RequestStream, SpeculativeConfig, StreamEvent,
 };
 use tokenfab_loader::{GgmlType, HfOptions, Quantization};
 use tokenfab_types::SamplingParams;
@@ -87,17 +87,40 @@ impl ModelArgs {
     }
 }
 
+/// n-gram speculative decoding, as vLLM configures it.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SpecArgs {
+    /// Speculative decoding as vLLM's JSON, e.g. `{"method": "ngram",
+    /// "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 2}` (prompt
+    /// lookup: drafts copied from the request's own text, verified in one forward pass; output
+    /// unchanged). Off without it.
+    #[arg(long, value_name = "JSON")]
+    pub speculative_config: Option<String>,
+}
+
+impl SpecArgs {
+    pub fn config(&self) -> Result<Option<SpeculativeConfig>> {
+        self.speculative_config
+            .as_deref()
+            .map(SpeculativeConfig::from_json)
+            .transpose()
+            .map_err(Into::into)
+    }
+}
+
 /// Starts an engine for one command: `seqs` requests at once over a KV pool of `pool_tokens`
-/// tokens (rounded up to whole blocks), on `device`.
+/// tokens (rounded up to whole blocks), on `device`, with speculative decoding when given.
 pub fn start_engine(
     m: LoadedModel,
     device: Device,
     seqs: usize,
     pool_tokens: usize,
+    speculative: Option<SpeculativeConfig>,
 ) -> Result<EngineHandle> {
     let base = EngineConfig::default();
     let cfg = EngineConfig {
         device,
+        speculative,
         max_num_seqs: seqs.max(1),
         max_kv_blocks: Some(pool_tokens.max(1).div_ceil(base.block_size)),
         // The pool is sized by `max_kv_blocks`, whatever memory that takes.

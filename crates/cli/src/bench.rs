@@ -52,6 +52,10 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Also report where a tokenfab server's engine steps went in each run (phases, wall and CPU
+    /// time), from its /metrics before and after the run.
+    #[arg(long)]
+    profile: bool,
 }
 
 impl Args {
@@ -94,6 +98,7 @@ impl Args {
                 .max(1),
             timeout: Duration::from_secs_f64(self.timeout),
             progress: !self.quiet,
+            profile: self.profile,
         })
     }
 }

@@ -8,13 +8,15 @@ use anyhow::{Context, Result};
 use tokenfab_engine::EngineRequest;
 use tokenfab_loader::chat_template::ChatMessage;
 
-use crate::args::{start_engine, ModelArgs, SamplingArgs};
+use crate::args::{start_engine, ModelArgs, SamplingArgs, SpecArgs};
 use crate::generate::generate;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// A system message to start the conversation with.
     #[arg(long)]
     pub system: Option<String>,
@@ -39,7 +41,7 @@ pub fn run(a: Args) -> Result<()> {
     let ctx = m.context_len();
     let params = a.sampling.params()?;
     // One conversation at a time, as long as the context.
-    let engine = start_engine(m, a.device, 1, ctx)?;
+    let engine = start_engine(m, a.device, 1, ctx, a.spec.config()?)?;
     let template = engine.chat_template().context("no chat template")?;
     let mut messages: Vec<ChatMessage> = a
         .system

@@ -115,7 +115,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
         .add_bos()
         .then(|| m.tokenizer.bos_id())
         .flatten();
-    let engine = start_engine(m, a.device, WINDOW, WINDOW * a.ctx)?;
+    let engine = start_engine(m, a.device, WINDOW, WINDOW * a.ctx, None)?;
     let chunks = (0..n_chunks).map(|c| {
         let mut chunk = tokens[c * a.ctx..(c + 1) * a.ctx].to_vec();
         if let Some(b) = bos {
@@ -210,7 +210,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         .map(|r| r.prompt_tokens.len() + r.tokens.len())
         .max()
         .unwrap_or(1);
-    let engine = start_engine(m, a.device, WINDOW, WINDOW * longest)?;
+    let engine = start_engine(m, a.device, WINDOW, WINDOW * longest, None)?;
     let inputs = rows
         .iter()
         .map(|r| [&r.prompt_tokens[..], &r.tokens].concat());

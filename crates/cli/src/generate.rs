@@ -6,12 +6,14 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tokenfab_engine::{EngineRequest, StreamEvent, Usage};
 
-use crate::args::{next_event, start_engine, ModelArgs, SamplingArgs};
+use crate::args::{next_event, start_engine, ModelArgs, SamplingArgs, SpecArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// The prompt; special tokens written in it (e.g. `<|im_start|>`) are parsed as such.
     #[arg(long, short = 'p')]
     pub prompt: String,
@@ -60,7 +62,7 @@ pub fn run(a: Args) -> Result<()> {
         prompt.len()
     );
     let max_tokens = a.max_tokens.min(ctx - prompt.len());
-    let engine = start_engine(m, a.device, 1, prompt.len() + max_tokens)?;
+    let engine = start_engine(m, a.device, 1, prompt.len() + max_tokens, a.spec.config()?)?;
     let vocab = engine.info().vocab_size;
     let req = EngineRequest {
         prompt_tokens: prompt.clone(),

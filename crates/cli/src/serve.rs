@@ -17,6 +17,8 @@ use crate::args::ModelArgs;
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: crate::args::SpecArgs,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -219,6 +221,7 @@ pub fn run(a: Args) -> Result<()> {
         gpu_memory_utilization: a.gpu_memory_utilization,
         stream_timeout: secs(a.stream_timeout, "--stream-timeout")?.max(Duration::from_millis(10)),
         kv_events: a.kv_events.settings()?,
+        speculative: a.spec.config()?,
         ..EngineConfig::default()
     };
     let m = a.model.load()?;
@@ -240,6 +243,7 @@ pub fn run(a: Args) -> Result<()> {
         max_num_seqs = a.max_num_seqs,
         max_num_batched_tokens = a.max_num_batched_tokens,
         prefix_caching = engine_cfg.enable_prefix_caching,
+        speculative = ?engine_cfg.speculative,
         "engine started"
     );
     if !keys.is_empty() {

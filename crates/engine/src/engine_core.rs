@@ -15,41 +15,15 @@ use tokenfab_types::{FinishReason, RequestId, TokenId};
 use crate::detok::IncrementalDecoder;
 use crate::error::Result;
 use crate::handle::{Command, EngineConfig, Shared};
+use crate::host::{sample_step, Active, PromptLogprobs, Times};
 use crate::kv_events::KvEventPublisher;
 use crate::outbox::Outbox;
-use crate::request::{EngineRequest, StreamEvent, TokenLogprob, Usage};
-use crate::runner::{ModelRunner, StepLogits};
-use crate::sampler::{token_logprob, LogitBias, Sample, Sampler};
+use crate::profile::{CpuClocks, EnginePhase, StepTimer};
+use crate::request::{EngineRequest, StreamEvent, Usage};
+use crate::runner::ModelRunner;
+use crate::sampler::{LogitBias, Sample, Sampler};
+use crate::spec::{ngram_draft, CostModel, SpecState, SpeculativeConfig};
 use crate::stop::StopChecker;
-
-/// What the engine keeps of one request beside what the scheduler owns (its tokens, limits and
-/// progress): how to sample it, how to turn its tokens into text, and where its events go.
-struct Active {
-    /// Sampling parameters, seeded stream, logits processors, logprobs wanted.
-    sampler: Sampler,
-    detok: IncrementalDecoder,
-    stop: StopChecker,
-    /// Events back to the consumer (bounded channel + backlog; never blocks the engine).
-    out: Outbox,
-    /// Prompt log-probabilities being gathered; `None` when not asked for or already sent.
-    prompt_logprobs: Option<PromptLogprobs>,
-    times: Times,
-}
-
-struct PromptLogprobs {
-    /// Alternatives per entry.
-    top_n: usize,
-    /// (prompt length,) filled as prompt chunks run; entry 0 stays `None`.
-    entries: Vec<Option<TokenLogprob>>,
-}
-
-/// For the latency metrics.
-struct Times {
-    arrival: Instant,
-    /// First scheduled (it left the queue).
-    scheduled: bool,
-    last_token: Option<Instant>,
-}
 
 pub(crate) struct EngineCore {
     runner: ModelRunner,
@@ -67,10 +41,14 @@ pub(crate) struct EngineCore {
     lingering: Vec<Outbox>,
     /// A consumer that takes nothing for this long while events wait is dropped (aborted).
     stream_timeout: Duration,
-    /// Scratch: (vocab,) log-softmax of one row for prompt log-probabilities.
-    lsm: Vec<f32>,
     /// Publishes the KV manager's events after each step, when on.
     kv_events: Option<KvEventPublisher>,
+    /// Where each step's time goes (metrics `engine_phase_*`).
+    timer: StepTimer,
+    /// n-gram speculative decoding, when configured.
+    spec: Option<SpeculativeConfig>,
+    /// Forward time against rows, for what a draft row costs (speculative decoding only).
+    cost: CostModel,
 }
 
 impl EngineCore {
@@ -128,8 +106,10 @@ impl EngineCore {
             prefix_seen: (0, 0),
             lingering: Vec::new(),
             stream_timeout: cfg.stream_timeout,
-            lsm: Vec::new(),
             kv_events,
+            timer: StepTimer::new(CpuClocks::of_global_pool()),
+            spec: cfg.speculative.clone(),
+            cost: CostModel::default(),
         })
     }
 
@@ -160,13 +140,19 @@ impl EngineCore {
                 self.fail_all("the server shut down before the request finished");
                 return;
             }
-            let idle = !self.sched.has_unfinished();
-            if !self.take_commands(idle) {
+            if !self.sched.has_unfinished() && !self.wait_command() {
+                self.fail_all("the engine stopped");
+                return;
+            }
+            self.timer.begin();
+            if !self.take_commands() {
                 self.fail_all("the engine stopped");
                 return;
             }
             self.reap_disconnected();
-            if self.sched.has_unfinished() {
+            self.timer.lap(EnginePhase::Commands);
+            let stepped = self.sched.has_unfinished();
+            if stepped {
                 if let Err(e) = self.step() {
                     tracing::error!(error = %e, "engine step failed");
                     self.fail_all("internal error");
@@ -174,6 +160,10 @@ impl EngineCore {
             }
             self.publish_kv_events();
             self.update_gauges();
+            self.timer.lap(EnginePhase::Commands);
+            if stepped {
+                self.timer.end(&self.shared.metrics.phases);
+            }
         }
     }
 
@@ -187,36 +177,46 @@ impl EngineCore {
         }
     }
 
-    /// One engine step: the whole of continuous batching is these lines.
+    /// One engine step: the whole of continuous batching is these lines; each phase's time goes
+    /// to the step timer.
     fn step(&mut self) -> Result<()> {
         let out = self.sched.schedule();
         self.note_scheduled(&out);
+        self.timer.lap(EnginePhase::Schedule);
         if out.scheduled.is_empty() {
             return Ok(());
         }
         let all_rows = self.wants_prompt_logprobs(&out);
-        let logits = self.runner.execute(&out, |i| all_rows[i])?;
-        self.record_prompt_logprobs(&out, &logits);
-        let sampled = self.sample(&out, &logits);
-        self.runner.recycle(logits);
+        let logits = self
+            .runner
+            .execute(&out, |i| all_rows[i], &mut self.timer)?;
+        let spec_metrics = self.shared.metrics.spec.as_ref();
+        let sampled = sample_step(&mut self.active, &self.sched, &out, &logits, spec_metrics);
+        self.timer.lap(EnginePhase::Sample);
         let tokens: Vec<(RequestId, TokenId)> =
             sampled.iter().map(|(id, s)| (*id, s.token)).collect();
         let finished = self.sched.update(&out, &tokens);
+        self.timer.lap(EnginePhase::Update);
         self.emit(sampled, finished);
+        self.propose(&out);
+        self.timer.lap(EnginePhase::Propose);
         Ok(())
     }
 
-    /// Applies waiting commands; blocks briefly for one when idle. False when every handle is gone.
-    fn take_commands(&mut self, idle: bool) -> bool {
-        if idle {
-            // Finished streams still handing over their last events are checked often.
-            let wait = if self.lingering.is_empty() { 200 } else { 5 };
-            match self.rx.recv_timeout(Duration::from_millis(wait)) {
-                Ok(c) => self.apply(c),
-                Err(mpsc::RecvTimeoutError::Timeout) => return true,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
-            }
+    /// Blocks briefly for a command while idle. False when every handle is gone.
+    fn wait_command(&mut self) -> bool {
+        // Finished streams still handing over their last events are checked often.
+        let wait = if self.lingering.is_empty() { 200 } else { 5 };
+        match self.rx.recv_timeout(Duration::from_millis(wait)) {
+            Ok(c) => self.apply(c),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return !self.active.is_empty(),
         }
+        true
+    }
+
+    /// Applies waiting commands. False when every handle is gone and nothing is left to finish.
+    fn take_commands(&mut self) -> bool {
         loop {
             match self.rx.try_recv() {
                 Ok(c) => self.apply(c),
@@ -278,12 +278,14 @@ impl EngineCore {
             prompt_logprobs: req.prompt_logprobs.map(|top_n| PromptLogprobs {
                 top_n,
                 entries: vec![None; prompt_len],
+                lsm: Vec::new(),
             }),
             times: Times {
                 arrival,
                 scheduled: false,
                 last_token: None,
             },
+            spec: SpecState::default(),
         };
         self.active.insert(id, active);
     }
@@ -350,96 +352,124 @@ impl EngineCore {
             .collect()
     }
 
-    /// Fills prompt log-probabilities from every row of prompt chunks; sends them once complete.
-    fn record_prompt_logprobs(&mut self, out: &SchedulerOutput, logits: &StepLogits) {
-        for (i, s) in out.scheduled.iter().enumerate() {
-            let (Some(a), Some(r)) = (self.active.get_mut(&s.id), self.sched.request(s.id)) else {
-                continue;
-            };
-            let Some(p) = a.prompt_logprobs.as_mut() else {
-                continue;
-            };
-            let rows = logits.rows[i].clone();
-            if rows.len() != s.tokens.len() {
-                continue;
-            }
-            let prompt = r.prompt();
-            for (j, row) in rows.enumerate() {
-                let next = s.start + j + 1;
-                if next < prompt.len() {
-                    let lp = token_logprob(logits.row(row), prompt[next], p.top_n, &mut self.lsm);
-                    p.entries[next] = Some(lp);
-                }
-            }
-            if s.start + s.tokens.len() >= prompt.len() {
-                let entries = std::mem::take(&mut p.entries);
-                a.prompt_logprobs = None;
-                a.out
-                    .send(StreamEvent::PromptLogprobs(entries), Instant::now());
-            }
-        }
-    }
-
-    /// Samples a token for every sequence the scheduler asked one of, from its last row.
-    fn sample(&mut self, out: &SchedulerOutput, logits: &StepLogits) -> Vec<(RequestId, Sample)> {
-        let mut sampled = Vec::with_capacity(out.scheduled.len());
-        for (i, s) in out.scheduled.iter().enumerate().filter(|(_, s)| s.sample) {
-            let (Some(a), Some(r)) = (self.active.get_mut(&s.id), self.sched.request(s.id)) else {
-                continue;
-            };
-            if let Some(last) = logits.rows[i].clone().last() {
-                let sample = a.sampler.sample(logits.row(last), r.prompt(), r.output());
-                sampled.push((s.id, sample));
-            }
-        }
-        sampled
-    }
-
     /// Streams each sampled token, then ends the requests that finished: those the scheduler
     /// ended (stop token, length cap, prefill-only) and those whose text reached a stop string.
+    /// Three passes, each its own phase: token bytes to text, stop strings, events.
     fn emit(&mut self, sampled: Vec<(RequestId, Sample)>, finished: Vec<Finished>) {
-        let now = Instant::now();
         let mut ended: HashMap<RequestId, Finished> =
             finished.into_iter().map(|f| (f.request.id(), f)).collect();
+        // A stop or end-of-generation token ends the text: its log-probability is streamed, its
+        // text is not (as vLLM and llama-server do). It is always the last of its request's run.
+        let mut texts: Vec<String> = Vec::with_capacity(sampled.len());
+        for (i, (id, s)) in sampled.iter().enumerate() {
+            let last = sampled.get(i + 1).is_none_or(|next| next.0 != *id);
+            let stop_token = last
+                && ended
+                    .get(id)
+                    .is_some_and(|f| f.reason == FinishReason::Stop);
+            texts.push(match self.active.get_mut(id) {
+                Some(a) if !stop_token => a.detok.push(&self.tokenizer.token_bytes(s.token)),
+                _ => String::new(),
+            });
+        }
+        self.timer.lap(EnginePhase::Detokenize);
+        // id -> index in `sampled` of the token whose text reached a stop string.
+        let mut cut: HashMap<RequestId, usize> = HashMap::new();
+        for (i, (id, _)) in sampled.iter().enumerate() {
+            if cut.contains_key(id) {
+                continue;
+            }
+            if let Some(a) = self.active.get_mut(id) {
+                let (text, hit) = a.stop.push(&texts[i]);
+                texts[i] = text;
+                if hit {
+                    cut.insert(*id, i);
+                }
+            }
+        }
+        self.timer.lap(EnginePhase::StopStrings);
+        let now = Instant::now();
         let shared = self.shared.clone();
         let m = &shared.metrics;
-        for (id, s) in sampled {
+        let mut dropped: HashMap<RequestId, usize> = HashMap::new();
+        for (i, ((id, s), text)) in sampled.into_iter().zip(texts).enumerate() {
+            if cut.get(&id).is_some_and(|&at| i > at) {
+                *dropped.entry(id).or_default() += 1;
+                continue;
+            }
             let Some(a) = self.active.get_mut(&id) else {
                 continue;
             };
             m.generation_tokens.add(1);
-            let since = now - a.times.last_token.unwrap_or(a.times.arrival);
-            match a.times.last_token {
-                None => m.time_to_first_token_seconds.observe(since.as_secs_f64()),
-                Some(_) => m.inter_token_latency_seconds.observe(since.as_secs_f64()),
+            // Latencies per step, as vLLM counts them: tokens of one step arrive together.
+            if a.times.last_token != Some(now) {
+                let since = now - a.times.last_token.unwrap_or(a.times.arrival);
+                match a.times.last_token {
+                    None => m.time_to_first_token_seconds.observe(since.as_secs_f64()),
+                    Some(_) => m.inter_token_latency_seconds.observe(since.as_secs_f64()),
+                }
+                a.times.last_token = Some(now);
             }
-            a.times.last_token = Some(now);
-            // A stop or end-of-generation token ends the text: its log-probability is streamed,
-            // its text is not (as vLLM and llama-server do).
-            let stop_token = ended
-                .get(&id)
-                .is_some_and(|f| f.reason == FinishReason::Stop);
-            let (text, hit) = if stop_token {
-                (String::new(), false)
-            } else {
-                let t = a.detok.push(&self.tokenizer.token_bytes(s.token));
-                a.stop.push(&t)
-            };
             let ev = StreamEvent::Token {
                 token: s.token,
                 text,
                 logprob: s.logprob,
             };
             a.out.send(ev, now);
-            if hit {
-                let f = ended.remove(&id).map(|f| f.request);
-                if let Some(r) = f.or_else(|| self.sched.finish(id)) {
-                    self.end(id, FinishReason::Stop, &r);
-                }
+        }
+        for id in cut.into_keys() {
+            let f = ended.remove(&id).map(|f| f.request);
+            if let Some(mut r) = f.or_else(|| self.sched.finish(id)) {
+                // Tokens sampled after the stop string in this step are not the request's.
+                let n = dropped.get(&id).copied().unwrap_or(0);
+                r.truncate_output(r.output().len() - n);
+                self.end(id, FinishReason::Stop, &r);
             }
         }
         for (id, f) in ended {
             self.end(id, f.reason, &f.request);
+        }
+        self.timer.lap(EnginePhase::Events);
+    }
+
+    /// Drafts for the next step (speculative decoding): each request that sampled and still
+    /// runs asks prompt lookup for as many tokens as its recent acceptance pays for at this
+    /// batch size, cut to what its logits processors allow.
+    fn propose(&mut self, out: &SchedulerOutput) {
+        let Some(cfg) = &self.spec else {
+            return;
+        };
+        let drafted: usize = out.scheduled.iter().map(|s| s.num_draft).sum();
+        // Only passes of decode rows tell what draft rows cost beside decode rows. CPU time, not
+        // wall time: it does not grow when other processes take the cores.
+        if out
+            .scheduled
+            .iter()
+            .all(|s| s.tokens.len() == s.num_draft + 1)
+        {
+            let forward = self.timer.cpu(EnginePhase::Forward).as_secs_f64();
+            self.cost.observe(out.num_batched_tokens, forward);
+        }
+        let decodes = self.sched.num_running();
+        let breakeven = self.cost.breakeven(decodes, drafted.max(decodes));
+        for s in out.scheduled.iter().filter(|s| s.sample) {
+            let (Some(a), Some(r)) = (self.active.get_mut(&s.id), self.sched.request(s.id)) else {
+                continue;
+            };
+            let k = a.spec.draft_len(cfg.num_speculative_tokens, breakeven);
+            if k == 0 {
+                continue;
+            }
+            let d = ngram_draft(
+                r.all_tokens(),
+                cfg.prompt_lookup_min,
+                cfg.prompt_lookup_max,
+                k,
+            );
+            let d = d[..a.sampler.validate_draft(d)].to_vec();
+            if !d.is_empty() {
+                self.sched.set_draft(s.id, d);
+            }
         }
     }
 

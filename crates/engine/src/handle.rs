@@ -16,9 +16,11 @@ use tokio::sync::mpsc as tmpsc;
 pub use crate::device::Device;
 use crate::engine_core::EngineCore;
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SpecMetrics};
 use crate::model::LoadedModel;
+use crate::profile::HttpTimer;
 use crate::request::{EngineRequest, StreamEvent};
+use crate::spec::SpeculativeConfig;
 
 /// How the engine is sized and how it schedules.
 #[derive(Clone, Debug)]
@@ -53,6 +55,8 @@ pub struct EngineConfig {
     pub max_kv_blocks: Option<usize>,
     /// KV-cache events for prefix-aware routers (`--kv-events-config`); off when `None`.
     pub kv_events: Option<crate::kv_events::KvEventsSettings>,
+    /// n-gram speculative decoding (vLLM's `--speculative-config`); `None`: off.
+    pub speculative: Option<SpeculativeConfig>,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +76,7 @@ impl Default for EngineConfig {
             stream_timeout: Duration::from_secs(60),
             max_kv_blocks: None,
             kv_events: None,
+            speculative: None,
         }
     }
 }
@@ -142,7 +147,13 @@ impl EngineHandle {
     pub fn start(m: LoadedModel, cfg: EngineConfig) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
-            metrics: Metrics::default(),
+            metrics: Metrics {
+                spec: cfg
+                    .speculative
+                    .as_ref()
+                    .map(|c| SpecMetrics::new(c.num_speculative_tokens)),
+                ..Metrics::default()
+            },
             epoch: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
@@ -222,6 +233,7 @@ impl EngineHandle {
             rx: erx,
             abort: self.tx.clone(),
             done: false,
+            shared: self.shared.clone(),
         })
     }
 
@@ -321,11 +333,21 @@ pub struct RequestStream {
     rx: tmpsc::Receiver<StreamEvent>,
     abort: mpsc::Sender<Command>,
     done: bool,
+    /// For [`RequestStream::http_timer`].
+    shared: Arc<Shared>,
 }
 
 impl RequestStream {
     pub fn id(&self) -> RequestId {
         self.id
+    }
+
+    /// Times the consumer's work on this stream's events (the server's SSE frames) as the
+    /// `http` phase of the engine's phase metrics.
+    pub fn http_timer(&self) -> HttpTimer {
+        HttpTimer {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The next event; `None` after `End`/`Error` (or if the engine died).

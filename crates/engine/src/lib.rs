@@ -13,14 +13,17 @@ mod engine_core;
 pub mod error;
 pub mod gpu_probe;
 pub mod handle;
+mod host;
 pub mod kv_events;
 pub mod metrics;
 pub mod model;
 mod outbox;
+pub mod profile;
 pub mod request;
 pub mod rng;
 mod runner;
 pub mod sampler;
+pub mod spec;
 pub mod stop;
 pub mod testing;
 
@@ -31,7 +34,9 @@ pub use handle::{EngineConfig, EngineHandle, EngineInfo, KvDtype, RequestStream}
 pub use kv_events::{KvEventsConfig, KvEventsSettings, WireFormat};
 pub use metrics::Metrics;
 pub use model::LoadedModel;
+pub use profile::{EnginePhase, ForwardProfile, HttpTimer};
 pub use request::{check_token_id, EngineRequest, StreamEvent, TokenLogprob, Usage};
 pub use sampler::{LogitsProcessor, Sampler};
+pub use spec::SpeculativeConfig;
 pub use tokenfab_scheduler::HashAlgo;
 pub use tokenfab_scheduler::SchedulerError;

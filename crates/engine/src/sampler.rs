@@ -15,6 +15,16 @@ pub trait LogitsProcessor: Send {
     fn apply(&mut self, logits: &mut [f32]);
     /// The token sampled after `apply`.
     fn accept(&mut self, _token: TokenId) {}
+    /// How many leading tokens of `draft`, proposed to follow the tokens accepted so far
+    /// (speculative decoding), this processor could allow, leaving its state as it is. A grammar
+    /// matcher answers with the longest prefix its grammar accepts (llguidance
+    /// `Matcher::validate_tokens`), so that no forward-pass row is spent on a draft token its
+    /// mask would rule out; a processor that forbids no token allows the whole draft. Verification
+    /// itself needs nothing more: it calls `apply` and `accept` for each position in order, and
+    /// only with tokens that are kept, so no processor ever has to roll back.
+    fn validate_draft(&mut self, draft: &[TokenId]) -> usize {
+        draft.len()
+    }
 }
 
 /// OpenAI's `logit_bias`: a value added to the logit of each listed token.
@@ -80,13 +90,65 @@ impl Sampler {
 
     /// Picks the next token after raw `logits` (vocab,), which are left unchanged.
     pub fn sample(&mut self, logits: &[f32], prompt: &[TokenId], output: &[TokenId]) -> Sample {
+        self.sample_after(logits, prompt, output, &[])
+    }
+
+    /// Samples after the request's last known token and after each of its `draft` tokens in
+    /// turn (`row(0)`: the logits after the last known token; `row(j)`: after draft token
+    /// `j - 1`), keeping draft tokens while each equals the token sampled at its position. Pushes
+    /// to `out` the accepted draft tokens, then the token sampled after them (the first that
+    /// differs from the draft, or the one after a wholly accepted draft); stops early after a
+    /// token of `stop`, which ends the request.
+    ///
+    /// Each position is sampled exactly as plain decoding samples it (the same processors,
+    /// penalties over every token before it, one draw of the request's random stream), so the
+    /// tokens are those plain decoding produces: the same under greedy sampling or a seed, and
+    /// distributed as the model says. vLLM's rule for drafts without probabilities (n-gram):
+    /// accept with probability p(draft), else sample from p without the draft token, gives the
+    /// same distribution; drawing from p and comparing also keeps a seeded request's tokens
+    /// independent of speculation.
+    pub fn verify<'l>(
+        &mut self,
+        row: impl Fn(usize) -> &'l [f32],
+        prompt: &[TokenId],
+        output: &[TokenId],
+        draft: &[TokenId],
+        stop: &[TokenId],
+        out: &mut Vec<Sample>,
+    ) {
+        for j in 0..=draft.len() {
+            let s = self.sample_after(row(j), prompt, output, &draft[..j]);
+            let t = s.token;
+            out.push(s);
+            if draft.get(j) != Some(&t) || stop.contains(&t) {
+                return;
+            }
+        }
+    }
+
+    /// Leading tokens of `draft` that every processor allows (see
+    /// [`LogitsProcessor::validate_draft`]).
+    pub fn validate_draft(&mut self, draft: &[TokenId]) -> usize {
+        self.processors
+            .iter_mut()
+            .fold(draft.len(), |n, p| p.validate_draft(&draft[..n]))
+    }
+
+    /// [`Self::sample`] with `accepted` (tokens kept earlier in this step) after `output`.
+    fn sample_after(
+        &mut self,
+        logits: &[f32],
+        prompt: &[TokenId],
+        output: &[TokenId],
+        accepted: &[TokenId],
+    ) -> Sample {
         let mut row = std::mem::take(&mut self.row);
         row.clear();
         row.extend_from_slice(logits);
         for p in &mut self.processors {
             p.apply(&mut row);
         }
-        let token = self.pick(&mut row, prompt, output);
+        let token = self.pick(&mut row, prompt, output, accepted);
         for p in &mut self.processors {
             p.accept(token);
         }
@@ -100,10 +162,21 @@ impl Sampler {
     /// Applies the penalties in place: repetition over prompt and output (as vLLM and HF do),
     /// presence and frequency over the output only (as OpenAI defines them).
     pub fn apply_penalties(&self, logits: &mut [f32], prompt: &[TokenId], output: &[TokenId]) {
+        self.penalize(logits, prompt, output, &[]);
+    }
+
+    /// [`Self::apply_penalties`] with `accepted` counted as output after `output`.
+    fn penalize(
+        &self,
+        logits: &mut [f32],
+        prompt: &[TokenId],
+        output: &[TokenId],
+        accepted: &[TokenId],
+    ) {
         let p = &self.params;
         if p.repetition_penalty != 1.0 {
             let mut seen = vec![false; logits.len()];
-            for &t in prompt.iter().chain(output) {
+            for &t in prompt.iter().chain(output).chain(accepted) {
                 if let Some(s) = seen.get_mut(t as usize) {
                     *s = true;
                 }
@@ -118,7 +191,7 @@ impl Sampler {
         }
         if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
             let mut counts = std::collections::HashMap::<u32, u32>::new();
-            for &t in output {
+            for &t in output.iter().chain(accepted) {
                 *counts.entry(t).or_default() += 1;
             }
             for (t, c) in counts {
@@ -130,8 +203,14 @@ impl Sampler {
     }
 
     /// Penalties, then greedy or random choice over `logits` (modified).
-    fn pick(&mut self, logits: &mut [f32], prompt: &[TokenId], output: &[TokenId]) -> TokenId {
-        self.apply_penalties(logits, prompt, output);
+    fn pick(
+        &mut self,
+        logits: &mut [f32],
+        prompt: &[TokenId],
+        output: &[TokenId],
+        accepted: &[TokenId],
+    ) -> TokenId {
+        self.penalize(logits, prompt, output, accepted);
         if self.params.is_greedy() {
             return argmax(logits);
         }
@@ -361,5 +440,134 @@ mod tests {
         assert!((total - 1.0).abs() < 1e-4, "{total}");
         assert_eq!(small.logprob, all.top.iter().find(|t| t.0 == 5).unwrap().1);
         assert!(token_logprob(&logits, 5, 0, &mut scratch).top.is_empty());
+    }
+
+    /// Logits whose argmax is `t` (vocab 8).
+    fn peaked(t: u32) -> Vec<f32> {
+        (0..8).map(|i| if i == t { 5.0 } else { 0.0 }).collect()
+    }
+
+    #[test]
+    fn greedy_verification_keeps_the_matching_prefix_and_the_token_after_it() {
+        let rows = [peaked(3), peaked(4), peaked(5), peaked(6)];
+        let run = |draft: &[u32], stop: &[u32]| {
+            let mut s = Sampler::new(params(|_| {}));
+            let mut out = Vec::new();
+            s.verify(|j| &rows[j][..], &[], &[], draft, stop, &mut out);
+            out.iter().map(|x| x.token).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            run(&[3, 4, 5], &[]),
+            [3, 4, 5, 6],
+            "all accepted, then the bonus"
+        );
+        assert_eq!(
+            run(&[3, 9, 5], &[]),
+            [3, 4],
+            "the first mismatch is replaced"
+        );
+        assert_eq!(run(&[1, 4, 5], &[]), [3]);
+        assert_eq!(run(&[], &[]), [3]);
+        assert_eq!(run(&[3, 4, 5], &[4]), [3, 4], "a stop token ends the run");
+    }
+
+    #[test]
+    fn verification_counts_accepted_tokens_in_the_penalties() {
+        // Row 1 prefers 2 slightly over 5; a strong repetition penalty on the accepted 2 flips it.
+        let rows = [peaked(2), vec![0.0, 0.0, 2.0, 0.0, 0.0, 1.9, 0.0, 0.0]];
+        let mut s = Sampler::new(params(|p| p.repetition_penalty = 4.0));
+        let mut out = Vec::new();
+        s.verify(|j| &rows[j][..], &[], &[], &[2], &[], &mut out);
+        assert_eq!(out.iter().map(|x| x.token).collect::<Vec<_>>(), [2, 5]);
+    }
+
+    #[test]
+    fn seeded_verification_draws_the_tokens_plain_sampling_draws() {
+        let rows: Vec<Vec<f32>> = (0..6)
+            .map(|r| (0..8).map(|i| ((i * 7 + r * 3) % 5) as f32 * 0.4).collect())
+            .collect();
+        let p = params(|p| {
+            p.temperature = 1.0;
+            p.seed = Some(99);
+        });
+        for trial in 0..50u32 {
+            let mut plain = Sampler::new(p.clone());
+            let mut spec = Sampler::new(p.clone());
+            let mut want = Vec::new();
+            for row in &rows {
+                want.push(plain.sample(row, &[], &want).token);
+            }
+            // Drafts: the plain tokens with one changed (or none), at varying places.
+            let mut draft = want[..5].to_vec();
+            if trial % 6 < 5 {
+                draft[(trial % 6) as usize] = (want[(trial % 6) as usize] + 1) % 8;
+            }
+            let mut got = Vec::new();
+            let mut out = Vec::new();
+            while got.len() < rows.len() {
+                out.clear();
+                let d = &draft[got.len().min(draft.len())..];
+                let d = &d[..d.len().min(rows.len() - got.len() - 1)];
+                let at = got.len();
+                spec.verify(|j| &rows[at + j][..], &[], &got, d, &[], &mut out);
+                got.extend(out.iter().map(|x| x.token));
+            }
+            assert_eq!(got, want, "trial {trial}");
+        }
+    }
+
+    #[test]
+    fn verification_keeps_the_target_distribution() {
+        // p = softmax(logits); draft token 1. Over many requests, the first token must follow p,
+        // and the draft must be accepted with probability p(1) (vLLM's rule for n-gram drafts).
+        let logits = [0.3f32, 1.2, -0.5, 0.9];
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        let p: Vec<f64> = logits.iter().map(|&l| (l as f64).exp() / z).collect();
+        let rows = [logits.to_vec(), logits.to_vec()];
+        let n = 40_000;
+        let mut counts = [0u32; 4];
+        let mut accepted = 0;
+        let mut out = Vec::new();
+        for seed in 0..n {
+            let mut s = Sampler::new(params(|q| {
+                q.temperature = 1.0;
+                q.seed = Some(seed as u64);
+            }));
+            out.clear();
+            s.verify(|j| &rows[j][..], &[], &[], &[1], &[], &mut out);
+            counts[out[0].token as usize] += 1;
+            accepted += u32::from(out.len() == 2);
+        }
+        // Chi-square with 3 degrees of freedom: 16.27 is the 0.1% critical value.
+        let chi2: f64 = counts
+            .iter()
+            .zip(&p)
+            .map(|(&c, &q)| {
+                let e = q * n as f64;
+                (c as f64 - e).powi(2) / e
+            })
+            .sum();
+        assert!(chi2 < 16.27, "chi2 {chi2}: {counts:?} vs {p:?}");
+        let rate = accepted as f64 / n as f64;
+        assert!((rate - p[1]).abs() < 0.01, "{rate} vs {}", p[1]);
+    }
+
+    struct Allow(usize);
+    impl LogitsProcessor for Allow {
+        fn apply(&mut self, _: &mut [f32]) {}
+        fn validate_draft(&mut self, draft: &[TokenId]) -> usize {
+            draft.len().min(self.0)
+        }
+    }
+
+    #[test]
+    fn a_draft_is_cut_to_what_every_processor_allows() {
+        let mut s = Sampler::new(params(|_| {}))
+            .with_processor(Box::new(LogitBias(vec![])))
+            .with_processor(Box::new(Allow(3)))
+            .with_processor(Box::new(Allow(2)));
+        assert_eq!(s.validate_draft(&[1, 2, 3, 4]), 2);
+        let mut plain = Sampler::new(params(|_| {}));
+        assert_eq!(plain.validate_draft(&[1, 2, 3, 4]), 4);
     }
 }

@@ -231,6 +231,21 @@ impl KvCacheManager {
         Some(new_blocks)
     }
 
+    /// Rolls `req`'s reserved slots back to its first `num_tokens` (speculative tokens that were
+    /// rejected); the next allocation grows from there. Its blocks stay held for the tokens that
+    /// take those positions next. Blocks are only ever registered in the prefix cache for known
+    /// tokens (`allocate_slots`' `tokens`), so no cached block holds a rolled-back slot. Unknown
+    /// requests and counts above what is reserved are ignored.
+    pub fn truncate_slots(&mut self, req: RequestId, num_tokens: usize) {
+        if let Some(r) = self.reqs.get_mut(&req) {
+            debug_assert!(
+                num_tokens >= r.num_hashed_blocks * self.block_size,
+                "a cached block would lose verified tokens"
+            );
+            r.num_tokens = r.num_tokens.min(num_tokens);
+        }
+    }
+
     /// Drops `req`'s references; blocks no one holds go to the free queue, last block first, so
     /// a sequence's tail is evicted before its head. They stay findable by hash until reused.
     /// Unknown requests are ignored.

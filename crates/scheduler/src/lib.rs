@@ -17,6 +17,7 @@
 //! `max_num_seqs`, and every accepted request fits the whole KV pool alone, so a step always makes
 //! progress and the scheduler cannot deadlock.
 
+mod admission;
 mod config;
 mod request;
 mod scheduler;

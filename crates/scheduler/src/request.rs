@@ -64,6 +64,9 @@ pub struct Request {
     pub(crate) num_preemptions: u32,
     /// Compute every token even when the prefix cache holds some.
     pub(crate) skip_prefix_cache: bool,
+    /// Draft tokens proposed to follow `tokens` (speculative decoding), verified at the request's
+    /// next decode step; never part of `tokens` until accepted.
+    pub(crate) draft: Vec<TokenId>,
 }
 
 impl Request {
@@ -110,5 +113,16 @@ impl Request {
     /// Times this request was preempted.
     pub fn num_preemptions(&self) -> u32 {
         self.num_preemptions
+    }
+
+    /// Sampling one of these ends the request with `Stop`.
+    pub fn stop_token_ids(&self) -> &[TokenId] {
+        &self.stop_token_ids
+    }
+
+    /// Keeps the first `len` output tokens and drops the rest: a caller that ends a request on
+    /// a stop string found in an earlier token of a step drops the tokens sampled after it.
+    pub fn truncate_output(&mut self, len: usize) {
+        self.tokens.truncate(self.num_prompt_tokens + len);
     }
 }

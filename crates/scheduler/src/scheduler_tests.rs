@@ -64,8 +64,10 @@ impl FakeRunner {
         let mut sampled = Vec::new();
         for seq in &out.scheduled {
             let all = s.request(seq.id).unwrap().all_tokens();
-            let end = seq.start + seq.tokens.len();
-            assert_eq!(&all[seq.start..end], &seq.tokens[..]);
+            // Known tokens, then draft tokens to verify.
+            let end = seq.start + seq.tokens.len() - seq.num_draft;
+            let (known, draft) = seq.tokens.split_at(seq.tokens.len() - seq.num_draft);
+            assert_eq!(&all[seq.start..end], known);
             for (pos, &want) in all.iter().enumerate().take(end) {
                 let slot = self.slot(&seq.block_table, pos);
                 assert_eq!(
@@ -75,8 +77,19 @@ impl FakeRunner {
                     seq.id
                 );
             }
+            assert!(
+                seq.sample || draft.is_empty(),
+                "drafts only where a token is sampled"
+            );
             if seq.sample {
-                sampled.push((seq.id, fake_token(seq.id, end)));
+                // The token after each position, while the draft agrees (exact verification).
+                for j in 0..=draft.len() {
+                    let t = fake_token(seq.id, end + j);
+                    sampled.push((seq.id, t));
+                    if draft.get(j) != Some(&t) {
+                        break;
+                    }
+                }
             }
         }
         sampled
@@ -683,3 +696,6 @@ fn the_context_length_caps_a_request_before_max_tokens() {
         Err(SchedulerError::EmptyPrompt)
     );
 }
+
+#[path = "draft_tests.rs"]
+mod drafts;
