@@ -4,13 +4,13 @@ use std::path::{Path, PathBuf};
 
 use tokenfab_loader::chat_template::ChatTemplate;
 use tokenfab_loader::tokenizer::Tokenizer;
-use tokenfab_loader::{GgmlType, Gguf};
+use tokenfab_loader::{GgmlType, Gguf, HfOptions};
 use tokenfab_models::Model;
 
 use crate::dummy::{self, DummyConfig};
 use crate::error::Result;
 
-/// Weights, tokenizer and chat template of one GGUF file.
+/// Weights, tokenizer and chat template of one GGUF file or Hugging Face checkpoint.
 pub struct LoadedModel {
     pub path: PathBuf,
     /// `general.name`, else the file stem.
@@ -24,7 +24,17 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     pub fn load(path: &Path) -> Result<Self> {
-        Self::from_gguf(Gguf::open(path)?, path)
+        Self::load_with(path, &HfOptions::default())
+    }
+
+    /// A GGUF file, or a Hugging Face checkpoint directory read as one with `hf`.
+    pub fn load_with(path: &Path, hf: &HfOptions) -> Result<Self> {
+        let g = if tokenfab_loader::hf::is_checkpoint(path) {
+            tokenfab_loader::hf::open(path, hf)?
+        } else {
+            Gguf::open(path)?
+        };
+        Self::from_gguf(g, path)
     }
 
     /// Random weights of a preset's shape (see [`crate::dummy`]), matrices stored as `ty`.
@@ -69,6 +79,19 @@ impl LoadedModel {
             template,
             file_tensor_bytes: g.tensor_data_bytes(),
         })
+    }
+}
+
+/// What the front doors need to size a request before the engine starts.
+impl LoadedModel {
+    /// Most tokens (prompt + output) of one sequence.
+    pub fn context_len(&self) -> usize {
+        self.model.cfg.context_len
+    }
+
+    /// Bytes of the weights as loaded in host memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
     }
 }
 

@@ -41,6 +41,10 @@ pub enum Error {
     MissingTensor(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A Hugging Face checkpoint this loader cannot represent faithfully (architecture, RoPE
+    /// scaling kind, tensor, missing shard...).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     #[error("chat template: {0}")]
     Template(String),
 }

@@ -29,7 +29,7 @@ pub use kv::{KvCache, KvDtype};
 pub use model::Model;
 pub use scratch::Scratch;
 pub use tokenfab_backend::rope::RopeKind;
-pub use weight::{LayerWeights, Weight, Weights};
+pub use weight::{LayerWeights, Tensors, Weight, Weights};
 
 #[cfg(test)]
 mod tests;

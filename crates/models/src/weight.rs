@@ -113,7 +113,7 @@ fn dequant(name: &str, ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>>
 }
 
 /// Reads tensors of one file and remembers which.
-pub(crate) struct Tensors {
+pub struct Tensors {
     used: Mutex<HashSet<String>>,
     /// Dequantize every matrix to f32 (a reference for the quantized kernels).
     f32_only: bool,

@@ -8,17 +8,21 @@
 //! request is preempted (its blocks freed, recomputed later with its output kept).
 //!
 //! The engine loop is `let out = sched.schedule(); let sampled = runner.execute(&out)?;
-//! sched.update(&out, &sampled);` then `finish` for requests the engine decides are done.
+//! let finished = sched.update(&out, &sampled);`. The scheduler owns each request's tokens and
+//! limits, so `update` is where a request ends on a stop token or its length cap (a request with
+//! `max_tokens: 0` computes its prompt and ends there, sampling nothing); the caller ends the
+//! rest (aborts, stop strings) with `finish`.
 //!
 //! Invariant: scheduled tokens per step <= `max_num_batched_tokens`, running requests <=
 //! `max_num_seqs`, and every accepted request fits the whole KV pool alone, so a step always makes
 //! progress and the scheduler cannot deadlock.
 
+mod admission;
 mod config;
 mod request;
 mod scheduler;
 
 pub use config::{SchedulerConfig, SchedulerError};
-pub use request::Request;
+pub use request::{Finished, NewRequest, Request};
 pub use scheduler::{ScheduledSeq, Scheduler, SchedulerOutput};
-pub use tokenfab_kv_cache::KvCacheManager;
+pub use tokenfab_kv_cache::{HashAlgo, KvCacheManager, KvEvent, VllmHasher};

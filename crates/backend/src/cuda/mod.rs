@@ -126,11 +126,23 @@ pub(crate) fn info_of(ctx: &std::sync::Arc<cudarc::driver::CudaContext>) -> Resu
 mod tests {
     use super::*;
 
-    /// On a machine without CUDA (like the one tests run on here) the probe is a typed error.
+    /// Without CUDA (as where CI runs) the probe is a typed error; with a device, its facts are
+    /// those of a real GPU.
     #[test]
-    fn probe_without_cuda_is_an_error_not_a_panic() {
+    fn probe_describes_the_device_or_is_a_typed_error() {
         match probe(0) {
-            Ok(info) => eprintln!("a CUDA device is present: {info:?}"),
+            Ok(info) => {
+                assert_eq!(info.ordinal, 0);
+                assert!(!info.name.trim().is_empty(), "{info:?}");
+                assert!(info.compute_capability.0 >= 3, "{info:?}");
+                assert!(info.multiprocessors > 0, "{info:?}");
+                assert!(
+                    info.total_mem > 0 && info.free_mem <= info.total_mem,
+                    "{info:?}"
+                );
+                let (major, minor) = info.compute_capability;
+                assert_eq!(info.arch(), format!("compute_{major}{minor}"));
+            }
             Err(e) => {
                 let msg = e.to_string();
                 assert!(
@@ -140,6 +152,7 @@ mod tests {
                     ),
                     "{msg}"
                 );
+                eprintln!("device checks skipped: no CUDA device ({msg})");
             }
         }
         // A device number far past any machine's is always "no device" (or missing libraries).

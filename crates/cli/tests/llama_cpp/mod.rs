@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::common::{tokenfab, Reference};
+use crate::common::{score, score_rows, tokenfab, Reference};
 
 /// How `tokenfab score` agrees with llama.cpp on its greedy continuations.
 pub struct Agreement {
@@ -29,28 +29,8 @@ pub fn teacher_forced(model: &Path, refs: &[Reference]) -> Agreement {
         std::process::id(),
         model.file_stem().unwrap().to_string_lossy()
     ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let input = dir.join("in.jsonl");
-    let rows: Vec<String> = refs
-        .iter()
-        .map(|r| {
-            serde_json::json!({"prompt_tokens": r.prompt_tokens, "tokens": r.greedy_tokens})
-                .to_string()
-        })
-        .collect();
-    std::fs::write(&input, rows.join("\n")).unwrap();
-    let out = tokenfab(&[
-        "score",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ]);
+    let lines = score(model, &score_rows(refs, &dir));
     std::fs::remove_dir_all(&dir).ok();
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(lines.len(), refs.len());
     let (mut positions, mut agree, mut diffs) = (0usize, 0usize, Vec::new());
     for (r, got) in refs.iter().zip(&lines) {
@@ -98,6 +78,8 @@ pub fn first_tokens_matching(model: &Path, refs: &[Reference], n: usize) -> usiz
             "0",
             "--ignore-eos",
             "--json",
+            "--device",
+            "cpu",
         ]);
         let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
         let toks: Vec<u32> = serde_json::from_value(j["tokens"].clone()).unwrap();
@@ -135,6 +117,8 @@ pub fn perplexity(model: &Path, file: &Path, ctx: usize) -> f64 {
         file.to_str().unwrap(),
         "--ctx",
         &ctx.to_string(),
+        "--device",
+        "cpu",
     ]);
     let line = out.lines().last().unwrap();
     line.strip_prefix("PPL = ")
