@@ -23,7 +23,7 @@ pub struct ModelArgs {
     #[arg(long, short = 'm', env = "TOKENFAB_MODEL")]
     pub model: Option<PathBuf>,
     /// Checkpoint directories: how weight matrices are stored once loaded: auto (q8_0 for
-    /// bf16/f16 checkpoints, for the CPU's quantized kernels), none (as stored), q8_0, q4_0.
+    /// bf16/f16 checkpoints, for the CPU's quantized kernels), none (as stored), q8_0, q4_0, q4_1.
     #[arg(long, default_value = "auto")]
     pub quantization: Quantization,
     /// Worker threads [default: the cores this process may use].

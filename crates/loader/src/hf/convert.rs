@@ -107,7 +107,7 @@ pub(super) fn plan(
             "token_embd.weight"
         };
         for p in plan.iter_mut().filter(|p| is_matrix(p)) {
-            p.out_ty = if qt == GgmlType::Q4_0 && p.name == output {
+            p.out_ty = if matches!(qt, GgmlType::Q4_0 | GgmlType::Q4_1) && p.name == output {
                 GgmlType::Q8_0
             } else {
                 qt

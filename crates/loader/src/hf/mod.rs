@@ -47,6 +47,9 @@ pub enum Quantization {
     /// Q4_0, the output matrix (or the tied embedding) Q8_0 as llama.cpp's quantizer keeps it
     /// at a higher precision.
     Q4_0,
+    /// Q4_1 (a scale and a minimum per block), the output matrix Q8_0 as for Q4_0. A checkpoint
+    /// exported in f32 from a Q4_1 GGUF such as the default model quantizes back to its blocks.
+    Q4_1,
 }
 
 impl FromStr for Quantization {
@@ -57,9 +60,10 @@ impl FromStr for Quantization {
             "none" => Quantization::None,
             "q8_0" => Quantization::Q8_0,
             "q4_0" => Quantization::Q4_0,
+            "q4_1" => Quantization::Q4_1,
             _ => {
                 return Err(format!(
-                    "`--quantization` must be auto, none, q8_0 or q4_0. Given: {s}"
+                    "`--quantization` must be auto, none, q8_0, q4_0 or q4_1. Given: {s}"
                 ))
             }
         })
@@ -73,6 +77,7 @@ impl std::fmt::Display for Quantization {
             Quantization::None => "none",
             Quantization::Q8_0 => "q8_0",
             Quantization::Q4_0 => "q4_0",
+            Quantization::Q4_1 => "q4_1",
         })
     }
 }
@@ -301,5 +306,6 @@ pub(crate) fn resolve(q: Quantization, matrix_types: &[GgmlType]) -> Option<Ggml
         Quantization::None => None,
         Quantization::Q8_0 => Some(GgmlType::Q8_0),
         Quantization::Q4_0 => Some(GgmlType::Q4_0),
+        Quantization::Q4_1 => Some(GgmlType::Q4_1),
     }
 }
