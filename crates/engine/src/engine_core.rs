@@ -12,6 +12,7 @@ use tokenfab_scheduler::{
 };
 use tokenfab_types::{FinishReason, RequestId, TokenId};
 
+use crate::constrained::{Constrained, Failed};
 use crate::detok::IncrementalDecoder;
 use crate::error::Result;
 use crate::handle::{Command, EngineConfig, Shared};
@@ -71,6 +72,8 @@ pub(crate) struct EngineCore {
     lsm: Vec<f32>,
     /// Publishes the KV manager's events after each step, when on.
     kv_events: Option<KvEventPublisher>,
+    /// Matchers of the constrained requests (structured outputs, tool calls).
+    constrained: Constrained,
 }
 
 impl EngineCore {
@@ -130,6 +133,7 @@ impl EngineCore {
             stream_timeout: cfg.stream_timeout,
             lsm: Vec::new(),
             kv_events,
+            constrained: Constrained::default(),
         })
     }
 
@@ -195,10 +199,20 @@ impl EngineCore {
             return Ok(());
         }
         let all_rows = self.wants_prompt_logprobs(&out);
-        let logits = self.runner.execute(&out, |i| all_rows[i])?;
+        let runner = &mut self.runner;
+        let (logits, failed) = self
+            .constrained
+            .masks_during(&out, &self.shared.metrics, || {
+                runner.execute(&out, |i| all_rows[i])
+            });
+        let mut logits = logits?;
+        self.fail(failed);
+        self.constrained.apply(&out, &mut logits);
         self.record_prompt_logprobs(&out, &logits);
         let sampled = self.sample(&out, &logits);
         self.runner.recycle(logits);
+        let failed = self.constrained.accept(&sampled);
+        self.fail(failed);
         let tokens: Vec<(RequestId, TokenId)> =
             sampled.iter().map(|(id, s)| (*id, s.token)).collect();
         let finished = self.sched.update(&out, &tokens);
@@ -247,7 +261,8 @@ impl EngineCore {
         tx: tokio::sync::mpsc::Sender<StreamEvent>,
     ) {
         let mut stop_token_ids = req.stop_token_ids;
-        if !req.ignore_eos {
+        // A constrained request ends where its grammar does: on end-of-generation.
+        if !req.ignore_eos || req.grammar.is_some() {
             stop_token_ids.extend_from_slice(&self.eog);
         }
         let prompt_len = req.prompt_tokens.len();
@@ -265,6 +280,9 @@ impl EngineCore {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
             return;
+        }
+        if let Some(g) = &req.grammar {
+            self.constrained.add(id, g.matcher());
         }
         let mut sampler = Sampler::new(req.sampling).with_logprobs(req.logprobs);
         if !req.logit_bias.is_empty() {
@@ -445,6 +463,7 @@ impl EngineCore {
 
     /// Ends a request the scheduler no longer holds: sends its held-back text and `End`.
     fn end(&mut self, id: RequestId, reason: FinishReason, r: &Request) {
+        self.constrained.remove(id);
         let Some(mut a) = self.active.remove(&id) else {
             return;
         };
@@ -470,6 +489,7 @@ impl EngineCore {
     /// frees its blocks.
     fn abort(&mut self, id: RequestId) {
         self.sched.finish(id);
+        self.constrained.remove(id);
         let Some(a) = self.active.remove(&id) else {
             return;
         };
@@ -492,6 +512,17 @@ impl EngineCore {
             FinishReason::Stop => m.request_success_stop.add(1),
             FinishReason::Length => m.request_success_length.add(1),
             FinishReason::Abort => m.request_success_abort.add(1),
+        }
+    }
+
+    /// Ends requests whose constrained decoding failed with an error, before they sample.
+    fn fail(&mut self, failed: Failed) {
+        for (id, msg) in failed {
+            tracing::warn!(request = id, error = %msg, "constrained decoding failed");
+            if let Some(a) = self.active.get_mut(&id) {
+                a.out.send(StreamEvent::Error(msg), Instant::now());
+            }
+            self.abort(id);
         }
     }
 

@@ -87,6 +87,9 @@ const ITL: &[f64] = &[
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
     40.0, 80.0,
 ];
+const MASK: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 /// Every series the engine exports.
 #[derive(Debug)]
@@ -113,6 +116,12 @@ pub struct Metrics {
     pub kv_events_published: Arc<Counter>,
     /// KV-event batches dropped because the publisher's queue was full.
     pub kv_events_dropped: Arc<Counter>,
+    /// Structured outputs: per step with constrained rows, the wall time of computing their
+    /// masks (on the pool, while the forward runs) and the time the step then still waited.
+    pub structured_mask_seconds: Histogram,
+    pub structured_mask_wait_seconds: Histogram,
+    /// Constrained rows whose mask was computed (one per row per step).
+    pub structured_mask_rows: Counter,
 }
 
 impl Default for Metrics {
@@ -136,6 +145,9 @@ impl Default for Metrics {
             cache_config: OnceLock::new(),
             kv_events_published: Arc::default(),
             kv_events_dropped: Arc::default(),
+            structured_mask_seconds: Histogram::new(MASK),
+            structured_mask_wait_seconds: Histogram::new(MASK),
+            structured_mask_rows: Counter::default(),
         }
     }
 }
@@ -251,22 +263,7 @@ impl Metrics {
                     &self.request_queue_time_seconds,
                 ),
             ] {
-                let _ = writeln!(
-                    out,
-                    "# HELP {prefix}:{name} {help}\n# TYPE {prefix}:{name} histogram"
-                );
-                let mut cum = 0;
-                for (i, b) in h.bounds.iter().enumerate() {
-                    cum += h.counts[i].load(Relaxed);
-                    let _ = writeln!(out, "{prefix}:{name}_bucket{{{label},le=\"{b}\"}} {cum}");
-                }
-                let _ = writeln!(
-                    out,
-                    "{prefix}:{name}_bucket{{{label},le=\"+Inf\"}} {}",
-                    h.count()
-                );
-                let _ = writeln!(out, "{prefix}:{name}_sum{{{label}}} {}", h.sum());
-                let _ = writeln!(out, "{prefix}:{name}_count{{{label}}} {}", h.count());
+                write_histogram(&mut out, &format!("{prefix}:{name}"), help, &label, h);
             }
         }
         for (name, help, c) in [
@@ -288,8 +285,42 @@ impl Metrics {
                 c.get()
             );
         }
+        for (name, help, h) in [
+            (
+                "structured_mask_seconds",
+                "Per step with constrained rows: wall time of computing their grammar masks.",
+                &self.structured_mask_seconds,
+            ),
+            (
+                "structured_mask_wait_seconds",
+                "Per step with constrained rows: time the step waited for the masks after the forward pass.",
+                &self.structured_mask_wait_seconds,
+            ),
+        ] {
+            write_histogram(&mut out, &format!("tokenfab:{name}"), help, &label, h);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tokenfab:structured_mask_rows_total Constrained rows masked (one per row per step).\n\
+             # TYPE tokenfab:structured_mask_rows_total counter\n\
+             tokenfab:structured_mask_rows_total{{{label}}} {}",
+            self.structured_mask_rows.get()
+        );
         out
     }
+}
+
+/// One histogram in the exposition format: cumulative buckets, sum and count.
+fn write_histogram(out: &mut String, name: &str, help: &str, label: &str, h: &Histogram) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cum = 0;
+    for (i, b) in h.bounds.iter().enumerate() {
+        cum += h.counts[i].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{label},le=\"{b}\"}} {cum}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{label},le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(out, "{name}_sum{{{label}}} {}", h.sum());
+    let _ = writeln!(out, "{name}_count{{{label}}} {}", h.count());
 }
 
 fn escape(s: &str) -> String {
