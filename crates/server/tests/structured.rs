@@ -320,3 +320,39 @@ async fn prompt_of(t: &TestApp, messages: &Value) -> String {
     let (_, d) = t.post("/detokenize", json!({"tokens": v["tokens"]})).await;
     d["prompt"].as_str().unwrap().to_string()
 }
+
+#[tokio::test]
+async fn the_openapi_document_covers_the_new_fields() {
+    let t = TestApp::new();
+    let (s, _, b) = t.get("/openapi.json").await;
+    assert_eq!(s, 200);
+    let d = to_json(&b);
+    let schemas = &d["components"]["schemas"];
+    let sampling = &schemas["SamplingFields"]["properties"];
+    assert!(sampling["response_format"].is_object() && sampling["structured_outputs"].is_object());
+    let chat = &schemas["ChatCompletionRequest"]["allOf"][1]["properties"];
+    for f in ["tools", "tool_choice", "parallel_tool_calls"] {
+        assert!(chat[f].is_object(), "{f}");
+    }
+    for f in ["tool_calls", "tool_call_id"] {
+        assert!(schemas["ChatMessage"]["properties"][f].is_object(), "{f}");
+    }
+    let so = &schemas["StructuredOutputs"]["properties"];
+    for f in [
+        "json",
+        "regex",
+        "choice",
+        "grammar",
+        "json_object",
+        "whitespace_pattern",
+    ] {
+        assert!(so[f].is_object(), "{f}");
+    }
+    let message = &schemas["ChatCompletion"]["properties"]["choices"]["items"]["properties"]
+        ["message"]["properties"];
+    assert!(message["tool_calls"].is_object() && message["reasoning_content"].is_object());
+    assert!(schemas["FinishReason"]["enum"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("tool_calls")));
+}
