@@ -1,10 +1,25 @@
 //! Request bodies through everything a handler does before it submits: JSON checks, typed
-//! parsing, validation against the model's limits. Any body must become a `ValidRequest` or a
-//! 4xx `ApiError`, never a panic; a valid request must fit the limits.
+//! parsing, validation against the model's limits, structured outputs (`response_format`,
+//! `structured_outputs`: schemas, regexes, Lark grammars compiled under their limits) and tools
+//! (`tools`, `tool_choice`, tool history rendered). Any body must become a `ValidRequest` or a
+//! 4xx `ApiError`, never a panic or a hang; a valid request must fit the limits.
 #![no_main]
 
+use std::sync::{Arc, OnceLock};
+
 use libfuzzer_sys::fuzz_target;
+use tokenfab_server::tools::ToolSetup;
 use tokenfab_server::validation::Limits;
+use tokenfab_structured::{Grammars, ReasoningFormat};
+
+fn grammars() -> &'static Arc<Grammars> {
+    static G: OnceLock<Arc<Grammars>> = OnceLock::new();
+    G.get_or_init(|| {
+        let tok = tokenfab_fuzz::shared_tokenizer();
+        let n = tok.vocab_size();
+        Arc::new(Grammars::new(tok, n, tokenfab_structured::Limits::default()).expect("grammars"))
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, body)) = data.split_first() else {
@@ -20,6 +35,12 @@ fuzz_target!(|data: &[u8]| {
         model_id: "m",
         max_tokens_limit: 512,
         max_prompt_tokens: if flags & 4 != 0 { 64 } else { usize::MAX },
+        grammars: grammars(),
+        tools: ToolSetup::new(
+            m.template.as_ref(),
+            None,
+            (flags & 8 != 0).then_some(ReasoningFormat::Qwen3),
+        ),
     };
     match tokenfab_server::validate_request(flags & 1 != 0, body, &l) {
         Ok(v) => {
@@ -31,7 +52,12 @@ fuzz_target!(|data: &[u8]| {
                 assert!(p.max_tokens() <= l.max_tokens_limit);
                 assert!(p.tokens().iter().all(|&t| (t as usize) < l.vocab_size));
             }
-            let _ = v.engine_requests();
+            // Every choice gets its own matcher, whose first mask exists.
+            for r in v.engine_requests() {
+                if let Some(g) = &r.grammar {
+                    assert!(g.matcher().compute_mask().is_ok());
+                }
+            }
         }
         Err(e) => {
             let (status, _, _) = e.status_type_code();

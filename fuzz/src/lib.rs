@@ -88,6 +88,21 @@ pub fn model() -> &'static Model {
     })
 }
 
+/// A second copy of the shared tokenizer behind an `Arc` (what a grammar compiler holds).
+pub fn shared_tokenizer() -> std::sync::Arc<Tokenizer> {
+    static T: OnceLock<std::sync::Arc<Tokenizer>> = OnceLock::new();
+    T.get_or_init(|| {
+        let path = model_path();
+        let g = if path.exists() {
+            Gguf::open(&path).expect("the default model parses")
+        } else {
+            tiny_gguf()
+        };
+        std::sync::Arc::new(Tokenizer::from_gguf(&g).expect("tokenizer"))
+    })
+    .clone()
+}
+
 /// Text from fuzz bytes: as UTF-8 (lossy), or, when `soup`, each byte picking a piece of [`SOUP`]
 /// or standing for itself.
 pub fn text(data: &[u8], soup: bool) -> String {

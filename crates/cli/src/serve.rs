@@ -93,8 +93,25 @@ pub struct Args {
     /// (`--kv-cache-memory` sizes the CPU's pool only).
     #[arg(long, default_value_t = 0.9)]
     pub gpu_memory_utilization: f32,
+    /// Tool-call format of prompts and outputs: hermes (also Qwen), llama3_json, mistral
+    /// [default: detected from the chat template; a template that ignores tools gets a generic
+    /// instruction in the hermes format].
+    #[arg(long, value_parser = tool_call_parser)]
+    pub tool_call_parser: Option<tokenfab_structured::ToolFormat>,
+    /// Split chat outputs' `<think>...</think>` into `reasoning_content`: deepseek_r1 (the
+    /// output starts inside the reasoning) or qwen3 (only an output opening with `<think>`).
+    #[arg(long, value_parser = reasoning_parser)]
+    pub reasoning_parser: Option<tokenfab_structured::ReasoningFormat>,
     #[command(flatten)]
     pub kv_events: KvEventsArgs,
+}
+
+fn tool_call_parser(s: &str) -> std::result::Result<tokenfab_structured::ToolFormat, String> {
+    tokenfab_structured::ToolFormat::from_name(s).map_err(|e| e.to_string())
+}
+
+fn reasoning_parser(s: &str) -> std::result::Result<tokenfab_structured::ReasoningFormat, String> {
+    tokenfab_structured::ReasoningFormat::from_name(s).map_err(|e| e.to_string())
 }
 
 /// KV-cache events for prefix-cache-aware routers, as vLLM publishes them (docs/deploy.md).
@@ -260,6 +277,8 @@ pub fn run(a: Args) -> Result<()> {
     cfg.max_prompt_tokens = a.max_prompt_tokens;
     cfg.rate_limit = a.rate_limit;
     cfg.allowed_origins = a.allowed_origins.clone();
+    cfg.tool_call_parser = a.tool_call_parser;
+    cfg.reasoning_parser = a.reasoning_parser;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

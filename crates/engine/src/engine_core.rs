@@ -12,6 +12,7 @@ use tokenfab_scheduler::{
 };
 use tokenfab_types::{FinishReason, RequestId, TokenId};
 
+use crate::constrained::{Constrained, Failed};
 use crate::detok::IncrementalDecoder;
 use crate::error::Result;
 use crate::handle::{Command, EngineConfig, Shared};
@@ -49,6 +50,8 @@ pub(crate) struct EngineCore {
     spec: Option<SpeculativeConfig>,
     /// Forward time against rows, for what a draft row costs (speculative decoding only).
     cost: CostModel,
+    /// Matchers of the constrained requests (structured outputs, tool calls).
+    constrained: Constrained,
 }
 
 impl EngineCore {
@@ -110,6 +113,7 @@ impl EngineCore {
             timer: StepTimer::new(CpuClocks::of_global_pool()),
             spec: cfg.speculative.clone(),
             cost: CostModel::default(),
+            constrained: Constrained::default(),
         })
     }
 
@@ -187,11 +191,23 @@ impl EngineCore {
             return Ok(());
         }
         let all_rows = self.wants_prompt_logprobs(&out);
-        let logits = self
-            .runner
-            .execute(&out, |i| all_rows[i], &mut self.timer)?;
+        let (runner, timer) = (&mut self.runner, &mut self.timer);
+        let (logits, failed) = self
+            .constrained
+            .masks_during(&out, &self.shared.metrics, || {
+                runner.execute(&out, |i| all_rows[i], timer)
+            });
+        let mut logits = logits?;
+        self.constrained.forget(&failed);
+        self.constrained.apply(&out, &mut logits);
         let spec_metrics = self.shared.metrics.spec.as_ref();
-        let sampled = sample_step(&mut self.active, &self.sched, &out, &logits, spec_metrics);
+        let mut sampled = sample_step(&mut self.active, &self.sched, &out, &logits, spec_metrics);
+        // Rows whose mask failed end with their error instead of a token.
+        sampled.retain(|(id, _)| failed.iter().all(|(f, _)| f != id));
+        self.fail(failed);
+        let failed = self.constrained.accept(&sampled);
+        sampled.retain(|(id, _)| failed.iter().all(|(f, _)| f != id));
+        self.fail(failed);
         self.timer.lap(EnginePhase::Sample);
         let tokens: Vec<(RequestId, TokenId)> =
             sampled.iter().map(|(id, s)| (*id, s.token)).collect();
@@ -247,7 +263,8 @@ impl EngineCore {
         tx: tokio::sync::mpsc::Sender<StreamEvent>,
     ) {
         let mut stop_token_ids = req.stop_token_ids;
-        if !req.ignore_eos {
+        // A constrained request ends where its grammar does: on end-of-generation.
+        if !req.ignore_eos || req.grammar.is_some() {
             stop_token_ids.extend_from_slice(&self.eog);
         }
         let prompt_len = req.prompt_tokens.len();
@@ -265,6 +282,9 @@ impl EngineCore {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
             return;
+        }
+        if let Some(g) = &req.grammar {
+            self.constrained.add(id, g.matcher());
         }
         let mut sampler = Sampler::new(req.sampling).with_logprobs(req.logprobs);
         if !req.logit_bias.is_empty() {
@@ -453,6 +473,11 @@ impl EngineCore {
         let decodes = self.sched.num_running();
         let breakeven = self.cost.breakeven(decodes, drafted.max(decodes));
         for s in out.scheduled.iter().filter(|s| s.sample) {
+            // A constrained row's draft would need its matcher's state at every draft position
+            // to mask the verifying rows; such rows decode one token a step.
+            if self.constrained.has(s.id) {
+                continue;
+            }
             let (Some(a), Some(r)) = (self.active.get_mut(&s.id), self.sched.request(s.id)) else {
                 continue;
             };
@@ -475,6 +500,7 @@ impl EngineCore {
 
     /// Ends a request the scheduler no longer holds: sends its held-back text and `End`.
     fn end(&mut self, id: RequestId, reason: FinishReason, r: &Request) {
+        self.constrained.remove(id);
         let Some(mut a) = self.active.remove(&id) else {
             return;
         };
@@ -500,6 +526,7 @@ impl EngineCore {
     /// frees its blocks.
     fn abort(&mut self, id: RequestId) {
         self.sched.finish(id);
+        self.constrained.remove(id);
         let Some(a) = self.active.remove(&id) else {
             return;
         };
@@ -522,6 +549,17 @@ impl EngineCore {
             FinishReason::Stop => m.request_success_stop.add(1),
             FinishReason::Length => m.request_success_length.add(1),
             FinishReason::Abort => m.request_success_abort.add(1),
+        }
+    }
+
+    /// Ends requests whose constrained decoding failed with an error, before they sample.
+    fn fail(&mut self, failed: Failed) {
+        for (id, msg) in failed {
+            tracing::warn!(request = id, error = %msg, "constrained decoding failed");
+            if let Some(a) = self.active.get_mut(&id) {
+                a.out.send(StreamEvent::Error(msg), Instant::now());
+            }
+            self.abort(id);
         }
     }
 

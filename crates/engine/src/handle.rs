@@ -4,12 +4,13 @@
 //! and receives each request's events on its own channel (habit 6: one owner, a channel handle).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokenfab_loader::{ChatTemplate, Tokenizer};
 pub use tokenfab_models::KvDtype;
 use tokenfab_scheduler::SchedulerConfig;
+use tokenfab_structured::Grammars;
 use tokenfab_types::RequestId;
 use tokio::sync::mpsc as tmpsc;
 
@@ -140,6 +141,9 @@ pub struct EngineHandle {
     sched_cfg: Arc<SchedulerConfig>,
     next_id: Arc<AtomicU64>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Constrained decoding's token trie and compile cache, built on first use (or why this
+    /// model's tokenizer cannot back one).
+    grammars: Arc<OnceLock<std::result::Result<Arc<Grammars>, String>>>,
 }
 
 impl EngineHandle {
@@ -188,6 +192,7 @@ impl EngineHandle {
             sched_cfg,
             next_id: Arc::new(AtomicU64::new(1)),
             thread: Arc::new(Mutex::new(Some(thread))),
+            grammars: Arc::new(OnceLock::new()),
         })
     }
 
@@ -239,6 +244,27 @@ impl EngineHandle {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// What compiles constraints for this model (JSON schemas, regexes, grammars, tool calls)
+    /// into masks over its logits rows; built on the first call (a pass over the vocabulary),
+    /// then shared. Call it off the async runtime.
+    pub fn grammars(&self) -> std::result::Result<Arc<Grammars>, tokenfab_structured::Error> {
+        self.grammars
+            .get_or_init(|| {
+                Grammars::new(
+                    self.tokenizer.clone(),
+                    self.info.vocab_size,
+                    tokenfab_structured::Limits::default(),
+                )
+                .map(Arc::new)
+                .map_err(|e| match e {
+                    tokenfab_structured::Error::Tokenizer(m) => m,
+                    other => other.to_string(),
+                })
+            })
+            .clone()
+            .map_err(tokenfab_structured::Error::Tokenizer)
     }
 
     pub fn chat_template(&self) -> Option<&ChatTemplate> {

@@ -6,6 +6,7 @@
 //! Invariant: the sampler's output depends only on the logits, the sequence's own tokens and its
 //! seed, never on what else runs beside it.
 
+mod constrained;
 pub mod detok;
 pub mod device;
 pub mod dummy;

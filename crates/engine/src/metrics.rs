@@ -92,6 +92,9 @@ const ITL: &[f64] = &[
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
     40.0, 80.0,
 ];
+const MASK: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 /// Per-step phase durations: 10 µs to 10 s.
 const PHASE: &[f64] = &[
@@ -203,6 +206,12 @@ pub struct Metrics {
     pub phases: PhaseMetrics,
     /// Present when speculative decoding is configured (vLLM exports them only then too).
     pub spec: Option<SpecMetrics>,
+    /// Structured outputs: per step with constrained rows, the wall time of computing their
+    /// masks (on the pool, while the forward runs) and the time the step then still waited.
+    pub structured_mask_seconds: Histogram,
+    pub structured_mask_wait_seconds: Histogram,
+    /// Constrained rows whose mask was computed (one per row per step).
+    pub structured_mask_rows: Counter,
 }
 
 impl Default for Metrics {
@@ -228,6 +237,9 @@ impl Default for Metrics {
             kv_events_dropped: Arc::default(),
             phases: PhaseMetrics::default(),
             spec: None,
+            structured_mask_seconds: Histogram::new(MASK),
+            structured_mask_wait_seconds: Histogram::new(MASK),
+            structured_mask_rows: Counter::default(),
         }
     }
 }
@@ -434,6 +446,31 @@ impl Metrics {
             f.head(name, help, "counter");
             f.sample(name, "", c.get());
         }
+        for (name, help, h) in [
+            (
+                "structured_mask_seconds",
+                "Per step with constrained rows: wall time of computing their grammar masks.",
+                &self.structured_mask_seconds,
+            ),
+            (
+                "structured_mask_wait_seconds",
+                "Per step with constrained rows: time the step waited for the masks after the forward pass.",
+                &self.structured_mask_wait_seconds,
+            ),
+        ] {
+            f.head(name, help, "histogram");
+            f.histogram(name, "", h);
+        }
+        f.head(
+            "structured_mask_rows_total",
+            "Constrained rows masked (one per row per step).",
+            "counter",
+        );
+        f.sample(
+            "structured_mask_rows_total",
+            "",
+            self.structured_mask_rows.get(),
+        );
         self.render_phases(&mut Family {
             out: &mut out,
             prefix: "tokenfab",

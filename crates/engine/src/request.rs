@@ -1,5 +1,8 @@
 //! What goes into the engine and what comes back, per request.
 
+use std::sync::Arc;
+
+use tokenfab_structured::Compiled;
 use tokenfab_types::{FinishReason, SamplingParams, TokenId};
 
 use crate::error::{Error, Result};
@@ -28,6 +31,11 @@ pub struct EngineRequest {
     /// When set, the prompt's tokens get log-probabilities too (with this many alternatives); the
     /// first prompt token has none.
     pub prompt_logprobs: Option<usize>,
+    /// Constrained decoding (JSON schema, regex, choice, grammar, tool calls): the compiled
+    /// constraint, from which the engine starts this request's own matcher. Each sampled token
+    /// is drawn from the tokens the constraint allows; end-of-generation tokens always stop a
+    /// constrained request (`ignore_eos` does not apply: the grammar decides where it ends).
+    pub grammar: Option<Arc<Compiled>>,
 }
 
 /// The token-id range check, the one place it is written: `id` must be a row of the model's

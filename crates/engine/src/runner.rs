@@ -25,7 +25,7 @@ pub(crate) struct ModelRunner {
 pub(crate) struct StepLogits<'a> {
     pub rows: &'a [Range<usize>],
     /// (total rows, vocab)
-    pub logits: &'a [f32],
+    pub logits: &'a mut [f32],
     pub vocab: usize,
 }
 

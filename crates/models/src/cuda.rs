@@ -400,10 +400,10 @@ fn tracing_line(gpu: &Gpu, c: &ModelConfig, num_blocks: usize, cfg: &CudaConfig,
 }
 
 impl Executor for CudaExecutor {
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<&[f32]> {
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<&mut [f32]> {
         let r = self.run_batch(batch)?;
         self.host_logits = self.gpu.read(&self.acts.logits, r * self.cfg.vocab_size)?;
-        Ok(&self.host_logits)
+        Ok(&mut self.host_logits)
     }
     fn config(&self) -> &ModelConfig {
         &self.cfg

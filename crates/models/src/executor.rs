@@ -10,8 +10,8 @@ use crate::scratch::Scratch;
 /// A model bound to a device and a KV pool of `num_blocks` blocks of `block_size` tokens.
 pub trait Executor: Send {
     /// Runs one batch and returns the logits of `batch.logits_rows`: (rows, vocab), held by the
-    /// executor until the next call.
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<&[f32]>;
+    /// executor until the next call; the caller may mask them in place.
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<&mut [f32]>;
     fn config(&self) -> &ModelConfig;
     fn block_size(&self) -> usize;
     fn num_blocks(&self) -> usize;
@@ -42,7 +42,7 @@ impl CpuExecutor {
 }
 
 impl Executor for CpuExecutor {
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<&[f32]> {
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<&mut [f32]> {
         self.model
             .forward_into(batch, &mut self.kv, &mut self.scratch)
     }

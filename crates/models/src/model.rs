@@ -91,7 +91,7 @@ impl Model {
         batch: &ForwardBatch,
         kv: &mut KvCache,
         s: &'s mut Scratch,
-    ) -> Result<&'s [f32]> {
+    ) -> Result<&'s mut [f32]> {
         let c = &self.cfg;
         if kv.kv_dim != c.kv_dim() || kv.k.len() != c.n_layers {
             return Err(Error::Batch("KV cache was made for another model".into()));
@@ -116,6 +116,6 @@ impl Model {
         let kv_pair = (&mut kv.k[..], &mut kv.v[..]);
         let mut ops = CpuOps::new(step, &self.ropes, kv_pair, kv.block_size, &mut s.cpu);
         forward(c, &self.weights, &mut ops, &mut s.acts)?;
-        Ok(&s.acts.logits[..r * c.vocab_size])
+        Ok(&mut s.acts.logits[..r * c.vocab_size])
     }
 }

@@ -10,8 +10,7 @@ use tokenfab_types::{FinishReason, TokenId};
 use crate::error::{ApiError, ApiResult};
 use crate::logprobs::{chat_token, CompletionLogprobsBuilder, Vocab};
 use crate::openai::{
-    ChatChoice, ChatCompletion, ChatLogprobs, ChatMessageOut, Completion, CompletionChoice,
-    CompletionLogprobs,
+    ChatChoice, ChatCompletion, ChatLogprobs, Completion, CompletionChoice, CompletionLogprobs,
 };
 use crate::sse::merge;
 use crate::stream::{Meta, Tally};
@@ -86,14 +85,12 @@ pub fn chat_response(
                     .filter_map(|(_, lp)| lp.as_ref().map(|lp| chat_token(vocab, lp)))
                     .collect(),
             });
+            let (message, finish) = crate::tools::message(&v.chat_parse(), o.text, o.finish);
             ChatChoice {
                 index,
-                message: ChatMessageOut {
-                    role: "assistant",
-                    content: o.text,
-                },
+                message,
                 logprobs,
-                finish_reason: Some(o.finish.as_str()),
+                finish_reason: Some(finish),
             }
         })
         .collect();

@@ -20,7 +20,9 @@ pub mod ratelimit;
 mod routes;
 mod sse;
 pub mod stream;
+pub mod structured;
 mod tokenizer_info;
+pub mod tools;
 pub mod validation;
 
 use std::sync::atomic::AtomicU64;
@@ -56,6 +58,10 @@ pub struct ServerConfig {
     pub rate_limit: Option<RateLimit>,
     /// Origins allowed by CORS; empty: no CORS headers at all (browsers refuse cross-origin).
     pub allowed_origins: Vec<String>,
+    /// `--tool-call-parser`: the tool-call format; `None`: detected from the chat template.
+    pub tool_call_parser: Option<tokenfab_structured::ToolFormat>,
+    /// `--reasoning-parser`: `<think>` text of chat outputs goes to `reasoning_content`.
+    pub reasoning_parser: Option<tokenfab_structured::ReasoningFormat>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -70,6 +76,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_prompt_tokens", &self.max_prompt_tokens)
             .field("rate_limit", &self.rate_limit)
             .field("allowed_origins", &self.allowed_origins)
+            .field("tool_call_parser", &self.tool_call_parser)
+            .field("reasoning_parser", &self.reasoning_parser)
             .finish()
     }
 }
@@ -85,6 +93,8 @@ impl ServerConfig {
             max_prompt_tokens: None,
             rate_limit: None,
             allowed_origins: vec![],
+            tool_call_parser: None,
+            reasoning_parser: None,
         }
     }
 }
@@ -98,6 +108,8 @@ pub struct AppState {
     next_id: Arc<AtomicU64>,
     created: u64,
     limiter: Option<Arc<Limiter>>,
+    /// How tools reach prompts and how chat outputs are parsed (from the template and flags).
+    tools: tools::ToolSetup,
 }
 
 /// The OpenAPI 3.1 document served at /openapi.json.
@@ -117,6 +129,17 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
     let limit = cfg.max_request_bytes;
     let cors = cors_layer(&cfg.allowed_origins);
     let limiter = cfg.rate_limit.map(|r| Arc::new(Limiter::new(r)));
+    let tools = tools::ToolSetup::new(
+        engine.chat_template(),
+        cfg.tool_call_parser,
+        cfg.reasoning_parser,
+    );
+    tracing::info!(
+        format = tools.format.name(),
+        template_takes_tools = tools.template_takes_tools,
+        reasoning_parser = ?tools.reasoning,
+        "tool calls"
+    );
     let state = AppState {
         engine,
         cfg: Arc::new(cfg),
@@ -124,6 +147,7 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
         next_id: Arc::new(AtomicU64::new(created << 20)),
         created,
         limiter,
+        tools,
     };
     let v1 = Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))

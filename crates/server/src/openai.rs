@@ -48,6 +48,14 @@ pub struct ChatMessageIn {
     pub role: String,
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// Assistant turns: the calls it made (`{"id", "type", "function": {"name", "arguments"}}`).
+    #[serde(default)]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// `tool` turns: the call answered.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -75,6 +83,52 @@ pub struct SamplingFields {
     pub n: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    // Structured outputs (checked in `structured.rs`): OpenAI's and vLLM's fields, and vLLM's
+    // removed `guided_*` fields and structural tags, refused by name.
+    pub response_format: Option<serde_json::Value>,
+    pub structured_outputs: Option<serde_json::Value>,
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<serde_json::Value>,
+    pub guided_choice: Option<serde_json::Value>,
+    pub guided_grammar: Option<serde_json::Value>,
+    pub guided_whitespace_pattern: Option<serde_json::Value>,
+    pub guided_decoding_backend: Option<serde_json::Value>,
+    pub structural_tag: Option<serde_json::Value>,
+}
+
+/// A tool call in a response message (`type` is always `function`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ToolCallOut {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// JSON text of the arguments object.
+    pub arguments: String,
+}
+
+/// A streamed piece of a tool call: the first carries `id`, `type` and the name, later ones
+/// argument text to append.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ToolCallDeltaOut {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDeltaOut,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FunctionDeltaOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 /// `POST /v1/chat/completions`.
@@ -87,6 +141,11 @@ pub struct ChatCompletionRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
     pub add_generation_prompt: Option<bool>,
+    /// OpenAI function tools (checked in `tools.rs`).
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// `none`, `auto`, `required` or `{"type": "function", "function": {"name"}}`.
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// `POST /v1/completions`.
@@ -183,7 +242,13 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatMessageOut {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the message holds only tool calls.
+    pub content: Option<String>,
+    /// With `--reasoning-parser`: the model's `<think>` text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -210,6 +275,10 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDeltaOut>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -34,6 +34,8 @@ impl AppState {
             model_id: &self.cfg.model_id,
             max_tokens_limit: self.cfg.max_tokens_limit,
             max_prompt_tokens: self.cfg.max_prompt_tokens.unwrap_or(usize::MAX),
+            grammars: &self.engine,
+            tools: self.tools,
         }
     }
 
@@ -162,7 +164,7 @@ pub async fn tokenize(
                     .encode(p, req.add_special_tokens.unwrap_or(true), true)
                     .map_err(|e| ApiError::Internal(format!("tokenizing: {e}"))),
                 (None, Some(m)) => {
-                    Ok(chat_prompt(m, req.add_generation_prompt.unwrap_or(true), &l)?.1)
+                    Ok(chat_prompt(m, req.add_generation_prompt.unwrap_or(true), None, &l)?.1)
                 }
                 _ => Err(ApiError::bad_request(
                     "Give exactly one of `prompt` and `messages`.",

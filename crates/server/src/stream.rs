@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokenfab_engine::{StreamEvent, Usage};
 
+use tokenfab_structured::ChatOutputParser;
+
 use crate::error::ApiError;
 use crate::logprobs::{chat_token, CompletionLogprobsBuilder, Vocab};
 use crate::openai::{
@@ -104,6 +106,9 @@ pub struct ChatStream {
     vocab: Vocab,
     tally: Tally,
     done: bool,
+    /// (choices,) each choice's split into content, reasoning and tool calls; `None`: text
+    /// passes through as content.
+    parsers: Vec<Option<ChatOutputParser>>,
 }
 
 impl ChatStream {
@@ -115,6 +120,20 @@ impl ChatStream {
             vocab,
             tally: Tally::new(v.prompts().len(), v.n()),
             done: false,
+            parsers: (0..v.num_choices())
+                .map(|_| v.chat_parse().parser())
+                .collect(),
+        }
+    }
+
+    /// What `text` adds to choice `i`'s message; `None` when nothing (yet).
+    fn split(&mut self, i: usize, text: String) -> Option<ChatDelta> {
+        match self.parsers.get_mut(i).and_then(Option::as_mut) {
+            Some(p) => crate::tools::delta(p.push(&text)),
+            None => (!text.is_empty()).then(|| ChatDelta {
+                content: Some(text),
+                ..Default::default()
+            }),
         }
     }
 
@@ -155,6 +174,7 @@ impl StreamMachine for ChatStream {
                 let d = ChatDelta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    ..Default::default()
                 };
                 self.delta(i, d, None, None)
             })
@@ -165,10 +185,6 @@ impl StreamMachine for ChatStream {
         if self.done {
             return vec![];
         }
-        let content = |s: String| ChatDelta {
-            role: None,
-            content: Some(s),
-        };
         match ev {
             StreamEvent::PromptLogprobs(_) => vec![],
             StreamEvent::Token { text, logprob, .. } => {
@@ -178,17 +194,32 @@ impl StreamMachine for ChatStream {
                     }),
                     _ => None,
                 };
-                if text.is_empty() && lp.is_none() {
-                    return vec![];
+                match (self.split(i, text), lp) {
+                    (None, None) => vec![],
+                    (d, lp) => {
+                        let d = d.unwrap_or_else(|| ChatDelta {
+                            content: Some(String::new()),
+                            ..Default::default()
+                        });
+                        vec![self.delta(i, d, lp, None)]
+                    }
                 }
-                vec![self.delta(i, content(text), lp, None)]
             }
-            StreamEvent::Text(t) if t.is_empty() => vec![],
-            StreamEvent::Text(t) => vec![self.delta(i, content(t), None, None)],
+            StreamEvent::Text(t) => match self.split(i, t) {
+                Some(d) => vec![self.delta(i, d, None, None)],
+                None => vec![],
+            },
             StreamEvent::End { reason, usage } => {
                 self.tally.end(i, &usage);
-                let mut out =
-                    vec![self.delta(i, ChatDelta::default(), None, Some(reason.as_str()))];
+                let mut out = Vec::new();
+                let mut has_calls = false;
+                if let Some(p) = self.parsers.get_mut(i).and_then(Option::as_mut) {
+                    let d = crate::tools::delta(p.finish());
+                    has_calls = p.has_tool_calls();
+                    out.extend(d.map(|d| self.delta(i, d, None, None)));
+                }
+                let finish = crate::tools::finish_reason(reason, has_calls);
+                out.push(self.delta(i, ChatDelta::default(), None, Some(finish)));
                 if self.tally.all_ended() {
                     if self.include_usage {
                         out.push(self.chunk(vec![], Some(self.tally.usage())));
@@ -460,6 +491,83 @@ mod tests {
         assert_eq!(e["error"]["message"], "boom");
         assert_eq!(f[1], Frame::Done);
         assert!(m.is_done());
+    }
+
+    fn text_tok(text: &str) -> StreamEvent {
+        StreamEvent::Token {
+            token: 1,
+            text: text.into(),
+            logprob: None,
+        }
+    }
+
+    fn stop() -> StreamEvent {
+        StreamEvent::End {
+            reason: FinishReason::Stop,
+            usage: Usage::default(),
+        }
+    }
+
+    #[test]
+    fn chat_tool_calls_and_reasoning_stream_as_openai_deltas() {
+        use tokenfab_structured::{ReasoningFormat, ToolFormat};
+        let parse = crate::tools::ChatParse {
+            tools: Some(ToolFormat::Hermes),
+            reasoning: Some(ReasoningFormat::Qwen3),
+        };
+        let v = valid(1, false, None, false).with_parse(parse);
+        let mut m = ChatStream::new(meta(), &v, vocab());
+        m.start();
+        let out = "<think>hm</think><tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>";
+        let mut frames = Vec::new();
+        for piece in out.as_bytes().chunks(3) {
+            frames.extend(m.on_event(0, text_tok(std::str::from_utf8(piece).unwrap())));
+        }
+        frames.extend(m.on_event(0, stop()));
+        let (mut reasoning, mut args, mut name, mut finish) =
+            (String::new(), String::new(), None, None);
+        for f in &frames {
+            let Frame::Chunk(c) = f else { continue };
+            let ch = &c["choices"][0];
+            reasoning.push_str(ch["delta"]["reasoning_content"].as_str().unwrap_or(""));
+            assert!(ch["delta"].get("content").is_none(), "{c}");
+            for tc in ch["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                if tc.get("id").is_some() {
+                    assert_eq!(tc["type"], "function");
+                    name = tc["function"]["name"].as_str().map(String::from);
+                }
+                args.push_str(tc["function"]["arguments"].as_str().unwrap());
+            }
+            finish = ch["finish_reason"].as_str().map(String::from).or(finish);
+        }
+        assert_eq!(reasoning, "hm");
+        assert_eq!(name.as_deref(), Some("f"));
+        assert_eq!(args, r#"{"a": 1}"#);
+        assert_eq!(finish.as_deref(), Some("tool_calls"));
+        assert_eq!(frames.last(), Some(&Frame::Done));
+    }
+
+    #[test]
+    fn chat_text_without_calls_is_content_with_a_parser() {
+        let parse = crate::tools::ChatParse {
+            tools: Some(tokenfab_structured::ToolFormat::Hermes),
+            reasoning: None,
+        };
+        let v = valid(1, false, None, false).with_parse(parse);
+        let mut m = ChatStream::new(meta(), &v, vocab());
+        let mut text = String::new();
+        let mut frames = m.on_event(0, text_tok("Hello <"));
+        frames.extend(m.on_event(0, text_tok("b>")));
+        frames.extend(m.on_event(0, stop()));
+        for f in &frames {
+            if let Frame::Chunk(c) = f {
+                text.push_str(c["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+                if let Some(r) = c["choices"][0]["finish_reason"].as_str() {
+                    assert_eq!(r, "stop");
+                }
+            }
+        }
+        assert_eq!(text, "Hello <b>");
     }
 
     #[test]

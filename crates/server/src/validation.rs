@@ -3,8 +3,11 @@
 //! the engine without passing through this file: `ValidRequest` and `ValidPrompt` have private
 //! fields, so no other module can build one.
 
-use tokenfab_engine::{check_token_id, EngineRequest};
-use tokenfab_loader::{ChatMessage, ChatTemplate, Tokenizer};
+use std::sync::Arc;
+
+use tokenfab_engine::{check_token_id, EngineHandle, EngineRequest};
+use tokenfab_loader::{ChatTemplate, Tokenizer};
+use tokenfab_structured::Grammars;
 use tokenfab_types::{SamplingParams, TokenId};
 
 use crate::error::{ApiError, ApiResult};
@@ -12,6 +15,24 @@ use crate::openai::{
     ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptInput,
     SamplingFields, StringOrList,
 };
+use crate::tools::{ChatParse, RequestTools, ToolSetup};
+
+/// Where validation gets the model's grammar compiler (built on first use).
+pub trait GrammarSource: Sync {
+    fn grammars(&self) -> Result<Arc<Grammars>, tokenfab_structured::Error>;
+}
+
+impl GrammarSource for EngineHandle {
+    fn grammars(&self) -> Result<Arc<Grammars>, tokenfab_structured::Error> {
+        EngineHandle::grammars(self)
+    }
+}
+
+impl GrammarSource for Arc<Grammars> {
+    fn grammars(&self) -> Result<Arc<Grammars>, tokenfab_structured::Error> {
+        Ok(self.clone())
+    }
+}
 
 /// Most alternatives per token in logprobs (OpenAI's limit).
 pub const MAX_LOGPROBS: usize = 20;
@@ -36,6 +57,10 @@ pub struct Limits<'a> {
     pub max_tokens_limit: usize,
     /// Most prompt tokens of one prompt (`--max-prompt-tokens`; the context bounds it anyway).
     pub max_prompt_tokens: usize,
+    /// Compiles structured-output constraints and tool grammars.
+    pub grammars: &'a dyn GrammarSource,
+    /// How tools reach prompts and how outputs are parsed.
+    pub tools: ToolSetup,
 }
 
 impl Limits<'_> {
@@ -77,6 +102,8 @@ pub struct ValidRequest {
     echo: bool,
     logprobs: Option<usize>,
     tokens_as_ids: bool,
+    /// Chat: how the output splits into content, reasoning and tool calls.
+    parse: ChatParse,
     /// Everything of the engine request but the prompt and `max_tokens`.
     template: EngineRequest,
 }
@@ -107,6 +134,11 @@ impl ValidRequest {
     /// Completions: spell logprob tokens as `token_id:<id>`.
     pub fn tokens_as_ids(&self) -> bool {
         self.tokens_as_ids
+    }
+
+    /// Chat: how the output splits into content, reasoning and tool calls.
+    pub fn chat_parse(&self) -> ChatParse {
+        self.parse
     }
 
     pub fn num_choices(&self) -> usize {
@@ -145,8 +177,15 @@ impl ValidRequest {
             echo,
             logprobs,
             tokens_as_ids: false,
+            parse: ChatParse::default(),
             template: EngineRequest::default(),
         }
+    }
+
+    /// The same with a chat output parse (tool calls, reasoning).
+    pub(crate) fn with_parse(mut self, parse: ChatParse) -> Self {
+        self.parse = parse;
+        self
     }
 }
 
@@ -404,11 +443,13 @@ fn message_text(m: &ChatMessageIn, i: usize) -> ApiResult<String> {
     }
 }
 
-/// Renders messages through the chat template and tokenizes them (specials parsed). A BOS the
-/// template already wrote is not added a second time.
+/// Renders messages through the chat template (with the request's tools, see `tools.rs`) and
+/// tokenizes them (specials parsed). A BOS the template already wrote is not added a second
+/// time.
 pub fn chat_prompt(
     messages: &[ChatMessageIn],
     add_generation_prompt: bool,
+    tools: Option<&RequestTools>,
     l: &Limits,
 ) -> ApiResult<(String, Vec<TokenId>)> {
     if messages.is_empty() {
@@ -425,10 +466,9 @@ pub fn chat_prompt(
     let msgs = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| Ok(ChatMessage::new(m.role.clone(), message_text(m, i)?)))
+        .map(|(i, m)| crate::tools::template_message(m, message_text(m, i)?, i))
         .collect::<ApiResult<Vec<_>>>()?;
-    let text = template
-        .render(&msgs, add_generation_prompt)
+    let text = crate::tools::render(template, &msgs, tools, &l.tools, add_generation_prompt)
         .map_err(|e| ApiError::invalid("messages", format!("The chat template failed: {e}")))?;
     let bos_written = l.tokenizer.add_bos()
         && l.tokenizer
@@ -489,11 +529,16 @@ pub fn chat(
         (false, None) => None,
         (true, top) => Some(check_logprobs("top_logprobs", top.unwrap_or(0))?),
     };
-    let (text, tokens) = chat_prompt(&req.messages, req.add_generation_prompt.unwrap_or(true), l)?;
+    let tools = crate::tools::parse(req)?;
+    let answer = crate::structured::constraint(f)?;
+    let grammar = crate::tools::output_constraint(tools.as_ref(), answer, l)?;
+    let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
+    let (text, tokens) = chat_prompt(&req.messages, add_generation_prompt, tools.as_ref(), l)?;
     let tokens = nonempty(tokens, "messages")?;
     let max_tokens = fit_max_tokens(tokens.len(), vs.max_tokens, false, l)?;
     let mut template = vs.request;
     template.logprobs = logprobs;
+    template.grammar = grammar;
     Ok(ValidRequest {
         prompts: vec![ValidPrompt {
             text,
@@ -506,6 +551,7 @@ pub fn chat(
         echo: false,
         logprobs,
         tokens_as_ids: false,
+        parse: crate::tools::chat_parse(tools.as_ref(), l),
         template,
     })
 }
@@ -571,6 +617,9 @@ pub fn completion(
     if echo {
         template.prompt_logprobs = logprobs;
     }
+    template.grammar = crate::structured::constraint(f)?
+        .map(|(c, field)| crate::structured::compile(&c, field, l))
+        .transpose()?;
     Ok(ValidRequest {
         prompts,
         n: vs.n,
@@ -579,6 +628,7 @@ pub fn completion(
         echo,
         logprobs,
         tokens_as_ids: req.return_tokens_as_token_ids.unwrap_or(false),
+        parse: ChatParse::default(),
         template,
     })
 }

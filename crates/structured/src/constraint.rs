@@ -172,6 +172,15 @@ struct Shard {
 
 static NEXT_GROUP: AtomicU64 = AtomicU64::new(0);
 
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("shards", &self.shards.len())
+            .field("vocab", &self.vocab)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Compiled {
     fn new(template: Matcher, shards: usize, vocab: usize) -> Self {
         let mut all = Vec::with_capacity(shards);

@@ -8,6 +8,11 @@ use serde_json::{json, Value};
 /// unbounded). 24 covers pretty-printing several levels deep.
 pub(crate) const WHITESPACE: &str = r"[\x20\x0A\x0D\x09]{1,24}";
 
+/// Whitespace inside a tool call's JSON: models write calls on one line (`{"name": "f",
+/// "arguments": {"a": 1}}`), a little indentation at most, so a call never fills its budget
+/// with blank space.
+pub(crate) const TOOL_WHITESPACE: &str = r"[\x20\x0A\x09]{1,4}";
+
 /// Adds tokenfab's defaults to a client's schema. A schema's own top-level `x-guidance` wins.
 pub(crate) fn prepare_schema(mut schema: Value, strict: bool) -> Value {
     if strict {

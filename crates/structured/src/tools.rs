@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokenfab_loader::TemplateMessage;
 
 use crate::constraint::{Constraint, Grammars, ToolGrammar};
-use crate::schema::{close_objects, WHITESPACE};
+use crate::schema::{close_objects, prepare_schema, TOOL_WHITESPACE};
 use crate::toolparse::ToolFormat;
 use crate::{Error, Result};
 
@@ -152,7 +152,7 @@ fn call_schema(f: &FunctionDef, format: ToolFormat) -> Value {
     root.insert("additionalProperties".into(), json!(false));
     root.insert(
         "x-guidance".into(),
-        json!({ "whitespace_pattern": WHITESPACE }),
+        json!({ "whitespace_pattern": TOOL_WHITESPACE }),
     );
     Value::Object(root)
 }
@@ -171,7 +171,40 @@ pub fn tool_constraint(
     choice: &ToolChoice,
     parallel: bool,
 ) -> Result<Option<Constraint>> {
+    tool_constraint_with_answer(grammars, format, tools, choice, parallel, None)
+}
+
+/// [`tool_constraint`] with a constraint on the answer (`response_format`): with `auto` the
+/// output is either tool calls or an answer that satisfies `answer`, which must be JSON
+/// (`json_object` or `json_schema`: a regex, choice or Lark grammar is an
+/// [`Error::Invalid`]). With `required` or a named function the output is the calls alone, so
+/// the answer's format has nothing to apply to.
+pub fn tool_constraint_with_answer(
+    grammars: &Grammars,
+    format: ToolFormat,
+    tools: &[Tool],
+    choice: &ToolChoice,
+    parallel: bool,
+    answer: Option<&Constraint>,
+) -> Result<Option<Constraint>> {
     validate_tools(tools)?;
+    let answer = match answer {
+        None => None,
+        Some(Constraint::JsonObject) => Some(prepare_schema(json!({"type": "object"}), false)),
+        Some(Constraint::JsonSchema { schema, strict }) => {
+            Some(prepare_schema(schema.clone(), *strict))
+        }
+        Some(other) => {
+            return Err(Error::Invalid {
+                field: "tools",
+                message: format!(
+                    "a `{}` constraint cannot be combined with tool calls; only JSON \
+                     (`json_object`, `json_schema`) can, or set `tool_choice` to `none`",
+                    other.kind()
+                ),
+            })
+        }
+    };
     let chosen: Vec<&Tool> = match choice {
         ToolChoice::None => return Ok(None),
         ToolChoice::Function(name) => {
@@ -218,8 +251,13 @@ pub fn tool_constraint(
         ToolFormat::Llama3Json => "after_tag".to_string(),
         _ => format!("{tag} after_tag"),
     };
-    let start = match (choice, format) {
-        (ToolChoice::Auto, ToolFormat::Llama3Json) => {
+    let start = match (choice, format, answer) {
+        (ToolChoice::Auto, _, Some(schema)) => {
+            // The answer is JSON of the given schema, or calls.
+            rules.push(format!("answer: %json {schema}"));
+            "answer | calls".to_string()
+        }
+        (ToolChoice::Auto, ToolFormat::Llama3Json, None) => {
             // Text that does not open with `{` or whitespace, or calls (alone, optionally after
             // <|python_tag|>).
             rules.push(r"TEXT: /([^{ \t\n\r](.|\n)*)?/".to_string());
@@ -229,7 +267,7 @@ pub fn tool_constraint(
                 "TEXT | calls".to_string()
             }
         }
-        (ToolChoice::Auto, _) => {
+        (ToolChoice::Auto, _, None) => {
             rules.push(r"TEXT: /(.|\n)*/".to_string());
             if special {
                 // A special tag ends free text by itself.
@@ -262,18 +300,31 @@ pub fn tool_constraint(
 
 /// The instruction a template that ignores `tools` gets (append it to the system message, see
 /// [`generic_messages`]): the functions as JSON and tokenfab's generic call format, which is
-/// [`ToolFormat::Hermes`]'s, so the same grammar and parser apply.
+/// [`ToolFormat::Hermes`]'s, so the same grammar and parser apply. With `tool_choice: "none"`
+/// the functions are listed (the model may need to know them, as with OpenAI) but the model is
+/// told to answer in text.
 pub fn generic_instructions(tools: &[Tool], choice: &ToolChoice, parallel: bool) -> String {
-    let mut s = String::from(
-        "# Tools\n\nYou can call functions to help answer the user. \
-         The functions are described as JSON inside <tools></tools>:\n<tools>\n",
-    );
+    let mut s = String::from("# Tools\n\n");
+    s.push_str(match choice {
+        ToolChoice::None => {
+            "These functions exist, described as JSON inside <tools></tools>, but do not call \
+             any of them now: answer in plain text.\n<tools>\n"
+        }
+        _ => {
+            "You can call functions to help answer the user. \
+             The functions are described as JSON inside <tools></tools>:\n<tools>\n"
+        }
+    });
     for t in tools {
         s.push_str(&serde_json::to_string(t).unwrap_or_default());
         s.push('\n');
     }
+    s.push_str("</tools>");
+    if *choice == ToolChoice::None {
+        return s;
+    }
     s.push_str(
-        "</tools>\n\nTo call a function, write a JSON object with its name and arguments \
+        "\n\nTo call a function, write a JSON object with its name and arguments \
          between <tool_call> and </tool_call>:\n<tool_call>\n\
          {\"name\": <function name>, \"arguments\": <arguments as a JSON object>}\n</tool_call>\n",
     );
@@ -292,34 +343,43 @@ pub fn generic_instructions(tools: &[Tool], choice: &ToolChoice, parallel: bool)
 }
 
 /// Rewrites a conversation for a template that ignores tools: the instruction joins the
-/// system message (or opens the conversation as one), assistant `tool_calls` become
-/// `<tool_call>` text, and `tool` messages become user messages wrapped in
-/// `<tool_response>` (consecutive results joined), so every template can render them.
+/// system message (or opens the conversation as one), and the history is rewritten by
+/// [`generic_history`], so every template can render it.
 pub fn generic_messages(
     messages: &[TemplateMessage],
     tools: &[Tool],
     choice: &ToolChoice,
     parallel: bool,
 ) -> Vec<TemplateMessage> {
-    let text = |role: &str, content: String| TemplateMessage {
+    let mut out = generic_history(messages);
+    let instructions = generic_instructions(tools, choice, parallel);
+    match out.first_mut() {
+        Some(m) if m.role == "system" => {
+            let sys = m.content.take().unwrap_or_default();
+            m.content = Some(format!("{sys}\n\n{instructions}"));
+        }
+        _ => out.insert(0, text_message("system", instructions)),
+    }
+    out
+}
+
+fn text_message(role: &str, content: String) -> TemplateMessage {
+    TemplateMessage {
         role: role.to_string(),
         content: Some(content),
         tool_calls: Vec::new(),
         tool_call_id: None,
         name: None,
-    };
-    let mut out: Vec<TemplateMessage> = Vec::with_capacity(messages.len() + 1);
-    let instructions = generic_instructions(tools, choice, parallel);
-    match messages.first() {
-        Some(m) if m.role == "system" => {
-            let sys = m.content.clone().unwrap_or_default();
-            out.push(text("system", format!("{sys}\n\n{instructions}")));
-        }
-        _ => out.push(text("system", instructions)),
     }
-    let skip = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+}
+
+/// A conversation's tool traffic in the generic format, for templates that ignore tools:
+/// assistant `tool_calls` become `<tool_call>` text, and `tool` messages become user messages
+/// wrapped in `<tool_response>` (consecutive results joined).
+pub fn generic_history(messages: &[TemplateMessage]) -> Vec<TemplateMessage> {
+    let mut out: Vec<TemplateMessage> = Vec::with_capacity(messages.len());
     let mut last_was_tool = false;
-    for m in &messages[skip..] {
+    for m in messages {
         if m.role == "tool" {
             let block = format!(
                 "<tool_response>\n{}\n</tool_response>",
@@ -331,14 +391,14 @@ pub fn generic_messages(
                     c.push('\n');
                     c.push_str(&block);
                 }
-                _ => out.push(text("user", block)),
+                _ => out.push(text_message("user", block)),
             }
             last_was_tool = true;
             continue;
         }
         last_was_tool = false;
         if m.tool_calls.is_empty() {
-            out.push(text(&m.role, m.content.clone().unwrap_or_default()));
+            out.push(text_message(&m.role, m.content.clone().unwrap_or_default()));
             continue;
         }
         let mut c = m.content.clone().unwrap_or_default();
@@ -360,7 +420,7 @@ pub fn generic_messages(
             let obj = json!({"name": name, "arguments": args});
             c.push_str(&format!("<tool_call>\n{obj}\n</tool_call>"));
         }
-        out.push(text(&m.role, c));
+        out.push(text_message(&m.role, c));
     }
     out
 }
