@@ -34,10 +34,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut messages: Vec<ChatMessage> = a
         .system
         .iter()
-        .map(|s| ChatMessage {
-            role: "system".into(),
-            content: s.clone(),
-        })
+        .map(|s| ChatMessage::new("system", s.clone()))
         .collect();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
@@ -64,10 +61,7 @@ pub fn run(a: Args) -> Result<()> {
             }
             _ => {}
         }
-        messages.push(ChatMessage {
-            role: "user".into(),
-            content: line.into(),
-        });
+        messages.push(ChatMessage::new("user", line));
         let prompt = m
             .tokenizer
             .encode(&template.render(&messages, true)?, true, true)?;
@@ -100,9 +94,6 @@ pub fn run(a: Args) -> Result<()> {
             },
         )?;
         println!();
-        messages.push(ChatMessage {
-            role: "assistant".into(),
-            content: g.text.trim().to_string(),
-        });
+        messages.push(ChatMessage::new("assistant", g.text.trim()));
     }
 }

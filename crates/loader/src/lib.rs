@@ -5,6 +5,7 @@
 //! strings, and every malformed input becomes an [`Error`], never a panic.
 
 pub mod byte_vocab;
+mod chat_roles;
 pub mod chat_template;
 pub mod error;
 pub mod ggml_type;

@@ -6,6 +6,7 @@ use tokenfab_kv_cache::{ComputedBlocks, KvCacheManager};
 use tokenfab_types::{BlockId, RequestId, TokenId};
 
 use crate::config::{SchedulerConfig, SchedulerError};
+use crate::fair::Groups;
 use crate::request::Request;
 
 /// One request's share of a step.
@@ -56,6 +57,8 @@ pub struct Scheduler {
     running: Vec<RequestId>,
     /// Preemptions since creation.
     num_preemptions: u64,
+    /// Which requests share one fair share of each step's budget (see `fair.rs`).
+    groups: Groups,
 }
 
 impl Scheduler {
@@ -70,6 +73,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             num_preemptions: 0,
+            groups: Groups::default(),
         })
     }
 
@@ -139,20 +143,49 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Puts a live request in `group`: the requests of one group share one fair share of each
+    /// step's token budget (see `fair.rs`); a request in no group has a share of its own.
+    /// False when `id` is unknown.
+    pub fn set_group(&mut self, id: RequestId, group: u64) -> bool {
+        if !self.requests.contains_key(&id) {
+            return false;
+        }
+        self.groups.set(id, group);
+        true
+    }
+
+    /// `(request, tokens it wants this step)` for the running requests and the waiting ones that
+    /// have a seat, in scheduling order: the demands the budget is shared over.
+    fn wants(&self) -> Vec<(RequestId, usize)> {
+        let seats = self.cfg.max_num_seqs.saturating_sub(self.running.len());
+        let running = self.running.iter().map(|&id| (id, &self.requests[&id]));
+        let waiting = self
+            .waiting
+            .iter()
+            .take(seats)
+            .map(|&id| (id, &self.requests[&id]));
+        running
+            .chain(waiting)
+            .map(|(id, r)| (id, self.num_to_schedule(r)))
+            .collect()
+    }
+
     /// Plans one step; see the crate docs. Must be followed by [`Self::update`] with its output
     /// before the next call (the KV manager already counts the scheduled tokens as computed).
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut budget = self.cfg.max_num_batched_tokens;
+        let mut shares = self.groups.shares(budget, &self.wants());
         // (id, start, number of tokens), in scheduling order.
         let mut plan: Vec<(RequestId, usize, usize)> = Vec::new();
         let mut preempted = Vec::new();
 
-        // Running requests, oldest first.
+        // Running requests, oldest first, each within its group's share.
         let mut i = 0;
         'running: while i < self.running.len() && budget > 0 {
             let id = self.running[i];
+            let key = self.groups.key(id);
             let req = &self.requests[&id];
-            let n = self.num_to_schedule(req).min(budget);
+            let n = self.num_to_schedule(req).min(budget).min(shares.left(key));
             if n == 0 {
                 i += 1;
                 continue;
@@ -173,14 +206,23 @@ impl Scheduler {
             let req = &self.requests[&id];
             plan.push((id, req.num_computed_tokens, n));
             budget -= n;
+            shares.take(key, n);
             i += 1;
         }
 
-        // Waiting requests, FIFO, only when nothing had to be preempted (memory is tight).
+        // Waiting requests in FIFO order within their group's share (a group with none left is
+        // passed over, not waited for), only when nothing had to be preempted (memory is tight).
         if preempted.is_empty() {
-            while let Some(&id) = self.waiting.front() {
+            let mut w = 0;
+            while w < self.waiting.len() {
                 if budget == 0 || self.running.len() >= self.cfg.max_num_seqs {
                     break;
+                }
+                let id = self.waiting[w];
+                let key = self.groups.key(id);
+                if shares.left(key) == 0 || self.prefix_in_progress(id) {
+                    w += 1;
+                    continue;
                 }
                 let req = &self.requests[&id];
                 let computed = if req.skip_prefix_cache {
@@ -188,7 +230,9 @@ impl Scheduler {
                 } else {
                     self.kv.get_computed_blocks(&req.tokens)
                 };
-                let n = (req.num_tokens() - computed.num_computed_tokens).min(budget);
+                let n = (req.num_tokens() - computed.num_computed_tokens)
+                    .min(budget)
+                    .min(shares.left(key));
                 if self
                     .kv
                     .allocate_slots(id, &req.tokens, n, Some(&computed))
@@ -196,7 +240,7 @@ impl Scheduler {
                 {
                     break;
                 }
-                self.waiting.pop_front();
+                self.waiting.remove(w);
                 self.running.push(id);
                 let req = self.requests.get_mut(&id).expect("waiting ids are live");
                 req.num_computed_tokens = computed.num_computed_tokens;
@@ -204,8 +248,10 @@ impl Scheduler {
                     .get_or_insert(computed.num_computed_tokens);
                 plan.push((id, computed.num_computed_tokens, n));
                 budget -= n;
+                shares.take(key, n);
             }
         }
+        self.spend_leftover(&mut plan, &mut budget);
 
         let scheduled: Vec<ScheduledSeq> = plan
             .into_iter()
@@ -226,6 +272,54 @@ impl Scheduler {
             scheduled,
             preempted,
             num_batched_tokens,
+        }
+    }
+
+    /// True when a running request is still computing full blocks that waiting request `id`
+    /// shares with it: admitted now, `id` would compute them a second time; a few steps later
+    /// the prefix cache hands them over. (First come, first served got this for free; fair
+    /// shares would otherwise prefill a burst of requests with one system prompt side by side.)
+    fn prefix_in_progress(&self, id: RequestId) -> bool {
+        let req = &self.requests[&id];
+        if !self.cfg.enable_prefix_caching || req.skip_prefix_cache {
+            return false;
+        }
+        let bs = self.cfg.block_size;
+        self.running.iter().any(|r| {
+            let r = &self.requests[r];
+            let computing = r.num_prompt_tokens;
+            if r.num_computed_tokens >= computing || req.tokens.get(..bs) != r.tokens.get(..bs) {
+                return false;
+            }
+            let common = req.tokens[..computing.min(req.tokens.len())]
+                .iter()
+                .zip(&r.tokens)
+                .take_while(|(a, b)| a == b)
+                .count();
+            r.num_computed_tokens < common / bs * bs
+        })
+    }
+
+    /// Work-conserving: budget that fair shares left unused (a group's cache hits, a share
+    /// nobody could take) goes to planned requests that want more, in plan order, as long as
+    /// their blocks can be had without preempting anyone.
+    fn spend_leftover(&mut self, plan: &mut [(RequestId, usize, usize)], budget: &mut usize) {
+        for (id, start, n) in plan.iter_mut() {
+            if *budget == 0 {
+                return;
+            }
+            let req = &self.requests[id];
+            let more = (req.num_tokens() - (*start + *n)).min(*budget);
+            if more > 0
+                && !self.capped(req)
+                && self
+                    .kv
+                    .allocate_slots(*id, &req.tokens, more, None)
+                    .is_some()
+            {
+                *n += more;
+                *budget -= more;
+            }
         }
     }
 
@@ -273,6 +367,7 @@ impl Scheduler {
         if self.requests.remove(&id).is_none() {
             return false;
         }
+        self.groups.remove(id);
         if let Some(pos) = self.running.iter().position(|&r| r == id) {
             self.running.remove(pos);
             self.kv.free(id);

@@ -13,6 +13,7 @@
 mod bpe;
 mod detok;
 mod pretok;
+mod shield;
 mod spm;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ use std::ops::Range;
 use crate::{Error, Gguf, Result, Value};
 use detok::{clean_up_spaces, piece_of};
 use pretok::{PreConfig, PreTokenizer};
+pub use shield::{unshield, SHIELD};
 
 /// Token attributes, as llama.cpp's `llama_token_attr` bits.
 mod attr {
@@ -414,6 +416,25 @@ impl Tokenizer {
     /// `parse_special` turns control-token text (`<|im_start|>`...) into those tokens, otherwise
     /// it is tokenized as plain text (user-defined tokens are always cut out).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        self.encode_inner(text, add_special, parse_special, false)
+    }
+
+    /// `encode`; with `unshield`, [`SHIELD`]s are dropped from the text fragments left after
+    /// special tokens are cut out (see `shield.rs`).
+    fn encode_inner(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        unshield: bool,
+    ) -> Result<Vec<u32>> {
+        let frag = |r: &Range<usize>| {
+            if unshield {
+                shield::unshield(&text[r.clone()])
+            } else {
+                std::borrow::Cow::Borrowed(&text[r.clone()])
+            }
+        };
         let fragments = if text.is_empty() {
             Vec::new()
         } else {
@@ -434,7 +455,7 @@ impl Tokenizer {
                             if self.add_space_prefix && prev_special {
                                 buf.push(' ');
                             }
-                            buf.push_str(&text[r.clone()]);
+                            buf.push_str(&frag(r));
                             let escaped = buf.replace(' ', "\u{2581}");
                             spm::tokenize(self, &escaped, &mut out);
                             prev_special = false;
@@ -454,7 +475,8 @@ impl Tokenizer {
                 for f in &fragments {
                     match f {
                         Fragment::Text(r) => {
-                            let chunk = &text[r.clone()];
+                            let chunk = frag(r);
+                            let chunk: &str = &chunk;
                             for word in pre.split(chunk) {
                                 let encoded = bpe::byte_encode(&chunk[word]);
                                 if *ignore_merges {
