@@ -12,6 +12,7 @@ use tokenfab_scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use tokenfab_types::{FinishReason, RequestId, TokenId};
 
 use crate::detok::IncrementalDecoder;
+use crate::drain::DrainClock;
 use crate::error::{Error, Result};
 use crate::handle::{Command, EngineConfig, Shared};
 use crate::outbox::Outbox;
@@ -53,6 +54,8 @@ pub(crate) struct EngineCore {
     lingering: Vec<Outbox>,
     /// A consumer that takes nothing for this long while events wait is dropped (aborted).
     stream_timeout: Duration,
+    /// Step and finish pace, for the Retry-After of refused requests.
+    drain: DrainClock,
 }
 
 impl EngineCore {
@@ -97,6 +100,7 @@ impl EngineCore {
             prefix_seen: (0, 0),
             lingering: Vec::new(),
             stream_timeout: cfg.stream_timeout,
+            drain: DrainClock::default(),
         })
     }
 
@@ -128,10 +132,12 @@ impl EngineCore {
             }
             self.reap_disconnected();
             if self.sched.has_unfinished() {
+                let t = Instant::now();
                 if let Err(e) = self.step() {
                     tracing::error!(error = %e, "engine step failed");
                     self.fail_all("internal error");
                 }
+                self.drain.step(t.elapsed());
             }
             self.update_gauges();
         }
@@ -195,6 +201,9 @@ impl EngineCore {
                     self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
+                if let Some(g) = req.group {
+                    self.sched.set_group(id, g);
+                }
                 let prompt_len = req.prompt_tokens.len();
                 self.active.insert(
                     id,
@@ -242,14 +251,23 @@ impl EngineCore {
                     timeout_s = limit.as_secs_f64(),
                     "the client stopped reading its stream; aborting the request"
                 );
+                a.out.time_out(limit);
                 gone.push(id);
             }
         }
         for id in gone {
             self.finish(id, FinishReason::Abort);
         }
-        self.lingering
-            .retain_mut(|o| !o.is_closed() && !o.flush(now) && !o.timed_out(now, limit));
+        self.lingering.retain_mut(|o| {
+            if o.is_closed() || o.flush(now) {
+                return false;
+            }
+            if o.timed_out(now, limit) {
+                o.time_out(limit);
+                return false;
+            }
+            true
+        });
     }
 
     fn note_scheduled(&mut self, out: &SchedulerOutput) {
@@ -467,6 +485,19 @@ impl EngineCore {
         m.prefix_cache_queries.add(q - self.prefix_seen.0);
         m.prefix_cache_hits.add(h - self.prefix_seen.1);
         self.prefix_seen = (q, h);
+        let nearest = self
+            .active
+            .values()
+            .filter(|a| a.scheduled)
+            .map(|a| a.req.max_tokens.saturating_sub(a.output.len()))
+            .min();
+        let est = self.drain.tick(
+            Instant::now(),
+            m.e2e_request_latency_seconds.count(),
+            self.sched.has_unfinished(),
+            nearest,
+        );
+        self.shared.retry_after_ms.store(est, Ordering::Relaxed);
     }
 }
 

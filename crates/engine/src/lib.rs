@@ -7,6 +7,7 @@
 
 pub mod detok;
 pub mod device;
+mod drain;
 pub mod dummy;
 mod engine_core;
 pub mod error;

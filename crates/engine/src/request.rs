@@ -1,5 +1,7 @@
 //! What goes into the engine and what comes back, per request.
 
+use std::time::Duration;
+
 use tokenfab_types::{FinishReason, SamplingParams, TokenId};
 
 /// A request the server has already validated: token ids and limits that fit the model.
@@ -23,6 +25,9 @@ pub struct EngineRequest {
     /// When set, the prompt's tokens get log-probabilities too (with this many alternatives); the
     /// first prompt token has none.
     pub prompt_logprobs: Option<usize>,
+    /// Requests of one client call (its choices and prompts) carry one group id and share one
+    /// fair share of each step's token budget; `None`: the request has a share of its own.
+    pub group: Option<u64>,
 }
 
 /// A token's log-probability under the model's raw distribution, with the top alternatives.
@@ -44,7 +49,7 @@ pub struct Usage {
 }
 
 /// What the engine sends back on a request's stream, in this order: `PromptLogprobs` (when asked),
-/// `Token`s, perhaps one `Text`, then exactly one `End` or `Error`.
+/// `Token`s, perhaps one `Text`, then exactly one `End`, `Error` or `ClientTimeout`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StreamEvent {
     /// One entry per prompt token; the first is `None`.
@@ -65,4 +70,19 @@ pub enum StreamEvent {
     },
     /// The request failed inside the engine; the message is safe to show to the client.
     Error(String),
+    /// The consumer took nothing for `after` (the stream timeout) while events waited: the
+    /// request was aborted. Comes after the events the consumer had not taken yet.
+    ClientTimeout {
+        after: Duration,
+    },
+}
+
+impl StreamEvent {
+    /// True for the events that end a stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            StreamEvent::End { .. } | StreamEvent::Error(_) | StreamEvent::ClientTimeout { .. }
+        )
+    }
 }

@@ -33,8 +33,27 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("The server is shutting down and accepts no new requests.")]
     ShuttingDown,
+    /// A connection over `--max-connections`, answered by the listener and closed.
+    #[error(
+        "The server has {max} connections open, its limit (--max-connections); retry shortly."
+    )]
+    TooManyConnections { max: usize },
     #[error("Not found: {0}")]
     RouteNotFound(String),
+    /// A POST body that is not declared `application/json` (a cross-site form or `text/plain`
+    /// post, which browsers send without a CORS preflight).
+    #[error(
+        "The request body must be JSON, sent with `Content-Type: application/json`. Given: {0}"
+    )]
+    UnsupportedMediaType(String),
+    /// The client sent its body too slowly (`--body-read-timeout`).
+    #[error("The request body did not arrive within {secs} s.")]
+    BodyTimeout { secs: f64 },
+    /// The client read nothing of its stream for `--stream-timeout`: the request was aborted.
+    #[error(
+        "The client read nothing of its stream for {secs} s (--stream-timeout); the request was aborted."
+    )]
+    StreamTimeout { secs: f64 },
     /// The engine failed the request; the engine promises the message is safe to show.
     #[error("{0}")]
     Engine(String),
@@ -112,7 +131,27 @@ impl ApiError {
                 "service_unavailable",
                 Some("server_shutting_down"),
             ),
+            TooManyConnections { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                Some("too_many_connections"),
+            ),
             RouteNotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", None),
+            UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                Some("unsupported_media_type"),
+            ),
+            BodyTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                Some("body_timeout"),
+            ),
+            StreamTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout_error",
+                Some("stream_timeout"),
+            ),
             Engine(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
         }
@@ -188,6 +227,15 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A number as an error message quotes it: short (`1e300`, not 301 digits).
+pub fn shown_number(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e15).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +258,15 @@ mod tests {
         .into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn numbers_are_shown_short() {
+        assert_eq!(shown_number(1e300), "1e300");
+        assert_eq!(shown_number(-2.5e-9), "-2.5e-9");
+        assert_eq!(shown_number(101.0), "101");
+        assert_eq!(shown_number(0.0), "0");
+        assert_eq!(shown_number(f64::INFINITY), "inf");
     }
 
     #[test]

@@ -4,17 +4,23 @@
 //! turns a request into a `ValidRequest`; `routes.rs` the handlers; `stream.rs` the SSE state
 //! machines; `sse.rs` drives them over the engine streams; `collect.rs` non-streaming bodies;
 //! `logprobs.rs` both logprobs shapes; `auth.rs` API keys; `error.rs` the one error enum and its
-//! HTTP mapping table.
+//! HTTP mapping table. Hardening: `listen.rs` (connections: timeouts, limit, drain), `guard.rs`
+//! (415 for non-JSON bodies, drain manners), `budget.rs` (per-request work budget), `messages.rs`
+//! (chat roles, shielded special-token text).
 //!
 //! Invariant: handlers hand the engine nothing but what `validation.rs` produced, and every
 //! `RequestStream` is owned by the response (SSE body or handler future), so a client that goes
 //! away aborts its requests.
 
 mod auth;
+pub mod budget;
 mod collect;
 pub mod error;
+mod guard;
 mod json;
+pub mod listen;
 mod logprobs;
+mod messages;
 pub mod openai;
 pub mod ratelimit;
 mod routes;
@@ -31,7 +37,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokenfab_engine::EngineHandle;
 
+pub use budget::{WorkBudget, WorkLimits};
 pub use error::{ApiError, ApiResult};
+pub use listen::ConnectionLimits;
 use logprobs::Vocab;
 use ratelimit::Limiter;
 pub use ratelimit::RateLimit;
@@ -55,6 +63,13 @@ pub struct ServerConfig {
     pub rate_limit: Option<RateLimit>,
     /// Origins allowed by CORS; empty: no CORS headers at all (browsers refuse cross-origin).
     pub allowed_origins: Vec<String>,
+    /// Read timeouts, connection limit and socket buffers (listen.rs).
+    pub connections: ConnectionLimits,
+    /// What one request may ask for in all (budget.rs).
+    pub work: WorkLimits,
+    /// Parse special-token text in chat message contents and names into special tokens
+    /// (off: it stays text, so a message cannot forge a turn; messages.rs).
+    pub special_tokens_in_messages: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -69,6 +84,12 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_prompt_tokens", &self.max_prompt_tokens)
             .field("rate_limit", &self.rate_limit)
             .field("allowed_origins", &self.allowed_origins)
+            .field("connections", &self.connections)
+            .field("work", &self.work)
+            .field(
+                "special_tokens_in_messages",
+                &self.special_tokens_in_messages,
+            )
             .finish()
     }
 }
@@ -84,6 +105,9 @@ impl ServerConfig {
             max_prompt_tokens: None,
             rate_limit: None,
             allowed_origins: vec![],
+            connections: ConnectionLimits::default(),
+            work: WorkLimits::default(),
+            special_tokens_in_messages: false,
         }
     }
 }
@@ -97,6 +121,11 @@ pub struct AppState {
     next_id: Arc<AtomicU64>,
     created: u64,
     limiter: Option<Arc<Limiter>>,
+    /// The work limits resolved for the model (budget.rs).
+    work: WorkBudget,
+    /// Permits for CPU work off the async threads (templates, tokenization): bounds the memory
+    /// of many large bodies tokenized at once.
+    cpu: Arc<tokio::sync::Semaphore>,
 }
 
 /// The OpenAPI 3.1 document served at /openapi.json.
@@ -115,6 +144,13 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
     let limit = cfg.max_request_bytes;
     let cors = cors_layer(&cfg.allowed_origins);
     let limiter = cfg.rate_limit.map(|r| Arc::new(Limiter::new(r)));
+    let work = WorkBudget::new(
+        &cfg.work,
+        engine.info().context_len,
+        engine.config().max_queued_requests,
+        engine.tokenizer(),
+    );
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let state = AppState {
         engine,
         cfg: Arc::new(cfg),
@@ -122,13 +158,20 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
         next_id: Arc::new(AtomicU64::new(created << 20)),
         created,
         limiter,
+        work,
+        cpu: Arc::new(tokio::sync::Semaphore::new(2 * cores)),
     };
+    // /tokenize and /detokenize do model work too: the same key check and rate limit.
     let v1 = Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/models", get(routes::models))
         .route("/v1/models/{id}", get(routes::model))
-        // Layers run outside-in: the key is checked before its bucket is charged.
+        .route("/tokenize", post(routes::tokenize))
+        .route("/detokenize", post(routes::detokenize))
+        // Layers run outside-in: the key is checked before its bucket is charged, and both
+        // before the body's type.
+        .route_layer(axum::middleware::from_fn(guard::require_json))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ratelimit::rate_limit,
@@ -139,14 +182,16 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
         ));
     Router::new()
         .merge(v1)
-        .route("/tokenize", post(routes::tokenize))
-        .route("/detokenize", post(routes::detokenize))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
         .route("/openapi.json", get(routes::openapi))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::drain,
+        ))
         .layer(cors)
         .with_state(state)
 }
@@ -191,9 +236,10 @@ pub fn validate_request(
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves; then stops accepting connections,
-/// refuses new requests (the engine drains: 503) and waits up to `drain_timeout` for the
-/// responses in flight. Returns false when the timeout cut some off.
+/// Serves the API on `listener` until `shutdown` resolves; then drains: keeps accepting
+/// connections (`/ready` answers 503, new requests 503 with `Connection: close`), lets the
+/// requests in flight finish for up to `drain_timeout`, and closes every connection (listen.rs).
+/// Returns false when the timeout cut some requests off.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: EngineHandle,
@@ -201,34 +247,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     drain_timeout: Duration,
 ) -> std::io::Result<bool> {
-    use std::future::IntoFuture;
+    let limits = cfg.connections;
     let app = app(engine.clone(), cfg);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain_engine = engine.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!(
-            in_flight = drain_engine.num_unfinished(),
-            timeout_s = drain_timeout.as_secs_f64(),
-            "shutting down: no new requests; finishing those in flight"
-        );
-        drain_engine.begin_drain();
-        let _ = stop_tx.send(());
-    });
-    let deadline = async move {
-        match stop_rx.await {
-            Ok(()) => tokio::time::sleep(drain_timeout).await,
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        r = server.into_future() => r.map(|()| true),
-        _ = deadline => {
-            tracing::warn!(
-                unfinished = engine.num_unfinished(),
-                "shutdown timeout reached; cutting off the requests still running"
-            );
-            Ok(false)
-        }
-    }
+    listen::run(listener, app, engine, limits, shutdown, drain_timeout).await
 }

@@ -48,6 +48,9 @@ pub struct ChatMessageIn {
     pub role: String,
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// The author's name; the template sees it as `message.name`.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -73,6 +76,8 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     pub logit_bias: Option<BTreeMap<String, f64>>,
     pub n: Option<i64>,
+    /// Accepted only when it asks for nothing beyond `n` (see budget.rs).
+    pub best_of: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
 }

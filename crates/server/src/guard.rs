@@ -1,0 +1,85 @@
+//! Middleware in front of every route: JSON bodies only (415 otherwise), and the drain's
+//! manners (every response says `Connection: close`, new generations get 503 at once).
+
+use axum::extract::{Request, State};
+use axum::http::header::{CONNECTION, CONTENT_TYPE};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// True for `application/json` and `application/<something>+json`, with any parameters
+/// (`; charset=utf-8`).
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|s| s.ends_with("+json"))
+}
+
+/// POST bodies must be declared JSON. Browsers send `text/plain`, form and bodiless
+/// cross-origin POSTs without asking (no CORS preflight), so accepting them would let any web
+/// page run generations on a server without keys; a JSON content type makes the browser ask
+/// first, and CORS (`--allowed-origins`) answers.
+pub async fn require_json(req: Request, next: Next) -> Response {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    match req.headers().get(CONTENT_TYPE).map(|v| v.to_str()) {
+        Some(Ok(ct)) if is_json(ct) => next.run(req).await,
+        Some(Ok(ct)) => ApiError::UnsupportedMediaType(format!("{ct:?}")).into_response(),
+        Some(Err(_)) => ApiError::UnsupportedMediaType("a non-ASCII value".into()).into_response(),
+        None => ApiError::UnsupportedMediaType("no Content-Type".into()).into_response(),
+    }
+}
+
+/// While the server drains: generation requests get 503 before their body is read, and every
+/// response (including `/ready`'s 503) closes its connection, so that keep-alive clients
+/// reconnect elsewhere instead of finding their connection closed under a request.
+pub async fn drain(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if !s.engine.is_draining() {
+        return next.run(req).await;
+    }
+    let generation = req.method() == Method::POST && req.uri().path().starts_with("/v1/");
+    let mut resp = if generation {
+        ApiError::ShuttingDown.into_response()
+    } else {
+        next.run(req).await
+    };
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.api+json",
+        ] {
+            assert!(is_json(ok), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "",
+            "json",
+        ] {
+            assert!(!is_json(bad), "{bad}");
+        }
+    }
+}
