@@ -166,6 +166,8 @@ impl ApiError {
                 tracing::error!(%detail, "internal error");
                 GENERIC_INTERNAL.to_string()
             }
+            // Refusals under load are expected; the listener and the drain log them once.
+            ApiError::ShuttingDown | ApiError::TooManyConnections { .. } => self.to_string(),
             other => {
                 if status.is_server_error() {
                     tracing::warn!(error = %other, "request failed");

@@ -1,11 +1,19 @@
-//! Middleware in front of every route: JSON bodies only (415 otherwise), and the drain's
-//! manners (every response says `Connection: close`, new generations get 503 at once).
+//! Middleware in front of every route: JSON bodies only (415 otherwise), the drain's manners
+//! (every response says `Connection: close`, new generations get 503 at once), and the count of
+//! responses in flight that the drain waits for.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::header::{CONNECTION, CONTENT_TYPE};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http_body::{Frame, SizeHint};
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -57,6 +65,57 @@ pub async fn drain(State(s): State<AppState>, req: Request, next: Next) -> Respo
     resp.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     resp
+}
+
+/// Decrements the in-flight count when dropped.
+struct Leaving(Arc<AtomicUsize>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that holds its request's place in the in-flight count.
+struct Counted {
+    inner: Body,
+    _leaving: Leaving,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    /// Passed on, so that a sized body keeps its `Content-Length`.
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts a request as in flight from its arrival until its response body is done with (sent
+/// to its end, or dropped because the client went away): a streamed response is in flight as
+/// long as it streams.
+pub async fn count_in_flight(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    s.in_flight.fetch_add(1, Ordering::SeqCst);
+    let leaving = Leaving(s.in_flight.clone());
+    let resp = next.run(req).await;
+    resp.map(move |inner| {
+        Body::new(Counted {
+            inner,
+            _leaving: leaving,
+        })
+    })
 }
 
 #[cfg(test)]

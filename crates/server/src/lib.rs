@@ -28,7 +28,7 @@ mod sse;
 pub mod stream;
 pub mod validation;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,6 +126,8 @@ pub struct AppState {
     /// Permits for CPU work off the async threads (templates, tokenization): bounds the memory
     /// of many large bodies tokenized at once.
     cpu: Arc<tokio::sync::Semaphore>,
+    /// Requests whose response is not yet sent (guard.rs); the drain waits for them.
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// The OpenAPI 3.1 document served at /openapi.json.
@@ -134,6 +136,11 @@ pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 /// The router with every route: /v1/chat/completions, /v1/completions, /v1/models,
 /// /v1/models/{id}, /tokenize, /detokenize, /health, /ready, /metrics, /openapi.json.
 pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
+    app_counted(engine, cfg, Arc::default())
+}
+
+/// [`app`], counting the requests whose responses are in flight in `in_flight`.
+fn app_counted(engine: EngineHandle, cfg: ServerConfig, in_flight: Arc<AtomicUsize>) -> Router {
     let vocab: Vocab = {
         let e = engine.clone();
         Arc::new(move |id| e.tokenizer().token_piece(id).to_vec())
@@ -160,6 +167,7 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
         limiter,
         work,
         cpu: Arc::new(tokio::sync::Semaphore::new(2 * cores)),
+        in_flight,
     };
     // /tokenize and /detokenize do model work too: the same key check and rate limit.
     let v1 = Router::new()
@@ -191,6 +199,10 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::drain,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::count_in_flight,
         ))
         .layer(cors)
         .with_state(state)
@@ -248,6 +260,12 @@ pub async fn serve(
     drain_timeout: Duration,
 ) -> std::io::Result<bool> {
     let limits = cfg.connections;
-    let app = app(engine.clone(), cfg);
-    listen::run(listener, app, engine, limits, shutdown, drain_timeout).await
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let app = app_counted(engine.clone(), cfg, in_flight.clone());
+    let drain = listen::Drain {
+        engine,
+        in_flight,
+        timeout: drain_timeout,
+    };
+    listen::run(listener, app, limits, shutdown, drain).await
 }

@@ -15,7 +15,7 @@
 //!   flight finish for up to the drain timeout, then closes every connection.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,10 +30,12 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::error::ApiError;
 
-/// Descriptors kept for everything but connections (model file, runtime, logs, refusals).
+/// Descriptors kept for everything but connections: the process's own (about 16: runtime,
+/// engine, logs) and the refusals being written.
 const RESERVED_FDS: usize = 32;
-/// Refusals written at once; past that a connection over the limit is closed unanswered.
-const MAX_REFUSALS: usize = 64;
+/// Refusals answered at leisure at once (each holds its socket up to a second to read what the
+/// client sent); past that the answer is written once and the socket closed at once.
+const MAX_REFUSALS: usize = 8;
 
 /// How connections are accepted and timed (`tokenfab serve` flags).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -110,16 +112,21 @@ fn is_exhaustion(e: &std::io::Error) -> bool {
     )
 }
 
-/// Answers a connection over the limit with a 503 naming it, then closes it (after reading
-/// what the client sent, so the close does not reset the connection under the answer).
-async fn refuse(mut sock: TcpStream, max: usize) {
+/// The 503 a connection over the limit gets.
+fn refusal(max: usize) -> String {
     let body =
         serde_json::to_string(&ApiError::TooManyConnections { max }.body()).unwrap_or_default();
-    let resp = format!(
+    format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
-    );
+    )
+}
+
+/// Answers a connection over the limit with a 503 naming it, then closes it (after reading
+/// what the client sent, so the close does not reset the connection under the answer).
+async fn refuse(mut sock: TcpStream, max: usize) {
+    let resp = refusal(max);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         sock.write_all(resp.as_bytes()).await?;
         sock.shutdown().await?;
@@ -151,12 +158,18 @@ impl Conns {
                     "connection limit reached (--max-connections); refusing new connections"
                 )
             });
-            if let Ok(p) = self.refusing.clone().try_acquire_owned() {
-                let max = self.max;
-                tokio::spawn(async move {
-                    refuse(sock, max).await;
-                    drop(p);
-                });
+            match self.refusing.clone().try_acquire_owned() {
+                Ok(p) => {
+                    let max = self.max;
+                    tokio::spawn(async move {
+                        refuse(sock, max).await;
+                        drop(p);
+                    });
+                }
+                // A flood: answer without waiting, and free the descriptor now.
+                Err(_) => {
+                    let _ = sock.try_write(refusal(self.max).as_bytes());
+                }
             }
             return;
         };
@@ -189,16 +202,33 @@ impl Conns {
     }
 }
 
+/// What the drain waits for, and how long at most.
+pub struct Drain {
+    pub engine: EngineHandle,
+    /// Requests whose responses are not yet sent (guard.rs).
+    pub in_flight: Arc<AtomicUsize>,
+    pub timeout: Duration,
+}
+
+impl Drain {
+    fn busy(&self) -> (usize, usize) {
+        (
+            self.engine.num_unfinished(),
+            self.in_flight.load(Ordering::SeqCst),
+        )
+    }
+}
+
 /// Serves `app` until `shutdown`, then drains (see the module docs). True when every request
-/// finished within `drain_timeout`; false when the timeout cut some off.
+/// finished within the drain's timeout; false when the timeout cut some off.
 pub async fn run(
     listener: TcpListener,
     app: Router,
-    engine: EngineHandle,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    drain_timeout: Duration,
+    drain: Drain,
 ) -> std::io::Result<bool> {
+    let (engine, drain_timeout) = (drain.engine.clone(), drain.timeout);
     let max = limits
         .max_connections
         .unwrap_or_else(default_max_connections)
@@ -245,7 +275,7 @@ pub async fn run(
             },
             () = &mut shutdown, if drain_end.is_none() => {
                 tracing::info!(
-                    in_flight = engine.num_unfinished(),
+                    in_flight = drain.busy().1,
                     timeout_s = drain_timeout.as_secs_f64(),
                     "shutting down: no new requests; finishing those in flight"
                 );
@@ -253,14 +283,16 @@ pub async fn run(
                 drain_end = Some(tokio::time::Instant::now() + drain_timeout);
             }
             () = deadline => {
+                let (unfinished, in_flight) = drain.busy();
                 tracing::warn!(
-                    unfinished = engine.num_unfinished(),
+                    unfinished,
+                    in_flight,
                     "shutdown timeout reached; cutting off the requests still running"
                 );
                 break false;
             }
             _ = poll.tick(), if drain_end.is_some() => {
-                if engine.num_unfinished() == 0 {
+                if drain.busy() == (0, 0) {
                     break true;
                 }
             }
@@ -268,8 +300,8 @@ pub async fn run(
     };
     drop(listener);
     let _ = stop_tx.send(true);
-    // Let the last responses reach their sockets; idle connections close at once.
-    let grace = Duration::from_secs(if finished { 5 } else { 1 });
+    // Idle connections close at once; those cut off get a moment to say so.
+    let grace = Duration::from_secs(1);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(grace, conns.open.acquire_many(all)).await;
     Ok(finished)
