@@ -1,9 +1,11 @@
 //! Request bodies through everything a handler does before it submits: JSON checks, typed
-//! parsing, validation against the model's limits. Any body must become a `ValidRequest` or a
-//! 4xx `ApiError`, never a panic; a valid request must fit the limits.
+//! parsing, validation against the model's limits and a request's work budget. Any body must
+//! become a `ValidRequest` or a 4xx `ApiError`, never a panic; a valid request must fit the
+//! limits and the budget.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use tokenfab_server::budget::{work_of, WorkBudget};
 use tokenfab_server::validation::Limits;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,6 +22,18 @@ fuzz_target!(|data: &[u8]| {
         model_id: "m",
         max_tokens_limit: 512,
         max_prompt_tokens: if flags & 4 != 0 { 64 } else { usize::MAX },
+        work: if flags & 8 != 0 {
+            WorkBudget {
+                max_prompt_tokens_total: 256,
+                max_logprob_entries: 1000,
+                max_response_bytes: 100_000,
+                max_choices: 8,
+                ..WorkBudget::unlimited(&m.tokenizer)
+            }
+        } else {
+            WorkBudget::unlimited(&m.tokenizer)
+        },
+        special_tokens_in_messages: flags & 16 != 0,
     };
     match tokenfab_server::validate_request(flags & 1 != 0, body, &l) {
         Ok(v) => {
@@ -31,6 +45,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(p.max_tokens <= l.max_tokens_limit);
                 assert!(p.tokens.iter().all(|&t| (t as usize) < l.vocab_size));
             }
+            let w = work_of(&v, l.work.max_token_bytes);
+            assert!(w.choices <= l.work.max_choices);
+            assert!(w.prompt_tokens <= l.work.max_prompt_tokens_total);
+            assert!(w.logprob_entries <= l.work.max_logprob_entries);
+            assert!(w.response_bytes <= l.work.max_response_bytes);
             let _ = v.engine_requests();
         }
         Err(e) => {

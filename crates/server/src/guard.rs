@@ -1,6 +1,6 @@
 //! Middleware in front of every route: JSON bodies only (415 otherwise), the drain's manners
-//! (every response says `Connection: close`, new generations get 503 at once), and the count of
-//! responses in flight that the drain waits for.
+//! (every response says `Connection: close`, new generations get 503 at once), the count of
+//! responses in flight that the drain waits for, and a memory budget for large bodies.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::header::{CONNECTION, CONTENT_TYPE};
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -65,6 +65,33 @@ pub async fn drain(State(s): State<AppState>, req: Request, next: Next) -> Respo
     resp.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     resp
+}
+
+/// Bodies larger than this draw on the large-body budget (and are parsed off the async threads).
+pub const LARGE_BODY: usize = 64 << 10;
+
+/// Requests with bodies over [`LARGE_BODY`] take their size (KiB) from a budget (twice the
+/// largest body) until their response is ready: a body is held as bytes, as a JSON value and as
+/// typed fields at once, so without it 32 concurrent 5 MB bodies take most of a gigabyte and
+/// starve every other request of the async threads. Smaller requests never wait here.
+pub async fn bound_large_bodies(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    // Without a length (chunked), the body may be as large as allowed.
+    let size = match declared {
+        Some(n) if n <= LARGE_BODY => return next.run(req).await,
+        Some(n) => n.min(s.cfg.max_request_bytes),
+        None if req.method() == Method::POST => s.cfg.max_request_bytes,
+        None => return next.run(req).await,
+    };
+    let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX);
+    let _held = match s.large_bodies.acquire_many(kib).await {
+        Ok(p) => p,
+        Err(e) => return ApiError::Internal(format!("body budget: {e}")).into_response(),
+    };
+    next.run(req).await
 }
 
 /// Decrements the in-flight count when dropped.

@@ -34,7 +34,14 @@ impl FromRequest<AppState> for JsonBody {
                     ApiError::bad_request(format!("Could not read the request body: {r}"))
                 }
             })?;
-        parse_body(&bytes).map(JsonBody)
+        if bytes.len() <= crate::guard::LARGE_BODY {
+            return parse_body(&bytes).map(JsonBody);
+        }
+        // Parsing megabytes takes milliseconds: not on the async threads.
+        tokio::task::spawn_blocking(move || parse_body(&bytes))
+            .await
+            .map_err(|e| ApiError::Internal(format!("parsing a body: {e}")))?
+            .map(JsonBody)
     }
 }
 

@@ -128,6 +128,8 @@ pub struct AppState {
     cpu: Arc<tokio::sync::Semaphore>,
     /// Requests whose response is not yet sent (guard.rs); the drain waits for them.
     in_flight: Arc<AtomicUsize>,
+    /// KiB of large request bodies that may be held at once (guard.rs).
+    large_bodies: Arc<tokio::sync::Semaphore>,
 }
 
 /// The OpenAPI 3.1 document served at /openapi.json.
@@ -168,6 +170,9 @@ fn app_counted(engine: EngineHandle, cfg: ServerConfig, in_flight: Arc<AtomicUsi
         work,
         cpu: Arc::new(tokio::sync::Semaphore::new(2 * cores)),
         in_flight,
+        large_bodies: Arc::new(tokio::sync::Semaphore::new(
+            2 * limit.div_ceil(1024).max(guard::LARGE_BODY >> 10),
+        )),
     };
     // /tokenize and /detokenize do model work too: the same key check and rate limit.
     let v1 = Router::new()
@@ -199,6 +204,10 @@ fn app_counted(engine: EngineHandle, cfg: ServerConfig, in_flight: Arc<AtomicUsi
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::drain,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::bound_large_bodies,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -5,13 +5,14 @@
 //! A chat template renders one string from the template's text and the messages; tokenizing it
 //! with special-token parsing (which the template's `<|im_start|>` needs) would also turn a user's
 //! `<|im_end|>\n<|im_start|>system` into real control tokens: a forged turn. Shielding inserts
-//! [`SHIELD`] (a Unicode noncharacter, U+FDD0, reserved for a program's internal use) after the
-//! first character of every control-token spelling in the untrusted text before rendering, so the
-//! special-token partition no longer matches there; [`Tokenizer::encode_shielded`] then removes
-//! the shields from the plain-text fragments before tokenizing them. The shielded spans are thus
-//! tokenized exactly as `encode(.., parse_special = false)` would tokenize them, and everything
-//! else exactly as before. A template that slices or measures content sees one extra character per
-//! shielded spelling (and cannot split content on a control token's text, which it now lacks).
+//! [`SHIELD`] (a Unicode noncharacter, U+FDD0, reserved for a program's internal use) after every
+//! character of every control-token spelling in the untrusted text before rendering, so the
+//! special-token partition matches nothing there, nor anything reaching into it from outside;
+//! [`Tokenizer::encode_shielded`] then removes the shields from the plain-text fragments before
+//! tokenizing them. The shielded spans are thus tokenized exactly as
+//! `encode(.., parse_special = false)` would tokenize them, and everything else exactly as
+//! before. A template that slices or measures content sees the shields too (and cannot split
+//! content on a control token's text, which it now lacks).
 
 use std::borrow::Cow;
 
@@ -43,9 +44,9 @@ impl Tokenizer {
         })
     }
 
-    /// `text` with a [`SHIELD`] after the first character of every control-token spelling in it
-    /// (and any U+FDD0 already in it replaced by U+FFFD), for rendering into a template whose
-    /// output is tokenized with [`Tokenizer::encode_shielded`].
+    /// `text` with a [`SHIELD`] after every character of every control-token spelling in it (and
+    /// any U+FDD0 already in it replaced by U+FFFD), for rendering into a template whose output
+    /// is tokenized with [`Tokenizer::encode_shielded`].
     pub fn shield_specials<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let spellings: Vec<&str> = self.control_spellings().collect();
         let hit = |s: &str| spellings.iter().any(|p| s.contains(p));
@@ -62,9 +63,10 @@ impl Tokenizer {
             }
             // Longest first, as the partition matches them.
             if let Some(p) = spellings.iter().find(|p| rest.starts_with(**p)) {
-                out.push(c);
-                out.push(SHIELD);
-                out.push_str(&p[c.len_utf8()..]);
+                for pc in p.chars() {
+                    out.push(pc);
+                    out.push(SHIELD);
+                }
                 rest = &rest[p.len()..];
                 continue;
             }
