@@ -70,10 +70,11 @@ pub async fn drain(State(s): State<AppState>, req: Request, next: Next) -> Respo
 /// Bodies larger than this draw on the large-body budget (and are parsed off the async threads).
 pub const LARGE_BODY: usize = 64 << 10;
 
-/// Requests with bodies over [`LARGE_BODY`] take their size (KiB) from a budget (twice the
+/// Requests with bodies over [`LARGE_BODY`] take their size (KiB) from a budget (as large as the
 /// largest body) until their response is ready: a body is held as bytes, as a JSON value and as
-/// typed fields at once, so without it 32 concurrent 5 MB bodies take most of a gigabyte and
-/// starve every other request of the async threads. Smaller requests never wait here.
+/// typed fields at once, and tokenizing megabytes of text takes tens of megabytes more, so without
+/// it 32 concurrent 5 MB bodies take a gigabyte and starve every other request. Smaller requests
+/// never wait here.
 pub async fn bound_large_bodies(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let declared = req
         .headers()

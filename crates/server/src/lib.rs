@@ -171,7 +171,7 @@ fn app_counted(engine: EngineHandle, cfg: ServerConfig, in_flight: Arc<AtomicUsi
         cpu: Arc::new(tokio::sync::Semaphore::new(2 * cores)),
         in_flight,
         large_bodies: Arc::new(tokio::sync::Semaphore::new(
-            2 * limit.div_ceil(1024).max(guard::LARGE_BODY >> 10),
+            limit.div_ceil(1024).max(guard::LARGE_BODY >> 10),
         )),
     };
     // /tokenize and /detokenize do model work too: the same key check and rate limit.
