@@ -96,23 +96,33 @@ def chat(rng):
         note("chat", None if ok else f"{r.status} {v}")
     c.close()
 
+def read_sse(r, pause=0.0):
+    """Reads an SSE body to its end: (saw [DONE], saw a finish_reason, error codes)."""
+    done = finish = False
+    errors = []
+    for line in r:
+        line = line.decode().strip()
+        if line == "data: [DONE]":
+            done = True
+        elif line.startswith("data: "):
+            ev = json.loads(line[6:])
+            if "error" in ev:
+                errors.append(ev["error"].get("code"))
+            for ch in ev.get("choices", []):
+                finish = finish or bool(ch.get("finish_reason"))
+        if pause:
+            time.sleep(pause)
+    return done, finish, errors
+
 def stream(rng):
     body = {"prompt": words(rng), "max_tokens": rng.randint(1, 96), "stream": True,
             "stream_options": {"include_usage": True}}
     c, r = post("/v1/completions", body)
     if check_status("stream", r):
-        done = finish = False
-        for line in r:
-            line = line.decode().strip()
-            if line == "data: [DONE]":
-                done = True
-            elif line.startswith("data: "):
-                ev = json.loads(line[6:])
-                if "error" in ev:
-                    note("stream:error-event")  # explicit
-                    done = finish = True
-                for ch in ev.get("choices", []):
-                    finish = finish or bool(ch.get("finish_reason"))
+        done, finish, errors = read_sse(r)
+        if errors:
+            note("stream:error-event")  # explicit
+            done = finish = True
         note("stream", None if (done and finish) else "ended without finish_reason and [DONE]")
     c.close()
 
@@ -143,24 +153,6 @@ def bad(rng):
     ok = 400 <= r.status < 500 and b'"error"' in body
     note("bad", None if ok else f"{path}: {r.status} {body[:200]!r}")
     c.close()
-
-def read_sse(r, pause=0.0):
-    """Reads an SSE body to its end: (saw [DONE], saw a finish_reason, error codes)."""
-    done = finish = False
-    errors = []
-    for line in r:
-        line = line.decode().strip()
-        if line == "data: [DONE]":
-            done = True
-        elif line.startswith("data: "):
-            ev = json.loads(line[6:])
-            if "error" in ev:
-                errors.append(ev["error"].get("code"))
-            for ch in ev.get("choices", []):
-                finish = finish or bool(ch.get("finish_reason"))
-        if pause:
-            time.sleep(pause)
-    return done, finish, errors
 
 def slow_reader(rng):
     # Reads a stream a line at a time with pauses: slower than generation, faster than the

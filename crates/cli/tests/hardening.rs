@@ -295,6 +295,7 @@ async fn retry_after_follows_the_observed_pace() {
         .unwrap()
         .parse()
         .unwrap();
+    eprintln!("first Retry-After of a full queue: {secs} s");
     assert!(
         secs >= 2,
         "Retry-After {secs} s while the running request needs ~4,000 more steps"
