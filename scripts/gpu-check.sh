@@ -3,7 +3,8 @@
 # elsewhere and carried along (target/release/tokenfab); nothing is downloaded. Writes logs and
 # JSON into the folder given as $1. Budget: under 8 minutes including start-up.
 #   (1) GPU vs CPU on --dummy-weights smollm2-135m, one seed: first-step logits relative error
-#       (< 1e-2) and 32 greedy tokens on 8 prompts, for bf16 and the quantized dummy dtypes;
+#       (< 1e-2; from the dumped log-probabilities, centred, which equal the centred logits) and
+#       32 greedy tokens on 8 prompts, for bf16 and the quantized dummy dtypes;
 #   (2) device ceilings: copy bandwidth and bf16 GEMM rate (tokenfab gpu-probe --probe);
 #   (3) tokenfab serve --device cuda --dummy-weights llama3-8b, tokenfab bench at concurrency
 #       1, 64, 256 (128 in, 128 out, --ignore-eos).
@@ -46,7 +47,7 @@ for DT in bf16 q8_0 q4_0 q4_k q6_k; do
     for DEV in cpu cuda; do
       timeout 120 "$BIN" generate --dummy-weights smollm2-135m --dummy-seed 1 --dummy-dtype "$DT" \
         --device "$DEV" -p "${PROMPTS[$i]}" -n 32 --temperature 0 --ignore-eos --json \
-        --dump-logits "$OUT/logits-$DT-$i-$DEV.f32" 2>> "$OUT/generate-$DEV.log" | tail -n 1 > "$OUT/gen-$DT-$i-$DEV.json"
+        --dump-logprobs "$OUT/logits-$DT-$i-$DEV.f32" 2>> "$OUT/generate-$DEV.log" | tail -n 1 > "$OUT/gen-$DT-$i-$DEV.json"
     done
     python3 - "$OUT" "$DT" "$i" >> "$OUT/compare.jsonl" <<'PY'
 import json, sys, struct, math
@@ -55,7 +56,10 @@ def load(dev):
     try:
         with open(f"{out}/logits-{dt}-{i}-{dev}.f32", "rb") as f:
             b = f.read()
-        return list(struct.unpack(f"<{len(b)//4}f", b))
+        v = list(struct.unpack(f"<{len(b)//4}f", b))
+        # log-softmax = logits - logsumexp: centred, both are the centred logits.
+        m = sum(v) / len(v)
+        return [x - m for x in v]
     except OSError:
         return None
 def toks(dev):

@@ -37,13 +37,13 @@ fuzz_target!(|data: &[u8]| {
     };
     match tokenfab_server::validate_request(flags & 1 != 0, body, &l) {
         Ok(v) => {
-            assert!(v.n >= 1 && v.num_choices() >= 1);
-            for p in &v.prompts {
-                assert!(!p.tokens.is_empty());
-                assert!(p.tokens.len() <= l.max_prompt_tokens);
-                assert!(p.tokens.len() + p.max_tokens <= l.context_len.min(l.kv_cache_tokens));
-                assert!(p.max_tokens <= l.max_tokens_limit);
-                assert!(p.tokens.iter().all(|&t| (t as usize) < l.vocab_size));
+            assert!(v.n() >= 1 && v.num_choices() >= 1);
+            for p in v.prompts() {
+                assert!(!p.tokens().is_empty());
+                assert!(p.tokens().len() <= l.max_prompt_tokens);
+                assert!(p.tokens().len() + p.max_tokens() <= l.context_len.min(l.kv_cache_tokens));
+                assert!(p.max_tokens() <= l.max_tokens_limit);
+                assert!(p.tokens().iter().all(|&t| (t as usize) < l.vocab_size));
             }
             let w = work_of(&v, l.work.max_token_bytes);
             assert!(w.choices <= l.work.max_choices);

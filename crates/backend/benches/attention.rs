@@ -99,6 +99,7 @@ fn main() {
                 q_stride: HEADS * HD,
                 rows: |t: usize| RowKv {
                     block_table: &tables[t],
+                    start: 0,
                     ctx,
                 },
                 k: &k,

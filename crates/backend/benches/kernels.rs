@@ -17,7 +17,7 @@ use tokenfab_loader::quant::{dequantize, quantize};
 use tokenfab_loader::GgmlType;
 
 /// (name, weight type, rows = output features, cols = input features): the matrices
-/// `Llama::forward` multiplies for SmolLM2-135M (q|k|v and gate|up stacked, as the model runs them).
+/// `Model::forward` multiplies for SmolLM2-135M (q|k|v and gate|up stacked, as the model runs them).
 const SHAPES: [(&str, QType, usize, usize); 5] = [
     ("attn_qkv 960x576", QType::Q4_1, 960, 576),
     ("attn_output 576x576", QType::Q4_1, 576, 576),

@@ -79,6 +79,26 @@ impl Target {
         Ok(t)
     }
 
+    /// The server's `/metrics` (Prometheus text); `None` when it has no such route.
+    pub async fn metrics_text(&self) -> Result<Option<String>, BenchError> {
+        let url = format!("{}/metrics", self.base);
+        let http = |source| BenchError::Http {
+            url: url.clone(),
+            source,
+        };
+        let r = self
+            .client
+            .get(&url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(http)?;
+        if !r.status().is_success() {
+            return Ok(None);
+        }
+        r.text().await.map(Some).map_err(http)
+    }
+
     async fn get_json(&self, url: &str) -> Result<Value, BenchError> {
         let r = self
             .client

@@ -6,14 +6,18 @@
 //!   an A/B comparison of two servers.
 //! - [`report`] and [`plot`] turn a [`suite::BenchReport`] into a table and an SVG.
 //! - [`economics`] turns a throughput into cost per million tokens and revenue per dollar.
+//! - [`profile`] (`--profile`): a tokenfab server's own account of where its steps went, from
+//!   its `/metrics` before and after each run, reported beside (never instead of) the client's
+//!   figures.
 //!
 //! Invariant: the crate never decides what to measure from the server's own timings: every
-//! figure comes from the client's clock, so any server is measured the same way.
+//! load figure comes from the client's clock, so any server is measured the same way.
 
 pub mod client;
 pub mod economics;
 pub mod metrics;
 pub mod plot;
+pub mod profile;
 pub mod report;
 pub mod runner;
 pub mod slo;

@@ -108,6 +108,9 @@ pub struct RunMetrics {
     pub errors: BTreeMap<String, usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goodput: Option<Goodput>,
+    /// The server's own account of where its steps went (`--profile`, tokenfab servers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::profile::StepProfile>,
 }
 
 impl RunMetrics {
@@ -168,6 +171,7 @@ impl RunMetrics {
             e2e: Summary::of(&e2e),
             errors,
             goodput,
+            profile: None,
         }
     }
 

@@ -140,6 +140,11 @@ pub fn render(report: &BenchReport) -> String {
             &["load", "ms", "mean", "p50", "p90", "p99"],
             &latency_rows(&t.runs),
         );
+        for m in &t.runs {
+            if let Some(p) = &m.profile {
+                out += &p.render(&m.load_label());
+            }
+        }
         if let Some(c) = &t.capacity {
             let slo = format!(
                 "ttft<={} ms, tpot<={} ms, {:.0}% of requests",

@@ -115,14 +115,20 @@ pub async fn run_load(
         records.extend(r.unwrap_or_default());
     }
     progress.stop();
+    let secs = sort_and_span(&mut records);
+    (records, secs)
+}
+
+/// Sorts `records` by send time and returns the run's wall time in seconds: first send to
+/// last finish (the first send is at ~0 in a closed loop).
+pub fn sort_and_span(records: &mut [RequestRecord]) -> f64 {
     records.sort_by(|a, b| a.sent_at_ms.total_cmp(&b.sent_at_ms));
-    // Wall time: first send to last finish (the first send is at ~0 in a closed loop).
     let first = records.first().map_or(0.0, |r| r.sent_at_ms);
     let last = records
         .iter()
         .map(|r| r.sent_at_ms + r.e2e_ms)
         .fold(0.0, f64::max);
-    (records, (last - first).max(0.0) / 1000.0)
+    (last - first).max(0.0) / 1000.0
 }
 
 /// A one-line progress bar on stderr, redrawn four times a second; silent unless stderr is a

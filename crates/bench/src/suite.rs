@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{Endpoint, SendOptions, Target};
 use crate::metrics::{RequestRecord, RunMetrics};
+use crate::profile::{Snapshot, StepProfile};
 use crate::runner::{run_load, Bound, Load, RunPlan};
 use crate::slo::{CapacitySearch, Slo};
 use crate::workload::{dataset_prompts, synthetic_prompts, PromptSource, Rng};
@@ -44,6 +45,8 @@ pub struct BenchConfig {
     pub rounds: usize,
     pub timeout: Duration,
     pub progress: bool,
+    /// Read each tokenfab server's phase metrics before and after every run (`--profile`).
+    pub profile: bool,
 }
 
 /// The capacity search's answer for one server.
@@ -61,6 +64,44 @@ pub struct CapacityReport {
     pub per_user_tokens_per_s: f64,
     /// Every probe, in the order run.
     pub probes: Vec<RunMetrics>,
+}
+
+impl CapacityReport {
+    /// The answer of a finished `search` whose probes were `probes`.
+    pub fn from_search(
+        search: &CapacitySearch,
+        slo: Slo,
+        attainment: f64,
+        probes: Vec<RunMetrics>,
+    ) -> Self {
+        let at = search
+            .capacity()
+            .and_then(|u| probes.iter().find(|m| m.concurrency == Some(u)));
+        CapacityReport {
+            users: search.capacity(),
+            hit_max: search.hit_max(),
+            slo,
+            attainment,
+            output_tokens_per_s: at.map_or(0.0, |m| m.output_tokens_per_s),
+            per_user_tokens_per_s: at.map_or(0.0, |m| {
+                if m.tpot.p50 > 0.0 {
+                    1000.0 / m.tpot.p50
+                } else {
+                    0.0
+                }
+            }),
+            probes,
+        }
+    }
+}
+
+/// The bound of one capacity probe of `users`: every user sends at least twice, so each level
+/// is seen past its first wave.
+pub fn probe_bound(bound: Bound, users: usize) -> Bound {
+    Bound {
+        num_prompts: bound.num_prompts.map(|n| n.max(2 * users)),
+        duration: bound.duration,
+    }
 }
 
 /// Results on one server.
@@ -195,22 +236,31 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         .collect();
     for &load in &cfg.loads {
         let mut pooled: Vec<(Vec<RequestRecord>, f64)> = vec![(Vec::new(), 0.0); targets.len()];
+        let mut profiles: Vec<Option<StepProfile>> = vec![None; targets.len()];
         for _ in 0..cfg.rounds.max(1) {
             // A B A B: each round runs every server on the same prompts, in the same order.
             let mut sent = 0;
-            for (t, acc) in targets.iter().zip(pooled.iter_mut()) {
+            for ((t, acc), prof) in targets.iter().zip(pooled.iter_mut()).zip(&mut profiles) {
+                let before = if cfg.profile {
+                    snapshot(t).await?
+                } else {
+                    None
+                };
                 let (recs, secs) = run_load(t, &prompts, &plan(load, cfg.bound, offset)).await;
+                if let (Some(before), Some(after)) = (before, snapshot(t).await?) {
+                    prof.get_or_insert_with(StepProfile::default)
+                        .add(&after.since(&before));
+                }
                 sent = sent.max(recs.len());
                 acc.0.extend(recs);
                 acc.1 += secs;
             }
             offset += sent;
         }
-        for ((recs, secs), rep) in pooled.iter().zip(reports.iter_mut()) {
-            rep.runs.push(with_load(
-                RunMetrics::from_records(recs, *secs, cfg.slo),
-                load,
-            ));
+        for (((recs, secs), rep), prof) in pooled.iter().zip(reports.iter_mut()).zip(profiles) {
+            let mut m = with_load(RunMetrics::from_records(recs, *secs, cfg.slo), load);
+            m.profile = prof;
+            rep.runs.push(m);
         }
     }
     if let (Some(max), Some(slo)) = (cfg.capacity_max, cfg.slo) {
@@ -221,11 +271,7 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
             let mut search = CapacitySearch::new(max);
             let mut probes = Vec::new();
             while let Some(users) = search.next_probe() {
-                // Every user sends at least twice, so each level is seen past its first wave.
-                let bound = Bound {
-                    num_prompts: cfg.bound.num_prompts.map(|n| n.max(2 * users)),
-                    duration: cfg.bound.duration,
-                };
+                let bound = probe_bound(cfg.bound, users);
                 let (recs, secs) =
                     run_load(t, &prompts, &plan(Load::Concurrency(users), bound, offset)).await;
                 offset += recs.len();
@@ -244,24 +290,12 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
                 search.record(users, passed);
                 probes.push(m);
             }
-            let at = search
-                .capacity()
-                .and_then(|u| probes.iter().find(|m| m.concurrency == Some(u)));
-            rep.capacity = Some(CapacityReport {
-                users: search.capacity(),
-                hit_max: search.hit_max(),
+            rep.capacity = Some(CapacityReport::from_search(
+                &search,
                 slo,
-                attainment: cfg.attainment,
-                output_tokens_per_s: at.map_or(0.0, |m| m.output_tokens_per_s),
-                per_user_tokens_per_s: at.map_or(0.0, |m| {
-                    if m.tpot.p50 > 0.0 {
-                        1000.0 / m.tpot.p50
-                    } else {
-                        0.0
-                    }
-                }),
+                cfg.attainment,
                 probes,
-            });
+            ));
         }
     }
     let ratios = match reports.as_slice() {
@@ -307,7 +341,16 @@ fn prompt_pool(cfg: &BenchConfig) -> usize {
     n.clamp(1, MAX_POOL)
 }
 
-fn with_load(mut m: RunMetrics, load: Load) -> RunMetrics {
+/// The server's phase metrics now, when it is a tokenfab server that exports them.
+async fn snapshot(t: &Target) -> Result<Option<Snapshot>, BenchError> {
+    Ok(t.metrics_text()
+        .await?
+        .map(|text| Snapshot::parse(&text))
+        .filter(Snapshot::has_phases))
+}
+
+/// `m` labelled with the load it ran at.
+pub fn with_load(mut m: RunMetrics, load: Load) -> RunMetrics {
     match load {
         Load::Concurrency(c) => m.concurrency = Some(c),
         Load::Rate { rate, .. } => m.request_rate_target = rate.is_finite().then_some(rate),

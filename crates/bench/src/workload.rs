@@ -191,10 +191,41 @@ pub async fn synthetic_prompts(
     Ok((out, exact))
 }
 
+/// One row of a JSONL dataset.
 #[derive(Deserialize)]
-struct DatasetRow {
-    prompt: String,
-    output_len: Option<usize>,
+pub struct DatasetRow {
+    pub prompt: String,
+    /// `max_tokens` of this row (else the run's `--output-len`).
+    pub output_len: Option<usize>,
+}
+
+/// Reads the `{"prompt", "output_len"}` rows of a JSONL file (blank lines skipped); an empty
+/// file is an error.
+pub fn read_dataset(path: &Path) -> Result<Vec<DatasetRow>, BenchError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BenchError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut rows = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        rows.push(serde_json::from_str(line).map_err(|e| BenchError::Dataset {
+            path: path.display().to_string(),
+            line: i + 1,
+            msg: e.to_string(),
+        })?);
+    }
+    if rows.is_empty() {
+        return Err(BenchError::Dataset {
+            path: path.display().to_string(),
+            line: 0,
+            msg: "no rows".into(),
+        });
+    }
+    Ok(rows)
 }
 
 /// Reads `{"prompt", "output_len"}` JSONL rows; input lengths come from the server's tokenizer
@@ -204,21 +235,8 @@ pub async fn dataset_prompts(
     path: &Path,
     default_output_len: usize,
 ) -> Result<Vec<Prompt>, BenchError> {
-    let text = std::fs::read_to_string(path).map_err(|source| BenchError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
     let mut out = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let row: DatasetRow = serde_json::from_str(line).map_err(|e| BenchError::Dataset {
-            path: path.display().to_string(),
-            line: i + 1,
-            msg: e.to_string(),
-        })?;
+    for row in read_dataset(path)? {
         let input_len = match target.tokenize(&row.prompt).await? {
             Some(ids) => ids.len(),
             None => row.prompt.split_whitespace().count(),
@@ -228,13 +246,6 @@ pub async fn dataset_prompts(
             token_ids: None,
             input_len,
             output_len: row.output_len.unwrap_or(default_output_len),
-        });
-    }
-    if out.is_empty() {
-        return Err(BenchError::Dataset {
-            path: path.display().to_string(),
-            line: 0,
-            msg: "no rows".into(),
         });
     }
     Ok(out)

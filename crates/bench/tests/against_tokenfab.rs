@@ -54,6 +54,7 @@ async fn bench_measures_a_real_tokenfab_server() {
         rounds: 1,
         timeout: Duration::from_secs(60),
         progress: false,
+        profile: true,
     };
     let rep = run_bench(&cfg).await.unwrap();
     let t = &rep.targets[0];
@@ -77,7 +78,22 @@ async fn bench_measures_a_real_tokenfab_server() {
             1.0,
             "a generous SLO is met by all"
         );
+        // The server's own account: every request took a prefill step and 9 decode steps at
+        // least once, the forward pass and the SSE frames took CPU time.
+        let p = run
+            .profile
+            .as_ref()
+            .expect("a tokenfab server has phase metrics");
+        assert!(p.steps >= 10.0, "{p:?}");
+        let cpu = |name: &str| p.phases.iter().find(|x| x.phase == name).unwrap().cpu_s;
+        assert!(
+            cpu("forward") > 0.0 && cpu("http") > 0.0 && cpu("sample") > 0.0,
+            "{p:?}"
+        );
+        assert!(p.process_cpu_s >= p.phases.iter().map(|x| x.cpu_s).sum::<f64>() * 0.9);
+        assert!(p.spec.is_none(), "no speculative config");
     }
+    assert!(tokenfab_bench::report::render(&rep).contains("server profile at c=4"));
     // The server counted the same tokens (warm-up requests included).
     let metrics = reqwest::get(format!("{url}/metrics"))
         .await

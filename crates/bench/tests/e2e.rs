@@ -248,6 +248,7 @@ fn config(url: &str) -> BenchConfig {
         rounds: 1,
         timeout: Duration::from_secs(20),
         progress: false,
+        profile: false,
     }
 }
 

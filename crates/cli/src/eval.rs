@@ -1,15 +1,65 @@
-//! `tokenfab perplexity` and `tokenfab score`: the model's probabilities of given text.
+//! `tokenfab perplexity` and `tokenfab score`: the model's probabilities of given text, as
+//! prefill-only engine requests (`max_tokens` 0) asking for prompt log-probabilities.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
-use tokenfab_backend::cpu::log_softmax;
-use tokenfab_engine::sampler::argmax;
-use tokenfab_engine::Session;
+use tokenfab_engine::{Device, EngineHandle, EngineRequest, StreamEvent, TokenLogprob};
 
-use crate::args::ModelArgs;
+use crate::args::{next_event, start_engine, ModelArgs};
+
+/// Requests in flight at once: the engine batches them while the command reads results.
+const WINDOW: usize = 4;
+
+/// Runs one prefill-only request per prompt, up to [`WINDOW`] at once, and hands each one's
+/// prompt log-probabilities (with `top_n` alternatives; entry 0 is `None`) to `each`, in order.
+fn prompt_logprobs(
+    engine: &EngineHandle,
+    prompts: impl IntoIterator<Item = Vec<u32>>,
+    top_n: usize,
+    mut each: impl FnMut(usize, Vec<Option<TokenLogprob>>) -> Result<()>,
+) -> Result<()> {
+    let mut prompts = prompts.into_iter().enumerate();
+    let mut in_flight = VecDeque::new();
+    loop {
+        while in_flight.len() < WINDOW {
+            let Some((i, p)) = prompts.next() else { break };
+            let req = EngineRequest {
+                prompt_tokens: p,
+                max_tokens: 0,
+                prompt_logprobs: Some(top_n),
+                ..Default::default()
+            };
+            let s = engine
+                .submit(req)
+                .with_context(|| format!("row {}", i + 1))?;
+            in_flight.push_back((i, s));
+        }
+        let Some((i, mut s)) = in_flight.pop_front() else {
+            return Ok(());
+        };
+        let mut lps = None;
+        loop {
+            match next_event(&mut s)? {
+                StreamEvent::PromptLogprobs(v) => lps = Some(v),
+                StreamEvent::End { .. } => break,
+                other => anyhow::bail!("a prefill-only request produced {other:?}"),
+            }
+        }
+        each(
+            i,
+            lps.context("the engine sent no prompt log-probabilities")?,
+        )?;
+    }
+}
+
+fn lp(e: &Option<TokenLogprob>) -> Result<&TokenLogprob> {
+    e.as_ref()
+        .context("a prompt position without its log-probability")
+}
 
 #[derive(clap::Args)]
 pub struct PerplexityArgs {
@@ -24,6 +74,10 @@ pub struct PerplexityArgs {
     /// Score at most this many chunks.
     #[arg(long)]
     pub chunks: Option<usize>,
+    /// Where the model runs: auto (a CUDA device when one is usable, else the CPU), cpu, cuda,
+    /// cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: Device,
 }
 
 /// llama.cpp's method: the text is cut into chunks of `ctx` tokens (BOS replacing each chunk's first
@@ -34,10 +88,10 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
         .with_context(|| format!("reading {}", a.file.display()))?;
     let tokens = m.tokenizer.encode(&text, true, false)?;
     anyhow::ensure!(a.ctx >= 4, "--ctx must be at least 4. Given: {}", a.ctx);
+    let context_len = m.context_len();
     anyhow::ensure!(
-        a.ctx <= m.model.cfg.context_len,
-        "--ctx must be <= the model's context of {}. Given: {}",
-        m.model.cfg.context_len,
+        a.ctx <= context_len,
+        "--ctx must be <= the model's context of {context_len}. Given: {}",
         a.ctx
     );
     let mut n_chunks = tokens.len() / a.ctx;
@@ -61,29 +115,28 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
         .add_bos()
         .then(|| m.tokenizer.bos_id())
         .flatten();
-    let first = a.ctx / 2;
-    let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
-    let mut session = Session::new(&m.model, a.ctx)?;
-    let vocab = m.model.cfg.vocab_size;
-    let mut lsm = vec![0f32; vocab];
-    let t0 = std::time::Instant::now();
-    for c in 0..n_chunks {
+    let engine = start_engine(m, a.device, WINDOW, WINDOW * a.ctx, None)?;
+    let chunks = (0..n_chunks).map(|c| {
         let mut chunk = tokens[c * a.ctx..(c + 1) * a.ctx].to_vec();
         if let Some(b) = bos {
             chunk[0] = b;
         }
-        session.truncate(0);
-        let logits = session.feed(&chunk, first)?;
-        for i in first..a.ctx - 1 {
-            let row = &logits[(i - first) * vocab..(i - first + 1) * vocab];
-            log_softmax(row, &mut lsm);
-            let lp = -(lsm[tokens[c * a.ctx + i + 1] as usize] as f64);
-            nll += lp;
-            nll2 += lp * lp;
+        chunk
+    });
+    // Each chunk's second half is scored: the log-probability of token i given those before.
+    let first = a.ctx / 2;
+    let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
+    let t0 = std::time::Instant::now();
+    prompt_logprobs(&engine, chunks, 0, |c, lps| {
+        for e in &lps[first + 1..] {
+            let l = -(lp(e)?.logprob as f64);
+            nll += l;
+            nll2 += l * l;
             count += 1;
         }
         eprint!("[{}]{:.4},", c + 1, (nll / count as f64).exp());
-    }
+        Ok(())
+    })?;
     eprintln!();
     let mean = nll / count as f64;
     let ppl = mean.exp();
@@ -112,6 +165,10 @@ pub struct ScoreArgs {
     /// Where to write the result rows [default: stdout].
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+    /// Where the model runs: auto (a CUDA device when one is usable, else the CPU), cpu, cuda,
+    /// cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: Device,
 }
 
 #[derive(Deserialize)]
@@ -133,8 +190,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    let vocab = m.model.cfg.vocab_size;
-    let mut lsm = vec![0f32; vocab];
+    let mut rows = Vec::new();
     for (i, line) in input.lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
@@ -145,35 +201,33 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         anyhow::ensure!(
             !row.prompt_tokens.is_empty(),
             "row {}: prompt_tokens is empty",
-            i + 1
+            rows.len() + 1
         );
-        if let Some(&t) = row
-            .prompt_tokens
-            .iter()
-            .chain(&row.tokens)
-            .find(|&&t| t as usize >= vocab)
-        {
-            anyhow::bail!(
-                "row {}: token {t} is outside the vocabulary of {vocab}",
-                i + 1
-            );
-        }
-        let mut all = row.prompt_tokens.clone();
-        all.extend_from_slice(&row.tokens);
-        all.pop();
-        let mut session = Session::new(&m.model, all.len().max(1))?;
-        let logits = session.feed(&all, row.prompt_tokens.len() - 1)?;
-        let (mut lps, mut top_ids, mut top_lps) = (Vec::new(), Vec::new(), Vec::new());
-        for (j, &t) in row.tokens.iter().enumerate() {
-            log_softmax(&logits[j * vocab..(j + 1) * vocab], &mut lsm);
-            let top = argmax(&lsm);
-            lps.push(lsm[t as usize]);
-            top_ids.push(top);
-            top_lps.push(lsm[top as usize]);
-        }
-        let j = serde_json::json!({"logprobs": lps, "top_ids": top_ids, "top_logprobs": top_lps});
-        writeln!(out, "{j}")?;
+        rows.push(row);
     }
+    let longest = rows
+        .iter()
+        .map(|r| r.prompt_tokens.len() + r.tokens.len())
+        .max()
+        .unwrap_or(1);
+    let engine = start_engine(m, a.device, WINDOW, WINDOW * longest, None)?;
+    let inputs = rows
+        .iter()
+        .map(|r| [&r.prompt_tokens[..], &r.tokens].concat());
+    prompt_logprobs(&engine, inputs, 1, |i, lps| {
+        let (mut lps_out, mut top_ids, mut top_lps) = (Vec::new(), Vec::new(), Vec::new());
+        for e in &lps[rows[i].prompt_tokens.len()..] {
+            let e = lp(e)?;
+            let &(top, top_lp) = e.top.first().context("no top alternative")?;
+            lps_out.push(e.logprob);
+            top_ids.push(top);
+            top_lps.push(top_lp);
+        }
+        let j =
+            serde_json::json!({"logprobs": lps_out, "top_ids": top_ids, "top_logprobs": top_lps});
+        writeln!(out, "{j}")?;
+        Ok(())
+    })?;
     out.flush()?;
     Ok(())
 }

@@ -1,18 +1,19 @@
-//! `tokenfab generate`: one prompt in, one completion out.
+//! `tokenfab generate`: one prompt in, one completion out, through the in-process engine.
 
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::Result;
-use tokenfab_engine::{Device, IncrementalDecoder, LoadedModel, Sampler, Session};
-use tokenfab_models::{CudaConfig, CudaExecutor};
+use anyhow::{Context, Result};
+use tokenfab_engine::{EngineRequest, StreamEvent, Usage};
 
-use crate::args::{ModelArgs, SamplingArgs};
+use crate::args::{next_event, start_engine, ModelArgs, SamplingArgs, SpecArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// The prompt; special tokens written in it (e.g. `<|im_start|>`) are parsed as such.
     #[arg(long, short = 'p')]
     pub prompt: String,
@@ -23,139 +24,81 @@ pub struct Args {
     /// Keep generating past end-of-generation tokens.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// End with one JSON line: {"text", "tokens", "prompt_tokens", "tokens_per_s"}.
+    /// End with one JSON line: {"text", "tokens", "prompt_tokens", "tokens_per_s",
+    /// "prompt_tokens_per_s", "device"}; `tokens` holds every generated token, a final
+    /// end-of-generation token included.
     #[arg(long)]
     pub json: bool,
     /// Where the model runs: auto (a CUDA device when one is usable, else the CPU), cpu, cuda,
     /// cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: tokenfab_engine::Device,
-    /// Write the logits after the prompt (the first sampled token's) to FILE as f32
-    /// little-endian, for comparing devices.
+    /// Write the log-probabilities of every token after the prompt (the first sampled token's
+    /// distribution; the logits less their log-sum-exp) to FILE as f32 little-endian in token id
+    /// order, for comparing devices.
     #[arg(long, value_name = "FILE")]
-    pub dump_logits: Option<std::path::PathBuf>,
+    pub dump_logprobs: Option<std::path::PathBuf>,
 }
 
-/// A session on the device asked for (`auto`: the GPU when usable, else the CPU, with a log line).
-fn open_session(m: &LoadedModel, device: Device, capacity: usize) -> Result<Session<'_>> {
-    let (device, why_cpu) = tokenfab_engine::device::resolve(device);
-    if let Some(e) = why_cpu {
-        tracing::info!("--device auto: running on the CPU ({e})");
-    }
-    Ok(match device {
-        Device::Cuda(ordinal) => {
-            let cfg = CudaConfig {
-                ordinal,
-                max_blocks: Some(capacity.div_ceil(16)),
-                max_graph_batch: 1,
-                ..CudaConfig::default()
-            };
-            Session::with_executor(Box::new(CudaExecutor::new(&m.model, &cfg)?), capacity)?
-        }
-        _ => Session::new(&m.model, capacity)?,
-    })
-}
-
-/// What one generation produced.
-pub struct Generated {
-    pub tokens: Vec<u32>,
+/// What came back, with the times the speeds are measured from.
+pub(crate) struct Generated {
     pub text: String,
-    /// Seconds spent on tokens after the first (decode steps only).
-    pub decode_secs: f64,
-    pub stopped_by_eog: bool,
-}
-
-/// Samples up to `max_tokens` tokens after `logits` (the prompt's last row), streaming text to
-/// `on_text` as whole UTF-8 characters.
-pub fn stream(
-    m: &LoadedModel,
-    session: &mut Session,
-    sampler: &mut Sampler,
-    mut logits: Vec<f32>,
-    max_tokens: usize,
-    ignore_eos: bool,
-    mut on_text: impl FnMut(&str),
-) -> Result<Generated> {
-    let prompt_len = session.tokens().len();
-    let prompt: Vec<u32> = session.tokens().to_vec();
-    let mut out = Vec::new();
-    let mut text = String::new();
-    let mut detok = IncrementalDecoder::new();
-    let mut stopped_by_eog = false;
-    let mut t_first = None;
-    while out.len() < max_tokens {
-        let tok = sampler.sample(&mut logits, &prompt, &out);
-        t_first.get_or_insert_with(Instant::now);
-        if !ignore_eos && m.tokenizer.is_eog(tok) {
-            stopped_by_eog = true;
-            break;
-        }
-        out.push(tok);
-        let piece = detok.push(&m.tokenizer.token_bytes(tok));
-        on_text(&piece);
-        text.push_str(&piece);
-        if out.len() == max_tokens || prompt_len + out.len() >= session.capacity() {
-            break;
-        }
-        logits = session.feed(&[tok], 0)?;
-    }
-    let rest = detok.finish();
-    on_text(&rest);
-    text.push_str(&rest);
-    Ok(Generated {
-        tokens: out,
-        text,
-        decode_secs: t_first.map_or(0.0, |t| t.elapsed().as_secs_f64()),
-        stopped_by_eog,
-    })
+    pub tokens: Vec<u32>,
+    /// Submission to the first token: the prompt's pass (prefill).
+    prefill_secs: f64,
+    /// First token to the end: the decode steps.
+    decode_secs: f64,
+    pub usage: Usage,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let m = a.model.load()?;
-    let mut sampler = Sampler::new(a.sampling.params()?);
     let prompt = m.tokenizer.encode(&a.prompt, true, true)?;
     anyhow::ensure!(!prompt.is_empty(), "the prompt is empty after tokenization");
-    let ctx = m.model.cfg.context_len;
+    let ctx = m.context_len();
     anyhow::ensure!(
         prompt.len() < ctx,
         "the prompt has {} tokens; the model's context is {ctx}",
         prompt.len()
     );
-    let capacity = (prompt.len() + a.max_tokens).min(ctx);
-    let mut session = open_session(&m, a.device, capacity)?;
-    let t0 = Instant::now();
-    let logits = session.feed(&prompt, prompt.len() - 1)?;
-    let prefill_secs = t0.elapsed().as_secs_f64();
-    if let Some(path) = &a.dump_logits {
-        let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-        std::fs::write(path, bytes)?;
-    }
-    let max_new = a.max_tokens.min(capacity - prompt.len());
-    let stdout = std::io::stdout();
-    let g = stream(
-        &m,
-        &mut session,
-        &mut sampler,
-        logits,
-        max_new,
-        a.ignore_eos,
-        |s| {
-            let mut o = stdout.lock();
-            let _ = o.write_all(s.as_bytes());
-            let _ = o.flush();
-        },
-    )?;
-    println!();
-    // The first token comes from the prompt's pass; the rest from decode steps.
-    let decode_tokens = g.tokens.len().saturating_sub(1) + usize::from(g.stopped_by_eog);
-    let tokens_per_s = if g.decode_secs > 0.0 {
-        decode_tokens as f64 / g.decode_secs
-    } else {
-        0.0
+    let max_tokens = a.max_tokens.min(ctx - prompt.len());
+    let engine = start_engine(m, a.device, 1, prompt.len() + max_tokens, a.spec.config()?)?;
+    let vocab = engine.info().vocab_size;
+    let req = EngineRequest {
+        prompt_tokens: prompt.clone(),
+        sampling: a.sampling.params()?,
+        max_tokens,
+        ignore_eos: a.ignore_eos,
+        logprobs: a.dump_logprobs.as_ref().map(|_| vocab),
+        ..Default::default()
     };
+    let stdout = std::io::stdout();
+    let mut first_logprobs = None;
+    let g = generate(&engine, req, |text, logprob| {
+        let mut o = stdout.lock();
+        let _ = o.write_all(text.as_bytes());
+        let _ = o.flush();
+        if first_logprobs.is_none() {
+            first_logprobs = logprob.cloned();
+        }
+    })?;
+    println!();
+    if let Some(path) = &a.dump_logprobs {
+        let lp = first_logprobs.context("no token was generated, so no distribution to dump")?;
+        let mut by_id = vec![f32::NEG_INFINITY; vocab];
+        for (id, l) in lp.top {
+            by_id[id as usize] = l;
+        }
+        let bytes: Vec<u8> = by_id.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    // The first token comes from the prompt's pass; the rest from decode steps.
+    let rate = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    let tokens_per_s = rate(g.tokens.len().saturating_sub(1), g.decode_secs);
+    let prompt_tokens_per_s = rate(prompt.len(), g.prefill_secs);
     tracing::info!(
         prompt_tokens = prompt.len(),
-        prompt_tokens_per_s = format!("{:.1}", prompt.len() as f64 / prefill_secs),
+        prompt_tokens_per_s = format!("{prompt_tokens_per_s:.1}"),
         generated = g.tokens.len(),
         tokens_per_s = format!("{tokens_per_s:.1}"),
         "done"
@@ -166,10 +109,54 @@ pub fn run(a: Args) -> Result<()> {
             "tokens": g.tokens,
             "prompt_tokens": prompt.len(),
             "tokens_per_s": tokens_per_s,
-            "prompt_tokens_per_s": prompt.len() as f64 / prefill_secs,
-            "device": session.device(),
+            "prompt_tokens_per_s": prompt_tokens_per_s,
+            "device": engine.info().device,
         });
         println!("{j}");
     }
     Ok(())
+}
+
+/// Runs one request to its end, handing each piece of text (with the token's log-probability,
+/// when asked) to `on_text` as it comes.
+pub(crate) fn generate(
+    engine: &tokenfab_engine::EngineHandle,
+    req: EngineRequest,
+    mut on_text: impl FnMut(&str, Option<&tokenfab_engine::TokenLogprob>),
+) -> Result<Generated> {
+    let t0 = Instant::now();
+    let mut s = engine.submit(req)?;
+    let (mut text, mut tokens, mut t_first) = (String::new(), Vec::new(), None);
+    let usage = loop {
+        match next_event(&mut s)? {
+            StreamEvent::Token {
+                token,
+                text: t,
+                logprob,
+            } => {
+                t_first.get_or_insert_with(Instant::now);
+                on_text(&t, logprob.as_ref());
+                text.push_str(&t);
+                tokens.push(token);
+            }
+            StreamEvent::Text(t) => {
+                on_text(&t, None);
+                text.push_str(&t);
+            }
+            StreamEvent::PromptLogprobs(_) => {}
+            StreamEvent::End { usage, .. } => break usage,
+            StreamEvent::Error(_) | StreamEvent::ClientTimeout { .. } => {
+                unreachable!("next_event returns engine errors as errors")
+            }
+        }
+    };
+    let end = Instant::now();
+    let t_first = t_first.unwrap_or(end);
+    Ok(Generated {
+        text,
+        tokens,
+        prefill_secs: (t_first - t0).as_secs_f64(),
+        decode_secs: (end - t_first).as_secs_f64(),
+        usage,
+    })
 }

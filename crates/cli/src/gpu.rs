@@ -3,7 +3,6 @@
 //! {"device": null, "error"} and exit status 1 when there is no usable device.
 
 use anyhow::Result;
-use tokenfab_backend::cuda::{self, Gpu};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,8 +15,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let info = match cuda::probe(a.ordinal) {
-        Ok(i) => i,
+    match tokenfab_engine::gpu_probe::probe(a.ordinal, a.probe) {
+        Ok(j) => println!("{j}"),
         Err(e) => {
             println!(
                 "{}",
@@ -25,23 +24,6 @@ pub fn run(a: Args) -> Result<()> {
             );
             std::process::exit(1);
         }
-    };
-    let mut j = serde_json::json!({
-        "device": info.name,
-        "ordinal": info.ordinal,
-        "compute_capability": format!("{}.{}", info.compute_capability.0, info.compute_capability.1),
-        "total_mem": info.total_mem,
-        "free_mem": info.free_mem,
-        "multiprocessors": info.multiprocessors,
-    });
-    if a.probe {
-        // Opening the device also compiles the kernels with NVRTC: a check of its own.
-        let gpu = Gpu::new(a.ordinal)?;
-        let c = gpu.measure_ceilings()?;
-        j["bandwidth_gbs"] = c.bandwidth_gbs.into();
-        j["bf16_tflops"] = c.bf16_tflops.into();
-        j["kernels_compiled"] = true.into();
     }
-    println!("{j}");
     Ok(())
 }

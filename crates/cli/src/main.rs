@@ -7,10 +7,13 @@ mod economics;
 mod eval;
 mod generate;
 mod gpu;
+mod plan;
 mod serve;
 
+use std::io::IsTerminal;
+
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +24,16 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines on stderr are written: text (coloured only on a terminal), or json (one
+    /// object a line, for log collectors). `RUST_LOG` sets the level (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -39,22 +52,33 @@ enum Command {
     Bench(bench::Args),
     /// Cost per million tokens and revenue per dollar of hardware, from a throughput.
     Economics(economics::Args),
+    /// Predict bench's figures on a device (this CPU, H100, H200, B200) in virtual time.
+    Plan(plan::Args),
     /// Probe the CUDA device and measure its ceilings (JSON).
     #[command(name = "gpu-probe", hide = true)]
     GpuProbe(gpu::Args),
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Log lines go to stderr; ANSI colours only when it is a terminal (a file or a pipe gets plain
+/// text).
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => fmt.json().init(),
     }
 }
 
@@ -67,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Economics(a) => economics::run(a),
+        Command::Plan(a) => plan::run(a),
         Command::GpuProbe(a) => gpu::run(a),
     }
 }

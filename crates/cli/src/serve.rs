@@ -24,6 +24,8 @@ pub const EXIT_FORCED: i32 = 130;
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: crate::args::SpecArgs,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -100,6 +102,8 @@ pub struct Args {
     pub gpu_memory_utilization: f32,
     #[command(flatten)]
     pub hardening: Hardening,
+    #[command(flatten)]
+    pub kv_events: KvEventsArgs,
 }
 
 /// Connection and per-request limits (crates/server `listen.rs`, `budget.rs`, `messages.rs`).
@@ -156,6 +160,39 @@ impl Hardening {
         };
         cfg.special_tokens_in_messages = self.special_tokens_in_messages;
         Ok(())
+    }
+}
+
+/// KV-cache events for prefix-cache-aware routers, as vLLM publishes them (docs/deploy.md).
+#[derive(clap::Args, Debug)]
+pub struct KvEventsArgs {
+    /// vLLM's KVEventsConfig as JSON, e.g. `{"enable_kv_cache_events": true, "publisher":
+    /// "zmq", "endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5558", "topic": "kv"}`.
+    #[arg(long)]
+    pub kv_events_config: Option<String>,
+    /// How events are written in a batch: map (vLLM since its map encoding, e.g. 0.26) or
+    /// array (older vLLM, and indexers that read only positional events).
+    #[arg(long, default_value = "map")]
+    pub kv_events_encoding: tokenfab_engine::WireFormat,
+    /// vLLM's block hash for the events: sha256 (pickle), sha256_cbor (reproducible in any
+    /// language), sha256_msgpack, xxhash, xxhash_cbor, xxhash_msgpack. The seed of the first
+    /// block is PYTHONHASHSEED, as in vLLM (random when unset).
+    #[arg(long, default_value = "sha256_cbor")]
+    pub prefix_caching_hash_algo: tokenfab_engine::HashAlgo,
+}
+
+impl KvEventsArgs {
+    /// The engine's settings, `None` when no config was given.
+    fn settings(&self) -> Result<Option<tokenfab_engine::KvEventsSettings>> {
+        let Some(json) = &self.kv_events_config else {
+            return Ok(None);
+        };
+        Ok(Some(tokenfab_engine::KvEventsSettings {
+            config: tokenfab_engine::KvEventsConfig::parse(json)?,
+            format: self.kv_events_encoding,
+            hash_algo: self.prefix_caching_hash_algo,
+            hash_seed: std::env::var("PYTHONHASHSEED").ok(),
+        }))
     }
 }
 
@@ -249,6 +286,8 @@ pub fn run(a: Args) -> Result<()> {
         device: a.device,
         gpu_memory_utilization: a.gpu_memory_utilization,
         stream_timeout: secs(a.stream_timeout, "--stream-timeout")?.max(Duration::from_millis(10)),
+        kv_events: a.kv_events.settings()?,
+        speculative: a.spec.config()?,
         ..EngineConfig::default()
     };
     let m = a.model.load()?;
@@ -270,6 +309,7 @@ pub fn run(a: Args) -> Result<()> {
         max_num_seqs = a.max_num_seqs,
         max_num_batched_tokens = a.max_num_batched_tokens,
         prefix_caching = engine_cfg.enable_prefix_caching,
+        speculative = ?engine_cfg.speculative,
         "engine started"
     );
     if !keys.is_empty() {

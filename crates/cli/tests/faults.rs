@@ -12,35 +12,12 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde_json::{json, Value};
 use serve_common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 fn tiny(extra: &[&str]) -> Server {
     let mut args = vec!["--dummy-weights", "tiny", "--threads", "1"];
     args.extend_from_slice(extra);
     Server::start_with(&args)
-}
-
-fn greedy(prompt: &str, max_tokens: usize) -> Value {
-    json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true})
-}
-
-async fn text_of(s: &Server, body: &Value) -> String {
-    let (st, v) = s.post("/v1/completions", body).await;
-    assert_eq!(st, 200, "{v}");
-    v["choices"][0]["text"].as_str().unwrap().to_string()
-}
-
-/// Polls `/metrics` until `name` reads `want` (or fails after `secs`).
-async fn wait_metric(s: &Server, name: &str, want: f64, secs: u64) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = s.metric(name).await;
-        if v == want {
-            return;
-        }
-        assert!(Instant::now() < end, "{name} = {v}, not {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -117,13 +94,7 @@ async fn stalled_stream(addr: &str, body: &Value) -> tokio::net::TcpStream {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut sock = sock.connect(host.parse().unwrap()).await.unwrap();
-    let body = body.to_string();
-    let req = format!(
-        "POST /v1/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(req.as_bytes()).await.unwrap();
+    write_completion_request(&mut sock, addr, body).await;
     let mut buf = [0u8; 512];
     let n = sock.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -188,12 +159,7 @@ async fn sigterm_lets_streams_finish_refuses_new_ones_and_exits_0() {
     for _ in 0..4 {
         rx.recv().await.unwrap();
     }
-    let pid = s.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    s.sigterm();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // A new request: refused (503 on a connection still open, or no connection at all).
     match reqwest::Client::new()
@@ -209,15 +175,7 @@ async fn sigterm_lets_streams_finish_refuses_new_ones_and_exits_0() {
         let (o, _) = t.await.unwrap();
         assert!(o.done && o.finish.as_deref() == Some("length"), "{o:?}");
     }
-    let end = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < end, "still running: {}", s.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "exit {status:?}: {}", s.log_text());
+    s.assert_exits_0().await;
 }
 
 fn serve_fails(model: &std::path::Path) -> (i32, String) {

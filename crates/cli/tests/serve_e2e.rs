@@ -28,10 +28,6 @@ fn prompts(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn greedy(prompt: &str, max_tokens: usize) -> Value {
-    json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn routes_errors_and_auth_over_a_socket() {
     let _g = serial().await;
@@ -120,7 +116,11 @@ async fn routes_errors_and_auth_over_a_socket() {
         text.contains("\"role\":\"assistant\"") && text.trim_end().ends_with("data: [DONE]"),
         "{text}"
     );
-    assert!(text.contains("\"usage\":{\"completion_tokens\""), "{text}");
+    // (Key order is serde_json's: sorted, or as written once a crate enables `preserve_order`.)
+    assert!(
+        text.contains("\"usage\":{\"") && text.contains("\"completion_tokens\":"),
+        "{text}"
+    );
 
     // Errors.
     let post_raw = |body: Vec<u8>| {
@@ -178,6 +178,86 @@ async fn routes_errors_and_auth_over_a_socket() {
     }
     let hits = s.metric("tokenfab:prefix_cache_hits_total").await;
     assert!(hits - hits0 >= 64.0, "prefix cache hits {hits0} -> {hits}");
+}
+
+/// `tokenfab generate --temperature 0` and the server run the same engine: the same prompt gives
+/// the same tokens, an end-of-generation token included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generate_and_the_server_give_the_same_tokens() {
+    let _g = serial().await;
+    let s = Server::start(&[]);
+    wait_ready(&s).await;
+    for (prompt, ignore_eos) in [
+        ("The capital of France is", true),
+        (
+            "<|im_start|>user\nSay only the word yes.<|im_end|>\n<|im_start|>assistant\n",
+            false,
+        ),
+    ] {
+        let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0,
+                          "ignore_eos": ignore_eos, "logprobs": 0,
+                          "return_tokens_as_token_ids": true});
+        let (st, v) = s.post("/v1/completions", &body).await;
+        assert_eq!(st, 200, "{v}");
+        let served: Vec<u32> = v["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap()["token_id:".len()..].parse().unwrap())
+            .collect();
+        let model = common::model();
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            prompt,
+        ];
+        args.extend([
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "0",
+            "--json",
+            "--device",
+            "cpu",
+        ]);
+        if ignore_eos {
+            args.push("--ignore-eos");
+        }
+        let out = tokio::task::spawn_blocking({
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            move || common::tokenfab(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap();
+        let j: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        let generated: Vec<u32> = serde_json::from_value(j["tokens"].clone()).unwrap();
+        assert_eq!(generated, served, "prompt {prompt:?}");
+        assert_eq!(
+            v["usage"]["completion_tokens"].as_u64().unwrap() as usize,
+            generated.len()
+        );
+        if !ignore_eos {
+            assert_eq!(v["choices"][0]["finish_reason"], "stop");
+            assert_eq!(generated.last(), Some(&2), "ends with <|im_end|>");
+        }
+    }
+    // A prefill-only request (lm-eval's loglikelihood shape): the prompt and its logprobs, no
+    // completion, and no generated token counted.
+    let before = s.metric("tokenfab:generation_tokens_total").await;
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 0, "echo": true,
+                      "logprobs": 1});
+    let (st, v) = s.post("/v1/completions", &body).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], "The capital of France is");
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    let lps = v["choices"][0]["logprobs"]["token_logprobs"]
+        .as_array()
+        .unwrap();
+    assert_eq!(lps.len(), 5);
+    assert!(lps[0].is_null() && lps[1..].iter().all(|l| l.as_f64().unwrap() < 0.0));
+    assert_eq!(s.metric("tokenfab:generation_tokens_total").await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -288,43 +368,20 @@ async fn sigterm_finishes_streams_in_flight_and_exits_0() {
     for _ in 0..4 {
         rx.recv().await.unwrap();
     }
-    let pid = s.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    s.sigterm();
     for t in tasks {
         let o = t.await.unwrap();
         assert!(o.done && o.finish.as_deref() == Some("length"), "{o:?}");
     }
-    let end = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < end,
-            "still running after SIGTERM: {}",
-            s.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "exit {status:?}: {}", s.log_text());
+    s.assert_exits_0().await;
 }
 
 /// Sends a raw HTTP request, reads `read_bytes` of the answer (0: none), then closes the socket.
 async fn hang_up(addr: &str, body: &Value, read_bytes: usize) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let host = addr.trim_start_matches("http://");
     let mut sock = tokio::net::TcpStream::connect(host).await.unwrap();
-    let body = body.to_string();
-    let req = format!(
-        "POST /v1/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(req.as_bytes()).await.unwrap();
+    write_completion_request(&mut sock, addr, body).await;
     let mut got = 0;
     let mut buf = [0u8; 4096];
     while got < read_bytes {

@@ -1,50 +1,38 @@
-//! The engine loop: schedule, run, sample, emit. One thread owns all of it.
+//! The engine loop: schedule, run, sample, update, emit. One thread owns all of it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use tokenfab_backend::cpu::log_softmax;
 use tokenfab_loader::Tokenizer;
-use tokenfab_models::Llama;
-use tokenfab_scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
+use tokenfab_models::Model;
+use tokenfab_scheduler::{
+    Finished, NewRequest, Request, Scheduler, SchedulerConfig, SchedulerOutput,
+};
 use tokenfab_types::{FinishReason, RequestId, TokenId};
 
 use crate::detok::IncrementalDecoder;
 use crate::drain::DrainClock;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::handle::{Command, EngineConfig, Shared};
+use crate::host::{sample_step, Active, PromptLogprobs, Times};
+use crate::kv_events::KvEventPublisher;
 use crate::outbox::Outbox;
-use crate::request::{EngineRequest, StreamEvent, TokenLogprob, Usage};
-use crate::runner::{ModelRunner, StepLogits};
-use crate::sampler::Sampler;
+use crate::profile::{CpuClocks, EnginePhase, StepTimer};
+use crate::request::{EngineRequest, StreamEvent, Usage};
+use crate::runner::ModelRunner;
+use crate::sampler::{LogitBias, Sample, Sampler};
+use crate::spec::{ngram_draft, CostModel, SpecState, SpeculativeConfig};
 use crate::stop::StopChecker;
-
-/// One request as the engine tracks it (the scheduler tracks its tokens and blocks).
-struct Active {
-    req: EngineRequest,
-    /// Events back to the consumer (bounded channel + backlog; never blocks the engine).
-    out: Outbox,
-    sampler: Sampler,
-    detok: IncrementalDecoder,
-    stop: StopChecker,
-    output: Vec<TokenId>,
-    /// Per prompt position, filled as prompt chunks run (index 0 stays `None`).
-    prompt_logprobs: Vec<Option<TokenLogprob>>,
-    prompt_logprobs_sent: bool,
-    cached_tokens: usize,
-    arrival: Instant,
-    scheduled: bool,
-    last_token: Option<Instant>,
-    /// The log-probability of the token just sampled, when asked for.
-    next_logprob: Option<TokenLogprob>,
-}
 
 pub(crate) struct EngineCore {
     runner: ModelRunner,
     sched: Scheduler,
     tokenizer: Arc<Tokenizer>,
+    /// The model's end-of-generation tokens: stop tokens of every request that does not ignore
+    /// them.
+    eog: Vec<TokenId>,
     active: HashMap<RequestId, Active>,
     rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
@@ -54,13 +42,21 @@ pub(crate) struct EngineCore {
     lingering: Vec<Outbox>,
     /// A consumer that takes nothing for this long while events wait is dropped (aborted).
     stream_timeout: Duration,
+    /// Publishes the KV manager's events after each step, when on.
+    kv_events: Option<KvEventPublisher>,
+    /// Where each step's time goes (metrics `engine_phase_*`).
+    timer: StepTimer,
+    /// n-gram speculative decoding, when configured.
+    spec: Option<SpeculativeConfig>,
+    /// Forward time against rows, for what a draft row costs (speculative decoding only).
+    cost: CostModel,
     /// Step and finish pace, for the Retry-After of refused requests.
     drain: DrainClock,
 }
 
 impl EngineCore {
     pub fn new(
-        model: Llama,
+        model: Model,
         tokenizer: Arc<Tokenizer>,
         cfg: &EngineConfig,
         rx: mpsc::Receiver<Command>,
@@ -76,22 +72,35 @@ impl EngineCore {
                 gpu_memory_utilization: cfg.gpu_memory_utilization,
                 max_batch_tokens: cfg.max_num_batched_tokens,
                 max_graph_batch: cfg.max_num_seqs,
-                max_blocks: None,
+                max_blocks: cfg.max_kv_blocks,
             },
         )?;
         let num_blocks = exec.num_blocks();
-        let sched = Scheduler::new(SchedulerConfig {
+        let mut sched = Scheduler::new(SchedulerConfig {
             max_num_batched_tokens: cfg.max_num_batched_tokens,
             max_num_seqs: cfg.max_num_seqs,
             block_size: cfg.block_size,
             num_blocks,
             enable_prefix_caching: cfg.enable_prefix_caching,
             max_model_len: exec.config().context_len,
-        })
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+        })?;
+        let kv_events = match &cfg.kv_events {
+            Some(s) if s.config.publishes() => Some(crate::kv_events::attach(
+                &mut sched,
+                s,
+                &exec.device(),
+                &shared.metrics,
+            )?),
+            _ => None,
+        };
+        let _ = shared
+            .metrics
+            .cache_config
+            .set(cache_config_info(cfg, num_blocks));
         Ok(Self {
             runner: ModelRunner::new(exec),
             sched,
+            eog: tokenizer.eog_ids(),
             tokenizer,
             active: HashMap::new(),
             rx,
@@ -100,6 +109,10 @@ impl EngineCore {
             prefix_seen: (0, 0),
             lingering: Vec::new(),
             stream_timeout: cfg.stream_timeout,
+            kv_events,
+            timer: StepTimer::new(CpuClocks::of_global_pool()),
+            spec: cfg.speculative.clone(),
+            cost: CostModel::default(),
             drain: DrainClock::default(),
         })
     }
@@ -116,6 +129,12 @@ impl EngineCore {
     pub fn weight_bytes(&self) -> usize {
         self.runner.exec.weight_bytes()
     }
+    pub fn device(&self) -> String {
+        self.runner.exec.device()
+    }
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        self.sched.config()
+    }
 
     /// The loop: take commands, then one step while anything is unfinished.
     pub fn run(mut self) {
@@ -125,13 +144,19 @@ impl EngineCore {
                 self.fail_all("the server shut down before the request finished");
                 return;
             }
-            let idle = !self.sched.has_unfinished();
-            if !self.take_commands(idle) {
+            if !self.sched.has_unfinished() && !self.wait_command() {
+                self.fail_all("the engine stopped");
+                return;
+            }
+            self.timer.begin();
+            if !self.take_commands() {
                 self.fail_all("the engine stopped");
                 return;
             }
             self.reap_disconnected();
-            if self.sched.has_unfinished() {
+            self.timer.lap(EnginePhase::Commands);
+            let stepped = self.sched.has_unfinished();
+            if stepped {
                 let t = Instant::now();
                 if let Err(e) = self.step() {
                     tracing::error!(error = %e, "engine step failed");
@@ -139,38 +164,65 @@ impl EngineCore {
                 }
                 self.drain.step(t.elapsed());
             }
+            self.publish_kv_events();
             self.update_gauges();
+            self.timer.lap(EnginePhase::Commands);
+            if stepped {
+                self.timer.end(&self.shared.metrics.phases);
+            }
         }
     }
 
-    /// One engine step: the whole of continuous batching is these lines.
+    /// Hands the KV events of the last step to the publisher (never blocks).
+    fn publish_kv_events(&mut self) {
+        let Some(p) = &self.kv_events else { return };
+        let mut events = Vec::new();
+        self.sched.drain_kv_events(&mut events);
+        if !events.is_empty() {
+            p.publish(events);
+        }
+    }
+
+    /// One engine step: the whole of continuous batching is these lines; each phase's time goes
+    /// to the step timer.
     fn step(&mut self) -> Result<()> {
         let out = self.sched.schedule();
         self.note_scheduled(&out);
+        self.timer.lap(EnginePhase::Schedule);
         if out.scheduled.is_empty() {
             return Ok(());
         }
         let all_rows = self.wants_prompt_logprobs(&out);
-        let logits = self.runner.execute(&out, |i| all_rows[i])?;
-        self.record_prompt_logprobs(&out, &logits);
-        let sampled = self.sample(&out, &logits);
-        self.runner.recycle(logits);
-        self.sched.update(&out, &sampled);
-        self.emit(&sampled);
+        let logits = self
+            .runner
+            .execute(&out, |i| all_rows[i], &mut self.timer)?;
+        let spec_metrics = self.shared.metrics.spec.as_ref();
+        let sampled = sample_step(&mut self.active, &self.sched, &out, &logits, spec_metrics);
+        self.timer.lap(EnginePhase::Sample);
+        let tokens: Vec<(RequestId, TokenId)> =
+            sampled.iter().map(|(id, s)| (*id, s.token)).collect();
+        let finished = self.sched.update(&out, &tokens);
+        self.timer.lap(EnginePhase::Update);
+        self.emit(sampled, finished);
+        self.propose(&out);
+        self.timer.lap(EnginePhase::Propose);
         Ok(())
     }
 
-    /// Applies waiting commands; blocks briefly for one when idle. False when every handle is gone.
-    fn take_commands(&mut self, idle: bool) -> bool {
-        if idle {
-            // Finished streams still handing over their last events are checked often.
-            let wait = if self.lingering.is_empty() { 200 } else { 5 };
-            match self.rx.recv_timeout(Duration::from_millis(wait)) {
-                Ok(c) => self.apply(c),
-                Err(mpsc::RecvTimeoutError::Timeout) => return true,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
-            }
+    /// Blocks briefly for a command while idle. False when every handle is gone.
+    fn wait_command(&mut self) -> bool {
+        // Finished streams still handing over their last events are checked often.
+        let wait = if self.lingering.is_empty() { 200 } else { 5 };
+        match self.rx.recv_timeout(Duration::from_millis(wait)) {
+            Ok(c) => self.apply(c),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return !self.active.is_empty(),
         }
+        true
+    }
+
+    /// Applies waiting commands. False when every handle is gone and nothing is left to finish.
+    fn take_commands(&mut self) -> bool {
         loop {
             match self.rx.try_recv() {
                 Ok(c) => self.apply(c),
@@ -187,52 +239,64 @@ impl EngineCore {
                 req,
                 arrival,
                 tx,
-            } => {
-                let max_tokens = req.max_tokens;
-                let skip_cache = req.prompt_logprobs.is_some();
-                if let Err(e) = self.sched.add_request_with(
-                    id,
-                    req.prompt_tokens.clone(),
-                    max_tokens,
-                    skip_cache,
-                ) {
-                    let _ = tx.try_send(StreamEvent::Error(e.to_string()));
-                    self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-                    self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
-                    return;
-                }
-                if let Some(g) = req.group {
-                    self.sched.set_group(id, g);
-                }
-                let prompt_len = req.prompt_tokens.len();
-                self.active.insert(
-                    id,
-                    Active {
-                        sampler: Sampler::new(req.sampling.clone()),
-                        detok: IncrementalDecoder::new(),
-                        stop: StopChecker::new(req.stop.clone()),
-                        output: Vec::new(),
-                        prompt_logprobs: vec![
-                            None;
-                            if req.prompt_logprobs.is_some() {
-                                prompt_len
-                            } else {
-                                0
-                            }
-                        ],
-                        prompt_logprobs_sent: false,
-                        cached_tokens: 0,
-                        arrival,
-                        scheduled: false,
-                        last_token: None,
-                        next_logprob: None,
-                        req: *req,
-                        out: Outbox::new(tx),
-                    },
-                );
-            }
-            Command::Abort(id) => self.finish(id, FinishReason::Abort),
+            } => self.add(id, *req, arrival, tx),
+            Command::Abort(id) => self.abort(id),
         }
+    }
+
+    /// Hands the request's tokens and limits to the scheduler and keeps the rest.
+    fn add(
+        &mut self,
+        id: RequestId,
+        req: EngineRequest,
+        arrival: Instant,
+        tx: tokio::sync::mpsc::Sender<StreamEvent>,
+    ) {
+        let mut stop_token_ids = req.stop_token_ids;
+        if !req.ignore_eos {
+            stop_token_ids.extend_from_slice(&self.eog);
+        }
+        let prompt_len = req.prompt_tokens.len();
+        let new = NewRequest {
+            id,
+            prompt: req.prompt_tokens,
+            max_tokens: req.max_tokens,
+            stop_token_ids,
+            skip_prefix_cache: req.prompt_logprobs.is_some(),
+        };
+        if let Err(e) = self.sched.add(new) {
+            // `submit` checked the request against the same rules: this is a bug, not a refusal.
+            tracing::error!(request = id, error = %e, "the scheduler refused a checked request");
+            let _ = tx.try_send(StreamEvent::Error("internal error".into()));
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        if let Some(g) = req.group {
+            self.sched.set_group(id, g);
+        }
+        let mut sampler = Sampler::new(req.sampling).with_logprobs(req.logprobs);
+        if !req.logit_bias.is_empty() {
+            sampler = sampler.with_processor(Box::new(LogitBias(req.logit_bias)));
+        }
+        let active = Active {
+            sampler,
+            detok: IncrementalDecoder::new(),
+            stop: StopChecker::new(req.stop),
+            out: Outbox::new(tx),
+            prompt_logprobs: req.prompt_logprobs.map(|top_n| PromptLogprobs {
+                top_n,
+                entries: vec![None; prompt_len],
+                lsm: Vec::new(),
+            }),
+            times: Times {
+                arrival,
+                scheduled: false,
+                last_token: None,
+            },
+            spec: SpecState::default(),
+        };
+        self.active.insert(id, active);
     }
 
     /// Clients that went away, or took nothing for `stream_timeout` while events waited, are
@@ -256,7 +320,7 @@ impl EngineCore {
             }
         }
         for id in gone {
-            self.finish(id, FinishReason::Abort);
+            self.abort(id);
         }
         self.lingering.retain_mut(|o| {
             if o.is_closed() || o.flush(now) {
@@ -271,32 +335,21 @@ impl EngineCore {
     }
 
     fn note_scheduled(&mut self, out: &SchedulerOutput) {
+        let m = &self.shared.metrics;
+        let mut prompt_tokens = 0;
         for s in &out.scheduled {
-            if let Some(a) = self.active.get_mut(&s.id) {
-                if !a.scheduled {
-                    a.scheduled = true;
-                    a.cached_tokens = s.num_cached_tokens;
-                    self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-                    self.shared
-                        .metrics
-                        .request_queue_time_seconds
-                        .observe(a.arrival.elapsed().as_secs_f64());
-                }
+            let Some(r) = self.sched.request(s.id) else {
+                continue;
+            };
+            prompt_tokens += s.tokens.len().min(r.prompt().len().saturating_sub(s.start));
+            if let Some(a) = self.active.get_mut(&s.id).filter(|a| !a.times.scheduled) {
+                a.times.scheduled = true;
+                self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                m.request_queue_time_seconds
+                    .observe(a.times.arrival.elapsed().as_secs_f64());
             }
         }
-        let m = &self.shared.metrics;
-        m.prompt_tokens.add(
-            out.scheduled
-                .iter()
-                .filter_map(|s| {
-                    self.active.get(&s.id).map(|a| {
-                        s.tokens
-                            .len()
-                            .min(a.req.prompt_tokens.len().saturating_sub(s.start))
-                    })
-                })
-                .sum::<usize>() as u64,
-        );
+        m.prompt_tokens.add(prompt_tokens as u64);
     }
 
     /// Per scheduled sequence: does it need the logits of every row (prompt log-probabilities)?
@@ -304,161 +357,189 @@ impl EngineCore {
         out.scheduled
             .iter()
             .map(|s| {
-                self.active.get(&s.id).is_some_and(|a| {
-                    a.req.prompt_logprobs.is_some()
-                        && !a.prompt_logprobs_sent
-                        && s.start < a.req.prompt_tokens.len()
-                })
+                let asked = self
+                    .active
+                    .get(&s.id)
+                    .is_some_and(|a| a.prompt_logprobs.is_some());
+                asked
+                    && self
+                        .sched
+                        .request(s.id)
+                        .is_some_and(|r| s.start < r.prompt().len())
             })
             .collect()
     }
 
-    /// Fills prompt log-probabilities from every row of prompt chunks; sends them once complete.
-    fn record_prompt_logprobs(&mut self, out: &SchedulerOutput, logits: &StepLogits) {
-        for (i, s) in out.scheduled.iter().enumerate() {
-            let Some(a) = self.active.get_mut(&s.id) else {
-                continue;
-            };
-            let (Some(top_n), false) = (a.req.prompt_logprobs, a.prompt_logprobs_sent) else {
-                continue;
-            };
-            let rows = logits.rows[i].clone();
-            if rows.len() != s.tokens.len() {
+    /// Streams each sampled token, then ends the requests that finished: those the scheduler
+    /// ended (stop token, length cap, prefill-only) and those whose text reached a stop string.
+    /// Three passes, each its own phase: token bytes to text, stop strings, events.
+    fn emit(&mut self, sampled: Vec<(RequestId, Sample)>, finished: Vec<Finished>) {
+        let mut ended: HashMap<RequestId, Finished> =
+            finished.into_iter().map(|f| (f.request.id(), f)).collect();
+        // A stop or end-of-generation token ends the text: its log-probability is streamed, its
+        // text is not (as vLLM and llama-server do). It is always the last of its request's run.
+        let mut texts: Vec<String> = Vec::with_capacity(sampled.len());
+        for (i, (id, s)) in sampled.iter().enumerate() {
+            let last = sampled.get(i + 1).is_none_or(|next| next.0 != *id);
+            let stop_token = last
+                && ended
+                    .get(id)
+                    .is_some_and(|f| f.reason == FinishReason::Stop);
+            texts.push(match self.active.get_mut(id) {
+                Some(a) if !stop_token => a.detok.push(&self.tokenizer.token_bytes(s.token)),
+                _ => String::new(),
+            });
+        }
+        self.timer.lap(EnginePhase::Detokenize);
+        // id -> index in `sampled` of the token whose text reached a stop string.
+        let mut cut: HashMap<RequestId, usize> = HashMap::new();
+        for (i, (id, _)) in sampled.iter().enumerate() {
+            if cut.contains_key(id) {
                 continue;
             }
-            let prompt = &a.req.prompt_tokens;
-            for (j, r) in rows.enumerate() {
-                let next = s.start + j + 1;
-                if next < prompt.len() {
-                    a.prompt_logprobs[next] =
-                        Some(token_logprob(logits.row(r), prompt[next], top_n));
+            if let Some(a) = self.active.get_mut(id) {
+                let (text, hit) = a.stop.push(&texts[i]);
+                texts[i] = text;
+                if hit {
+                    cut.insert(*id, i);
                 }
             }
-            if s.start + s.tokens.len() >= prompt.len() {
-                a.prompt_logprobs_sent = true;
-                a.out.send(
-                    StreamEvent::PromptLogprobs(std::mem::take(&mut a.prompt_logprobs)),
-                    Instant::now(),
-                );
-            }
         }
-    }
-
-    /// Samples a token for every sequence whose known tokens are all computed.
-    fn sample(&mut self, out: &SchedulerOutput, logits: &StepLogits) -> Vec<(RequestId, TokenId)> {
-        let mut sampled = Vec::new();
-        let mut row = Vec::new();
-        for (i, s) in out.scheduled.iter().enumerate() {
-            let Some(a) = self.active.get_mut(&s.id) else {
-                continue;
-            };
-            let Some(last) = logits.rows[i].clone().last().filter(|_| s.sample) else {
-                continue;
-            };
-            row.clear();
-            row.extend_from_slice(logits.row(last));
-            let lp = a.req.logprobs.map(|n| (n, row.clone()));
-            for &(t, b) in &a.req.logit_bias {
-                if let Some(l) = row.get_mut(t as usize) {
-                    *l += b;
-                }
-            }
-            let tok = a.sampler.sample(&mut row, &a.req.prompt_tokens, &a.output);
-            a.next_logprob = lp.map(|(n, raw)| token_logprob(&raw, tok, n));
-            sampled.push((s.id, tok));
-        }
-        sampled
-    }
-
-    /// Streams each sampled token and finishes requests that stop.
-    fn emit(&mut self, sampled: &[(RequestId, TokenId)]) {
+        self.timer.lap(EnginePhase::StopStrings);
         let now = Instant::now();
-        for &(id, tok) in sampled {
-            let capped = self.sched.is_length_capped(id);
+        let shared = self.shared.clone();
+        let m = &shared.metrics;
+        let mut dropped: HashMap<RequestId, usize> = HashMap::new();
+        for (i, ((id, s), text)) in sampled.into_iter().zip(texts).enumerate() {
+            if cut.get(&id).is_some_and(|&at| i > at) {
+                *dropped.entry(id).or_default() += 1;
+                continue;
+            }
             let Some(a) = self.active.get_mut(&id) else {
                 continue;
             };
-            let m = &self.shared.metrics;
             m.generation_tokens.add(1);
-            match a.last_token {
-                None => m
-                    .time_to_first_token_seconds
-                    .observe((now - a.arrival).as_secs_f64()),
-                Some(t) => m
-                    .inter_token_latency_seconds
-                    .observe((now - t).as_secs_f64()),
-            }
-            a.last_token = Some(now);
-            a.output.push(tok);
-            let logprob = a.next_logprob.take();
-            let eog = (!a.req.ignore_eos && self.tokenizer.is_eog(tok))
-                || a.req.stop_token_ids.contains(&tok);
-            let mut reason = None;
-            if eog {
-                reason = Some(FinishReason::Stop);
-            } else {
-                let text = a.detok.push(&self.tokenizer.token_bytes(tok));
-                let (released, hit) = a.stop.push(&text);
-                a.out.send(
-                    StreamEvent::Token {
-                        token: tok,
-                        text: released,
-                        logprob,
-                    },
-                    now,
-                );
-                if hit {
-                    reason = Some(FinishReason::Stop);
+            // Latencies per step, as vLLM counts them: tokens of one step arrive together.
+            if a.times.last_token != Some(now) {
+                let since = now - a.times.last_token.unwrap_or(a.times.arrival);
+                match a.times.last_token {
+                    None => m.time_to_first_token_seconds.observe(since.as_secs_f64()),
+                    Some(_) => m.inter_token_latency_seconds.observe(since.as_secs_f64()),
                 }
+                a.times.last_token = Some(now);
             }
-            if reason.is_none() && (a.output.len() >= a.req.max_tokens || capped) {
-                reason = Some(FinishReason::Length);
+            let ev = StreamEvent::Token {
+                token: s.token,
+                text,
+                logprob: s.logprob,
+            };
+            a.out.send(ev, now);
+        }
+        for id in cut.into_keys() {
+            let f = ended.remove(&id).map(|f| f.request);
+            if let Some(mut r) = f.or_else(|| self.sched.finish(id)) {
+                // Tokens sampled after the stop string in this step are not the request's.
+                let n = dropped.get(&id).copied().unwrap_or(0);
+                r.truncate_output(r.output().len() - n);
+                self.end(id, FinishReason::Stop, &r);
             }
-            if let Some(r) = reason {
-                self.finish(id, r);
+        }
+        for (id, f) in ended {
+            self.end(id, f.reason, &f.request);
+        }
+        self.timer.lap(EnginePhase::Events);
+    }
+
+    /// Drafts for the next step (speculative decoding): each request that sampled and still
+    /// runs asks prompt lookup for as many tokens as its recent acceptance pays for at this
+    /// batch size, cut to what its logits processors allow.
+    fn propose(&mut self, out: &SchedulerOutput) {
+        let Some(cfg) = &self.spec else {
+            return;
+        };
+        let drafted: usize = out.scheduled.iter().map(|s| s.num_draft).sum();
+        // Only passes of decode rows tell what draft rows cost beside decode rows. CPU time, not
+        // wall time: it does not grow when other processes take the cores.
+        if out
+            .scheduled
+            .iter()
+            .all(|s| s.tokens.len() == s.num_draft + 1)
+        {
+            let forward = self.timer.cpu(EnginePhase::Forward).as_secs_f64();
+            self.cost.observe(out.num_batched_tokens, forward);
+        }
+        let decodes = self.sched.num_running();
+        let breakeven = self.cost.breakeven(decodes, drafted.max(decodes));
+        for s in out.scheduled.iter().filter(|s| s.sample) {
+            let (Some(a), Some(r)) = (self.active.get_mut(&s.id), self.sched.request(s.id)) else {
+                continue;
+            };
+            let k = a.spec.draft_len(cfg.num_speculative_tokens, breakeven);
+            if k == 0 {
+                continue;
+            }
+            let d = ngram_draft(
+                r.all_tokens(),
+                cfg.prompt_lookup_min,
+                cfg.prompt_lookup_max,
+                k,
+            );
+            let d = d[..a.sampler.validate_draft(d)].to_vec();
+            if !d.is_empty() {
+                self.sched.set_draft(s.id, d);
             }
         }
     }
 
-    /// Ends a request: frees its blocks, sends its last text and `End` (unless aborted).
-    fn finish(&mut self, id: RequestId, reason: FinishReason) {
-        self.sched.finish(id);
+    /// Ends a request the scheduler no longer holds: sends its held-back text and `End`.
+    fn end(&mut self, id: RequestId, reason: FinishReason, r: &Request) {
         let Some(mut a) = self.active.remove(&id) else {
             return;
         };
-        if !a.scheduled {
+        self.count_finished(&a, reason);
+        let now = Instant::now();
+        let tail = a.detok.finish();
+        let tail = a.stop.push(&tail).0 + &a.stop.finish();
+        if !tail.is_empty() {
+            a.out.send(StreamEvent::Text(tail), now);
+        }
+        let usage = Usage {
+            prompt_tokens: r.prompt().len(),
+            completion_tokens: r.output().len(),
+            cached_tokens: r.num_cached_tokens(),
+        };
+        a.out.send(StreamEvent::End { reason, usage }, now);
+        if a.out.backlog_len() > 0 {
+            self.lingering.push(a.out);
+        }
+    }
+
+    /// Drops a request with no `End` (its client went away, or the engine is failing it) and
+    /// frees its blocks.
+    fn abort(&mut self, id: RequestId) {
+        self.sched.finish(id);
+        let Some(a) = self.active.remove(&id) else {
+            return;
+        };
+        self.count_finished(&a, FinishReason::Abort);
+        // An error event (fail_all) may still wait for its consumer.
+        if a.out.backlog_len() > 0 {
+            self.lingering.push(a.out);
+        }
+    }
+
+    fn count_finished(&self, a: &Active, reason: FinishReason) {
+        if !a.times.scheduled {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
         }
         self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
         let m = &self.shared.metrics;
         m.e2e_request_latency_seconds
-            .observe(a.arrival.elapsed().as_secs_f64());
+            .observe(a.times.arrival.elapsed().as_secs_f64());
         match reason {
             FinishReason::Stop => m.request_success_stop.add(1),
             FinishReason::Length => m.request_success_length.add(1),
             FinishReason::Abort => m.request_success_abort.add(1),
-        }
-        if reason == FinishReason::Abort {
-            // An error event (fail_all) may still wait for its consumer.
-            if a.out.backlog_len() > 0 {
-                self.lingering.push(a.out);
-            }
-            return;
-        }
-        let now = Instant::now();
-        let mut tail = a.detok.finish();
-        tail = a.stop.push(&tail).0 + &a.stop.finish();
-        if !tail.is_empty() {
-            a.out.send(StreamEvent::Text(tail), now);
-        }
-        let usage = Usage {
-            prompt_tokens: a.req.prompt_tokens.len(),
-            completion_tokens: a.output.len(),
-            cached_tokens: a.cached_tokens,
-        };
-        a.out.send(StreamEvent::End { reason, usage }, now);
-        if a.out.backlog_len() > 0 {
-            self.lingering.push(a.out);
         }
     }
 
@@ -469,7 +550,7 @@ impl EngineCore {
                 a.out
                     .send(StreamEvent::Error(msg.to_string()), Instant::now());
             }
-            self.finish(id, FinishReason::Abort);
+            self.abort(id);
         }
     }
 
@@ -487,9 +568,10 @@ impl EngineCore {
         self.prefix_seen = (q, h);
         let nearest = self
             .active
-            .values()
-            .filter(|a| a.scheduled)
-            .map(|a| a.req.max_tokens.saturating_sub(a.output.len()))
+            .iter()
+            .filter(|(_, a)| a.times.scheduled)
+            .filter_map(|(id, _)| self.sched.request(*id))
+            .map(|r| r.max_tokens().saturating_sub(r.output().len()))
             .min();
         let est = self.drain.tick(
             Instant::now(),
@@ -501,24 +583,19 @@ impl EngineCore {
     }
 }
 
-/// The log-probability of `token` under raw `logits`, with the `top_n` most likely tokens.
-pub(crate) fn token_logprob(logits: &[f32], token: TokenId, top_n: usize) -> TokenLogprob {
-    let mut lsm = vec![0f32; logits.len()];
-    log_softmax(logits, &mut lsm);
-    let mut top: Vec<(TokenId, f32)> = Vec::with_capacity(top_n);
-    if top_n > 0 {
-        let mut idx: Vec<u32> = (0..lsm.len() as u32).collect();
-        let k = top_n.min(idx.len());
-        idx.select_nth_unstable_by(k - 1, |&a, &b| {
-            lsm[b as usize].total_cmp(&lsm[a as usize]).then(a.cmp(&b))
-        });
-        idx.truncate(k);
-        idx.sort_by(|&a, &b| lsm[b as usize].total_cmp(&lsm[a as usize]).then(a.cmp(&b)));
-        top.extend(idx.into_iter().map(|i| (i, lsm[i as usize])));
+/// vLLM's `cache_config_info` labels; the endpoint picker reads `block_size` and
+/// `num_gpu_blocks` (the KV pool's blocks, on whatever device).
+fn cache_config_info(cfg: &EngineConfig, num_blocks: usize) -> Vec<(&'static str, String)> {
+    let py_bool = |b: bool| if b { "True" } else { "False" }.to_string();
+    let mut labels = vec![
+        ("block_size", cfg.block_size.to_string()),
+        ("cache_dtype", cfg.kv_cache_dtype.to_string()),
+        ("enable_prefix_caching", py_bool(cfg.enable_prefix_caching)),
+        ("num_gpu_blocks", num_blocks.to_string()),
+    ];
+    // Only with events are blocks named by one of vLLM's hashes.
+    if let Some(s) = cfg.kv_events.as_ref().filter(|s| s.config.publishes()) {
+        labels.push(("prefix_caching_hash_algo", s.hash_algo.to_string()));
     }
-    TokenLogprob {
-        token,
-        logprob: lsm[token as usize],
-        top,
-    }
+    labels
 }

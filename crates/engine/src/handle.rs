@@ -9,15 +9,18 @@ use std::time::{Duration, Instant};
 
 use tokenfab_loader::{ChatTemplate, Tokenizer};
 pub use tokenfab_models::KvDtype;
+use tokenfab_scheduler::SchedulerConfig;
 use tokenfab_types::RequestId;
 use tokio::sync::mpsc as tmpsc;
 
 pub use crate::device::Device;
 use crate::engine_core::EngineCore;
-use crate::error::Result;
-use crate::metrics::Metrics;
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, SpecMetrics};
 use crate::model::LoadedModel;
+use crate::profile::HttpTimer;
 use crate::request::{EngineRequest, StreamEvent};
+use crate::spec::SpeculativeConfig;
 
 /// How the engine is sized and how it schedules.
 #[derive(Clone, Debug)]
@@ -32,7 +35,7 @@ pub struct EngineConfig {
     pub max_num_batched_tokens: usize,
     /// Most requests in the running batch.
     pub max_num_seqs: usize,
-    /// Most requests waiting to start; more are refused with [`SubmitError::QueueFull`].
+    /// Most requests waiting to start; more are refused with [`Error::QueueFull`].
     pub max_queued_requests: usize,
     pub enable_prefix_caching: bool,
     /// The engine counts as not ready when its loop has not come round for this long.
@@ -47,6 +50,13 @@ pub struct EngineConfig {
     /// A request whose consumer takes no event for this long while events wait is aborted (a
     /// client that stopped reading its stream); its blocks are freed.
     pub stream_timeout: Duration,
+    /// Caps the KV pool at this many blocks on any device: a CLI command sizes its pool by the
+    /// sequences it runs rather than by memory.
+    pub max_kv_blocks: Option<usize>,
+    /// KV-cache events for prefix-aware routers (`--kv-events-config`); off when `None`.
+    pub kv_events: Option<crate::kv_events::KvEventsSettings>,
+    /// n-gram speculative decoding (vLLM's `--speculative-config`); `None`: off.
+    pub speculative: Option<SpeculativeConfig>,
 }
 
 impl Default for EngineConfig {
@@ -64,21 +74,11 @@ impl Default for EngineConfig {
             gpu_memory_utilization: 0.9,
             stream_buffer: 64,
             stream_timeout: Duration::from_secs(60),
+            max_kv_blocks: None,
+            kv_events: None,
+            speculative: None,
         }
     }
-}
-
-/// Why a request was not accepted.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum SubmitError {
-    #[error("the queue is full ({max} requests waiting); retry after {retry_after_secs} s")]
-    QueueFull { max: usize, retry_after_secs: u64 },
-    #[error("the server is shutting down")]
-    ShuttingDown,
-    #[error("{0}")]
-    Invalid(String),
-    #[error("the engine has stopped")]
-    EngineDead,
 }
 
 /// Facts about the served model.
@@ -92,6 +92,8 @@ pub struct EngineInfo {
     pub block_size: usize,
     /// Bytes of weights in memory.
     pub weight_bytes: usize,
+    /// Where the model runs (`cpu`, `cuda:0`).
+    pub device: String,
 }
 
 pub(crate) enum Command {
@@ -136,6 +138,8 @@ pub struct EngineHandle {
     template: Option<Arc<ChatTemplate>>,
     info: Arc<EngineInfo>,
     cfg: Arc<EngineConfig>,
+    /// The scheduler's limits, to refuse what it would refuse before queueing.
+    sched_cfg: Arc<SchedulerConfig>,
     next_id: Arc<AtomicU64>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -145,7 +149,13 @@ impl EngineHandle {
     pub fn start(m: LoadedModel, cfg: EngineConfig) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
-            metrics: Metrics::default(),
+            metrics: Metrics {
+                spec: cfg
+                    .speculative
+                    .as_ref()
+                    .map(|c| SpecMetrics::new(c.num_speculative_tokens)),
+                ..Metrics::default()
+            },
             epoch: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
@@ -164,11 +174,13 @@ impl EngineHandle {
             kv_cache_tokens: core.kv_cache_tokens(),
             block_size: cfg.block_size,
             weight_bytes: core.weight_bytes(),
+            device: core.device(),
         });
+        let sched_cfg = Arc::new(core.scheduler_config().clone());
         let thread = std::thread::Builder::new()
             .name("tokenfab-engine".into())
             .spawn(move || core.run())
-            .map_err(|e| crate::Error::Invalid(format!("cannot start the engine thread: {e}")))?;
+            .map_err(|e| Error::Invalid(format!("cannot start the engine thread: {e}")))?;
         Ok(Self {
             tx,
             shared,
@@ -176,27 +188,31 @@ impl EngineHandle {
             template,
             info,
             cfg: Arc::new(cfg),
+            sched_cfg,
             next_id: Arc::new(AtomicU64::new(1)),
             thread: Arc::new(Mutex::new(Some(thread))),
         })
     }
 
     /// Queues a request; its events arrive on the returned stream. Dropping the stream aborts it.
-    pub fn submit(&self, req: EngineRequest) -> Result<RequestStream, SubmitError> {
+    /// Refused, with the reason's own [`Error`] variant, when the engine is stopping, a token id
+    /// is outside the vocabulary, the scheduler could never run it (empty, too long, larger than
+    /// the KV pool) or the queue is full.
+    pub fn submit(&self, req: EngineRequest) -> Result<RequestStream> {
         if self.shared.draining.load(Ordering::Relaxed) {
-            return Err(SubmitError::ShuttingDown);
+            return Err(Error::ShuttingDown);
         }
         if self.shared.stopped.load(Ordering::Relaxed) {
-            return Err(SubmitError::EngineDead);
+            return Err(Error::EngineDead);
         }
-        if req.prompt_tokens.is_empty() {
-            return Err(SubmitError::Invalid("the prompt is empty".into()));
-        }
+        req.check_token_ids(self.info.vocab_size)?;
+        self.sched_cfg
+            .check_request(req.prompt_tokens.len(), req.max_tokens)?;
         let max = self.cfg.max_queued_requests;
         // Reserve a queue place first so concurrent submits cannot overshoot the limit.
         if self.shared.waiting.fetch_add(1, Ordering::SeqCst) >= max {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::QueueFull {
+            return Err(Error::QueueFull {
                 max,
                 retry_after_secs: self.retry_after_secs(),
             });
@@ -214,13 +230,14 @@ impl EngineHandle {
         if self.tx.send(cmd).is_err() {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             self.shared.unfinished.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::EngineDead);
+            return Err(Error::EngineDead);
         }
         Ok(RequestStream {
             id,
             rx: erx,
             abort: self.tx.clone(),
             done: false,
+            shared: self.shared.clone(),
         })
     }
 
@@ -327,11 +344,21 @@ pub struct RequestStream {
     rx: tmpsc::Receiver<StreamEvent>,
     abort: mpsc::Sender<Command>,
     done: bool,
+    /// For [`RequestStream::http_timer`].
+    shared: Arc<Shared>,
 }
 
 impl RequestStream {
     pub fn id(&self) -> RequestId {
         self.id
+    }
+
+    /// Times the consumer's work on this stream's events (the server's SSE frames) as the
+    /// `http` phase of the engine's phase metrics.
+    pub fn http_timer(&self) -> HttpTimer {
+        HttpTimer {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The next event; `None` after `End`/`Error` (or if the engine died).

@@ -1,6 +1,7 @@
-//! Runs models: loads one (weights, tokenizer, chat template), samples tokens, turns them back into
-//! text, and drives sequences through the model: one alone (`Session`) or many at once under the
-//! scheduler (`EngineHandle`, the serving engine's thread).
+//! Runs models: loads one (weights, tokenizer, chat template), and drives requests through it
+//! under the scheduler on one engine thread (`EngineHandle`): sampling, detokenization, stop
+//! rules, prompt log-probabilities. Every front door (the server, `generate`, `chat`, `score`,
+//! `perplexity`) submits `EngineRequest`s to it.
 //!
 //! Invariant: the sampler's output depends only on the logits, the sequence's own tokens and its
 //! seed, never on what else runs beside it.
@@ -11,24 +12,32 @@ mod drain;
 pub mod dummy;
 mod engine_core;
 pub mod error;
+pub mod gpu_probe;
 pub mod handle;
+mod host;
+pub mod kv_events;
 pub mod metrics;
 pub mod model;
 mod outbox;
+pub mod profile;
 pub mod request;
 pub mod rng;
 mod runner;
 pub mod sampler;
-pub mod session;
+pub mod spec;
 pub mod stop;
 pub mod testing;
 
 pub use detok::IncrementalDecoder;
 pub use device::Device;
 pub use error::{Error, Result};
-pub use handle::{EngineConfig, EngineHandle, EngineInfo, KvDtype, RequestStream, SubmitError};
+pub use handle::{EngineConfig, EngineHandle, EngineInfo, KvDtype, RequestStream};
+pub use kv_events::{KvEventsConfig, KvEventsSettings, WireFormat};
 pub use metrics::Metrics;
 pub use model::LoadedModel;
-pub use request::{EngineRequest, StreamEvent, TokenLogprob, Usage};
-pub use sampler::Sampler;
-pub use session::Session;
+pub use profile::{EnginePhase, ForwardProfile, HttpTimer};
+pub use request::{check_token_id, EngineRequest, StreamEvent, TokenLogprob, Usage};
+pub use sampler::{LogitsProcessor, Sampler};
+pub use spec::SpeculativeConfig;
+pub use tokenfab_scheduler::HashAlgo;
+pub use tokenfab_scheduler::SchedulerError;

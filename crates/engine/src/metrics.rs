@@ -5,6 +5,12 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokenfab_types::profile::ForwardPhase;
+
+use crate::profile::EnginePhase;
 
 /// A monotonically increasing count.
 #[derive(Default, Debug)]
@@ -87,6 +93,88 @@ const ITL: &[f64] = &[
     40.0, 80.0,
 ];
 
+/// Per-step phase durations: 10 µs to 10 s.
+const PHASE: &[f64] = &[
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// Where steps go ([`crate::profile`]): wall and CPU seconds per phase of the engine loop, one
+/// observation per step (the HTTP phase: one per piece of server work), and per phase of the
+/// forward pass when a pass is profiled through its hook.
+#[derive(Debug)]
+pub struct PhaseMetrics {
+    /// Engine steps timed.
+    pub steps: Counter,
+    /// (EnginePhase::COUNT,) wall seconds.
+    pub wall: Vec<Histogram>,
+    /// (EnginePhase::COUNT,) CPU seconds of the threads doing the phase's work.
+    pub cpu: Vec<Histogram>,
+    /// Forward passes profiled through [`crate::profile::ForwardProfile`].
+    pub forward_passes: Counter,
+    /// (ForwardPhase::ALL.len(),) wall seconds per pass, summed over layers.
+    pub forward_wall: Vec<Histogram>,
+    /// (ForwardPhase::ALL.len(),) CPU seconds per pass, summed over layers.
+    pub forward_cpu: Vec<Histogram>,
+}
+
+impl Default for PhaseMetrics {
+    fn default() -> Self {
+        let hists = |n: usize| (0..n).map(|_| Histogram::new(PHASE)).collect();
+        Self {
+            steps: Counter::default(),
+            wall: hists(EnginePhase::COUNT),
+            cpu: hists(EnginePhase::COUNT),
+            forward_passes: Counter::default(),
+            forward_wall: hists(ForwardPhase::ALL.len()),
+            forward_cpu: hists(ForwardPhase::ALL.len()),
+        }
+    }
+}
+
+impl PhaseMetrics {
+    pub fn observe(&self, phase: EnginePhase, wall: Duration, cpu: Duration) {
+        self.wall[phase.index()].observe(wall.as_secs_f64());
+        self.cpu[phase.index()].observe(cpu.as_secs_f64());
+    }
+}
+
+/// Speculative decoding, with vLLM's names (`vllm/v1/spec_decode/metrics.py`).
+#[derive(Debug)]
+pub struct SpecMetrics {
+    /// Drafts verified (one per request per step that carried draft tokens).
+    pub num_drafts: Counter,
+    /// Draft tokens verified.
+    pub num_draft_tokens: Counter,
+    /// Draft tokens accepted (the token sampled after them, bonus or correction, not counted).
+    pub num_accepted_tokens: Counter,
+    /// (num_speculative_tokens,) drafts whose token at that position was accepted.
+    pub accepted_per_pos: Vec<Counter>,
+}
+
+impl SpecMetrics {
+    pub fn new(num_speculative_tokens: usize) -> Self {
+        Self {
+            num_drafts: Counter::default(),
+            num_draft_tokens: Counter::default(),
+            num_accepted_tokens: Counter::default(),
+            accepted_per_pos: (0..num_speculative_tokens)
+                .map(|_| Counter::default())
+                .collect(),
+        }
+    }
+
+    /// One verified draft of `drafted` tokens of which the first `accepted` were accepted.
+    pub fn observe(&self, drafted: usize, accepted: usize) {
+        self.num_drafts.add(1);
+        self.num_draft_tokens.add(drafted as u64);
+        self.num_accepted_tokens.add(accepted as u64);
+        for c in self.accepted_per_pos.iter().take(accepted) {
+            c.add(1);
+        }
+    }
+}
+
 /// Every series the engine exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -106,6 +194,15 @@ pub struct Metrics {
     pub inter_token_latency_seconds: Histogram,
     pub e2e_request_latency_seconds: Histogram,
     pub request_queue_time_seconds: Histogram,
+    /// vLLM's `cache_config_info` labels (block_size, num_gpu_blocks, ...), set at start.
+    pub cache_config: OnceLock<Vec<(&'static str, String)>>,
+    /// KV-event batches sent on the PUB socket (shared with the publisher thread).
+    pub kv_events_published: Arc<Counter>,
+    /// KV-event batches dropped because the publisher's queue was full.
+    pub kv_events_dropped: Arc<Counter>,
+    pub phases: PhaseMetrics,
+    /// Present when speculative decoding is configured (vLLM exports them only then too).
+    pub spec: Option<SpecMetrics>,
 }
 
 impl Default for Metrics {
@@ -126,7 +223,58 @@ impl Default for Metrics {
             inter_token_latency_seconds: Histogram::new(ITL),
             e2e_request_latency_seconds: Histogram::new(LATENCY),
             request_queue_time_seconds: Histogram::new(LATENCY),
+            cache_config: OnceLock::new(),
+            kv_events_published: Arc::default(),
+            kv_events_dropped: Arc::default(),
+            phases: PhaseMetrics::default(),
+            spec: None,
         }
+    }
+}
+
+/// Writes one metric family in the text format.
+struct Family<'a> {
+    out: &'a mut String,
+    prefix: &'a str,
+    /// `model_name="..."`.
+    label: &'a str,
+}
+
+impl Family<'_> {
+    fn head(&mut self, name: &str, help: &str, kind: &str) {
+        let p = self.prefix;
+        let _ = writeln!(
+            self.out,
+            "# HELP {p}:{name} {help}\n# TYPE {p}:{name} {kind}"
+        );
+    }
+
+    /// A sample; `extra` is `,key="value"` or empty.
+    fn sample(&mut self, name: &str, extra: &str, v: impl std::fmt::Display) {
+        let _ = writeln!(
+            self.out,
+            "{}:{name}{{{}{extra}}} {v}",
+            self.prefix, self.label
+        );
+    }
+
+    fn histogram(&mut self, name: &str, extra: &str, h: &Histogram) {
+        let mut cum = 0;
+        for (i, b) in h.bounds.iter().enumerate() {
+            cum += h.counts[i].load(Relaxed);
+            self.sample(
+                &format!("{name}_bucket"),
+                &format!("{extra},le=\"{b}\""),
+                cum,
+            );
+        }
+        self.sample(
+            &format!("{name}_bucket"),
+            &format!("{extra},le=\"+Inf\""),
+            h.count(),
+        );
+        self.sample(&format!("{name}_sum"), extra, h.sum());
+        self.sample(&format!("{name}_count"), extra, h.count());
     }
 }
 
@@ -136,76 +284,109 @@ impl Metrics {
         let mut out = String::new();
         let label = format!("model_name=\"{}\"", escape(model_name));
         for prefix in ["tokenfab", "vllm"] {
-            let mut gauge = |name: &str, help: &str, v: f64| {
-                let _ = writeln!(
-                    out,
-                    "# HELP {prefix}:{name} {help}\n# TYPE {prefix}:{name} gauge"
-                );
-                let _ = writeln!(out, "{prefix}:{name}{{{label}}} {v}");
+            let mut f = Family {
+                out: &mut out,
+                prefix,
+                label: &label,
             };
-            gauge(
-                "num_requests_running",
-                "Requests in the running batch.",
-                self.num_requests_running.get(),
+            for (name, help, v) in [
+                (
+                    "num_requests_running",
+                    "Requests in the running batch.",
+                    self.num_requests_running.get(),
+                ),
+                (
+                    "num_requests_waiting",
+                    "Requests waiting to be scheduled.",
+                    self.num_requests_waiting.get(),
+                ),
+                (
+                    "kv_cache_usage_perc",
+                    "Fraction of KV-cache blocks in use (1 = full).",
+                    self.kv_cache_usage_perc.get(),
+                ),
+            ] {
+                f.head(name, help, "gauge");
+                f.sample(name, "", v);
+            }
+            if let Some(info) = self.cache_config.get() {
+                let labels: String = info
+                    .iter()
+                    .map(|(k, v)| format!(",{k}=\"{}\"", escape(v)))
+                    .collect();
+                let name = "cache_config_info";
+                f.head(name, "Information of the KV cache configuration.", "gauge");
+                f.sample(name, &labels, 1u64);
+            }
+            let mut counters = vec![
+                (
+                    "prefix_cache_queries_total",
+                    "Prompt tokens looked up in the prefix cache.",
+                    &self.prefix_cache_queries,
+                ),
+                (
+                    "prefix_cache_hits_total",
+                    "Prompt tokens found in the prefix cache.",
+                    &self.prefix_cache_hits,
+                ),
+                (
+                    "num_preemptions_total",
+                    "Requests preempted for lack of KV blocks.",
+                    &self.num_preemptions,
+                ),
+                (
+                    "prompt_tokens_total",
+                    "Prompt tokens processed.",
+                    &self.prompt_tokens,
+                ),
+                (
+                    "generation_tokens_total",
+                    "Tokens generated.",
+                    &self.generation_tokens,
+                ),
+            ];
+            if let Some(s) = &self.spec {
+                counters.extend([
+                    (
+                        "spec_decode_num_drafts_total",
+                        "Number of spec decoding drafts.",
+                        &s.num_drafts,
+                    ),
+                    (
+                        "spec_decode_num_draft_tokens_total",
+                        "Number of draft tokens.",
+                        &s.num_draft_tokens,
+                    ),
+                    (
+                        "spec_decode_num_accepted_tokens_total",
+                        "Number of accepted tokens.",
+                        &s.num_accepted_tokens,
+                    ),
+                ]);
+            }
+            for (name, help, c) in counters {
+                f.head(name, help, "counter");
+                f.sample(name, "", c.get());
+            }
+            if let Some(s) = &self.spec {
+                let name = "spec_decode_num_accepted_tokens_per_pos_total";
+                f.head(name, "Accepted tokens per draft position.", "counter");
+                for (pos, c) in s.accepted_per_pos.iter().enumerate() {
+                    f.sample(name, &format!(",position=\"{pos}\""), c.get());
+                }
+            }
+            f.head(
+                "request_success_total",
+                "Finished requests by finish reason.",
+                "counter",
             );
-            gauge(
-                "num_requests_waiting",
-                "Requests waiting to be scheduled.",
-                self.num_requests_waiting.get(),
-            );
-            gauge(
-                "kv_cache_usage_perc",
-                "Fraction of KV-cache blocks in use (1 = full).",
-                self.kv_cache_usage_perc.get(),
-            );
-            let mut counter = |name: &str, help: &str, v: u64, extra: &str| {
-                let _ = writeln!(
-                    out,
-                    "# HELP {prefix}:{name} {help}\n# TYPE {prefix}:{name} counter"
-                );
-                let _ = writeln!(out, "{prefix}:{name}{{{label}{extra}}} {v}");
-            };
-            counter(
-                "prefix_cache_queries_total",
-                "Prompt tokens looked up in the prefix cache.",
-                self.prefix_cache_queries.get(),
-                "",
-            );
-            counter(
-                "prefix_cache_hits_total",
-                "Prompt tokens found in the prefix cache.",
-                self.prefix_cache_hits.get(),
-                "",
-            );
-            counter(
-                "num_preemptions_total",
-                "Requests preempted for lack of KV blocks.",
-                self.num_preemptions.get(),
-                "",
-            );
-            counter(
-                "prompt_tokens_total",
-                "Prompt tokens processed.",
-                self.prompt_tokens.get(),
-                "",
-            );
-            counter(
-                "generation_tokens_total",
-                "Tokens generated.",
-                self.generation_tokens.get(),
-                "",
-            );
-            let _ = writeln!(out, "# HELP {prefix}:request_success_total Finished requests by finish reason.\n# TYPE {prefix}:request_success_total counter");
             for (reason, c) in [
                 ("stop", &self.request_success_stop),
                 ("length", &self.request_success_length),
                 ("abort", &self.request_success_abort),
             ] {
-                let _ = writeln!(
-                    out,
-                    "{prefix}:request_success_total{{{label},finished_reason=\"{reason}\"}} {}",
-                    c.get()
-                );
+                let extra = format!(",finished_reason=\"{reason}\"");
+                f.sample("request_success_total", &extra, c.get());
             }
             for (name, help, h) in [
                 (
@@ -229,25 +410,96 @@ impl Metrics {
                     &self.request_queue_time_seconds,
                 ),
             ] {
-                let _ = writeln!(
-                    out,
-                    "# HELP {prefix}:{name} {help}\n# TYPE {prefix}:{name} histogram"
-                );
-                let mut cum = 0;
-                for (i, b) in h.bounds.iter().enumerate() {
-                    cum += h.counts[i].load(Relaxed);
-                    let _ = writeln!(out, "{prefix}:{name}_bucket{{{label},le=\"{b}\"}} {cum}");
-                }
-                let _ = writeln!(
-                    out,
-                    "{prefix}:{name}_bucket{{{label},le=\"+Inf\"}} {}",
-                    h.count()
-                );
-                let _ = writeln!(out, "{prefix}:{name}_sum{{{label}}} {}", h.sum());
-                let _ = writeln!(out, "{prefix}:{name}_count{{{label}}} {}", h.count());
+                f.head(name, help, "histogram");
+                f.histogram(name, "", h);
             }
         }
+        let mut f = Family {
+            out: &mut out,
+            prefix: "tokenfab",
+            label: &label,
+        };
+        for (name, help, c) in [
+            (
+                "kv_events_published_total",
+                "KV-event batches sent on the ZMQ PUB socket.",
+                &*self.kv_events_published,
+            ),
+            (
+                "kv_events_dropped_total",
+                "KV-event batches dropped because the publisher's queue was full.",
+                &*self.kv_events_dropped,
+            ),
+        ] {
+            f.head(name, help, "counter");
+            f.sample(name, "", c.get());
+        }
+        self.render_phases(&mut Family {
+            out: &mut out,
+            prefix: "tokenfab",
+            label: &label,
+        });
         out
+    }
+
+    /// tokenfab's own: where steps go (no vLLM counterpart, so no `vllm:` alias).
+    fn render_phases(&self, f: &mut Family) {
+        let p = &self.phases;
+        f.head(
+            "engine_steps_total",
+            "Engine steps timed by phase.",
+            "counter",
+        );
+        f.sample("engine_steps_total", "", p.steps.get());
+        f.head(
+            "process_cpu_seconds_total",
+            "CPU seconds used by the whole process, every thread.",
+            "counter",
+        );
+        f.sample(
+            "process_cpu_seconds_total",
+            "",
+            crate::profile::process_cpu().as_secs_f64(),
+        );
+        let phase = |i: usize| format!(",phase=\"{}\"", EnginePhase::ALL[i].name());
+        for (name, help, hs) in [
+            (
+                "engine_phase_seconds",
+                "Wall seconds per engine step spent in each phase.",
+                &p.wall,
+            ),
+            (
+                "engine_phase_cpu_seconds",
+                "CPU seconds per engine step spent in each phase by the threads doing it.",
+                &p.cpu,
+            ),
+        ] {
+            f.head(name, help, "histogram");
+            for (i, h) in hs.iter().enumerate() {
+                f.histogram(name, &phase(i), h);
+            }
+        }
+        if p.forward_passes.get() == 0 {
+            return;
+        }
+        let phase = |i: usize| format!(",phase=\"{}\"", ForwardPhase::ALL[i].name());
+        for (name, help, hs) in [
+            (
+                "forward_phase_seconds",
+                "Wall seconds per profiled forward pass in each phase, summed over layers.",
+                &p.forward_wall,
+            ),
+            (
+                "forward_phase_cpu_seconds",
+                "CPU seconds per profiled forward pass in each phase, summed over layers.",
+                &p.forward_cpu,
+            ),
+        ] {
+            f.head(name, help, "histogram");
+            for (i, h) in hs.iter().enumerate() {
+                f.histogram(name, &phase(i), h);
+            }
+        }
     }
 }
 
@@ -291,5 +543,70 @@ mod tests {
         assert!(
             text.contains("tokenfab:time_to_first_token_seconds_count{model_name=\"m\\\"x\"} 3")
         );
+        assert!(
+            !text.contains("spec_decode"),
+            "no speculative config, no spec series"
+        );
+        assert!(
+            !text.contains("forward_phase"),
+            "no profiled pass, no forward series"
+        );
+    }
+
+    #[test]
+    fn phase_and_spec_series_render_with_their_labels() {
+        let mut m = Metrics {
+            spec: Some(SpecMetrics::new(3)),
+            ..Metrics::default()
+        };
+        m.phases.observe(
+            EnginePhase::Forward,
+            Duration::from_millis(20),
+            Duration::from_millis(35),
+        );
+        m.phases.steps.add(1);
+        let s = m.spec.as_mut().unwrap();
+        s.observe(3, 2);
+        s.observe(2, 0);
+        let text = m.render("m");
+        for want in [
+            "tokenfab:engine_steps_total{model_name=\"m\"} 1",
+            "tokenfab:engine_phase_seconds_sum{model_name=\"m\",phase=\"forward\"} 0.02",
+            "tokenfab:engine_phase_cpu_seconds_sum{model_name=\"m\",phase=\"forward\"} 0.035",
+            "tokenfab:engine_phase_cpu_seconds_count{model_name=\"m\",phase=\"http\"} 0",
+            "vllm:spec_decode_num_drafts_total{model_name=\"m\"} 2",
+            "vllm:spec_decode_num_draft_tokens_total{model_name=\"m\"} 5",
+            "tokenfab:spec_decode_num_accepted_tokens_total{model_name=\"m\"} 2",
+            "vllm:spec_decode_num_accepted_tokens_per_pos_total{model_name=\"m\",position=\"1\"} 1",
+            "vllm:spec_decode_num_accepted_tokens_per_pos_total{model_name=\"m\",position=\"2\"} 0",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+        assert!(text.contains("tokenfab:process_cpu_seconds_total{model_name=\"m\"} "));
+        assert!(
+            !text.contains("vllm:engine_phase"),
+            "tokenfab's own series have no alias"
+        );
+    }
+
+    #[test]
+    fn cache_config_info_and_kv_event_counters() {
+        let m = Metrics::default();
+        assert!(!m.render("m").contains("cache_config_info"));
+        m.cache_config
+            .set(vec![
+                ("block_size", "16".into()),
+                ("num_gpu_blocks", "7".into()),
+            ])
+            .unwrap();
+        m.kv_events_dropped.add(2);
+        let text = m.render("m");
+        for prefix in ["tokenfab", "vllm"] {
+            assert!(text.contains(&format!(
+                "{prefix}:cache_config_info{{model_name=\"m\",block_size=\"16\",num_gpu_blocks=\"7\"}} 1"
+            )));
+        }
+        assert!(text.contains("tokenfab:kv_events_dropped_total{model_name=\"m\"} 2"));
+        assert!(!text.contains("vllm:kv_events"));
     }
 }

@@ -7,6 +7,7 @@ use tokenfab_models::{Executor, ForwardBatch, SeqSlice};
 use tokenfab_scheduler::SchedulerOutput;
 
 use crate::error::Result;
+use crate::profile::{EnginePhase, StepTimer};
 
 pub(crate) struct ModelRunner {
     pub exec: Box<dyn Executor>,
@@ -14,20 +15,21 @@ pub(crate) struct ModelRunner {
     tokens: Vec<u32>,
     positions: Vec<u32>,
     logits_rows: Vec<usize>,
-    /// The logits buffer handed out last step, given back by [`ModelRunner::recycle`].
-    spare: Vec<f32>,
+    /// (scheduled sequences,) each one's rows of the step's logits.
+    rows: Vec<Range<usize>>,
 }
 
-/// Logits of one step: for scheduled sequence `i`, rows `rows[i]` of `logits` (each `vocab` wide),
-/// in position order. Empty when the engine wanted none for it.
-pub(crate) struct StepLogits {
-    pub rows: Vec<Range<usize>>,
+/// Logits of one step, borrowed from the executor until the next step: for scheduled sequence
+/// `i`, rows `rows[i]` of `logits` (each `vocab` wide), in position order. Empty when the engine
+/// wanted none for it.
+pub(crate) struct StepLogits<'a> {
+    pub rows: &'a [Range<usize>],
     /// (total rows, vocab)
-    pub logits: Vec<f32>,
+    pub logits: &'a [f32],
     pub vocab: usize,
 }
 
-impl StepLogits {
+impl StepLogits<'_> {
     pub fn row(&self, r: usize) -> &[f32] {
         &self.logits[r * self.vocab..(r + 1) * self.vocab]
     }
@@ -40,23 +42,25 @@ impl ModelRunner {
             tokens: Vec::new(),
             positions: Vec::new(),
             logits_rows: Vec::new(),
-            spare: Vec::new(),
+            rows: Vec::new(),
         }
     }
 
     /// Runs every scheduled token. `all_rows(i)` says whether sequence `i` wants the logits of
-    /// every scheduled row (prompt log-probabilities); otherwise it gets its last row when it
-    /// samples, and nothing when it does not.
+    /// every scheduled row (prompt log-probabilities); otherwise, when it samples, it gets its
+    /// last row and one row per draft token before it (the rows that verify the draft), and
+    /// nothing when it does not. Laps `Batch` and `Forward` on `timer`.
     pub fn execute(
         &mut self,
         out: &SchedulerOutput,
         all_rows: impl Fn(usize) -> bool,
-    ) -> Result<StepLogits> {
+        timer: &mut StepTimer,
+    ) -> Result<StepLogits<'_>> {
         self.tokens.clear();
         self.positions.clear();
         self.logits_rows.clear();
+        self.rows.clear();
         let mut seqs = Vec::with_capacity(out.scheduled.len());
-        let mut rows = Vec::with_capacity(out.scheduled.len());
         for (i, s) in out.scheduled.iter().enumerate() {
             let first = self.tokens.len();
             self.tokens.extend_from_slice(&s.tokens);
@@ -71,9 +75,9 @@ impl ModelRunner {
             if all_rows(i) {
                 self.logits_rows.extend(first..last);
             } else if s.sample {
-                self.logits_rows.push(last - 1);
+                self.logits_rows.extend(last - 1 - s.num_draft..last);
             }
-            rows.push(lo..self.logits_rows.len());
+            self.rows.push(lo..self.logits_rows.len());
         }
         let batch = ForwardBatch {
             tokens: &self.tokens,
@@ -81,18 +85,14 @@ impl ModelRunner {
             seqs: &seqs,
             logits_rows: &self.logits_rows,
         };
-        let mut logits = std::mem::take(&mut self.spare);
-        logits.clear();
-        logits.extend_from_slice(self.exec.forward(&batch)?);
+        let vocab = self.exec.config().vocab_size;
+        timer.lap(EnginePhase::Batch);
+        let logits = self.exec.forward(&batch)?;
+        timer.lap(EnginePhase::Forward);
         Ok(StepLogits {
-            rows,
+            rows: &self.rows,
             logits,
-            vocab: self.exec.config().vocab_size,
+            vocab,
         })
-    }
-
-    /// Takes back a step's logits so that the next step reuses their buffer.
-    pub fn recycle(&mut self, step: StepLogits) {
-        self.spare = step.logits;
     }
 }

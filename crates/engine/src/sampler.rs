@@ -1,13 +1,60 @@
-//! Turns one row of logits into a token: penalties, then greedy or temperature / top-k / top-p /
-//! min-p sampling from a per-request seeded stream.
+//! Turns one row of logits into a token: the request's logits processors (logit bias; grammar
+//! masks plug in the same way), penalties, then greedy or temperature / top-k / top-p / min-p
+//! sampling from a per-request seeded stream, and the chosen token's log-probability when asked.
 
+use tokenfab_backend::cpu::log_softmax;
 use tokenfab_types::{SamplingParams, TokenId};
 
+use crate::request::TokenLogprob;
 use crate::rng::Rng;
+
+/// Edits one request's row of logits before sampling. Stateful processors (a grammar's mask)
+/// advance on [`LogitsProcessor::accept`]; a request's processors run in the order added.
+pub trait LogitsProcessor: Send {
+    /// Edits `logits` (vocab,) in place.
+    fn apply(&mut self, logits: &mut [f32]);
+    /// The token sampled after `apply`.
+    fn accept(&mut self, _token: TokenId) {}
+    /// How many leading tokens of `draft`, proposed to follow the tokens accepted so far
+    /// (speculative decoding), this processor could allow, leaving its state as it is. A grammar
+    /// matcher answers with the longest prefix its grammar accepts (llguidance
+    /// `Matcher::validate_tokens`), so that no forward-pass row is spent on a draft token its
+    /// mask would rule out; a processor that forbids no token allows the whole draft. Verification
+    /// itself needs nothing more: it calls `apply` and `accept` for each position in order, and
+    /// only with tokens that are kept, so no processor ever has to roll back.
+    fn validate_draft(&mut self, draft: &[TokenId]) -> usize {
+        draft.len()
+    }
+}
+
+/// OpenAI's `logit_bias`: a value added to the logit of each listed token.
+pub struct LogitBias(pub Vec<(TokenId, f32)>);
+
+impl LogitsProcessor for LogitBias {
+    fn apply(&mut self, logits: &mut [f32]) {
+        for &(t, b) in &self.0 {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
+    }
+}
+
+/// One sampled token and, when asked, its log-probability under the raw logits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub token: TokenId,
+    pub logprob: Option<TokenLogprob>,
+}
 
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
+    processors: Vec<Box<dyn LogitsProcessor>>,
+    /// Alternatives returned with each token's log-probability; `None`: no log-probabilities.
+    logprobs: Option<usize>,
+    /// Scratch: (vocab,) the row being edited, then its log-softmax; reused across calls.
+    row: Vec<f32>,
     /// Scratch: (token, probability) candidates, reused across calls.
     cand: Vec<(u32, f32)>,
 }
@@ -18,21 +65,118 @@ impl Sampler {
         Self {
             params,
             rng: Rng::new(seed),
+            processors: Vec::new(),
+            logprobs: None,
+            row: Vec::new(),
             cand: Vec::new(),
         }
+    }
+
+    /// Adds a logits processor, run after those added before.
+    pub fn with_processor(mut self, p: Box<dyn LogitsProcessor>) -> Self {
+        self.processors.push(p);
+        self
+    }
+
+    /// Return each token's log-probability with `top_n` alternatives.
+    pub fn with_logprobs(mut self, top_n: Option<usize>) -> Self {
+        self.logprobs = top_n;
+        self
     }
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }
 
+    /// Picks the next token after raw `logits` (vocab,), which are left unchanged.
+    pub fn sample(&mut self, logits: &[f32], prompt: &[TokenId], output: &[TokenId]) -> Sample {
+        self.sample_after(logits, prompt, output, &[])
+    }
+
+    /// Samples after the request's last known token and after each of its `draft` tokens in
+    /// turn (`row(0)`: the logits after the last known token; `row(j)`: after draft token
+    /// `j - 1`), keeping draft tokens while each equals the token sampled at its position. Pushes
+    /// to `out` the accepted draft tokens, then the token sampled after them (the first that
+    /// differs from the draft, or the one after a wholly accepted draft); stops early after a
+    /// token of `stop`, which ends the request.
+    ///
+    /// Each position is sampled exactly as plain decoding samples it (the same processors,
+    /// penalties over every token before it, one draw of the request's random stream), so the
+    /// tokens are those plain decoding produces: the same under greedy sampling or a seed, and
+    /// distributed as the model says. vLLM's rule for drafts without probabilities (n-gram):
+    /// accept with probability p(draft), else sample from p without the draft token, gives the
+    /// same distribution; drawing from p and comparing also keeps a seeded request's tokens
+    /// independent of speculation.
+    pub fn verify<'l>(
+        &mut self,
+        row: impl Fn(usize) -> &'l [f32],
+        prompt: &[TokenId],
+        output: &[TokenId],
+        draft: &[TokenId],
+        stop: &[TokenId],
+        out: &mut Vec<Sample>,
+    ) {
+        for j in 0..=draft.len() {
+            let s = self.sample_after(row(j), prompt, output, &draft[..j]);
+            let t = s.token;
+            out.push(s);
+            if draft.get(j) != Some(&t) || stop.contains(&t) {
+                return;
+            }
+        }
+    }
+
+    /// Leading tokens of `draft` that every processor allows (see
+    /// [`LogitsProcessor::validate_draft`]).
+    pub fn validate_draft(&mut self, draft: &[TokenId]) -> usize {
+        self.processors
+            .iter_mut()
+            .fold(draft.len(), |n, p| p.validate_draft(&draft[..n]))
+    }
+
+    /// [`Self::sample`] with `accepted` (tokens kept earlier in this step) after `output`.
+    fn sample_after(
+        &mut self,
+        logits: &[f32],
+        prompt: &[TokenId],
+        output: &[TokenId],
+        accepted: &[TokenId],
+    ) -> Sample {
+        let mut row = std::mem::take(&mut self.row);
+        row.clear();
+        row.extend_from_slice(logits);
+        for p in &mut self.processors {
+            p.apply(&mut row);
+        }
+        let token = self.pick(&mut row, prompt, output, accepted);
+        for p in &mut self.processors {
+            p.accept(token);
+        }
+        let logprob = self
+            .logprobs
+            .map(|n| token_logprob(logits, token, n, &mut row));
+        self.row = row;
+        Sample { token, logprob }
+    }
+
     /// Applies the penalties in place: repetition over prompt and output (as vLLM and HF do),
     /// presence and frequency over the output only (as OpenAI defines them).
     pub fn apply_penalties(&self, logits: &mut [f32], prompt: &[TokenId], output: &[TokenId]) {
+        self.penalize(logits, prompt, output, &[]);
+    }
+
+    /// [`Self::apply_penalties`] with `accepted` counted as output after `output`.
+    fn penalize(
+        &self,
+        logits: &mut [f32],
+        prompt: &[TokenId],
+        output: &[TokenId],
+        accepted: &[TokenId],
+    ) {
         let p = &self.params;
         if p.repetition_penalty != 1.0 {
             let mut seen = vec![false; logits.len()];
-            for &t in prompt.iter().chain(output) {
+            for &t in prompt.iter().chain(output).chain(accepted) {
                 if let Some(s) = seen.get_mut(t as usize) {
                     *s = true;
                 }
@@ -47,7 +191,7 @@ impl Sampler {
         }
         if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
             let mut counts = std::collections::HashMap::<u32, u32>::new();
-            for &t in output {
+            for &t in output.iter().chain(accepted) {
                 *counts.entry(t).or_default() += 1;
             }
             for (t, c) in counts {
@@ -58,14 +202,15 @@ impl Sampler {
         }
     }
 
-    /// Picks the next token. `logits` is modified (penalties, scaling).
-    pub fn sample(
+    /// Penalties, then greedy or random choice over `logits` (modified).
+    fn pick(
         &mut self,
         logits: &mut [f32],
         prompt: &[TokenId],
         output: &[TokenId],
+        accepted: &[TokenId],
     ) -> TokenId {
-        self.apply_penalties(logits, prompt, output);
+        self.penalize(logits, prompt, output, accepted);
         if self.params.is_greedy() {
             return argmax(logits);
         }
@@ -115,6 +260,42 @@ impl Sampler {
     }
 }
 
+/// The log-probability of `token` under raw `logits`, with the `top_n` most likely tokens
+/// (highest first, ties by lower id). `lsm` is scratch for the log-softmax.
+pub(crate) fn token_logprob(
+    logits: &[f32],
+    token: TokenId,
+    top_n: usize,
+    lsm: &mut Vec<f32>,
+) -> TokenLogprob {
+    lsm.resize(logits.len(), 0.0);
+    log_softmax(logits, lsm);
+    let k = top_n.min(lsm.len());
+    let better = |a: &(TokenId, f32), b: &(TokenId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut top: Vec<(TokenId, f32)> = Vec::with_capacity(k);
+    if k > 32 {
+        top.extend(lsm.iter().enumerate().map(|(i, &l)| (i as TokenId, l)));
+        top.sort_unstable_by(better);
+        top.truncate(k);
+    } else if k > 0 {
+        // A few alternatives: one pass keeping them sorted, no vocab-sized buffer.
+        for (i, &l) in lsm.iter().enumerate() {
+            let c = (i as TokenId, l);
+            if top.len() == k && better(&c, &top[k - 1]).is_ge() {
+                continue;
+            }
+            let at = top.partition_point(|t| better(t, &c).is_lt());
+            top.insert(at, c);
+            top.truncate(k);
+        }
+    }
+    TokenLogprob {
+        token,
+        logprob: lsm[token as usize],
+        top,
+    }
+}
+
 /// Index of the largest value; the lowest index wins ties.
 pub fn argmax(x: &[f32]) -> TokenId {
     let mut best = 0;
@@ -142,7 +323,7 @@ mod tests {
     #[test]
     fn greedy_is_argmax_with_lowest_index_on_ties() {
         let mut s = Sampler::new(params(|_| {}));
-        assert_eq!(s.sample(&mut [0.0, 3.0, 1.0, 3.0], &[], &[]), 1);
+        assert_eq!(s.sample(&[0.0, 3.0, 1.0, 3.0], &[], &[]).token, 1);
     }
 
     #[test]
@@ -159,7 +340,7 @@ mod tests {
         ] {
             let mut s = Sampler::new(p);
             for _ in 0..20 {
-                assert_eq!(s.sample(&mut [0.0, 2.0, 1.9, -1.0], &[], &[]), 1);
+                assert_eq!(s.sample(&[0.0, 2.0, 1.9, -1.0], &[], &[]).token, 1);
             }
         }
     }
@@ -173,7 +354,7 @@ mod tests {
         let mut counts = [0u32; 4];
         let n = 20000;
         for _ in 0..n {
-            counts[s.sample(&mut [0.0, 1.0, 0.5, -5.0], &[], &[]) as usize] += 1;
+            counts[s.sample(&[0.0, 1.0, 0.5, -5.0], &[], &[]).token as usize] += 1;
         }
         assert_eq!(counts[0] + counts[3], 0, "{counts:?}");
         // p(1) / p(2) = e^0.5
@@ -190,7 +371,7 @@ mod tests {
         }));
         for _ in 0..200 {
             // p(2)/p(0) = e^-1 < 0.5: only 0 and 1 (equal) survive.
-            let t = s.sample(&mut [1.0, 1.0, 0.0], &[], &[]);
+            let t = s.sample(&[1.0, 1.0, 0.0], &[], &[]).token;
             assert!(t < 2);
         }
     }
@@ -205,7 +386,7 @@ mod tests {
         let run = || {
             let mut s = Sampler::new(p.clone());
             (0..30)
-                .map(|_| s.sample(&mut logits.clone(), &[], &[]))
+                .map(|_| s.sample(&logits, &[], &[]).token)
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(), run());
@@ -224,5 +405,169 @@ mod tests {
         assert_eq!(l[1], -4.0); // negative multiplied
         assert_eq!(l[2], 1.0 - 0.5 - 0.5); // repetition, presence, 2 x frequency
         assert_eq!(l[3], 1.0);
+    }
+
+    #[test]
+    fn logit_bias_steers_greedy_choice_but_not_the_reported_logprob() {
+        let mut s = Sampler::new(params(|_| {}))
+            .with_processor(Box::new(LogitBias(vec![(2, 10.0)])))
+            .with_logprobs(Some(1));
+        let logits = [0.0, 3.0, 1.0];
+        let got = s.sample(&logits, &[], &[]);
+        assert_eq!(got.token, 2);
+        let lp = got.logprob.unwrap();
+        assert_eq!(lp.token, 2);
+        // Under the raw logits token 1 is the most likely.
+        assert_eq!(lp.top[0].0, 1);
+        assert!(lp.logprob < lp.top[0].1);
+        assert_eq!(logits, [0.0, 3.0, 1.0], "the caller's row is not touched");
+    }
+
+    #[test]
+    fn top_alternatives_are_the_same_by_scan_and_by_sort() {
+        let logits: Vec<f32> = (0..200)
+            .map(|i| ((i * 37 % 101) as f32 * 0.1).sin())
+            .collect();
+        let mut scratch = Vec::new();
+        let small = token_logprob(&logits, 5, 20, &mut scratch);
+        let all = token_logprob(&logits, 5, 200, &mut scratch);
+        assert_eq!(small.top[..], all.top[..20]);
+        assert!(all
+            .top
+            .windows(2)
+            .all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)));
+        let total: f64 = all.top.iter().map(|&(_, l)| (l as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-4, "{total}");
+        assert_eq!(small.logprob, all.top.iter().find(|t| t.0 == 5).unwrap().1);
+        assert!(token_logprob(&logits, 5, 0, &mut scratch).top.is_empty());
+    }
+
+    /// Logits whose argmax is `t` (vocab 8).
+    fn peaked(t: u32) -> Vec<f32> {
+        (0..8).map(|i| if i == t { 5.0 } else { 0.0 }).collect()
+    }
+
+    #[test]
+    fn greedy_verification_keeps_the_matching_prefix_and_the_token_after_it() {
+        let rows = [peaked(3), peaked(4), peaked(5), peaked(6)];
+        let run = |draft: &[u32], stop: &[u32]| {
+            let mut s = Sampler::new(params(|_| {}));
+            let mut out = Vec::new();
+            s.verify(|j| &rows[j][..], &[], &[], draft, stop, &mut out);
+            out.iter().map(|x| x.token).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            run(&[3, 4, 5], &[]),
+            [3, 4, 5, 6],
+            "all accepted, then the bonus"
+        );
+        assert_eq!(
+            run(&[3, 9, 5], &[]),
+            [3, 4],
+            "the first mismatch is replaced"
+        );
+        assert_eq!(run(&[1, 4, 5], &[]), [3]);
+        assert_eq!(run(&[], &[]), [3]);
+        assert_eq!(run(&[3, 4, 5], &[4]), [3, 4], "a stop token ends the run");
+    }
+
+    #[test]
+    fn verification_counts_accepted_tokens_in_the_penalties() {
+        // Row 1 prefers 2 slightly over 5; a strong repetition penalty on the accepted 2 flips it.
+        let rows = [peaked(2), vec![0.0, 0.0, 2.0, 0.0, 0.0, 1.9, 0.0, 0.0]];
+        let mut s = Sampler::new(params(|p| p.repetition_penalty = 4.0));
+        let mut out = Vec::new();
+        s.verify(|j| &rows[j][..], &[], &[], &[2], &[], &mut out);
+        assert_eq!(out.iter().map(|x| x.token).collect::<Vec<_>>(), [2, 5]);
+    }
+
+    #[test]
+    fn seeded_verification_draws_the_tokens_plain_sampling_draws() {
+        let rows: Vec<Vec<f32>> = (0..6)
+            .map(|r| (0..8).map(|i| ((i * 7 + r * 3) % 5) as f32 * 0.4).collect())
+            .collect();
+        let p = params(|p| {
+            p.temperature = 1.0;
+            p.seed = Some(99);
+        });
+        for trial in 0..50u32 {
+            let mut plain = Sampler::new(p.clone());
+            let mut spec = Sampler::new(p.clone());
+            let mut want = Vec::new();
+            for row in &rows {
+                want.push(plain.sample(row, &[], &want).token);
+            }
+            // Drafts: the plain tokens with one changed (or none), at varying places.
+            let mut draft = want[..5].to_vec();
+            if trial % 6 < 5 {
+                draft[(trial % 6) as usize] = (want[(trial % 6) as usize] + 1) % 8;
+            }
+            let mut got = Vec::new();
+            let mut out = Vec::new();
+            while got.len() < rows.len() {
+                out.clear();
+                let d = &draft[got.len().min(draft.len())..];
+                let d = &d[..d.len().min(rows.len() - got.len() - 1)];
+                let at = got.len();
+                spec.verify(|j| &rows[at + j][..], &[], &got, d, &[], &mut out);
+                got.extend(out.iter().map(|x| x.token));
+            }
+            assert_eq!(got, want, "trial {trial}");
+        }
+    }
+
+    #[test]
+    fn verification_keeps_the_target_distribution() {
+        // p = softmax(logits); draft token 1. Over many requests, the first token must follow p,
+        // and the draft must be accepted with probability p(1) (vLLM's rule for n-gram drafts).
+        let logits = [0.3f32, 1.2, -0.5, 0.9];
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        let p: Vec<f64> = logits.iter().map(|&l| (l as f64).exp() / z).collect();
+        let rows = [logits.to_vec(), logits.to_vec()];
+        let n = 40_000;
+        let mut counts = [0u32; 4];
+        let mut accepted = 0;
+        let mut out = Vec::new();
+        for seed in 0..n {
+            let mut s = Sampler::new(params(|q| {
+                q.temperature = 1.0;
+                q.seed = Some(seed as u64);
+            }));
+            out.clear();
+            s.verify(|j| &rows[j][..], &[], &[], &[1], &[], &mut out);
+            counts[out[0].token as usize] += 1;
+            accepted += u32::from(out.len() == 2);
+        }
+        // Chi-square with 3 degrees of freedom: 16.27 is the 0.1% critical value.
+        let chi2: f64 = counts
+            .iter()
+            .zip(&p)
+            .map(|(&c, &q)| {
+                let e = q * n as f64;
+                (c as f64 - e).powi(2) / e
+            })
+            .sum();
+        assert!(chi2 < 16.27, "chi2 {chi2}: {counts:?} vs {p:?}");
+        let rate = accepted as f64 / n as f64;
+        assert!((rate - p[1]).abs() < 0.01, "{rate} vs {}", p[1]);
+    }
+
+    struct Allow(usize);
+    impl LogitsProcessor for Allow {
+        fn apply(&mut self, _: &mut [f32]) {}
+        fn validate_draft(&mut self, draft: &[TokenId]) -> usize {
+            draft.len().min(self.0)
+        }
+    }
+
+    #[test]
+    fn a_draft_is_cut_to_what_every_processor_allows() {
+        let mut s = Sampler::new(params(|_| {}))
+            .with_processor(Box::new(LogitBias(vec![])))
+            .with_processor(Box::new(Allow(3)))
+            .with_processor(Box::new(Allow(2)));
+        assert_eq!(s.validate_draft(&[1, 2, 3, 4]), 2);
+        let mut plain = Sampler::new(params(|_| {}));
+        assert_eq!(plain.validate_draft(&[1, 2, 3, 4]), 4);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokenfab_engine::testing::{write_tiny_model, IM_END};
 use tokenfab_engine::{
-    EngineConfig, EngineHandle, EngineRequest, LoadedModel, StreamEvent, SubmitError, Usage,
+    EngineConfig, EngineHandle, EngineRequest, Error, LoadedModel, StreamEvent, Usage,
 };
 use tokenfab_types::{FinishReason, SamplingParams};
 
@@ -157,7 +157,7 @@ fn queue_limit_refuses_with_retry_after() {
     assert!(
         matches!(
             refused,
-            Some(SubmitError::QueueFull {
+            Some(Error::QueueFull {
                 max: 2,
                 retry_after_secs: 1
             })
@@ -194,29 +194,50 @@ fn stop_conditions_and_logprobs() {
     let (_, t2, r2, _) = collect(e.submit(req).unwrap());
     assert_eq!((t2.as_str(), r2), (&text[..cut], FinishReason::Stop));
 
-    // A stop token id ends generation with it: counted in usage, not streamed (like EOS).
+    // A stop token id ends generation with it: streamed and counted, its text not returned
+    // (like EOS).
     let req = EngineRequest {
         stop_token_ids: vec![toks[3]],
         ..greedy(&p, 30)
     };
-    let (t3, _, r3, u3) = collect(e.submit(req).unwrap());
+    let (t3, text3, r3, u3) = collect(e.submit(req).unwrap());
     let first = toks.iter().position(|&t| t == toks[3]).unwrap();
     assert_eq!(
         (t3.as_slice(), r3, u3.completion_tokens),
-        (&toks[..first], FinishReason::Stop, first + 1)
+        (&toks[..=first], FinishReason::Stop, first + 1)
     );
+    let before: String = e.tokenizer().decode(&toks[..first], false);
+    assert_eq!(text3, before);
 
-    // EOS forced by logit bias stops unless ignore_eos.
+    // EOS forced by logit bias stops unless ignore_eos; its logprob entry is streamed.
     let req = EngineRequest {
         logit_bias: vec![(IM_END, 100.0)],
         ignore_eos: false,
+        logprobs: Some(1),
         ..greedy(&p, 30)
     };
-    let (t4, _, r4, u4) = collect(e.submit(req).unwrap());
-    assert_eq!(
-        (t4.len(), r4, u4.completion_tokens),
-        (0, FinishReason::Stop, 1)
-    );
+    let mut s = e.submit(req).unwrap();
+    let Some(StreamEvent::Token {
+        token,
+        text,
+        logprob,
+    }) = s.blocking_recv()
+    else {
+        panic!("the EOS token is streamed")
+    };
+    assert_eq!((token, text.as_str()), (IM_END, ""));
+    let lp = logprob.expect("the EOS token has its logprob");
+    assert!(lp.logprob < 0.0 && lp.token == IM_END);
+    assert!(matches!(
+        s.blocking_recv(),
+        Some(StreamEvent::End {
+            reason: FinishReason::Stop,
+            usage: Usage {
+                completion_tokens: 1,
+                ..
+            }
+        })
+    ));
 
     // Logprobs: the chosen (greedy) token is the top one; prompt logprobs start with None.
     let req = EngineRequest {
@@ -267,12 +288,95 @@ fn seeded_sampling_is_reproducible_whatever_the_batch() {
 }
 
 #[test]
-fn requests_that_can_never_fit_are_refused_not_hung() {
-    let e = engine("toolong", EngineConfig::default());
-    let p: Vec<u32> = vec![1; 250];
-    let mut s = e.submit(greedy(&p, 100)).unwrap();
-    assert!(matches!(s.blocking_recv(), Some(StreamEvent::Error(_))));
+fn requests_that_can_never_run_are_refused_at_submit_with_their_reason() {
+    use tokenfab_scheduler::SchedulerError;
+    let e = engine(
+        "refuse",
+        EngineConfig {
+            max_kv_blocks: Some(4),
+            ..Default::default()
+        },
+    );
+    let refuse = |r: EngineRequest| e.submit(r).err().expect("refused");
+    let e1 = refuse(greedy(&vec![1; 250], 100));
+    assert!(
+        matches!(e1, Error::Scheduler(SchedulerError::TooLong { .. })),
+        "{e1}"
+    );
+    let e2 = refuse(greedy(&vec![1; 60], 10));
+    assert!(
+        matches!(e2, Error::Scheduler(SchedulerError::DoesNotFit { .. })),
+        "{e2}"
+    );
+    assert!(matches!(
+        refuse(greedy(&[], 1)),
+        Error::Scheduler(SchedulerError::EmptyPrompt)
+    ));
+    let e3 = refuse(greedy(&[1, 9999], 1));
+    assert_eq!(
+        e3.to_string(),
+        "`prompt` token ids must be in [0, 258). Given: 9999"
+    );
+    assert_eq!(e.num_unfinished(), 0, "nothing was queued");
     e.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_prefill_only_request_returns_prompt_logprobs_and_generates_nothing() {
+    let e = engine(
+        "prefill",
+        EngineConfig {
+            max_num_batched_tokens: 16,
+            ..Default::default()
+        },
+    );
+    let p: Vec<u32> = (0..40).map(|i| (i * 7 % 250) as u32).collect();
+    let gen_before = e.metrics().generation_tokens.get();
+    let mut s = e
+        .submit(EngineRequest {
+            prompt_logprobs: Some(1),
+            ..greedy(&p, 0)
+        })
+        .unwrap();
+    let Some(StreamEvent::PromptLogprobs(lps)) = s.blocking_recv() else {
+        panic!("prompt logprobs first")
+    };
+    assert_eq!(lps.len(), 40);
+    assert!(lps[0].is_none());
+    assert!(lps[1..]
+        .iter()
+        .zip(&p[1..])
+        .all(|(l, &t)| l.as_ref().is_some_and(|l| l.token == t && l.top.len() == 1)));
+    assert_eq!(
+        s.blocking_recv(),
+        Some(StreamEvent::End {
+            reason: FinishReason::Length,
+            usage: Usage {
+                prompt_tokens: 40,
+                completion_tokens: 0,
+                cached_tokens: 0
+            }
+        })
+    );
+    assert_eq!(e.metrics().generation_tokens.get(), gen_before);
+    // Chunked over three steps of 16, the entries match those of one unchunked pass.
+    let e2 = engine("prefill1", EngineConfig::default());
+    let mut s2 = e2
+        .submit(EngineRequest {
+            prompt_logprobs: Some(1),
+            ..greedy(&p, 1)
+        })
+        .unwrap();
+    let Some(StreamEvent::PromptLogprobs(whole)) = s2.blocking_recv() else {
+        panic!()
+    };
+    assert_eq!(whole, lps);
+    // Without logprobs it just ends.
+    let (toks, text, reason, usage) = collect(e.submit(greedy(&p, 0)).unwrap());
+    assert!(toks.is_empty() && text.is_empty());
+    assert_eq!((reason, usage.completion_tokens), (FinishReason::Length, 0));
+    e.shutdown(Duration::from_secs(5));
+    e2.shutdown(Duration::from_secs(5));
 }
 
 #[test]

@@ -10,12 +10,18 @@
 //! the [`BlockKey`] of its parent block, and every block's `generation` is bumped each time it is
 //! handed out again. A lookup that walks a sequence from its first block and checks both therefore
 //! proves, by induction, that the hit holds exactly the same whole prefix.
+//!
+//! A block enters the index only while its parent is in it (same generation), and evicting a
+//! block evicts its cached descendants, which no lookup could reach any more. So the index holds
+//! exactly the reachable prefixes, and the KV events recorded here (when enabled) describe it.
 
 use std::collections::HashMap;
 
 use tokenfab_types::{BlockId, TokenId};
 
 use crate::block_hash::BlockHash;
+use crate::events::EventLog;
+use crate::vllm_hash::FullHash;
 
 /// "No block" in the intrusive free list.
 const NIL: u32 = u32::MAX;
@@ -43,6 +49,10 @@ struct Block {
     tokens: Vec<TokenId>,
     /// The parent block's key at registration (`None` for a sequence's first block).
     parent: Option<BlockKey>,
+    /// vLLM's hash of the block while registered, when events are on.
+    ext: Option<FullHash>,
+    /// Blocks registered with this one as their parent (some may have left the index since).
+    children: Vec<BlockId>,
     /// Free-queue neighbours (`NIL` at the ends or when not queued).
     prev: u32,
     next: u32,
@@ -61,6 +71,8 @@ pub struct BlockPool {
     num_free: usize,
     /// Prefix-cache index: block hash -> the one block registered under it.
     cached: HashMap<BlockHash, BlockId>,
+    /// Index changes not yet drained; `None` while KV events are off.
+    events: Option<EventLog>,
 }
 
 impl BlockPool {
@@ -83,6 +95,7 @@ impl BlockPool {
             tail: NIL,
             num_free: 0,
             cached: HashMap::new(),
+            events: None,
         };
         for id in 0..num_blocks as u32 {
             pool.push_back(id);
@@ -123,6 +136,23 @@ impl BlockPool {
         self.cached.len()
     }
 
+    /// Starts recording index changes (see [`crate::events`]).
+    pub fn enable_events(&mut self) {
+        self.events.get_or_insert_with(EventLog::default);
+    }
+
+    /// The event log, when events are on.
+    pub fn events_mut(&mut self) -> Option<&mut EventLog> {
+        self.events.as_mut()
+    }
+
+    /// vLLM's hash of `id` if `id` is the block registered under `hash`.
+    pub fn cached_ext(&self, id: BlockId, hash: BlockHash) -> Option<FullHash> {
+        (self.cached.get(&hash) == Some(&id))
+            .then_some(self.blocks[id as usize].ext)
+            .flatten()
+    }
+
     /// The free queue from head (next to evict) to tail; for tests and debugging.
     pub fn free_queue(&self) -> Vec<BlockId> {
         let mut out = Vec::with_capacity(self.num_free);
@@ -146,6 +176,7 @@ impl BlockPool {
             self.unlink(id);
             self.evict(id);
             let b = &mut self.blocks[id as usize];
+            b.children.clear();
             b.generation += 1;
             b.ref_cnt = 1;
             out.push(id);
@@ -200,26 +231,51 @@ impl BlockPool {
         parent: Option<BlockKey>,
         tokens: &[TokenId],
     ) -> BlockKey {
+        self.register_with(id, hash, parent, tokens, None).0
+    }
+
+    /// [`Self::register`] that also stores vLLM's hash `ext` of the block, and says whether `id`
+    /// entered the index now. A block whose parent is not in the index (evicted, or a collision)
+    /// is not registered: no lookup could reach it.
+    pub fn register_with(
+        &mut self,
+        id: BlockId,
+        hash: BlockHash,
+        parent: Option<BlockKey>,
+        tokens: &[TokenId],
+        ext: Option<FullHash>,
+    ) -> (BlockKey, bool) {
         match self.cached.get(&hash) {
-            Some(&c) if c == id => self.key(id),
+            Some(&c) if c == id => (self.key(id), false),
             Some(_) => match self.lookup(hash, parent, tokens) {
-                Some(c) => self.key(c),
-                None => self.key(id),
+                Some(c) => (self.key(c), false),
+                None => (self.key(id), false),
             },
             None => {
-                if self.blocks[id as usize].hash.is_some() {
-                    // Already registered under another chain (cannot happen for a full block,
-                    // whose contents are fixed); keep the first registration.
-                    return self.key(id);
+                // Already registered under another chain (cannot happen for a full block, whose
+                // contents are fixed): keep the first registration.
+                let registered = self.blocks[id as usize].hash.is_some();
+                if registered || parent.is_some_and(|p| !self.is_indexed(p)) {
+                    return (self.key(id), false);
+                }
+                if let Some(p) = parent {
+                    self.blocks[p.id as usize].children.push(id);
                 }
                 let b = &mut self.blocks[id as usize];
                 b.hash = Some(hash);
                 b.tokens = tokens.to_vec();
                 b.parent = parent;
+                b.ext = ext;
                 self.cached.insert(hash, id);
-                self.key(id)
+                (self.key(id), true)
             }
         }
+    }
+
+    /// True when `key` is the current lifetime of a block in the index.
+    fn is_indexed(&self, key: BlockKey) -> bool {
+        let b = &self.blocks[key.id as usize];
+        b.generation == key.generation && b.hash.is_some()
     }
 
     /// Forgets every cached hash. Refuses (false) while any block is held, as vLLM does, since
@@ -228,22 +284,47 @@ impl BlockPool {
         if self.num_free != self.blocks.len() {
             return false;
         }
+        // One AllBlocksCleared stands for every removal, as in vLLM.
+        let events = self.events.take();
         for id in 0..self.blocks.len() as u32 {
             self.evict(id);
-            self.blocks[id as usize].generation += 1;
+            let b = &mut self.blocks[id as usize];
+            b.children.clear();
+            b.generation += 1;
+        }
+        self.events = events;
+        if let Some(log) = &mut self.events {
+            log.cleared();
         }
         true
     }
 
-    /// Removes `id`'s hash from the index (if registered).
+    /// Removes `id`'s hash from the index (if registered), and its descendants' (their parent
+    /// key goes stale, so no lookup could reach them).
     fn evict(&mut self, id: BlockId) {
-        let b = &mut self.blocks[id as usize];
-        if let Some(h) = b.hash.take() {
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            let key = self.key(id);
+            let b = &mut self.blocks[id as usize];
+            let Some(h) = b.hash.take() else { continue };
+            let parent = b.parent.take();
+            let ext = b.ext.take();
             b.tokens = Vec::new();
-            b.parent = None;
+            let children = std::mem::take(&mut b.children);
             if self.cached.get(&h) == Some(&id) {
                 self.cached.remove(&h);
             }
+            if let (Some(log), Some(ext)) = (&mut self.events, ext) {
+                log.removed(ext.external());
+            }
+            if let Some(p) = parent.filter(|&p| self.key(p.id) == p) {
+                self.blocks[p.id as usize].children.retain(|&c| c != id);
+            }
+            stack.extend(
+                children
+                    .into_iter()
+                    .filter(|&c| self.blocks[c as usize].parent == Some(key)),
+            );
         }
     }
 

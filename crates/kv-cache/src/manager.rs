@@ -7,6 +7,8 @@ use tokenfab_types::{BlockId, RequestId, TokenId};
 
 use crate::block_hash::{hash_block, hash_full_blocks, BlockHash};
 use crate::block_pool::{BlockKey, BlockPool};
+use crate::events::KvEvent;
+use crate::vllm_hash::{FullHash, VllmHasher};
 
 /// Prefix-cache hit for a request that has no blocks yet; no references are taken until
 /// [`KvCacheManager::allocate_slots`] is called with it.
@@ -31,6 +33,8 @@ struct ReqBlocks {
     last_hash: Option<BlockHash>,
     /// Canonical key of block `num_hashed_blocks - 1`, named as parent by the next one.
     last_key: Option<BlockKey>,
+    /// vLLM's hash of block `num_hashed_blocks - 1`, when KV events are on.
+    last_ext: Option<FullHash>,
 }
 
 /// Block tables of all requests over one [`BlockPool`].
@@ -48,6 +52,8 @@ pub struct KvCacheManager {
     queries: u64,
     /// Of those, tokens found cached (vLLM `prefix_cache_hits`).
     hits: u64,
+    /// vLLM's block hashes for KV events; `None` while events are off.
+    hasher: Option<VllmHasher>,
 }
 
 impl KvCacheManager {
@@ -61,6 +67,27 @@ impl KvCacheManager {
             reqs: HashMap::new(),
             queries: 0,
             hits: 0,
+            hasher: None,
+        }
+    }
+
+    /// Records KV events from now on, naming blocks by `hasher`'s vLLM hashes. Call it before
+    /// the first allocation: blocks cached earlier have no vLLM hash and are never reported.
+    pub fn enable_events(&mut self, hasher: VllmHasher) {
+        debug_assert_eq!(
+            self.pool.num_cached(),
+            0,
+            "events enabled after blocks were cached"
+        );
+        self.pool.enable_events();
+        self.hasher = Some(hasher);
+    }
+
+    /// Moves the events recorded since the last call into `out`, oldest first (nothing while
+    /// events are off).
+    pub fn drain_events(&mut self, out: &mut Vec<KvEvent>) {
+        if let Some(log) = self.pool.events_mut() {
+            log.drain_into(out);
         }
     }
 
@@ -194,25 +221,28 @@ impl KvCacheManager {
         r.num_tokens = total;
         if self.enable_prefix_caching {
             let num_full = total.min(tokens.len()) / self.block_size;
-            Self::hash_new_full_blocks(&mut self.pool, r, tokens, self.block_size, num_full);
+            let mut hashing = Hashing {
+                pool: &mut self.pool,
+                vllm: self.hasher.as_mut(),
+                block_size: self.block_size,
+            };
+            hashing.hash_new_full_blocks(r, tokens, num_full);
         }
         Some(new_blocks)
     }
 
-    /// Offers blocks `r.num_hashed_blocks..num_full` of `r` to the prefix-cache index.
-    fn hash_new_full_blocks(
-        pool: &mut BlockPool,
-        r: &mut ReqBlocks,
-        tokens: &[TokenId],
-        block_size: usize,
-        num_full: usize,
-    ) {
-        for i in r.num_hashed_blocks..num_full {
-            let chunk = &tokens[i * block_size..(i + 1) * block_size];
-            let h = hash_block(r.last_hash, chunk);
-            r.last_key = Some(pool.register(r.blocks[i], h, r.last_key, chunk));
-            r.last_hash = Some(h);
-            r.num_hashed_blocks = i + 1;
+    /// Rolls `req`'s reserved slots back to its first `num_tokens` (speculative tokens that were
+    /// rejected); the next allocation grows from there. Its blocks stay held for the tokens that
+    /// take those positions next. Blocks are only ever registered in the prefix cache for known
+    /// tokens (`allocate_slots`' `tokens`), so no cached block holds a rolled-back slot. Unknown
+    /// requests and counts above what is reserved are ignored.
+    pub fn truncate_slots(&mut self, req: RequestId, num_tokens: usize) {
+        if let Some(r) = self.reqs.get_mut(&req) {
+            debug_assert!(
+                num_tokens >= r.num_hashed_blocks * self.block_size,
+                "a cached block would lose verified tokens"
+            );
+            r.num_tokens = r.num_tokens.min(num_tokens);
         }
     }
 
@@ -231,6 +261,64 @@ impl KvCacheManager {
     }
 }
 
+/// What registering a request's new full blocks needs beside the request itself.
+struct Hashing<'a> {
+    pool: &'a mut BlockPool,
+    vllm: Option<&'a mut VllmHasher>,
+    block_size: usize,
+}
+
+impl Hashing<'_> {
+    /// Offers blocks `r.num_hashed_blocks..num_full` of `r` to the prefix-cache index; with
+    /// events on, each run of blocks that entered it becomes one `Stored` event.
+    fn hash_new_full_blocks(&mut self, r: &mut ReqBlocks, tokens: &[TokenId], num_full: usize) {
+        let bs = self.block_size;
+        // The run of newly indexed blocks: first block index, vLLM hashes.
+        let mut run: (usize, Vec<u64>) = (r.num_hashed_blocks, Vec::new());
+        let mut run_parent = r.last_ext;
+        for i in r.num_hashed_blocks..num_full {
+            let chunk = &tokens[i * bs..(i + 1) * bs];
+            let h = hash_block(r.last_hash, chunk);
+            let id = r.blocks[i];
+            let ext = self.vllm.as_mut().map(|v| {
+                self.pool
+                    .cached_ext(id, h)
+                    .unwrap_or_else(|| v.hash_block(r.last_ext.as_ref(), chunk))
+            });
+            let (key, stored) = self.pool.register_with(id, h, r.last_key, chunk, ext);
+            match (stored, ext) {
+                (true, Some(e)) => run.1.push(e.external()),
+                _ => {
+                    self.flush(&mut run, run_parent, tokens);
+                    run.0 = i + 1;
+                    run_parent = ext;
+                }
+            }
+            r.last_key = Some(key);
+            r.last_hash = Some(h);
+            r.last_ext = ext;
+            r.num_hashed_blocks = i + 1;
+        }
+        self.flush(&mut run, run_parent, tokens);
+    }
+
+    fn flush(&mut self, run: &mut (usize, Vec<u64>), parent: Option<FullHash>, tokens: &[TokenId]) {
+        if run.1.is_empty() {
+            return;
+        }
+        let bs = self.block_size;
+        let hashes = std::mem::take(&mut run.1);
+        let toks = tokens[run.0 * bs..(run.0 + hashes.len()) * bs].to_vec();
+        if let Some(log) = self.pool.events_mut() {
+            log.stored(hashes, parent.map(|p| p.external()), toks, bs);
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "manager_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "manager_events_tests.rs"]
+mod events_tests;

@@ -8,7 +8,11 @@ fn toks(start: u32, n: usize) -> Vec<TokenId> {
 }
 
 /// Schedules a whole new prompt the way the scheduler does: lookup, then allocate the rest.
-fn admit(m: &mut KvCacheManager, req: RequestId, tokens: &[TokenId]) -> Option<ComputedBlocks> {
+pub(super) fn admit(
+    m: &mut KvCacheManager,
+    req: RequestId,
+    tokens: &[TokenId],
+) -> Option<ComputedBlocks> {
     let c = m.get_computed_blocks(tokens);
     m.allocate_slots(req, tokens, tokens.len() - c.num_computed_tokens, Some(&c))?;
     Some(c)
@@ -272,4 +276,29 @@ fn reset_prefix_cache_forgets_everything_when_idle() {
     m.free(1);
     assert!(m.reset_prefix_cache());
     assert_eq!(m.get_computed_blocks(&[1, 2, 3]).num_computed_tokens, 0);
+}
+
+#[test]
+fn truncated_slots_are_reused_and_never_cached() {
+    let mut m = KvCacheManager::new(10, 4, true);
+    // 6 known tokens computed, the 7th (last sampled) and 5 draft slots reserved: 12 slots.
+    let t = toks(0, 7);
+    m.allocate_slots(1, &t[..6], 6, None).unwrap();
+    m.allocate_slots(1, &t, 6, None).unwrap();
+    assert_eq!((m.num_computed_slots(1), m.block_table(1).len()), (12, 3));
+    // Only block 0 holds 4 known tokens; blocks 1 and 2 hold drafts and are not cached.
+    let probe: Vec<TokenId> = toks(0, 13);
+    assert_eq!(m.get_computed_blocks(&probe).num_computed_tokens, 4);
+    // Two drafts accepted: 9 slots are real; the next allocation grows from there, in the
+    // blocks already held.
+    m.truncate_slots(1, 9);
+    assert_eq!(m.num_computed_slots(1), 9);
+    m.truncate_slots(1, 20); // more than reserved: ignored
+    m.truncate_slots(7, 1); // unknown: ignored
+    assert_eq!(m.num_computed_slots(1), 9);
+    assert!(m
+        .allocate_slots(1, &toks(0, 10), 3, None)
+        .unwrap()
+        .is_empty());
+    assert_eq!((m.num_computed_slots(1), m.block_table(1).len()), (12, 3));
 }

@@ -49,6 +49,8 @@ pub const STANDARD_ROLES: [&str; 3] = ["system", "user", "assistant"];
 /// A compiled chat template with its BOS/EOS token texts.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The Jinja text as the model file gives it (served to clients that render it themselves).
+    source: String,
     bos_token: String,
     eos_token: String,
     /// [`STANDARD_ROLES`] and the roles the source compares a message's role with.
@@ -103,6 +105,7 @@ impl ChatTemplate {
             .map_err(template_error)?;
         Ok(ChatTemplate {
             env,
+            source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
             roles: crate::chat_roles::known_roles(source),
@@ -124,14 +127,54 @@ impl ChatTemplate {
         Self::new(source, text(tokenizer.bos_id()), text(tokenizer.eos_id())).map(Some)
     }
 
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Renders the conversation; `add_generation_prompt` appends the assistant turn's opening.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let messages = Value::from(minijinja::value::Serde(messages));
+        self.render_value(messages, None, add_generation_prompt)
+    }
+
+    /// Renders a conversation with tools: `tools` (OpenAI function objects) is the template's
+    /// `tools` variable, left undefined when `None`; assistant `tool_calls` and `role: "tool"`
+    /// messages reach the template as transformers hands them over (a call's `arguments`
+    /// string parsed into a mapping). Templates that never read `tools` (see
+    /// [`ChatTemplate::takes_tools`]) need the tools described in a message instead.
+    pub fn render_with_tools(
+        &self,
+        messages: &[TemplateMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let messages: Vec<TemplateMessage> = messages.iter().map(parsed_arguments).collect();
+        let messages = Value::from(minijinja::value::Serde(&messages));
+        let tools = tools.map(|t| Value::from(minijinja::value::Serde(t)));
+        self.render_value(messages, tools, add_generation_prompt)
+    }
+
+    /// Whether the template reads a `tools` variable.
+    pub fn takes_tools(&self) -> bool {
+        self.env
+            .get_template("chat")
+            .is_ok_and(|t| t.undeclared_variables(false).contains("tools"))
+    }
+
+    fn render_value(
+        &self,
+        messages: Value,
+        tools: Option<Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(template_error)?;
         let ctx = context! {
-            messages => Value::from(minijinja::value::Serde(messages)),
+            messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
+            tools => tools.unwrap_or(Value::UNDEFINED),
         };
         let mut out = LimitedWriter(Vec::new());
         tmpl.render_captured_to(ctx, &mut out).map_err(|e| {
@@ -143,6 +186,50 @@ impl ChatTemplate {
         })?;
         String::from_utf8(out.0).map_err(|_| Error::Template("rendered text is not UTF-8".into()))
     }
+}
+
+/// One message of a conversation with tools, with OpenAI's fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateMessage {
+    pub role: String,
+    /// `None` (null) for an assistant turn that only calls tools.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// OpenAI `tool_calls` objects: `{"id", "type": "function", "function": {"name",
+    /// "arguments"}}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<serde_json::Value>,
+    /// On `role: "tool"` messages: the call answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl From<ChatMessage> for TemplateMessage {
+    fn from(m: ChatMessage) -> Self {
+        TemplateMessage {
+            role: m.role,
+            content: Some(m.content),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+}
+
+/// Templates read `tool_call.function.arguments` as a mapping (`| tojson`, `| items`); OpenAI
+/// sends a JSON string. A string that is not JSON is left as it is.
+fn parsed_arguments(m: &TemplateMessage) -> TemplateMessage {
+    let mut m = m.clone();
+    for call in &mut m.tool_calls {
+        if let Some(args) = call.pointer_mut("/function/arguments") {
+            if let Some(parsed) = args.as_str().and_then(|s| serde_json::from_str(s).ok()) {
+                *args = parsed;
+            }
+        }
+    }
+    m
 }
 
 /// A writer that fails past [`MAX_OUTPUT`] bytes.
@@ -456,5 +543,60 @@ mod tests {
         .unwrap();
         let err = t.render(&[], false).unwrap_err();
         assert!(err.to_string().contains("exceeds"), "{err}");
+    }
+
+    /// A tool-aware template in the style of Hermes/Qwen ones (tools listed with `tojson`,
+    /// calls written from `tool_call.function.arguments` as a mapping, tool results by id).
+    const TOOLS_TEMPLATE: &str = "{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }}={{ t.function.parameters | tojson }};{% endfor %}\n{% endif %}\
+{% for m in messages %}{{ m.role }}:\
+{% if m.tool_calls %}{% for c in m.tool_calls %}[{{ c.function.name }} {{ c.function.arguments | tojson }}]{% endfor %}\
+{% elif m.role == 'tool' %}({{ m.tool_call_id }}) {{ m.content }}\
+{% else %}{{ m.content }}{% endif %}\n{% endfor %}";
+
+    #[test]
+    fn tools_calls_and_results_reach_the_template() {
+        let t = ChatTemplate::new(TOOLS_TEMPLATE, "", "").unwrap();
+        assert!(t.takes_tools());
+        let tools = [
+            serde_json::json!({"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}),
+        ];
+        let call = serde_json::json!({"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{\"city\": \"Oslo\"}"}});
+        let msgs = [
+            TemplateMessage::from(ChatMessage::new("user", "weather?")),
+            TemplateMessage {
+                role: "assistant".into(),
+                content: None,
+                tool_calls: vec![call],
+                tool_call_id: None,
+                name: None,
+            },
+            TemplateMessage {
+                role: "tool".into(),
+                content: Some("12C".into()),
+                tool_calls: Vec::new(),
+                tool_call_id: Some("c1".into()),
+                name: None,
+            },
+        ];
+        assert_eq!(
+            t.render_with_tools(&msgs, Some(&tools), false).unwrap(),
+            // (trim_blocks eats the newline after each block tag)
+            "TOOLS:w={\"type\": \"object\"};user:weather?assistant:[w {\"city\": \"Oslo\"}]tool:(c1) 12C"
+        );
+        // Without tools the variable is undefined, and a plain conversation renders as `render`.
+        let plain = [ChatMessage::new("user", "hi")];
+        let as_tool_msgs: Vec<TemplateMessage> = plain.iter().cloned().map(Into::into).collect();
+        assert_eq!(
+            t.render_with_tools(&as_tool_msgs, None, false).unwrap(),
+            t.render(&plain, false).unwrap()
+        );
+    }
+
+    #[test]
+    fn templates_without_tools_say_so() {
+        let t = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}", "", "")
+            .unwrap();
+        assert!(!t.takes_tools());
+        assert!(t.source().starts_with("{% for m"));
     }
 }

@@ -6,9 +6,12 @@
 //! The llama.cpp tree comes from `$LLAMA_CPP_SRC`, else from `shared/peers/llama-cpp-src.sh`
 //! beside the checkout. Without either the test fails: it never passes by skipping.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use tokenfab_loader::testing::workspace_root;
 use tokenfab_loader::{Gguf, Tokenizer};
 
 /// The vocabularies this tokenizer claims to match exactly.
@@ -27,10 +30,6 @@ const VOCABS: &[&str] = &[
     "deepseek-coder",
     "deepseek-llm",
 ];
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn shared_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
@@ -136,26 +135,58 @@ fn llama_cpp_tokenizer_suite() {
     assert!(total > 500, "only {total} cases found");
 }
 
-fn default_model() -> PathBuf {
-    let path = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return path;
+/// The suite again, with each vocabulary exported to tokenizer.json and run by the `tokenizers`
+/// backend: the ids must be the suite's (which transformers wrote) and the GGUF tokenizer's.
+#[test]
+fn tokenizer_json_exports_match_the_suite() {
+    let models = llama_cpp_src().join("models");
+    let tmp = std::env::temp_dir().join(format!("tokenfab-hf-vocab-{}", std::process::id()));
+    let mut report = Vec::new();
+    for name in VOCABS {
+        let path = models.join(format!("ggml-vocab-{name}.gguf"));
+        let dir = tmp.join(name);
+        common::export_hf(&path, &dir, &["--tokenizer-only"]);
+        let view =
+            tokenfab_loader::hf::open_tokenizer(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let hf = Tokenizer::from_gguf(&view).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let gguf = Tokenizer::from_gguf(&open_vocab(&path)).unwrap();
+        let cases = read_cases(&models, name);
+        let mut failed = 0;
+        for (text, want) in &cases {
+            let got = hf.encode(text, false, false).unwrap();
+            if &got != want || gguf.encode(text, false, false).unwrap() != got {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("{name}: {text:?}\n  want {want:?}\n  got  {got:?}");
+                }
+            }
+        }
+        eprintln!(
+            "{name} (tokenizer.json): {}/{} cases match",
+            cases.len() - failed,
+            cases.len()
+        );
+        if failed > 0 {
+            report.push(format!("{name}: {failed} of {} cases differ", cases.len()));
+        }
+        assert_eq!(hf.vocab_size(), gguf.vocab_size(), "{name}");
+        assert_eq!(
+            (hf.bos_id(), hf.eos_id()),
+            (gguf.bos_id(), gguf.eos_id()),
+            "{name}"
+        );
     }
-    let out = Command::new("bash")
-        .arg(workspace_root().join("scripts/fetch-model.sh"))
-        .output()
-        .expect("cannot run scripts/fetch-model.sh");
+    let _ = std::fs::remove_dir_all(&tmp);
     assert!(
-        out.status.success(),
-        "fetch-model.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        report.is_empty(),
+        "tokenizer.json mismatches:\n{}",
+        report.join("\n")
     );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 #[test]
 fn default_model_matches_llama_server() {
-    let gguf = Gguf::open(default_model()).unwrap();
+    let gguf = Gguf::open(common::default_model()).unwrap();
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
     assert!(!tok.add_bos());
@@ -224,7 +255,7 @@ fn default_model_matches_llama_server() {
 /// we: text with them does not round-trip. Found by the tokenizer fuzz target.
 #[test]
 fn bytes_missing_from_the_vocabulary_are_dropped_as_llama_cpp_does() {
-    let tok = Tokenizer::from_gguf(&Gguf::open(default_model()).unwrap()).unwrap();
+    let tok = Tokenizer::from_gguf(&Gguf::open(common::default_model()).unwrap()).unwrap();
     assert_eq!(tok.token_to_id("\u{106}"), None, "byte 0x06 has no token");
     assert_eq!(tok.encode("\u{6}A", false, false).unwrap(), [49]);
     assert_eq!(

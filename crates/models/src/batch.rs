@@ -2,6 +2,8 @@
 
 use std::ops::Range;
 
+use tokenfab_types::{BlockId, TokenId};
+
 use crate::error::{Error, Result};
 
 /// One sequence's part of a batch.
@@ -12,7 +14,7 @@ pub struct SeqSlice<'a> {
     pub rows: Range<usize>,
     /// Physical KV block of each logical block of the sequence, covering every position up to the
     /// last one computed in this batch.
-    pub block_table: &'a [u32],
+    pub block_table: &'a [BlockId],
 }
 
 /// The inputs of one forward pass. Token `t` sits at `positions[t]` of its sequence and attends to
@@ -20,7 +22,7 @@ pub struct SeqSlice<'a> {
 #[derive(Clone, Debug)]
 pub struct ForwardBatch<'a> {
     /// (n_tokens,) token ids.
-    pub tokens: &'a [u32],
+    pub tokens: &'a [TokenId],
     /// (n_tokens,) position of each token in its sequence.
     pub positions: &'a [u32],
     /// The sequences, their rows contiguous and in order.
@@ -30,19 +32,18 @@ pub struct ForwardBatch<'a> {
 }
 
 impl ForwardBatch<'_> {
-    /// Checks shapes against a KV pool; returns, per row, its sequence index and its KV slot.
-    pub(crate) fn plan(
-        &self,
-        block_size: usize,
-        num_blocks: usize,
-    ) -> Result<(Vec<usize>, Vec<usize>)> {
-        let (mut seq_of, mut slots) = (Vec::new(), Vec::new());
-        self.plan_into(block_size, num_blocks, &mut seq_of, &mut slots)?;
-        Ok((seq_of, slots))
+    /// Every token is inside a vocabulary of `vocab` ids.
+    pub(crate) fn check_tokens(&self, vocab: usize) -> Result<()> {
+        match self.tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(tok) => Err(Error::Batch(format!(
+                "token {tok} is outside the vocabulary of {vocab}"
+            ))),
+            None => Ok(()),
+        }
     }
 
-    /// [`Self::plan`] into caller-owned vectors (reused across steps: no allocation once they
-    /// have grown).
+    /// Checks shapes against a KV pool; writes, per row, its sequence index and its KV slot into
+    /// caller-owned vectors (reused across steps: no allocation once they have grown).
     pub(crate) fn plan_into(
         &self,
         block_size: usize,

@@ -1,10 +1,10 @@
 //! What the engine's model runner drives: a model with its KV pool on some device.
 
 use crate::batch::ForwardBatch;
-use crate::config::LlamaConfig;
+use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kv::{KvCache, KvDtype};
-use crate::llama::Llama;
+use crate::model::Model;
 use crate::scratch::Scratch;
 
 /// A model bound to a device and a KV pool of `num_blocks` blocks of `block_size` tokens.
@@ -12,7 +12,7 @@ pub trait Executor: Send {
     /// Runs one batch and returns the logits of `batch.logits_rows`: (rows, vocab), held by the
     /// executor until the next call.
     fn forward(&mut self, batch: &ForwardBatch) -> Result<&[f32]>;
-    fn config(&self) -> &LlamaConfig;
+    fn config(&self) -> &ModelConfig;
     fn block_size(&self) -> usize;
     fn num_blocks(&self) -> usize;
     /// Bytes of weights resident on the device.
@@ -23,7 +23,7 @@ pub trait Executor: Send {
 
 /// The CPU: weights, the KV pool and every activation buffer in host memory.
 pub struct CpuExecutor {
-    pub model: Llama,
+    pub model: Model,
     pub kv: KvCache,
     /// Activations, reused by every step (a step of a shape seen before allocates nothing).
     scratch: Scratch,
@@ -31,7 +31,7 @@ pub struct CpuExecutor {
 
 impl CpuExecutor {
     /// The model with a pool of `num_blocks` blocks of `block_size` tokens stored as `dtype`.
-    pub fn new(model: Llama, dtype: KvDtype, block_size: usize, num_blocks: usize) -> Result<Self> {
+    pub fn new(model: Model, dtype: KvDtype, block_size: usize, num_blocks: usize) -> Result<Self> {
         let kv = model.new_kv_cache(dtype, block_size, num_blocks)?;
         Ok(Self {
             model,
@@ -46,7 +46,7 @@ impl Executor for CpuExecutor {
         self.model
             .forward_into(batch, &mut self.kv, &mut self.scratch)
     }
-    fn config(&self) -> &LlamaConfig {
+    fn config(&self) -> &ModelConfig {
         &self.model.cfg
     }
     fn block_size(&self) -> usize {

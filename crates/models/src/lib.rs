@@ -1,31 +1,35 @@
-//! Model architectures written as plain forward passes over a batch of tokens from any number of
-//! sequences, reading and writing a paged KV cache.
+//! Model architectures, each written once over the device operations of
+//! [`tokenfab_backend::ops`] (`forward.rs`) and run on the CPU (`model.rs`, `executor.rs`) or a
+//! CUDA device (`cuda.rs`), over a batch of tokens from any number of sequences reading and
+//! writing a paged KV cache.
 //!
 //! Invariant: a model reads its configuration from metadata with an explicit error for each missing
-//! key, holds its weights immutably after loading, and computes each sequence's tokens
-//! independently of whatever else shares the batch.
+//! or unsupported key and each tensor it has no use for, holds its weights immutably after loading,
+//! and computes each sequence's tokens independently of whatever else shares the batch.
 
 pub mod batch;
 pub mod config;
-pub mod cuda_llama;
+pub mod cuda;
 pub mod error;
 pub mod executor;
+pub mod forward;
 pub mod kv;
-pub mod llama;
+pub mod model;
 mod rope;
 pub mod scratch;
 pub mod testing;
 pub mod weight;
 
 pub use batch::{ForwardBatch, SeqSlice};
-pub use config::{LlamaConfig, RopeKind, RopeScaling};
-pub use cuda_llama::{CudaConfig, CudaExecutor};
+pub use config::{Arch, ModelConfig, RopeScaling};
+pub use cuda::{CudaConfig, CudaExecutor};
 pub use error::{Error, Result};
 pub use executor::{CpuExecutor, Executor};
 pub use kv::{KvCache, KvDtype};
-pub use llama::Llama;
+pub use model::Model;
 pub use scratch::Scratch;
-pub use weight::Weight;
+pub use tokenfab_backend::rope::RopeKind;
+pub use weight::{LayerWeights, Tensors, Weight, Weights};
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
-//! Tiny random models for tests across the workspace (no real weights needed).
+//! Tiny random models of every supported architecture for tests across the workspace (no real
+//! weights needed).
 
 use tokenfab_loader::{quant, GgmlType, GgufWriter, Value};
 
@@ -8,6 +9,10 @@ const FFN: usize = 96;
 const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
 const LAYERS: usize = 2;
+/// Context of the tiny models.
+pub const CONTEXT: usize = 256;
+/// Window of the tiny Gemma 3's sliding-window layers: short enough for tests to cross it.
+pub const WINDOW: usize = 5;
 
 fn rand_vec(seed: &mut u64, n: usize, scale: f32, offset: f32) -> Vec<f32> {
     (0..n)
@@ -24,26 +29,43 @@ fn rand_vec(seed: &mut u64, n: usize, scale: f32, offset: f32) -> Vec<f32> {
 /// biases) with deterministic random F32 weights and `vocab` tokens. Add tokenizer metadata to the
 /// writer to make it a complete model file.
 pub fn tiny_llama(arch: &str, vocab: usize) -> GgufWriter {
-    tiny_llama_typed(arch, vocab, GgmlType::F32)
+    tiny_model(arch, vocab, GgmlType::F32, HEADS, KV_HEADS)
 }
 
-/// [`tiny_llama`] with its matrices (not norms or biases) stored as `ty`.
-pub fn tiny_llama_typed(arch: &str, vocab: usize, ty: GgmlType) -> GgufWriter {
-    tiny_llama_heads(arch, vocab, ty, HEADS, KV_HEADS)
-}
-
-/// [`tiny_llama_typed`] with `heads` query heads and `kv_heads` KV heads over the same width
-/// (2 and 1 give heads of 32, storable in a Q8_0 KV cache).
-pub fn tiny_llama_heads(
+/// A 2-layer model of any supported architecture (`llama`, `qwen2`, `qwen3`, `gemma3`, `phi3`)
+/// laid out as its GGUF files are: Qwen2's Q/K/V biases; Qwen3's and Gemma 3's Q/K norms;
+/// Gemma 3's post-norms, a sliding-window layer of [`WINDOW`] positions (its own RoPE base) then
+/// a global one; Phi-3's fused `attn_qkv` and gate|up `ffn_up`, LongRoPE factors (the long ones:
+/// the context is past the original) and attention factor. `heads` and `kv_heads` split [`DIM`].
+pub fn tiny_model(
     arch: &str,
     vocab: usize,
     ty: GgmlType,
     heads: usize,
     kv_heads: usize,
 ) -> GgufWriter {
+    build(arch, vocab, ty, heads, kv_heads, 2)
+}
+
+/// A tiny Gemma 3 whose two layers both attend only to their last [`WINDOW`] positions, so a
+/// token's logits depend on the last `2 * (WINDOW - 1) + 1` tokens alone.
+pub fn tiny_gemma3_all_windowed(vocab: usize) -> GgufWriter {
+    build("gemma3", vocab, GgmlType::F32, HEADS, KV_HEADS, 0)
+}
+
+/// `swa_pattern`: Gemma 3's `sliding_window_pattern` (every n-th layer global; 0: none).
+fn build(
+    arch: &str,
+    vocab: usize,
+    ty: GgmlType,
+    heads: usize,
+    kv_heads: usize,
+    swa_pattern: u32,
+) -> GgufWriter {
     let mut seed = 11;
     let mut w = GgufWriter::new();
     let k = |s: &str| format!("{arch}.{s}");
+    let hd = DIM / heads;
     w.meta("general.architecture", Value::String(arch.into()))
         .meta("general.name", Value::String(format!("tiny-{arch}")))
         .meta(&k("block_count"), Value::U32(LAYERS as u32))
@@ -52,10 +74,26 @@ pub fn tiny_llama_heads(
         .meta(&k("attention.head_count"), Value::U32(heads as u32))
         .meta(&k("attention.head_count_kv"), Value::U32(kv_heads as u32))
         .meta(&k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
-        .meta(&k("context_length"), Value::U32(256))
+        .meta(&k("context_length"), Value::U32(CONTEXT as u32))
         .meta(&k("rope.freq_base"), Value::F32(10000.0))
         .meta(&k("vocab_size"), Value::U32(vocab as u32));
-    let hd = DIM / heads;
+    match arch {
+        "gemma3" => {
+            w.meta(&k("attention.sliding_window"), Value::U32(WINDOW as u32))
+                .meta(
+                    &k("attention.sliding_window_pattern"),
+                    Value::U32(swa_pattern),
+                )
+                .meta(&k("rope.freq_base_swa"), Value::F32(100.0))
+                .meta(&k("attention.key_length"), Value::U32(hd as u32))
+                .meta(&k("attention.value_length"), Value::U32(hd as u32));
+        }
+        "phi3" => {
+            w.meta(&k("rope.scaling.original_context_length"), Value::U32(64))
+                .meta(&k("rope.scaling.attn_factor"), Value::F32(1.19));
+        }
+        _ => {}
+    }
     let kv = kv_heads * hd;
     let d = DIM as u64;
     let mut t = |w: &mut GgufWriter, name: &str, dims: &[u64], scale: f32, offset: f32| {
@@ -71,22 +109,47 @@ pub fn tiny_llama_heads(
     };
     t(&mut w, "token_embd.weight", &[d, vocab as u64], 2.0, 0.0);
     t(&mut w, "output_norm.weight", &[d], 1.0, 1.0);
+    if arch == "phi3" {
+        let half = hd as u64 / 2;
+        t(&mut w, "rope_factors_long.weight", &[half], 4.0, 3.0);
+        t(&mut w, "rope_factors_short.weight", &[half], 0.5, 1.0);
+    }
     for l in 0..LAYERS {
         let n = |s: &str| format!("blk.{l}.{s}");
         t(&mut w, &n("attn_norm.weight"), &[d], 0.5, 1.0);
         t(&mut w, &n("ffn_norm.weight"), &[d], 0.5, 1.0);
-        t(&mut w, &n("attn_q.weight"), &[d, d], 0.5, 0.0);
-        t(&mut w, &n("attn_k.weight"), &[d, kv as u64], 0.5, 0.0);
-        t(&mut w, &n("attn_v.weight"), &[d, kv as u64], 0.5, 0.0);
+        if arch == "phi3" {
+            let qkv = d + 2 * kv as u64;
+            t(&mut w, &n("attn_qkv.weight"), &[d, qkv], 0.5, 0.0);
+        } else {
+            t(&mut w, &n("attn_q.weight"), &[d, d], 0.5, 0.0);
+            t(&mut w, &n("attn_k.weight"), &[d, kv as u64], 0.5, 0.0);
+            t(&mut w, &n("attn_v.weight"), &[d, kv as u64], 0.5, 0.0);
+        }
         t(&mut w, &n("attn_output.weight"), &[d, d], 0.3, 0.0);
-        t(&mut w, &n("ffn_gate.weight"), &[d, FFN as u64], 0.5, 0.0);
-        t(&mut w, &n("ffn_up.weight"), &[d, FFN as u64], 0.5, 0.0);
+        if arch == "phi3" {
+            t(&mut w, &n("ffn_up.weight"), &[d, 2 * FFN as u64], 0.5, 0.0);
+        } else {
+            t(&mut w, &n("ffn_gate.weight"), &[d, FFN as u64], 0.5, 0.0);
+            t(&mut w, &n("ffn_up.weight"), &[d, FFN as u64], 0.5, 0.0);
+        }
         t(&mut w, &n("ffn_down.weight"), &[FFN as u64, d], 0.3, 0.0);
         if arch == "qwen2" {
             t(&mut w, &n("attn_q.bias"), &[d], 0.5, 0.0);
             t(&mut w, &n("attn_k.bias"), &[kv as u64], 0.5, 0.0);
             t(&mut w, &n("attn_v.bias"), &[kv as u64], 0.5, 0.0);
         }
+        if arch == "qwen3" || arch == "gemma3" {
+            t(&mut w, &n("attn_q_norm.weight"), &[hd as u64], 0.5, 1.0);
+            t(&mut w, &n("attn_k_norm.weight"), &[hd as u64], 0.5, 1.0);
+        }
+        if arch == "gemma3" {
+            t(&mut w, &n("post_attention_norm.weight"), &[d], 0.5, 1.0);
+            t(&mut w, &n("post_ffw_norm.weight"), &[d], 0.5, 1.0);
+        }
     }
     w
 }
+
+/// Every architecture [`tiny_model`] writes.
+pub const ARCHS: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma3", "phi3"];

@@ -1,69 +1,104 @@
-//! A weight matrix as the CPU kernels take it: kept in its GGUF block format when a quantized
-//! kernel reads that format, else dequantized to f32.
+//! A model's weights, and reading them from a GGUF: every tensor checked against the shape the
+//! architecture expects, matrices kept in their block format where a CPU kernel reads it, and a
+//! record of which tensors were read, so that a tensor the architecture does not use (a bias it
+//! has no step for, say) is an error naming it instead of being silently ignored.
 
-use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::Mutex;
 
-use tokenfab_backend::cpu::{self, Matrix};
-use tokenfab_backend::{QMatrix, QType};
+use rayon::prelude::*;
+use tokenfab_backend::cpu::Matrix;
+pub use tokenfab_backend::cpu::Weight;
+use tokenfab_backend::QMatrix;
+use tokenfab_backend::QType;
 use tokenfab_loader::{quant, GgmlType, Gguf};
 
+use crate::config::{Arch, ModelConfig};
 use crate::error::{Error, Result};
 
-/// (rows, cols): one row per output feature.
+/// One layer's weights on some device: `M` a matrix (rows, cols), `V` a vector.
 #[derive(Clone, Debug)]
-pub enum Weight {
-    F32(Matrix),
-    Quant(QMatrix),
+pub struct LayerWeights<M, V> {
+    /// (dim,)
+    pub attn_norm: V,
+    /// (q_dim + 2 kv_dim, dim): the Q, K and V projections stacked, one product for all three.
+    pub wqkv: M,
+    /// (q_dim + 2 kv_dim,) Q | K | V biases (Qwen2).
+    pub bqkv: Option<V>,
+    /// (head_dim,) RMSNorm of each Q head and of each K head (Qwen3, Gemma 3).
+    pub q_norm: Option<V>,
+    pub k_norm: Option<V>,
+    /// (dim, q_dim)
+    pub wo: M,
+    /// (dim,) norm of the attention output before it joins the residual (Gemma 3).
+    pub post_attn_norm: Option<V>,
+    /// (dim,)
+    pub ffn_norm: V,
+    /// (2 ffn, dim): gate rows then up rows.
+    pub w_gate_up: M,
+    /// (dim, ffn)
+    pub w_down: M,
+    /// (dim,) norm of the FFN output before it joins the residual (Gemma 3).
+    pub post_ffn_norm: Option<V>,
 }
 
-fn qtype(t: GgmlType) -> Option<QType> {
-    Some(match t {
-        GgmlType::Q4_0 => QType::Q4_0,
-        GgmlType::Q4_1 => QType::Q4_1,
-        GgmlType::Q5_0 => QType::Q5_0,
-        GgmlType::Q5_1 => QType::Q5_1,
-        GgmlType::Q8_0 => QType::Q8_0,
-        GgmlType::Q4K => QType::Q4_K,
-        GgmlType::Q5K => QType::Q5_K,
-        GgmlType::Q6K => QType::Q6_K,
-        _ => return None,
-    })
+/// A model's weights on some device.
+#[derive(Clone, Debug)]
+pub struct Weights<M, V> {
+    /// (vocab, dim)
+    pub tok_embd: M,
+    /// (vocab, dim); `None` when tied to `tok_embd`.
+    pub output: Option<M>,
+    /// (dim,)
+    pub output_norm: V,
+    pub layers: Vec<LayerWeights<M, V>>,
 }
 
-fn ggml(t: QType) -> GgmlType {
-    match t {
-        QType::Q4_0 => GgmlType::Q4_0,
-        QType::Q4_1 => GgmlType::Q4_1,
-        QType::Q5_0 => GgmlType::Q5_0,
-        QType::Q5_1 => GgmlType::Q5_1,
-        QType::Q8_0 => GgmlType::Q8_0,
-        QType::Q4_K => GgmlType::Q4K,
-        QType::Q5_K => GgmlType::Q5K,
-        QType::Q6_K => GgmlType::Q6K,
+impl<M, V> Weights<M, V> {
+    /// The output matrix (the embedding when tied).
+    pub fn output(&self) -> &M {
+        self.output.as_ref().unwrap_or(&self.tok_embd)
     }
-}
 
-/// The raw tensor `name` of ggml dims `[cols, rows]` (trailing 1s allowed), checked.
-pub(crate) fn raw<'g>(g: &'g Gguf, name: &str, dims: &[u64]) -> Result<(GgmlType, &'g [u8])> {
-    let t = g
-        .tensor(name)
-        .ok_or_else(|| tokenfab_loader::Error::MissingTensor(name.into()))?;
-    let mut found = t.dims.clone();
-    while found.len() > dims.len() && found.last() == Some(&1) {
-        found.pop();
+    /// The same weights with every matrix and vector converted (uploaded to a device, say).
+    pub fn try_map<M2, V2, E>(
+        &self,
+        m: &mut impl FnMut(&M) -> Result<M2, E>,
+        v: &mut impl FnMut(&V) -> Result<V2, E>,
+    ) -> Result<Weights<M2, V2>, E> {
+        fn ov<V, V2, E>(
+            x: &Option<V>,
+            v: &mut impl FnMut(&V) -> Result<V2, E>,
+        ) -> Result<Option<V2>, E> {
+            x.as_ref().map(v).transpose()
+        }
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            layers.push(LayerWeights {
+                attn_norm: v(&l.attn_norm)?,
+                wqkv: m(&l.wqkv)?,
+                bqkv: ov(&l.bqkv, v)?,
+                q_norm: ov(&l.q_norm, v)?,
+                k_norm: ov(&l.k_norm, v)?,
+                wo: m(&l.wo)?,
+                post_attn_norm: ov(&l.post_attn_norm, v)?,
+                ffn_norm: v(&l.ffn_norm)?,
+                w_gate_up: m(&l.w_gate_up)?,
+                w_down: m(&l.w_down)?,
+                post_ffn_norm: ov(&l.post_ffn_norm, v)?,
+            });
+        }
+        Ok(Weights {
+            tok_embd: m(&self.tok_embd)?,
+            output: self.output.as_ref().map(m).transpose()?,
+            output_norm: v(&self.output_norm)?,
+            layers,
+        })
     }
-    if found != dims {
-        return Err(Error::Shape {
-            name: name.into(),
-            expected: dims.to_vec(),
-            found: t.dims.clone(),
-        });
-    }
-    Ok((t.ty, g.tensor_bytes(t)))
 }
 
 /// Dequantizes a whole tensor to f32.
-pub(crate) fn dequant(name: &str, ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+fn dequant(name: &str, ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     let mut out = vec![0f32; n];
     quant::dequantize(ty, bytes, &mut out).map_err(|e| match e {
         tokenfab_loader::Error::UnsupportedType { ty, .. } => {
@@ -77,12 +112,63 @@ pub(crate) fn dequant(name: &str, ty: GgmlType, bytes: &[u8], n: usize) -> Resul
     Ok(out)
 }
 
-impl Weight {
-    /// Reads a (rows, cols) weight: quantized formats the kernels know stay as they are (unless
+/// Reads tensors of one file and remembers which.
+pub struct Tensors {
+    used: Mutex<HashSet<String>>,
+    /// Dequantize every matrix to f32 (a reference for the quantized kernels).
+    f32_only: bool,
+}
+
+impl Tensors {
+    pub fn new(f32_only: bool) -> Self {
+        Self {
+            used: Mutex::default(),
+            f32_only,
+        }
+    }
+
+    /// The raw tensor `name` of ggml dims `dims` (trailing 1s allowed), checked.
+    fn raw<'g>(&self, g: &'g Gguf, name: &str, dims: &[u64]) -> Result<(GgmlType, &'g [u8])> {
+        let t = g
+            .tensor(name)
+            .ok_or_else(|| tokenfab_loader::Error::MissingTensor(name.into()))?;
+        let mut found = t.dims.clone();
+        while found.len() > dims.len() && found.last() == Some(&1) {
+            found.pop();
+        }
+        if found != dims {
+            return Err(Error::Shape {
+                name: name.into(),
+                expected: dims.to_vec(),
+                found: t.dims.clone(),
+            });
+        }
+        self.used
+            .lock()
+            .expect("no panic while holding the lock")
+            .insert(name.into());
+        Ok((t.ty, g.tensor_bytes(t)))
+    }
+
+    /// A (len,) tensor as f32.
+    pub fn vector(&self, g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
+        let (ty, bytes) = self.raw(g, name, &[len as u64])?;
+        dequant(name, ty, bytes, len)
+    }
+
+    /// [`Self::vector`], `None` when the file has no such tensor.
+    pub fn vector_opt(&self, g: &Gguf, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+        match g.tensor(name) {
+            Some(_) => self.vector(g, name, len).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A (rows, cols) matrix: quantized formats the kernels read stay as they are (unless
     /// `f32_only`), everything else becomes f32.
-    pub fn load(g: &Gguf, name: &str, rows: usize, cols: usize, f32_only: bool) -> Result<Self> {
-        let (ty, bytes) = raw(g, name, &[cols as u64, rows as u64])?;
-        match qtype(ty).filter(|_| !f32_only) {
+    pub fn matrix(&self, g: &Gguf, name: &str, rows: usize, cols: usize) -> Result<Weight> {
+        let (ty, bytes) = self.raw(g, name, &[cols as u64, rows as u64])?;
+        match QType::of(ty).filter(|_| !self.f32_only) {
             Some(q) => Ok(Weight::Quant(
                 QMatrix::new(q, rows, cols, bytes.to_vec())
                     .map_err(|e| Error::Config(e.to_string()))?,
@@ -95,85 +181,117 @@ impl Weight {
         }
     }
 
-    pub fn rows(&self) -> usize {
-        match self {
-            Weight::F32(m) => m.rows,
-            Weight::Quant(q) => q.rows,
+    /// Every tensor of the file was read, or an error naming the first that was not.
+    pub fn all_used(&self, g: &Gguf, arch: &str) -> Result<()> {
+        let used = self.used.lock().expect("no panic while holding the lock");
+        match g.tensors.iter().find(|t| !used.contains(&t.name)) {
+            Some(t) => Err(Error::Unsupported(format!(
+                "{arch}: tensor `{}` has no place in tokenfab's {arch} forward pass",
+                t.name
+            ))),
+            None => Ok(()),
         }
     }
+}
 
-    pub fn cols(&self) -> usize {
-        match self {
-            Weight::F32(m) => m.cols,
-            Weight::Quant(q) => q.cols,
-        }
+impl Weights<Weight, Vec<f32>> {
+    /// Reads every weight `cfg`'s architecture uses.
+    pub(crate) fn load(g: &Gguf, cfg: &ModelConfig, t: &Tensors) -> Result<Self> {
+        let (dim, ffn, hd) = (cfg.dim, cfg.ffn_dim, cfg.head_dim);
+        let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
+        let gemma = cfg.kind == Arch::Gemma3;
+        let qk_norm = matches!(cfg.kind, Arch::Qwen3 | Arch::Gemma3);
+        let layers = (0..cfg.n_layers)
+            .into_par_iter()
+            .map(|l| {
+                let n = |s: &str| format!("blk.{l}.{s}");
+                let vector = |s: &str, len: usize| t.vector(g, &n(s), len);
+                let matrix = |s: &str, rows: usize| t.matrix(g, &n(s), rows, dim);
+                let (wqkv, bqkv) = if g.tensor(&n("attn_qkv.weight")).is_some() {
+                    let w = matrix("attn_qkv.weight", q_dim + 2 * kv_dim)?;
+                    (w, t.vector_opt(g, &n("attn_qkv.bias"), q_dim + 2 * kv_dim)?)
+                } else {
+                    let w = Weight::stack(vec![
+                        matrix("attn_q.weight", q_dim)?,
+                        matrix("attn_k.weight", kv_dim)?,
+                        matrix("attn_v.weight", kv_dim)?,
+                    ]);
+                    let bias = |s: &str, len| t.vector_opt(g, &n(s), len);
+                    let biases = [
+                        bias("attn_q.bias", q_dim)?,
+                        bias("attn_k.bias", kv_dim)?,
+                        bias("attn_v.bias", kv_dim)?,
+                    ];
+                    let b = biases.iter().any(Option::is_some).then(|| {
+                        let [bq, bk, bv] = biases;
+                        let mut b = bq.unwrap_or_else(|| vec![0.0; q_dim]);
+                        b.extend(bk.unwrap_or_else(|| vec![0.0; kv_dim]));
+                        b.extend(bv.unwrap_or_else(|| vec![0.0; kv_dim]));
+                        b
+                    });
+                    (w, b)
+                };
+                // Phi-3 stores gate and up as one (2 ffn, dim) `ffn_up`, gate rows first.
+                let w_gate_up =
+                    if cfg.kind == Arch::Phi3 && g.tensor(&n("ffn_gate.weight")).is_none() {
+                        matrix("ffn_up.weight", 2 * ffn)?
+                    } else {
+                        Weight::stack(vec![
+                            matrix("ffn_gate.weight", ffn)?,
+                            matrix("ffn_up.weight", ffn)?,
+                        ])
+                    };
+                let opt = |on: bool, s: &str, len: usize| on.then(|| vector(s, len)).transpose();
+                Ok(LayerWeights {
+                    attn_norm: vector("attn_norm.weight", dim)?,
+                    wqkv,
+                    bqkv,
+                    q_norm: opt(qk_norm, "attn_q_norm.weight", hd)?,
+                    k_norm: opt(qk_norm, "attn_k_norm.weight", hd)?,
+                    wo: t.matrix(g, &n("attn_output.weight"), dim, q_dim)?,
+                    post_attn_norm: opt(gemma, "post_attention_norm.weight", dim)?,
+                    ffn_norm: vector("ffn_norm.weight", dim)?,
+                    w_gate_up,
+                    w_down: t.matrix(g, &n("ffn_down.weight"), dim, ffn)?,
+                    post_ffn_norm: opt(gemma, "post_ffw_norm.weight", dim)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            tok_embd: t.matrix(g, "token_embd.weight", cfg.vocab_size, dim)?,
+            output: match g.tensor("output.weight") {
+                Some(_) => Some(t.matrix(g, "output.weight", cfg.vocab_size, dim)?),
+                None => None,
+            },
+            output_norm: t.vector(g, "output_norm.weight", dim)?,
+            layers,
+        })
     }
 
-    /// Bytes held in memory.
+    /// Bytes of weights held in memory.
     pub fn bytes(&self) -> usize {
-        match self {
-            Weight::F32(m) => m.data.len() * 4,
-            Weight::Quant(q) => q.bytes().len(),
-        }
-    }
-
-    /// `y (n, rows) = x (n, cols) · selfᵀ`.
-    pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        match self {
-            Weight::F32(m) => cpu::matmul(x, n, m, y),
-            Weight::Quant(q) => cpu::matmul_q(x, n, q, y),
-        }
-    }
-
-    /// Row `r` as f32 (embedding lookup).
-    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
-        match self {
-            Weight::F32(m) => out.copy_from_slice(m.row(r)),
-            Weight::Quant(q) => {
-                quant::dequantize(ggml(q.ty), q.row(r), out).expect("validated block sizes")
-            }
-        }
-    }
-
-    /// The whole matrix as f32 (borrowed when it already is).
-    pub fn f32(&self) -> Cow<'_, Matrix> {
-        match self {
-            Weight::F32(m) => Cow::Borrowed(m),
-            Weight::Quant(q) => {
-                let mut data = vec![0f32; q.rows * q.cols];
-                quant::dequantize(ggml(q.ty), q.bytes(), &mut data).expect("validated block sizes");
-                Cow::Owned(Matrix::new(q.rows, q.cols, data))
-            }
-        }
-    }
-
-    /// Stacks matrices of equal width row-wise (Q, K, V into one product). Same quantized format:
-    /// blocks are concatenated; otherwise everything becomes f32.
-    pub fn stack(parts: Vec<Weight>) -> Weight {
-        let cols = parts[0].cols();
-        let rows = parts.iter().map(Weight::rows).sum();
-        let same_q = match &parts[0] {
-            Weight::Quant(q0) => parts
-                .iter()
-                .all(|p| matches!(p, Weight::Quant(q) if q.ty == q0.ty))
-                .then_some(q0.ty),
-            Weight::F32(_) => None,
-        };
-        match same_q {
-            Some(ty) => {
-                let bytes = parts
-                    .iter()
-                    .flat_map(|p| match p {
-                        Weight::Quant(q) => q.bytes().iter().copied(),
-                        Weight::F32(_) => unreachable!("all quantized"),
-                    })
-                    .collect();
-                Weight::Quant(QMatrix::new(ty, rows, cols, bytes).expect("whole rows of blocks"))
-            }
-            None => {
-                let data = parts.iter().flat_map(|p| p.f32().data.clone()).collect();
-                Weight::F32(Matrix::new(rows, cols, data))
-            }
-        }
+        let v = |x: &Vec<f32>| 4 * x.len();
+        let ov = |x: &Option<Vec<f32>>| x.as_ref().map_or(0, v);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.wqkv.bytes()
+                    + l.wo.bytes()
+                    + l.w_gate_up.bytes()
+                    + l.w_down.bytes()
+                    + v(&l.attn_norm)
+                    + v(&l.ffn_norm)
+                    + ov(&l.bqkv)
+                    + ov(&l.q_norm)
+                    + ov(&l.k_norm)
+                    + ov(&l.post_attn_norm)
+                    + ov(&l.post_ffn_norm)
+            })
+            .sum();
+        layers
+            + self.tok_embd.bytes()
+            + self.output.as_ref().map_or(0, Weight::bytes)
+            + v(&self.output_norm)
     }
 }

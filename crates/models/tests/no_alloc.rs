@@ -18,8 +18,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokenfab_loader::{GgmlType, Gguf};
-use tokenfab_models::testing::tiny_llama_typed;
-use tokenfab_models::{CpuExecutor, Executor, ForwardBatch, KvDtype, Llama, SeqSlice};
+use tokenfab_models::testing::{tiny_model, ARCHS};
+use tokenfab_models::{CpuExecutor, Executor, ForwardBatch, KvDtype, Model, SeqSlice};
 
 struct Counting;
 
@@ -103,16 +103,23 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 #[test]
 fn a_forward_pass_of_a_seen_shape_allocates_nothing() {
     let (one, two) = (pool(1), pool(2));
-    for (pool, ty, dtype) in [
-        (&two, GgmlType::F32, KvDtype::F32),
-        (&two, GgmlType::F32, KvDtype::F16),
-        (&one, GgmlType::F32, KvDtype::F16),
-        (&one, GgmlType::Q8_0, KvDtype::F32),
-        (&one, GgmlType::Q8_0, KvDtype::F16),
-        (&one, GgmlType::Q4_1, KvDtype::F16),
-    ] {
-        let g = Gguf::from_bytes(tiny_llama_typed("llama", 50, ty).to_bytes()).unwrap();
-        let model = Llama::from_gguf(&g).unwrap();
+    let mut cases = vec![
+        ("llama", &two, GgmlType::F32, KvDtype::F32),
+        ("llama", &two, GgmlType::F32, KvDtype::F16),
+        ("llama", &one, GgmlType::F32, KvDtype::F16),
+        ("llama", &one, GgmlType::Q8_0, KvDtype::F32),
+        ("llama", &one, GgmlType::Q8_0, KvDtype::F16),
+        ("llama", &one, GgmlType::Q4_1, KvDtype::F16),
+    ];
+    // Every architecture's own steps (biases, Q/K norms, post-norms, windows, GeGLU, fused
+    // tensors, two RoPEs).
+    for arch in ARCHS {
+        cases.push((arch, &two, GgmlType::F32, KvDtype::F16));
+        cases.push((arch, &one, GgmlType::Q8_0, KvDtype::F16));
+    }
+    for (arch, pool, ty, dtype) in cases {
+        let g = Gguf::from_bytes(tiny_model(arch, 50, ty, 4, 2).to_bytes()).unwrap();
+        let model = Model::from_gguf(&g).unwrap();
         let mut exec = CpuExecutor::new(model, dtype, 4, 8).unwrap();
         // Warm-up: prompts of 5 and 3 tokens (grows the scratch, starts the thread pool).
         let warm = step(pool, &mut exec, (0, 5), (0, 3));
@@ -121,12 +128,12 @@ fn a_forward_pass_of_a_seen_shape_allocates_nothing() {
         assert_eq!(
             step(pool, &mut exec, (5, 5), (3, 3)),
             0,
-            "{ty} / {dtype}: same shape"
+            "{arch} {ty} / {dtype}: same shape"
         );
         assert_eq!(
             step(pool, &mut exec, (10, 1), (6, 1)),
             0,
-            "{ty} / {dtype}: decode"
+            "{arch} {ty} / {dtype}: decode"
         );
     }
 }

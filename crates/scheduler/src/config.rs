@@ -32,9 +32,6 @@ pub enum SchedulerError {
     /// The prompt has no tokens.
     #[error("the prompt must contain at least 1 token. Given: 0")]
     EmptyPrompt,
-    /// `max_tokens` is 0.
-    #[error("`max_tokens` must be >= 1. Given: 0")]
-    ZeroMaxTokens,
     /// Prompt plus `max_tokens` exceeds the context length.
     #[error("prompt tokens + `max_tokens` must be <= {max_model_len}. Given: {prompt_tokens} + {max_tokens}")]
     TooLong {
@@ -50,7 +47,8 @@ pub enum SchedulerError {
         "request needs {needed_blocks} KV-cache blocks at its longest, the pool has {num_blocks}"
     )]
     DoesNotFit {
-        /// Blocks for `prompt + max_tokens - 1` tokens (the last sampled token is never computed).
+        /// Blocks for the most tokens it computes: `prompt + max_tokens - 1` (the last sampled
+        /// token is never computed), or the prompt alone when `max_tokens` is 0.
         needed_blocks: usize,
         /// `SchedulerConfig::num_blocks`.
         num_blocks: usize,
@@ -61,6 +59,35 @@ pub enum SchedulerError {
 }
 
 impl SchedulerConfig {
+    /// Whether a request of `prompt_len` tokens and up to `max_tokens` outputs can ever run: not
+    /// empty, within `max_model_len`, and fitting the whole pool alone. [`crate::Scheduler::add`]
+    /// refuses what fails here; a caller may check before queueing to answer synchronously.
+    pub fn check_request(
+        &self,
+        prompt_len: usize,
+        max_tokens: usize,
+    ) -> Result<(), SchedulerError> {
+        if prompt_len == 0 {
+            return Err(SchedulerError::EmptyPrompt);
+        }
+        if prompt_len.saturating_add(max_tokens) > self.max_model_len {
+            return Err(SchedulerError::TooLong {
+                prompt_tokens: prompt_len,
+                max_tokens,
+                max_model_len: self.max_model_len,
+            });
+        }
+        // The last sampled token is never fed back, so its KV slot is never needed.
+        let needed_blocks = (prompt_len + max_tokens.max(1) - 1).div_ceil(self.block_size);
+        if needed_blocks > self.num_blocks {
+            return Err(SchedulerError::DoesNotFit {
+                needed_blocks,
+                num_blocks: self.num_blocks,
+            });
+        }
+        Ok(())
+    }
+
     /// Checks that every limit is > 0.
     pub fn validate(&self) -> Result<(), SchedulerError> {
         let fields = [

@@ -100,8 +100,8 @@ impl Groups {
     }
 }
 
-/// What each group may still take this step.
-#[derive(Debug)]
+/// What each group may still take this step (nothing for a group it does not list).
+#[derive(Debug, Default)]
 pub(crate) struct Shares {
     left: HashMap<GroupKey, usize>,
 }
@@ -161,7 +161,7 @@ mod tests {
     /// The scheduler with fair shares, no model: one step = schedule, then every sampled
     /// position gets token 1.
     mod with_scheduler {
-        use crate::{Scheduler, SchedulerConfig, SchedulerOutput};
+        use crate::{NewRequest, Scheduler, SchedulerConfig, SchedulerOutput};
         use tokenfab_types::{RequestId, TokenId};
 
         fn sched(budget: usize, caching: bool) -> Scheduler {
@@ -192,6 +192,14 @@ mod tests {
             out
         }
 
+        /// A request that computes every prompt token (as one asking for prompt logprobs).
+        fn uncached(id: RequestId, prompt: Vec<TokenId>, max_tokens: usize) -> NewRequest {
+            NewRequest {
+                skip_prefix_cache: true,
+                ..NewRequest::new(id, prompt, max_tokens)
+            }
+        }
+
         fn tokens_of(out: &SchedulerOutput, id: RequestId) -> usize {
             out.scheduled
                 .iter()
@@ -208,7 +216,7 @@ mod tests {
         fn a_small_request_is_not_starved_by_a_large_call() {
             let mut s = sched(512, true);
             for i in 0..16 {
-                s.add_request_with(i, prompt(1, 1606), 16, true).unwrap();
+                s.add(uncached(i, prompt(1, 1606), 16)).unwrap();
                 assert!(s.set_group(i, 7));
             }
             step(&mut s);
@@ -223,7 +231,7 @@ mod tests {
                 let out = step(&mut s);
                 assert_eq!(tokens_of(&out, 100), 1, "decodes every step");
             }
-            assert!(s.is_length_capped(100));
+            assert!(s.request(100).is_none(), "8 tokens out: finished");
             // Meanwhile the large call kept the rest of every step.
             let big: usize = (0..16)
                 .map(|i| s.request(i).unwrap().num_computed_tokens())
@@ -250,6 +258,24 @@ mod tests {
             assert_eq!((1..4).map(|i| tokens_of(&out, i)).sum::<usize>(), 0);
         }
 
+        /// Decodes come first (admission.rs); the shares split what they leave.
+        #[test]
+        fn shares_split_what_the_decodes_leave() {
+            let mut s = sched(64, false);
+            s.add_request(1, prompt(1, 4), 20).unwrap();
+            step(&mut s);
+            for i in 2..6 {
+                s.add_request(i, prompt(i as u32, 1000), 4).unwrap();
+                s.set_group(i, 9);
+            }
+            s.add_request(10, prompt(20, 1000), 4).unwrap();
+            let out = step(&mut s);
+            assert_eq!(tokens_of(&out, 1), 1, "the decode keeps its token");
+            assert_eq!(tokens_of(&out, 2), 32, "the call's share of 63");
+            assert_eq!(tokens_of(&out, 10), 31, "the lone request's share of 63");
+            assert_eq!(out.num_batched_tokens, 64);
+        }
+
         /// A burst of requests with one long system prompt: the first computes it, the others
         /// wait for the prefix cache instead of computing it side by side.
         #[test]
@@ -262,12 +288,7 @@ mod tests {
             }
             let mut steps = 0;
             while s.has_unfinished() && steps < 100 {
-                let out = step(&mut s);
-                for q in &out.scheduled {
-                    if s.is_length_capped(q.id) {
-                        s.finish(q.id);
-                    }
-                }
+                step(&mut s);
                 steps += 1;
             }
             assert!(!s.has_unfinished());

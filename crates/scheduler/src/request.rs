@@ -1,6 +1,46 @@
-//! One request as the scheduler tracks it.
+//! One request as the scheduler tracks it, and what a caller hands in to create one.
 
-use tokenfab_types::{RequestId, TokenId};
+use tokenfab_types::{FinishReason, RequestId, TokenId};
+
+/// A request to queue with [`crate::Scheduler::add`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewRequest {
+    /// Unique among the live requests.
+    pub id: RequestId,
+    /// (n,) the prompt; never empty.
+    pub prompt: Vec<TokenId>,
+    /// Most output tokens. 0 makes a prefill-only request: its prompt is computed (for prompt
+    /// log-probabilities, say) and it finishes with `Length` without sampling anything.
+    pub max_tokens: usize,
+    /// Sampling one of these ends the request with `Stop`, the token kept as its last output: the
+    /// model's end-of-generation tokens (unless the client ignores them) and the request's own
+    /// stop tokens.
+    pub stop_token_ids: Vec<TokenId>,
+    /// Compute every prompt token even when the prefix cache holds some (a request that wants
+    /// prompt log-probabilities needs every row's logits).
+    pub skip_prefix_cache: bool,
+}
+
+impl NewRequest {
+    /// A request with no stop tokens that may use the prefix cache.
+    pub fn new(id: RequestId, prompt: Vec<TokenId>, max_tokens: usize) -> Self {
+        Self {
+            id,
+            prompt,
+            max_tokens,
+            ..Self::default()
+        }
+    }
+}
+
+/// A request the scheduler ended in [`crate::Scheduler::update`]: removed, its blocks freed.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    /// `Stop` (a stop token was sampled) or `Length` (`max_tokens` or the context reached).
+    pub reason: FinishReason,
+    /// Its tokens and counts as they ended.
+    pub request: Request,
+}
 
 /// A request's tokens and progress.
 #[derive(Clone, Debug)]
@@ -11,8 +51,10 @@ pub struct Request {
     pub(crate) tokens: Vec<TokenId>,
     /// Length of the prompt inside `tokens`.
     pub(crate) num_prompt_tokens: usize,
-    /// Output tokens after which the request is length-capped.
+    /// Output tokens after which the request is length-capped; 0 for prefill-only.
     pub(crate) max_tokens: usize,
+    /// Sampling one of these ends the request with `Stop`.
+    pub(crate) stop_token_ids: Vec<TokenId>,
     /// Tokens whose KV is in the cache; `tokens[num_computed_tokens..]` remain to compute.
     /// Reset to 0 on preemption.
     pub(crate) num_computed_tokens: usize,
@@ -22,6 +64,9 @@ pub struct Request {
     pub(crate) num_preemptions: u32,
     /// Compute every token even when the prefix cache holds some.
     pub(crate) skip_prefix_cache: bool,
+    /// Draft tokens proposed to follow `tokens` (speculative decoding), verified at the request's
+    /// next decode step; never part of `tokens` until accepted.
+    pub(crate) draft: Vec<TokenId>,
 }
 
 impl Request {
@@ -68,5 +113,16 @@ impl Request {
     /// Times this request was preempted.
     pub fn num_preemptions(&self) -> u32 {
         self.num_preemptions
+    }
+
+    /// Sampling one of these ends the request with `Stop`.
+    pub fn stop_token_ids(&self) -> &[TokenId] {
+        &self.stop_token_ids
+    }
+
+    /// Keeps the first `len` output tokens and drops the rest: a caller that ends a request on
+    /// a stop string found in an earlier token of a step drops the tokens sampled after it.
+    pub fn truncate_output(&mut self, len: usize) {
+        self.tokens.truncate(self.num_prompt_tokens + len);
     }
 }

@@ -3,11 +3,12 @@
 use std::collections::{HashMap, VecDeque};
 
 use tokenfab_kv_cache::{ComputedBlocks, KvCacheManager};
-use tokenfab_types::{BlockId, RequestId, TokenId};
+use tokenfab_types::{BlockId, FinishReason, RequestId, TokenId};
 
+use crate::admission::{Budget, DraftRoom, Work};
 use crate::config::{SchedulerConfig, SchedulerError};
-use crate::fair::Groups;
-use crate::request::Request;
+use crate::fair::{Groups, Shares};
+use crate::request::{Finished, NewRequest, Request};
 
 /// One request's share of a step.
 ///
@@ -20,11 +21,17 @@ pub struct ScheduledSeq {
     /// Position of `tokens[0]` in the sequence = its `num_computed_tokens` before this step.
     pub start: usize,
     /// Token ids to compute this step, at positions `start..start + tokens.len()`; never empty.
+    /// The last `num_draft` are draft tokens (speculative decoding), not yet the request's own.
     pub tokens: Vec<TokenId>,
+    /// Draft tokens at the end of `tokens`, to verify: the runner samples after each of them as
+    /// well as after the last known token (`num_draft + 1` rows), and `update` keeps the drafts
+    /// that match what was sampled. 0 when the request has no draft this step.
+    pub num_draft: usize,
     /// The request's whole block table: block `i` holds positions `i * block_size ..`.
     pub block_table: Vec<BlockId>,
-    /// True when after this step every known token is computed: the runner must sample the next
-    /// token from the logits of the last position. False for a non-final prefill chunk.
+    /// True when after this step every known token is computed and the request may grow: the
+    /// runner must sample the next token from the logits of the last position. False for a
+    /// non-final prefill chunk, and for a prefill-only request's last one.
     pub sample: bool,
     /// Prefix-cache hit tokens when the request was first scheduled, for usage reporting.
     pub num_cached_tokens: usize,
@@ -38,8 +45,20 @@ pub struct SchedulerOutput {
     /// Requests preempted during this step (blocks freed, back at the front of the waiting queue);
     /// the runner drops any per-request state it keeps for them.
     pub preempted: Vec<RequestId>,
-    /// Sum of `tokens.len()` over `scheduled`; <= `max_num_batched_tokens`.
+    /// Sum of `tokens.len()` over `scheduled` (drafts included); <= `max_num_batched_tokens`.
     pub num_batched_tokens: usize,
+}
+
+/// One request's planned share of a step, before its token list is built.
+#[derive(Clone, Debug)]
+struct Planned {
+    id: RequestId,
+    /// `num_computed_tokens` when planned.
+    start: usize,
+    /// Known tokens to compute.
+    n: usize,
+    /// Draft tokens to verify after them.
+    draft: Vec<TokenId>,
 }
 
 /// Continuous-batching scheduler that owns the KV-cache manager.
@@ -57,7 +76,7 @@ pub struct Scheduler {
     running: Vec<RequestId>,
     /// Preemptions since creation.
     num_preemptions: u64,
-    /// Which requests share one fair share of each step's budget (see `fair.rs`).
+    /// Which requests share one fair share of each step's prompt budget (see `fair.rs`).
     groups: Groups,
 }
 
@@ -82,69 +101,43 @@ impl Scheduler {
         &self.cfg
     }
 
-    /// Queues a request (FIFO). Refuses one that could never run: empty, `max_tokens == 0`,
-    /// longer than `max_model_len`, or needing more blocks than the whole pool even alone.
+    /// Queues a request (FIFO); shorthand for [`Self::add`] with no stop tokens.
     pub fn add_request(
         &mut self,
         id: RequestId,
         prompt: Vec<TokenId>,
         max_tokens: usize,
     ) -> Result<(), SchedulerError> {
-        self.add_request_with(id, prompt, max_tokens, false)
+        self.add(NewRequest::new(id, prompt, max_tokens))
     }
 
-    /// [`Scheduler::add_request`], optionally computing every prompt token even when the prefix
-    /// cache holds some (a request that wants prompt log-probabilities needs their logits).
-    pub fn add_request_with(
-        &mut self,
-        id: RequestId,
-        prompt: Vec<TokenId>,
-        max_tokens: usize,
-        skip_prefix_cache: bool,
-    ) -> Result<(), SchedulerError> {
-        if self.requests.contains_key(&id) {
-            return Err(SchedulerError::DuplicateId(id));
+    /// Queues a request (FIFO). Refuses one that could never run
+    /// ([`SchedulerConfig::check_request`]: empty, longer than `max_model_len`, or needing more
+    /// blocks than the whole pool even alone) and a duplicate id.
+    pub fn add(&mut self, r: NewRequest) -> Result<(), SchedulerError> {
+        if self.requests.contains_key(&r.id) {
+            return Err(SchedulerError::DuplicateId(r.id));
         }
-        if prompt.is_empty() {
-            return Err(SchedulerError::EmptyPrompt);
-        }
-        if max_tokens == 0 {
-            return Err(SchedulerError::ZeroMaxTokens);
-        }
-        let max_model_len = self.cfg.max_model_len;
-        if prompt.len().saturating_add(max_tokens) > max_model_len {
-            return Err(SchedulerError::TooLong {
-                prompt_tokens: prompt.len(),
-                max_tokens,
-                max_model_len,
-            });
-        }
-        // The last sampled token is never fed back, so its KV slot is never needed.
-        let needed_blocks = (prompt.len() + max_tokens - 1).div_ceil(self.cfg.block_size);
-        if needed_blocks > self.cfg.num_blocks {
-            return Err(SchedulerError::DoesNotFit {
-                needed_blocks,
-                num_blocks: self.cfg.num_blocks,
-            });
-        }
-        let num_prompt_tokens = prompt.len();
+        self.cfg.check_request(r.prompt.len(), r.max_tokens)?;
         let req = Request {
-            id,
-            tokens: prompt,
-            num_prompt_tokens,
-            max_tokens,
+            id: r.id,
+            num_prompt_tokens: r.prompt.len(),
+            tokens: r.prompt,
+            max_tokens: r.max_tokens,
+            stop_token_ids: r.stop_token_ids,
             num_computed_tokens: 0,
-            skip_prefix_cache,
+            skip_prefix_cache: r.skip_prefix_cache,
             num_cached_tokens: None,
             num_preemptions: 0,
+            draft: Vec::new(),
         };
-        self.requests.insert(id, req);
-        self.waiting.push_back(id);
+        self.requests.insert(r.id, req);
+        self.waiting.push_back(r.id);
         Ok(())
     }
 
     /// Puts a live request in `group`: the requests of one group share one fair share of each
-    /// step's token budget (see `fair.rs`); a request in no group has a share of its own.
+    /// step's prompt budget (see `fair.rs`); a request in no group has a share of its own.
     /// False when `id` is unknown.
     pub fn set_group(&mut self, id: RequestId, group: u64) -> bool {
         if !self.requests.contains_key(&id) {
@@ -154,60 +147,70 @@ impl Scheduler {
         true
     }
 
-    /// `(request, tokens it wants this step)` for the running requests and the waiting ones that
-    /// have a seat, in scheduling order: the demands the budget is shared over.
-    fn wants(&self) -> Vec<(RequestId, usize)> {
+    /// `(request, prompt tokens it wants this step)` for the running requests with a prompt left
+    /// to compute and the waiting ones that have a seat, in scheduling order: the demands the
+    /// prompt tier's budget is shared over.
+    fn prompt_wants(&self) -> Vec<(RequestId, usize)> {
         let seats = self.cfg.max_num_seqs.saturating_sub(self.running.len());
-        let running = self.running.iter().map(|&id| (id, &self.requests[&id]));
-        let waiting = self
-            .waiting
-            .iter()
-            .take(seats)
-            .map(|&id| (id, &self.requests[&id]));
+        let running = self.running.iter().filter(|&id| {
+            let r = &self.requests[id];
+            Work::of(r.num_tokens(), r.num_computed_tokens) == Work::Prefill
+        });
         running
-            .chain(waiting)
-            .map(|(id, r)| (id, self.num_to_schedule(r)))
+            .chain(self.waiting.iter().take(seats))
+            .map(|&id| (id, self.num_to_schedule(&self.requests[&id])))
             .collect()
     }
 
-    /// Plans one step; see the crate docs. Must be followed by [`Self::update`] with its output
-    /// before the next call (the KV manager already counts the scheduled tokens as computed).
+    /// Plans one step; see the crate docs and [`crate::admission`] for who gets the budget.
+    /// Must be followed by [`Self::update`] with its output before the next call (the KV manager
+    /// already counts the scheduled tokens as computed).
     pub fn schedule(&mut self) -> SchedulerOutput {
-        let mut budget = self.cfg.max_num_batched_tokens;
-        let mut shares = self.groups.shares(budget, &self.wants());
-        // (id, start, number of tokens), in scheduling order.
-        let mut plan: Vec<(RequestId, usize, usize)> = Vec::new();
+        let mut budget = Budget::new(self.cfg.max_num_batched_tokens);
+        let mut plan: Vec<Planned> = Vec::new();
         let mut preempted = Vec::new();
 
-        // Running requests, oldest first, each within its group's share.
-        let mut i = 0;
-        'running: while i < self.running.len() && budget > 0 {
-            let id = self.running[i];
-            let key = self.groups.key(id);
-            let req = &self.requests[&id];
-            let n = self.num_to_schedule(req).min(budget).min(shares.left(key));
-            if n == 0 {
+        // Fair shares of the prompt tier, set once the decodes have taken theirs.
+        let mut shares = Shares::default();
+
+        // Running requests, oldest first: decodes, then unfinished prompts (each within its
+        // group's share).
+        'tiers: for tier in [Work::Decode, Work::Prefill] {
+            if tier == Work::Prefill {
+                shares = self.groups.shares(budget.left(), &self.prompt_wants());
+            }
+            let mut i = 0;
+            while i < self.running.len() && budget.left() > 0 {
+                let id = self.running[i];
+                let req = &self.requests[&id];
                 i += 1;
-                continue;
-            }
-            debug_assert_eq!(self.kv.num_computed_slots(id), req.num_computed_tokens);
-            while self
-                .kv
-                .allocate_slots(id, &self.requests[&id].tokens, n, None)
-                .is_none()
-            {
-                let victim = self.running.pop().expect("the request itself is running");
-                self.preempt(victim);
-                preempted.push(victim);
-                if victim == id {
-                    break 'running;
+                if Work::of(req.num_tokens(), req.num_computed_tokens) != tier {
+                    continue;
                 }
+                debug_assert_eq!(self.kv.num_computed_slots(id), req.num_computed_tokens);
+                let key = self.groups.key(id);
+                let want = match tier {
+                    Work::Decode => self.num_to_schedule(req),
+                    Work::Prefill => self.num_to_schedule(req).min(shares.left(key)),
+                };
+                let n = budget.take(want);
+                if n == 0 {
+                    continue;
+                }
+                if !self.allocate_or_preempt(id, n, &mut plan, &mut budget, &mut preempted) {
+                    break 'tiers;
+                }
+                shares.take(key, n);
+                let start = self.requests[&id].num_computed_tokens;
+                plan.push(Planned {
+                    id,
+                    start,
+                    n,
+                    draft: Vec::new(),
+                });
+                // Preemption removed requests from the end of `running`, never before `i`.
+                i = i.min(self.running.len());
             }
-            let req = &self.requests[&id];
-            plan.push((id, req.num_computed_tokens, n));
-            budget -= n;
-            shares.take(key, n);
-            i += 1;
         }
 
         // Waiting requests in FIFO order within their group's share (a group with none left is
@@ -215,7 +218,7 @@ impl Scheduler {
         if preempted.is_empty() {
             let mut w = 0;
             while w < self.waiting.len() {
-                if budget == 0 || self.running.len() >= self.cfg.max_num_seqs {
+                if budget.left() == 0 || self.running.len() >= self.cfg.max_num_seqs {
                     break;
                 }
                 let id = self.waiting[w];
@@ -231,7 +234,7 @@ impl Scheduler {
                     self.kv.get_computed_blocks(&req.tokens)
                 };
                 let n = (req.num_tokens() - computed.num_computed_tokens)
-                    .min(budget)
+                    .min(budget.left())
                     .min(shares.left(key));
                 if self
                     .kv
@@ -240,33 +243,30 @@ impl Scheduler {
                 {
                     break;
                 }
+                budget.take(n);
+                shares.take(key, n);
                 self.waiting.remove(w);
                 self.running.push(id);
                 let req = self.requests.get_mut(&id).expect("waiting ids are live");
                 req.num_computed_tokens = computed.num_computed_tokens;
                 req.num_cached_tokens
                     .get_or_insert(computed.num_computed_tokens);
-                plan.push((id, computed.num_computed_tokens, n));
-                budget -= n;
-                shares.take(key, n);
+                plan.push(Planned {
+                    id,
+                    start: computed.num_computed_tokens,
+                    n,
+                    draft: Vec::new(),
+                });
             }
         }
+
         self.spend_leftover(&mut plan, &mut budget);
 
-        let scheduled: Vec<ScheduledSeq> = plan
-            .into_iter()
-            .map(|(id, start, n)| {
-                let req = &self.requests[&id];
-                ScheduledSeq {
-                    id,
-                    start,
-                    tokens: req.tokens[start..start + n].to_vec(),
-                    block_table: self.kv.block_table(id).to_vec(),
-                    sample: start + n == req.num_tokens(),
-                    num_cached_tokens: req.num_cached_tokens(),
-                }
-            })
-            .collect();
+        if self.waiting.is_empty() {
+            self.plan_drafts(&mut plan, &mut budget);
+        }
+        let scheduled: Vec<ScheduledSeq> =
+            plan.into_iter().map(|p| self.scheduled_seq(p)).collect();
         let num_batched_tokens = scheduled.iter().map(|s| s.tokens.len()).sum();
         SchedulerOutput {
             scheduled,
@@ -275,9 +275,39 @@ impl Scheduler {
         }
     }
 
+    /// Grows running request `id` by `n` slots, preempting the newest running requests until they
+    /// fit (dropping any of them already planned, and giving back their budget). False when `id`
+    /// itself had to go: memory is exhausted for this step.
+    fn allocate_or_preempt(
+        &mut self,
+        id: RequestId,
+        n: usize,
+        plan: &mut Vec<Planned>,
+        budget: &mut Budget,
+        preempted: &mut Vec<RequestId>,
+    ) -> bool {
+        while self
+            .kv
+            .allocate_slots(id, &self.requests[&id].tokens, n, None)
+            .is_none()
+        {
+            let victim = self.running.pop().expect("the request itself is running");
+            self.preempt(victim);
+            preempted.push(victim);
+            if let Some(at) = plan.iter().position(|p| p.id == victim) {
+                budget.give_back(plan.remove(at).n);
+            }
+            if victim == id {
+                budget.give_back(n);
+                return false;
+            }
+        }
+        true
+    }
+
     /// True when a running request is still computing full blocks that waiting request `id`
     /// shares with it: admitted now, `id` would compute them a second time; a few steps later
-    /// the prefix cache hands them over. (First come, first served got this for free; fair
+    /// the prefix cache hands them over. (Whole prompts in arrival order got this for free; fair
     /// shares would otherwise prefill a burst of requests with one system prompt side by side.)
     fn prefix_in_progress(&self, id: RequestId) -> bool {
         let req = &self.requests[&id];
@@ -300,35 +330,88 @@ impl Scheduler {
         })
     }
 
-    /// Work-conserving: budget that fair shares left unused (a group's cache hits, a share
-    /// nobody could take) goes to planned requests that want more, in plan order, as long as
-    /// their blocks can be had without preempting anyone.
-    fn spend_leftover(&mut self, plan: &mut [(RequestId, usize, usize)], budget: &mut usize) {
-        for (id, start, n) in plan.iter_mut() {
-            if *budget == 0 {
+    /// Work-conserving: prompt budget that fair shares left unused (a group's cache hits, a
+    /// share nobody could take) goes to planned requests with prompt tokens left, in plan order,
+    /// as long as their blocks can be had without preempting anyone.
+    fn spend_leftover(&mut self, plan: &mut [Planned], budget: &mut Budget) {
+        for p in plan.iter_mut() {
+            if budget.left() == 0 {
                 return;
             }
-            let req = &self.requests[id];
-            let more = (req.num_tokens() - (*start + *n)).min(*budget);
+            let req = &self.requests[&p.id];
+            let more = (req.num_tokens() - (p.start + p.n)).min(budget.left());
             if more > 0
-                && !self.capped(req)
                 && self
                     .kv
-                    .allocate_slots(*id, &req.tokens, more, None)
+                    .allocate_slots(p.id, &req.tokens, more, None)
                     .is_some()
             {
-                *n += more;
-                *budget -= more;
+                p.n += budget.take(more);
             }
         }
     }
 
-    /// Tokens `req` still has to compute; 0 for a length-capped request (it only awaits
-    /// `finish`, and computing its last token would sample past its limit).
-    fn num_to_schedule(&self, req: &Request) -> usize {
-        if self.capped(req) {
-            return 0;
+    /// Adds each decoding request's draft (as far as the leftover budget, its limits and free
+    /// blocks allow) to its planned step. Drafts are consumed whether they fit or not.
+    fn plan_drafts(&mut self, plan: &mut [Planned], budget: &mut Budget) {
+        let max_model_len = self.cfg.max_model_len;
+        for p in plan.iter_mut() {
+            let req = self.requests.get_mut(&p.id).expect("planned ids are live");
+            if req.draft.is_empty()
+                || p.start + p.n != req.num_tokens()
+                || is_capped(req, max_model_len)
+            {
+                continue;
+            }
+            let mut draft = std::mem::take(&mut req.draft);
+            let room = DraftRoom {
+                num_tokens: req.num_tokens(),
+                output_len: req.output().len(),
+                max_tokens: req.max_tokens,
+                max_model_len,
+            };
+            draft.truncate(room.cap(draft.len(), budget.left()));
+            // Best effort: drafts never preempt anyone.
+            if !draft.is_empty()
+                && self
+                    .kv
+                    .allocate_slots(p.id, &req.tokens, draft.len(), None)
+                    .is_some()
+            {
+                budget.take(draft.len());
+                p.draft = draft;
+            }
         }
+    }
+
+    fn scheduled_seq(&self, p: Planned) -> ScheduledSeq {
+        let req = &self.requests[&p.id];
+        let mut tokens = Vec::with_capacity(p.n + p.draft.len());
+        tokens.extend_from_slice(&req.tokens[p.start..p.start + p.n]);
+        tokens.extend_from_slice(&p.draft);
+        ScheduledSeq {
+            id: p.id,
+            start: p.start,
+            tokens,
+            num_draft: p.draft.len(),
+            block_table: self.kv.block_table(p.id).to_vec(),
+            sample: p.start + p.n == req.num_tokens() && !self.capped(req),
+            num_cached_tokens: req.num_cached_tokens(),
+        }
+    }
+
+    /// Sets the draft tokens `id` proposes to follow its tokens (speculative decoding): they are
+    /// verified at its next decode step, as far as the budget and its limits allow, and replace
+    /// any earlier draft. Ignored for an unknown id.
+    pub fn set_draft(&mut self, id: RequestId, draft: Vec<TokenId>) {
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.draft = draft;
+        }
+    }
+
+    /// Tokens `req` still has to compute. A live request always has some: one whose tokens are
+    /// all computed has either sampled its next token or finished in [`Self::update`].
+    fn num_to_schedule(&self, req: &Request) -> usize {
         req.num_tokens() - req.num_computed_tokens
     }
 
@@ -338,35 +421,92 @@ impl Scheduler {
         let req = self.requests.get_mut(&id).expect("running ids are live");
         req.num_computed_tokens = 0;
         req.num_preemptions += 1;
+        req.draft.clear();
         self.waiting.push_front(id);
         self.num_preemptions += 1;
     }
 
     /// Applies a step's results: each scheduled request advances by its scheduled tokens, and
-    /// each `(id, token)` in `sampled` is appended to that request's output. Requests finished
-    /// (or aborted) since `schedule` are skipped. Nothing is removed: the caller checks stop
-    /// conditions ([`Self::is_length_capped`], EOS, stop strings) and calls [`Self::finish`].
-    pub fn update(&mut self, out: &SchedulerOutput, sampled: &[(RequestId, TokenId)]) {
+    /// the tokens `sampled` for it (`(id, token)` pairs, a request's together and in order) are
+    /// appended to its output. A request that verified a draft gets the drafts it accepted
+    /// followed by the token sampled after them: its progress counts only the accepted drafts,
+    /// and the slots of the rejected ones are rolled back. Then the scheduler decides who is
+    /// done, the one place that does: a sampled stop token ends a request with `Stop`;
+    /// `max_tokens` outputs, or `max_model_len` tokens, with `Length` (a prefill-only request once
+    /// its prompt is computed). Those are removed, their blocks freed, and returned in scheduling
+    /// order. Requests finished (or aborted) since `schedule` are skipped. Stop strings are the
+    /// caller's: it ends such a request with [`Self::finish`].
+    pub fn update(
+        &mut self,
+        out: &SchedulerOutput,
+        sampled: &[(RequestId, TokenId)],
+    ) -> Vec<Finished> {
+        // id -> its run of `sampled`.
+        let mut runs: HashMap<RequestId, (usize, usize)> = HashMap::new();
+        for (i, &(id, _)) in sampled.iter().enumerate() {
+            let r = runs.entry(id).or_insert((i, i));
+            debug_assert_eq!(r.1, i, "request {id}'s tokens are not together");
+            r.1 = i + 1;
+        }
+        let mut finished = Vec::new();
         for s in &out.scheduled {
-            if let Some(req) = self.requests.get_mut(&s.id) {
-                debug_assert_eq!(req.num_computed_tokens, s.start, "update applied twice?");
-                req.num_computed_tokens = s.start + s.tokens.len();
+            let Some(req) = self.requests.get_mut(&s.id) else {
+                continue;
+            };
+            debug_assert_eq!(req.num_computed_tokens, s.start, "update applied twice?");
+            let toks = runs
+                .get(&s.id)
+                .map_or(&sampled[..0], |&(a, b)| &sampled[a..b]);
+            debug_assert_eq!(
+                !toks.is_empty(),
+                s.sample,
+                "tokens are sampled exactly when asked"
+            );
+            let base = s.tokens.len() - s.num_draft;
+            let accepted = toks.len().saturating_sub(1).min(s.num_draft);
+            debug_assert!(
+                toks[..accepted]
+                    .iter()
+                    .zip(&s.tokens[base..])
+                    .all(|(t, d)| t.1 == *d),
+                "accepted tokens are the draft's"
+            );
+            req.num_computed_tokens = s.start + base + accepted;
+            if s.num_draft > 0 {
+                self.kv.truncate_slots(s.id, req.num_computed_tokens);
+            }
+            if toks.is_empty() && req.num_computed_tokens < req.num_tokens() {
+                continue; // a prompt chunk: more to compute
+            }
+            let mut reason = None;
+            for &(_, t) in toks {
+                req.tokens.push(t);
+                if req.stop_token_ids.contains(&t) {
+                    reason = Some(FinishReason::Stop);
+                    break;
+                }
+                if is_capped(req, self.cfg.max_model_len) {
+                    reason = Some(FinishReason::Length);
+                    break;
+                }
+            }
+            let req = &self.requests[&s.id];
+            let reason = match reason {
+                Some(r) => r,
+                None if toks.is_empty() && self.capped(req) => FinishReason::Length,
+                None => continue,
+            };
+            if let Some(request) = self.finish(s.id) {
+                finished.push(Finished { reason, request });
             }
         }
-        for &(id, tok) in sampled {
-            if let Some(req) = self.requests.get_mut(&id) {
-                debug_assert_eq!(req.num_computed_tokens, req.num_tokens(), "sampled a chunk");
-                req.tokens.push(tok);
-            }
-        }
+        finished
     }
 
-    /// Removes a request (finished or aborted), waiting or running, and frees its blocks.
-    /// False when `id` is unknown.
-    pub fn finish(&mut self, id: RequestId) -> bool {
-        if self.requests.remove(&id).is_none() {
-            return false;
-        }
+    /// Removes a request (aborted, or stopped by the caller), waiting or running, frees its
+    /// blocks and returns it; `None` when `id` is unknown.
+    pub fn finish(&mut self, id: RequestId) -> Option<Request> {
+        let req = self.requests.remove(&id)?;
         self.groups.remove(id);
         if let Some(pos) = self.running.iter().position(|&r| r == id) {
             self.running.remove(pos);
@@ -374,17 +514,13 @@ impl Scheduler {
         } else if let Some(pos) = self.waiting.iter().position(|&r| r == id) {
             self.waiting.remove(pos);
         }
-        true
+        Some(req)
     }
 
+    /// True when `req` may not grow: `max_tokens` outputs (always, for prefill-only) or
+    /// `max_model_len` tokens.
     fn capped(&self, req: &Request) -> bool {
-        req.output().len() >= req.max_tokens || req.num_tokens() >= self.cfg.max_model_len
-    }
-
-    /// True when `id` has `max_tokens` outputs or reached `max_model_len` tokens: the caller
-    /// should finish it with reason "length". False for an unknown id.
-    pub fn is_length_capped(&self, id: RequestId) -> bool {
-        self.requests.get(&id).is_some_and(|r| self.capped(r))
+        is_capped(req, self.cfg.max_model_len)
     }
 
     /// A live request's tokens and progress.
@@ -426,6 +562,21 @@ impl Scheduler {
     pub fn kv(&self) -> &KvCacheManager {
         &self.kv
     }
+
+    /// Turns KV-cache events on (before the first request; see `KvCacheManager::enable_events`).
+    pub fn enable_kv_events(&mut self, hasher: tokenfab_kv_cache::VllmHasher) {
+        self.kv.enable_events(hasher);
+    }
+
+    /// Moves the KV-cache events recorded since the last call into `out`, oldest first.
+    pub fn drain_kv_events(&mut self, out: &mut Vec<tokenfab_kv_cache::KvEvent>) {
+        self.kv.drain_events(out);
+    }
+}
+
+/// True when `req` may not grow: `max_tokens` outputs or `max_model_len` tokens.
+fn is_capped(req: &Request, max_model_len: usize) -> bool {
+    req.output().len() >= req.max_tokens || req.num_tokens() >= max_model_len
 }
 
 #[cfg(test)]

@@ -64,8 +64,10 @@ impl FakeRunner {
         let mut sampled = Vec::new();
         for seq in &out.scheduled {
             let all = s.request(seq.id).unwrap().all_tokens();
-            let end = seq.start + seq.tokens.len();
-            assert_eq!(&all[seq.start..end], &seq.tokens[..]);
+            // Known tokens, then draft tokens to verify.
+            let end = seq.start + seq.tokens.len() - seq.num_draft;
+            let (known, draft) = seq.tokens.split_at(seq.tokens.len() - seq.num_draft);
+            assert_eq!(&all[seq.start..end], known);
             for (pos, &want) in all.iter().enumerate().take(end) {
                 let slot = self.slot(&seq.block_table, pos);
                 assert_eq!(
@@ -75,16 +77,27 @@ impl FakeRunner {
                     seq.id
                 );
             }
+            assert!(
+                seq.sample || draft.is_empty(),
+                "drafts only where a token is sampled"
+            );
             if seq.sample {
-                sampled.push((seq.id, fake_token(seq.id, end)));
+                // The token after each position, while the draft agrees (exact verification).
+                for j in 0..=draft.len() {
+                    let t = fake_token(seq.id, end + j);
+                    sampled.push((seq.id, t));
+                    if draft.get(j) != Some(&t) {
+                        break;
+                    }
+                }
             }
         }
         sampled
     }
 }
 
-/// Runs schedule -> fake execute -> update -> finish at the length cap until nothing is left,
-/// checking the per-step invariants. Returns the outputs of finished requests and the steps taken.
+/// Runs schedule -> fake execute -> update until nothing is left, checking the per-step
+/// invariants. Returns the outputs of finished requests and the steps taken.
 fn run_all(s: &mut Scheduler, max_steps: usize) -> (HashMap<RequestId, Vec<TokenId>>, usize) {
     let mut runner = FakeRunner::new(s.config());
     run_all_with(s, &mut runner, max_steps)
@@ -115,12 +128,13 @@ fn run_all_with(
         let out = s.schedule();
         check_step(s, &out);
         let sampled = runner.execute(s, &out);
-        s.update(&out, &sampled);
-        for (id, _) in sampled {
-            if s.is_length_capped(id) {
-                done.insert(id, s.request(id).unwrap().output().to_vec());
-                assert!(s.finish(id));
-            }
+        for f in s.update(&out, &sampled) {
+            assert_eq!(f.reason, FinishReason::Length);
+            assert!(
+                s.request(f.request.id()).is_none(),
+                "finished but still live"
+            );
+            done.insert(f.request.id(), f.request.output().to_vec());
         }
     }
     (done, steps)
@@ -177,10 +191,6 @@ fn add_request_rejects_what_can_never_run() {
     assert_eq!(
         s.add_request(1, vec![], 4),
         Err(SchedulerError::EmptyPrompt)
-    );
-    assert_eq!(
-        s.add_request(1, vec![1], 0),
-        Err(SchedulerError::ZeroMaxTokens)
     );
     let e = s.add_request(1, prompt(1, 15), 6).unwrap_err();
     assert_eq!(
@@ -240,11 +250,12 @@ fn one_request_prefills_then_decodes_one_token_per_step() {
         3,
         "position 11 is still in block 2"
     );
-    s.update(&out, &[(7, 502)]);
-    assert!(s.is_length_capped(7));
-    // A length-capped request is not scheduled again; it waits for `finish`.
+    let done = s.update(&out, &[(7, 502)]);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].reason, FinishReason::Length);
+    assert_eq!(done[0].request.output(), &[500, 501, 502]);
     assert!(s.schedule().scheduled.is_empty());
-    assert!(s.finish(7));
+    assert!(s.finish(7).is_none(), "already removed");
     assert!(!s.has_unfinished());
     assert_eq!(s.kv_usage(), 0.0);
 }
@@ -339,13 +350,13 @@ fn abort_waiting_and_running_requests() {
     let out = s.schedule();
     assert_eq!((s.num_running(), s.num_waiting()), (1, 1));
     assert!(s.kv_usage() > 0.0);
-    assert!(s.finish(2), "abort a waiting request");
+    assert!(s.finish(2).is_some(), "abort a waiting request");
     assert_eq!(s.num_waiting(), 0);
-    assert!(s.finish(1), "abort a running request");
+    assert!(s.finish(1).is_some(), "abort a running request");
     assert_eq!(s.kv_usage(), 0.0);
-    assert!(!s.finish(1));
+    assert!(s.finish(1).is_none());
     // The step's results arriving after the abort are ignored.
-    s.update(&out, &[(1, 5)]);
+    assert!(s.update(&out, &[(1, 5)]).is_empty());
     assert!(!s.has_unfinished());
     assert!(s.schedule().scheduled.is_empty());
 }
@@ -569,7 +580,8 @@ fn randomized_workloads_complete_under_many_configs() {
         let mut total = 0;
         for id in 0..(1 + rand(12)) as u64 {
             let len = 1 + rand(3 * block_size + 2);
-            let max_tokens = 1 + rand(2 * block_size + 2);
+            // 0 now and then: prefill-only requests mixed in.
+            let max_tokens = rand(2 * block_size + 3);
             // Few distinct prompt seeds, so prefixes repeat.
             let mut p = prompt(rand(3) as u32, len);
             *p.last_mut().unwrap() += rand(2) as u32;
@@ -608,3 +620,82 @@ fn a_request_filling_the_whole_pool_still_runs_among_others() {
     assert_eq!(done.len(), 3);
     assert!(steps < 200);
 }
+
+#[test]
+fn a_prefill_only_request_computes_its_prompt_in_chunks_and_samples_nothing() {
+    let mut s = Scheduler::new(cfg(8, 4, 4, 16)).unwrap();
+    let mut runner = FakeRunner::new(s.config());
+    s.add_request(1, prompt(1, 20), 0).unwrap();
+    let mut computed = 0;
+    let done = loop {
+        let out = s.schedule();
+        check_step(&s, &out);
+        let q = &out.scheduled[0];
+        assert_eq!((q.start, q.tokens.len()), (computed, 8.min(20 - computed)));
+        assert!(!q.sample, "a prefill-only request never samples");
+        computed += q.tokens.len();
+        assert!(runner.execute(&s, &out).is_empty());
+        let done = s.update(&out, &[]);
+        if computed < 20 {
+            assert!(done.is_empty() && s.request(1).is_some());
+        } else {
+            break done;
+        }
+    };
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].reason, FinishReason::Length);
+    assert_eq!(
+        (done[0].request.prompt().len(), done[0].request.output()),
+        (20, &[][..])
+    );
+    assert!(!s.has_unfinished());
+    assert_eq!(s.kv_usage(), 0.0);
+    // A prompt that fills the context exactly is fine when nothing is generated.
+    let mut c = cfg(64, 4, 4, 16);
+    c.max_model_len = 20;
+    let mut s = Scheduler::new(c).unwrap();
+    assert!(s.add_request(2, prompt(2, 20), 0).is_ok());
+    assert!(s.add_request(3, prompt(3, 20), 1).is_err());
+}
+
+#[test]
+fn a_sampled_stop_token_ends_the_request_and_is_kept() {
+    let mut s = Scheduler::new(cfg(64, 4, 4, 16)).unwrap();
+    s.add(NewRequest {
+        stop_token_ids: vec![2, 9],
+        ..NewRequest::new(1, prompt(1, 5), 10)
+    })
+    .unwrap();
+    s.add_request(2, prompt(2, 5), 10).unwrap();
+    let out = s.schedule();
+    assert!(
+        s.update(&out, &[(1, 4), (2, 9)]).is_empty(),
+        "9 stops only 1"
+    );
+    let out = s.schedule();
+    let done = s.update(&out, &[(1, 9), (2, 2)]);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].reason, FinishReason::Stop);
+    assert_eq!(done[0].request.output(), &[4, 9]);
+    assert_eq!(s.request(2).unwrap().output(), &[9, 2]);
+    assert_eq!(s.num_running(), 1);
+}
+
+#[test]
+fn the_context_length_caps_a_request_before_max_tokens() {
+    let mut c = cfg(64, 4, 4, 16);
+    c.max_model_len = 8;
+    let mut s = Scheduler::new(c).unwrap();
+    s.add_request(1, prompt(1, 6), 2).unwrap();
+    let (done, _) = run_all(&mut s, 10);
+    assert_eq!(done[&1].len(), 2);
+    let e = s.config().check_request(6, 3).unwrap_err();
+    assert!(matches!(e, SchedulerError::TooLong { .. }), "{e}");
+    assert_eq!(
+        s.config().check_request(0, 3),
+        Err(SchedulerError::EmptyPrompt)
+    );
+}
+
+#[path = "draft_tests.rs"]
+mod drafts;

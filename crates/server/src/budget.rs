@@ -151,15 +151,15 @@ pub fn work_of(v: &ValidRequest, max_token_bytes: usize) -> Work {
         choices: v.num_choices(),
         ..Work::default()
     };
-    for p in &v.prompts {
-        let echoed = if v.echo { p.tokens.len() } else { 0 };
+    for p in v.prompts() {
+        let echoed = if v.echo() { p.tokens().len() } else { 0 };
         let entries = v
-            .logprobs
-            .map_or(0, |k| (p.max_tokens + echoed).saturating_mul(k + 1));
-        let text = if v.echo { p.text.len() } else { 0 }
-            .saturating_add(p.max_tokens.saturating_mul(max_token_bytes));
-        let n = v.n;
-        w.prompt_tokens = w.prompt_tokens.saturating_add(p.tokens.len() * n);
+            .logprobs()
+            .map_or(0, |k| (p.max_tokens() + echoed).saturating_mul(k + 1));
+        let text = if v.echo() { p.text().len() } else { 0 }
+            .saturating_add(p.max_tokens().saturating_mul(max_token_bytes));
+        let n = v.n();
+        w.prompt_tokens = w.prompt_tokens.saturating_add(p.tokens().len() * n);
         w.logprob_entries = w.logprob_entries.saturating_add(entries.saturating_mul(n));
         let bytes = text.saturating_add(entries.saturating_mul(LOGPROB_ENTRY_BYTES));
         w.response_bytes = w.response_bytes.saturating_add(bytes.saturating_mul(n));
@@ -169,10 +169,10 @@ pub fn work_of(v: &ValidRequest, max_token_bytes: usize) -> Work {
 
 /// The checks of a validated request against the budget (called at the end of validation).
 pub fn check(v: &ValidRequest, f: &SamplingFields, l: &Limits) -> ApiResult<()> {
-    check_best_of(f, v.n)?;
+    check_best_of(f, v.n())?;
     let b = &l.work;
     let w = work_of(v, b.max_token_bytes);
-    let shape = format!("{} prompt(s) x `n` {}", v.prompts.len(), v.n);
+    let shape = format!("{} prompt(s) x `n` {}", v.prompts().len(), v.n());
     if w.choices > b.max_choices {
         return Err(ApiError::invalid(
             "n",

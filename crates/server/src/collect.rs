@@ -78,13 +78,13 @@ pub fn chat_response(
     outs: Vec<ChoiceOut>,
     vocab: &Vocab,
 ) -> ChatCompletion {
-    let mut tally = Tally::new(v.prompts.len(), v.n);
+    let mut tally = Tally::new(v.prompts().len(), v.n());
     let choices = outs
         .into_iter()
         .enumerate()
         .map(|(index, o)| {
-            tally.end(index, &o.usage, true);
-            let logprobs = v.logprobs.map(|_| ChatLogprobs {
+            tally.end(index, &o.usage);
+            let logprobs = v.logprobs().map(|_| ChatLogprobs {
                 content: o
                     .tokens
                     .iter()
@@ -118,33 +118,30 @@ pub fn completion_response(
     outs: Vec<ChoiceOut>,
     vocab: &Vocab,
 ) -> Completion {
-    let mut tally = Tally::new(v.prompts.len(), v.n);
+    let mut tally = Tally::new(v.prompts().len(), v.n());
     let choices = outs
         .into_iter()
         .enumerate()
         .map(|(index, o)| {
-            let prompt = &v.prompts[index / v.n];
-            let discard = prompt.max_tokens == 0;
-            tally.end(index, &o.usage, !discard);
+            let prompt = &v.prompts()[index / v.n()];
+            tally.end(index, &o.usage);
             let mut text = String::new();
-            let mut b = CompletionLogprobsBuilder::new(vocab.clone(), v.tokens_as_ids);
+            let mut b = CompletionLogprobsBuilder::new(vocab.clone(), v.tokens_as_ids());
             let mut lp = CompletionLogprobs::default();
-            if v.echo {
-                text.push_str(&prompt.text);
-                b.push_prompt(&mut lp, &prompt.tokens, &o.prompt_logprobs);
+            if v.echo() {
+                text.push_str(prompt.text());
+                b.push_prompt(&mut lp, prompt.tokens(), &o.prompt_logprobs);
             }
-            if !discard {
-                text.push_str(&o.text);
-                // Offsets follow the tokens' pieces (as vLLM's do); held-back text has no token.
-                for (t, l) in &o.tokens {
-                    b.push(&mut lp, *t, l.as_ref());
-                }
+            text.push_str(&o.text);
+            // Offsets follow the tokens' pieces (as vLLM's do); held-back text has no token.
+            for (t, l) in &o.tokens {
+                b.push(&mut lp, *t, l.as_ref());
             }
             CompletionChoice {
                 index,
                 text,
-                logprobs: v.logprobs.map(|_| lp),
-                finish_reason: Some(if discard { "length" } else { o.finish.as_str() }),
+                logprobs: v.logprobs().map(|_| lp),
+                finish_reason: Some(o.finish.as_str()),
             }
         })
         .collect();

@@ -7,7 +7,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tokenfab_engine::SubmitError;
+use tokenfab_engine::{Error as EngineError, SchedulerError};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -25,14 +25,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("The request body is larger than {limit} bytes.")]
     PayloadTooLarge { limit: usize },
-    #[error(
-        "The server is at capacity ({max} requests waiting); retry after {retry_after_secs} s."
-    )]
-    QueueFull { max: usize, retry_after_secs: u64 },
     #[error("Too many requests for this API key; retry after {retry_after_secs} s.")]
     RateLimited { retry_after_secs: u64 },
-    #[error("The server is shutting down and accepts no new requests.")]
-    ShuttingDown,
     /// A connection over `--max-connections`, answered by the listener and closed.
     #[error(
         "The server has {max} connections open, its limit (--max-connections); retry shortly."
@@ -54,7 +48,12 @@ pub enum ApiError {
         "The client read nothing of its stream for {secs} s (--stream-timeout); the request was aborted."
     )]
     StreamTimeout { secs: f64 },
-    /// The engine failed the request; the engine promises the message is safe to show.
+    /// The engine refused the request (or a token id failed the engine's range check); the
+    /// table maps each kind of refusal to its own status.
+    #[error("{}", refusal_message(.0))]
+    Refused(EngineError),
+    /// The engine failed the request after accepting it; the engine promises the message is
+    /// safe to show.
     #[error("{0}")]
     Engine(String),
     /// Anything else: logged in full, answered with a generic message.
@@ -116,17 +115,22 @@ impl ApiError {
                 "invalid_request_error",
                 Some("request_too_large"),
             ),
-            QueueFull { .. } => (
+            RateLimited { .. } | Refused(EngineError::QueueFull { .. }) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
                 Some("rate_limit_exceeded"),
             ),
-            RateLimited { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                Some("rate_limit_exceeded"),
+            RouteNotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", None),
+            Refused(EngineError::TokenOutOfRange { .. })
+            | Refused(EngineError::Scheduler(
+                SchedulerError::EmptyPrompt | SchedulerError::TooLong { .. },
+            )) => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
+            Refused(EngineError::Scheduler(SchedulerError::DoesNotFit { .. })) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
             ),
-            ShuttingDown => (
+            Refused(EngineError::ShuttingDown) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
                 Some("server_shutting_down"),
@@ -136,7 +140,6 @@ impl ApiError {
                 "service_unavailable",
                 Some("too_many_connections"),
             ),
-            RouteNotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", None),
             UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "invalid_request_error",
@@ -152,6 +155,12 @@ impl ApiError {
                 "timeout_error",
                 Some("stream_timeout"),
             ),
+            Refused(EngineError::EngineDead) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                Some("engine_stopped"),
+            ),
+            Refused(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
             Engine(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
         }
@@ -162,12 +171,16 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let (status, kind, code) = self.status_type_code();
         let message = match self {
-            ApiError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
+            ApiError::Internal(_) | ApiError::Refused(_)
+                if status == StatusCode::INTERNAL_SERVER_ERROR =>
+            {
+                tracing::error!(detail = %self, "internal error");
                 GENERIC_INTERNAL.to_string()
             }
             // Refusals under load are expected; the listener and the drain log them once.
-            ApiError::ShuttingDown | ApiError::TooManyConnections { .. } => self.to_string(),
+            ApiError::Refused(EngineError::ShuttingDown) | ApiError::TooManyConnections { .. } => {
+                self.to_string()
+            }
             other => {
                 if status.is_server_error() {
                     tracing::warn!(error = %other, "request failed");
@@ -177,6 +190,9 @@ impl ApiError {
         };
         let param = match self {
             ApiError::InvalidRequest { param, .. } => param.clone(),
+            ApiError::Refused(EngineError::TokenOutOfRange { field, .. }) => {
+                Some(field.to_string())
+            }
             _ => None,
         };
         ErrorBody {
@@ -190,20 +206,28 @@ impl ApiError {
     }
 }
 
-impl From<SubmitError> for ApiError {
-    fn from(e: SubmitError) -> Self {
-        match e {
-            SubmitError::QueueFull {
-                max,
-                retry_after_secs,
-            } => ApiError::QueueFull {
-                max,
-                retry_after_secs,
-            },
-            SubmitError::ShuttingDown => ApiError::ShuttingDown,
-            SubmitError::Invalid(m) => ApiError::bad_request(m),
-            SubmitError::EngineDead => ApiError::Internal("the engine thread has stopped".into()),
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        ApiError::Refused(e)
+    }
+}
+
+/// What a client reads for each refusal (the engine's own words, capitalized as ours are).
+fn refusal_message(e: &EngineError) -> String {
+    match e {
+        EngineError::QueueFull {
+            max,
+            retry_after_secs,
+        } => format!(
+            "The server is at capacity ({max} requests waiting); retry after {retry_after_secs} s."
+        ),
+        EngineError::ShuttingDown => {
+            "The server is shutting down and accepts no new requests.".into()
         }
+        EngineError::EngineDead => {
+            "The engine has stopped; the server cannot serve requests.".into()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -211,9 +235,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.status_type_code();
         let mut resp = (status, axum::Json(self.body())).into_response();
-        if let ApiError::QueueFull {
+        if let ApiError::Refused(EngineError::QueueFull {
             retry_after_secs, ..
-        }
+        })
         | ApiError::RateLimited { retry_after_secs } = self
         {
             resp.headers_mut()
@@ -253,7 +277,7 @@ mod tests {
 
     #[test]
     fn queue_full_sets_retry_after() {
-        let r = ApiError::from(SubmitError::QueueFull {
+        let r = ApiError::from(EngineError::QueueFull {
             max: 1,
             retry_after_secs: 3,
         })
@@ -269,6 +293,40 @@ mod tests {
         assert_eq!(shown_number(101.0), "101");
         assert_eq!(shown_number(0.0), "0");
         assert_eq!(shown_number(f64::INFINITY), "inf");
+    }
+
+    #[test]
+    fn engine_refusals_keep_their_status() {
+        let status = |e: EngineError| ApiError::from(e).status_type_code().0.as_u16();
+        let too_long = SchedulerError::TooLong {
+            prompt_tokens: 10,
+            max_tokens: 5,
+            max_model_len: 12,
+        };
+        assert_eq!(status(EngineError::Scheduler(too_long)), 400);
+        assert_eq!(
+            status(EngineError::Scheduler(SchedulerError::EmptyPrompt)),
+            400
+        );
+        let too_big = SchedulerError::DoesNotFit {
+            needed_blocks: 9,
+            num_blocks: 4,
+        };
+        assert_eq!(status(EngineError::Scheduler(too_big)), 413);
+        assert_eq!(status(EngineError::ShuttingDown), 503);
+        assert_eq!(status(EngineError::EngineDead), 503);
+        assert_eq!(status(EngineError::Invalid("x".into())), 500);
+        let e = ApiError::from(tokenfab_engine::check_token_id("logit_bias", 70, 50).unwrap_err());
+        let body = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(body["error"]["param"], "logit_bias");
+        assert_eq!(
+            body["error"]["message"],
+            "`logit_bias` token ids must be in [0, 50). Given: 70"
+        );
+        let hidden =
+            serde_json::to_value(ApiError::from(EngineError::Invalid("secret".into())).body())
+                .unwrap();
+        assert_eq!(hidden["error"]["message"], GENERIC_INTERNAL);
     }
 
     #[test]

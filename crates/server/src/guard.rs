@@ -58,7 +58,7 @@ pub async fn drain(State(s): State<AppState>, req: Request, next: Next) -> Respo
     }
     let generation = req.method() == Method::POST && req.uri().path().starts_with("/v1/");
     let mut resp = if generation {
-        ApiError::ShuttingDown.into_response()
+        ApiError::Refused(tokenfab_engine::Error::ShuttingDown).into_response()
     } else {
         next.run(req).await
     };

@@ -3,10 +3,11 @@
 //! Code map: `openai.rs` request/response bodies; `json.rs` reads a body (413/400); `validation.rs`
 //! turns a request into a `ValidRequest`; `routes.rs` the handlers; `stream.rs` the SSE state
 //! machines; `sse.rs` drives them over the engine streams; `collect.rs` non-streaming bodies;
-//! `logprobs.rs` both logprobs shapes; `auth.rs` API keys; `error.rs` the one error enum and its
-//! HTTP mapping table. Hardening: `listen.rs` (connections: timeouts, limit, drain), `guard.rs`
-//! (415 for non-JSON bodies, drain manners), `budget.rs` (per-request work budget), `messages.rs`
-//! (chat roles, shielded special-token text).
+//! `logprobs.rs` both logprobs shapes; `auth.rs` API keys; `tokenizer_info.rs` the tokenizer's
+//! configuration as vLLM serves it; `error.rs` the one error enum and its HTTP mapping table.
+//! Hardening: `listen.rs` (connections: timeouts, limit, drain), `guard.rs` (415 for non-JSON
+//! bodies, drain manners), `budget.rs` (per-request work budget), `messages.rs` (chat roles,
+//! shielded special-token text).
 //!
 //! Invariant: handlers hand the engine nothing but what `validation.rs` produced, and every
 //! `RequestStream` is owned by the response (SSE body or handler future), so a client that goes
@@ -26,6 +27,7 @@ pub mod ratelimit;
 mod routes;
 mod sse;
 pub mod stream;
+mod tokenizer_info;
 pub mod validation;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -136,7 +138,8 @@ pub struct AppState {
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 /// The router with every route: /v1/chat/completions, /v1/completions, /v1/models,
-/// /v1/models/{id}, /tokenize, /detokenize, /health, /ready, /metrics, /openapi.json.
+/// /v1/models/{id}, /tokenize, /detokenize, /tokenizer_info, /health, /ready, /metrics,
+/// /openapi.json.
 pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
     app_counted(engine, cfg, Arc::default())
 }
@@ -195,6 +198,8 @@ fn app_counted(engine: EngineHandle, cfg: ServerConfig, in_flight: Arc<AtomicUsi
         ));
     Router::new()
         .merge(v1)
+        // A GET of the tokenizer's settings: no model work, no key (as /health and /metrics).
+        .route("/tokenizer_info", get(tokenizer_info::tokenizer_info))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))

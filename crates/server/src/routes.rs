@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use tokenfab_engine::RequestStream;
+use tokenfab_engine::{check_token_id, RequestStream};
 
 use crate::budget;
 use crate::collect::{chat_response, collect, completion_response};
@@ -91,11 +91,11 @@ fn log_request(route: &str, meta: &Meta, v: &ValidRequest) {
     tracing::debug!(
         route,
         id = %meta.id,
-        prompts = v.prompts.len(),
-        prompt_tokens = v.prompts.iter().map(|p| p.tokens.len()).sum::<usize>(),
-        max_tokens = v.prompts.first().map_or(0, |p| p.max_tokens),
-        n = v.n,
-        stream = v.stream,
+        prompts = v.prompts().len(),
+        prompt_tokens = v.prompts().iter().map(|p| p.tokens().len()).sum::<usize>(),
+        max_tokens = v.prompts().first().map_or(0, |p| p.max_tokens()),
+        n = v.n(),
+        stream = v.stream(),
         "request"
     );
 }
@@ -112,7 +112,7 @@ pub async fn chat_completions(
     let meta = s.meta("chatcmpl");
     log_request("chat", &meta, &v);
     let streams = submit_all(&s, &v)?;
-    if v.stream {
+    if v.stream() {
         let m = ChatStream::new(meta, &v, s.vocab.clone());
         return Ok(sse_response(m, streams, s.cfg.keep_alive));
     }
@@ -132,7 +132,7 @@ pub async fn completions(
     let meta = s.meta("cmpl");
     log_request("completions", &meta, &v);
     let streams = submit_all(&s, &v)?;
-    if v.stream {
+    if v.stream() {
         let m = CompletionStream::new(meta, &v, s.vocab.clone());
         return Ok(sse_response(m, streams, s.cfg.keep_alive));
     }
@@ -215,16 +215,7 @@ pub async fn detokenize(
     let ids = req
         .tokens
         .iter()
-        .map(|&id| {
-            if id < 0 || id as u64 >= l.vocab_size as u64 {
-                Err(ApiError::invalid(
-                    "tokens",
-                    format!("`tokens` must be in [0, {}). Given: {id}", l.vocab_size),
-                ))
-            } else {
-                Ok(id as u32)
-            }
-        })
+        .map(|&id| check_token_id("tokens", id, l.vocab_size).map_err(ApiError::from))
         .collect::<ApiResult<Vec<u32>>>()?;
     Ok(Json(DetokenizeResponse {
         prompt: l.tokenizer.decode(&ids, false),

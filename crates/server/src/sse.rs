@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, BoxStream, SelectAll, Stream, StreamExt};
-use tokenfab_engine::{RequestStream, StreamEvent};
+use tokenfab_engine::{HttpTimer, RequestStream, StreamEvent};
 
 use crate::stream::{Frame, StreamMachine};
 
@@ -76,13 +76,44 @@ pub fn frames<M: StreamMachine>(
     )
 }
 
+/// A machine whose work, and the serializing of its frames, count as the engine's `http` phase.
+struct Timed<M> {
+    inner: M,
+    timer: Option<HttpTimer>,
+}
+
+impl<M: StreamMachine> StreamMachine for Timed<M> {
+    fn start(&mut self) -> Vec<Frame> {
+        self.inner.start()
+    }
+    fn on_event(&mut self, choice: usize, ev: StreamEvent) -> Vec<Frame> {
+        match &self.timer {
+            Some(t) => t.time(|| self.inner.on_event(choice, ev)),
+            None => self.inner.on_event(choice, ev),
+        }
+    }
+    fn is_done(&self) -> bool {
+        self.inner.is_done()
+    }
+}
+
 /// An SSE response over a machine and its engine streams.
 pub fn sse_response<M: StreamMachine>(
     machine: M,
     streams: Vec<RequestStream>,
     keep_alive: Duration,
 ) -> Response {
-    let body = frames(machine, streams).map(|f| Ok::<_, Infallible>(to_event(f)));
+    let timer = streams.first().map(RequestStream::http_timer);
+    let machine = Timed {
+        inner: machine,
+        timer: timer.clone(),
+    };
+    let body = frames(machine, streams).map(move |f| {
+        Ok::<_, Infallible>(match &timer {
+            Some(t) => t.time(|| to_event(f)),
+            None => to_event(f),
+        })
+    });
     Sse::new(body)
         .keep_alive(KeepAlive::new().interval(keep_alive))
         .into_response()

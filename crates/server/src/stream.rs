@@ -65,16 +65,14 @@ impl Tally {
         }
     }
 
-    pub fn end(&mut self, choice: usize, u: &Usage, counts_completion: bool) {
+    pub fn end(&mut self, choice: usize, u: &Usage) {
         if let Some(o) = self.open.get_mut(choice) {
             *o = false;
         }
         if let Some(p) = self.prompts.get_mut(choice / self.n.max(1)) {
             p.get_or_insert((u.prompt_tokens, u.cached_tokens));
         }
-        if counts_completion {
-            self.completion += u.completion_tokens;
-        }
+        self.completion += u.completion_tokens;
     }
 
     pub fn all_ended(&self) -> bool {
@@ -117,10 +115,10 @@ impl ChatStream {
     pub fn new(meta: Meta, v: &ValidRequest, vocab: Vocab) -> Self {
         Self {
             meta,
-            include_usage: v.include_usage,
-            logprobs: v.logprobs.is_some(),
+            include_usage: v.include_usage(),
+            logprobs: v.logprobs().is_some(),
             vocab,
-            tally: Tally::new(v.prompts.len(), v.n),
+            tally: Tally::new(v.prompts().len(), v.n()),
             done: false,
         }
     }
@@ -193,7 +191,7 @@ impl StreamMachine for ChatStream {
             StreamEvent::Text(t) if t.is_empty() => vec![],
             StreamEvent::Text(t) => vec![self.delta(i, content(t), None, None)],
             StreamEvent::End { reason, usage } => {
-                self.tally.end(i, &usage, true);
+                self.tally.end(i, &usage);
                 let mut out =
                     vec![self.delta(i, ChatDelta::default(), None, Some(reason.as_str()))];
                 if self.tally.all_ended() {
@@ -222,9 +220,8 @@ pub struct CompletionStream {
     meta: Meta,
     include_usage: bool,
     n: usize,
-    /// Per prompt: its text and tokens (for echo) and whether its completion is discarded
-    /// (`max_tokens` 0 with echo).
-    prompts: Vec<(String, Vec<u32>, bool)>,
+    /// Per prompt: its text and tokens (for echo).
+    prompts: Vec<(String, Vec<u32>)>,
     echo: bool,
     logprobs: bool,
     echoed: Vec<bool>,
@@ -238,20 +235,20 @@ impl CompletionStream {
         let choices = v.num_choices();
         Self {
             meta,
-            include_usage: v.include_usage,
-            n: v.n,
+            include_usage: v.include_usage(),
+            n: v.n(),
             prompts: v
-                .prompts
+                .prompts()
                 .iter()
-                .map(|p| (p.text.clone(), p.tokens.clone(), p.max_tokens == 0))
+                .map(|p| (p.text().to_string(), p.tokens().to_vec()))
                 .collect(),
-            echo: v.echo,
-            logprobs: v.logprobs.is_some(),
-            echoed: vec![!v.echo; choices],
+            echo: v.echo(),
+            logprobs: v.logprobs().is_some(),
+            echoed: vec![!v.echo(); choices],
             builders: (0..choices)
-                .map(|_| CompletionLogprobsBuilder::new(vocab.clone(), v.tokens_as_ids))
+                .map(|_| CompletionLogprobsBuilder::new(vocab.clone(), v.tokens_as_ids()))
                 .collect(),
-            tally: Tally::new(v.prompts.len(), v.n),
+            tally: Tally::new(v.prompts().len(), v.n()),
             done: false,
         }
     }
@@ -295,17 +292,13 @@ impl CompletionStream {
             return vec![];
         }
         self.echoed[i] = true;
-        let (text, tokens, _) = self.prompts[i / self.n].clone();
+        let (text, tokens) = self.prompts[i / self.n].clone();
         let lp = self.logprobs.then(|| {
             let mut out = CompletionLogprobs::default();
             self.builders[i].push_prompt(&mut out, &tokens, lps.unwrap_or(&[]));
             out
         });
         vec![self.text(i, text, lp, None)]
-    }
-
-    fn discarded(&self, i: usize) -> bool {
-        self.prompts[i / self.n].2
     }
 }
 
@@ -334,26 +327,22 @@ impl StreamMachine for CompletionStream {
                 text,
                 logprob,
             } => {
-                if !self.discarded(i) {
-                    let lp = self.logprobs.then(|| {
-                        let mut o = CompletionLogprobs::default();
-                        self.builders[i].push(&mut o, token, logprob.as_ref());
-                        o
-                    });
-                    out.push(self.text(i, text, lp, None));
-                }
+                let lp = self.logprobs.then(|| {
+                    let mut o = CompletionLogprobs::default();
+                    self.builders[i].push(&mut o, token, logprob.as_ref());
+                    o
+                });
+                out.push(self.text(i, text, lp, None));
             }
             StreamEvent::Text(t) => {
-                if !self.discarded(i) && !t.is_empty() {
+                if !t.is_empty() {
                     let lp = self.logprobs.then(CompletionLogprobs::default);
                     out.push(self.text(i, t, lp, None));
                 }
             }
             StreamEvent::End { reason, usage } => {
-                let discarded = self.discarded(i);
-                self.tally.end(i, &usage, !discarded);
-                let reason = if discarded { "length" } else { reason.as_str() };
-                out.push(self.text(i, String::new(), None, Some(reason)));
+                self.tally.end(i, &usage);
+                out.push(self.text(i, String::new(), None, Some(reason.as_str())));
                 if self.tally.all_ended() {
                     if self.include_usage {
                         out.push(self.chunk(vec![], Some(self.tally.usage())));
@@ -379,11 +368,10 @@ impl StreamMachine for CompletionStream {
 mod tests {
     use std::sync::Arc;
 
-    use tokenfab_engine::{EngineRequest, TokenLogprob};
+    use tokenfab_engine::TokenLogprob;
     use tokenfab_types::FinishReason;
 
     use super::*;
-    use crate::validation::ValidPrompt;
 
     fn meta() -> Meta {
         Meta {
@@ -398,20 +386,7 @@ mod tests {
     }
 
     fn valid(n: usize, echo: bool, logprobs: Option<usize>, usage: bool) -> ValidRequest {
-        ValidRequest {
-            prompts: vec![ValidPrompt {
-                text: "hi".into(),
-                tokens: vec![1, 2],
-                max_tokens: 4,
-            }],
-            n,
-            stream: true,
-            include_usage: usage,
-            echo,
-            logprobs,
-            tokens_as_ids: false,
-            template: EngineRequest::default(),
-        }
+        ValidRequest::for_tests(n, echo, logprobs, usage)
     }
 
     fn tok(token: u32, text: &str) -> StreamEvent {

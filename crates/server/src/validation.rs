@@ -1,8 +1,9 @@
 //! Parse, don't validate (habit 4): an OpenAI request becomes a [`ValidRequest`] here, or a 400
 //! naming the field and the limit ("`max_tokens` must be <= 4096. Given: 5000"). Nothing reaches
-//! the engine without passing through this file.
+//! the engine without passing through this file: `ValidRequest` and `ValidPrompt` have private
+//! fields, so no other module can build one.
 
-use tokenfab_engine::EngineRequest;
+use tokenfab_engine::{check_token_id, EngineRequest};
 use tokenfab_loader::{ChatTemplate, Tokenizer};
 use tokenfab_types::{SamplingParams, TokenId};
 
@@ -54,31 +55,67 @@ impl Limits<'_> {
 /// One prompt, tokenized, with its completion budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidPrompt {
-    pub text: String,
-    pub tokens: Vec<TokenId>,
+    text: String,
+    tokens: Vec<TokenId>,
+    max_tokens: usize,
+}
+
+impl ValidPrompt {
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+    /// (n,) never empty, every id in the vocabulary.
+    pub fn tokens(&self) -> &[TokenId] {
+        &self.tokens
+    }
     /// Tokens to generate; 0 only with `echo` (the prompt's logprobs alone).
-    pub max_tokens: usize,
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
 }
 
 /// A request that fits the model: everything the routes need to submit and to answer.
 #[derive(Debug, Clone)]
 pub struct ValidRequest {
-    pub prompts: Vec<ValidPrompt>,
-    /// Choices per prompt; choice index = prompt index * n + i.
-    pub n: usize,
-    pub stream: bool,
-    pub include_usage: bool,
-    /// Completions: return the prompt before the completion.
-    pub echo: bool,
-    /// Per generated token: its logprob and this many alternatives.
-    pub logprobs: Option<usize>,
-    /// Completions: spell logprob tokens as `token_id:<id>`.
-    pub tokens_as_ids: bool,
+    prompts: Vec<ValidPrompt>,
+    n: usize,
+    stream: bool,
+    include_usage: bool,
+    echo: bool,
+    logprobs: Option<usize>,
+    tokens_as_ids: bool,
     /// Everything of the engine request but the prompt and `max_tokens`.
-    pub template: EngineRequest,
+    template: EngineRequest,
 }
 
 impl ValidRequest {
+    pub fn prompts(&self) -> &[ValidPrompt] {
+        &self.prompts
+    }
+    /// Choices per prompt; choice index = prompt index * n + i.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub fn stream(&self) -> bool {
+        self.stream
+    }
+    /// Streams end with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.include_usage
+    }
+    /// Completions: return the prompt before the completion.
+    pub fn echo(&self) -> bool {
+        self.echo
+    }
+    /// Per generated token: its logprob and this many alternatives.
+    pub fn logprobs(&self) -> Option<usize> {
+        self.logprobs
+    }
+    /// Completions: spell logprob tokens as `token_id:<id>`.
+    pub fn tokens_as_ids(&self) -> bool {
+        self.tokens_as_ids
+    }
+
     pub fn num_choices(&self) -> usize {
         self.prompts.len() * self.n
     }
@@ -90,13 +127,33 @@ impl ValidRequest {
             for i in 0..self.n {
                 let mut r = self.template.clone();
                 r.prompt_tokens = p.tokens.clone();
-                // The engine always generates one token; it is dropped when 0 were asked for.
-                r.max_tokens = p.max_tokens.max(1);
+                r.max_tokens = p.max_tokens;
                 r.sampling.seed = r.sampling.seed.map(|s| s.wrapping_add(i as u64));
                 out.push(r);
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+impl ValidRequest {
+    /// One prompt ("hi", tokens [1, 2], `max_tokens` 4) for the stream machines' tests.
+    pub(crate) fn for_tests(n: usize, echo: bool, logprobs: Option<usize>, usage: bool) -> Self {
+        Self {
+            prompts: vec![ValidPrompt {
+                text: "hi".into(),
+                tokens: vec![1, 2],
+                max_tokens: 4,
+            }],
+            n,
+            stream: true,
+            include_usage: usage,
+            echo,
+            logprobs,
+            tokens_as_ids: false,
+            template: EngineRequest::default(),
+        }
     }
 }
 
@@ -209,19 +266,7 @@ pub fn sampling(
             ),
         ));
     }
-    let token = |field: &str, id: i64| -> ApiResult<TokenId> {
-        if id < 0 || id as u64 >= vocab_size as u64 {
-            Err(ApiError::invalid(
-                field,
-                format!(
-                    "`{field}` token ids must be in [0, {}). Given: {id}",
-                    vocab_size
-                ),
-            ))
-        } else {
-            Ok(id as TokenId)
-        }
-    };
+    let token = |field, id| check_token_id(field, id, vocab_size).map_err(ApiError::from);
     let stop_token_ids = f
         .stop_token_ids
         .iter()
@@ -316,7 +361,9 @@ pub fn fit_max_tokens(
             "This model's maximum context length is",
         )
     };
-    if prompt_len >= limit {
+    // A prompt-only request (echo, `max_tokens` 0) may fill the limit; others need 1 more.
+    let prompt_only = allow_zero && requested == Some(0);
+    if prompt_len > limit || (prompt_len == limit && !prompt_only) {
         return Err(ApiError::invalid(
             "prompt",
             format!(
@@ -482,19 +529,7 @@ pub fn completion(
     let echo = req.echo.unwrap_or(false);
     let ids = |v: &[i64]| -> ApiResult<Vec<TokenId>> {
         v.iter()
-            .map(|&id| {
-                if id < 0 || id as u64 >= l.vocab_size as u64 {
-                    Err(ApiError::invalid(
-                        "prompt",
-                        format!(
-                            "`prompt` token ids must be in [0, {}). Given: {id}",
-                            l.vocab_size
-                        ),
-                    ))
-                } else {
-                    Ok(id as TokenId)
-                }
-            })
+            .map(|&id| check_token_id("prompt", id, l.vocab_size).map_err(ApiError::from))
             .collect()
     };
     let raw: Vec<(String, Vec<TokenId>)> = match &req.prompt {
@@ -609,33 +644,16 @@ mod tests {
     }
 
     #[test]
-    fn seeds_differ_per_choice() {
-        let v = ValidRequest {
-            prompts: vec![ValidPrompt {
-                text: "a".into(),
-                tokens: vec![1],
-                max_tokens: 0,
-            }],
-            n: 3,
-            stream: false,
-            include_usage: false,
-            echo: true,
-            logprobs: None,
-            tokens_as_ids: false,
-            template: EngineRequest {
-                sampling: SamplingParams {
-                    seed: Some(10),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        };
+    fn seeds_differ_per_choice_and_max_tokens_reaches_the_engine_as_given() {
+        let mut v = ValidRequest::for_tests(3, true, None, false);
+        v.prompts[0].max_tokens = 0;
+        v.template.sampling.seed = Some(10);
         let rs = v.engine_requests();
         let seeds: Vec<_> = rs.iter().map(|r| r.sampling.seed).collect();
         assert_eq!(seeds, [Some(10), Some(11), Some(12)]);
         assert!(rs
             .iter()
-            .all(|r| r.max_tokens == 1 && r.prompt_tokens == [1]));
+            .all(|r| r.max_tokens == 0 && r.prompt_tokens == [1, 2]));
     }
 
     #[test]

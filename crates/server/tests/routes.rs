@@ -356,17 +356,38 @@ async fn echo_with_logprobs_has_vllm_shape() {
         .0;
     assert_eq!(best, toks[5].as_str().unwrap());
 
-    // max_tokens 0 with echo: the prompt's logprobs alone (lm-eval loglikelihood).
+    // max_tokens 0 with echo: the prompt's logprobs alone, and no decode step at all.
+    t.wait_idle().await;
+    let generated = || t.engine.metrics().generation_tokens.get();
+    let before = generated();
     let (s, v) = t
         .post(
             "/v1/completions",
-            json!({"prompt": [104, 105], "max_tokens": 0, "echo": true, "logprobs": 0}),
+            json!({"prompt": [104, 105], "max_tokens": 0, "echo": true, "logprobs": 1}),
         )
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["choices"][0]["text"], "hi");
-    assert_eq!(v["choices"][0]["logprobs"]["tokens"], json!(["h", "i"]));
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let l = &v["choices"][0]["logprobs"];
+    assert_eq!(l["tokens"], json!(["h", "i"]));
+    assert!(l["token_logprobs"][0].is_null() && l["token_logprobs"][1].as_f64().unwrap() < 0.0);
     assert_eq!(v["usage"]["completion_tokens"], 0);
+    assert_eq!(v["usage"]["prompt_tokens"], 2);
+    assert_eq!(generated(), before, "generation_tokens_total did not move");
+    let (s, _, b) = t
+        .post_raw(
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 0, "echo": true, "stream": true,
+                   "stream_options": {"include_usage": true}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let chunks = sse_chunks(&b);
+    assert_eq!(chunks[0]["choices"][0]["text"], "hi");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 0);
+    assert_eq!(generated(), before);
 
     // Streamed echo: the prompt comes first.
     let (s, _, b) = t
@@ -395,4 +416,88 @@ async fn default_max_tokens_fills_the_context() {
     assert_eq!(v["usage"]["completion_tokens"], 6);
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     t.wait_idle().await;
+}
+
+/// lm-eval sends `max_tokens: 1` with `echo` and drops the last logprob entry as the generated
+/// token's: that entry must be there even when the token is end-of-sequence.
+#[tokio::test]
+async fn an_end_of_sequence_token_has_its_logprob_entry() {
+    let t = TestApp::new();
+    let body = |stream: bool| {
+        json!({"prompt": "hello", "max_tokens": 1, "echo": true, "logprobs": 1,
+               "temperature": 0, "logit_bias": {"257": 100}, "stream": stream})
+    };
+    let (s, v) = t.post("/v1/completions", body(false)).await;
+    assert_eq!(s, 200, "{v}");
+    let c = &v["choices"][0];
+    assert_eq!(c["finish_reason"], "stop");
+    assert_eq!(c["text"], "hello", "the EOS token adds no text");
+    let l = &c["logprobs"];
+    assert_eq!(l["tokens"].as_array().unwrap().len(), 6);
+    assert_eq!(l["tokens"][5], "<|im_end|>");
+    assert!(l["token_logprobs"][5].as_f64().is_some());
+    assert_eq!(v["usage"]["completion_tokens"], 1);
+    let (s, _, b) = t.post_raw("/v1/completions", body(true).to_string()).await;
+    assert_eq!(s, 200);
+    let as_f32 = |v: &Value| v.as_f64().map(|x| x as f32);
+    let streamed: Vec<Option<f32>> = sse_chunks(&b)
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["logprobs"]["token_logprobs"]
+                .as_array()
+                .cloned()
+        })
+        .flatten()
+        .map(|v| as_f32(&v))
+        .collect();
+    let whole: Vec<Option<f32>> = l["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(as_f32)
+        .collect();
+    assert_eq!(streamed, whole);
+    // Chat: the entry is there too.
+    let (s, v) = t
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                   "logprobs": true, "logit_bias": {"257": 100}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 1);
+    assert_eq!(content[0]["token"], "<|im_end|>");
+    assert_eq!(v["choices"][0]["message"]["content"], "");
+    t.wait_idle().await;
+}
+
+#[tokio::test]
+async fn tokenizer_info_answers_as_vllm_does() {
+    let t = TestApp::new();
+    let (s, _, b) = t.get("/tokenizer_info").await;
+    assert_eq!(s, 200);
+    let v = to_json(&b);
+    assert_eq!(v["tokenizer_class"], "GPT2TokenizerFast");
+    assert_eq!(v["eos_token"], "<|im_end|>");
+    assert_eq!(v["bos_token"], "<|im_start|>");
+    assert_eq!(v["add_bos_token"], false);
+    assert_eq!(v["model_max_length"], 256);
+    assert!(v["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>"));
+    assert_eq!(v["added_tokens_decoder"]["257"]["content"], "<|im_end|>");
+    assert_eq!(v["added_tokens_decoder"]["257"]["special"], true);
+    assert!(v["added_tokens_decoder"].get("65").is_none());
+    // What lm-eval's remote tokenizer does with it: the EOS text back to its id.
+    let (s, r) = t
+        .post(
+            "/tokenize",
+            json!({"prompt": v["eos_token"], "add_special_tokens": false}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(r["tokens"], json!([257]));
 }

@@ -2,6 +2,8 @@
 //!
 //! Invariant: this crate depends on nothing and holds no logic beyond validation-free constructors.
 
+pub mod profile;
+
 /// A token id in the model's vocabulary.
 pub type TokenId = u32;
 

@@ -16,6 +16,32 @@ pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// e^x for x <= 88 (below -87 it returns about e^-87 rather than 0): 2^n · P(f) with
+/// n = round(x / ln 2), f = x - n ln 2 in two steps (Cody-Waite), P Taylor's series to degree 6
+/// (|f| <= ln 2 / 2: a few ulp).
+#[inline(always)]
+pub(crate) unsafe fn exp(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
+        _mm256_set1_ps(88.0),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let f = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), f);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
+    }
+    let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+}
+
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
@@ -107,5 +133,40 @@ pub unsafe fn gemm_block(b: &Block) {
             i0 += mr;
         }
         r0 += nr;
+    }
+}
+
+/// `h = gelu(gate) * up`, eight at a time through [`exp`] (the tail through a padded copy): GELU's
+/// tanh form as `g / (1 + e^-2u)`, `u = √(2/π) (g + 0.044715 g³)`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; the three slices have equal lengths.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
+    #[inline(always)]
+    unsafe fn eight(g: __m256, u: __m256) -> __m256 {
+        let one = _mm256_set1_ps(1.0);
+        let inner = _mm256_fmadd_ps(_mm256_set1_ps(super::GELU_COEF_A), _mm256_mul_ps(g, g), one);
+        let z = _mm256_mul_ps(
+            _mm256_set1_ps(-2.0 * super::SQRT_2_OVER_PI),
+            _mm256_mul_ps(g, inner),
+        );
+        _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, exp(z))), u)
+    }
+    let n = h.len();
+    let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        let y = eight(_mm256_loadu_ps(pg.add(i)), _mm256_loadu_ps(pu.add(i)));
+        _mm256_storeu_ps(ph.add(i), y);
+        i += 8;
+    }
+    if i < n {
+        let (mut g, mut u, mut y) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+        g[..n - i].copy_from_slice(&gate[i..n]);
+        u[..n - i].copy_from_slice(&up[i..n]);
+        let v = eight(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr()));
+        _mm256_storeu_ps(y.as_mut_ptr(), v);
+        h[i..].copy_from_slice(&y[..n - i]);
     }
 }

@@ -36,6 +36,24 @@ pub(crate) unsafe fn f16x4_high_to_f32(h: uint16x8_t) -> float32x4_t {
     r
 }
 
+/// e^x for x <= 88 (below -87 it returns about e^-87 rather than 0): 2^n · P(f) with
+/// n = round(x / ln 2), f = x - n ln 2 in two steps (Cody-Waite), P Taylor's series to degree 6
+/// (|f| <= ln 2 / 2: a few ulp). The AVX2 path's function, operation for operation.
+#[inline(always)]
+pub(crate) unsafe fn exp(x: float32x4_t) -> float32x4_t {
+    let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0)), vdupq_n_f32(88.0));
+    let n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(std::f32::consts::LOG2_E)));
+    let f = vfmsq_f32(x, n, vdupq_n_f32(0.693_359_4));
+    let f = vfmsq_f32(f, n, vdupq_n_f32(-2.121_944_4e-4));
+    let mut p = vdupq_n_f32(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = vfmaq_f32(vdupq_n_f32(c), p, f);
+    }
+    // n is a whole number in [-126, 127]: the conversion is exact.
+    let e = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
+    vmulq_f32(p, vreinterpretq_f32_s32(e))
+}
+
 /// # Safety
 /// None beyond NEON, which every aarch64 CPU has.
 pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -166,5 +184,40 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// `h = gelu(gate) * up`, four at a time through [`exp`]: the AVX2 path's formula
+/// (`g / (1 + e^-2u)`).
+///
+/// # Safety
+/// None beyond NEON; the three slices have equal lengths.
+pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
+    #[inline(always)]
+    unsafe fn four(g: float32x4_t, u: float32x4_t) -> float32x4_t {
+        let one = vdupq_n_f32(1.0);
+        let inner = vfmaq_f32(one, vdupq_n_f32(super::GELU_COEF_A), vmulq_f32(g, g));
+        let z = vmulq_f32(
+            vdupq_n_f32(-2.0 * super::SQRT_2_OVER_PI),
+            vmulq_f32(g, inner),
+        );
+        vmulq_f32(vdivq_f32(g, vaddq_f32(one, exp(z))), u)
+    }
+    let n = h.len();
+    let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
+    let mut i = 0;
+    while i + 4 <= n {
+        vst1q_f32(ph.add(i), four(vld1q_f32(pg.add(i)), vld1q_f32(pu.add(i))));
+        i += 4;
+    }
+    if i < n {
+        let (mut g, mut u, mut y) = ([0f32; 4], [0f32; 4], [0f32; 4]);
+        g[..n - i].copy_from_slice(&gate[i..n]);
+        u[..n - i].copy_from_slice(&up[i..n]);
+        vst1q_f32(
+            y.as_mut_ptr(),
+            four(vld1q_f32(g.as_ptr()), vld1q_f32(u.as_ptr())),
+        );
+        h[i..].copy_from_slice(&y[..n - i]);
     }
 }

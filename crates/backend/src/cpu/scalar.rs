@@ -31,3 +31,19 @@ pub unsafe fn gemm_block(b: &Block) {
         }
     }
 }
+
+/// `h = silu(gate) * up`, `silu(g) = g / (1 + e^-g)` with the library's `exp`.
+pub fn silu(gate: &[f32], up: &[f32], h: &mut [f32]) {
+    for ((o, &g), &u) in h.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// `h = gelu(gate) * up`, GELU's tanh form as `g / (1 + e^-2u)` with the library's `exp`: the
+/// reference of the SIMD paths.
+pub fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
+    for ((o, &g), &u) in h.iter_mut().zip(gate).zip(up) {
+        let z = -2.0 * super::SQRT_2_OVER_PI * g * (1.0 + super::GELU_COEF_A * g * g);
+        *o = g / (1.0 + z.exp()) * u;
+    }
+}

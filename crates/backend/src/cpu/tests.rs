@@ -68,10 +68,25 @@ fn norms_and_activations() {
     let rms = (30.0f32 / 4.0).sqrt();
     assert!((out[2] - 3.0 / rms * 2.0).abs() < 1e-6);
 
-    let mut g = [0.0f32, 1.0];
-    silu_mul(&mut g, &[5.0, 2.0]);
-    assert_eq!(g[0], 0.0);
-    assert!((g[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6);
+    let mut inplace = x;
+    rms_norm_in_place(&mut inplace, &w, 0.0);
+    assert_eq!(inplace, out);
+
+    let mut h = [0f32; 2];
+    glu_rows_isa(
+        Isa::Scalar,
+        Activation::Silu,
+        &[0.0, 1.0, 5.0, 2.0],
+        &mut h,
+        2,
+    );
+    assert_eq!(h[0], 0.0);
+    assert!((h[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6);
+    // GELU's tanh form, written out.
+    let g = 1.3f32;
+    let want = 0.5 * g * (1.0 + (0.797_884_6 * (g + 0.044715 * g * g * g)).tanh()) * 2.0;
+    glu_rows_isa(Isa::Scalar, Activation::GeluTanh, &[g, 2.0], &mut h[..1], 1);
+    assert!((h[0] - want).abs() < 1e-6, "{} vs {want}", h[0]);
 
     let mut s = [1.0f32, 2.0, 3.0];
     softmax(&mut s);
@@ -80,6 +95,36 @@ fn norms_and_activations() {
     log_softmax(&[1.0, 2.0, 3.0], &mut ls);
     for (a, b) in ls.iter().zip(&s) {
         assert!((a.exp() - b).abs() < 1e-6);
+    }
+}
+
+/// Every instruction set's GLU against the scalar one, over the range activations take (and far
+/// past it), for lengths with and without a SIMD tail; SiLU bit for bit (every path computes it
+/// with the library's exp).
+#[test]
+fn glu_matches_scalar_on_every_path() {
+    let mut seed = 5;
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        for (rows, ffn) in [(1, 1), (3, 7), (2, 64), (5, 203)] {
+            let gu: Vec<f32> = (0..rows * 2 * ffn)
+                .map(|i| lcg(&mut seed) * if i % 11 == 0 { 400.0 } else { 16.0 })
+                .collect();
+            let mut want = vec![0f32; rows * ffn];
+            glu_rows_isa(Isa::Scalar, act, &gu, &mut want, ffn);
+            for isa in Isa::available() {
+                let mut h = vec![f32::NAN; rows * ffn];
+                glu_rows_isa(isa, act, &gu, &mut h, ffn);
+                if act == Activation::Silu {
+                    assert_eq!(h, want, "{isa:?} {rows}x{ffn}");
+                }
+                for (i, (a, b)) in h.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 2e-6 * (1.0 + b.abs()),
+                        "{isa:?} {act:?} {rows}x{ffn} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
     }
 }
 

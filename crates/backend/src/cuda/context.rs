@@ -1,19 +1,16 @@
 //! One device: its context, a stream, a cuBLAS handle with a fixed workspace (so GEMMs can be
-//! captured in CUDA graphs), and the kernels of [`super::kernels`] compiled by NVRTC for the
-//! device's compute capability, once per process.
+//! captured in CUDA graphs), and the kernels of [`super::kernels`] compiled by NVRTC to a cubin
+//! for the device's own architecture, once per process.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
-};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use cudarc::nvrtc::Ptx;
 
-use super::kernels::{KERNELS, SOURCE};
-use super::{info_of, libs, DeviceInfo, Error, Result};
+use super::launch::Kernels;
+use super::{info_of, libs, nvrtc, DeviceInfo, Error, Result};
 
 /// A device buffer.
 pub type GpuBuf<T> = CudaSlice<T>;
@@ -28,41 +25,14 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     pub blas: CudaBlas,
     pub info: DeviceInfo,
-    funcs: HashMap<&'static str, CudaFunction>,
+    /// The kernels, launched through the typed functions of [`super::launch`].
+    pub(crate) k: Kernels,
     _workspace: CudaSlice<u8>,
 }
 
 // SAFETY: the context is bound to the calling thread before every use (`bind`), and one owner
 // (the engine thread) uses a `Gpu` at a time.
 unsafe impl Send for Gpu {}
-
-/// PTX of [`SOURCE`] for an NVRTC target, compiled once per process.
-pub fn ptx_for(arch: &str) -> Result<String> {
-    static CACHE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(p) = cache.lock().map_err(|_| poisoned())?.get(arch) {
-        return Ok(p.clone());
-    }
-    let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-        name: Some("tokenfab_kernels.cu".into()),
-        ..Default::default()
-    };
-    let ptx = compile_ptx_with_opts(SOURCE, opts).map_err(|e| Error::Compile {
-        arch: arch.into(),
-        log: e.to_string(),
-    })?;
-    let src = ptx.to_src();
-    cache
-        .lock()
-        .map_err(|_| poisoned())?
-        .insert(arch.into(), src.clone());
-    Ok(src)
-}
-
-fn poisoned() -> Error {
-    Error::Driver("the PTX cache lock is poisoned".into())
-}
 
 impl Gpu {
     /// Opens device `ordinal`: checks the libraries first (a missing one is an error, not a panic).
@@ -89,18 +59,14 @@ impl Gpu {
                     .result()?;
             }
         }
-        let ptx = ptx_for(&info.arch())?;
-        let module = ctx.load_module(Ptx::from_src(ptx))?;
-        let mut funcs = HashMap::new();
-        for &k in KERNELS {
-            funcs.insert(k, module.load_function(k)?);
-        }
+        let cubin = nvrtc::kernels_for(&info.arch())?;
+        let module = ctx.load_module(Ptx::from_binary(cubin))?;
         Ok(Self {
+            k: Kernels::load(&module)?,
             ctx,
             stream,
             blas,
             info,
-            funcs,
             _workspace: workspace,
         })
     }
@@ -109,13 +75,6 @@ impl Gpu {
     /// that opened the device).
     pub fn bind(&self) -> Result<()> {
         Ok(self.ctx.bind_to_thread()?)
-    }
-
-    /// A kernel of [`KERNELS`].
-    pub fn func(&self, name: &str) -> Result<&CudaFunction> {
-        self.funcs
-            .get(name)
-            .ok_or_else(|| Error::Driver(format!("kernel `{name}` is not loaded")))
     }
 
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {

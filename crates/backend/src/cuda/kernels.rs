@@ -1,24 +1,24 @@
 //! The device kernels, as CUDA C source compiled once per process by NVRTC for the device's compute
-//! capability (see [`super::context`]). Every kernel a host launches is named in [`KERNELS`]; the
-//! tests check that each name is defined in [`SOURCE`] and that the source is well formed, so a
-//! typo is caught here rather than on a GPU machine.
+//! capability (see [`super::nvrtc`]). Each kernel has one typed launcher in [`super::launch`] and
+//! is named in [`KERNELS`]; the tests check that each name is defined in [`SOURCE`], and compile
+//! the source for sm_80 and sm_90 wherever an NVRTC library is found, so a mistake is caught here
+//! rather than on a GPU machine.
 //!
 //! Layouts (row-major, one row per token unless said):
-//! - residual stream `x`: f32 (n, dim); GEMM inputs: bf16; GEMM outputs: f32.
+//! - residual stream `x`: f32 (n, dim); product inputs: bf16; product outputs: f32.
 //! - `qkv`: f32 (n, q_dim + 2 kv_dim), Q heads then K heads then V heads.
 //! - KV pool per layer: bf16 (num_slots, kv_dim), slot = block * block_size + pos % block_size.
 //! - block tables: i32, flattened; `row_table[t]` is the offset of row t's table, `row_ctx[t]` the
 //!   number of positions it attends to (its position + 1).
 
-/// Names of the `extern "C" __global__` functions in [`SOURCE`] that the host launches.
+/// Names of the `extern "C" __global__` functions in [`SOURCE`], one typed launcher each.
 pub const KERNELS: &[&str] = &[
     "embed_rows",
-    "rms_norm_bf16",
-    "qkv_rope_kv_write",
+    "residual_norm",
+    "qkv_prep",
     "paged_attention",
-    "silu_mul_bf16",
+    "glu",
     "argmax_rows",
-    "f32_to_bf16",
 ];
 
 /// Threads per block of the row kernels (a multiple of 32).
@@ -62,49 +62,90 @@ __device__ float block_sum(float v, float* shared32) {
     return t;
 }
 
-/* x (n, dim) f32 = embd[tokens[t]] (vocab, dim) bf16. Grid: n blocks. */
+/* x (n, dim) f32 = embd[tokens[t]] (vocab, dim) bf16 * scale. Grid: n blocks. */
 extern "C" __global__ void embed_rows(const unsigned int* __restrict__ tokens,
                                       const bf16_t* __restrict__ embd,
-                                      float* __restrict__ x, int dim) {
+                                      float* __restrict__ x, int dim, float scale) {
     size_t t = blockIdx.x;
     const bf16_t* src = embd + (size_t)tokens[t] * dim;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) x[t * dim + j] = bf2f(src[j]);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) x[t * dim + j] = bf2f(src[j]) * scale;
 }
 
-/* out (rows, dim) bf16 = x[src] * rsqrt(mean(x[src]^2) + eps) * w, src = rows ? rows[b] : b.
-   Grid: one block per output row. */
-extern "C" __global__ void rms_norm_bf16(const float* __restrict__ x, const int* __restrict__ rows,
+/* One block per output row b, reading row src = rows ? rows[b] : b of x and add:
+   a = add[src] (when add), RMS-normed by post first (when post);
+   v = x[src] + a, stored back to x[src] when write_x;
+   out[b] (bf16) = v * rsqrt(mean(v^2) + eps) * w.
+   The residual step before every norm (Gemma 3's post-norms included), and the final norm of the
+   rows whose logits are wanted (write_x = 0). */
+extern "C" __global__ void residual_norm(float* __restrict__ x, const float* __restrict__ add,
+                                         const float* __restrict__ post,
+                                         const int* __restrict__ rows,
                                          const float* __restrict__ w, bf16_t* __restrict__ out,
-                                         int dim, float eps) {
+                                         int dim, float eps, int write_x) {
     __shared__ float red[32];
     size_t b = blockIdx.x;
     size_t src = rows ? (size_t)rows[b] : b;
-    const float* xr = x + src * dim;
+    float* xr = x + src * dim;
+    const float* ar = add ? add + src * dim : 0;
+    float pscale = 1.0f;
+    if (ar && post) {
+        float ss = 0.0f;
+        for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += ar[j] * ar[j];
+        pscale = 1.0f / sqrtf(block_sum(ss, red) / (float)dim + eps);
+    }
     float ss = 0.0f;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += xr[j] * xr[j];
-    ss = block_sum(ss, red) / (float)dim;
-    float scale = 1.0f / sqrtf(ss + eps);
-    for (int j = threadIdx.x; j < dim; j += blockDim.x)
-        out[b * dim + j] = f2bf(xr[j] * scale * w[j]);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        float v = xr[j];
+        if (ar) v += post ? ar[j] * pscale * post[j] : ar[j];
+        if (write_x) xr[j] = v;
+        ss += v * v;
+    }
+    float scale = 1.0f / sqrtf(block_sum(ss, red) / (float)dim + eps);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        /* The same thread wrote xr[j] above; without write-back the sum is recomputed. */
+        float v = xr[j];
+        if (ar && !write_x) v += post ? ar[j] * pscale * post[j] : ar[j];
+        out[b * dim + j] = f2bf(v * scale * w[j]);
+    }
 }
 
-/* Per row t (one block each): add the Q/K/V bias (if any), rotate Q and K heads by RoPE with the
-   cos/sin tables (context, half) the host computed once (the CPU's angles exactly), at row t's
-   position, then store K and V as bf16 at slots[t] of the layer's pool.
+/* RMS-norms each of the heads [h0, h1) of row (heads of head_dim) in place by w, one warp per
+   head at a time. */
+__device__ void norm_heads(float* row, int h0, int h1, int head_dim, const float* w, float eps) {
+    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, nw = blockDim.x / WARP;
+    for (int h = h0 + warp; h < h1; h += nw) {
+        float* x = row + (size_t)h * head_dim;
+        float ss = 0.0f;
+        for (int d = lane; d < head_dim; d += WARP) ss += x[d] * x[d];
+        float scale = 1.0f / sqrtf(warp_sum(ss) / (float)head_dim + eps);
+        for (int d = lane; d < head_dim; d += WARP) x[d] = x[d] * scale * w[d];
+    }
+}
+
+/* Per row t (one block each): add the Q/K/V bias (if any), RMS-norm each Q head by q_norm and
+   each K head by k_norm (if given), rotate Q and K heads by RoPE with the cos/sin tables
+   (positions, half) the host computed once (the CPU's angles exactly), at row t's position, then
+   store K and V as bf16 at slots[t] of the layer's pool.
    neox = 0: pairs (2i, 2i+1); neox = 1: pairs (i, i + half). */
-extern "C" __global__ void qkv_rope_kv_write(float* __restrict__ qkv, const float* __restrict__ bias,
-                                             const unsigned int* __restrict__ positions,
-                                             const float* __restrict__ cosv, const float* __restrict__ sinv,
-                                             const long long* __restrict__ slots,
-                                             bf16_t* __restrict__ k_cache,
-                                             bf16_t* __restrict__ v_cache,
-                                             int n_heads, int n_kv_heads, int head_dim, int half, int neox) {
+extern "C" __global__ void qkv_prep(float* __restrict__ qkv, const float* __restrict__ bias,
+                                    const float* __restrict__ q_norm,
+                                    const float* __restrict__ k_norm, float eps,
+                                    const unsigned int* __restrict__ positions,
+                                    const float* __restrict__ cosv, const float* __restrict__ sinv,
+                                    int half, int neox, const long long* __restrict__ slots,
+                                    bf16_t* __restrict__ k_cache, bf16_t* __restrict__ v_cache,
+                                    int n_heads, int n_kv_heads, int head_dim) {
     size_t t = blockIdx.x;
     int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
     int width = q_dim + 2 * kv_dim;
     float* row = qkv + t * width;
     if (bias) {
         for (int j = threadIdx.x; j < width; j += blockDim.x) row[j] += bias[j];
+        __syncthreads();
+    }
+    if (q_norm || k_norm) {
+        if (q_norm) norm_heads(row, 0, n_heads, head_dim, q_norm, eps);
+        if (k_norm) norm_heads(row, n_heads, n_heads + n_kv_heads, head_dim, k_norm, eps);
         __syncthreads();
     }
     int pairs = (n_heads + n_kv_heads) * half;
@@ -127,10 +168,11 @@ extern "C" __global__ void qkv_rope_kv_write(float* __restrict__ qkv, const floa
     }
 }
 
-/* Causal GQA attention of row t, head h (grid (n, n_heads), ATTN_THREADS threads) over the
-   row_ctx[t] positions of its sequence, read through its block table. Each warp takes every
-   nw-th position with an online softmax (flash-decoding style); the warps merge at the end.
-   Serves decode (one row per sequence) and chunked prefill (many rows) alike. */
+/* Causal GQA attention of row t, head h (grid (n, n_heads), ATTN_THREADS threads) over positions
+   [start, row_ctx[t]) of its sequence, start = row_ctx[t] - window when window > 0 (a sliding
+   window; 0 when none), read through its block table. Each warp takes every nw-th position with
+   an online softmax (flash-decoding style); the warps merge at the end. Serves decode (one row
+   per sequence) and chunked prefill (many rows) alike. */
 extern "C" __global__ void paged_attention(const float* __restrict__ qkv,
                                            const bf16_t* __restrict__ k_cache,
                                            const bf16_t* __restrict__ v_cache,
@@ -139,7 +181,7 @@ extern "C" __global__ void paged_attention(const float* __restrict__ qkv,
                                            const int* __restrict__ row_ctx,
                                            bf16_t* __restrict__ out,
                                            int n_heads, int n_kv_heads, int head_dim,
-                                           int block_size, float scale) {
+                                           int block_size, float scale, int window) {
     __shared__ float s_m[32], s_l[32];
     __shared__ float s_acc[4][256];
     size_t t = blockIdx.x;
@@ -158,8 +200,9 @@ extern "C" __global__ void paged_attention(const float* __restrict__ qkv,
     }
     float m = NEG_INF, l = 0.0f;
     int ctx = row_ctx[t];
+    int start = window > 0 && ctx > window ? ctx - window : 0;
     const int* table = block_tables + row_table[t];
-    for (int p = warp; p < ctx; p += nw) {
+    for (int p = start + warp; p < ctx; p += nw) {
         size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
         const bf16_t* k = k_cache + slot * kv_dim + kh * head_dim;
         const bf16_t* v = v_cache + slot * kv_dim + kh * head_dim;
@@ -205,15 +248,18 @@ extern "C" __global__ void paged_attention(const float* __restrict__ qkv,
     }
 }
 
-/* h (n, ffn) bf16 = silu(gate) * up, gu (n, 2 ffn) f32 = gate | up. Grid-stride over n * ffn. */
-extern "C" __global__ void silu_mul_bf16(const float* __restrict__ gu, bf16_t* __restrict__ h,
-                                         int n, int ffn) {
+/* h (n, ffn) bf16 = act(gate) * up, gu (n, 2 ffn) f32 = gate | up; act 0: SiLU g / (1 + e^-g),
+   act 1: GELU's tanh form as g / (1 + e^-2u), u = sqrt(2/pi) (g + 0.044715 g^3) (the CPU's
+   formulas). Grid-stride over n * ffn. */
+extern "C" __global__ void glu(const float* __restrict__ gu, bf16_t* __restrict__ h, int n,
+                               int ffn, int act) {
     size_t total = (size_t)n * ffn;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         size_t t = i / ffn, j = i % ffn;
         float g = gu[t * 2 * ffn + j], u = gu[t * 2 * ffn + ffn + j];
-        h[i] = f2bf(g / (1.0f + expf(-g)) * u);
+        float z = act ? -2.0f * 0.7978846f * g * (1.0f + 0.044715f * g * g) : -g;
+        h[i] = f2bf(g / (1.0f + expf(z)) * u);
     }
 }
 
@@ -245,14 +291,6 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ logits, unsigne
         __syncthreads();
     }
     if (threadIdx.x == 0) out[blockIdx.x] = (unsigned int)(s_i[0] == 0x7fffffff ? 0 : s_i[0]);
-}
-
-/* dst bf16 = src f32, grid-stride (bandwidth probe and conversions). */
-extern "C" __global__ void f32_to_bf16(const float* __restrict__ src, bf16_t* __restrict__ dst,
-                                       unsigned long long n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = f2bf(src[i]);
 }
 "#;
 

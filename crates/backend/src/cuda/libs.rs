@@ -62,7 +62,8 @@ impl std::fmt::Display for CudaLib {
 
 /// Folders to search besides the loader's own path, in order: `$TOKENFAB_CUDA_LIB_DIRS`
 /// (colon-separated), `$CUDA_HOME`/`$CUDA_PATH` `lib64`, `/usr/local/cuda/lib64`, then every
-/// `site-packages/nvidia/*/lib` (and `nvidia/cu13/lib`) under the usual Python prefixes.
+/// `site-packages/nvidia/*/lib` (and `nvidia/cu13/lib`) under the usual Python prefixes
+/// (system, conda, virtualenv, user, pyenv).
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(v) = std::env::var_os("TOKENFAB_CUDA_LIB_DIRS") {
@@ -86,6 +87,17 @@ pub fn search_dirs() -> Vec<PathBuf> {
     }
     if let Some(h) = std::env::var_os("HOME") {
         prefixes.push(Path::new(&h).join(".local/lib"));
+    }
+    // pyenv's interpreters, each with its own site-packages.
+    let pyenv = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv")));
+    if let Some(root) = pyenv {
+        prefixes.extend(
+            read_dir_sorted(&root.join("versions"))
+                .into_iter()
+                .map(|v| v.join("lib")),
+        );
     }
     for prefix in prefixes {
         for py in read_dir_sorted(&prefix) {
@@ -124,27 +136,32 @@ pub fn find_in(lib: CudaLib, dirs: &[PathBuf]) -> Option<PathBuf> {
     })
 }
 
-/// Which libraries are missing after the search; empty when all are there. Done once per process
-/// (libraries found off the loader's path stay loaded).
+/// Whether `lib` can be opened, after looking for it off the loader's path and loading it from
+/// there if found (done once per library and process; a library found stays loaded).
+pub fn ensure(lib: CudaLib) -> bool {
+    static DONE: [OnceLock<bool>; 4] = [const { OnceLock::new() }; 4];
+    *DONE[lib as usize].get_or_init(|| {
+        if lib.present() {
+            return true;
+        }
+        if let Some(path) = find_in(lib, &search_dirs()) {
+            // SAFETY: loading a CUDA library runs its initializers, which is what using it
+            // requires anyway. The handle is leaked so the library stays loaded.
+            if let Ok(l) = unsafe { libloading::Library::new(&path) } {
+                std::mem::forget(l);
+            }
+        }
+        lib.present()
+    })
+}
+
+/// Which libraries are missing after the search; empty when all are there.
 pub fn ensure_loaded() -> &'static [CudaLib] {
     static MISSING: OnceLock<Vec<CudaLib>> = OnceLock::new();
     MISSING.get_or_init(|| {
-        let dirs = search_dirs();
         CudaLib::ALL
             .into_iter()
-            .filter(|&lib| {
-                if lib.present() {
-                    return false;
-                }
-                if let Some(path) = find_in(lib, &dirs) {
-                    // SAFETY: loading a CUDA library runs its initializers, which is what using
-                    // it requires anyway. The handle is leaked so the library stays loaded.
-                    if let Ok(l) = unsafe { libloading::Library::new(&path) } {
-                        std::mem::forget(l);
-                    }
-                }
-                !lib.present()
-            })
+            .filter(|&lib| !ensure(lib))
             .collect()
     })
 }

@@ -4,9 +4,13 @@
 //! - [`libs`]: finds the libraries (loader path, `$CUDA_HOME`, `/usr/local/cuda`, Python
 //!   `nvidia/*/lib`) before cudarc opens them, which would panic on a missing one.
 //! - [`probe`]: is there a usable device? A typed [`Error`] when not, never a panic.
-//! - [`context`]: one device's context, stream, cuBLAS handle and kernels compiled by NVRTC for
-//!   its compute capability (cached per process).
+//! - [`context`]: one device's context, stream, cuBLAS handle and kernels.
+//! - [`nvrtc`]: compiling the kernels to a cubin for the device's architecture (cached per
+//!   process); the tests compile them for sm_80 and sm_90 without a GPU.
 //! - [`kernels`]: the CUDA C source and the table of kernel names.
+//! - [`launch`]: one typed function per kernel (buffers and shapes checked, then launched) and
+//!   the bf16 GEMM.
+//! - [`ops`]: the device operations of [`crate::ops`] on these ([`ops::CudaOps`]).
 //! - [`graphs`]: batch-size buckets for CUDA graphs of decode steps.
 //! - [`memory`]: sizing the KV pool from free device memory.
 //!
@@ -16,8 +20,11 @@
 pub mod context;
 pub mod graphs;
 pub mod kernels;
+pub mod launch;
 pub mod libs;
 pub mod memory;
+pub mod nvrtc;
+pub mod ops;
 
 pub use context::{Ceilings, Gemm, Gpu, GpuBuf};
 /// The bindings themselves, for callers that launch kernels and capture graphs.
@@ -75,11 +82,10 @@ pub struct DeviceInfo {
 }
 
 impl DeviceInfo {
-    /// NVRTC's target for this device: `compute_90` on Hopper (PTX the driver finishes for the
-    /// exact chip).
+    /// NVRTC's target for this device: `sm_90` on Hopper (a cubin of the chip's own code).
     pub fn arch(&self) -> String {
         format!(
-            "compute_{}{}",
+            "sm_{}{}",
             self.compute_capability.0, self.compute_capability.1
         )
     }
@@ -120,11 +126,23 @@ pub(crate) fn info_of(ctx: &std::sync::Arc<cudarc::driver::CudaContext>) -> Resu
 mod tests {
     use super::*;
 
-    /// On a machine without CUDA (like the one tests run on here) the probe is a typed error.
+    /// Without CUDA (as where CI runs) the probe is a typed error; with a device, its facts are
+    /// those of a real GPU.
     #[test]
-    fn probe_without_cuda_is_an_error_not_a_panic() {
+    fn probe_describes_the_device_or_is_a_typed_error() {
         match probe(0) {
-            Ok(info) => eprintln!("a CUDA device is present: {info:?}"),
+            Ok(info) => {
+                assert_eq!(info.ordinal, 0);
+                assert!(!info.name.trim().is_empty(), "{info:?}");
+                assert!(info.compute_capability.0 >= 3, "{info:?}");
+                assert!(info.multiprocessors > 0, "{info:?}");
+                assert!(
+                    info.total_mem > 0 && info.free_mem <= info.total_mem,
+                    "{info:?}"
+                );
+                let (major, minor) = info.compute_capability;
+                assert_eq!(info.arch(), format!("compute_{major}{minor}"));
+            }
             Err(e) => {
                 let msg = e.to_string();
                 assert!(
@@ -134,6 +152,7 @@ mod tests {
                     ),
                     "{msg}"
                 );
+                eprintln!("device checks skipped: no CUDA device ({msg})");
             }
         }
         // A device number far past any machine's is always "no device" (or missing libraries).
@@ -150,6 +169,6 @@ mod tests {
             free_mem: 0,
             multiprocessors: 132,
         };
-        assert_eq!(info.arch(), "compute_90");
+        assert_eq!(info.arch(), "sm_90");
     }
 }

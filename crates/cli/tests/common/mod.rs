@@ -1,16 +1,11 @@
-//! Helpers for the end-to-end tests: the real default model and llama.cpp's reference outputs.
+//! Helpers for the end-to-end tests: the real default model, the binary, and llama.cpp's
+//! reference outputs.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The checkout's root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+pub use tokenfab_loader::testing::workspace_root as root;
 
 /// `../shared` beside the checkout (reference data, peers).
 pub fn shared() -> PathBuf {
@@ -19,16 +14,7 @@ pub fn shared() -> PathBuf {
 
 /// The default model, fetched with `scripts/fetch-model.sh` when missing.
 pub fn model() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/fetch-model.sh"))
-        .output()
-        .expect("running scripts/fetch-model.sh");
-    assert!(
-        out.status.success(),
-        "fetch-model.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    tokenfab_loader::testing::default_model().unwrap()
 }
 
 /// Runs the tokenfab binary; panics with its stderr when it fails.
@@ -46,6 +32,15 @@ pub fn tokenfab(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The PPL of `tokenfab perplexity`'s last line, `PPL = X +/- Y`.
+pub fn ppl_of(out: &str) -> f64 {
+    let line = out.lines().last().expect("perplexity printed nothing");
+    line.strip_prefix("PPL = ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("not a PPL line: {line:?}"))
+}
+
 #[derive(serde::Deserialize)]
 pub struct Reference {
     pub prompt: String,
@@ -60,6 +55,39 @@ pub fn references() -> Vec<Reference> {
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
         .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Writes the references as `tokenfab score` input rows (prompt, llama.cpp's greedy tokens) into
+/// `dir/rows.jsonl` and returns its path.
+pub fn score_rows(refs: &[Reference], dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let input = dir.join("rows.jsonl");
+    let rows: Vec<String> = refs
+        .iter()
+        .map(|r| {
+            serde_json::json!({"prompt_tokens": r.prompt_tokens, "tokens": r.greedy_tokens})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&input, rows.join("\n")).unwrap();
+    input
+}
+
+/// `tokenfab score` of `input` with `model` on the CPU (where the references were taken): one
+/// JSON object per row.
+pub fn score(model: &Path, input: &Path) -> Vec<serde_json::Value> {
+    let out = tokenfab(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    out.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }

@@ -7,7 +7,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde_json::Value;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 
 /// One server at a time: the tests measure batching on a couple of cores.
 /// (An async mutex: each test has its own runtime and holds the guard across awaits.)
@@ -117,6 +118,29 @@ impl Server {
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// Sends SIGTERM to the server.
+    pub fn sigterm(&self) {
+        let pid = self.child.id().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
+    /// Waits up to 30 s for the process to exit and asserts it exited 0.
+    pub async fn assert_exits_0(&mut self) {
+        let end = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < end, "still running: {}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "exit {status:?}: {}", self.log_text());
+    }
 }
 
 impl Drop for Server {
@@ -171,6 +195,44 @@ pub async fn stream(
         }
     }
     out
+}
+
+/// A greedy completion body that runs to `max_tokens` (EOS ignored).
+pub fn greedy(prompt: &str, max_tokens: usize) -> Value {
+    json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true})
+}
+
+/// POSTs `body` to /v1/completions and returns the text of choice 0 (the status must be 200).
+pub async fn text_of(s: &Server, body: &Value) -> String {
+    let (st, v) = s.post("/v1/completions", body).await;
+    assert_eq!(st, 200, "{v}");
+    v["choices"][0]["text"].as_str().unwrap().to_string()
+}
+
+/// Polls `/metrics` until `name` reads `want` (or fails after `secs`).
+pub async fn wait_metric(s: &Server, name: &str, want: f64, secs: u64) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = s.metric(name).await;
+        if v == want {
+            return;
+        }
+        assert!(Instant::now() < end, "{name} = {v}, not {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes a raw HTTP `POST /v1/completions` of `body` to `sock` connected to `addr`
+/// (`http://host:port`), for tests that then read the answer slowly or not at all.
+pub async fn write_completion_request(sock: &mut tokio::net::TcpStream, addr: &str, body: &Value) {
+    let host = addr.trim_start_matches("http://");
+    let body = body.to_string();
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
 }
 
 /// Waits for the server's /ready.

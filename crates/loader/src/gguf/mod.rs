@@ -42,9 +42,61 @@ impl TensorInfo {
     }
 }
 
-enum Storage {
+pub(crate) enum Storage {
     Mmap(memmap2::Mmap),
     Owned(Vec<u8>),
+}
+
+impl Storage {
+    /// Maps `path` read-only.
+    pub(crate) fn map(path: &Path) -> Result<Self> {
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the mapping is read-only; a file changed underneath us while mapped is outside
+        // what any mmap-based loader (llama.cpp included) can defend against.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Ok(Storage::Mmap(mmap))
+    }
+}
+
+/// One run of tensor bytes: `len` bytes of `storages[storage]` from `start`, seen at offsets
+/// `base..base + len` of the tensor data.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Segment {
+    pub base: u64,
+    pub storage: usize,
+    pub start: usize,
+    pub len: usize,
+}
+
+/// Where tensor bytes live. A GGUF file's data section is one segment of one mapping; a Hugging
+/// Face checkpoint has one segment per tensor, in its safetensors mappings or, for tensors
+/// converted at load (quantized, permuted), in an owned buffer. `TensorInfo::offset` is an offset
+/// into the segments laid end to end (for a checkpoint, a virtual one).
+struct TensorData {
+    storages: Vec<Storage>,
+    /// Sorted by `base`, not overlapping.
+    segments: Vec<Segment>,
+}
+
+impl TensorData {
+    /// The bytes at `offset..offset + len`, when one segment holds them.
+    fn get(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let i = self
+            .segments
+            .partition_point(|s| s.base <= offset)
+            .checked_sub(1)?;
+        let s = self.segments[i];
+        let rel = usize::try_from(offset - s.base).ok()?;
+        if rel.checked_add(len)? > s.len {
+            return None;
+        }
+        let start = s.start + rel;
+        self.storages[s.storage].get(start..start + len)
+    }
 }
 
 impl std::ops::Deref for Storage {
@@ -64,8 +116,7 @@ pub struct Gguf {
     pub tensors: Vec<TensorInfo>,
     pub alignment: u64,
     index: HashMap<String, usize>,
-    data_offset: usize,
-    storage: Storage,
+    data: TensorData,
 }
 
 impl std::fmt::Debug for Gguf {
@@ -81,16 +132,7 @@ impl std::fmt::Debug for Gguf {
 impl Gguf {
     /// Opens and memory-maps a file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let io = |source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: the mapping is read-only; a file changed underneath us while mapped is outside
-        // what any mmap-based loader (llama.cpp included) can defend against.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Self::parse(Storage::Mmap(mmap))
+        Self::parse(Storage::map(path.as_ref())?)
     }
 
     /// Parses a file held in memory.
@@ -230,14 +272,50 @@ impl Gguf {
             });
         }
 
+        let segment = Segment {
+            base: 0,
+            storage: 0,
+            start: data_offset,
+            len: data_len as usize,
+        };
         Ok(Self {
             version,
             metadata,
             tensors,
             alignment,
             index,
-            data_offset,
-            storage,
+            data: TensorData {
+                storages: vec![storage],
+                segments: vec![segment],
+            },
+        })
+    }
+
+    /// A GGUF view of tensors held elsewhere (a Hugging Face checkpoint): each tensor's
+    /// `offset..offset + n_bytes` must lie inside one of `segments`, sorted by `base`.
+    pub(crate) fn from_parts(
+        metadata: BTreeMap<String, Value>,
+        tensors: Vec<TensorInfo>,
+        storages: Vec<Storage>,
+        segments: Vec<Segment>,
+    ) -> Result<Self> {
+        let data = TensorData { storages, segments };
+        let mut index = HashMap::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            if data.get(t.offset, t.n_bytes).is_none() {
+                return Err(bad(&t.name, "its bytes lie outside the tensor data".into()));
+            }
+            if index.insert(t.name.clone(), i).is_some() {
+                return Err(bad(&t.name, "appears twice".into()));
+            }
+        }
+        Ok(Self {
+            version: 3,
+            metadata,
+            tensors,
+            alignment: DEFAULT_ALIGNMENT,
+            index,
+            data,
         })
     }
 
@@ -248,8 +326,9 @@ impl Gguf {
 
     /// The raw bytes of a tensor of this file (bounds were checked at parse time).
     pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
-        let start = self.data_offset + t.offset as usize;
-        &self.storage[start..start + t.n_bytes]
+        self.data
+            .get(t.offset, t.n_bytes)
+            .expect("a tensor of this file lies inside its data (checked at parse time)")
     }
 
     /// Total bytes of tensor data.

@@ -8,9 +8,14 @@ pub(super) fn piece_of(model: &Model, t: &TokenData) -> Vec<u8> {
         return t.text.as_bytes().to_vec();
     }
     if t.attr & attr::NORMAL != 0 {
-        return match model {
-            Model::Spm => t.text.replace('\u{2581}', " ").into_bytes(),
-            Model::Bpe { .. } => {
+        let byte_level = match model {
+            Model::Spm => false,
+            Model::Bpe { .. } => true,
+            Model::Hf(m) => m.byte_level,
+        };
+        return match byte_level {
+            false => t.text.replace('\u{2581}', " ").into_bytes(),
+            true => {
                 let map = &bpe::byte_map().to_byte;
                 let mut out = Vec::with_capacity(t.text.len());
                 for c in t.text.chars() {

@@ -12,6 +12,7 @@
 
 mod bpe;
 mod detok;
+mod hf;
 mod pretok;
 mod shield;
 mod spm;
@@ -100,6 +101,8 @@ enum Model {
     },
     /// SentencePiece-style BPE over scores.
     Spm,
+    /// A `tokenizer.json` run by the `tokenizers` crate.
+    Hf(Box<hf::HfModel>),
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +174,34 @@ fn meta_numbers(
         .map(Some)
 }
 
+/// The vocabulary of `tokenizer.ggml.tokens`, `scores` and `token_type`.
+fn gguf_tokens(g: &Gguf) -> Result<Vec<TokenData>> {
+    let texts = meta_strings(g, "tokenizer.ggml.tokens")?;
+    let n = texts.len();
+    if n == 0 || n > u32::MAX as usize {
+        return Err(Error::Tokenizer(format!("vocabulary of {n} tokens")));
+    }
+    let scores = meta_numbers(g, "tokenizer.ggml.scores", n, Value::as_f64)?;
+    let types = meta_numbers(g, "tokenizer.ggml.token_type", n, |v| {
+        v.as_i64().map(|x| x as f64)
+    })?;
+    Ok(texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| TokenData {
+            text: if t.is_empty() {
+                format!("[EMPTY_{i}]")
+            } else {
+                t.to_string()
+            },
+            score: scores.as_ref().map_or(0.0, |s| s[i] as f32),
+            attr: types
+                .as_ref()
+                .map_or(attr::NORMAL, |t| attr::from_type(t[i] as i64)),
+        })
+        .collect())
+}
+
 /// An optional token id key; an id outside the vocabulary is ignored, as llama.cpp does.
 fn meta_id(g: &Gguf, key: &str, n: usize) -> Option<Option<u32>> {
     let v = g.get(key)?;
@@ -186,35 +217,27 @@ fn meta_id(g: &Gguf, key: &str, n: usize) -> Option<Option<u32>> {
 }
 
 impl Tokenizer {
-    /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
+    /// Builds the tokenizer from `tokenizer.ggml.*` metadata, or from a whole `tokenizer.json`
+    /// under `tokenizer.huggingface.json` when the file has no `tokenizer.ggml.model` (a Hugging
+    /// Face checkpoint, see [`crate::hf`]).
     pub fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
-        let kind = g.get_str("tokenizer.ggml.model")?;
+        let hf_json = g.opt("tokenizer.huggingface.json", Gguf::get_str)?;
+        let (kind, mut hf, mut tokens) =
+            match (g.opt("tokenizer.ggml.model", Gguf::get_str)?, hf_json) {
+                (Some(kind), _) => (kind, None, gguf_tokens(g)?),
+                (None, Some(json)) => {
+                    let hf::HfVocab {
+                        model,
+                        tokens,
+                        unk,
+                        add_space_prefix,
+                    } = hf::load(json)?;
+                    ("huggingface", Some((model, unk, add_space_prefix)), tokens)
+                }
+                (None, None) => return Err(Error::MissingKey("tokenizer.ggml.model".into())),
+            };
+        let n = tokens.len();
         let pre_name = g.opt("tokenizer.ggml.pre", Gguf::get_str)?;
-        let texts = meta_strings(g, "tokenizer.ggml.tokens")?;
-        let n = texts.len();
-        if n == 0 || n > u32::MAX as usize {
-            return Err(Error::Tokenizer(format!("vocabulary of {n} tokens")));
-        }
-        let scores = meta_numbers(g, "tokenizer.ggml.scores", n, Value::as_f64)?;
-        let types = meta_numbers(g, "tokenizer.ggml.token_type", n, |v| {
-            v.as_i64().map(|x| x as f64)
-        })?;
-
-        let mut tokens: Vec<TokenData> = texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| TokenData {
-                text: if t.is_empty() {
-                    format!("[EMPTY_{i}]")
-                } else {
-                    t.to_string()
-                },
-                score: scores.as_ref().map_or(0.0, |s| s[i] as f32),
-                attr: types
-                    .as_ref()
-                    .map_or(attr::NORMAL, |t| attr::from_type(t[i] as i64)),
-            })
-            .collect();
         // A later duplicate text wins, as in llama.cpp's map.
         let token_to_id: HashMap<String, u32> = tokens
             .iter()
@@ -257,6 +280,21 @@ impl Tokenizer {
                     )
                 }
                 "llama" => (Model::Spm, Some(1), Some(2), Some(0), true, true, false),
+                "huggingface" => {
+                    let (model, unk, add_space_prefix) = hf.take().expect("set with the kind");
+                    let clean = g
+                        .opt("tokenizer.huggingface.clean_spaces", Gguf::get_bool)?
+                        .unwrap_or(false);
+                    (
+                        Model::Hf(Box::new(model)),
+                        None,
+                        None,
+                        unk,
+                        false,
+                        add_space_prefix,
+                        clean,
+                    )
+                }
                 other => {
                     return Err(Error::Tokenizer(format!(
                         "tokenizer model `{other}` is not supported (supported: gpt2, llama)"
@@ -341,6 +379,15 @@ impl Tokenizer {
             }
         }
         eog.extend([eos, eot, eom].into_iter().flatten());
+        // generation_config.json's `eos_token_id` list (Hugging Face checkpoints).
+        if let Some(ids) = g.opt("tokenizer.ggml.eog_token_ids", Gguf::get_array)? {
+            eog.extend(
+                ids.iter()
+                    .filter_map(Value::as_u64)
+                    .filter(|&i| (i as usize) < n)
+                    .map(|i| i as u32),
+            );
+        }
         let named =
             |eog: &HashSet<u32>, t: &str| token_to_id.get(t).copied().filter(|id| eog.contains(id));
         // gpt-oss style: `<|end|>` ends a message, not the generation, when `<|return|>` and
@@ -428,6 +475,22 @@ impl Tokenizer {
         parse_special: bool,
         unshield: bool,
     ) -> Result<Vec<u32>> {
+        if let Model::Hf(m) = &self.model {
+            // The `tokenizers` pipeline cuts added tokens out itself (with their strip flags).
+            let mut out = Vec::with_capacity(text.len() / 3 + 2);
+            if add_special && self.add_bos {
+                out.extend(self.bos);
+            }
+            if unshield && text.contains(SHIELD) {
+                m.encode_shielded(text, &mut out)?;
+            } else {
+                m.encode(text, parse_special, &mut out)?;
+            }
+            if add_special && self.add_eos {
+                out.extend(self.eos);
+            }
+            return Ok(out);
+        }
         let frag = |r: &Range<usize>| {
             if unshield {
                 shield::unshield(&text[r.clone()])
@@ -467,6 +530,7 @@ impl Tokenizer {
                     }
                 }
             }
+            Model::Hf(_) => unreachable!("encoded above"),
             Model::Bpe {
                 pre,
                 merges,
@@ -623,6 +687,16 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// The vocabulary kind, as `tokenizer.ggml.model` names it: `gpt2` (byte-level BPE) or
+    /// `llama` (SentencePiece); `huggingface` for a checkpoint's tokenizer.json.
+    pub fn kind(&self) -> &'static str {
+        match self.model {
+            Model::Bpe { .. } => "gpt2",
+            Model::Spm => "llama",
+            Model::Hf(_) => "huggingface",
+        }
     }
 
     pub fn bos_id(&self) -> Option<u32> {

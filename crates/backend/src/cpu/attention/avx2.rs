@@ -9,35 +9,9 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::{acc_grouped, dots_grouped, BlockQ8_0, HeadGroups, Ops, Task, QK8_0};
-use crate::cpu::avx2::hsum;
+use crate::cpu::avx2::{exp, hsum};
 
 pub(crate) struct Avx2;
-
-/// e^x for x <= 88 (below -87 it returns about e^-87 rather than 0): 2^n · P(f) with
-/// n = round(x / ln 2), f = x - n ln 2 in two steps (Cody-Waite), P Taylor's series to degree 6
-/// (|f| <= ln 2 / 2: a few ulp).
-#[inline(always)]
-unsafe fn exp(x: __m256) -> __m256 {
-    let x = _mm256_min_ps(
-        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
-        _mm256_set1_ps(88.0),
-    );
-    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-        x,
-        _mm256_set1_ps(std::f32::consts::LOG2_E),
-    ));
-    let f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let f = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), f);
-    let mut p = _mm256_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
-    }
-    let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-        _mm256_cvtps_epi32(n),
-        _mm256_set1_epi32(127),
-    ));
-    _mm256_mul_ps(p, _mm256_castsi256_ps(e))
-}
 
 impl HeadGroups for Avx2 {
     /// `N` heads of `q` (rows of `k.len()`) against `k`: `s[g * stride] = scale * q_g · k`.

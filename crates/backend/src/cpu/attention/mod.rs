@@ -77,12 +77,33 @@ impl AttnShape {
     }
 }
 
-/// Where one row's sequence keeps its K/V, and how many positions (from 0) the row attends to.
+/// Where one row's sequence keeps its K/V, and which of its positions the row attends to:
+/// `start..ctx` (a causal row at position p has `ctx = p + 1`; a sliding window of w positions
+/// makes `start = ctx - w`).
 #[derive(Clone, Copy, Debug)]
 pub struct RowKv<'a> {
     /// Physical block of each logical block; covers positions `0..ctx`.
     pub block_table: &'a [u32],
+    pub start: usize,
     pub ctx: usize,
+}
+
+impl RowKv<'_> {
+    /// Positions attended.
+    fn span(&self) -> usize {
+        self.ctx - self.start.min(self.ctx)
+    }
+
+    /// The row limited to its last `window` positions (`None`: all of them).
+    pub fn windowed(self, window: Option<usize>) -> Self {
+        match window {
+            Some(w) => RowKv {
+                start: self.start.max(self.ctx.saturating_sub(w)),
+                ..self
+            },
+            None => self,
+        }
+    }
 }
 
 /// The least scratch [`paged_attention`] accepts: with it, a context is never split over threads
@@ -187,7 +208,7 @@ pub fn paged_attention_isa<'t, F>(
     let split = tasks < SPLIT_BELOW_TASKS_PER_THREAD * threads
         && tasks <= MAX_SPLIT_TASKS
         && (0..tasks).all(|i| {
-            let c = (inp.rows)(i / nkv).ctx.div_ceil(CHUNK).max(1);
+            let c = (inp.rows)(i / nkv).span().div_ceil(CHUNK).max(1);
             off[i + 1] = off[i] + c;
             c <= MAX_SPLIT_CHUNKS
         })
@@ -306,7 +327,7 @@ unsafe fn run_task(isa: Isa, t: &Task, o: &mut [f32], s: &mut [f32]) {
     let (m, acc) = acc.split_at_mut(g);
     let l = &mut acc[..g];
     let (ms, ls) = (g * TILE, g * TILE + g);
-    for c in 0..t.row.ctx.div_ceil(CHUNK).max(1) {
+    for c in 0..t.row.span().div_ceil(CHUNK).max(1) {
         if c == 0 {
             chunk_isa(isa, t, t.chunk(c), o, s);
             m.copy_from_slice(&s[ms..ms + g]);
@@ -448,9 +469,10 @@ pub(crate) struct Task<'a, 't> {
 }
 
 impl Task<'_, '_> {
-    /// Positions of chunk `c` of the row's context.
+    /// Positions of chunk `c` of the row's attended span.
     fn chunk(&self, c: usize) -> std::ops::Range<usize> {
-        c * CHUNK..((c + 1) * CHUNK).min(self.row.ctx)
+        let s = self.row.start.min(self.row.ctx);
+        s + c * CHUNK..(s + (c + 1) * CHUNK).min(self.row.ctx)
     }
 }
 

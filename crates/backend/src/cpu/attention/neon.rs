@@ -10,27 +10,9 @@ use std::arch::aarch64::*;
 use half::f16;
 
 use super::{acc_grouped, dots_grouped, BlockQ8_0, HeadGroups, Ops, Task, QK8_0};
-use crate::cpu::neon::{f16_to_f32, f16x4_high_to_f32, f16x4_to_f32};
+use crate::cpu::neon::{exp, f16_to_f32, f16x4_high_to_f32, f16x4_to_f32};
 
 pub(crate) struct Neon;
-
-/// e^x for x <= 88 (below -87 it returns about e^-87 rather than 0): 2^n · P(f) with
-/// n = round(x / ln 2), f = x - n ln 2 in two steps (Cody-Waite), P Taylor's series to degree 6
-/// (|f| <= ln 2 / 2: a few ulp). The AVX2 path's function, operation for operation.
-#[inline(always)]
-unsafe fn exp(x: float32x4_t) -> float32x4_t {
-    let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0)), vdupq_n_f32(88.0));
-    let n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(std::f32::consts::LOG2_E)));
-    let f = vfmsq_f32(x, n, vdupq_n_f32(0.693_359_4));
-    let f = vfmsq_f32(f, n, vdupq_n_f32(-2.121_944_4e-4));
-    let mut p = vdupq_n_f32(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = vfmaq_f32(vdupq_n_f32(c), p, f);
-    }
-    // n is a whole number in [-126, 127]: the conversion is exact.
-    let e = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
-    vmulq_f32(p, vreinterpretq_f32_s32(e))
-}
 
 impl HeadGroups for Neon {
     /// `N` heads of `q` (rows of `k.len()`) against `k`: `s[g * stride] = scale * q_g · k`.

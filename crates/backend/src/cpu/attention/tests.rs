@@ -10,9 +10,10 @@ fn lcg(seed: &mut u64) -> f32 {
     ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
 }
 
-/// One row: its sequence's block table and context.
+/// One row: its sequence's block table and the positions `start..ctx` it attends to.
 struct Row {
     table: Vec<u32>,
+    start: usize,
     ctx: usize,
 }
 
@@ -36,7 +37,7 @@ fn reference(
             let slot = |p: usize| {
                 row.table[p / sh.block_size] as usize * sh.block_size + p % sh.block_size
             };
-            let scores: Vec<f64> = (0..row.ctx)
+            let scores: Vec<f64> = (row.start..row.ctx)
                 .map(|p| {
                     k.read(slot(p), &mut kr);
                     let d: f64 = (0..hd).map(|i| qh[i] as f64 * kr[off + i] as f64).sum();
@@ -48,7 +49,7 @@ fn reference(
             let sum: f64 = e.iter().sum();
             let o = &mut out[(t * sh.n_heads + h) * hd..][..hd];
             let mut acc = vec![0f64; hd];
-            for (p, w) in e.iter().enumerate() {
+            for (p, w) in (row.start..).zip(&e) {
                 v.read(slot(p), &mut vr);
                 for i in 0..hd {
                     acc[i] += w / sum * vr[off + i] as f64;
@@ -89,28 +90,26 @@ fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, blo
     let width = n_kv_heads * head_dim;
     let (k, v) = random_pool(dtype, num_blocks * block_size, width, &mut seed);
     // Non-contiguous tables; contexts not a multiple of the block size, one of one position, and
-    // ones longer than a tile.
+    // ones longer than a tile; sliding windows starting inside a block, of one position, and
+    // longer than a tile.
+    let row = |table: &[u32], start: usize, ctx: usize| Row {
+        table: table.to_vec(),
+        start,
+        ctx,
+    };
+    let t1 = [7, 2, 9, 0, 4, 11, 1, 3, 5];
+    let t2 = [10, 8, 6, 3, 1, 2, 0, 4, 5, 7, 9, 11];
+    let t3 = [11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0];
+    let long = (12 * block_size).min(TILE * 2 + 5);
     let rows = [
-        Row {
-            table: vec![7, 2, 9, 0, 4, 11, 1, 3, 5],
-            ctx: 1,
-        },
-        Row {
-            table: vec![7, 2, 9, 0, 4, 11, 1, 3, 5],
-            ctx: 3 * block_size + 1,
-        },
-        Row {
-            table: vec![10, 8, 6, 3, 1, 2, 0, 4, 5, 7, 9, 11],
-            ctx: (12 * block_size).min(TILE * 2 + 5),
-        },
-        Row {
-            table: vec![5, 6],
-            ctx: 2 * block_size,
-        },
-        Row {
-            table: vec![11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
-            ctx: 12 * block_size - 3,
-        },
+        row(&t1, 0, 1),
+        row(&t1, 0, 3 * block_size + 1),
+        row(&t2, 0, long),
+        row(&[5, 6], 0, 2 * block_size),
+        row(&t3, 0, 12 * block_size - 3),
+        row(&t1, block_size + 1, 3 * block_size + 1),
+        row(&t2, long - 1, long),
+        row(&t3, 3, 12 * block_size - 3),
     ];
     let q_dim = n_heads * head_dim;
     let q_stride = q_dim + 2 * width;
@@ -122,6 +121,7 @@ fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, blo
         q_stride,
         rows: |t: usize| RowKv {
             block_table: &rows[t].table,
+            start: rows[t].start,
             ctx: rows[t].ctx,
         },
         k: &k,
@@ -209,70 +209,84 @@ fn long_contexts_split_over_threads_give_the_unsplit_results_bit_for_bit() {
     let mut seed = 77;
     for dtype in [KvDtype::F32, KvDtype::F16] {
         let (k, v) = random_pool(dtype, blocks * bs, width, &mut seed);
-        // Row 0 is the long one (5 chunks, the last partial); the others fill the batch.
+        // Row 0 is the long one (5 chunks, the last partial; or, windowed, 3 chunks starting
+        // inside a block); the others fill the batch.
         let table: Vec<u32> = (0..blocks as u32).rev().collect();
-        let rows = [
-            Row {
+        for start in [0, CHUNK + 5] {
+            let row = |start: usize, ctx: usize| Row {
                 table: table.clone(),
-                ctx: 4 * CHUNK + 37,
-            },
-            Row {
-                table: table.clone(),
-                ctx: 300,
-            },
-            Row {
-                table: table.clone(),
-                ctx: 2,
-            },
-            Row { table, ctx: 999 },
-        ];
-        let q_dim = 9 * hd;
-        let q: Vec<f32> = (0..rows.len() * q_dim).map(|_| lcg(&mut seed)).collect();
-        let want = reference(&sh, &q, q_dim, &rows[..1], &k, &v);
-        let inp = |n: usize| AttnInput {
-            shape: sh,
-            q: &q[..n * q_dim],
-            q_stride: q_dim,
-            rows: |t: usize| RowKv {
-                block_table: &rows[t].table,
-                ctx: rows[t].ctx,
-            },
-            k: &k,
-            v: &v,
-        };
-        for isa in Isa::available() {
-            pool.install(|| {
-                let len = scratch_len(&sh);
-                let own = 4 * sh.task_scratch();
-                let mut scratch = vec![f32::NAN; len];
-                let mut split = vec![f32::NAN; q_dim];
-                paged_attention_isa(isa, &inp(1), &mut split, &mut scratch);
-                assert!(
-                    !scratch[own..].iter().all(|v| v.is_nan()),
-                    "{isa:?}: the context was not split"
-                );
-                let mut unsplit = vec![f32::NAN; q_dim];
-                paged_attention_isa(isa, &inp(1), &mut unsplit, &mut scratch[..own]);
-                let mut batch = vec![f32::NAN; rows.len() * q_dim];
-                paged_attention_isa(isa, &inp(rows.len()), &mut batch, &mut scratch);
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&split),
-                    bits(&unsplit),
-                    "{dtype} {isa:?}: split vs one thread"
-                );
-                assert_eq!(
-                    bits(&split),
-                    bits(&batch[..q_dim]),
-                    "{dtype} {isa:?}: in a batch"
-                );
-                for (i, (a, b)) in split.iter().zip(&want).enumerate() {
+                start,
+                ctx,
+            };
+            let rows = [
+                row(start, 4 * CHUNK + 37),
+                row(0, 300),
+                row(7, 9),
+                row(0, 999),
+            ];
+            let q_dim = 9 * hd;
+            let q: Vec<f32> = (0..rows.len() * q_dim).map(|_| lcg(&mut seed)).collect();
+            let want = reference(&sh, &q, q_dim, &rows[..1], &k, &v);
+            let inp = |n: usize| AttnInput {
+                shape: sh,
+                q: &q[..n * q_dim],
+                q_stride: q_dim,
+                rows: |t: usize| RowKv {
+                    block_table: &rows[t].table,
+                    start: rows[t].start,
+                    ctx: rows[t].ctx,
+                },
+                k: &k,
+                v: &v,
+            };
+            for isa in Isa::available() {
+                pool.install(|| {
+                    let len = scratch_len(&sh);
+                    let own = 4 * sh.task_scratch();
+                    let mut scratch = vec![f32::NAN; len];
+                    let mut split = vec![f32::NAN; q_dim];
+                    paged_attention_isa(isa, &inp(1), &mut split, &mut scratch);
                     assert!(
-                        (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
-                        "{dtype} {isa:?}: [{i}] {a} vs {b}"
+                        !scratch[own..].iter().all(|v| v.is_nan()),
+                        "{isa:?}: the context was not split"
                     );
-                }
-            });
+                    let mut unsplit = vec![f32::NAN; q_dim];
+                    paged_attention_isa(isa, &inp(1), &mut unsplit, &mut scratch[..own]);
+                    let mut batch = vec![f32::NAN; rows.len() * q_dim];
+                    paged_attention_isa(isa, &inp(rows.len()), &mut batch, &mut scratch);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&split),
+                        bits(&unsplit),
+                        "{dtype} {isa:?}: split vs one thread"
+                    );
+                    assert_eq!(
+                        bits(&split),
+                        bits(&batch[..q_dim]),
+                        "{dtype} {isa:?}: in a batch"
+                    );
+                    for (i, (a, b)) in split.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
+                            "{dtype} {isa:?} from {start}: [{i}] {a} vs {b}"
+                        );
+                    }
+                });
+            }
         }
     }
+}
+
+#[test]
+fn windowed_rows_keep_their_last_positions() {
+    let r = RowKv {
+        block_table: &[0, 1],
+        start: 0,
+        ctx: 10,
+    };
+    assert_eq!(r.windowed(None).start, 0);
+    assert_eq!(r.windowed(Some(4)).start, 6);
+    assert_eq!(r.windowed(Some(10)).start, 0);
+    assert_eq!(r.windowed(Some(512)).start, 0);
+    assert_eq!(r.windowed(Some(4)).span(), 4);
 }

@@ -425,13 +425,38 @@ pub fn matmul_q(x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
 
 /// [`matmul_q`] with an explicit instruction set (tests compare paths; it must be one of
 /// [`Isa::available`]).
+pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
+    assert_eq!(y.len(), n * w.rows, "matmul_q: y is not (n, m)");
+    matmul_q_cols_isa(isa, x, n, w, y, w.rows, 0)
+}
+
+/// `x (n, w.cols) · wᵀ` into columns `col..col + w.rows` of `y` (n, stride), the other columns
+/// untouched: one part of a product whose parts are stored in different formats (Q, K and V of
+/// one layer in two quantizations) written where one stacked matrix would write it.
+pub fn matmul_q_cols(x: &[f32], n: usize, w: &QMatrix, y: &mut [f32], stride: usize, col: usize) {
+    matmul_q_cols_isa(Isa::detect(), x, n, w, y, stride, col)
+}
+
+/// [`matmul_q_cols`] with an explicit instruction set.
 ///
 /// One fork-join: the pool's threads first quantize x in runs of rows, then (once every row
 /// is done) share out the weight tasks; see [`two_phase`].
-pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
+pub fn matmul_q_cols_isa(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    w: &QMatrix,
+    y: &mut [f32],
+    stride: usize,
+    col: usize,
+) {
     let (k, m) = (w.cols, w.rows);
     assert_eq!(x.len(), n * k, "matmul_q: x is not (n, k)");
-    assert_eq!(y.len(), n * m, "matmul_q: y is not (n, m)");
+    assert!(
+        col + m <= stride && y.len() == n * stride,
+        "matmul_q: y is not (n, stride) with room for columns {col}..{}",
+        col + m
+    );
     assert!(Isa::available().contains(&isa), "{isa:?} not available");
     if n == 0 || m == 0 {
         return;
@@ -462,7 +487,7 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
     // just written itself.
     #[cfg(target_arch = "x86_64")]
     if packed {
-        let (plan, run) = packed_plan(isa, n, g, w, y);
+        let (plan, run) = packed_plan(isa, n, g, w, y, stride, col);
         if plan.row_blocks > 1 {
             // Each task quantizes its own rows of x and multiplies them by every group: no wait
             // between the phases, and no quantized row crosses to another core.
@@ -530,8 +555,8 @@ pub fn matmul_q_isa(isa: Isa, x: &[f32], n: usize, w: &QMatrix, y: &mut [f32]) {
                 tile: &tile,
                 nr,
                 y: out,
-                y_stride: m,
-                y_col: r0,
+                y_stride: stride,
+                y_col: col + r0,
             };
             // SAFETY: each task writes only columns of its own rows r0..end of y, disjoint
             // across tasks, and y outlives the parallel loop; the ISA was checked available.
@@ -598,6 +623,8 @@ fn packed_plan<'a>(
     g: Geom,
     w: &'a QMatrix,
     y: &mut [f32],
+    y_stride: usize,
+    y_col: usize,
 ) -> (
     PackedPlan,
     impl Fn(&Acts, Range<usize>, Range<usize>) + Sync + 'a,
@@ -632,6 +659,8 @@ fn packed_plan<'a>(
             g0: gr.start,
             g1: gr.end,
             y: out,
+            y_stride,
+            y_col,
         };
         // SAFETY: `packs(isa, w.ty)` held, so the CPU has the kernel's features and the type is
         // one it reads; `packed` is `pack(w, wide)` (Q8_0 is always wide); each task writes only

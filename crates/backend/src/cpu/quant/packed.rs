@@ -109,7 +109,10 @@ pub(crate) struct PackedArgs<'a> {
     pub i1: usize,
     pub g0: usize,
     pub g1: usize,
+    /// (n, y_stride) output; this matrix's rows are its columns `y_col..y_col + w.rows`
     pub y: SendPtr,
+    pub y_stride: usize,
+    pub y_col: usize,
 }
 
 /// Groups `gi..gi + GR` against the M rows of x from `i0`; `WIDE`: one byte per code (Q8_0, or
@@ -206,7 +209,11 @@ unsafe fn tile<const WIDE: bool, const M: usize, const GR: usize>(
             (1u16 << valid) - 1
         };
         for i in 0..M {
-            _mm512_mask_storeu_ps(a.y.0.add((i0 + i) * m + c0), mask, acc[i][q]);
+            _mm512_mask_storeu_ps(
+                a.y.0.add((i0 + i) * a.y_stride + a.y_col + c0),
+                mask,
+                acc[i][q],
+            );
         }
     }
 }
@@ -233,7 +240,8 @@ unsafe fn rows_of<const WIDE: bool, const GR: usize>(a: &PackedArgs, gi: usize) 
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/VNNI; `a.packed` is `pack(a.w, WIDE)` (or
 /// `pack(a.w, false)` of a Q8_0 matrix with `WIDE`); `a.y` points to an
-/// (n, w.rows) buffer whose columns `16 g0..16 g1` (clipped to w.rows) no one else touches.
+/// (n, y_stride) buffer whose columns `y_col + 16 g0..y_col + 16 g1` (clipped to w.rows) no one
+/// else touches.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 pub(super) unsafe fn run<const WIDE: bool>(a: &PackedArgs) {
     let mut gi = a.g0;

@@ -99,7 +99,7 @@ unsafe fn tile<const VNNI: bool, const WIDE: bool, const M: usize>(
     let c0 = gi * G;
     let valid = (m - c0).min(G);
     for i in 0..M {
-        let y = a.y.0.add((i0 + i) * m + c0);
+        let y = a.y.0.add((i0 + i) * a.y_stride + a.y_col + c0);
         if valid == G {
             _mm256_storeu_ps(y, acc[i][0]);
             _mm256_storeu_ps(y.add(8), acc[i][1]);

@@ -309,3 +309,36 @@ fn neon_and_dotprod_agree_bit_for_bit() {
         }
     }
 }
+
+/// A product into a column range of a wider output equals the plain product there, on every
+/// path (tiled, packed narrow and wide, split by rows), and leaves the other columns alone.
+#[test]
+fn column_views_write_their_columns_only() {
+    let mut seed = 41;
+    for (ty, gt) in TYPES {
+        for &(n, rows) in &[(1, 37), (5, 48), (40, 70)] {
+            let cols = 2 * ty.block_len();
+            let (w, _) = random_q(ty, gt, rows, cols, &mut seed);
+            let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
+            let (stride, col) = (rows + 19, 11);
+            for isa in Isa::available() {
+                let mut want = vec![0f32; n * rows];
+                matmul_q_isa(isa, &x, n, &w, &mut want);
+                let mut y = vec![-7.0f32; n * stride];
+                matmul_q_cols_isa(isa, &x, n, &w, &mut y, stride, col);
+                for i in 0..n {
+                    let r = &y[i * stride..(i + 1) * stride];
+                    assert_eq!(
+                        &r[col..col + rows],
+                        &want[i * rows..(i + 1) * rows],
+                        "{ty:?} {isa:?}"
+                    );
+                    assert!(
+                        r[..col].iter().chain(&r[col + rows..]).all(|&v| v == -7.0),
+                        "{ty:?} {isa:?} n {n}: wrote outside its columns"
+                    );
+                }
+            }
+        }
+    }
+}

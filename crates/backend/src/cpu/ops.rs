@@ -1,0 +1,254 @@
+//! The device operations of [`crate::ops`] on the CPU: host buffers (`Vec<f32>`, only the first
+//! `n` rows of which belong to the step), [`Weight`] matrices, the K/V pool as one [`KvStore`]
+//! pair per layer, and the kernels of this module. Nothing here allocates once the caller's
+//! buffers and the [`CpuScratch`] have seen a step of the same size.
+
+use std::convert::Infallible;
+
+use tokenfab_types::TokenId;
+
+use super::attention::{self, AttnInput, AttnShape, KvStore, RowKv};
+use super::{add_rms_norm, glu_rows, rms_norm, rms_norm_in_place, Weight};
+use crate::ops::{Activation, AttnLayer, Ops, QkvPrep, Residual, Rope};
+
+/// One step's rows, as the host has them.
+#[derive(Clone, Copy)]
+pub struct CpuStep<'a> {
+    /// (n,) token ids.
+    pub tokens: &'a [TokenId],
+    /// (n,) position of each row in its sequence.
+    pub positions: &'a [u32],
+    /// (n,) the pool slot each row's K/V goes to.
+    pub slots: &'a [usize],
+    /// Rows whose logits are wanted, in output order.
+    pub logits_rows: &'a [usize],
+    /// Row t's block table and the positions it attends to (before any sliding window).
+    pub rows: &'a (dyn Fn(usize) -> RowKv<'a> + Sync),
+}
+
+/// Working memory of the CPU operations, kept across steps (it grows, never shrinks).
+#[derive(Default)]
+pub struct CpuScratch {
+    /// (ropes, n, half): cos and sin of each row's position under each RoPE.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    /// Per pool thread: attention's online-softmax state (`attention::scratch_len`).
+    attn: Vec<f32>,
+    /// (r, dim): the logits rows' residual, then its final norm.
+    resid: Vec<f32>,
+    last: Vec<f32>,
+}
+
+impl CpuScratch {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        [&self.cos, &self.sin, &self.attn, &self.resid, &self.last]
+            .iter()
+            .map(|v| v.capacity() * 4)
+            .sum()
+    }
+}
+
+/// Makes `v` at least `len` long (growing only).
+pub fn fit(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+/// One forward pass on the CPU.
+pub struct CpuOps<'a> {
+    step: CpuStep<'a>,
+    ropes: &'a [Rope],
+    /// Per layer: (slots, kv_dim) K and V.
+    k: &'a mut [KvStore],
+    v: &'a mut [KvStore],
+    block_size: usize,
+    s: &'a mut CpuScratch,
+}
+
+impl<'a> CpuOps<'a> {
+    /// The pass over `step`, computing each row's RoPE angles up front.
+    pub fn new(
+        step: CpuStep<'a>,
+        ropes: &'a [Rope],
+        (k, v): (&'a mut [KvStore], &'a mut [KvStore]),
+        block_size: usize,
+        s: &'a mut CpuScratch,
+    ) -> Self {
+        let n = step.tokens.len();
+        let per_row: usize = ropes.iter().map(Rope::half).sum();
+        fit(&mut s.cos, n * per_row);
+        fit(&mut s.sin, n * per_row);
+        let mut off = 0;
+        for rope in ropes {
+            let h = rope.half();
+            for (t, &p) in step.positions.iter().enumerate() {
+                let r = off + t * h..off + (t + 1) * h;
+                rope.angles(p, &mut s.cos[r.clone()], &mut s.sin[r]);
+            }
+            off += n * h;
+        }
+        Self {
+            step,
+            ropes,
+            k,
+            v,
+            block_size,
+            s,
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.step.tokens.len()
+    }
+}
+
+impl Ops for CpuOps<'_> {
+    type Act = Vec<f32>;
+    type In = Vec<f32>;
+    type Matrix = Weight;
+    type Vector = Vec<f32>;
+    type Error = Infallible;
+
+    fn embed(&mut self, table: &Weight, scale: f32, x: &mut Vec<f32>) -> Result<(), Infallible> {
+        let dim = table.cols();
+        for (xr, &tok) in x.chunks_exact_mut(dim).zip(self.step.tokens) {
+            table.row_f32(tok as usize, xr);
+            if scale != 1.0 {
+                xr.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        Ok(())
+    }
+
+    fn residual_norm(
+        &mut self,
+        x: &mut Vec<f32>,
+        add: Option<Residual<'_, Vec<f32>, Vec<f32>>>,
+        norm: &Vec<f32>,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<(), Infallible> {
+        let len = self.n() * norm.len();
+        let (x, out) = (&mut x[..len], &mut out[..len]);
+        match add {
+            None => rms_norm(x, norm, eps, out),
+            Some(Residual { add, norm: post }) => {
+                let add = &mut add[..len];
+                if let Some(p) = post {
+                    rms_norm_in_place(add, p, eps);
+                }
+                add_rms_norm(x, add, norm, eps, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn matmul(&mut self, x: &Vec<f32>, w: &Weight, y: &mut Vec<f32>) -> Result<(), Infallible> {
+        let n = self.n();
+        w.matmul(&x[..n * w.cols()], n, &mut y[..n * w.rows()]);
+        Ok(())
+    }
+
+    fn qkv_prep(
+        &mut self,
+        layer: usize,
+        qkv: &mut Vec<f32>,
+        p: &QkvPrep<'_, Vec<f32>>,
+    ) -> Result<(), Infallible> {
+        let (hd, q_dim, kv_dim) = (p.heads.head_dim, p.heads.q_dim(), p.heads.kv_dim());
+        let width = p.heads.qkv_dim();
+        let n = self.n();
+        let rope = &self.ropes[p.rope];
+        let h = rope.half();
+        let off: usize = n * self.ropes[..p.rope].iter().map(Rope::half).sum::<usize>();
+        let (k, v) = (&mut self.k[layer], &mut self.v[layer]);
+        // Per row, one pass: bias, Q/K norms, RoPE on Q and K, K and V into the pool.
+        for (t, row) in qkv[..n * width].chunks_exact_mut(width).enumerate() {
+            if let Some(b) = p.bias {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+            if let Some(w) = p.q_norm {
+                rms_norm_in_place(&mut row[..q_dim], w, p.eps);
+            }
+            if let Some(w) = p.k_norm {
+                rms_norm_in_place(&mut row[q_dim..q_dim + kv_dim], w, p.eps);
+            }
+            let a = off + t * h..off + (t + 1) * h;
+            let (cos, sin) = (&self.s.cos[a.clone()], &self.s.sin[a]);
+            rope.apply(&mut row[..q_dim + kv_dim], hd, cos, sin);
+            k.write(self.step.slots[t], &row[q_dim..q_dim + kv_dim]);
+            v.write(self.step.slots[t], &row[q_dim + kv_dim..]);
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &mut self,
+        layer: usize,
+        qkv: &Vec<f32>,
+        p: &AttnLayer,
+        out: &mut Vec<f32>,
+    ) -> Result<(), Infallible> {
+        let shape = AttnShape {
+            n_heads: p.heads.n_heads,
+            n_kv_heads: p.heads.n_kv_heads,
+            head_dim: p.heads.head_dim,
+            block_size: self.block_size,
+            scale: p.scale,
+        };
+        fit(&mut self.s.attn, attention::scratch_len(&shape));
+        let (n, width) = (self.n(), p.heads.qkv_dim());
+        let (rows, window) = (self.step.rows, p.window);
+        let inp = AttnInput {
+            shape,
+            q: &qkv[..n * width],
+            q_stride: width,
+            rows: move |t: usize| rows(t).windowed(window),
+            k: &self.k[layer],
+            v: &self.v[layer],
+        };
+        attention::paged_attention(&inp, &mut out[..n * p.heads.q_dim()], &mut self.s.attn);
+        Ok(())
+    }
+
+    fn glu(
+        &mut self,
+        act: Activation,
+        gu: &Vec<f32>,
+        ffn: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), Infallible> {
+        let n = self.n();
+        glu_rows(act, &gu[..n * 2 * ffn], &mut out[..n * ffn], ffn);
+        Ok(())
+    }
+
+    fn logits(
+        &mut self,
+        x: &Vec<f32>,
+        add: Residual<'_, Vec<f32>, Vec<f32>>,
+        norm: &Vec<f32>,
+        eps: f32,
+        w: &Weight,
+        out: &mut Vec<f32>,
+    ) -> Result<(), Infallible> {
+        let (dim, rows) = (norm.len(), self.step.logits_rows);
+        let r = rows.len();
+        fit(&mut self.s.resid, r * dim);
+        fit(&mut self.s.last, r * dim);
+        let (resid, last) = (&mut self.s.resid[..r * dim], &mut self.s.last[..r * dim]);
+        for (o, &row) in resid.chunks_exact_mut(dim).zip(rows) {
+            let span = row * dim..(row + 1) * dim;
+            o.copy_from_slice(&add.add[span.clone()]);
+            if let Some(p) = add.norm {
+                rms_norm_in_place(o, p, eps);
+            }
+            o.iter_mut().zip(&x[span]).for_each(|(o, x)| *o += x);
+        }
+        rms_norm(resid, norm, eps, last);
+        w.matmul(last, r, &mut out[..r * w.rows()]);
+        Ok(())
+    }
+}

@@ -1,0 +1,402 @@
+//! One typed function per kernel of [`super::kernels::SOURCE`]: device buffers and shapes in, the
+//! sizes checked against the buffers, then the launch with the arguments in the order the CUDA
+//! signature lists them. Nothing here synchronizes or allocates, so a forward pass made of these
+//! calls can be captured as a CUDA graph. Adding a kernel is adding its source, its name to
+//! [`super::kernels::KERNELS`], a field to [`Kernels`] and a function here.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaModule, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+use super::kernels::{ATTN_THREADS, MAX_HEAD_DIM, ROW_THREADS};
+use super::{Error, Gemm, Gpu, GpuBuf, Result};
+use crate::ops::{Activation, Heads};
+
+/// The kernels of one loaded module.
+pub(crate) struct Kernels {
+    embed_rows: CudaFunction,
+    residual_norm: CudaFunction,
+    qkv_prep: CudaFunction,
+    paged_attention: CudaFunction,
+    glu: CudaFunction,
+    argmax_rows: CudaFunction,
+}
+
+impl Kernels {
+    pub(crate) fn load(m: &Arc<CudaModule>) -> Result<Self> {
+        let f = |name: &str| m.load_function(name).map_err(Error::from);
+        Ok(Self {
+            embed_rows: f("embed_rows")?,
+            residual_norm: f("residual_norm")?,
+            qkv_prep: f("qkv_prep")?,
+            paged_attention: f("paged_attention")?,
+            glu: f("glu")?,
+            argmax_rows: f("argmax_rows")?,
+        })
+    }
+}
+
+/// A bf16 matrix (rows, cols) on the device, one row per output feature.
+pub struct DevMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: GpuBuf<bf16>,
+}
+
+/// The cos and sin of every position under one RoPE, as tables (positions, half) made on the
+/// host from [`crate::rope::Rope::angles`], and how it pairs dimensions.
+pub struct DevRope {
+    pub cos: GpuBuf<f32>,
+    pub sin: GpuBuf<f32>,
+    pub half: usize,
+    pub neox: bool,
+    /// Positions the tables cover.
+    pub positions: usize,
+}
+
+/// What a [`Gpu::qkv_prep`] reads besides the rows.
+pub struct QkvArgs<'a> {
+    pub heads: Heads,
+    pub bias: Option<&'a GpuBuf<f32>>,
+    pub q_norm: Option<&'a GpuBuf<f32>>,
+    pub k_norm: Option<&'a GpuBuf<f32>>,
+    pub eps: f32,
+    pub positions: &'a GpuBuf<u32>,
+    pub rope: &'a DevRope,
+    pub slots: &'a GpuBuf<i64>,
+}
+
+/// Where each row of a [`Gpu::paged_attention`] finds its K/V.
+pub struct AttnArgs<'a> {
+    pub heads: Heads,
+    pub block_size: usize,
+    pub scale: f32,
+    /// 0: attend to every position.
+    pub window: usize,
+    /// Block tables, flattened; row t's starts at `row_table[t]`.
+    pub tables: &'a GpuBuf<i32>,
+    pub row_table: &'a GpuBuf<i32>,
+    /// Positions row t attends to (its position + 1).
+    pub row_ctx: &'a GpuBuf<i32>,
+}
+
+/// One `residual_norm` launch: device addresses of x and out, what is added, which rows.
+struct NormLaunch<'a> {
+    x: u64,
+    add: Option<(&'a GpuBuf<f32>, Option<&'a GpuBuf<f32>>)>,
+    rows: Option<&'a GpuBuf<i32>>,
+    out: u64,
+    n: usize,
+    write_x: bool,
+}
+
+fn check(ok: bool, what: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Memory(format!(
+            "{what}: a buffer is smaller than the launch reads"
+        )))
+    }
+}
+
+fn grid(x: usize, y: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (x as u32, y as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl Gpu {
+    fn opt_ptr<T>(&self, b: Option<&GpuBuf<T>>) -> u64 {
+        b.map_or(0, |b| self.ptr(b))
+    }
+
+    /// `x (n, dim) f32 = table[tokens] * scale`. Every token is below `table.rows` (checked by
+    /// the caller when staging).
+    pub fn embed_rows(
+        &self,
+        tokens: &GpuBuf<u32>,
+        table: &DevMatrix,
+        scale: f32,
+        x: &mut GpuBuf<f32>,
+        n: usize,
+    ) -> Result<()> {
+        check(tokens.len() >= n && x.len() >= n * table.cols, "embed_rows")?;
+        let (t, e, xp, dim) = (
+            self.ptr(tokens),
+            self.ptr(&table.data),
+            self.ptr(x),
+            table.cols as i32,
+        );
+        let mut b = self.stream.launch_builder(&self.k.embed_rows);
+        b.arg(&t).arg(&e).arg(&xp).arg(&dim).arg(&scale);
+        // SAFETY: sizes checked above; tokens index rows of the table (the caller's check).
+        unsafe { b.launch(grid(n, 1, ROW_THREADS)) }?;
+        Ok(())
+    }
+
+    /// The residual step before a norm, on the first `n` rows: `x += post ? rms_norm(add) *
+    /// post : add` (when `add` is given), then `out (n, dim) bf16 = rms_norm(x) * w`.
+    pub fn residual_norm(
+        &self,
+        x: &mut GpuBuf<f32>,
+        add: Option<(&GpuBuf<f32>, Option<&GpuBuf<f32>>)>,
+        w: &GpuBuf<f32>,
+        eps: f32,
+        out: &mut GpuBuf<bf16>,
+        n: usize,
+    ) -> Result<()> {
+        let need = n * w.len();
+        check(
+            x.len() >= need && out.len() >= need && add.is_none_or(|(a, _)| a.len() >= need),
+            "residual_norm",
+        )?;
+        let l = NormLaunch {
+            x: self.ptr(x),
+            add,
+            rows: None,
+            out: self.ptr(out),
+            n,
+            write_x: true,
+        };
+        self.launch_residual_norm(&l, w, eps)
+    }
+
+    /// The final norm of the rows whose logits are wanted: for output row b, with
+    /// `s = rows[b]`, `out[b] bf16 = rms_norm(x[s] + add'[s]) * w`, `add'` as in
+    /// [`Self::residual_norm`]; x is left as it is. Every index is a row of x (the caller's
+    /// plan).
+    pub fn norm_rows(
+        &self,
+        x: &GpuBuf<f32>,
+        add: (&GpuBuf<f32>, Option<&GpuBuf<f32>>),
+        w: &GpuBuf<f32>,
+        eps: f32,
+        (rows, r): (&GpuBuf<i32>, usize),
+        out: &mut GpuBuf<bf16>,
+    ) -> Result<()> {
+        check(
+            add.0.len() >= x.len() && out.len() >= r * w.len() && rows.len() >= r,
+            "norm_rows",
+        )?;
+        let l = NormLaunch {
+            x: self.ptr(x),
+            add: Some(add),
+            rows: Some(rows),
+            out: self.ptr(out),
+            n: r,
+            write_x: false,
+        };
+        self.launch_residual_norm(&l, w, eps)
+    }
+
+    fn launch_residual_norm(&self, l: &NormLaunch<'_>, w: &GpuBuf<f32>, eps: f32) -> Result<()> {
+        let (add, rows, n) = (l.add, l.rows, l.n);
+        let dim = w.len();
+        check(
+            add.and_then(|a| a.1).is_none_or(|p| p.len() == dim),
+            "residual_norm: post-norm width",
+        )?;
+        let (ap, pp, rp, wp) = (
+            self.opt_ptr(add.map(|a| a.0)),
+            self.opt_ptr(add.and_then(|a| a.1)),
+            self.opt_ptr(rows),
+            self.ptr(w),
+        );
+        let (d, write) = (dim as i32, i32::from(l.write_x));
+        let mut b = self.stream.launch_builder(&self.k.residual_norm);
+        b.arg(&l.x).arg(&ap).arg(&pp).arg(&rp).arg(&wp).arg(&l.out);
+        b.arg(&d).arg(&eps).arg(&write);
+        // SAFETY: the public callers checked the sizes; `rows` indices are rows of x.
+        unsafe { b.launch(grid(n, 1, ROW_THREADS)) }?;
+        Ok(())
+    }
+
+    /// Bias, Q/K norms, RoPE and the K/V write of `n` rows of `qkv` (n, qkv_dim) into one
+    /// layer's `k`, `v` (slots, kv_dim). Positions are below `rope.positions` and slots inside the
+    /// pool (checked by the caller when staging).
+    pub fn qkv_prep(
+        &self,
+        qkv: &mut GpuBuf<f32>,
+        a: &QkvArgs<'_>,
+        (k, v): (&mut GpuBuf<bf16>, &mut GpuBuf<bf16>),
+        n: usize,
+    ) -> Result<()> {
+        let h = a.heads;
+        let hd = h.head_dim;
+        check(
+            qkv.len() >= n * h.qkv_dim()
+                && a.positions.len() >= n
+                && a.slots.len() >= n
+                && a.bias.is_none_or(|b| b.len() == h.qkv_dim())
+                && a.q_norm.is_none_or(|w| w.len() == hd)
+                && a.k_norm.is_none_or(|w| w.len() == hd)
+                && a.rope.cos.len() >= a.rope.positions * a.rope.half
+                && 2 * a.rope.half <= hd
+                && k.len() == v.len(),
+            "qkv_prep",
+        )?;
+        let ptrs = [
+            self.ptr(qkv),
+            self.opt_ptr(a.bias),
+            self.opt_ptr(a.q_norm),
+            self.opt_ptr(a.k_norm),
+        ];
+        let (pos, cos, sin, slots) = (
+            self.ptr(a.positions),
+            self.ptr(&a.rope.cos),
+            self.ptr(&a.rope.sin),
+            self.ptr(a.slots),
+        );
+        let (kp, vp) = (self.ptr(k), self.ptr(v));
+        let ints = [
+            a.rope.half as i32,
+            i32::from(a.rope.neox),
+            h.n_heads as i32,
+            h.n_kv_heads as i32,
+            hd as i32,
+        ];
+        let mut b = self.stream.launch_builder(&self.k.qkv_prep);
+        b.arg(&ptrs[0])
+            .arg(&ptrs[1])
+            .arg(&ptrs[2])
+            .arg(&ptrs[3])
+            .arg(&a.eps);
+        b.arg(&pos)
+            .arg(&cos)
+            .arg(&sin)
+            .arg(&ints[0])
+            .arg(&ints[1])
+            .arg(&slots);
+        b.arg(&kp)
+            .arg(&vp)
+            .arg(&ints[2])
+            .arg(&ints[3])
+            .arg(&ints[4]);
+        // SAFETY: sizes checked above; positions and slots were checked against the tables and
+        // the pool when staged.
+        unsafe { b.launch(grid(n, 1, ROW_THREADS)) }?;
+        Ok(())
+    }
+
+    /// `out (n, q_dim) bf16`: each row's Q heads of `qkv` attending to its positions of one
+    /// layer's `k`, `v`. Block tables hold blocks of the pool (checked when staged).
+    pub fn paged_attention(
+        &self,
+        qkv: &GpuBuf<f32>,
+        (k, v): (&GpuBuf<bf16>, &GpuBuf<bf16>),
+        a: &AttnArgs<'_>,
+        out: &mut GpuBuf<bf16>,
+        n: usize,
+    ) -> Result<()> {
+        let h = a.heads;
+        check(
+            h.head_dim <= MAX_HEAD_DIM
+                && h.n_kv_heads > 0
+                && h.n_heads.is_multiple_of(h.n_kv_heads)
+                && qkv.len() >= n * h.qkv_dim()
+                && out.len() >= n * h.q_dim()
+                && a.row_table.len() >= n
+                && a.row_ctx.len() >= n
+                && k.len() == v.len(),
+            "paged_attention",
+        )?;
+        let ptrs = [
+            self.ptr(qkv),
+            self.ptr(k),
+            self.ptr(v),
+            self.ptr(a.tables),
+            self.ptr(a.row_table),
+            self.ptr(a.row_ctx),
+            self.ptr(out),
+        ];
+        let ints = [
+            h.n_heads as i32,
+            h.n_kv_heads as i32,
+            h.head_dim as i32,
+            a.block_size as i32,
+        ];
+        let window = a.window as i32;
+        let mut b = self.stream.launch_builder(&self.k.paged_attention);
+        for p in &ptrs {
+            b.arg(p);
+        }
+        for i in &ints {
+            b.arg(i);
+        }
+        b.arg(&a.scale).arg(&window);
+        // SAFETY: sizes checked above; tables and contexts were checked against the pool when
+        // staged.
+        unsafe { b.launch(grid(n, h.n_heads, ATTN_THREADS)) }?;
+        Ok(())
+    }
+
+    /// `out (n, ffn) bf16 = act(gate) * up` of `gu` (n, 2 ffn) f32.
+    pub fn glu(
+        &self,
+        act: Activation,
+        gu: &GpuBuf<f32>,
+        ffn: usize,
+        out: &mut GpuBuf<bf16>,
+        n: usize,
+    ) -> Result<()> {
+        check(gu.len() >= n * 2 * ffn && out.len() >= n * ffn, "glu")?;
+        let (g, h) = (self.ptr(gu), self.ptr(out));
+        let (nn, f) = (n as i32, ffn as i32);
+        let a = match act {
+            Activation::Silu => 0i32,
+            Activation::GeluTanh => 1,
+        };
+        let blocks = (n * ffn).div_ceil(ROW_THREADS as usize).clamp(1, 65535);
+        let mut b = self.stream.launch_builder(&self.k.glu);
+        b.arg(&g).arg(&h).arg(&nn).arg(&f).arg(&a);
+        // SAFETY: sizes checked above.
+        unsafe { b.launch(grid(blocks, 1, ROW_THREADS)) }?;
+        Ok(())
+    }
+
+    /// `out[i]` = the argmax of row i of `logits` (r, vocab), lowest id on ties.
+    pub fn argmax_rows(
+        &self,
+        logits: &GpuBuf<f32>,
+        vocab: usize,
+        out: &mut GpuBuf<u32>,
+        r: usize,
+    ) -> Result<()> {
+        check(logits.len() >= r * vocab && out.len() >= r, "argmax_rows")?;
+        let (l, o, v) = (self.ptr(logits), self.ptr(out), vocab as i32);
+        let mut b = self.stream.launch_builder(&self.k.argmax_rows);
+        b.arg(&l).arg(&o).arg(&v);
+        // SAFETY: sizes checked above.
+        unsafe { b.launch(grid(r, 1, ROW_THREADS)) }?;
+        Ok(())
+    }
+
+    /// `y (n, w.rows) f32 = x (n, w.cols) bf16 · wᵀ` on the tensor cores.
+    pub fn matmul(
+        &self,
+        x: &GpuBuf<bf16>,
+        w: &DevMatrix,
+        y: &mut GpuBuf<f32>,
+        n: usize,
+    ) -> Result<()> {
+        check(
+            x.len() >= n * w.cols && y.len() >= n * w.rows && w.data.len() == w.rows * w.cols,
+            "matmul",
+        )?;
+        let g = Gemm {
+            x: self.ptr(x),
+            w: self.ptr(&w.data),
+            y: self.ptr(y),
+            n,
+            inp: w.cols,
+            out: w.rows,
+            accumulate: false,
+        };
+        // SAFETY: the three buffers hold those shapes (checked above).
+        unsafe { self.gemm_bf16(g) }
+    }
+}

@@ -1,0 +1,170 @@
+//! The device operations of [`crate::ops`] on a CUDA device: f32 activations, bf16 product
+//! inputs and weights ([`DevMatrix`]), a bf16 K/V pool per layer, the step's inputs staged in a
+//! [`DevStep`], each operation one launch of [`super::launch`] (or a cuBLAS GEMM). Nothing here
+//! synchronizes or allocates, so a whole forward pass can be captured as a CUDA graph.
+//!
+//! Extending it (FP8 weights, say): a new [`DevMatrix`] kind and its product in `matmul`; a new
+//! step (device sampling) is a kernel, its launcher, and an operation here and in `ops::Ops`.
+
+use half::bf16;
+
+use super::launch::{AttnArgs, DevMatrix, DevRope, QkvArgs};
+use super::{Error, Gpu, GpuBuf, Result};
+use crate::ops::{Activation, AttnLayer, Ops, QkvPrep, Residual};
+
+/// One step's inputs on the device, at fixed addresses (captured graphs replay them), for up to
+/// `rows` rows and `table_cap` block-table entries.
+pub struct DevStep {
+    pub rows: usize,
+    pub table_cap: usize,
+    /// (rows,)
+    pub tokens: GpuBuf<u32>,
+    pub positions: GpuBuf<u32>,
+    /// The pool slot each row's K/V goes to.
+    pub slots: GpuBuf<i64>,
+    /// Offset of each row's block table in `tables`.
+    pub row_table: GpuBuf<i32>,
+    /// Positions each row attends to (its position + 1).
+    pub row_ctx: GpuBuf<i32>,
+    /// Rows whose logits are wanted, in output order.
+    pub logit_rows: GpuBuf<i32>,
+    /// (table_cap,) block tables, flattened.
+    pub tables: GpuBuf<i32>,
+    /// (rows, dim) the final norm of the logits rows.
+    pub last: GpuBuf<bf16>,
+}
+
+impl DevStep {
+    pub fn new(gpu: &Gpu, rows: usize, table_cap: usize, dim: usize) -> Result<Self> {
+        Ok(Self {
+            rows,
+            table_cap,
+            tokens: gpu.zeros(rows)?,
+            positions: gpu.zeros(rows)?,
+            slots: gpu.zeros(rows)?,
+            row_table: gpu.zeros(rows)?,
+            row_ctx: gpu.zeros(rows)?,
+            logit_rows: gpu.zeros(rows)?,
+            tables: gpu.zeros(table_cap)?,
+            last: gpu.zeros(rows * dim)?,
+        })
+    }
+}
+
+/// K and V of one layer: (slots, kv_dim) bf16 each.
+pub struct DevKv {
+    pub k: GpuBuf<bf16>,
+    pub v: GpuBuf<bf16>,
+}
+
+/// One forward pass on the device over `n` staged rows, `r` of them producing logits.
+pub struct CudaOps<'a> {
+    pub gpu: &'a Gpu,
+    pub n: usize,
+    pub r: usize,
+    pub step: &'a mut DevStep,
+    /// Indexed by `QkvPrep::rope`.
+    pub ropes: &'a [DevRope],
+    /// Per layer.
+    pub kv: &'a mut [DevKv],
+    pub block_size: usize,
+}
+
+impl Ops for CudaOps<'_> {
+    type Act = GpuBuf<f32>;
+    type In = GpuBuf<bf16>;
+    type Matrix = DevMatrix;
+    type Vector = GpuBuf<f32>;
+    type Error = Error;
+
+    fn embed(&mut self, table: &DevMatrix, scale: f32, x: &mut GpuBuf<f32>) -> Result<()> {
+        self.gpu
+            .embed_rows(&self.step.tokens, table, scale, x, self.n)
+    }
+
+    fn residual_norm(
+        &mut self,
+        x: &mut GpuBuf<f32>,
+        add: Option<Residual<'_, GpuBuf<f32>, GpuBuf<f32>>>,
+        norm: &GpuBuf<f32>,
+        eps: f32,
+        out: &mut GpuBuf<bf16>,
+    ) -> Result<()> {
+        let add = add.map(|a| (&*a.add, a.norm));
+        self.gpu.residual_norm(x, add, norm, eps, out, self.n)
+    }
+
+    fn matmul(&mut self, x: &GpuBuf<bf16>, w: &DevMatrix, y: &mut GpuBuf<f32>) -> Result<()> {
+        self.gpu.matmul(x, w, y, self.n)
+    }
+
+    fn qkv_prep(
+        &mut self,
+        layer: usize,
+        qkv: &mut GpuBuf<f32>,
+        p: &QkvPrep<'_, GpuBuf<f32>>,
+    ) -> Result<()> {
+        let a = QkvArgs {
+            heads: p.heads,
+            bias: p.bias,
+            q_norm: p.q_norm,
+            k_norm: p.k_norm,
+            eps: p.eps,
+            positions: &self.step.positions,
+            rope: &self.ropes[p.rope],
+            slots: &self.step.slots,
+        };
+        let kv = &mut self.kv[layer];
+        self.gpu.qkv_prep(qkv, &a, (&mut kv.k, &mut kv.v), self.n)
+    }
+
+    fn attention(
+        &mut self,
+        layer: usize,
+        qkv: &GpuBuf<f32>,
+        p: &AttnLayer,
+        out: &mut GpuBuf<bf16>,
+    ) -> Result<()> {
+        let a = AttnArgs {
+            heads: p.heads,
+            block_size: self.block_size,
+            scale: p.scale,
+            window: p.window.unwrap_or(0),
+            tables: &self.step.tables,
+            row_table: &self.step.row_table,
+            row_ctx: &self.step.row_ctx,
+        };
+        let kv = &self.kv[layer];
+        self.gpu
+            .paged_attention(qkv, (&kv.k, &kv.v), &a, out, self.n)
+    }
+
+    fn glu(
+        &mut self,
+        act: Activation,
+        gu: &GpuBuf<f32>,
+        ffn: usize,
+        out: &mut GpuBuf<bf16>,
+    ) -> Result<()> {
+        self.gpu.glu(act, gu, ffn, out, self.n)
+    }
+
+    fn logits(
+        &mut self,
+        x: &GpuBuf<f32>,
+        add: Residual<'_, GpuBuf<f32>, GpuBuf<f32>>,
+        norm: &GpuBuf<f32>,
+        eps: f32,
+        w: &DevMatrix,
+        out: &mut GpuBuf<f32>,
+    ) -> Result<()> {
+        if self.r == 0 {
+            return Ok(());
+        }
+        let s = &mut *self.step;
+        let rows = (&s.logit_rows, self.r);
+        self.gpu
+            .norm_rows(x, (&*add.add, add.norm), norm, eps, rows, &mut s.last)?;
+        self.gpu.matmul(&s.last, w, out, self.r)
+    }
+}

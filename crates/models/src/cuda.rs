@@ -1,0 +1,426 @@
+//! The model on an NVIDIA GPU: the same forward pass as the CPU's (`forward.rs`) over the CUDA
+//! device operations (`tokenfab_backend::cuda::ops`). This file only places the model on the
+//! device and stages each step: weights uploaded, RoPE tables made, the KV pool sized from free
+//! memory, each batch's rows, slots and block tables copied to fixed device buffers, decode steps
+//! replayed as CUDA graphs.
+//!
+//! Precision: weights bf16 (converted from the host model's f32 on upload; exact for bf16
+//! files), product inputs bf16 with f32 accumulation and f32 outputs, the residual stream f32, K/V
+//! bf16, attention and softmax f32. RoPE's cos/sin are the host's own values (a table per
+//! position computed once with `Rope::angles`).
+//!
+//! Decode steps (one row per sequence, logits for every row) run as CUDA graphs captured per
+//! batch-size bucket; padded rows write a scratch block past the pool and their logits are
+//! dropped.
+
+use std::cell::Cell;
+
+use half::bf16;
+use rayon::prelude::*;
+use tokenfab_backend::cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use tokenfab_backend::cuda::cudarc::driver::CudaGraph;
+use tokenfab_backend::cuda::graphs::GraphCache;
+use tokenfab_backend::cuda::kernels::MAX_HEAD_DIM;
+use tokenfab_backend::cuda::launch::{DevMatrix, DevRope};
+use tokenfab_backend::cuda::memory::{self, KvSizing};
+use tokenfab_backend::cuda::ops::{CudaOps, DevKv, DevStep};
+use tokenfab_backend::cuda::{self, Gpu, GpuBuf};
+use tokenfab_backend::rope::RopeKind;
+use tokenfab_types::TokenId;
+
+use crate::batch::ForwardBatch;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::forward::{forward, Acts};
+use crate::model::Model;
+use crate::weight::{Weight, Weights};
+
+/// How to place a model on a device.
+#[derive(Clone, Debug)]
+pub struct CudaConfig {
+    pub ordinal: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Fraction of the device's memory to use, in (0, 1].
+    pub gpu_memory_utilization: f32,
+    /// Rows of one forward pass the activation buffers are sized for (larger batches grow them).
+    pub max_batch_tokens: usize,
+    /// Largest decode batch run as a CUDA graph; 0 runs every step without graphs.
+    pub max_graph_batch: usize,
+    /// At most this many KV blocks (a single-sequence session needs few).
+    pub max_blocks: Option<usize>,
+}
+
+impl Default for CudaConfig {
+    fn default() -> Self {
+        Self {
+            ordinal: 0,
+            block_size: 16,
+            gpu_memory_utilization: 0.9,
+            max_batch_tokens: 512,
+            max_graph_batch: 256,
+            max_blocks: None,
+        }
+    }
+}
+
+/// Host-side copies of one step's inputs, reused every step.
+#[derive(Default)]
+struct Staging {
+    tokens: Vec<TokenId>,
+    positions: Vec<u32>,
+    slots: Vec<i64>,
+    row_table: Vec<i32>,
+    row_ctx: Vec<i32>,
+    logit_rows: Vec<i32>,
+    tables: Vec<i32>,
+    seq_of: Vec<usize>,
+    slot_of: Vec<usize>,
+    seq_off: Vec<i32>,
+}
+
+struct Graph(CudaGraph);
+// SAFETY: a graph is only launched by the executor's owner, with its context bound first.
+unsafe impl Send for Graph {}
+
+type DevActs = Acts<GpuBuf<f32>, GpuBuf<bf16>>;
+
+/// Activation buffers for `rows` rows; fixed addresses, so graphs can replay them.
+fn new_acts(gpu: &Gpu, c: &ModelConfig, rows: usize) -> Result<DevActs> {
+    Ok(Acts {
+        x: gpu.zeros(rows * c.dim)?,
+        xn: gpu.zeros(rows * c.dim)?,
+        qkv: gpu.zeros(rows * (c.q_dim() + 2 * c.kv_dim()))?,
+        att: gpu.zeros(rows * c.q_dim())?,
+        tmp: gpu.zeros(rows * c.dim)?,
+        gu: gpu.zeros(rows * 2 * c.ffn_dim)?,
+        h: gpu.zeros(rows * c.ffn_dim)?,
+        logits: gpu.zeros(rows * c.vocab_size)?,
+    })
+}
+
+/// The model on a device with its KV pool.
+pub struct CudaExecutor {
+    gpu: Gpu,
+    cfg: ModelConfig,
+    block_size: usize,
+    num_blocks: usize,
+    weight_bytes: usize,
+    weights: Weights<DevMatrix, GpuBuf<f32>>,
+    ropes: Vec<DevRope>,
+    /// Per layer: ((num_blocks + 1) * block_size, kv_dim); the last block is scratch.
+    kv: Vec<DevKv>,
+    acts: DevActs,
+    step: DevStep,
+    /// (rows,) greedy tokens of the logits rows.
+    argmax: GpuBuf<TokenId>,
+    stage: Staging,
+    graphs: GraphCache<Graph>,
+    /// (rows, vocab) the last forward's logits, copied to the host.
+    host_logits: Vec<f32>,
+}
+
+fn to_bf16(m: &[f32]) -> Vec<bf16> {
+    m.par_iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+impl CudaExecutor {
+    /// Uploads `model` to device `cfg.ordinal` and sizes the KV pool from what memory is left.
+    pub fn new(model: &Model, cfg: &CudaConfig) -> Result<Self> {
+        let c = model.cfg.clone();
+        if c.head_dim > MAX_HEAD_DIM {
+            return Err(Error::Config(format!(
+                "head dimension {} exceeds the CUDA attention kernel's {MAX_HEAD_DIM}",
+                c.head_dim
+            )));
+        }
+        let gpu = Gpu::new(cfg.ordinal)?;
+        gpu.bind()?;
+        let bytes = Cell::new(0usize);
+        let weights = model.weights().try_map(
+            &mut |w: &Weight| -> Result<DevMatrix> {
+                let m = w.f32();
+                bytes.set(bytes.get() + 2 * m.data.len());
+                Ok(DevMatrix {
+                    rows: m.rows,
+                    cols: m.cols,
+                    data: gpu.upload(&to_bf16(&m.data))?,
+                })
+            },
+            &mut |v: &Vec<f32>| -> Result<GpuBuf<f32>> {
+                bytes.set(bytes.get() + 4 * v.len());
+                Ok(gpu.upload(v)?)
+            },
+        )?;
+        let ropes = model
+            .ropes()
+            .iter()
+            .map(|r| {
+                let (half, n) = (r.half(), c.context_len);
+                let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
+                for p in 0..n {
+                    let at = p * half..(p + 1) * half;
+                    r.angles(p as u32, &mut cos[at.clone()], &mut sin[at]);
+                }
+                Ok(DevRope {
+                    cos: gpu.upload(&cos)?,
+                    sin: gpu.upload(&sin)?,
+                    half,
+                    neox: r.kind == RopeKind::Neox,
+                    positions: n,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let rows = cfg.max_batch_tokens.max(1);
+        let acts = new_acts(&gpu, &c, rows)?;
+        let step = DevStep::new(&gpu, rows, table_cap(&c, cfg.block_size, rows), c.dim)?;
+        gpu.stream.synchronize().map_err(cuda::Error::from)?;
+        let (free_mem, total_mem) = gpu.ctx.mem_get_info().map_err(cuda::Error::from)?;
+        let sizing = KvSizing {
+            total_mem,
+            free_mem,
+            utilization: cfg.gpu_memory_utilization,
+            bytes_per_block: memory::bytes_per_block(c.n_layers, c.kv_dim(), cfg.block_size, 2),
+            reserve: memory::DEFAULT_RESERVE,
+        };
+        // One block of the pool is the scratch block of padded graph rows.
+        let mut num_blocks = sizing.num_blocks()? - 1;
+        if let Some(m) = cfg.max_blocks {
+            num_blocks = num_blocks.min(m.max(1));
+        }
+        let slots = (num_blocks + 1) * cfg.block_size * c.kv_dim();
+        let kv = (0..c.n_layers)
+            .map(|_| {
+                Ok(DevKv {
+                    k: gpu.zeros(slots)?,
+                    v: gpu.zeros(slots)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let weight_bytes = bytes.get();
+        tracing_line(&gpu, &c, num_blocks, cfg, weight_bytes);
+        Ok(Self {
+            graphs: GraphCache::new(cfg.max_graph_batch.min(rows)),
+            argmax: gpu.zeros(rows)?,
+            gpu,
+            cfg: c,
+            block_size: cfg.block_size,
+            num_blocks,
+            weight_bytes,
+            weights,
+            ropes,
+            kv,
+            acts,
+            step,
+            stage: Staging::default(),
+            host_logits: Vec::new(),
+        })
+    }
+
+    /// Greedy decoding on the device: runs the batch like [`Executor::forward`] and returns the
+    /// argmax token of each of `batch.logits_rows` (lowest id on ties, as the host sampler), so
+    /// only token ids cross the bus.
+    pub fn forward_greedy(&mut self, batch: &ForwardBatch) -> Result<Vec<TokenId>> {
+        let r = self.run_batch(batch)?;
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        let vocab = self.cfg.vocab_size;
+        self.gpu
+            .argmax_rows(&self.acts.logits, vocab, &mut self.argmax, r)?;
+        Ok(self.gpu.read(&self.argmax, r)?)
+    }
+
+    /// Graph buckets captured so far.
+    pub fn graphs_captured(&self) -> usize {
+        self.graphs.captured()
+    }
+
+    /// Stages the batch, runs it (through a graph when it is a decode step) and leaves the logits
+    /// of its `logits_rows` in the first rows of `acts.logits`; returns how many.
+    fn run_batch(&mut self, batch: &ForwardBatch) -> Result<usize> {
+        self.gpu.bind()?;
+        let Some((n_run, r_run, bucket)) = self.stage(batch)? else {
+            return Ok(0);
+        };
+        let r = batch.logits_rows.len();
+        let Some(b) = bucket else {
+            self.run(n_run, r_run)?;
+            return Ok(r);
+        };
+        if self.graphs.lookup(b).and_then(|(_, g)| g).is_none() {
+            let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+            self.gpu
+                .stream
+                .begin_capture(mode)
+                .map_err(cuda::Error::from)?;
+            let res = self.run(n_run, r_run);
+            let g = self.gpu.stream.end_capture(CUgraphInstantiate_flags(0));
+            res?;
+            let g = g
+                .map_err(cuda::Error::from)?
+                .ok_or_else(|| cuda::Error::Driver("stream capture produced no graph".into()))?;
+            self.graphs.insert(b, Graph(g));
+        }
+        let (_, g) = self.graphs.lookup(b).expect("bucket exists");
+        g.expect("captured above")
+            .0
+            .launch()
+            .map_err(cuda::Error::from)?;
+        Ok(r)
+    }
+
+    /// Fills the step's device buffers. Returns (rows to run, logits rows to compute, graph
+    /// bucket), or `None` for an empty batch.
+    fn stage(&mut self, batch: &ForwardBatch) -> Result<Option<(usize, usize, Option<usize>)>> {
+        let (bs, nb) = (self.block_size, self.num_blocks);
+        let st = &mut self.stage;
+        batch.plan_into(bs, nb, &mut st.seq_of, &mut st.slot_of)?;
+        let n = batch.tokens.len();
+        if n == 0 {
+            return Ok(None);
+        }
+        let c = &self.cfg;
+        batch.check_tokens(c.vocab_size)?;
+        // The RoPE tables cover the model's context.
+        if let Some(&pos) = batch
+            .positions
+            .iter()
+            .find(|&&p| p as usize >= c.context_len)
+        {
+            return Err(Error::Batch(format!(
+                "position {pos} is past the context of {}",
+                c.context_len
+            )));
+        }
+        let r = batch.logits_rows.len();
+        let decode = batch.seqs.len() == n
+            && r == n
+            && batch.logits_rows.iter().enumerate().all(|(i, &x)| i == x);
+        let bucket = if decode {
+            self.graphs.lookup(n).map(|(b, _)| b)
+        } else {
+            None
+        };
+        let n_run = bucket.unwrap_or(n);
+        let r_run = bucket.unwrap_or(r);
+
+        st.tables.clear();
+        st.seq_off.clear();
+        for seq in batch.seqs {
+            let last = batch.positions[seq.rows.end - 1] as usize;
+            st.seq_off.push(st.tables.len() as i32);
+            st.tables
+                .extend(seq.block_table[..last / bs + 1].iter().map(|&b| b as i32));
+        }
+        let scratch_off = st.tables.len() as i32;
+        st.tables.push(nb as i32);
+        st.tokens.clear();
+        st.tokens.extend_from_slice(batch.tokens);
+        st.positions.clear();
+        st.positions.extend_from_slice(batch.positions);
+        st.slots.clear();
+        st.slots.extend(st.slot_of.iter().map(|&s| s as i64));
+        st.row_table.clear();
+        st.row_table
+            .extend(st.seq_of.iter().map(|&s| st.seq_off[s]));
+        st.row_ctx.clear();
+        st.row_ctx
+            .extend(batch.positions.iter().map(|&p| p as i32 + 1));
+        st.logit_rows.clear();
+        st.logit_rows
+            .extend(batch.logits_rows.iter().map(|&x| x as i32));
+        // Padded rows of a graph bucket: token 0 at position 0, writing and reading the scratch
+        // block; their logits are computed and never read.
+        for t in n..n_run {
+            st.tokens.push(0);
+            st.positions.push(0);
+            st.slots.push((nb * bs) as i64);
+            st.row_table.push(scratch_off);
+            st.row_ctx.push(1);
+            st.logit_rows.push(t as i32);
+        }
+
+        if n_run > self.step.rows || st.tables.len() > self.step.table_cap {
+            let rows = n_run.max(self.step.rows);
+            let cap = st.tables.len().max(table_cap(c, bs, rows));
+            // Captured graphs point into the old buffers.
+            self.graphs.clear();
+            self.acts = new_acts(&self.gpu, c, rows)?;
+            self.step = DevStep::new(&self.gpu, rows, cap, c.dim)?;
+            self.argmax = self.gpu.zeros(rows)?;
+        }
+        let (g, d, st) = (&self.gpu, &mut self.step, &self.stage);
+        g.write(&st.tokens, &mut d.tokens)?;
+        g.write(&st.positions, &mut d.positions)?;
+        g.write(&st.slots, &mut d.slots)?;
+        g.write(&st.row_table, &mut d.row_table)?;
+        g.write(&st.row_ctx, &mut d.row_ctx)?;
+        g.write(&st.logit_rows, &mut d.logit_rows)?;
+        g.write(&st.tables, &mut d.tables)?;
+        Ok(Some((n_run, r_run, bucket)))
+    }
+
+    /// The launches of one forward pass over `n` staged rows, `r` of them producing logits.
+    /// Nothing here synchronizes or allocates, so it can be captured as a graph.
+    fn run(&mut self, n: usize, r: usize) -> Result<()> {
+        let mut ops = CudaOps {
+            gpu: &self.gpu,
+            n,
+            r,
+            step: &mut self.step,
+            ropes: &self.ropes,
+            kv: &mut self.kv,
+            block_size: self.block_size,
+        };
+        Ok(forward(&self.cfg, &self.weights, &mut ops, &mut self.acts)?)
+    }
+}
+
+/// Block-table entries for `rows` sequences of the full context, plus the scratch table.
+fn table_cap(c: &ModelConfig, block_size: usize, rows: usize) -> usize {
+    rows * c.context_len.div_ceil(block_size) + 1
+}
+
+fn tracing_line(gpu: &Gpu, c: &ModelConfig, num_blocks: usize, cfg: &CudaConfig, wb: usize) {
+    eprintln!(
+        "cuda:{} {} (sm_{}{}): weights {:.2} GiB bf16, KV pool {} blocks of {} tokens ({} tokens, {} layers)",
+        gpu.info.ordinal,
+        gpu.info.name,
+        gpu.info.compute_capability.0,
+        gpu.info.compute_capability.1,
+        wb as f64 / (1u64 << 30) as f64,
+        num_blocks,
+        cfg.block_size,
+        num_blocks * cfg.block_size,
+        c.n_layers
+    );
+}
+
+impl Executor for CudaExecutor {
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<&[f32]> {
+        let r = self.run_batch(batch)?;
+        self.host_logits = self.gpu.read(&self.acts.logits, r * self.cfg.vocab_size)?;
+        Ok(&self.host_logits)
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn block_size(&self) -> usize {
+        self.block_size
+    }
+    fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+    fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+    fn device(&self) -> String {
+        format!("cuda:{}", self.gpu.info.ordinal)
+    }
+}
+
+#[cfg(test)]
+mod tests;

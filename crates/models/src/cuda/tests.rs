@@ -1,0 +1,150 @@
+//! The CUDA executor against the CPU's forward pass on every architecture's tiny model. Without a
+//! device, building the executor is a typed error and each test says it skipped.
+
+use tokenfab_loader::{GgmlType, Gguf};
+
+use super::*;
+use crate::executor::CpuExecutor;
+use crate::kv::KvDtype;
+use crate::testing::{tiny_model, ARCHS};
+use crate::SeqSlice;
+
+const VOCAB: usize = 64;
+
+fn tiny(arch: &str) -> Model {
+    let g = Gguf::from_bytes(tiny_model(arch, VOCAB, GgmlType::F32, 4, 2).to_bytes()).unwrap();
+    Model::from_gguf(&g).unwrap()
+}
+
+/// The executor, or `None` (having said why) where there is no usable device.
+fn on_device(model: &Model, max_graph_batch: usize) -> Option<CudaExecutor> {
+    let cfg = CudaConfig {
+        block_size: 4,
+        max_batch_tokens: 64,
+        max_graph_batch,
+        max_blocks: Some(32),
+        ..CudaConfig::default()
+    };
+    match CudaExecutor::new(model, &cfg) {
+        Ok(e) => Some(e),
+        Err(Error::Device(e)) => {
+            eprintln!("skipped: no usable CUDA device ({e})");
+            None
+        }
+        Err(e) => panic!("not a device error: {e}"),
+    }
+}
+
+/// Two sequences: a prompt each (one batch), then `steps` decode steps of both together;
+/// returns the logits of every step.
+fn run(e: &mut dyn Executor, steps: usize) -> Vec<Vec<f32>> {
+    let (t1, t2): (Vec<u32>, Vec<u32>) = ((0..8).collect(), (8..16).collect());
+    let p1: Vec<u32> = (0..13).map(|i| (i * 7 % VOCAB) as u32).collect();
+    let p2: Vec<u32> = (0..6).map(|i| (i * 5 % VOCAB) as u32).collect();
+    let mut out = Vec::new();
+    let tokens: Vec<u32> = p1.iter().chain(&p2).copied().collect();
+    let positions: Vec<u32> = (0..13).chain(0..6).collect();
+    let seqs = [
+        SeqSlice {
+            rows: 0..13,
+            block_table: &t1,
+        },
+        SeqSlice {
+            rows: 13..19,
+            block_table: &t2,
+        },
+    ];
+    let b = ForwardBatch {
+        tokens: &tokens,
+        positions: &positions,
+        seqs: &seqs,
+        logits_rows: &[12, 18],
+    };
+    out.push(e.forward(&b).unwrap().to_vec());
+    for s in 0..steps as u32 {
+        let seqs = [
+            SeqSlice {
+                rows: 0..1,
+                block_table: &t1,
+            },
+            SeqSlice {
+                rows: 1..2,
+                block_table: &t2,
+            },
+        ];
+        let b = ForwardBatch {
+            tokens: &[(s * 3) % VOCAB as u32, (s * 11) % VOCAB as u32],
+            positions: &[13 + s, 6 + s],
+            seqs: &seqs,
+            logits_rows: &[0, 1],
+        };
+        out.push(e.forward(&b).unwrap().to_vec());
+    }
+    out
+}
+
+#[test]
+fn every_architecture_matches_the_cpu_on_a_gpu() {
+    for arch in ARCHS {
+        let model = tiny(arch);
+        let Some(mut gpu) = on_device(&model, 8) else {
+            return;
+        };
+        // Past Gemma 3's window of 5: the decode steps attend through it.
+        let got = run(&mut gpu, 6);
+        assert!(
+            gpu.graphs_captured() > 0,
+            "{arch}: decode steps ran as graphs"
+        );
+        let mut cpu = CpuExecutor::new(tiny(arch), KvDtype::F32, 4, 32).unwrap();
+        let want = run(&mut cpu, 6);
+        for (s, (g, w)) in got.iter().zip(&want).enumerate() {
+            let spread = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            // bf16 weights, inputs and K/V against f32.
+            assert!(
+                worst <= 0.05 * spread,
+                "{arch} step {s}: worst {worst} vs spread {spread}"
+            );
+        }
+        // Graph replays give what the same launches give without graphs.
+        let mut plain = on_device(&model, 0).expect("the device was there");
+        assert_eq!(run(&mut plain, 6), got, "{arch}: graphs vs plain launches");
+        assert_eq!(plain.graphs_captured(), 0);
+    }
+}
+
+#[test]
+fn device_greedy_picks_the_argmax() {
+    let model = tiny("gemma3");
+    let Some(mut gpu) = on_device(&model, 8) else {
+        return;
+    };
+    let t: Vec<u32> = (0..8).collect();
+    let seqs = [SeqSlice {
+        rows: 0..5,
+        block_table: &t,
+    }];
+    let b = ForwardBatch {
+        tokens: &[1, 2, 3, 4, 5],
+        positions: &[0, 1, 2, 3, 4],
+        seqs: &seqs,
+        logits_rows: &[2, 4],
+    };
+    let logits = gpu.forward(&b).unwrap().to_vec();
+    let picks = gpu.forward_greedy(&b).unwrap();
+    for (i, &p) in picks.iter().enumerate() {
+        let row = &logits[i * VOCAB..(i + 1) * VOCAB];
+        let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let first = row.iter().position(|&v| v == best).unwrap() as u32;
+        assert_eq!(p, first, "row {i}");
+    }
+}
+
+#[test]
+fn table_capacity_covers_full_contexts() {
+    let g = Gguf::from_bytes(tiny_model("llama", VOCAB, GgmlType::F32, 4, 2).to_bytes()).unwrap();
+    let c = ModelConfig::from_gguf(&g).unwrap();
+    let cap = table_cap(&c, 16, 4);
+    assert_eq!(cap, 4 * c.context_len.div_ceil(16) + 1);
+}

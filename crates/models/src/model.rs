@@ -1,0 +1,121 @@
+//! A loaded model on the host: its configuration, RoPEs and weights (matrices in their GGUF block
+//! format where a quantized kernel reads it, else f32), and the CPU's forward pass over them.
+
+use tokenfab_backend::cpu::attention::RowKv;
+use tokenfab_backend::cpu::ops::{CpuOps, CpuStep};
+use tokenfab_backend::rope::Rope;
+use tokenfab_loader::Gguf;
+
+use crate::batch::ForwardBatch;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::forward::forward;
+use crate::kv::{KvCache, KvDtype};
+use crate::rope::ropes;
+use crate::scratch::Scratch;
+use crate::weight::{Tensors, Weight, Weights};
+
+/// A model of any supported architecture (see [`crate::config::Arch`]).
+pub struct Model {
+    pub cfg: ModelConfig,
+    /// Indexed by [`ModelConfig::rope_index`].
+    pub(crate) ropes: Vec<Rope>,
+    pub(crate) weights: Weights<Weight, Vec<f32>>,
+}
+
+impl Model {
+    /// Loads the model from a GGUF file, keeping quantized matrices quantized.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        Self::from_gguf_with(g, false)
+    }
+
+    /// Loads the model; with `f32_weights` every matrix is dequantized to f32 (4x the memory; a
+    /// reference for the quantized kernels).
+    pub fn from_gguf_with(g: &Gguf, f32_weights: bool) -> Result<Self> {
+        let cfg = ModelConfig::from_gguf(g)?;
+        let t = Tensors::new(f32_weights);
+        let weights = Weights::load(g, &cfg, &t)?;
+        let ropes = ropes(&cfg, g, &t)?;
+        t.all_used(g, &cfg.arch)?;
+        Ok(Self {
+            cfg,
+            ropes,
+            weights,
+        })
+    }
+
+    /// A KV pool shaped for this model, stored as `dtype`.
+    pub fn new_kv_cache(
+        &self,
+        dtype: KvDtype,
+        block_size: usize,
+        num_blocks: usize,
+    ) -> Result<KvCache> {
+        let c = &self.cfg;
+        KvCache::new(
+            c.n_layers,
+            c.kv_dim(),
+            c.head_dim,
+            dtype,
+            block_size,
+            num_blocks,
+        )
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+
+    /// The weights (for executors that upload them to a device).
+    pub fn weights(&self) -> &Weights<Weight, Vec<f32>> {
+        &self.weights
+    }
+
+    pub fn ropes(&self) -> &[Rope] {
+        &self.ropes
+    }
+
+    /// Runs the batch, writing each token's K/V into `kv`, and returns the logits of
+    /// `batch.logits_rows`: (logits_rows.len(), vocab). Allocates its buffers on every call;
+    /// executors use [`Model::forward_into`] with a [`Scratch`] they keep.
+    pub fn forward(&self, batch: &ForwardBatch, kv: &mut KvCache) -> Result<Vec<f32>> {
+        let mut s = Scratch::default();
+        Ok(self.forward_into(batch, kv, &mut s)?.to_vec())
+    }
+
+    /// [`Model::forward`] over the buffers of `s`, returning the logits held in `s`. Once `s` has
+    /// seen a batch of this size, the pass allocates nothing.
+    pub fn forward_into<'s>(
+        &self,
+        batch: &ForwardBatch,
+        kv: &mut KvCache,
+        s: &'s mut Scratch,
+    ) -> Result<&'s [f32]> {
+        let c = &self.cfg;
+        if kv.kv_dim != c.kv_dim() || kv.k.len() != c.n_layers {
+            return Err(Error::Batch("KV cache was made for another model".into()));
+        }
+        batch.plan_into(kv.block_size, kv.num_blocks, &mut s.seq_of, &mut s.slots)?;
+        batch.check_tokens(c.vocab_size)?;
+        let (n, r) = (batch.tokens.len(), batch.logits_rows.len());
+        s.fit(c, n, r);
+        let seq_of = &s.seq_of;
+        let rows = |t: usize| RowKv {
+            block_table: batch.seqs[seq_of[t]].block_table,
+            start: 0,
+            ctx: batch.positions[t] as usize + 1,
+        };
+        let step = CpuStep {
+            tokens: batch.tokens,
+            positions: batch.positions,
+            slots: &s.slots,
+            logits_rows: batch.logits_rows,
+            rows: &rows,
+        };
+        let kv_pair = (&mut kv.k[..], &mut kv.v[..]);
+        let mut ops = CpuOps::new(step, &self.ropes, kv_pair, kv.block_size, &mut s.cpu);
+        forward(c, &self.weights, &mut ops, &mut s.acts)?;
+        Ok(&s.acts.logits[..r * c.vocab_size])
+    }
+}
