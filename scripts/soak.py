@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Bounded soak of `tokenfab serve` on 127.0.0.1: mixed streaming and non-streaming requests,
-random disconnects and bad requests from a few client threads, while the server's RSS and open
-file descriptors are sampled every few seconds.
+random disconnects, bad requests, slow readers (a stream read a little at a time), hung readers
+(a stream read once, then not for longer than --stream-timeout, then to its end), half-sent
+requests (headers never finished) and trickled bodies from a few client threads, while the
+server's RSS and open file descriptors are sampled every few seconds.
 
 Fails (exit 1) when RSS or fds grow without bound (the mean of the last third of the samples
 against the first third, with a tolerance), when an accepted request ends without a complete
-response or an explicit error, when any response is a 5xx, or when the engine does not return to
-idle (no running requests, KV usage 0) afterwards. Standard library only.
+response or an explicit error (a hung reader must find the stream-timeout error, a slow reader
+its [DONE]), when any request is stuck (no answer, or a half-sent request's connection not closed,
+within its bound), when any response is a 5xx, or when the engine does not return to idle (no
+running or waiting requests, KV usage 0) afterwards. Standard library only.
 
   scripts/soak.py --minutes 10 [--bin target/debug/tokenfab] [--server-args "--dummy-weights tiny"]
 """
@@ -16,7 +20,11 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--minutes", type=float, default=10)
 ap.add_argument("--bin", default="target/debug/tokenfab")
 # A KV pool small enough to be touched in full early: a lazily touched pool would read as growth.
-ap.add_argument("--server-args", default="--dummy-weights tiny --threads 1 --kv-cache-memory 16MiB")
+ap.add_argument("--server-args", default="--dummy-weights tiny --threads 1 --kv-cache-memory 16MiB "
+                "--stream-timeout 2 --header-read-timeout 2 --body-read-timeout 2")
+# Must match the server's --stream-timeout / --header-read-timeout (seconds).
+ap.add_argument("--stream-timeout", type=float, default=2)
+ap.add_argument("--header-timeout", type=float, default=2)
 ap.add_argument("--clients", type=int, default=6)
 ap.add_argument("--sample-secs", type=float, default=5)
 ap.add_argument("--seed", type=int, default=7)
@@ -88,23 +96,33 @@ def chat(rng):
         note("chat", None if ok else f"{r.status} {v}")
     c.close()
 
+def read_sse(r, pause=0.0):
+    """Reads an SSE body to its end: (saw [DONE], saw a finish_reason, error codes)."""
+    done = finish = False
+    errors = []
+    for line in r:
+        line = line.decode().strip()
+        if line == "data: [DONE]":
+            done = True
+        elif line.startswith("data: "):
+            ev = json.loads(line[6:])
+            if "error" in ev:
+                errors.append(ev["error"].get("code"))
+            for ch in ev.get("choices", []):
+                finish = finish or bool(ch.get("finish_reason"))
+        if pause:
+            time.sleep(pause)
+    return done, finish, errors
+
 def stream(rng):
     body = {"prompt": words(rng), "max_tokens": rng.randint(1, 96), "stream": True,
             "stream_options": {"include_usage": True}}
     c, r = post("/v1/completions", body)
     if check_status("stream", r):
-        done = finish = False
-        for line in r:
-            line = line.decode().strip()
-            if line == "data: [DONE]":
-                done = True
-            elif line.startswith("data: "):
-                ev = json.loads(line[6:])
-                if "error" in ev:
-                    note("stream:error-event")  # explicit
-                    done = finish = True
-                for ch in ev.get("choices", []):
-                    finish = finish or bool(ch.get("finish_reason"))
+        done, finish, errors = read_sse(r)
+        if errors:
+            note("stream:error-event")  # explicit
+            done = finish = True
         note("stream", None if (done and finish) else "ended without finish_reason and [DONE]")
     c.close()
 
@@ -136,7 +154,67 @@ def bad(rng):
     note("bad", None if ok else f"{path}: {r.status} {body[:200]!r}")
     c.close()
 
-ACTIONS = [(nonstream, 3), (chat, 2), (stream, 3), (disconnect, 1), (bad, 2)]
+def slow_reader(rng):
+    # Reads a stream a line at a time with pauses: slower than generation, faster than the
+    # stream timeout. Must end with [DONE] and every choice finished.
+    body = {"prompt": words(rng), "max_tokens": rng.randint(16, 96), "stream": True, "ignore_eos": True}
+    c, r = post("/v1/completions", body, timeout=60)
+    if r.status != 200 and r.status != 429:
+        note("slow_reader", f"status {r.status}: {r.read()[:300]!r}")
+    elif check_status("slow_reader", r):
+        done, finish, errors = read_sse(r, pause=0.01)
+        ok = done and (finish or errors == ["stream_timeout"])
+        note("slow_reader", None if ok else f"done={done} finish={finish} errors={errors}")
+    c.close()
+
+def hung_reader(rng):
+    # Reads the start of a long stream, then nothing for longer than the stream timeout, then
+    # the rest: the server must have aborted it and say why (or have finished it, when it all
+    # fit in the socket buffers), and end with [DONE].
+    # A short prompt: 480 tokens (8 choices: ~650 KB of SSE) must fit the tiny model's context.
+    body = {"prompt": "hung " + str(rng.random()), "max_tokens": 480, "n": rng.choice([4, 8]),
+            "stream": True, "ignore_eos": True}
+    c, r = post("/v1/completions", body, timeout=60)
+    if r.status != 200 and r.status != 429:
+        note("hung_reader", f"status {r.status}: {r.read()[:300]!r}")
+    elif check_status("hung_reader", r):
+        r.readline()
+        time.sleep(a.stream_timeout * 1.5 + rng.random())
+        done, finish, errors = read_sse(r)
+        kind = "hung_reader:aborted" if "stream_timeout" in errors else "hung_reader:finished"
+        note(kind)
+        bad_errors = [e for e in errors if e != "stream_timeout"]
+        note("hung_reader", None if (done and not bad_errors) else f"done={done} errors={errors}")
+    c.close()
+
+def half_sent(rng):
+    # Headers never finished: the server must close the connection within its header timeout.
+    s = socket.create_connection((host, port), timeout=a.header_timeout + 10)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n")
+    t = time.time()
+    try:
+        while s.recv(4096):
+            pass
+        took = time.time() - t
+        note("half_sent", None if took < a.header_timeout + 5 else f"closed after {took:.1f} s")
+    except socket.timeout:
+        note("half_sent", "stuck: the connection was never closed")
+    s.close()
+
+def trickle_body(rng):
+    # A body that stops half-way: 408 within the body timeout.
+    s = socket.create_connection((host, port), timeout=a.header_timeout + 10)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+              b"content-length: 100\r\n\r\n{\"prompt\":")
+    try:
+        head = s.recv(4096)
+        note("trickle_body", None if head.startswith(b"HTTP/1.1 408") else f"answered {head[:40]!r}")
+    except socket.timeout:
+        note("trickle_body", "stuck: no answer")
+    s.close()
+
+ACTIONS = [(nonstream, 3), (chat, 2), (stream, 3), (disconnect, 1), (bad, 2), (slow_reader, 1),
+           (hung_reader, 1), (half_sent, 1), (trickle_body, 1)]
 end = time.time() + a.minutes * 60
 
 def client(i):
@@ -175,12 +253,16 @@ def metric(name):
     text = c.getresponse().read().decode()
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + "{"))
 
+def busy():
+    return (metric("tokenfab:num_requests_running"), metric("tokenfab:num_requests_waiting"),
+            metric("tokenfab:kv_cache_usage_perc"))
+
 idle_by = time.time() + 30
-while time.time() < idle_by and (metric("tokenfab:num_requests_running") or metric("tokenfab:kv_cache_usage_perc")):
+while time.time() < idle_by and any(busy()):
     time.sleep(0.2)
-running, kv = metric("tokenfab:num_requests_running"), metric("tokenfab:kv_cache_usage_perc")
-if running or kv:
-    problems.append(f"not idle after the soak: running={running} kv_usage={kv}")
+running, waiting, kv = busy()
+if running or waiting or kv:
+    problems.append(f"stuck requests after the soak: running={running} waiting={waiting} kv_usage={kv}")
 sample()
 proc.terminate()
 try:

@@ -1,6 +1,7 @@
 //! Arbitrary text and special-token soup through the default model's tokenizer: encoding never
-//! panics, every id is in the vocabulary, decoding never panics, and plain text (no specials
-//! parsed or added) decodes back to itself.
+//! panics, every id is in the vocabulary, decoding never panics, plain text (no specials parsed
+//! or added) decodes back to itself, and shielded text (chat message contents) tokenizes exactly
+//! as plain text does, whatever special-token spellings it holds.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -25,6 +26,14 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(back, text, "plain text must round-trip");
     }
     let _ = tok.decode(&ids, true);
+    // Shielded, the text's special-token spellings stay text (a user's own U+FDD0 becomes U+FFFD).
+    let shielded = tok.shield_specials(&text);
+    let as_text = text.replace(tokenfab_loader::tokenizer::SHIELD, "\u{FFFD}");
+    assert_eq!(
+        tok.encode_shielded(&shielded, add_special).expect("encoding never fails"),
+        tok.encode(&as_text, add_special, false).expect("encoding never fails"),
+        "shielded text must tokenize as plain text"
+    );
     // Arbitrary ids (as the /detokenize route gets them, after its range check).
     let raw: Vec<u32> = rest
         .chunks(2)

@@ -145,6 +145,9 @@ pub fn start_engine(
 pub fn next_event(s: &mut RequestStream) -> Result<StreamEvent> {
     match s.blocking_recv() {
         Some(StreamEvent::Error(e)) => bail!("the engine failed the request: {e}"),
+        Some(StreamEvent::ClientTimeout { after }) => {
+            bail!("the engine aborted the request: its events waited {after:?} unread")
+        }
         Some(ev) => Ok(ev),
         None => bail!("the engine stopped before the request finished"),
     }

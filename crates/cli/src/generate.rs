@@ -145,7 +145,9 @@ pub(crate) fn generate(
             }
             StreamEvent::PromptLogprobs(_) => {}
             StreamEvent::End { usage, .. } => break usage,
-            StreamEvent::Error(_) => unreachable!("next_event returns engine errors as errors"),
+            StreamEvent::Error(_) | StreamEvent::ClientTimeout { .. } => {
+                unreachable!("next_event returns engine errors as errors")
+            }
         }
     };
     let end = Instant::now();

@@ -1,7 +1,9 @@
 //! `tokenfab serve`: the engine behind the OpenAI-compatible HTTP API.
 //!
-//! SIGTERM or Ctrl-C: stop accepting connections, refuse new requests (503), let in-flight ones
-//! finish for up to `--shutdown-timeout`, stop the engine, exit 0.
+//! SIGTERM or Ctrl-C: drain (new requests get 503 with `Connection: close`, `/ready` 503, the
+//! requests in flight finish for up to `--shutdown-timeout`), stop the engine, exit 0, or exit
+//! [`EXIT_CUT_OFF`] when the timeout cut requests off. A second SIGTERM or Ctrl-C exits at once
+//! with [`EXIT_FORCED`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +14,11 @@ use tokenfab_engine::{EngineConfig, EngineHandle};
 use tokenfab_server::ServerConfig;
 
 use crate::args::ModelArgs;
+
+/// Exit code when the shutdown timeout cut requests off.
+pub const EXIT_CUT_OFF: i32 = 3;
+/// Exit code when a second signal forced the exit during the drain.
+pub const EXIT_FORCED: i32 = 130;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -103,6 +110,8 @@ pub struct Args {
     #[arg(long, value_parser = reasoning_parser)]
     pub reasoning_parser: Option<tokenfab_structured::ReasoningFormat>,
     #[command(flatten)]
+    pub hardening: Hardening,
+    #[command(flatten)]
     pub kv_events: KvEventsArgs,
 }
 
@@ -112,6 +121,63 @@ fn tool_call_parser(s: &str) -> std::result::Result<tokenfab_structured::ToolFor
 
 fn reasoning_parser(s: &str) -> std::result::Result<tokenfab_structured::ReasoningFormat, String> {
     tokenfab_structured::ReasoningFormat::from_name(s).map_err(|e| e.to_string())
+}
+
+/// Connection and per-request limits (crates/server `listen.rs`, `budget.rs`, `messages.rs`).
+#[derive(clap::Args, Debug)]
+pub struct Hardening {
+    /// Seconds a connection gets to send a request's headers (an idle keep-alive connection is
+    /// closed after as long).
+    #[arg(long, default_value_t = 30.0)]
+    pub header_read_timeout: f64,
+    /// Seconds a request's body gets to arrive; slower ones get 408.
+    #[arg(long, default_value_t = 30.0)]
+    pub body_read_timeout: f64,
+    /// Most connections open at once; one more gets a 503 and is closed [default: the open-file
+    /// limit (raised to its hard limit) less 32].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Send buffer of each connection (`32KiB`; 0: the kernel's, which grows to megabytes). Small,
+    /// so that a client that stops reading a stream is noticed within --stream-timeout.
+    #[arg(long, default_value = "32KiB")]
+    pub send_buffer: String,
+    /// Most prompt tokens one request may compute, over all its prompts and choices; also the
+    /// most tokens /tokenize and /detokenize take [default: the context length, at least 65536].
+    #[arg(long)]
+    pub max_request_prompt_tokens: Option<usize>,
+    /// Most logprob entries one response may carry (tokens with logprobs x (1 + alternatives),
+    /// over all choices, echoed prompts included).
+    #[arg(long, default_value_t = 131_072)]
+    pub max_logprob_entries: usize,
+    /// Largest response one request may ask for, estimated from `max_tokens` x `n` at the longest
+    /// token's length plus logprobs (bytes or with a unit).
+    #[arg(long, default_value = "32MiB")]
+    pub max_response_bytes: String,
+    /// Turn special-token text in chat message contents and names (`<|im_start|>`) into special
+    /// tokens. Off by default: it stays text, so a message cannot forge a turn of another role.
+    #[arg(long)]
+    pub special_tokens_in_messages: bool,
+}
+
+impl Hardening {
+    fn apply(&self, cfg: &mut ServerConfig) -> Result<()> {
+        let send = parse_size(&self.send_buffer, None)? as usize;
+        cfg.connections = tokenfab_server::ConnectionLimits {
+            header_read_timeout: secs(self.header_read_timeout, "--header-read-timeout")?
+                .max(Duration::from_millis(100)),
+            body_read_timeout: secs(self.body_read_timeout, "--body-read-timeout")?
+                .max(Duration::from_millis(100)),
+            max_connections: self.max_connections,
+            send_buffer_bytes: (send > 0).then_some(send),
+        };
+        cfg.work = tokenfab_server::WorkLimits {
+            max_prompt_tokens_total: self.max_request_prompt_tokens,
+            max_logprob_entries: self.max_logprob_entries,
+            max_response_bytes: parse_size(&self.max_response_bytes, None)? as usize,
+        };
+        cfg.special_tokens_in_messages = self.special_tokens_in_messages;
+        Ok(())
+    }
 }
 
 /// KV-cache events for prefix-cache-aware routers, as vLLM publishes them (docs/deploy.md).
@@ -279,13 +345,14 @@ pub fn run(a: Args) -> Result<()> {
     cfg.allowed_origins = a.allowed_origins.clone();
     cfg.tool_call_parser = a.tool_call_parser;
     cfg.reasoning_parser = a.reasoning_parser;
+    a.hardening.apply(&mut cfg)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(
+    let finished = rt.block_on(serve(
         engine.clone(),
         cfg,
         &a.host,
@@ -293,30 +360,64 @@ pub fn run(a: Args) -> Result<()> {
         shutdown_timeout,
     ))?;
     // Whatever is still running after the timeout is cut off.
+    let cut_off = engine.num_unfinished();
     engine.shutdown(Duration::from_millis(100));
+    if !finished {
+        tracing::warn!(cut_off, "stopped; the shutdown timeout cut requests off");
+        std::process::exit(EXIT_CUT_OFF);
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+/// SIGTERM and Ctrl-C (SIGINT), registered once, before the address is printed, so that none
+/// is lost (or kills the process) between two waits.
+#[cfg(unix)]
+struct Signals([tokio::signal::unix::Signal; 2]);
+
+#[cfg(unix)]
+impl Signals {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        Ok(Self([term, int]))
     }
+
+    async fn next(&mut self) {
+        let [term, int] = &mut self.0;
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    }
+}
+
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Self)
+    }
+
+    async fn next(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Resolves on the first signal (the drain starts); a second one exits the process at once.
+async fn shutdown_signal(mut signals: Signals, engine: EngineHandle) {
+    signals.next().await;
+    tokio::spawn(async move {
+        signals.next().await;
+        tracing::warn!(
+            cut_off = engine.num_unfinished(),
+            "second signal: exiting now, cutting off the requests in flight"
+        );
+        std::process::exit(EXIT_FORCED);
+    });
 }
 
 async fn serve(
@@ -325,18 +426,19 @@ async fn serve(
     host: &str,
     port: u16,
     shutdown_timeout: Duration,
-) -> Result<()> {
+) -> Result<bool> {
     let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .with_context(|| format!("binding {host}:{port}"))?;
     let addr: SocketAddr = listener.local_addr()?;
+    let signals = Signals::new()?;
     // Tests and scripts read this exact line.
     eprintln!("listening on http://{addr}");
     tracing::info!(%addr, "serving the OpenAI-compatible API");
-    tokenfab_server::serve(listener, engine, cfg, shutdown_signal(), shutdown_timeout)
+    let signal = shutdown_signal(signals, engine.clone());
+    tokenfab_server::serve(listener, engine, cfg, signal, shutdown_timeout)
         .await
-        .context("the HTTP server failed")?;
-    Ok(())
+        .context("the HTTP server failed")
 }
 
 #[cfg(test)]

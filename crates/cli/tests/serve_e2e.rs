@@ -58,10 +58,16 @@ async fn routes_errors_and_auth_over_a_socket() {
         .unwrap();
     assert_eq!(v["data"][0]["id"], MODEL_ID);
 
-    // The reference tokens of the default model.
-    let v: Value = s
+    // The reference tokens of the default model (/tokenize needs the key too).
+    let r = s
         .client
         .post(s.url("/tokenize"))
+        .json(&json!({"prompt": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = auth(s.client.post(s.url("/tokenize")))
         .json(&json!({"prompt": "The capital of France is"}))
         .send()
         .await
@@ -82,9 +88,7 @@ async fn routes_errors_and_auth_over_a_socket() {
         .json()
         .await
         .unwrap();
-    let expect: Value = s
-        .client
-        .post(s.url("/detokenize"))
+    let expect: Value = auth(s.client.post(s.url("/detokenize")))
         .json(&json!({"tokens": [504, 3575, 282, 4649, 314, 7042, 30, 198, 198]}))
         .send()
         .await

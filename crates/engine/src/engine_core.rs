@@ -14,6 +14,7 @@ use tokenfab_types::{FinishReason, RequestId, TokenId};
 
 use crate::constrained::{Constrained, Failed};
 use crate::detok::IncrementalDecoder;
+use crate::drain::DrainClock;
 use crate::error::Result;
 use crate::handle::{Command, EngineConfig, Shared};
 use crate::host::{sample_step, Active, PromptLogprobs, Times};
@@ -52,6 +53,8 @@ pub(crate) struct EngineCore {
     cost: CostModel,
     /// Matchers of the constrained requests (structured outputs, tool calls).
     constrained: Constrained,
+    /// Step and finish pace, for the Retry-After of refused requests.
+    drain: DrainClock,
 }
 
 impl EngineCore {
@@ -114,6 +117,7 @@ impl EngineCore {
             spec: cfg.speculative.clone(),
             cost: CostModel::default(),
             constrained: Constrained::default(),
+            drain: DrainClock::default(),
         })
     }
 
@@ -157,10 +161,12 @@ impl EngineCore {
             self.timer.lap(EnginePhase::Commands);
             let stepped = self.sched.has_unfinished();
             if stepped {
+                let t = Instant::now();
                 if let Err(e) = self.step() {
                     tracing::error!(error = %e, "engine step failed");
                     self.fail_all("internal error");
                 }
+                self.drain.step(t.elapsed());
             }
             self.publish_kv_events();
             self.update_gauges();
@@ -286,6 +292,9 @@ impl EngineCore {
         if let Some(g) = &req.grammar {
             self.constrained.add(id, g.matcher());
         }
+        if let Some(g) = req.group {
+            self.sched.set_group(id, g);
+        }
         let mut sampler = Sampler::new(req.sampling).with_logprobs(req.logprobs);
         if !req.logit_bias.is_empty() {
             sampler = sampler.with_processor(Box::new(LogitBias(req.logit_bias)));
@@ -326,14 +335,23 @@ impl EngineCore {
                     timeout_s = limit.as_secs_f64(),
                     "the client stopped reading its stream; aborting the request"
                 );
+                a.out.time_out(limit);
                 gone.push(id);
             }
         }
         for id in gone {
             self.abort(id);
         }
-        self.lingering
-            .retain_mut(|o| !o.is_closed() && !o.flush(now) && !o.timed_out(now, limit));
+        self.lingering.retain_mut(|o| {
+            if o.is_closed() || o.flush(now) {
+                return false;
+            }
+            if o.timed_out(now, limit) {
+                o.time_out(limit);
+                return false;
+            }
+            true
+        });
     }
 
     fn note_scheduled(&mut self, out: &SchedulerOutput) {
@@ -586,6 +604,20 @@ impl EngineCore {
         m.prefix_cache_queries.add(q - self.prefix_seen.0);
         m.prefix_cache_hits.add(h - self.prefix_seen.1);
         self.prefix_seen = (q, h);
+        let nearest = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.times.scheduled)
+            .filter_map(|(id, _)| self.sched.request(*id))
+            .map(|r| r.max_tokens().saturating_sub(r.output().len()))
+            .min();
+        let est = self.drain.tick(
+            Instant::now(),
+            m.e2e_request_latency_seconds.count(),
+            self.sched.has_unfinished(),
+            nearest,
+        );
+        self.shared.retry_after_ms.store(est, Ordering::Relaxed);
     }
 }
 

@@ -119,6 +119,8 @@ pub(crate) struct Shared {
     pub unfinished: AtomicUsize,
     pub draining: AtomicBool,
     pub stopped: AtomicBool,
+    /// The engine's estimate of when a queue place frees, ms; 0 before it knows (drain.rs).
+    pub retry_after_ms: AtomicU64,
 }
 
 impl Shared {
@@ -164,6 +166,7 @@ impl EngineHandle {
             unfinished: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            retry_after_ms: AtomicU64::new(0),
         });
         let tokenizer = Arc::new(m.tokenizer);
         let template = m.template.map(Arc::new);
@@ -221,7 +224,8 @@ impl EngineHandle {
         }
         self.shared.unfinished.fetch_add(1, Ordering::SeqCst);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (etx, erx) = tmpsc::channel(self.cfg.stream_buffer.max(1));
+        // One slot more than the buffer: the outbox keeps it for a last event (outbox.rs).
+        let (etx, erx) = tmpsc::channel(self.cfg.stream_buffer.max(1) + 1);
         let cmd = Command::Add {
             id,
             req: Box::new(req),
@@ -299,12 +303,19 @@ impl EngineHandle {
         now.saturating_sub(last) <= self.cfg.ready_timeout.as_millis() as u64
     }
 
-    /// Seconds a refused client should wait: the mean time requests have waited in the queue so
-    /// far (a place frees about that often once the queue is full), 1 to 60 s.
+    /// Seconds a refused client should wait, 1 to 60: the engine's estimate of when a queue
+    /// place frees (the observed time between finishes, or before any finish the time the
+    /// running request nearest its end still needs; see drain.rs), else the mean time requests
+    /// have waited in the queue so far.
     pub fn retry_after_secs(&self) -> u64 {
-        let q = &self.shared.metrics.request_queue_time_seconds;
-        let mean = q.sum() / q.count().max(1) as f64;
-        mean.ceil().clamp(1.0, 60.0) as u64
+        let est = self.shared.retry_after_ms.load(Ordering::Relaxed);
+        let secs = if est > 0 {
+            est as f64 / 1000.0
+        } else {
+            let q = &self.shared.metrics.request_queue_time_seconds;
+            q.sum() / q.count().max(1) as f64
+        };
+        secs.ceil().clamp(1.0, 60.0) as u64
     }
 
     /// True while the engine thread runs: false once it has exited (shut down, or died of a
@@ -382,10 +393,7 @@ impl RequestStream {
             return None;
         }
         let ev = self.rx.recv().await;
-        if matches!(
-            ev,
-            None | Some(StreamEvent::End { .. }) | Some(StreamEvent::Error(_))
-        ) {
+        if ev.as_ref().is_none_or(StreamEvent::is_terminal) {
             self.done = true;
         }
         ev
@@ -397,10 +405,7 @@ impl RequestStream {
             return None;
         }
         let ev = self.rx.blocking_recv();
-        if matches!(
-            ev,
-            None | Some(StreamEvent::End { .. }) | Some(StreamEvent::Error(_))
-        ) {
+        if ev.as_ref().is_none_or(StreamEvent::is_terminal) {
             self.done = true;
         }
         ev

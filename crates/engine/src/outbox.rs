@@ -6,12 +6,20 @@
 //! the consumer has taken nothing for `stream_timeout` (a client that stopped reading its stream).
 //! Buffering per request is therefore bounded by the channel capacity plus what the request
 //! generates within `stream_timeout` (and never more than its `max_tokens`).
+//!
+//! The channel has one slot more than the events use: the outbox reserves it when it is made, so
+//! that a request aborted for the timeout can still tell its consumer why
+//! ([`StreamEvent::ClientTimeout`], after the events already queued) instead of closing the
+//! stream without a word (which reads as the engine having died). The clock itself only sees the
+//! channel: the server keeps socket send buffers small so that a client that stops reading fills
+//! it soon.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc as tmpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::OwnedPermit;
 
 use crate::request::StreamEvent;
 
@@ -21,14 +29,30 @@ pub(crate) struct Outbox {
     backlog: VecDeque<StreamEvent>,
     /// When the consumer last fell behind (the channel was full); `None` while it keeps up.
     stalled_since: Option<Instant>,
+    /// The reserved last slot of the channel (`None` if the consumer was gone at the start).
+    last: Option<OwnedPermit<StreamEvent>>,
 }
 
 impl Outbox {
+    /// An outbox over `tx`, whose channel must have room for one event more than the events
+    /// are to use (reserved here for the last word).
     pub fn new(tx: tmpsc::Sender<StreamEvent>) -> Self {
+        let last = tx.clone().try_reserve_owned().ok();
         Self {
             tx,
             backlog: VecDeque::new(),
             stalled_since: None,
+            last,
+        }
+    }
+
+    /// Gives up on a consumer that took nothing for `after`: drops what it had not been sent
+    /// and queues [`StreamEvent::ClientTimeout`] in the reserved slot, behind the events already
+    /// in the channel.
+    pub fn time_out(&mut self, after: Duration) {
+        self.backlog.clear();
+        if let Some(p) = self.last.take() {
+            p.send(StreamEvent::ClientTimeout { after });
         }
     }
 
@@ -92,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_full_channel_backs_up_in_order_and_flushes() {
-        let (tx, mut rx) = tmpsc::channel(2);
+        let (tx, mut rx) = tmpsc::channel(3);
         let mut o = Outbox::new(tx);
         let t0 = Instant::now();
         for s in ["a", "b", "c", "d"] {
@@ -111,7 +135,7 @@ mod tests {
 
     #[test]
     fn a_consumer_that_takes_nothing_times_out() {
-        let (tx, _rx) = tmpsc::channel(1);
+        let (tx, _rx) = tmpsc::channel(2);
         let mut o = Outbox::new(tx);
         let t0 = Instant::now();
         o.send(text("a"), t0);
@@ -124,7 +148,7 @@ mod tests {
 
     #[test]
     fn progress_restarts_the_stall_clock() {
-        let (tx, mut rx) = tmpsc::channel(1);
+        let (tx, mut rx) = tmpsc::channel(2);
         let mut o = Outbox::new(tx);
         let t0 = Instant::now();
         for s in ["a", "b", "c"] {
@@ -135,6 +159,36 @@ mod tests {
         assert!(!o.flush(t4));
         assert!(!o.timed_out(t0 + Duration::from_secs(8), Duration::from_secs(5)));
         assert!(o.timed_out(t0 + Duration::from_secs(10), Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_timed_out_consumer_finds_why_after_the_queued_events() {
+        // Capacity 3: two for events, one reserved.
+        let (tx, mut rx) = tmpsc::channel(3);
+        let mut o = Outbox::new(tx);
+        let t0 = Instant::now();
+        for s in ["a", "b", "c", "d"] {
+            o.send(text(s), t0);
+        }
+        assert_eq!(
+            o.backlog_len(),
+            2,
+            "the reserved slot is not used by events"
+        );
+        o.time_out(Duration::from_secs(5));
+        assert_eq!(o.backlog_len(), 0);
+        drop(o);
+        assert_eq!(rx.try_recv().unwrap(), text("a"));
+        assert_eq!(rx.try_recv().unwrap(), text("b"));
+        let last = rx.try_recv().unwrap();
+        assert_eq!(
+            last,
+            StreamEvent::ClientTimeout {
+                after: Duration::from_secs(5)
+            }
+        );
+        assert!(last.is_terminal());
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]

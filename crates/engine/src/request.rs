@@ -1,6 +1,7 @@
 //! What goes into the engine and what comes back, per request.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokenfab_structured::Compiled;
 use tokenfab_types::{FinishReason, SamplingParams, TokenId};
@@ -36,6 +37,9 @@ pub struct EngineRequest {
     /// is drawn from the tokens the constraint allows; end-of-generation tokens always stop a
     /// constrained request (`ignore_eos` does not apply: the grammar decides where it ends).
     pub grammar: Option<Arc<Compiled>>,
+    /// Requests of one client call (its choices and prompts) carry one group id and share one
+    /// fair share of each step's token budget; `None`: the request has a share of its own.
+    pub group: Option<u64>,
 }
 
 /// The token-id range check, the one place it is written: `id` must be a row of the model's
@@ -90,7 +94,7 @@ pub struct Usage {
 }
 
 /// What the engine sends back on a request's stream, in this order: `PromptLogprobs` (when asked),
-/// `Token`s, perhaps one `Text`, then exactly one `End` or `Error`.
+/// `Token`s, perhaps one `Text`, then exactly one `End`, `Error` or `ClientTimeout`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StreamEvent {
     /// One entry per prompt token; the first is `None`.
@@ -112,6 +116,21 @@ pub enum StreamEvent {
     },
     /// The request failed inside the engine; the message is safe to show to the client.
     Error(String),
+    /// The consumer took nothing for `after` (the stream timeout) while events waited: the
+    /// request was aborted. Comes after the events the consumer had not taken yet.
+    ClientTimeout {
+        after: Duration,
+    },
+}
+
+impl StreamEvent {
+    /// True for the events that end a stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            StreamEvent::End { .. } | StreamEvent::Error(_) | StreamEvent::ClientTimeout { .. }
+        )
+    }
 }
 
 #[cfg(test)]

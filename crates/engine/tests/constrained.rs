@@ -73,6 +73,7 @@ fn collect(mut s: tokenfab_engine::RequestStream) -> Out {
                 return o;
             }
             StreamEvent::Error(e) => panic!("engine error: {e}"),
+            StreamEvent::ClientTimeout { after } => panic!("read too slowly: {after:?}"),
             StreamEvent::PromptLogprobs(_) => {}
         }
     }

@@ -36,6 +36,7 @@ fn collect(mut s: tokenfab_engine::RequestStream) -> (Vec<u32>, String, FinishRe
             StreamEvent::Text(t) => text.push_str(&t),
             StreamEvent::End { reason, usage } => return (toks, text, reason, usage),
             StreamEvent::Error(e) => panic!("engine error: {e}"),
+            ev @ StreamEvent::ClientTimeout { .. } => panic!("timed out: {ev:?}"),
             StreamEvent::PromptLogprobs(_) => {}
         }
     }

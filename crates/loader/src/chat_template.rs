@@ -28,6 +28,9 @@ const MAX_OUTPUT: usize = 16 << 20;
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// The author's name (OpenAI's `name`); templates see `message.name` only when it is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -35,9 +38,13 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            name: None,
         }
     }
 }
+
+/// Roles every template is taken to know, whatever its source compares roles with.
+pub const STANDARD_ROLES: [&str; 3] = ["system", "user", "assistant"];
 
 /// A compiled chat template with its BOS/EOS token texts.
 pub struct ChatTemplate {
@@ -46,6 +53,8 @@ pub struct ChatTemplate {
     source: String,
     bos_token: String,
     eos_token: String,
+    /// [`STANDARD_ROLES`] and the roles the source compares a message's role with.
+    roles: Vec<String>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -99,7 +108,14 @@ impl ChatTemplate {
             source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            roles: crate::chat_roles::known_roles(source),
         })
+    }
+
+    /// The roles this template knows: system, user, assistant, and every role its source compares
+    /// a message's role with (`message['role'] == 'tool'`, `role in ['ipython', ...]`).
+    pub fn known_roles(&self) -> &[String] {
+        &self.roles
     }
 
     /// The template of a GGUF file (`tokenizer.chat_template`), `None` when it has none.

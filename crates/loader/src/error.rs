@@ -41,6 +41,10 @@ pub enum Error {
     MissingTensor(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// Special-token text in a chat message that the tokenizer cannot keep as text
+    /// (`Tokenizer::encode_shielded`).
+    #[error("special-token text in a message: {0}")]
+    Unshieldable(String),
     /// A Hugging Face checkpoint this loader cannot represent faithfully (architecture, RoPE
     /// scaling kind, tensor, missing shard...).
     #[error("checkpoint: {0}")]

@@ -7,6 +7,7 @@
 //! llama.cpp's GGUF ones, as llama.cpp's converter does.
 
 pub mod byte_vocab;
+mod chat_roles;
 pub mod chat_template;
 pub mod error;
 pub mod ggml_type;

@@ -3,10 +3,13 @@
 //! 1. **Decode**: one token for every running request whose prompt is computed (the token it
 //!    sampled last). Prefill never takes these, so a burst of new prompts cannot stall decoding
 //!    requests; only a budget smaller than the running batch leaves some for the next step.
-//! 2. **Prefill**: what remains goes to running requests' unfinished prompts (oldest first),
-//!    then to waiting requests in arrival order, each taking as much as it needs. Whole prompts
-//!    in arrival order finish each prompt as early as the budget allows, which is what keeps time
-//!    to first token low when many prompts arrive at once.
+//! 2. **Prefill**: what remains is split max-min fairly between the groups that want prompt
+//!    tokens (`fair.rs`: one client call's choices and prompts, or a request alone), then handed
+//!    to running requests' unfinished prompts (oldest first) and to waiting requests in arrival
+//!    order, each taking as much as it needs within its group's share; what shares leave unused
+//!    goes to the planned prompts in order. Within a group, prompts finish in arrival order as
+//!    early as the budget allows (time to first token stays low for a burst of one call's
+//!    prompts), and a 5-token request is never stuck behind a call of 16 long prompts.
 //! 3. **Drafts** (speculative decoding): only from what is left after both, and only when no
 //!    request is left waiting, so draft tokens never delay a prompt or take KV blocks a waiting
 //!    request needs.

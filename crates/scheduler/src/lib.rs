@@ -4,8 +4,11 @@
 //! its length (prompt + output). Each [`Scheduler::schedule`] hands out at most
 //! `max_num_batched_tokens` tokens, running requests first (1 token for a decoding one, a chunk
 //! for a partly prefilled one), then waiting requests in FIFO order; that one rule yields chunked
-//! prefill and prefix caching. When the KV cache is full, the most recently admitted running
-//! request is preempted (its blocks freed, recomputed later with its output kept).
+//! prefill and prefix caching. What the decodes leave is shared fairly between groups of requests
+//! with prompt tokens to compute (one client call's choices, or a request alone; see `fair.rs`
+//! and `admission.rs`), so one large call cannot starve a small request, and whatever a group
+//! leaves unused goes to the others. When the KV cache is full, the most recently admitted
+//! running request is preempted (its blocks freed, recomputed later with its output kept).
 //!
 //! The engine loop is `let out = sched.schedule(); let sampled = runner.execute(&out)?;
 //! let finished = sched.update(&out, &sampled);`. The scheduler owns each request's tokens and
@@ -19,6 +22,7 @@
 
 mod admission;
 mod config;
+mod fair;
 mod request;
 mod scheduler;
 

@@ -7,6 +7,7 @@ use tokenfab_types::{BlockId, FinishReason, RequestId, TokenId};
 
 use crate::admission::{Budget, DraftRoom, Work};
 use crate::config::{SchedulerConfig, SchedulerError};
+use crate::fair::{Groups, Shares};
 use crate::request::{Finished, NewRequest, Request};
 
 /// One request's share of a step.
@@ -75,6 +76,8 @@ pub struct Scheduler {
     running: Vec<RequestId>,
     /// Preemptions since creation.
     num_preemptions: u64,
+    /// Which requests share one fair share of each step's prompt budget (see `fair.rs`).
+    groups: Groups,
 }
 
 impl Scheduler {
@@ -89,6 +92,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             num_preemptions: 0,
+            groups: Groups::default(),
         })
     }
 
@@ -132,6 +136,32 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Puts a live request in `group`: the requests of one group share one fair share of each
+    /// step's prompt budget (see `fair.rs`); a request in no group has a share of its own.
+    /// False when `id` is unknown.
+    pub fn set_group(&mut self, id: RequestId, group: u64) -> bool {
+        if !self.requests.contains_key(&id) {
+            return false;
+        }
+        self.groups.set(id, group);
+        true
+    }
+
+    /// `(request, prompt tokens it wants this step)` for the running requests with a prompt left
+    /// to compute and the waiting ones that have a seat, in scheduling order: the demands the
+    /// prompt tier's budget is shared over.
+    fn prompt_wants(&self) -> Vec<(RequestId, usize)> {
+        let seats = self.cfg.max_num_seqs.saturating_sub(self.running.len());
+        let running = self.running.iter().filter(|&id| {
+            let r = &self.requests[id];
+            Work::of(r.num_tokens(), r.num_computed_tokens) == Work::Prefill
+        });
+        running
+            .chain(self.waiting.iter().take(seats))
+            .map(|&id| (id, self.num_to_schedule(&self.requests[&id])))
+            .collect()
+    }
+
     /// Plans one step; see the crate docs and [`crate::admission`] for who gets the budget.
     /// Must be followed by [`Self::update`] with its output before the next call (the KV manager
     /// already counts the scheduled tokens as computed).
@@ -140,8 +170,15 @@ impl Scheduler {
         let mut plan: Vec<Planned> = Vec::new();
         let mut preempted = Vec::new();
 
-        // Running requests, oldest first: decodes, then unfinished prompts.
+        // Fair shares of the prompt tier, set once the decodes have taken theirs.
+        let mut shares = Shares::default();
+
+        // Running requests, oldest first: decodes, then unfinished prompts (each within its
+        // group's share).
         'tiers: for tier in [Work::Decode, Work::Prefill] {
+            if tier == Work::Prefill {
+                shares = self.groups.shares(budget.left(), &self.prompt_wants());
+            }
             let mut i = 0;
             while i < self.running.len() && budget.left() > 0 {
                 let id = self.running[i];
@@ -151,10 +188,19 @@ impl Scheduler {
                     continue;
                 }
                 debug_assert_eq!(self.kv.num_computed_slots(id), req.num_computed_tokens);
-                let n = budget.take(self.num_to_schedule(req));
+                let key = self.groups.key(id);
+                let want = match tier {
+                    Work::Decode => self.num_to_schedule(req),
+                    Work::Prefill => self.num_to_schedule(req).min(shares.left(key)),
+                };
+                let n = budget.take(want);
+                if n == 0 {
+                    continue;
+                }
                 if !self.allocate_or_preempt(id, n, &mut plan, &mut budget, &mut preempted) {
                     break 'tiers;
                 }
+                shares.take(key, n);
                 let start = self.requests[&id].num_computed_tokens;
                 plan.push(Planned {
                     id,
@@ -167,11 +213,19 @@ impl Scheduler {
             }
         }
 
-        // Waiting requests, FIFO, only when nothing had to be preempted (memory is tight).
+        // Waiting requests in FIFO order within their group's share (a group with none left is
+        // passed over, not waited for), only when nothing had to be preempted (memory is tight).
         if preempted.is_empty() {
-            while let Some(&id) = self.waiting.front() {
+            let mut w = 0;
+            while w < self.waiting.len() {
                 if budget.left() == 0 || self.running.len() >= self.cfg.max_num_seqs {
                     break;
+                }
+                let id = self.waiting[w];
+                let key = self.groups.key(id);
+                if shares.left(key) == 0 || self.prefix_in_progress(id) {
+                    w += 1;
+                    continue;
                 }
                 let req = &self.requests[&id];
                 let computed = if req.skip_prefix_cache {
@@ -179,7 +233,9 @@ impl Scheduler {
                 } else {
                     self.kv.get_computed_blocks(&req.tokens)
                 };
-                let n = (req.num_tokens() - computed.num_computed_tokens).min(budget.left());
+                let n = (req.num_tokens() - computed.num_computed_tokens)
+                    .min(budget.left())
+                    .min(shares.left(key));
                 if self
                     .kv
                     .allocate_slots(id, &req.tokens, n, Some(&computed))
@@ -188,7 +244,8 @@ impl Scheduler {
                     break;
                 }
                 budget.take(n);
-                self.waiting.pop_front();
+                shares.take(key, n);
+                self.waiting.remove(w);
                 self.running.push(id);
                 let req = self.requests.get_mut(&id).expect("waiting ids are live");
                 req.num_computed_tokens = computed.num_computed_tokens;
@@ -202,6 +259,8 @@ impl Scheduler {
                 });
             }
         }
+
+        self.spend_leftover(&mut plan, &mut budget);
 
         if self.waiting.is_empty() {
             self.plan_drafts(&mut plan, &mut budget);
@@ -244,6 +303,52 @@ impl Scheduler {
             }
         }
         true
+    }
+
+    /// True when a running request is still computing full blocks that waiting request `id`
+    /// shares with it: admitted now, `id` would compute them a second time; a few steps later
+    /// the prefix cache hands them over. (Whole prompts in arrival order got this for free; fair
+    /// shares would otherwise prefill a burst of requests with one system prompt side by side.)
+    fn prefix_in_progress(&self, id: RequestId) -> bool {
+        let req = &self.requests[&id];
+        if !self.cfg.enable_prefix_caching || req.skip_prefix_cache {
+            return false;
+        }
+        let bs = self.cfg.block_size;
+        self.running.iter().any(|r| {
+            let r = &self.requests[r];
+            let computing = r.num_prompt_tokens;
+            if r.num_computed_tokens >= computing || req.tokens.get(..bs) != r.tokens.get(..bs) {
+                return false;
+            }
+            let common = req.tokens[..computing.min(req.tokens.len())]
+                .iter()
+                .zip(&r.tokens)
+                .take_while(|(a, b)| a == b)
+                .count();
+            r.num_computed_tokens < common / bs * bs
+        })
+    }
+
+    /// Work-conserving: prompt budget that fair shares left unused (a group's cache hits, a
+    /// share nobody could take) goes to planned requests with prompt tokens left, in plan order,
+    /// as long as their blocks can be had without preempting anyone.
+    fn spend_leftover(&mut self, plan: &mut [Planned], budget: &mut Budget) {
+        for p in plan.iter_mut() {
+            if budget.left() == 0 {
+                return;
+            }
+            let req = &self.requests[&p.id];
+            let more = (req.num_tokens() - (p.start + p.n)).min(budget.left());
+            if more > 0
+                && self
+                    .kv
+                    .allocate_slots(p.id, &req.tokens, more, None)
+                    .is_some()
+            {
+                p.n += budget.take(more);
+            }
+        }
     }
 
     /// Adds each decoding request's draft (as far as the leftover budget, its limits and free
@@ -402,6 +507,7 @@ impl Scheduler {
     /// blocks and returns it; `None` when `id` is unknown.
     pub fn finish(&mut self, id: RequestId) -> Option<Request> {
         let req = self.requests.remove(&id)?;
+        self.groups.remove(id);
         if let Some(pos) = self.running.iter().position(|&r| r == id) {
             self.running.remove(pos);
             self.kv.free(id);

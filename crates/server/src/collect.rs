@@ -61,6 +61,11 @@ pub async fn collect(streams: Vec<RequestStream>) -> ApiResult<Vec<ChoiceOut>> {
                 o.usage = usage;
             }
             StreamEvent::Error(msg) => return Err(ApiError::Engine(msg)),
+            StreamEvent::ClientTimeout { after } => {
+                return Err(ApiError::StreamTimeout {
+                    secs: after.as_secs_f64(),
+                })
+            }
         }
     }
     Ok(outs)

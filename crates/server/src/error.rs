@@ -27,8 +27,27 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("Too many requests for this API key; retry after {retry_after_secs} s.")]
     RateLimited { retry_after_secs: u64 },
+    /// A connection over `--max-connections`, answered by the listener and closed.
+    #[error(
+        "The server has {max} connections open, its limit (--max-connections); retry shortly."
+    )]
+    TooManyConnections { max: usize },
     #[error("Not found: {0}")]
     RouteNotFound(String),
+    /// A POST body that is not declared `application/json` (a cross-site form or `text/plain`
+    /// post, which browsers send without a CORS preflight).
+    #[error(
+        "The request body must be JSON, sent with `Content-Type: application/json`. Given: {0}"
+    )]
+    UnsupportedMediaType(String),
+    /// The client sent its body too slowly (`--body-read-timeout`).
+    #[error("The request body did not arrive within {secs} s.")]
+    BodyTimeout { secs: f64 },
+    /// The client read nothing of its stream for `--stream-timeout`: the request was aborted.
+    #[error(
+        "The client read nothing of its stream for {secs} s (--stream-timeout); the request was aborted."
+    )]
+    StreamTimeout { secs: f64 },
     /// The engine refused the request (or a token id failed the engine's range check); the
     /// table maps each kind of refusal to its own status.
     #[error("{}", refusal_message(.0))]
@@ -116,6 +135,26 @@ impl ApiError {
                 "service_unavailable",
                 Some("server_shutting_down"),
             ),
+            TooManyConnections { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                Some("too_many_connections"),
+            ),
+            UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                Some("unsupported_media_type"),
+            ),
+            BodyTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                Some("body_timeout"),
+            ),
+            StreamTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout_error",
+                Some("stream_timeout"),
+            ),
             Refused(EngineError::EngineDead) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
@@ -137,6 +176,10 @@ impl ApiError {
             {
                 tracing::error!(detail = %self, "internal error");
                 GENERIC_INTERNAL.to_string()
+            }
+            // Refusals under load are expected; the listener and the drain log them once.
+            ApiError::Refused(EngineError::ShuttingDown) | ApiError::TooManyConnections { .. } => {
+                self.to_string()
             }
             other => {
                 if status.is_server_error() {
@@ -210,6 +253,15 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A number as an error message quotes it: short (`1e300`, not 301 digits).
+pub fn shown_number(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e15).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +284,15 @@ mod tests {
         .into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn numbers_are_shown_short() {
+        assert_eq!(shown_number(1e300), "1e300");
+        assert_eq!(shown_number(-2.5e-9), "-2.5e-9");
+        assert_eq!(shown_number(101.0), "101");
+        assert_eq!(shown_number(0.0), "0");
+        assert_eq!(shown_number(f64::INFINITY), "inf");
     }
 
     #[test]

@@ -18,14 +18,30 @@ impl FromRequest<AppState> for JsonBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.cfg.max_request_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit }
-            } else {
-                ApiError::bad_request(format!("Could not read the request body: {r}"))
-            }
-        })?;
-        parse_body(&bytes).map(JsonBody)
+        // A client that trickles its body (or stops half-way) holds a connection and a task:
+        // it gets this long in all (hyper's header read timeout covers the headers).
+        let timeout = state.cfg.connections.body_read_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| ApiError::BodyTimeout {
+                secs: timeout.as_secs_f64(),
+            })?
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit }
+                } else {
+                    ApiError::bad_request(format!("Could not read the request body: {r}"))
+                }
+            })?;
+        if bytes.len() <= crate::guard::LARGE_BODY {
+            return parse_body(&bytes).map(JsonBody);
+        }
+        // Parsing megabytes takes milliseconds: not on the async threads.
+        tokio::task::spawn_blocking(move || parse_body(&bytes))
+            .await
+            .map_err(|e| ApiError::Internal(format!("parsing a body: {e}")))?
+            .map(JsonBody)
     }
 }
 
@@ -37,8 +53,20 @@ pub fn parse_body(bytes: &[u8]) -> ApiResult<Value> {
             e.valid_up_to()
         ))
     })?;
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}.")))?;
+    let v: Value = serde_json::from_str(text).map_err(|e| {
+        // serde_json words an unpaired surrogate escape as a hex-escape problem.
+        if e.to_string().contains("hex escape") {
+            ApiError::bad_request(format!(
+                "The request body is not valid JSON: the `\\u` escape before line {} column {} \
+                 is half of a UTF-16 surrogate pair (\\uD800-\\uDFFF) without its other half, \
+                 which encodes no character.",
+                e.line(),
+                e.column()
+            ))
+        } else {
+            ApiError::bad_request(format!("The request body is not valid JSON: {e}."))
+        }
+    })?;
     if !v.is_object() {
         return Err(ApiError::bad_request(
             "The request body must be a JSON object.",
@@ -111,5 +139,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("object"));
+        for lone in [&br#"{"a": "\ud800"}"#[..], br#"{"a": "\udc00x"}"#] {
+            let e = parse_body(lone).unwrap_err().to_string();
+            assert!(e.contains("surrogate") && !e.contains("hex escape"), "{e}");
+        }
     }
 }

@@ -5,16 +5,23 @@
 //! machines; `sse.rs` drives them over the engine streams; `collect.rs` non-streaming bodies;
 //! `logprobs.rs` both logprobs shapes; `auth.rs` API keys; `tokenizer_info.rs` the tokenizer's
 //! configuration as vLLM serves it; `error.rs` the one error enum and its HTTP mapping table.
+//! Hardening: `listen.rs` (connections: timeouts, limit, drain), `guard.rs` (415 for non-JSON
+//! bodies, drain manners), `budget.rs` (per-request work budget), `messages.rs` (chat roles,
+//! shielded special-token text).
 //!
 //! Invariant: handlers hand the engine nothing but what `validation.rs` produced, and every
 //! `RequestStream` is owned by the response (SSE body or handler future), so a client that goes
 //! away aborts its requests.
 
 mod auth;
+pub mod budget;
 mod collect;
 pub mod error;
+mod guard;
 mod json;
+pub mod listen;
 mod logprobs;
+mod messages;
 pub mod openai;
 pub mod ratelimit;
 mod routes;
@@ -25,7 +32,7 @@ mod tokenizer_info;
 pub mod tools;
 pub mod validation;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +41,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokenfab_engine::EngineHandle;
 
+pub use budget::{WorkBudget, WorkLimits};
 pub use error::{ApiError, ApiResult};
+pub use listen::ConnectionLimits;
 use logprobs::Vocab;
 use ratelimit::Limiter;
 pub use ratelimit::RateLimit;
@@ -62,6 +71,13 @@ pub struct ServerConfig {
     pub tool_call_parser: Option<tokenfab_structured::ToolFormat>,
     /// `--reasoning-parser`: `<think>` text of chat outputs goes to `reasoning_content`.
     pub reasoning_parser: Option<tokenfab_structured::ReasoningFormat>,
+    /// Read timeouts, connection limit and socket buffers (listen.rs).
+    pub connections: ConnectionLimits,
+    /// What one request may ask for in all (budget.rs).
+    pub work: WorkLimits,
+    /// Parse special-token text in chat message contents and names into special tokens
+    /// (off: it stays text, so a message cannot forge a turn; messages.rs).
+    pub special_tokens_in_messages: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -78,6 +94,12 @@ impl std::fmt::Debug for ServerConfig {
             .field("allowed_origins", &self.allowed_origins)
             .field("tool_call_parser", &self.tool_call_parser)
             .field("reasoning_parser", &self.reasoning_parser)
+            .field("connections", &self.connections)
+            .field("work", &self.work)
+            .field(
+                "special_tokens_in_messages",
+                &self.special_tokens_in_messages,
+            )
             .finish()
     }
 }
@@ -95,6 +117,9 @@ impl ServerConfig {
             allowed_origins: vec![],
             tool_call_parser: None,
             reasoning_parser: None,
+            connections: ConnectionLimits::default(),
+            work: WorkLimits::default(),
+            special_tokens_in_messages: false,
         }
     }
 }
@@ -110,6 +135,15 @@ pub struct AppState {
     limiter: Option<Arc<Limiter>>,
     /// How tools reach prompts and how chat outputs are parsed (from the template and flags).
     tools: tools::ToolSetup,
+    /// The work limits resolved for the model (budget.rs).
+    work: WorkBudget,
+    /// Permits for CPU work off the async threads (templates, tokenization): bounds the memory
+    /// of many large bodies tokenized at once.
+    cpu: Arc<tokio::sync::Semaphore>,
+    /// Requests whose response is not yet sent (guard.rs); the drain waits for them.
+    in_flight: Arc<AtomicUsize>,
+    /// KiB of large request bodies that may be held at once (guard.rs).
+    large_bodies: Arc<tokio::sync::Semaphore>,
 }
 
 /// The OpenAPI 3.1 document served at /openapi.json.
@@ -119,6 +153,11 @@ pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 /// /v1/models/{id}, /tokenize, /detokenize, /tokenizer_info, /health, /ready, /metrics,
 /// /openapi.json.
 pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
+    app_counted(engine, cfg, Arc::default())
+}
+
+/// [`app`], counting the requests whose responses are in flight in `in_flight`.
+fn app_counted(engine: EngineHandle, cfg: ServerConfig, in_flight: Arc<AtomicUsize>) -> Router {
     let vocab: Vocab = {
         let e = engine.clone();
         Arc::new(move |id| e.tokenizer().token_piece(id).to_vec())
@@ -140,6 +179,13 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
         reasoning_parser = ?tools.reasoning,
         "tool calls"
     );
+    let work = WorkBudget::new(
+        &cfg.work,
+        engine.info().context_len,
+        engine.config().max_queued_requests,
+        engine.tokenizer(),
+    );
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let state = AppState {
         engine,
         cfg: Arc::new(cfg),
@@ -148,13 +194,24 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
         created,
         limiter,
         tools,
+        work,
+        cpu: Arc::new(tokio::sync::Semaphore::new(2 * cores)),
+        in_flight,
+        large_bodies: Arc::new(tokio::sync::Semaphore::new(
+            limit.div_ceil(1024).max(guard::LARGE_BODY >> 10),
+        )),
     };
+    // /tokenize and /detokenize do model work too: the same key check and rate limit.
     let v1 = Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/models", get(routes::models))
         .route("/v1/models/{id}", get(routes::model))
-        // Layers run outside-in: the key is checked before its bucket is charged.
+        .route("/tokenize", post(routes::tokenize))
+        .route("/detokenize", post(routes::detokenize))
+        // Layers run outside-in: the key is checked before its bucket is charged, and both
+        // before the body's type.
+        .route_layer(axum::middleware::from_fn(guard::require_json))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ratelimit::rate_limit,
@@ -165,8 +222,7 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
         ));
     Router::new()
         .merge(v1)
-        .route("/tokenize", post(routes::tokenize))
-        .route("/detokenize", post(routes::detokenize))
+        // A GET of the tokenizer's settings: no model work, no key (as /health and /metrics).
         .route("/tokenizer_info", get(tokenizer_info::tokenizer_info))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
@@ -174,6 +230,18 @@ pub fn app(engine: EngineHandle, cfg: ServerConfig) -> Router {
         .route("/openapi.json", get(routes::openapi))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::drain,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::bound_large_bodies,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::count_in_flight,
+        ))
         .layer(cors)
         .with_state(state)
 }
@@ -218,9 +286,10 @@ pub fn validate_request(
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves; then stops accepting connections,
-/// refuses new requests (the engine drains: 503) and waits up to `drain_timeout` for the
-/// responses in flight. Returns false when the timeout cut some off.
+/// Serves the API on `listener` until `shutdown` resolves; then drains: keeps accepting
+/// connections (`/ready` answers 503, new requests 503 with `Connection: close`), lets the
+/// requests in flight finish for up to `drain_timeout`, and closes every connection (listen.rs).
+/// Returns false when the timeout cut some requests off.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: EngineHandle,
@@ -228,34 +297,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     drain_timeout: Duration,
 ) -> std::io::Result<bool> {
-    use std::future::IntoFuture;
-    let app = app(engine.clone(), cfg);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain_engine = engine.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!(
-            in_flight = drain_engine.num_unfinished(),
-            timeout_s = drain_timeout.as_secs_f64(),
-            "shutting down: no new requests; finishing those in flight"
-        );
-        drain_engine.begin_drain();
-        let _ = stop_tx.send(());
-    });
-    let deadline = async move {
-        match stop_rx.await {
-            Ok(()) => tokio::time::sleep(drain_timeout).await,
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let limits = cfg.connections;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let app = app_counted(engine.clone(), cfg, in_flight.clone());
+    let drain = listen::Drain {
+        engine,
+        in_flight,
+        timeout: drain_timeout,
     };
-    tokio::select! {
-        r = server.into_future() => r.map(|()| true),
-        _ = deadline => {
-            tracing::warn!(
-                unfinished = engine.num_unfinished(),
-                "shutdown timeout reached; cutting off the requests still running"
-            );
-            Ok(false)
-        }
-    }
+    listen::run(listener, app, limits, shutdown, drain).await
 }

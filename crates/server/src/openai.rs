@@ -54,6 +54,7 @@ pub struct ChatMessageIn {
     /// `tool` turns: the call answered.
     #[serde(default)]
     pub tool_call_id: Option<String>,
+    /// The author's name; the template sees it as `message.name`.
     #[serde(default)]
     pub name: Option<String>,
 }
@@ -81,6 +82,8 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     pub logit_bias: Option<BTreeMap<String, f64>>,
     pub n: Option<i64>,
+    /// Accepted only when it asks for nothing beyond `n` (see budget.rs).
+    pub best_of: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     // Structured outputs (checked in `structured.rs`): OpenAI's and vLLM's fields, and vLLM's

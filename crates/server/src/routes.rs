@@ -1,7 +1,7 @@
 //! The handlers. Each one parses (json.rs), validates (validation.rs), submits and answers;
 //! every failure is an [`ApiError`] mapped to a status in error.rs.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode, Uri};
@@ -10,6 +10,7 @@ use axum::Json;
 use serde_json::json;
 use tokenfab_engine::{check_token_id, RequestStream};
 
+use crate::budget;
 use crate::collect::{chat_response, collect, completion_response};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{parse, JsonBody};
@@ -36,6 +37,8 @@ impl AppState {
             max_prompt_tokens: self.cfg.max_prompt_tokens.unwrap_or(usize::MAX),
             grammars: &self.engine,
             tools: self.tools,
+            work: self.work,
+            special_tokens_in_messages: self.cfg.special_tokens_in_messages,
         }
     }
 
@@ -50,23 +53,39 @@ impl AppState {
         }
     }
 
-    /// Runs CPU work (templates, tokenization) off the async threads.
+    /// Runs CPU work (templates, tokenization) off the async threads, a bounded number at once.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&AppState) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
         let s = self.clone();
-        tokio::task::spawn_blocking(move || f(&s))
+        let permit = self
+            .cpu
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("validation permits: {e}")))?;
+        tokio::task::spawn_blocking(move || {
+            let r = f(&s);
+            drop(permit);
+            r
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))?
     }
 }
 
-/// Submits every choice; if one is refused, those already submitted are dropped (aborted).
+/// Submits every choice, as one group that shares one fair share of each engine step (the
+/// scheduler's `fair.rs`); if one is refused, those already submitted are dropped (aborted).
 fn submit_all(s: &AppState, v: &ValidRequest) -> ApiResult<Vec<RequestStream>> {
+    static GROUPS: AtomicU64 = AtomicU64::new(1);
+    let group = GROUPS.fetch_add(1, Ordering::Relaxed);
     v.engine_requests()
         .into_iter()
-        .map(|r| s.engine.submit(r).map_err(ApiError::from))
+        .map(|mut r| {
+            r.group = Some(group);
+            s.engine.submit(r).map_err(ApiError::from)
+        })
         .collect()
 }
 
@@ -158,18 +177,26 @@ pub async fn tokenize(
         .blocking(move |s| {
             let l = s.limits();
             check_model(req.model.as_deref(), l.model_id)?;
-            match (&req.prompt, &req.messages) {
-                (Some(p), None) => l
-                    .tokenizer
-                    .encode(p, req.add_special_tokens.unwrap_or(true), true)
-                    .map_err(|e| ApiError::Internal(format!("tokenizing: {e}"))),
-                (None, Some(m)) => {
-                    Ok(chat_prompt(m, req.add_generation_prompt.unwrap_or(true), None, &l)?.1)
+            // At most as many tokens as one request may compute (--max-request-prompt-tokens).
+            let max = l.work.max_prompt_tokens_total;
+            let tokens = match (&req.prompt, &req.messages) {
+                (Some(p), None) => {
+                    budget::check_text("prompt", p, max, &l)?;
+                    l.tokenizer
+                        .encode(p, req.add_special_tokens.unwrap_or(true), true)
+                        .map_err(|e| ApiError::Internal(format!("tokenizing: {e}")))?
                 }
-                _ => Err(ApiError::bad_request(
-                    "Give exactly one of `prompt` and `messages`.",
-                )),
-            }
+                (None, Some(m)) => {
+                    chat_prompt(m, req.add_generation_prompt.unwrap_or(true), None, max, &l)?.1
+                }
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "Give exactly one of `prompt` and `messages`.",
+                    ))
+                }
+            };
+            too_many_tokens(tokens.len(), max)?;
+            Ok(tokens)
         })
         .await?;
     Ok(Json(TokenizeResponse {
@@ -186,6 +213,7 @@ pub async fn detokenize(
     let req: DetokenizeRequest = parse(&body)?;
     let l = s.limits();
     check_model(req.model.as_deref(), l.model_id)?;
+    too_many_tokens(req.tokens.len(), l.work.max_prompt_tokens_total)?;
     let ids = req
         .tokens
         .iter()
@@ -194,6 +222,17 @@ pub async fn detokenize(
     Ok(Json(DetokenizeResponse {
         prompt: l.tokenizer.decode(&ids, false),
     }))
+}
+
+/// /tokenize and /detokenize handle at most as many tokens as one request may compute.
+fn too_many_tokens(n: usize, max: usize) -> ApiResult<()> {
+    if n > max {
+        return Err(ApiError::invalid(
+            "tokens",
+            format!("At most {max} tokens per request (--max-request-prompt-tokens). Given: {n}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Alive: the process answers and its engine thread runs (a dead engine makes a process that

@@ -25,9 +25,7 @@ fn events(choice: usize, rs: RequestStream) -> BoxStream<'static, (usize, Stream
         let mut rs = state?;
         match rs.recv().await {
             None => Some(((choice, StreamEvent::Error(ENGINE_GONE.into())), None)),
-            Some(ev @ (StreamEvent::End { .. } | StreamEvent::Error(_))) => {
-                Some(((choice, ev), None))
-            }
+            Some(ev) if ev.is_terminal() => Some(((choice, ev), None)),
             Some(ev) => Some(((choice, ev), Some(rs))),
         }
     })

@@ -91,11 +91,16 @@ impl Tally {
     }
 }
 
-fn error_frames(msg: String) -> Vec<Frame> {
-    vec![
-        Frame::Error(json(&ApiError::Engine(msg).body())),
-        Frame::Done,
-    ]
+/// The frames that end a stream in error; `None` for the events that are not errors.
+fn error_frames(ev: &StreamEvent) -> Option<Vec<Frame>> {
+    let e = match ev {
+        StreamEvent::Error(msg) => ApiError::Engine(msg.clone()),
+        StreamEvent::ClientTimeout { after } => ApiError::StreamTimeout {
+            secs: after.as_secs_f64(),
+        },
+        _ => return None,
+    };
+    Some(vec![Frame::Error(json(&e.body())), Frame::Done])
 }
 
 /// `chat.completion.chunk` frames.
@@ -229,9 +234,9 @@ impl StreamMachine for ChatStream {
                 }
                 out
             }
-            StreamEvent::Error(msg) => {
+            ev @ (StreamEvent::Error(_) | StreamEvent::ClientTimeout { .. }) => {
                 self.done = true;
-                error_frames(msg)
+                error_frames(&ev).unwrap_or_default()
             }
         }
     }
@@ -377,9 +382,9 @@ impl StreamMachine for CompletionStream {
                     self.done = true;
                 }
             }
-            StreamEvent::Error(msg) => {
+            ev @ (StreamEvent::Error(_) | StreamEvent::ClientTimeout { .. }) => {
                 self.done = true;
-                out.extend(error_frames(msg));
+                out.extend(error_frames(&ev).unwrap_or_default());
             }
         }
         out

@@ -10,10 +10,12 @@ use tokenfab_loader::{ChatTemplate, Tokenizer};
 use tokenfab_structured::Grammars;
 use tokenfab_types::{SamplingParams, TokenId};
 
-use crate::error::{ApiError, ApiResult};
+use crate::budget::{self, WorkBudget};
+use crate::error::{shown_number, ApiError, ApiResult};
+use crate::messages;
 use crate::openai::{
-    ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptInput,
-    SamplingFields, StringOrList,
+    ChatCompletionRequest, ChatMessageIn, CompletionRequest, PromptInput, SamplingFields,
+    StringOrList,
 };
 use crate::tools::{ChatParse, RequestTools, ToolSetup};
 
@@ -61,6 +63,11 @@ pub struct Limits<'a> {
     pub grammars: &'a dyn GrammarSource,
     /// How tools reach prompts and how outputs are parsed.
     pub tools: ToolSetup,
+    /// What one request may ask for in all (budget.rs).
+    pub work: WorkBudget,
+    /// Parse special-token text inside message contents and names (`--special-tokens-in-messages`);
+    /// off: it stays text (messages.rs).
+    pub special_tokens_in_messages: bool,
 }
 
 impl Limits<'_> {
@@ -203,7 +210,7 @@ fn in_range(field: &str, v: f64, lo: f64, hi: f64, shown: &str) -> ApiResult<()>
     } else {
         Err(ApiError::invalid(
             field,
-            format!("`{field}` must be in {shown}. Given: {v}"),
+            format!("`{field}` must be in {shown}. Given: {}", shown_number(v)),
         ))
     }
 }
@@ -235,7 +242,7 @@ pub fn sampling(
         if !(p > 0.0 && p <= 1.0) {
             return Err(ApiError::invalid(
                 "top_p",
-                format!("`top_p` must be in (0, 1]. Given: {p}"),
+                format!("`top_p` must be in (0, 1]. Given: {}", shown_number(p)),
             ));
         }
         s.top_p = p as f32;
@@ -257,7 +264,10 @@ pub fn sampling(
         if !(r > 0.0 && r <= 10.0) {
             return Err(ApiError::invalid(
                 "repetition_penalty",
-                format!("`repetition_penalty` must be in (0, 10]. Given: {r}"),
+                format!(
+                    "`repetition_penalty` must be in (0, 10]. Given: {}",
+                    shown_number(r)
+                ),
             ));
         }
         s.repetition_penalty = r as f32;
@@ -419,37 +429,15 @@ pub fn fit_max_tokens(
     }
 }
 
-fn message_text(m: &ChatMessageIn, i: usize) -> ApiResult<String> {
-    match &m.content {
-        None => Ok(String::new()),
-        Some(MessageContent::Text(s)) => Ok(s.clone()),
-        Some(MessageContent::Parts(parts)) => {
-            let mut s = String::new();
-            for (j, p) in parts.iter().enumerate() {
-                match (p.kind.as_str(), &p.text) {
-                    ("text", Some(t)) => s.push_str(t),
-                    (kind, _) => {
-                        return Err(ApiError::invalid(
-                            &format!("messages[{i}].content[{j}]"),
-                            format!(
-                            "Only text content parts are supported. Given a part of type {kind:?}"
-                        ),
-                        ))
-                    }
-                }
-            }
-            Ok(s)
-        }
-    }
-}
-
 /// Renders messages through the chat template (with the request's tools, see `tools.rs`) and
-/// tokenizes them (specials parsed). A BOS the template already wrote is not added a second
-/// time.
+/// tokenizes them (the template's special-token text parsed, the messages' and tools' not:
+/// messages.rs). A BOS the template already wrote is not added a second time. A rendering that
+/// cannot be `max_tokens` tokens or fewer is refused untokenized.
 pub fn chat_prompt(
     messages: &[ChatMessageIn],
     add_generation_prompt: bool,
     tools: Option<&RequestTools>,
+    max_tokens: usize,
     l: &Limits,
 ) -> ApiResult<(String, Vec<TokenId>)> {
     if messages.is_empty() {
@@ -463,24 +451,35 @@ pub fn chat_prompt(
             "This model has no chat template; use /v1/completions with a plain prompt.",
         )
     })?;
-    let msgs = messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| crate::tools::template_message(m, message_text(m, i)?, i))
-        .collect::<ApiResult<Vec<_>>>()?;
-    let text = crate::tools::render(template, &msgs, tools, &l.tools, add_generation_prompt)
-        .map_err(|e| ApiError::invalid("messages", format!("The chat template failed: {e}")))?;
+    let msgs = messages::template_messages(messages, template, l)?;
+    let tools = tools.map(|t| messages::shielded_tools(t, l)).transpose()?;
+    let text = crate::tools::render(
+        template,
+        &msgs,
+        tools.as_ref(),
+        &l.tools,
+        add_generation_prompt,
+    )
+    .map_err(|e| ApiError::invalid("messages", format!("The chat template failed: {e}")))?;
     let bos_written = l.tokenizer.add_bos()
         && l.tokenizer
             .bos_id()
             .and_then(|b| l.tokenizer.id_to_token(b))
             .is_some_and(|b| !b.is_empty() && text.starts_with(b));
-    let tokens = encode(l.tokenizer, &text, !bos_written)?;
-    Ok((text, tokens))
+    budget::check_text("messages", &text, max_tokens, l)?;
+    let tokens = messages::encode_rendered(l.tokenizer, &text, !bos_written, l)?;
+    Ok((
+        tokenfab_loader::tokenizer::unshield(&text).into_owned(),
+        tokens,
+    ))
 }
 
-fn encode(t: &Tokenizer, text: &str, add_special: bool) -> ApiResult<Vec<TokenId>> {
-    t.encode(text, add_special, true)
+/// A completion prompt's tokens (special-token text parsed), refused before tokenizing when it
+/// cannot fit.
+fn encode(l: &Limits, text: &str) -> ApiResult<Vec<TokenId>> {
+    budget::check_text("prompt", text, l.max_prompt_tokens.min(l.seq_limit()), l)?;
+    l.tokenizer
+        .encode(text, true, true)
         .map_err(|e| ApiError::Internal(format!("tokenizing a prompt: {e}")))
 }
 
@@ -532,14 +531,19 @@ pub fn chat(
     let tools = crate::tools::parse(req)?;
     let answer = crate::structured::constraint(f)?;
     let grammar = crate::tools::output_constraint(tools.as_ref(), answer, l)?;
-    let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
-    let (text, tokens) = chat_prompt(&req.messages, add_generation_prompt, tools.as_ref(), l)?;
+    let (text, tokens) = chat_prompt(
+        &req.messages,
+        req.add_generation_prompt.unwrap_or(true),
+        tools.as_ref(),
+        l.max_prompt_tokens.min(l.seq_limit()),
+        l,
+    )?;
     let tokens = nonempty(tokens, "messages")?;
     let max_tokens = fit_max_tokens(tokens.len(), vs.max_tokens, false, l)?;
     let mut template = vs.request;
     template.logprobs = logprobs;
     template.grammar = grammar;
-    Ok(ValidRequest {
+    let v = ValidRequest {
         prompts: vec![ValidPrompt {
             text,
             tokens,
@@ -553,7 +557,9 @@ pub fn chat(
         tokens_as_ids: false,
         parse: crate::tools::chat_parse(tools.as_ref(), l),
         template,
-    })
+    };
+    budget::check(&v, f, l)?;
+    Ok(v)
 }
 
 /// `POST /v1/completions`.
@@ -580,10 +586,10 @@ pub fn completion(
             .collect()
     };
     let raw: Vec<(String, Vec<TokenId>)> = match &req.prompt {
-        PromptInput::Text(s) => vec![(s.clone(), encode(l.tokenizer, s, true)?)],
+        PromptInput::Text(s) => vec![(s.clone(), encode(l, s)?)],
         PromptInput::Texts(v) => v
             .iter()
-            .map(|s| Ok((s.clone(), encode(l.tokenizer, s, true)?)))
+            .map(|s| Ok((s.clone(), encode(l, s)?)))
             .collect::<ApiResult<_>>()?,
         PromptInput::Ids(v) => {
             let t = ids(v)?;
@@ -620,7 +626,7 @@ pub fn completion(
     template.grammar = crate::structured::constraint(f)?
         .map(|(c, field)| crate::structured::compile(&c, field, l))
         .transpose()?;
-    Ok(ValidRequest {
+    let v = ValidRequest {
         prompts,
         n: vs.n,
         stream: vs.stream,
@@ -630,7 +636,9 @@ pub fn completion(
         tokens_as_ids: req.return_tokens_as_token_ids.unwrap_or(false),
         parse: ChatParse::default(),
         template,
-    })
+    };
+    budget::check(&v, f, l)?;
+    Ok(v)
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ fn body(stream: bool) -> String {
 async fn dropping_a_stream_mid_way_aborts_its_requests() {
     let t = TestApp::with(slow_cfg(), |_| {});
     let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
         .body(Body::from(
             json!({"messages": [{"role": "user", "content": "z".repeat(150)}], "max_tokens": 50,
                    "ignore_eos": true, "stream": true, "n": 2})
@@ -54,6 +55,7 @@ async fn dropping_a_waiting_non_streaming_request_aborts_it() {
     let app = t.app.clone();
     let task = tokio::spawn(async move {
         let req = Request::post("/v1/completions")
+            .header("content-type", "application/json")
             .body(Body::from(body(false)))
             .unwrap();
         app.oneshot(req).await
@@ -73,6 +75,7 @@ async fn dropping_a_waiting_non_streaming_request_aborts_it() {
 async fn keep_alive_comments_flow_while_waiting() {
     let t = TestApp::with(slow_cfg(), |c| c.keep_alive = Duration::from_millis(2));
     let req = Request::post("/v1/completions")
+        .header("content-type", "application/json")
         .body(Body::from(body(true)))
         .unwrap();
     let resp = t.app.clone().oneshot(req).await.unwrap();

@@ -40,15 +40,24 @@ impl Server {
     /// Starts `tokenfab serve --port 0` with exactly `args` (the model included, or
     /// `--dummy-weights`) and waits for its address.
     pub fn start_with(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenfab"))
-            .args(["serve", "--port", "0"])
+        Self::spawn(Self::command(args))
+    }
+
+    /// `tokenfab serve --port 0 args`, not yet started.
+    pub fn command(args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenfab"));
+        cmd.args(["serve", "--port", "0"])
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("TOKENFAB_API_KEY")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting tokenfab serve");
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Starts `cmd` (from [`Server::command`]) and waits for its address.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd.spawn().expect("starting tokenfab serve");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde_json::Value as Json;
 
-use super::{attr, TokenData};
+use super::{attr, TokenData, SHIELD};
 use crate::{Error, Result};
 
 /// The two `tokenizers` pipelines of one `tokenizer.json`.
@@ -20,6 +20,10 @@ pub(super) struct HfModel {
     parse: tokenizers::Tokenizer,
     /// Special added tokens in the text are tokenized as text.
     plain: tokenizers::Tokenizer,
+    /// `parse` whose first normalizer step drops [`SHIELD`]s (`shield.rs`): a shielded spelling
+    /// matches no added token and is then tokenized as text. `Err` says why this vocabulary
+    /// cannot keep shielded text as text.
+    shielded: std::result::Result<tokenizers::Tokenizer, String>,
     /// Pieces are GPT-2 byte characters (a `ByteLevel` step), else SentencePiece-style (`▁`).
     pub byte_level: bool,
 }
@@ -88,6 +92,7 @@ pub(super) fn load(text: &str) -> Result<HfVocab> {
         .with_padding(None);
     let mut plain = parse.clone();
     plain.set_encode_special_tokens(true);
+    let shielded = shielded_pipeline(&parse);
 
     let any = |_: &Json| true;
     let byte_level = has_step(json.get("decoder"), "ByteLevel", &any)
@@ -162,6 +167,7 @@ pub(super) fn load(text: &str) -> Result<HfVocab> {
         model: HfModel {
             parse,
             plain,
+            shielded,
             byte_level,
         },
         tokens,
@@ -170,7 +176,45 @@ pub(super) fn load(text: &str) -> Result<HfVocab> {
     })
 }
 
+/// `parse` with shields dropped before anything else normalizes the text. Added tokens marked
+/// `normalized` are matched after normalization, where the shields are gone: a vocabulary with
+/// such a control token cannot shield it, and says so.
+fn shielded_pipeline(
+    parse: &tokenizers::Tokenizer,
+) -> std::result::Result<tokenizers::Tokenizer, String> {
+    use tokenizers::normalizers::{NormalizerWrapper, Replace, Sequence};
+    let normalized_control = parse
+        .get_added_tokens_decoder()
+        .into_values()
+        .filter(|a| a.normalized && (a.special || looks_special(&a.content)))
+        .map(|a| a.content)
+        .filter(|c| c.chars().nth(1).is_some())
+        .min();
+    if let Some(c) = normalized_control {
+        return Err(format!(
+            "its control token `{c}` is matched after normalization, where the marker that keeps \
+             special-token text in messages as text is already gone"
+        ));
+    }
+    let strip = Replace::new(SHIELD.to_string(), "").map_err(|e| e.to_string())?;
+    let mut steps: Vec<NormalizerWrapper> = vec![strip.into()];
+    steps.extend(parse.get_normalizer().cloned());
+    let mut t = parse.clone();
+    t.with_normalizer(Some(Sequence::new(steps)))
+        .map_err(|e| e.to_string())?;
+    Ok(t)
+}
+
 impl HfModel {
+    /// Appends the ids of `text` holding shielded parts: special-token text outside them
+    /// becomes special tokens, inside them it is text (no BOS/EOS).
+    pub fn encode_shielded(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        let tok = self.shielded.as_ref().map_err(|why| {
+            Error::Unshieldable(format!("this tokenizer.json cannot keep it as text: {why}"))
+        })?;
+        run(tok, text, out)
+    }
+
     /// Appends the ids of `text` (no BOS/EOS: the caller adds them).
     pub fn encode(&self, text: &str, parse_special: bool, out: &mut Vec<u32>) -> Result<()> {
         let tok = if parse_special {
@@ -178,10 +222,14 @@ impl HfModel {
         } else {
             &self.plain
         };
-        let enc = tok
-            .encode_fast(text, false)
-            .map_err(|e| Error::Tokenizer(format!("tokenizer.json: encoding failed: {e}")))?;
-        out.extend_from_slice(enc.get_ids());
-        Ok(())
+        run(tok, text, out)
     }
+}
+
+fn run(tok: &tokenizers::Tokenizer, text: &str, out: &mut Vec<u32>) -> Result<()> {
+    let enc = tok
+        .encode_fast(text, false)
+        .map_err(|e| Error::Tokenizer(format!("tokenizer.json: encoding failed: {e}")))?;
+    out.extend_from_slice(enc.get_ids());
+    Ok(())
 }

@@ -14,6 +14,7 @@ mod bpe;
 mod detok;
 mod hf;
 mod pretok;
+mod shield;
 mod spm;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ use std::ops::Range;
 use crate::{Error, Gguf, Result, Value};
 use detok::{clean_up_spaces, piece_of};
 use pretok::{PreConfig, PreTokenizer};
+pub use shield::{unshield, SHIELD};
 
 /// Token attributes, as llama.cpp's `llama_token_attr` bits.
 mod attr {
@@ -461,18 +463,41 @@ impl Tokenizer {
     /// `parse_special` turns control-token text (`<|im_start|>`...) into those tokens, otherwise
     /// it is tokenized as plain text (user-defined tokens are always cut out).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        self.encode_inner(text, add_special, parse_special, false)
+    }
+
+    /// `encode`; with `unshield`, [`SHIELD`]s are dropped from the text fragments left after
+    /// special tokens are cut out (see `shield.rs`).
+    fn encode_inner(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        unshield: bool,
+    ) -> Result<Vec<u32>> {
         if let Model::Hf(m) = &self.model {
             // The `tokenizers` pipeline cuts added tokens out itself (with their strip flags).
             let mut out = Vec::with_capacity(text.len() / 3 + 2);
             if add_special && self.add_bos {
                 out.extend(self.bos);
             }
-            m.encode(text, parse_special, &mut out)?;
+            if unshield && text.contains(SHIELD) {
+                m.encode_shielded(text, &mut out)?;
+            } else {
+                m.encode(text, parse_special, &mut out)?;
+            }
             if add_special && self.add_eos {
                 out.extend(self.eos);
             }
             return Ok(out);
         }
+        let frag = |r: &Range<usize>| {
+            if unshield {
+                shield::unshield(&text[r.clone()])
+            } else {
+                std::borrow::Cow::Borrowed(&text[r.clone()])
+            }
+        };
         let fragments = if text.is_empty() {
             Vec::new()
         } else {
@@ -493,7 +518,7 @@ impl Tokenizer {
                             if self.add_space_prefix && prev_special {
                                 buf.push(' ');
                             }
-                            buf.push_str(&text[r.clone()]);
+                            buf.push_str(&frag(r));
                             let escaped = buf.replace(' ', "\u{2581}");
                             spm::tokenize(self, &escaped, &mut out);
                             prev_special = false;
@@ -514,7 +539,8 @@ impl Tokenizer {
                 for f in &fragments {
                     match f {
                         Fragment::Text(r) => {
-                            let chunk = &text[r.clone()];
+                            let chunk = frag(r);
+                            let chunk: &str = &chunk;
                             for word in pre.split(chunk) {
                                 let encoded = bpe::byte_encode(&chunk[word]);
                                 if *ignore_merges {

@@ -11,7 +11,7 @@ fn strings(v: &[&str]) -> Value {
 }
 
 /// A byte-level BPE vocabulary: the 256 GPT-2 byte characters, a few merges and specials.
-fn bpe_tokenizer(pre: &str, add_bos: bool) -> Tokenizer {
+pub(super) fn bpe_tokenizer(pre: &str, add_bos: bool) -> Tokenizer {
     let map = bpe::byte_map();
     let mut toks: Vec<String> = (0..=255u8)
         .map(|b| map.to_char[b as usize].to_string())
