@@ -152,12 +152,12 @@ fn publishes_frames_and_replays() {
     });
 }
 
-/// With nobody reading, the engine side never blocks: past `max_queue_size` batches are
-/// dropped and counted.
+/// The engine side never blocks: a batch that finds the queue (`max_queue_size`) full is
+/// dropped and counted, and every batch is either sent or counted as dropped.
 #[test]
 fn a_full_queue_drops_without_blocking() {
     let metrics = Metrics::default();
-    // Connects to a port nobody listens on: the thread keeps retrying, sending nothing.
+    // Connects to a port nobody listens on (a PUB socket then sends into the void).
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let ep = format!("tcp://{}", unused.local_addr().unwrap());
     drop(unused);
@@ -167,7 +167,14 @@ fn a_full_queue_drops_without_blocking() {
         p.publish(removed(i));
     }
     assert!(t.elapsed() < Duration::from_secs(1));
-    assert!(metrics.kv_events_dropped.get() >= 990);
+    // A publisher thread sends far slower than a loop of `try_send`s fills a queue of 2 (how
+    // much slower depends on the machine's load, so only "some" is asserted).
+    assert!(metrics.kv_events_dropped.get() > 0);
+    drop(p);
+    assert_eq!(
+        metrics.kv_events_dropped.get() + metrics.kv_events_published.get(),
+        1000
+    );
 }
 
 #[test]
