@@ -235,14 +235,17 @@ extern "C" __global__ void paged_attention(const float* __restrict__ qkv,
         float gm = NEG_INF;
         for (int w = 0; w < nw; w++) gm = fmaxf(gm, s_m[w]);
         float gl = 0.0f;
+        /* Indexed by constants only (unrolled), so f stays in registers. */
         float f[4];
-        for (int w = 0; w < nw; w++) {
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
             f[w] = s_m[w] == NEG_INF ? 0.0f : expf(s_m[w] - gm);
             gl += s_l[w] * f[w];
         }
         for (int d = lane; d < head_dim; d += WARP) {
             float o = 0.0f;
-            for (int w = 0; w < nw; w++) o += s_acc[w][d] * f[w];
+#pragma unroll
+            for (int w = 0; w < 4; w++) o += s_acc[w][d] * f[w];
             out[t * q_dim + h * head_dim + d] = f2bf(o / gl);
         }
     }
