@@ -47,6 +47,11 @@ pub enum Quantization {
     /// Q4_0, the output matrix (or the tied embedding) Q8_0 as llama.cpp's quantizer keeps it
     /// at a higher precision.
     Q4_0,
+    /// FP8 E4M3 with a scale per output row ([`crate::quant::fp8`]). The FP8 GEMM (cuBLASLt on
+    /// Hopper) is not written yet, so on every device the matrices hold the FP8-rounded values
+    /// as F32: FP8's accuracy, exactly, without its memory saving: the reference a device's FP8
+    /// product is checked against.
+    Fp8,
 }
 
 impl FromStr for Quantization {
@@ -57,9 +62,10 @@ impl FromStr for Quantization {
             "none" => Quantization::None,
             "q8_0" => Quantization::Q8_0,
             "q4_0" => Quantization::Q4_0,
+            "fp8" => Quantization::Fp8,
             _ => {
                 return Err(format!(
-                    "`--quantization` must be auto, none, q8_0 or q4_0. Given: {s}"
+                    "`--quantization` must be auto, none, q8_0, q4_0 or fp8. Given: {s}"
                 ))
             }
         })
@@ -73,6 +79,7 @@ impl std::fmt::Display for Quantization {
             Quantization::None => "none",
             Quantization::Q8_0 => "q8_0",
             Quantization::Q4_0 => "q4_0",
+            Quantization::Fp8 => "fp8",
         })
     }
 }
@@ -301,5 +308,6 @@ pub(crate) fn resolve(q: Quantization, matrix_types: &[GgmlType]) -> Option<Ggml
         Quantization::None => None,
         Quantization::Q8_0 => Some(GgmlType::Q8_0),
         Quantization::Q4_0 => Some(GgmlType::Q4_0),
+        Quantization::Fp8 => Some(GgmlType::F32),
     }
 }
