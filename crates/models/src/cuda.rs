@@ -10,7 +10,7 @@
 //! position computed once with `Rope::angles`).
 //!
 //! Decode steps (one row per sequence, logits for every row) run as CUDA graphs captured per
-//! batch-size bucket; padded rows write a scratch block past the pool and their logits are
+//! batch-size bucket, after one eager step of that bucket; padded rows write a scratch block past the pool and their logits are
 //! dropped.
 
 use std::cell::Cell;
@@ -19,7 +19,7 @@ use half::bf16;
 use rayon::prelude::*;
 use tokenfab_backend::cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use tokenfab_backend::cuda::cudarc::driver::CudaGraph;
-use tokenfab_backend::cuda::graphs::GraphCache;
+use tokenfab_backend::cuda::graphs::{GraphCache, GraphStep};
 use tokenfab_backend::cuda::kernels::MAX_HEAD_DIM;
 use tokenfab_backend::cuda::launch::{DevMatrix, DevRope};
 use tokenfab_backend::cuda::memory::{self, KvSizing};
@@ -250,19 +250,29 @@ impl CudaExecutor {
             self.run(n_run, r_run)?;
             return Ok(r);
         };
-        if self.graphs.lookup(b).and_then(|(_, g)| g).is_none() {
-            let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
-            self.gpu
-                .stream
-                .begin_capture(mode)
-                .map_err(cuda::Error::from)?;
-            let res = self.run(n_run, r_run);
-            let g = self.gpu.stream.end_capture(CUgraphInstantiate_flags(0));
-            res?;
-            let g = g
-                .map_err(cuda::Error::from)?
-                .ok_or_else(|| cuda::Error::Driver("stream capture produced no graph".into()))?;
-            self.graphs.insert(b, Graph(g));
+        match self.graphs.step(b) {
+            // The bucket's first step runs eagerly: cuBLAS and the driver initialize what they
+            // need for these shapes outside a capture.
+            GraphStep::Eager | GraphStep::WarmUp(_) => {
+                self.run(n_run, r_run)?;
+                self.graphs.warmed(b);
+                return Ok(r);
+            }
+            GraphStep::Capture(_) => {
+                let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+                self.gpu
+                    .stream
+                    .begin_capture(mode)
+                    .map_err(cuda::Error::from)?;
+                let res = self.run(n_run, r_run);
+                let g = self.gpu.stream.end_capture(CUgraphInstantiate_flags(0));
+                res?;
+                let g = g.map_err(cuda::Error::from)?.ok_or_else(|| {
+                    cuda::Error::Driver("stream capture produced no graph".into())
+                })?;
+                self.graphs.insert(b, Graph(g));
+            }
+            GraphStep::Replay(..) => {}
         }
         let (_, g) = self.graphs.lookup(b).expect("bucket exists");
         g.expect("captured above")
