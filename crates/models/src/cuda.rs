@@ -137,6 +137,11 @@ impl CudaExecutor {
         }
         let gpu = Gpu::new(cfg.ordinal)?;
         gpu.bind()?;
+        footprint(model, cfg).check(
+            gpu.info.total_mem,
+            gpu.info.free_mem,
+            cfg.gpu_memory_utilization,
+        )?;
         let bytes = Cell::new(0usize);
         let weights = model.weights().try_map(
             &mut |w: &Weight| -> Result<DevMatrix> {
@@ -386,6 +391,43 @@ impl CudaExecutor {
             block_size: self.block_size,
         };
         Ok(forward(&self.cfg, &self.weights, &mut ops, &mut self.acts)?)
+    }
+}
+
+/// What `model` will take on the device under `cfg`, before anything is allocated: bf16
+/// matrices, f32 vectors, the activations of `max_batch_tokens` rows (as [`new_acts`] makes
+/// them), the RoPE tables and the smallest KV pool (2 blocks and the scratch block).
+fn footprint(model: &Model, cfg: &CudaConfig) -> memory::Footprint {
+    let c = &model.cfg;
+    let bytes = Cell::new(0usize);
+    let _ = model.weights().try_map(
+        &mut |w: &Weight| -> std::result::Result<(), ()> {
+            bytes.set(bytes.get() + 2 * w.rows() * w.cols());
+            Ok(())
+        },
+        &mut |v: &Vec<f32>| {
+            bytes.set(bytes.get() + 4 * v.len());
+            Ok(())
+        },
+    );
+    let rows = cfg.max_batch_tokens.max(1);
+    let per_row = 4 * c.dim * 2
+        + 2 * c.dim * 2
+        + 4 * (c.q_dim() + 2 * c.kv_dim())
+        + 2 * c.q_dim()
+        + 4 * 2 * c.ffn_dim
+        + 2 * c.ffn_dim
+        + 4 * c.vocab_size;
+    let tables = model
+        .ropes()
+        .iter()
+        .map(|r| 8 * r.half() * c.context_len)
+        .sum();
+    memory::Footprint {
+        weights: bytes.get(),
+        activations: rows * per_row,
+        tables,
+        kv_min: 3 * memory::bytes_per_block(c.n_layers, c.kv_dim(), cfg.block_size, 2),
     }
 }
 
