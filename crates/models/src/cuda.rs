@@ -129,9 +129,9 @@ impl CudaExecutor {
     /// Uploads `model` to device `cfg.ordinal` and sizes the KV pool from what memory is left.
     pub fn new(model: &Model, cfg: &CudaConfig) -> Result<Self> {
         let c = model.cfg.clone();
-        if c.head_dim > MAX_HEAD_DIM {
+        if c.head_dim > MAX_HEAD_DIM || !c.head_dim.is_multiple_of(8) {
             return Err(Error::Config(format!(
-                "head dimension {} exceeds the CUDA attention kernel's {MAX_HEAD_DIM}",
+                "head dimension {}: the CUDA attention kernel takes multiples of 8 up to {MAX_HEAD_DIM}",
                 c.head_dim
             )));
         }
@@ -180,7 +180,13 @@ impl CudaExecutor {
 
         let rows = cfg.max_batch_tokens.max(1);
         let acts = new_acts(&gpu, &c, rows)?;
-        let step = DevStep::new(&gpu, rows, table_cap(&c, cfg.block_size, rows), c.dim)?;
+        let step = DevStep::new(
+            &gpu,
+            rows,
+            table_cap(&c, cfg.block_size, rows),
+            c.dim,
+            c.heads(),
+        )?;
         gpu.stream.synchronize().map_err(cuda::Error::from)?;
         let (free_mem, total_mem) = gpu.ctx.mem_get_info().map_err(cuda::Error::from)?;
         let sizing = KvSizing {
@@ -364,7 +370,7 @@ impl CudaExecutor {
             // Captured graphs point into the old buffers.
             self.graphs.clear();
             self.acts = new_acts(&self.gpu, c, rows)?;
-            self.step = DevStep::new(&self.gpu, rows, cap, c.dim)?;
+            self.step = DevStep::new(&self.gpu, rows, cap, c.dim, c.heads())?;
             self.argmax = self.gpu.zeros(rows)?;
         }
         let (g, d, st) = (&self.gpu, &mut self.step, &self.stage);
