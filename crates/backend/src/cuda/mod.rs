@@ -20,6 +20,8 @@
 //! failure is an [`Error`].
 
 pub mod context;
+#[cfg(test)]
+mod device_tests;
 pub mod graphs;
 pub mod kernels;
 pub mod launch;
