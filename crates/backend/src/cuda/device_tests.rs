@@ -257,3 +257,60 @@ fn attention_matches_an_f64_reference_for_every_group_split_and_window() {
     }
     assert!(attention_workspace(4, hs(16, 2, 128), g.info.multiprocessors) > 0);
 }
+
+/// The sampling kernel gives its CPU twin's tokens on the same rows: greedy, temperature with
+/// top-k, top-p, min-p, edits, vocabularies inside and past the pool (ties included).
+#[test]
+fn sample_rows_matches_its_cpu_twin() {
+    use super::sampling::{sample_row, Edit, SampleParams};
+    let Some(g) = gpu() else { return };
+    for vocab in [500, 5000, 50_000] {
+        let mut params = Vec::new();
+        let mut edits = Vec::new();
+        let mut logits = Vec::new();
+        for r in 0..24 {
+            let mut row: Vec<f32> = values(vocab, 100 + r).iter().map(|v| v * 6.0).collect();
+            if r % 5 == 0 {
+                row.iter_mut().for_each(|v| *v = v.round()); // many ties
+            }
+            logits.extend(row);
+            let start = edits.len() as i32;
+            edits.push(Edit {
+                token: (r as u32 * 37) % vocab as u32,
+                bias: 3.0,
+                rep: 1.3,
+                sub: 0.2,
+            });
+            params.push(SampleParams {
+                temperature: [0.0, 0.7, 1.0, 1.5][r as usize % 4],
+                top_k: [0, 1, 40, 2000][(r as usize / 4) % 4],
+                top_p: [1.0, 0.9, 0.5][r as usize % 3],
+                min_p: [0.0, 0.05][r as usize % 2],
+                u: values(1, 500 + r)[0].abs(),
+                edits_start: start,
+                edits_len: 1,
+                want_logprob: 1,
+            });
+        }
+        let n = params.len();
+        let dl = g.upload(&logits).unwrap();
+        let mut work = g.zeros::<f32>(n * vocab).unwrap();
+        let (dp, de) = (g.upload(&params).unwrap(), g.upload(&edits).unwrap());
+        let (mut tok, mut lp) = (g.zeros::<u32>(n).unwrap(), g.zeros::<f32>(n).unwrap());
+        g.sample_rows((&dl, vocab), &mut work, (&dp, &de), (&mut tok, &mut lp), n)
+            .unwrap();
+        let (tok, lp) = (g.read(&tok, n).unwrap(), g.read(&lp, n).unwrap());
+        for (r, p) in params.iter().enumerate() {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let e = &edits[p.edits_start as usize..][..1];
+            let want = sample_row(row, p, e);
+            assert_eq!(tok[r], want.token, "vocab {vocab} row {r}: {p:?}");
+            assert!(
+                (lp[r] - want.logprob).abs() < 1e-4,
+                "{} vs {}",
+                lp[r],
+                want.logprob
+            );
+        }
+    }
+}

@@ -20,6 +20,7 @@ pub const KERNELS: &[&str] = &[
     "attention_merge",
     "glu",
     "argmax_rows",
+    "sample_rows",
 ];
 
 /// Threads per block of the row kernels (a multiple of 32).
@@ -370,6 +371,238 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ logits, unsigne
         __syncthreads();
     }
     if (threadIdx.x == 0) out[blockIdx.x] = (unsigned int)(s_i[0] == 0x7fffffff ? 0 : s_i[0]);
+}
+
+/* Device sampling (see sampling.rs, whose sample_row is this kernel's CPU twin). */
+#define POOL 1024
+#define HOST_TOKEN 0xffffffffu
+struct SampleParams { float temperature; int top_k; float top_p; float min_p; float u;
+                      int edits_start; int edits_len; int want_logprob; };
+struct Edit { unsigned int token; float bias; float rep; float sub; };
+
+__device__ float block_max(float v, float* shared32) {
+    for (int o = WARP / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if (threadIdx.x % WARP == 0) shared32[threadIdx.x / WARP] = v;
+    __syncthreads();
+    float t = NEG_INF;
+    for (int i = 0; i < (int)blockDim.x / WARP; i++) t = fmaxf(t, shared32[i]);
+    return t;
+}
+
+/* Exclusive prefix sum of v over the block (in thread order); *total gets the sum. */
+__device__ int block_scan(int v, int* shared32, int* total) {
+    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    int x = v;
+    for (int o = 1; o < WARP; o *= 2) {
+        int y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    __syncthreads();
+    if (lane == WARP - 1) shared32[warp] = x;
+    __syncthreads();
+    int before = 0, all = 0;
+    for (int i = 0; i < (int)blockDim.x / WARP; i++) {
+        int s = shared32[i];
+        if (i < warp) before += s;
+        all += s;
+    }
+    *total = all;
+    return before + x - v;
+}
+
+/* Whether candidate a comes before b: larger weight first, then lower id. */
+__device__ __forceinline__ bool before(float wa, unsigned int ia, float wb, unsigned int ib) {
+    return wa > wb || (wa == wb && ia < ib);
+}
+
+/* One block of POOL threads per row b of logits (rows, vocab): the row's edits into work (rows,
+   vocab), then greedy, or weights, the POOL largest gathered (radix select on the weights' bits,
+   ties to lower ids) and sorted, top-k / top-p / min-p and the walk of u * total, as on the CPU.
+   tokens[b] = the token, or HOST_TOKEN when the kept set may reach past the pool; logprobs[b] =
+   its log-probability under the raw logits when asked. */
+extern "C" __global__ void __launch_bounds__(POOL, 1)
+sample_rows(const float* __restrict__ logits, float* __restrict__ work,
+            const SampleParams* __restrict__ params, const Edit* __restrict__ edits,
+            unsigned int* __restrict__ tokens, float* __restrict__ logprobs, int vocab) {
+    __shared__ float pool_w[POOL];
+    __shared__ unsigned int pool_id[POOL];
+    __shared__ float sf[32];
+    __shared__ int si[32];
+    __shared__ int hist[256];
+    __shared__ int s_int[4];
+    size_t b = blockIdx.x;
+    const SampleParams p = params[b];
+    const float* raw = logits + b * vocab;
+    float* w = work + b * vocab;
+    int tid = threadIdx.x;
+    for (int i = tid; i < vocab; i += blockDim.x) w[i] = raw[i];
+    __syncthreads();
+    for (int e = tid; e < p.edits_len; e += blockDim.x) {
+        Edit ed = edits[p.edits_start + e];
+        if (ed.token < (unsigned int)vocab) {
+            float x = w[ed.token] + ed.bias;
+            if (ed.rep != 1.0f) x = x > 0.0f ? x / ed.rep : x * ed.rep;
+            w[ed.token] = x - ed.sub;
+        }
+    }
+    __syncthreads();
+    float rmax = 0.0f, lse = 0.0f;
+    if (p.want_logprob) {
+        float m = NEG_INF;
+        for (int i = tid; i < vocab; i += blockDim.x) m = fmaxf(m, raw[i]);
+        rmax = block_max(m, sf);
+        float s = 0.0f;
+        for (int i = tid; i < vocab; i += blockDim.x) s += expf(raw[i] - rmax);
+        lse = logf(block_sum(s, sf));
+    }
+    if (p.temperature <= 0.0f || p.top_k == 1) {
+        float bv = NEG_INF;
+        int bi = 0x7fffffff;
+        for (int i = tid; i < vocab; i += blockDim.x) {
+            if (w[i] > bv) { bv = w[i]; bi = i; }
+        }
+        for (int o = WARP / 2; o > 0; o /= 2) {
+            float v = __shfl_xor_sync(0xffffffffu, bv, o);
+            int j = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (v > bv || (v == bv && j < bi)) { bv = v; bi = j; }
+        }
+        __syncthreads();
+        if (tid % WARP == 0) { sf[tid / WARP] = bv; si[tid / WARP] = bi; }
+        __syncthreads();
+        if (tid == 0) {
+            for (int i = 1; i < (int)blockDim.x / WARP; i++) {
+                if (sf[i] > bv || (sf[i] == bv && si[i] < bi)) { bv = sf[i]; bi = si[i]; }
+            }
+            unsigned int tok = bi == 0x7fffffff ? 0u : (unsigned int)bi;
+            tokens[b] = tok;
+            logprobs[b] = p.want_logprob ? raw[tok] - rmax - lse : 0.0f;
+        }
+        return;
+    }
+    float m = NEG_INF;
+    for (int i = tid; i < vocab; i += blockDim.x) m = fmaxf(m, w[i]);
+    float lmax = block_max(m, sf);
+    float part = 0.0f;
+    for (int i = tid; i < vocab; i += blockDim.x) {
+        float x = expf((w[i] - lmax) / p.temperature);
+        w[i] = x;
+        part += x;
+    }
+    float all = block_sum(part, sf);
+    __syncthreads();
+
+    /* theta: the POOL-th largest weight's bits; need: how many weights equal to theta to take
+       (lowest ids first). Weights are >= 0, so their bits order as they do. */
+    unsigned int theta = 0, mask = 0;
+    int need = POOL;
+    if (vocab > POOL) {
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            if (tid < 256) hist[tid] = 0;
+            __syncthreads();
+            for (int i = tid; i < vocab; i += blockDim.x) {
+                unsigned int bits = __float_as_uint(w[i]);
+                if ((bits & mask) == theta) atomicAdd(&hist[(bits >> shift) & 255], 1);
+            }
+            __syncthreads();
+            if (tid == 0) {
+                int acc = 0, bin = 255;
+                for (; bin > 0; bin--) {
+                    if (acc + hist[bin] >= need) break;
+                    acc += hist[bin];
+                }
+                s_int[0] = bin;
+                s_int[1] = need - acc;
+            }
+            __syncthreads();
+            theta |= (unsigned int)s_int[0] << shift;
+            mask |= 255u << shift;
+            need = s_int[1];
+            __syncthreads();
+        }
+    }
+    if (tid == 0) { s_int[2] = 0; s_int[3] = 0; }
+    __syncthreads();
+    for (int base = 0; base < vocab; base += blockDim.x) {
+        int i = base + tid;
+        int eq_before = s_int[2], pool_before = s_int[3];
+        unsigned int bits = i < vocab ? __float_as_uint(w[i]) : 0u;
+        int is_eq = vocab > POOL && i < vocab && bits == theta;
+        int n_eq, n_take;
+        int eq_rank = eq_before + block_scan(is_eq, si, &n_eq);
+        int take = i < vocab && (vocab <= POOL || bits > theta || (is_eq && eq_rank < need));
+        int at = pool_before + block_scan(take, si, &n_take);
+        if (take && at < POOL) { pool_w[at] = w[i]; pool_id[at] = (unsigned int)i; }
+        __syncthreads();
+        if (tid == 0) { s_int[2] = eq_before + n_eq; s_int[3] = pool_before + n_take; }
+        __syncthreads();
+    }
+    int pool_n = min(s_int[3], POOL);
+    if (tid >= pool_n) { pool_w[tid] = -1.0f; pool_id[tid] = HOST_TOKEN; }
+    __syncthreads();
+    /* Bitonic sort of the pool, first-to-come first. */
+    for (int k = 2; k <= POOL; k *= 2) {
+        for (int j = k / 2; j > 0; j /= 2) {
+            int ixj = tid ^ j;
+            if (ixj > tid) {
+                float wa = pool_w[tid], wb = pool_w[ixj];
+                unsigned int ia = pool_id[tid], ib = pool_id[ixj];
+                bool swap = (tid & k) == 0 ? before(wb, ib, wa, ia) : before(wa, ia, wb, ib);
+                if (swap) {
+                    pool_w[tid] = wb; pool_id[tid] = ib;
+                    pool_w[ixj] = wa; pool_id[ixj] = ia;
+                }
+            }
+            __syncthreads();
+        }
+    }
+    if (tid != 0) return;
+    int n = pool_n;
+    bool inside = pool_n == vocab;
+    int k = p.top_k > 0 ? p.top_k : 0;
+    if (k > 0 && k < vocab && k <= n) { n = k; inside = true; }
+    bool topk_inside = inside, host = false;
+    if (p.top_p < 1.0f) {
+        if (!topk_inside && k > 0 && k < vocab) {
+            host = true;
+        } else {
+            float total = 0.0f;
+            if (topk_inside) {
+                for (int i = 0; i < n; i++) total += pool_w[i];
+            } else {
+                total = all;
+            }
+            float acc = 0.0f;
+            int found = -1;
+            for (int i = 0; i < n; i++) {
+                acc += pool_w[i] / total;
+                if (acc >= p.top_p) { found = i; break; }
+            }
+            if (found >= 0) { n = found + 1; inside = true; }
+            else if (!inside) host = true;
+        }
+    }
+    if (!host && p.min_p > 0.0f) {
+        float floor = pool_w[0] * p.min_p;
+        int keep = 0;
+        while (keep < n && pool_w[keep] >= floor) keep++;
+        if (keep < 1) keep = 1;
+        if (keep < n || pool_w[n - 1] < floor) inside = true;
+        n = keep;
+    }
+    unsigned int tok = HOST_TOKEN;
+    if (!host && inside) {
+        float total = 0.0f;
+        for (int i = 0; i < n; i++) total += pool_w[i];
+        float r = p.u * total;
+        tok = pool_id[n - 1];
+        for (int i = 0; i < n; i++) {
+            if (r < pool_w[i]) { tok = pool_id[i]; break; }
+            r -= pool_w[i];
+        }
+    }
+    tokens[b] = tok;
+    logprobs[b] = p.want_logprob && tok != HOST_TOKEN ? raw[tok] - rmax - lse : 0.0f;
 }
 "#;
 

@@ -10,6 +10,7 @@ use cudarc::driver::{CudaFunction, CudaModule, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::kernels::{ATTN_THREADS, MAX_GROUP, MAX_HEAD_DIM, MAX_SPLITS, ROW_THREADS};
+use super::sampling::{Edit, SampleParams, POOL};
 use super::{Error, Gemm, Gpu, GpuBuf, Result};
 use crate::ops::{Activation, Heads};
 
@@ -22,6 +23,7 @@ pub(crate) struct Kernels {
     attention_merge: CudaFunction,
     glu: CudaFunction,
     argmax_rows: CudaFunction,
+    sample_rows: CudaFunction,
 }
 
 impl Kernels {
@@ -35,6 +37,7 @@ impl Kernels {
             attention_merge: f("attention_merge")?,
             glu: f("glu")?,
             argmax_rows: f("argmax_rows")?,
+            sample_rows: f("sample_rows")?,
         })
     }
 }
@@ -426,6 +429,46 @@ impl Gpu {
         b.arg(&l).arg(&o).arg(&v);
         // SAFETY: sizes checked above.
         unsafe { b.launch(grid(r, 1, ROW_THREADS)) }?;
+        Ok(())
+    }
+
+    /// Samples each of the first `r` rows of `logits` (r, vocab) on the device (see
+    /// [`super::sampling`]): `out.0[i]` its token ([`super::sampling::HOST`]: the host's),
+    /// `out.1[i]` the token's log-probability when asked. `work` (r, vocab) is scratch. The
+    /// caller checked `params` and `edits` ([`super::sampling::check_row_inputs`]).
+    pub fn sample_rows(
+        &self,
+        (logits, vocab): (&GpuBuf<f32>, usize),
+        work: &mut GpuBuf<f32>,
+        (params, edits): (&GpuBuf<SampleParams>, &GpuBuf<Edit>),
+        out: (&mut GpuBuf<u32>, &mut GpuBuf<f32>),
+        r: usize,
+    ) -> Result<()> {
+        check(
+            logits.len() >= r * vocab
+                && work.len() >= r * vocab
+                && params.len() >= r
+                && out.0.len() >= r
+                && out.1.len() >= r
+                && vocab <= i32::MAX as usize,
+            "sample_rows",
+        )?;
+        let ptrs = [
+            self.ptr(logits),
+            self.ptr(work),
+            self.ptr(params),
+            self.ptr(edits),
+            self.ptr(out.0),
+            self.ptr(out.1),
+        ];
+        let v = vocab as i32;
+        let mut b = self.stream.launch_builder(&self.k.sample_rows);
+        for p in &ptrs {
+            b.arg(p);
+        }
+        b.arg(&v);
+        // SAFETY: sizes checked above; each row's edits lie in `edits` (the caller's check).
+        unsafe { b.launch(grid(r, 1, POOL as u32)) }?;
         Ok(())
     }
 

@@ -13,6 +13,7 @@
 //! - [`launch`]: one typed function per kernel (buffers and shapes checked, then launched) and
 //!   the bf16 GEMM.
 //! - [`ops`]: the device operations of [`crate::ops`] on these ([`ops::CudaOps`]).
+//! - [`sampling`]: sampling on the device and its CPU twin.
 //! - [`graphs`]: batch-size buckets for CUDA graphs of decode steps.
 //! - [`memory`]: sizing the KV pool from free device memory.
 //!
@@ -29,6 +30,7 @@ pub mod libs;
 pub mod memory;
 pub mod nvrtc;
 pub mod ops;
+pub mod sampling;
 
 pub use context::{Ceilings, Gemm, Gpu, GpuBuf};
 /// The bindings themselves, for callers that launch kernels and capture graphs.
