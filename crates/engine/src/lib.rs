@@ -8,6 +8,7 @@
 
 pub mod detok;
 pub mod device;
+pub mod device_sampling;
 pub mod dummy;
 mod engine_core;
 pub mod error;
