@@ -109,28 +109,14 @@ impl Nvrtc {
         // are used only while `lib` (kept in the result) is loaded.
         let f = unsafe {
             Fns {
-                version: *lib.get(b"nvrtcVersion\0").map_err(|e| bad(e.to_string()))?,
-                create: *lib
-                    .get(b"nvrtcCreateProgram\0")
-                    .map_err(|e| bad(e.to_string()))?,
-                compile: *lib
-                    .get(b"nvrtcCompileProgram\0")
-                    .map_err(|e| bad(e.to_string()))?,
-                log_size: *lib
-                    .get(b"nvrtcGetProgramLogSize\0")
-                    .map_err(|e| bad(e.to_string()))?,
-                log: *lib
-                    .get(b"nvrtcGetProgramLog\0")
-                    .map_err(|e| bad(e.to_string()))?,
-                cubin_size: *lib
-                    .get(b"nvrtcGetCUBINSize\0")
-                    .map_err(|e| bad(e.to_string()))?,
-                cubin: *lib
-                    .get(b"nvrtcGetCUBIN\0")
-                    .map_err(|e| bad(e.to_string()))?,
-                destroy: *lib
-                    .get(b"nvrtcDestroyProgram\0")
-                    .map_err(|e| bad(e.to_string()))?,
+                version: sym(&lib, "nvrtcVersion", path)?,
+                create: sym(&lib, "nvrtcCreateProgram", path)?,
+                compile: sym(&lib, "nvrtcCompileProgram", path)?,
+                log_size: sym(&lib, "nvrtcGetProgramLogSize", path)?,
+                log: sym(&lib, "nvrtcGetProgramLog", path)?,
+                cubin_size: sym(&lib, "nvrtcGetCUBINSize", path)?,
+                cubin: sym(&lib, "nvrtcGetCUBIN", path)?,
+                destroy: sym(&lib, "nvrtcDestroyProgram", path)?,
             }
         };
         let (mut major, mut minor) = (0, 0);
@@ -216,6 +202,16 @@ impl Nvrtc {
             e => fail(e.to_string()),
         })
     }
+}
+
+/// The symbol `name` of `lib` as a `T`.
+///
+/// # Safety
+/// `T` is the symbol's true (function pointer) type, used only while `lib` is loaded.
+unsafe fn sym<T: Copy>(lib: &libloading::Library, name: &str, path: &Path) -> Result<T> {
+    lib.get::<T>(format!("{name}\0").as_bytes())
+        .map(|s| *s)
+        .map_err(|e| Error::Driver(format!("NVRTC at {}: {name}: {e}", path.display())))
 }
 
 /// # Safety

@@ -377,23 +377,16 @@ mod tests {
         let flat = vec![0.0f32; vocab];
         let mut peaked = flat.clone();
         peaked[1234] = 30.0;
-        assert_eq!(
-            sample_row(&flat, &params(1.0, 0, 1.0, 0.0, 0.5), &[]).token,
-            HOST
-        );
-        assert_eq!(
-            sample_row(&flat, &params(1.0, 2000, 1.0, 0.0, 0.5), &[]).token,
-            HOST
-        );
-        assert_eq!(
-            sample_row(&flat, &params(1.0, 0, 0.9, 0.0, 0.5), &[]).token,
-            HOST
-        );
-        // min-p over equal weights keeps them all: past the pool.
-        assert_eq!(
-            sample_row(&flat, &params(1.0, 0, 1.0, 0.5, 0.5), &[]).token,
-            HOST
-        );
+        // No cut; a top-k past the pool; top-p over a flat row; min-p keeping every equal
+        // weight: each kept set reaches past the pool.
+        for p in [
+            params(1.0, 0, 1.0, 0.0, 0.5),
+            params(1.0, 2000, 1.0, 0.0, 0.5),
+            params(1.0, 0, 0.9, 0.0, 0.5),
+            params(1.0, 0, 1.0, 0.5, 0.5),
+        ] {
+            assert_eq!(sample_row(&flat, &p, &[]).token, HOST, "{p:?}");
+        }
         // Ties: the pool holds the lowest ids, so top-k 10 of a flat row walks ids 0..10.
         assert_eq!(
             sample_row(&flat, &params(1.0, 10, 1.0, 0.0, 0.55), &[]).token,

@@ -324,22 +324,23 @@ fn qwen3_and_phi3_names_and_rope() {
     assert!((attn - want).abs() < 1e-6, "{attn} vs {want}");
 }
 
-#[test]
-fn bf16_matrices_are_quantized_and_f32_kept() {
-    let d = tmp("quant");
+/// A one-layer llama config of width 64 (whole Q8_0 blocks per row).
+fn dim64_config() -> serde_json::Value {
     let mut cfg = llama_config();
     cfg["hidden_size"] = json!(64);
     cfg["num_attention_heads"] = json!(2);
     cfg["rope_scaling"] = json!(null);
-    let v: Vec<f32> = (0..64 * 64)
-        .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
-        .collect();
-    let t: Vec<T> = vec![
+    cfg
+}
+
+/// A (64, 64) BF16 output projection of `v` and a BF16 norm of its first 64 values.
+fn bf16_o_proj_and_norm(v: &[f32]) -> Vec<T> {
+    vec![
         (
             "model.layers.0.self_attn.o_proj.weight",
             "BF16",
             vec![64, 64],
-            bf16s(&v),
+            bf16s(v),
         ),
         (
             "model.layers.0.input_layernorm.weight",
@@ -347,7 +348,17 @@ fn bf16_matrices_are_quantized_and_f32_kept() {
             vec![64],
             bf16s(&v[..64]),
         ),
-    ];
+    ]
+}
+
+#[test]
+fn bf16_matrices_are_quantized_and_f32_kept() {
+    let d = tmp("quant");
+    let cfg = dim64_config();
+    let v: Vec<f32> = (0..64 * 64)
+        .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
+        .collect();
+    let t = bf16_o_proj_and_norm(&v);
     write(&d.0, cfg.clone(), &t);
     let g = open_default(&d.0).unwrap();
     let o = g.tensor("blk.0.attn_output.weight").unwrap();
@@ -379,27 +390,11 @@ fn bf16_matrices_are_quantized_and_f32_kept() {
 fn fp8_matrices_hold_their_fp8_rounded_values() {
     use crate::quant::fp8::{Fp8Matrix, Fp8Scaling};
     let d = tmp("fp8");
-    let mut cfg = llama_config();
-    cfg["hidden_size"] = json!(64);
-    cfg["num_attention_heads"] = json!(2);
-    cfg["rope_scaling"] = json!(null);
+    let cfg = dim64_config();
     let v: Vec<f32> = (0..64 * 64)
         .map(|i| ((i % 23) as f32 - 11.0) * 0.013 * (1 + i / 64) as f32)
         .collect();
-    let t: Vec<T> = vec![
-        (
-            "model.layers.0.self_attn.o_proj.weight",
-            "BF16",
-            vec![64, 64],
-            bf16s(&v),
-        ),
-        (
-            "model.layers.0.input_layernorm.weight",
-            "BF16",
-            vec![64],
-            bf16s(&v[..64]),
-        ),
-    ];
+    let t = bf16_o_proj_and_norm(&v);
     write(&d.0, cfg, &t);
     let g = open(
         &d.0,
