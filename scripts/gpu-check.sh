@@ -30,6 +30,8 @@ for line in sys.stdin:
         shutil.copy(m["executable"], sys.argv[1] + "/" + name)
         print(sys.argv[1] + "/" + name)
 ' "$TESTS_DIR"
+  # Without debug info they are a few MiB each, small enough to carry to the GPU machine.
+  strip --strip-debug "$TESTS_DIR"/* 2>/dev/null || true
   exit
 fi
 OUT="${1:?usage: scripts/gpu-check.sh OUTPUT_DIR | --build-tests}"
