@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for a lent GPU (issue 16), one script under 8 minutes. Nothing is downloaded or built
 # there: build here and carry along
-#   target/release/tokenfab                         cargo build --release -p tokenfab
+#   target/release/tokenfab                         cargo build --release -p tokenfab (then
+#                                                   strip --strip-debug it: 85 MB with debug info)
 #   the backend's and models' test binaries         scripts/gpu-check.sh --build-tests (here)
 # then on the GPU machine: scripts/gpu-check.sh OUTPUT_DIR. Writes logs and JSON into OUTPUT_DIR.
 #   (0) environment, library versions, every kernel compiled for the device's own sm;
