@@ -1,22 +1,48 @@
 #!/usr/bin/env bash
-# GPU check for a lent H200 (issue 6). Run from the repo root with the release binary built
-# elsewhere and carried along (target/release/tokenfab); nothing is downloaded. Writes logs and
-# JSON into the folder given as $1. Budget: under 8 minutes including start-up.
-#   (1) GPU vs CPU on --dummy-weights smollm2-135m, one seed: first-step logits relative error
-#       (< 1e-2; from the dumped log-probabilities, centred, which equal the centred logits) and
-#       32 greedy tokens on 8 prompts, for bf16 and the quantized dummy dtypes;
-#   (2) device ceilings: copy bandwidth and bf16 GEMM rate (tokenfab gpu-probe --probe);
-#   (3) tokenfab serve --device cuda --dummy-weights llama3-8b, tokenfab bench at concurrency
-#       1, 64, 256 (128 in, 128 out, --ignore-eos).
+# GPU check for a lent GPU (issue 16), one script under 8 minutes. Nothing is downloaded or built
+# there: build here and carry along
+#   target/release/tokenfab                         cargo build --release -p tokenfab (then
+#                                                   strip --strip-debug it: 85 MB with debug info)
+#   the backend's and models' test binaries         scripts/gpu-check.sh --build-tests (here)
+# then on the GPU machine: scripts/gpu-check.sh OUTPUT_DIR. Writes logs and JSON into OUTPUT_DIR.
+#   (0) environment, library versions, every kernel compiled for the device's own sm;
+#   (1) each device op against the CPU's on the same inputs (bf16 tolerances): the backend's
+#       cuda::device_tests, then the CUDA executor against the CPU forward pass on every
+#       architecture's tiny model (models' cuda::tests);
+#   (2) the whole model by teacher forcing: the CPU's greedy continuations of 8 prompts
+#       (--dummy-weights smollm2-135m, bf16) scored on both devices: the largest difference of
+#       a forced token's log-probability (< 0.1 passes) and top-1 agreement per position;
+#   (3) ceilings (copy bandwidth, bf16 GEMM) and throughput: llama3-8b bf16 dummy weights served
+#       on the GPU, `tokenfab bench` at 1, 64, 256 and 1024 streams, 128 in / 128 out.
+# Not run, and said so in the log: FP8 timings (8B FP8, 70B FP8 at >= 10 tok/s per user) need
+# FP8 weights on the device, which tokenfab does not have yet (docs/gpu.md).
 set -uo pipefail
-OUT="${1:?usage: scripts/gpu-check.sh OUTPUT_DIR}"
+TESTS_DIR="target/gpu-tests"
+if [[ "${1:-}" == "--build-tests" ]]; then
+  mkdir -p "$TESTS_DIR"
+  CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}" cargo test --release -p tokenfab-backend -p tokenfab-models \
+    --lib --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        name = m["target"]["name"].replace("-", "_")
+        shutil.copy(m["executable"], sys.argv[1] + "/" + name)
+        print(sys.argv[1] + "/" + name)
+' "$TESTS_DIR"
+  # Without debug info they are a few MiB each, small enough to carry to the GPU machine.
+  strip --strip-debug "$TESTS_DIR"/* 2>/dev/null || true
+  exit
+fi
+OUT="${1:?usage: scripts/gpu-check.sh OUTPUT_DIR | --build-tests}"
 mkdir -p "$OUT"
 BIN="${TOKENFAB_BIN:-target/release/tokenfab}"
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
 log() { echo "[$(elapsed)s] $*" | tee -a "$OUT/check.log"; }
 
-# cuBLAS/NVRTC from torch's nvidia-* wheels, if the loader does not know them (tokenfab also
+# cuBLAS/NVRTC from Python nvidia-* wheels, if the loader does not know them (tokenfab also
 # searches these folders itself; this makes the run independent of that search).
 NVLIBS=$(python3 - <<'PY' 2>/dev/null
 import glob, os, site
@@ -28,74 +54,82 @@ PY
 )
 export LD_LIBRARY_PATH="${NVLIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}:/usr/local/cuda/lib64"
 export RUST_LOG="${RUST_LOG:-info}"
-chmod +x "$BIN" 2>/dev/null || true
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; "$BIN" --version; } > "$OUT/env.txt" 2>&1
+chmod +x "$BIN" "$TESTS_DIR"/* 2>/dev/null || true
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv; "$BIN" --version; } > "$OUT/env.txt" 2>&1
 log "env: $(tr '\n' ' ' < "$OUT/env.txt")"
 
-# (2) first: it also says whether the device opens and the kernels compile.
-log "gpu-probe"
+# (0) versions, and the kernels for this device's architecture.
+timeout 60 "$BIN" gpu-probe > "$OUT/probe0.json" 2> "$OUT/probe0.log"
+HAVE_GPU=$?
+log "probe rc=$HAVE_GPU $(cat "$OUT/probe0.json")"
+SM=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' .')
+timeout 60 "$BIN" gpu-probe --compile-kernels --arch "sm_${SM:-90}" > "$OUT/kernels.txt" 2>&1
+log "compile-kernels sm_${SM:-90} rc=$? $(grep -c ' ok$' "$OUT/kernels.txt") ok"
+
+# (1) device ops and the executor against the CPU.
+for T in tokenfab_backend tokenfab_models; do
+  if [[ -x "$TESTS_DIR/$T" ]]; then
+    timeout 120 "$TESTS_DIR/$T" cuda:: --test-threads 1 > "$OUT/ops-$T.txt" 2>&1
+    log "ops $T rc=$? $(grep -E '^test result' "$OUT/ops-$T.txt") skipped=$(grep -c '^skipped' "$OUT/ops-$T.txt")"
+  else
+    log "ops $T: no test binary in $TESTS_DIR (run scripts/gpu-check.sh --build-tests where cargo is)"
+  fi
+done
+
+# (2) teacher-forced agreement on one dummy model and seed.
+MODEL=(--dummy-weights smollm2-135m --dummy-seed 1 --dummy-dtype bf16)
+# The dummy tokenizer is byte-level with no merges: a plain-text prompt's ids are its bytes.
+PROMPTS=("The capital of France is" "Once upon a time" "def fibonacci(n):" "1, 2, 3, 4,"
+         "GPUs are fast because" "Hi! How are you?" "Zebra quartz jumps" "In 1492, ")
+: > "$OUT/forced.jsonl"
+for P in "${PROMPTS[@]}"; do
+  timeout 60 "$BIN" generate "${MODEL[@]}" --device cpu -p "$P" -n 32 --temperature 0 --ignore-eos \
+    --json 2>> "$OUT/generate-cpu.log" | tail -n 1 | python3 -c '
+import json, sys
+j, ids = json.load(sys.stdin), list(sys.argv[1].encode())
+assert j["prompt_tokens"] == len(ids), (j["prompt_tokens"], ids)
+print(json.dumps({"prompt_tokens": ids, "tokens": j["tokens"]}))' "$P" >> "$OUT/forced.jsonl"
+done
+for DEV in cpu cuda; do
+  timeout 120 "$BIN" score "${MODEL[@]}" --device "$DEV" -i "$OUT/forced.jsonl" -o "$OUT/scored-$DEV.jsonl" \
+    2> "$OUT/score-$DEV.log"
+  log "score $DEV rc=$?"
+done
+python3 - "$OUT" <<'PY' | tee -a "$OUT/check.log"
+import json, sys
+out = sys.argv[1]
+def rows(dev):
+    try:
+        return [json.loads(l) for l in open(f"{out}/scored-{dev}.jsonl")]
+    except OSError:
+        return []
+c, g = rows("cpu"), rows("cuda")
+same = total = 0
+worst = 0.0
+for a, b in zip(c, g):
+    for ta, tb, la, lb in zip(a["top_ids"], b["top_ids"], a["logprobs"], b["logprobs"]):
+        total += 1
+        same += ta == tb
+        worst = max(worst, abs(la - lb))
+# Random weights give nearly flat distributions, where bf16 rounding can swap close top-1s: the
+# gate is the log-probability of the forced tokens; agreement is reported beside it.
+ok = total > 0 and len(c) == len(g) and worst < 0.1
+print(json.dumps({"teacher_forced_positions": total, "top1_agreement": same / total if total else None,
+                  "max_logprob_diff": worst, "pass": ok}))
+PY
+
+# (3) ceilings, then throughput at real scale.
+if [[ $HAVE_GPU != 0 ]]; then
+  log "no usable CUDA device: stopping before the timings (an 8B dummy model would be built on the host)"
+  exit 1
+fi
+log "gpu-probe --probe"
 timeout 120 "$BIN" gpu-probe --probe > "$OUT/probe.json" 2> "$OUT/probe.log"
 log "probe rc=$? $(cat "$OUT/probe.json")"
-
-# (1) correctness: CPU vs GPU, same dummy model and seed.
-PROMPTS=("The capital of France is" "Once upon a time" "def fibonacci(n):" "1, 2, 3, 4,"
-         "GPUs are fast because" "<|im_start|>user
-Hi<|im_end|>" "Zebra quartz jumps" "In 1492, ")
-: > "$OUT/compare.jsonl"
-for DT in bf16 q8_0 q4_0 q4_k q6_k; do
-  for i in "${!PROMPTS[@]}"; do
-    for DEV in cpu cuda; do
-      timeout 120 "$BIN" generate --dummy-weights smollm2-135m --dummy-seed 1 --dummy-dtype "$DT" \
-        --device "$DEV" -p "${PROMPTS[$i]}" -n 32 --temperature 0 --ignore-eos --json \
-        --dump-logprobs "$OUT/logits-$DT-$i-$DEV.f32" 2>> "$OUT/generate-$DEV.log" | tail -n 1 > "$OUT/gen-$DT-$i-$DEV.json"
-    done
-    python3 - "$OUT" "$DT" "$i" >> "$OUT/compare.jsonl" <<'PY'
-import json, sys, struct, math
-out, dt, i = sys.argv[1], sys.argv[2], sys.argv[3]
-def load(dev):
-    try:
-        with open(f"{out}/logits-{dt}-{i}-{dev}.f32", "rb") as f:
-            b = f.read()
-        v = list(struct.unpack(f"<{len(b)//4}f", b))
-        # log-softmax = logits - logsumexp: centred, both are the centred logits.
-        m = sum(v) / len(v)
-        return [x - m for x in v]
-    except OSError:
-        return None
-def toks(dev):
-    try:
-        return json.load(open(f"{out}/gen-{dt}-{i}-{dev}.json"))["tokens"]
-    except Exception:
-        return None
-c, g = load("cpu"), load("cuda")
-rel = None
-if c and g and len(c) == len(g):
-    num = math.sqrt(sum((a - b) ** 2 for a, b in zip(c, g)))
-    den = math.sqrt(sum(a * a for a in c)) or 1.0
-    rel = num / den
-tc, tg = toks("cpu"), toks("cuda")
-first = None
-if tc and tg:
-    first = next((k for k, (a, b) in enumerate(zip(tc, tg)) if a != b), None)
-print(json.dumps({"dtype": dt, "prompt": int(i), "logits_rel_err": rel,
-                  "tokens_equal": tc is not None and tc == tg, "first_diff": first,
-                  "cpu_tokens": tc, "gpu_tokens": tg}))
-PY
-  done
-  log "compare $DT: $(grep "\"dtype\": \"$DT\"" "$OUT/compare.jsonl" | python3 -c '
-import json,sys
-r=[json.loads(l) for l in sys.stdin]
-e=[x["logits_rel_err"] for x in r if x["logits_rel_err"] is not None]
-print(f"max_rel_err={max(e) if e else None} tokens_equal={sum(x[\"tokens_equal\"] for x in r)}/{len(r)}")')"
-  if [ "$(elapsed)" -gt 200 ]; then log "compare: stopping early to keep the time budget"; break; fi
-done
-rm -f "$OUT"/logits-*.f32
-
-# (3) throughput at scale: llama3-8b dummy weights on the GPU.
 PORT=8123
-log "serve llama3-8b"
+log "serve llama3-8b bf16"
 "$BIN" serve --device cuda --dummy-weights llama3-8b --dummy-dtype bf16 --port "$PORT" \
-  --max-num-seqs 256 --max-num-batched-tokens 2048 --gpu-memory-utilization 0.9 \
+  --max-num-seqs 1024 --max-num-batched-tokens 8192 --gpu-memory-utilization 0.9 \
   > "$OUT/serve.log" 2>&1 &
 SERVE=$!
 for _ in $(seq 1 240); do
@@ -105,7 +139,7 @@ for _ in $(seq 1 240); do
 done
 if curl -sf "http://127.0.0.1:$PORT/ready" > /dev/null 2>&1; then
   log "server ready"
-  for C in 1 64 256; do
+  for C in 1 64 256 1024; do
     LEFT=$(( 460 - $(elapsed) ))
     if [ "$LEFT" -lt 20 ]; then log "bench c=$C skipped: out of time"; continue; fi
     N=$(( C < 16 ? 16 : C * 2 ))
@@ -119,4 +153,5 @@ else
 fi
 kill "$SERVE" 2>/dev/null
 wait "$SERVE" 2>/dev/null
+log "not run: 8B FP8 and 70B FP8 timings (no FP8 weights on the device yet; docs/gpu.md)"
 log "done in $(elapsed)s"

@@ -23,7 +23,8 @@ pub struct ModelArgs {
     #[arg(long, short = 'm', env = "TOKENFAB_MODEL")]
     pub model: Option<PathBuf>,
     /// Checkpoint directories: how weight matrices are stored once loaded: auto (q8_0 for
-    /// bf16/f16 checkpoints, for the CPU's quantized kernels), none (as stored), q8_0, q4_0, q4_1.
+    /// bf16/f16 checkpoints, for the CPU's quantized kernels), none (as stored), q8_0, q4_0, q4_1,
+    /// fp8 (E4M3 with per-row scales, rounded and kept as f32: FP8's accuracy, not its memory).
     #[arg(long, default_value = "auto")]
     pub quantization: Quantization,
     /// Worker threads [default: the cores this process may use].

@@ -9,6 +9,7 @@
 mod constrained;
 pub mod detok;
 pub mod device;
+pub mod device_sampling;
 mod drain;
 pub mod dummy;
 mod engine_core;

@@ -10,7 +10,7 @@
 //! position computed once with `Rope::angles`).
 //!
 //! Decode steps (one row per sequence, logits for every row) run as CUDA graphs captured per
-//! batch-size bucket; padded rows write a scratch block past the pool and their logits are
+//! batch-size bucket, after one eager step of that bucket; padded rows write a scratch block past the pool and their logits are
 //! dropped.
 
 use std::cell::Cell;
@@ -19,7 +19,7 @@ use half::bf16;
 use rayon::prelude::*;
 use tokenfab_backend::cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use tokenfab_backend::cuda::cudarc::driver::CudaGraph;
-use tokenfab_backend::cuda::graphs::GraphCache;
+use tokenfab_backend::cuda::graphs::{GraphCache, GraphStep};
 use tokenfab_backend::cuda::kernels::MAX_HEAD_DIM;
 use tokenfab_backend::cuda::launch::{DevMatrix, DevRope};
 use tokenfab_backend::cuda::memory::{self, KvSizing};
@@ -129,14 +129,19 @@ impl CudaExecutor {
     /// Uploads `model` to device `cfg.ordinal` and sizes the KV pool from what memory is left.
     pub fn new(model: &Model, cfg: &CudaConfig) -> Result<Self> {
         let c = model.cfg.clone();
-        if c.head_dim > MAX_HEAD_DIM {
+        if c.head_dim > MAX_HEAD_DIM || !c.head_dim.is_multiple_of(8) {
             return Err(Error::Config(format!(
-                "head dimension {} exceeds the CUDA attention kernel's {MAX_HEAD_DIM}",
+                "head dimension {}: the CUDA attention kernel takes multiples of 8 up to {MAX_HEAD_DIM}",
                 c.head_dim
             )));
         }
         let gpu = Gpu::new(cfg.ordinal)?;
         gpu.bind()?;
+        footprint(model, cfg).check(
+            gpu.info.total_mem,
+            gpu.info.free_mem,
+            cfg.gpu_memory_utilization,
+        )?;
         let bytes = Cell::new(0usize);
         let weights = model.weights().try_map(
             &mut |w: &Weight| -> Result<DevMatrix> {
@@ -175,7 +180,13 @@ impl CudaExecutor {
 
         let rows = cfg.max_batch_tokens.max(1);
         let acts = new_acts(&gpu, &c, rows)?;
-        let step = DevStep::new(&gpu, rows, table_cap(&c, cfg.block_size, rows), c.dim)?;
+        let step = DevStep::new(
+            &gpu,
+            rows,
+            table_cap(&c, cfg.block_size, rows),
+            c.dim,
+            c.heads(),
+        )?;
         gpu.stream.synchronize().map_err(cuda::Error::from)?;
         let (free_mem, total_mem) = gpu.ctx.mem_get_info().map_err(cuda::Error::from)?;
         let sizing = KvSizing {
@@ -250,19 +261,29 @@ impl CudaExecutor {
             self.run(n_run, r_run)?;
             return Ok(r);
         };
-        if self.graphs.lookup(b).and_then(|(_, g)| g).is_none() {
-            let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
-            self.gpu
-                .stream
-                .begin_capture(mode)
-                .map_err(cuda::Error::from)?;
-            let res = self.run(n_run, r_run);
-            let g = self.gpu.stream.end_capture(CUgraphInstantiate_flags(0));
-            res?;
-            let g = g
-                .map_err(cuda::Error::from)?
-                .ok_or_else(|| cuda::Error::Driver("stream capture produced no graph".into()))?;
-            self.graphs.insert(b, Graph(g));
+        match self.graphs.step(b) {
+            // The bucket's first step runs eagerly: cuBLAS and the driver initialize what they
+            // need for these shapes outside a capture.
+            GraphStep::Eager | GraphStep::WarmUp(_) => {
+                self.run(n_run, r_run)?;
+                self.graphs.warmed(b);
+                return Ok(r);
+            }
+            GraphStep::Capture(_) => {
+                let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+                self.gpu
+                    .stream
+                    .begin_capture(mode)
+                    .map_err(cuda::Error::from)?;
+                let res = self.run(n_run, r_run);
+                let g = self.gpu.stream.end_capture(CUgraphInstantiate_flags(0));
+                res?;
+                let g = g.map_err(cuda::Error::from)?.ok_or_else(|| {
+                    cuda::Error::Driver("stream capture produced no graph".into())
+                })?;
+                self.graphs.insert(b, Graph(g));
+            }
+            GraphStep::Replay(..) => {}
         }
         let (_, g) = self.graphs.lookup(b).expect("bucket exists");
         g.expect("captured above")
@@ -349,7 +370,7 @@ impl CudaExecutor {
             // Captured graphs point into the old buffers.
             self.graphs.clear();
             self.acts = new_acts(&self.gpu, c, rows)?;
-            self.step = DevStep::new(&self.gpu, rows, cap, c.dim)?;
+            self.step = DevStep::new(&self.gpu, rows, cap, c.dim, c.heads())?;
             self.argmax = self.gpu.zeros(rows)?;
         }
         let (g, d, st) = (&self.gpu, &mut self.step, &self.stage);
@@ -376,6 +397,43 @@ impl CudaExecutor {
             block_size: self.block_size,
         };
         Ok(forward(&self.cfg, &self.weights, &mut ops, &mut self.acts)?)
+    }
+}
+
+/// What `model` will take on the device under `cfg`, before anything is allocated: bf16
+/// matrices, f32 vectors, the activations of `max_batch_tokens` rows (as [`new_acts`] makes
+/// them), the RoPE tables and the smallest KV pool (2 blocks and the scratch block).
+fn footprint(model: &Model, cfg: &CudaConfig) -> memory::Footprint {
+    let c = &model.cfg;
+    let bytes = Cell::new(0usize);
+    let _ = model.weights().try_map(
+        &mut |w: &Weight| -> std::result::Result<(), ()> {
+            bytes.set(bytes.get() + 2 * w.rows() * w.cols());
+            Ok(())
+        },
+        &mut |v: &Vec<f32>| {
+            bytes.set(bytes.get() + 4 * v.len());
+            Ok(())
+        },
+    );
+    let rows = cfg.max_batch_tokens.max(1);
+    let per_row = 4 * c.dim * 2
+        + 2 * c.dim * 2
+        + 4 * (c.q_dim() + 2 * c.kv_dim())
+        + 2 * c.q_dim()
+        + 4 * 2 * c.ffn_dim
+        + 2 * c.ffn_dim
+        + 4 * c.vocab_size;
+    let tables = model
+        .ropes()
+        .iter()
+        .map(|r| 8 * r.half() * c.context_len)
+        .sum();
+    memory::Footprint {
+        weights: bytes.get(),
+        activations: rows * per_row,
+        tables,
+        kv_min: 3 * memory::bytes_per_block(c.n_layers, c.kv_dim(), cfg.block_size, 2),
     }
 }
 

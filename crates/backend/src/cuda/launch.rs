@@ -9,7 +9,8 @@ use std::sync::Arc;
 use cudarc::driver::{CudaFunction, CudaModule, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-use super::kernels::{ATTN_THREADS, MAX_HEAD_DIM, ROW_THREADS};
+use super::kernels::{ATTN_THREADS, MAX_GROUP, MAX_HEAD_DIM, MAX_SPLITS, ROW_THREADS};
+use super::sampling::{Edit, SampleParams, POOL};
 use super::{Error, Gemm, Gpu, GpuBuf, Result};
 use crate::ops::{Activation, Heads};
 
@@ -19,8 +20,10 @@ pub(crate) struct Kernels {
     residual_norm: CudaFunction,
     qkv_prep: CudaFunction,
     paged_attention: CudaFunction,
+    attention_merge: CudaFunction,
     glu: CudaFunction,
     argmax_rows: CudaFunction,
+    sample_rows: CudaFunction,
 }
 
 impl Kernels {
@@ -31,8 +34,10 @@ impl Kernels {
             residual_norm: f("residual_norm")?,
             qkv_prep: f("qkv_prep")?,
             paged_attention: f("paged_attention")?,
+            attention_merge: f("attention_merge")?,
             glu: f("glu")?,
             argmax_rows: f("argmax_rows")?,
+            sample_rows: f("sample_rows")?,
         })
     }
 }
@@ -79,6 +84,39 @@ pub struct AttnArgs<'a> {
     pub row_table: &'a GpuBuf<i32>,
     /// Positions row t attends to (its position + 1).
     pub row_ctx: &'a GpuBuf<i32>,
+    /// Shares each row's positions are split into ([`attention_splits`]); above 1, `part`
+    /// holds (n, n_heads, splits, head_dim + 2) f32 partials.
+    pub splits: usize,
+}
+
+/// Blocks of `paged_attention` per row: one per KV head and group chunk of up to
+/// [`MAX_GROUP`] query heads.
+pub fn attention_blocks_per_row(h: Heads) -> usize {
+    h.n_kv_heads * (h.n_heads / h.n_kv_heads.max(1)).div_ceil(MAX_GROUP)
+}
+
+/// Split-K for decode: how many shares each row's positions are split into so that a step of `n`
+/// rows launches about two blocks per multiprocessor, at most [`MAX_SPLITS`]; 1 once the rows
+/// alone fill the device. It depends on `n` only, so a CUDA graph of a bucket keeps it as its
+/// contexts grow.
+pub fn attention_splits(n: usize, h: Heads, multiprocessors: usize) -> usize {
+    let blocks = (n * attention_blocks_per_row(h)).max(1);
+    (2 * multiprocessors).div_ceil(blocks).clamp(1, MAX_SPLITS)
+}
+
+/// f32s of the split-K partials a step of up to `rows` rows needs.
+pub fn attention_workspace(rows: usize, h: Heads, multiprocessors: usize) -> usize {
+    (1..=rows)
+        .map(|n| {
+            let s = attention_splits(n, h, multiprocessors);
+            if s > 1 {
+                n * h.n_heads * s * (h.head_dim + 2)
+            } else {
+                0
+            }
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// One `residual_norm` launch: device addresses of x and out, what is added, which rows.
@@ -283,20 +321,25 @@ impl Gpu {
     }
 
     /// `out (n, q_dim) bf16`: each row's Q heads of `qkv` attending to its positions of one
-    /// layer's `k`, `v`. Block tables hold blocks of the pool (checked when staged).
+    /// layer's `k`, `v`, split `a.splits` ways with partials in `part`. Block tables hold blocks
+    /// of the pool (checked when staged).
     pub fn paged_attention(
         &self,
         qkv: &GpuBuf<f32>,
         (k, v): (&GpuBuf<bf16>, &GpuBuf<bf16>),
         a: &AttnArgs<'_>,
-        out: &mut GpuBuf<bf16>,
+        (out, part): (&mut GpuBuf<bf16>, &mut GpuBuf<f32>),
         n: usize,
     ) -> Result<()> {
         let h = a.heads;
+        let splits = a.splits.max(1);
         check(
             h.head_dim <= MAX_HEAD_DIM
+                && h.head_dim.is_multiple_of(8)
                 && h.n_kv_heads > 0
                 && h.n_heads.is_multiple_of(h.n_kv_heads)
+                && splits <= MAX_SPLITS
+                && (splits == 1 || part.len() >= n * h.n_heads * splits * (h.head_dim + 2))
                 && qkv.len() >= n * h.qkv_dim()
                 && out.len() >= n * h.q_dim()
                 && a.row_table.len() >= n
@@ -312,6 +355,7 @@ impl Gpu {
             self.ptr(a.row_table),
             self.ptr(a.row_ctx),
             self.ptr(out),
+            self.ptr(part),
         ];
         let ints = [
             h.n_heads as i32,
@@ -328,9 +372,22 @@ impl Gpu {
             b.arg(i);
         }
         b.arg(&a.scale).arg(&window);
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, attention_blocks_per_row(h) as u32, splits as u32),
+            block_dim: (ATTN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         // SAFETY: sizes checked above; tables and contexts were checked against the pool when
         // staged.
-        unsafe { b.launch(grid(n, h.n_heads, ATTN_THREADS)) }?;
+        unsafe { b.launch(cfg) }?;
+        if splits > 1 {
+            let (pp, op) = (self.ptr(part), self.ptr(out));
+            let (nh, hd, sp) = (h.n_heads as i32, h.head_dim as i32, splits as i32);
+            let mut b = self.stream.launch_builder(&self.k.attention_merge);
+            b.arg(&pp).arg(&op).arg(&nh).arg(&hd).arg(&sp);
+            // SAFETY: `part` holds the partials of every (row, head, split) (checked above).
+            unsafe { b.launch(grid(n, h.n_heads, ATTN_THREADS)) }?;
+        }
         Ok(())
     }
 
@@ -375,6 +432,46 @@ impl Gpu {
         Ok(())
     }
 
+    /// Samples each of the first `r` rows of `logits` (r, vocab) on the device (see
+    /// [`super::sampling`]): `out.0[i]` its token ([`super::sampling::HOST`]: the host's),
+    /// `out.1[i]` the token's log-probability when asked. `work` (r, vocab) is scratch. The
+    /// caller checked `params` and `edits` ([`super::sampling::check_row_inputs`]).
+    pub fn sample_rows(
+        &self,
+        (logits, vocab): (&GpuBuf<f32>, usize),
+        work: &mut GpuBuf<f32>,
+        (params, edits): (&GpuBuf<SampleParams>, &GpuBuf<Edit>),
+        out: (&mut GpuBuf<u32>, &mut GpuBuf<f32>),
+        r: usize,
+    ) -> Result<()> {
+        check(
+            logits.len() >= r * vocab
+                && work.len() >= r * vocab
+                && params.len() >= r
+                && out.0.len() >= r
+                && out.1.len() >= r
+                && vocab <= i32::MAX as usize,
+            "sample_rows",
+        )?;
+        let ptrs = [
+            self.ptr(logits),
+            self.ptr(work),
+            self.ptr(params),
+            self.ptr(edits),
+            self.ptr(out.0),
+            self.ptr(out.1),
+        ];
+        let v = vocab as i32;
+        let mut b = self.stream.launch_builder(&self.k.sample_rows);
+        for p in &ptrs {
+            b.arg(p);
+        }
+        b.arg(&v);
+        // SAFETY: sizes checked above; each row's edits lie in `edits` (the caller's check).
+        unsafe { b.launch(grid(r, 1, POOL as u32)) }?;
+        Ok(())
+    }
+
     /// `y (n, w.rows) f32 = x (n, w.cols) bf16 · wᵀ` on the tensor cores.
     pub fn matmul(
         &self,
@@ -398,5 +495,60 @@ impl Gpu {
         };
         // SAFETY: the three buffers hold those shapes (checked above).
         unsafe { self.gemm_bf16(g) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H200_SMS: usize = 132;
+
+    fn heads(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Heads {
+        Heads {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        }
+    }
+
+    #[test]
+    fn a_block_serves_a_whole_gqa_group_up_to_max_group() {
+        // Llama 3 70B: 64 query heads over 8 KV heads, one block per KV head.
+        assert_eq!(attention_blocks_per_row(heads(64, 8, 128)), 8);
+        // SmolLM2: 9 over 3.
+        assert_eq!(attention_blocks_per_row(heads(9, 3, 64)), 3);
+        // A group of 16 takes two blocks per KV head; multi-head attention one per head.
+        assert_eq!(attention_blocks_per_row(heads(32, 2, 128)), 4);
+        assert_eq!(attention_blocks_per_row(heads(12, 12, 64)), 12);
+    }
+
+    #[test]
+    fn split_k_fills_the_device_for_small_decode_batches_only() {
+        let h = heads(64, 8, 128);
+        // One sequence: 8 blocks, split 16 ways (the cap) -> 128 blocks.
+        assert_eq!(attention_splits(1, h, H200_SMS), MAX_SPLITS);
+        // 4 rows: 32 blocks, 9 shares -> 288 blocks, about two per SM.
+        assert_eq!(attention_splits(4, h, H200_SMS), 9);
+        // 33 rows and up fill 264 blocks without splitting.
+        assert_eq!(attention_splits(33, h, H200_SMS), 1);
+        assert_eq!(attention_splits(512, h, H200_SMS), 1);
+        for n in 1..300 {
+            let s = attention_splits(n, h, H200_SMS);
+            assert!((1..=MAX_SPLITS).contains(&s));
+            assert!(s == 1 || n * 8 * (s - 1) < 2 * H200_SMS, "{n}: {s}");
+        }
+        // The workspace holds the largest split step's partials, and is small.
+        let ws = attention_workspace(512, h, H200_SMS);
+        let most = (1..=512)
+            .map(|n| match attention_splits(n, h, H200_SMS) {
+                1 => 0,
+                s => n * 64 * s * 130,
+            })
+            .max()
+            .unwrap();
+        assert_eq!(ws, most);
+        assert!(ws * 4 < 8 << 20, "{ws}");
+        assert_eq!(attention_workspace(0, h, H200_SMS), 0);
     }
 }

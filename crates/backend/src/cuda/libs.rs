@@ -30,17 +30,19 @@ impl CudaLib {
         CudaLib::Nvrtc,
     ];
 
-    /// File names to look for, most specific first (CUDA 13).
+    /// File names to look for, newest first: CUDA 13, then 12 (cudarc's bindings are of 13;
+    /// the entry points tokenfab calls are the same in 12), then the unversioned link.
     pub fn file_names(self) -> &'static [&'static str] {
         match self {
             CudaLib::Driver => &["libcuda.so.1", "libcuda.so"],
-            CudaLib::Cublas => &["libcublas.so.13", "libcublas.so"],
-            CudaLib::CublasLt => &["libcublasLt.so.13", "libcublasLt.so"],
-            CudaLib::Nvrtc => &["libnvrtc.so.13", "libnvrtc.so"],
+            CudaLib::Cublas => &["libcublas.so.13", "libcublas.so.12", "libcublas.so"],
+            CudaLib::CublasLt => &["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"],
+            CudaLib::Nvrtc => &["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"],
         }
     }
 
-    /// Whether cudarc can open the library now.
+    /// Whether the library can be used now: cudarc can open it (NVRTC: [`super::nvrtc`] opened
+    /// one itself, by path).
     pub fn present(self) -> bool {
         // SAFETY: these only try `dlopen` on candidate names and close what they open.
         unsafe {
@@ -48,7 +50,7 @@ impl CudaLib {
                 CudaLib::Driver => cudarc::driver::sys::is_culib_present(),
                 CudaLib::Cublas => cudarc::cublas::sys::is_culib_present(),
                 CudaLib::CublasLt => cudarc::cublaslt::sys::is_culib_present(),
-                CudaLib::Nvrtc => cudarc::nvrtc::sys::is_culib_present(),
+                CudaLib::Nvrtc => super::nvrtc::shared().is_ok(),
             }
         }
     }
@@ -56,8 +58,28 @@ impl CudaLib {
 
 impl std::fmt::Display for CudaLib {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.file_names()[1])
+        f.write_str(self.file_names().last().expect("at least one name"))
     }
+}
+
+/// The folders the dynamic loader searches by itself: `$LD_LIBRARY_PATH`, then the usual
+/// system library folders (the ld cache mostly lists these).
+pub fn loader_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    for d in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/lib/wsl/lib",
+    ] {
+        dirs.push(d.into());
+    }
+    dirs.retain(|d| d.is_dir());
+    dirs.dedup();
+    dirs
 }
 
 /// Folders to search besides the loader's own path, in order: `$TOKENFAB_CUDA_LIB_DIRS`

@@ -62,6 +62,55 @@ impl KvSizing {
     }
 }
 
+/// What a model needs on the device, in bytes, known before anything is allocated: checked by
+/// [`Footprint::check`] so that a model too large for the device is an error naming both sizes,
+/// not an out-of-memory failure halfway through the upload.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Footprint {
+    pub weights: usize,
+    /// Activation and step buffers for the largest batch.
+    pub activations: usize,
+    /// RoPE cos/sin tables.
+    pub tables: usize,
+    /// The smallest KV pool worth running: 2 blocks plus the scratch block.
+    pub kv_min: usize,
+}
+
+impl Footprint {
+    pub fn total(&self) -> usize {
+        self.weights + self.activations + self.tables + self.kv_min + DEFAULT_RESERVE
+    }
+
+    /// Whether the footprint fits `utilization` of a device of `total_mem` bytes, `free_mem` of
+    /// them free now (someone else's allocations count against us).
+    pub fn check(&self, total_mem: usize, free_mem: usize, utilization: f32) -> Result<()> {
+        if !(utilization > 0.0 && utilization <= 1.0) {
+            return Err(Error::Memory(format!(
+                "`gpu_memory_utilization` must be in (0, 1]. Given: {utilization}"
+            )));
+        }
+        let budget = ((total_mem as f64 * utilization as f64) as usize)
+            .saturating_sub(total_mem.saturating_sub(free_mem));
+        let need = self.total();
+        if need <= budget {
+            return Ok(());
+        }
+        Err(Error::Memory(format!(
+            "the model needs {:.2} GiB on the device (weights {:.2}, activations {:.2}, RoPE tables {:.2}, the smallest KV pool {:.2}, reserve {:.2}); the device has {:.2} GiB, {:.2} free, of which --gpu-memory-utilization {} allows {:.2}",
+            gib(need),
+            gib(self.weights),
+            gib(self.activations),
+            gib(self.tables),
+            gib(self.kv_min),
+            gib(DEFAULT_RESERVE),
+            gib(total_mem),
+            gib(free_mem),
+            utilization,
+            gib(budget)
+        )))
+    }
+}
+
 /// Bytes of K and V for one block across all layers, stored as `elem_bytes` per value.
 pub fn bytes_per_block(
     n_layers: usize,
@@ -129,6 +178,45 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("at least 2"));
+    }
+
+    /// Llama 3 70B: 70.6e9 parameters; bf16 (141 GB) does not fit an H200's 141 GB at 0.9, FP8
+    /// (one byte each plus a scale per row) does; the error names both sizes.
+    #[test]
+    fn seventy_billion_parameters_on_an_h200() {
+        let h200 = 143_771_000_000usize; // 133.9 GiB as the driver reports it
+        let params = 70_553_706_496usize;
+        let (layers, dim, ffn, kv_dim, vocab) = (80, 8192, 28672, 1024, 128_256);
+        let rows_of_matrices = layers * (dim + 2 * kv_dim + dim + 2 * ffn + dim) + 2 * vocab;
+        let acts = |rows: usize| {
+            rows * (4 * dim * 3
+                + 2 * dim
+                + 4 * (dim + 2 * kv_dim)
+                + 2 * dim
+                + 4 * 2 * ffn
+                + 2 * ffn
+                + 4 * vocab)
+        };
+        let f = |bytes_per_param: usize, scales: usize| Footprint {
+            weights: params * bytes_per_param + scales,
+            activations: acts(512),
+            tables: 8192 * 64 * 8,
+            kv_min: 3 * bytes_per_block(layers, kv_dim, 16, 1),
+        };
+        let bf16 = f(2, 0);
+        let e = bf16
+            .check(h200, h200 - (500 << 20), 0.9)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("needs 132.39 GiB") && e.contains("the device has 133.90 GiB"),
+            "{e}"
+        );
+        let fp8 = f(1, 4 * rows_of_matrices);
+        fp8.check(h200, h200 - (500 << 20), 0.9).unwrap();
+        // Someone else holding 80 GB leaves too little even for FP8.
+        assert!(fp8.check(h200, h200 - 80_000_000_000, 0.9).is_err());
+        assert!(fp8.check(h200, h200, 1.5).is_err());
     }
 
     #[test]

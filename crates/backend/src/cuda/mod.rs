@@ -6,11 +6,14 @@
 //! - [`probe`]: is there a usable device? A typed [`Error`] when not, never a panic.
 //! - [`context`]: one device's context, stream, cuBLAS handle and kernels.
 //! - [`nvrtc`]: compiling the kernels to a cubin for the device's architecture (cached per
-//!   process); the tests compile them for sm_80 and sm_90 without a GPU.
+//!   process) with any NVRTC 12 or 13 found, opened by path; ptxas's per-kernel report, checked
+//!   for spills and local memory. `tokenfab gpu-probe --compile-kernels` and the tests compile
+//!   them for sm_80 and sm_90 without a GPU.
 //! - [`kernels`]: the CUDA C source and the table of kernel names.
 //! - [`launch`]: one typed function per kernel (buffers and shapes checked, then launched) and
 //!   the bf16 GEMM.
 //! - [`ops`]: the device operations of [`crate::ops`] on these ([`ops::CudaOps`]).
+//! - [`sampling`]: sampling on the device and its CPU twin.
 //! - [`graphs`]: batch-size buckets for CUDA graphs of decode steps.
 //! - [`memory`]: sizing the KV pool from free device memory.
 //!
@@ -18,6 +21,8 @@
 //! failure is an [`Error`].
 
 pub mod context;
+#[cfg(test)]
+mod device_tests;
 pub mod graphs;
 pub mod kernels;
 pub mod launch;
@@ -25,6 +30,7 @@ pub mod libs;
 pub mod memory;
 pub mod nvrtc;
 pub mod ops;
+pub mod sampling;
 
 pub use context::{Ceilings, Gemm, Gpu, GpuBuf};
 /// The bindings themselves, for callers that launch kernels and capture graphs.
@@ -109,6 +115,54 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
     info_of(&ctx)
 }
 
+/// Versions of the CUDA libraries found here (each `None` when that library is missing).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versions {
+    /// The driver's CUDA version, e.g. 13000 for 13.0.
+    pub driver: Option<i32>,
+    /// The NVRTC the device path uses: its file and (major, minor).
+    pub nvrtc: Option<(std::path::PathBuf, (i32, i32))>,
+    /// cuBLAS (major, minor, patch).
+    pub cublas: Option<(i32, i32, i32)>,
+}
+
+/// Asks each library found for its version; needs no device.
+pub fn versions() -> Versions {
+    let driver = libs::ensure(CudaLib::Driver)
+        .then(|| {
+            let mut v = 0;
+            // SAFETY: the library is loaded; one valid out-pointer.
+            let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+            (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some(v)
+        })
+        .flatten();
+    let cublas = libs::ensure(CudaLib::Cublas)
+        .then(|| {
+            use cudarc::cublas::sys::{cublasGetProperty, cublasStatus_t, libraryPropertyType_t};
+            let mut v = [0; 3];
+            let kinds = [
+                libraryPropertyType_t::MAJOR_VERSION,
+                libraryPropertyType_t::MINOR_VERSION,
+                libraryPropertyType_t::PATCH_LEVEL,
+            ];
+            for (k, out) in kinds.into_iter().zip(&mut v) {
+                // SAFETY: the library is loaded; one valid out-pointer.
+                let r = unsafe { cublasGetProperty(k, out) };
+                if r != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                    return None;
+                }
+            }
+            Some((v[0], v[1], v[2]))
+        })
+        .flatten();
+    let nvrtc = nvrtc::shared().ok().map(|l| (l.path.clone(), l.version));
+    Versions {
+        driver,
+        nvrtc,
+        cublas,
+    }
+}
+
 pub(crate) fn info_of(ctx: &std::sync::Arc<cudarc::driver::CudaContext>) -> Result<DeviceInfo> {
     use cudarc::driver::sys::CUdevice_attribute as A;
     let (free_mem, total_mem) = ctx.mem_get_info()?;
@@ -141,7 +195,7 @@ mod tests {
                     "{info:?}"
                 );
                 let (major, minor) = info.compute_capability;
-                assert_eq!(info.arch(), format!("compute_{major}{minor}"));
+                assert_eq!(info.arch(), format!("sm_{major}{minor}"));
             }
             Err(e) => {
                 let msg = e.to_string();
@@ -157,6 +211,19 @@ mod tests {
         }
         // A device number far past any machine's is always "no device" (or missing libraries).
         assert!(probe(1 << 20).is_err());
+    }
+
+    /// Whatever is installed, asking for versions never fails; an NVRTC found reports 11 to 13.
+    #[test]
+    fn versions_of_what_is_found() {
+        let v = versions();
+        if let Some((path, (major, _))) = &v.nvrtc {
+            assert!(path.exists() && (11..=13).contains(major), "{v:?}");
+        }
+        if let Some(d) = v.driver {
+            assert!(d >= 11000, "{v:?}");
+        }
+        eprintln!("{v:?}");
     }
 
     #[test]

@@ -8,9 +8,9 @@
 
 use half::bf16;
 
-use super::launch::{AttnArgs, DevMatrix, DevRope, QkvArgs};
+use super::launch::{attention_splits, attention_workspace, AttnArgs, DevMatrix, DevRope, QkvArgs};
 use super::{Error, Gpu, GpuBuf, Result};
-use crate::ops::{Activation, AttnLayer, Ops, QkvPrep, Residual};
+use crate::ops::{Activation, AttnLayer, Heads, Ops, QkvPrep, Residual};
 
 /// One step's inputs on the device, at fixed addresses (captured graphs replay them), for up to
 /// `rows` rows and `table_cap` block-table entries.
@@ -32,11 +32,19 @@ pub struct DevStep {
     pub tables: GpuBuf<i32>,
     /// (rows, dim) the final norm of the logits rows.
     pub last: GpuBuf<bf16>,
+    /// Split-K partials of attention for the step sizes that split
+    /// ([`super::launch::attention_workspace`]).
+    pub attn_part: GpuBuf<f32>,
+    /// The device's multiprocessors, which set the split.
+    pub multiprocessors: usize,
 }
 
 impl DevStep {
-    pub fn new(gpu: &Gpu, rows: usize, table_cap: usize, dim: usize) -> Result<Self> {
+    pub fn new(gpu: &Gpu, rows: usize, table_cap: usize, dim: usize, heads: Heads) -> Result<Self> {
+        let sms = gpu.info.multiprocessors;
         Ok(Self {
+            attn_part: gpu.zeros(attention_workspace(rows, heads, sms))?,
+            multiprocessors: sms,
             rows,
             table_cap,
             tokens: gpu.zeros(rows)?,
@@ -133,10 +141,12 @@ impl Ops for CudaOps<'_> {
             tables: &self.step.tables,
             row_table: &self.step.row_table,
             row_ctx: &self.step.row_ctx,
+            splits: attention_splits(self.n, p.heads, self.step.multiprocessors),
         };
         let kv = &self.kv[layer];
+        let part = &mut self.step.attn_part;
         self.gpu
-            .paged_attention(qkv, (&kv.k, &kv.v), &a, out, self.n)
+            .paged_attention(qkv, (&kv.k, &kv.v), &a, (out, part), self.n)
     }
 
     fn glu(

@@ -19,12 +19,14 @@ pub(super) struct Planned {
     pub in_ty: GgmlType,
     pub op: Op,
     pub out_ty: GgmlType,
+    /// Rounded through FP8 E4M3 with per-row scales before it is stored (`--quantization fp8`).
+    pub fp8: bool,
 }
 
 impl Planned {
     /// Served from the mapping as it is: nothing to compute.
     fn mapped(&self) -> bool {
-        matches!(self.op, Op::Keep | Op::FirstRows(_)) && self.out_ty == self.in_ty
+        matches!(self.op, Op::Keep | Op::FirstRows(_)) && self.out_ty == self.in_ty && !self.fp8
     }
 
     fn n_elements(&self) -> usize {
@@ -78,6 +80,7 @@ pub(super) fn plan(
                 in_ty,
                 op,
                 out_ty,
+                fp8: false,
             });
         }
     }
@@ -107,6 +110,7 @@ pub(super) fn plan(
             "token_embd.weight"
         };
         for p in plan.iter_mut().filter(|p| is_matrix(p)) {
+            p.fp8 = q == Quantization::Fp8;
             p.out_ty = if matches!(qt, GgmlType::Q4_0 | GgmlType::Q4_1) && p.name == output {
                 GgmlType::Q8_0
             } else {
@@ -196,6 +200,12 @@ fn convert(p: &Planned, bytes: &[u8]) -> Result<Vec<u8>> {
         }
     }
     let cols = p.dims[0] as usize;
+    if p.fp8 {
+        use quant::fp8::{Fp8Matrix, Fp8Scaling};
+        x = Fp8Matrix::quantize(&x, n / cols.max(1), cols, Fp8Scaling::PerRow)
+            .map_err(named)?
+            .dequantize();
+    }
     let mut out = Vec::with_capacity(p.out_ty.bytes_for(n as u64).unwrap_or(0) as usize);
     // Row by row keeps the f32 copy the only large temporary; quantizers work per block anyway.
     for row in x.chunks(cols.max(1)) {

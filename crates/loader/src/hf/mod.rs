@@ -50,6 +50,11 @@ pub enum Quantization {
     /// Q4_1 (a scale and a minimum per block), the output matrix Q8_0 as for Q4_0. A checkpoint
     /// exported in f32 from a Q4_1 GGUF such as the default model quantizes back to its blocks.
     Q4_1,
+    /// FP8 E4M3 with a scale per output row ([`crate::quant::fp8`]). The FP8 GEMM (cuBLASLt on
+    /// Hopper) is not written yet, so on every device the matrices hold the FP8-rounded values
+    /// as F32: FP8's accuracy, exactly, without its memory saving: the reference a device's FP8
+    /// product is checked against.
+    Fp8,
 }
 
 impl FromStr for Quantization {
@@ -61,9 +66,10 @@ impl FromStr for Quantization {
             "q8_0" => Quantization::Q8_0,
             "q4_0" => Quantization::Q4_0,
             "q4_1" => Quantization::Q4_1,
+            "fp8" => Quantization::Fp8,
             _ => {
                 return Err(format!(
-                    "`--quantization` must be auto, none, q8_0, q4_0 or q4_1. Given: {s}"
+                    "`--quantization` must be auto, none, q8_0, q4_0, q4_1 or fp8. Given: {s}"
                 ))
             }
         })
@@ -78,6 +84,7 @@ impl std::fmt::Display for Quantization {
             Quantization::Q8_0 => "q8_0",
             Quantization::Q4_0 => "q4_0",
             Quantization::Q4_1 => "q4_1",
+            Quantization::Fp8 => "fp8",
         })
     }
 }
@@ -307,5 +314,6 @@ pub(crate) fn resolve(q: Quantization, matrix_types: &[GgmlType]) -> Option<Ggml
         Quantization::Q8_0 => Some(GgmlType::Q8_0),
         Quantization::Q4_0 => Some(GgmlType::Q4_0),
         Quantization::Q4_1 => Some(GgmlType::Q4_1),
+        Quantization::Fp8 => Some(GgmlType::F32),
     }
 }

@@ -324,22 +324,23 @@ fn qwen3_and_phi3_names_and_rope() {
     assert!((attn - want).abs() < 1e-6, "{attn} vs {want}");
 }
 
-#[test]
-fn bf16_matrices_are_quantized_and_f32_kept() {
-    let d = tmp("quant");
+/// A one-layer llama config of width 64 (whole Q8_0 blocks per row).
+fn dim64_config() -> serde_json::Value {
     let mut cfg = llama_config();
     cfg["hidden_size"] = json!(64);
     cfg["num_attention_heads"] = json!(2);
     cfg["rope_scaling"] = json!(null);
-    let v: Vec<f32> = (0..64 * 64)
-        .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
-        .collect();
-    let t: Vec<T> = vec![
+    cfg
+}
+
+/// A (64, 64) BF16 output projection of `v` and a BF16 norm of its first 64 values.
+fn bf16_o_proj_and_norm(v: &[f32]) -> Vec<T> {
+    vec![
         (
             "model.layers.0.self_attn.o_proj.weight",
             "BF16",
             vec![64, 64],
-            bf16s(&v),
+            bf16s(v),
         ),
         (
             "model.layers.0.input_layernorm.weight",
@@ -347,7 +348,17 @@ fn bf16_matrices_are_quantized_and_f32_kept() {
             vec![64],
             bf16s(&v[..64]),
         ),
-    ];
+    ]
+}
+
+#[test]
+fn bf16_matrices_are_quantized_and_f32_kept() {
+    let d = tmp("quant");
+    let cfg = dim64_config();
+    let v: Vec<f32> = (0..64 * 64)
+        .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
+        .collect();
+    let t = bf16_o_proj_and_norm(&v);
     write(&d.0, cfg.clone(), &t);
     let g = open_default(&d.0).unwrap();
     let o = g.tensor("blk.0.attn_output.weight").unwrap();
@@ -370,6 +381,44 @@ fn bf16_matrices_are_quantized_and_f32_kept() {
     assert_eq!(
         g.tensor("blk.0.attn_output.weight").unwrap().ty,
         GgmlType::F32
+    );
+}
+
+/// `--quantization fp8`: matrices hold their FP8 E4M3 round trip (per-row scales) as F32, the
+/// exact values an FP8 product multiplies; norms stay as stored.
+#[test]
+fn fp8_matrices_hold_their_fp8_rounded_values() {
+    use crate::quant::fp8::{Fp8Matrix, Fp8Scaling};
+    let d = tmp("fp8");
+    let cfg = dim64_config();
+    let v: Vec<f32> = (0..64 * 64)
+        .map(|i| ((i % 23) as f32 - 11.0) * 0.013 * (1 + i / 64) as f32)
+        .collect();
+    let t = bf16_o_proj_and_norm(&v);
+    write(&d.0, cfg, &t);
+    let g = open(
+        &d.0,
+        &HfOptions {
+            quantization: "fp8".parse().unwrap(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        g.tensor("blk.0.attn_output.weight").unwrap().ty,
+        GgmlType::F32
+    );
+    let vb: Vec<f32> = v
+        .iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect();
+    let want = Fp8Matrix::quantize(&vb, 64, 64, Fp8Scaling::PerRow)
+        .unwrap()
+        .dequantize();
+    assert_eq!(vals(&g, "blk.0.attn_output.weight"), want);
+    assert_ne!(want, vb, "FP8 rounding changes the values");
+    assert_eq!(
+        g.tensor("blk.0.attn_norm.weight").unwrap().ty,
+        GgmlType::BF16
     );
 }
 

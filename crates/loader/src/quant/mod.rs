@@ -10,6 +10,7 @@
 //! a mismatch is an [`Error`], never a panic.
 
 mod dequant;
+pub mod fp8;
 mod quantize;
 
 #[cfg(test)]

@@ -1,0 +1,316 @@
+//! Each device operation against the CPU's on the same inputs, with tolerances fit to bf16
+//! (products read bf16 inputs and weights; K/V are stored bf16). They need a GPU: without one each
+//! test says it skipped (`scripts/gpu-check.sh` runs this binary on a lent GPU).
+
+use half::bf16;
+
+use super::launch::{attention_splits, attention_workspace, AttnArgs, DevMatrix};
+use super::{Gpu, GpuBuf};
+use crate::cpu::{self, Activation};
+use crate::ops::Heads;
+
+fn gpu() -> Option<Gpu> {
+    match Gpu::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("skipped: no usable CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// A seeded stream of values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn bf(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+fn rounded(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+
+/// Largest |a - b| relative to the largest |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn bf_read(g: &Gpu, b: &GpuBuf<bf16>, n: usize) -> Vec<f32> {
+    g.read(b, n).unwrap().iter().map(|v| v.to_f32()).collect()
+}
+
+#[test]
+fn matmul_matches_the_cpu_on_bf16_inputs() {
+    let Some(g) = gpu() else { return };
+    let (n, inp, out) = (5, 96, 40);
+    let x = rounded(&values(n * inp, 1));
+    let w = rounded(&values(out * inp, 2));
+    let mut want = vec![0f32; n * out];
+    for r in 0..n {
+        for o in 0..out {
+            want[r * out + o] = (0..inp).map(|i| x[r * inp + i] * w[o * inp + i]).sum();
+        }
+    }
+    let dx = g.upload(&bf(&x)).unwrap();
+    let dw = DevMatrix {
+        rows: out,
+        cols: inp,
+        data: g.upload(&bf(&w)).unwrap(),
+    };
+    let mut y = g.zeros::<f32>(n * out).unwrap();
+    g.matmul(&dx, &dw, &mut y, n).unwrap();
+    let got = g.read(&y, n * out).unwrap();
+    assert!(rel_err(&got, &want) < 1e-4, "{}", rel_err(&got, &want));
+}
+
+#[test]
+fn residual_norm_and_glu_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let (n, dim, ffn) = (3, 64, 48);
+    let x = values(n * dim, 3);
+    let add = values(n * dim, 4);
+    let w = values(dim, 5);
+    let sum: Vec<f32> = x.iter().zip(&add).map(|(a, b)| a + b).collect();
+    let mut want = vec![0f32; n * dim];
+    cpu::rms_norm(&sum, &w, 1e-5, &mut want);
+    let mut dx = g.upload(&x).unwrap();
+    let da = g.upload(&add).unwrap();
+    let dw = g.upload(&w).unwrap();
+    let mut out = g.zeros::<bf16>(n * dim).unwrap();
+    g.residual_norm(&mut dx, Some((&da, None)), &dw, 1e-5, &mut out, n)
+        .unwrap();
+    assert!(rel_err(&bf_read(&g, &out, n * dim), &want) < 1e-2);
+    assert!(rel_err(&g.read(&dx, n * dim).unwrap(), &sum) < 1e-6);
+
+    let gu: Vec<f32> = values(n * 2 * ffn, 6).iter().map(|v| v * 4.0).collect();
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        let mut want = vec![0f32; n * ffn];
+        cpu::glu_rows(act, &gu, &mut want, ffn);
+        let dgu = g.upload(&gu).unwrap();
+        let mut h = g.zeros::<bf16>(n * ffn).unwrap();
+        g.glu(act, &dgu, ffn, &mut h, n).unwrap();
+        assert!(rel_err(&bf_read(&g, &h, n * ffn), &want) < 1e-2, "{act:?}");
+    }
+}
+
+#[test]
+fn argmax_takes_the_lowest_id_on_ties() {
+    let Some(g) = gpu() else { return };
+    let vocab = 5000;
+    let mut l = values(3 * vocab, 7);
+    l[1234] = 9.0;
+    l[vocab + 77] = 9.0;
+    l[vocab + 4000] = 9.0;
+    l[2 * vocab + vocab - 1] = 9.0;
+    let dl = g.upload(&l).unwrap();
+    let mut out = g.zeros::<u32>(3).unwrap();
+    g.argmax_rows(&dl, vocab, &mut out, 3).unwrap();
+    assert_eq!(g.read(&out, 3).unwrap(), [1234, 77, vocab as u32 - 1]);
+}
+
+/// One attention case: `rows` rows of sequences whose contexts are `ctx` (row t attends to
+/// positions 0..ctx[t], or the last `window`), K/V in scattered blocks of 4.
+struct Case {
+    heads: Heads,
+    ctx: Vec<usize>,
+    window: usize,
+}
+
+/// f64 attention over the bf16 K/V the device holds: the reference.
+fn attention_reference(
+    c: &Case,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    slot_of: &[Vec<usize>],
+) -> Vec<f32> {
+    let h = c.heads;
+    let (hd, qkv) = (h.head_dim, h.qkv_dim());
+    let group = h.n_heads / h.n_kv_heads;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut out = vec![0f32; c.ctx.len() * h.q_dim()];
+    for (t, &ctx) in c.ctx.iter().enumerate() {
+        let start = if c.window > 0 && ctx > c.window {
+            ctx - c.window
+        } else {
+            0
+        };
+        for head in 0..h.n_heads {
+            let kh = head / group;
+            let qv = &q[t * qkv + head * hd..][..hd];
+            let scores: Vec<f64> = (start..ctx)
+                .map(|p| {
+                    let kr = &k[slot_of[t][p] * h.kv_dim() + kh * hd..][..hd];
+                    qv.iter()
+                        .zip(kr)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for d in 0..hd {
+                let o: f64 = (start..ctx)
+                    .zip(&e)
+                    .map(|(p, w)| w * v[slot_of[t][p] * h.kv_dim() + kh * hd + d] as f64)
+                    .sum();
+                out[t * h.q_dim() + head * hd + d] = (o / z) as f32;
+            }
+        }
+    }
+    out
+}
+
+fn check_attention(g: &Gpu, c: &Case, splits: usize) -> f32 {
+    let h = c.heads;
+    let bs = 4;
+    let n = c.ctx.len();
+    // Each row's sequence gets its own blocks, in reverse order, so tables matter.
+    let mut tables = Vec::new();
+    let mut row_table = Vec::new();
+    let mut slot_of = Vec::new();
+    let mut next = 0usize;
+    for &ctx in &c.ctx {
+        let nb = ctx.div_ceil(bs);
+        row_table.push(tables.len() as i32);
+        let blocks: Vec<usize> = (0..nb).map(|i| next + nb - 1 - i).collect();
+        next += nb;
+        tables.extend(blocks.iter().map(|&b| b as i32));
+        slot_of.push(
+            (0..ctx)
+                .map(|p| blocks[p / bs] * bs + p % bs)
+                .collect::<Vec<_>>(),
+        );
+    }
+    let slots = next * bs;
+    let q = values(n * h.qkv_dim(), 11);
+    let k = rounded(&values(slots * h.kv_dim(), 12));
+    let v = rounded(&values(slots * h.kv_dim(), 13));
+    let want = attention_reference(c, &q, &k, &v, &slot_of);
+    let dq = g.upload(&q).unwrap();
+    let (dk, dv) = (g.upload(&bf(&k)).unwrap(), g.upload(&bf(&v)).unwrap());
+    let dt = g.upload(&tables).unwrap();
+    let drt = g.upload(&row_table).unwrap();
+    let ctx: Vec<i32> = c.ctx.iter().map(|&x| x as i32).collect();
+    let dctx = g.upload(&ctx).unwrap();
+    let mut out = g.zeros::<bf16>(n * h.q_dim()).unwrap();
+    let mut part = g
+        .zeros::<f32>(n * h.n_heads * splits * (h.head_dim + 2))
+        .unwrap();
+    let a = AttnArgs {
+        heads: h,
+        block_size: bs,
+        scale: 1.0 / (h.head_dim as f32).sqrt(),
+        window: c.window,
+        tables: &dt,
+        row_table: &drt,
+        row_ctx: &dctx,
+        splits,
+    };
+    g.paged_attention(&dq, (&dk, &dv), &a, (&mut out, &mut part), n)
+        .unwrap();
+    rel_err(&bf_read(g, &out, n * h.q_dim()), &want)
+}
+
+/// GQA groups of 1, 3, 8 and 16 (two blocks per KV head), head dims 64, 96 (lanes beyond it
+/// idle) and 128, windows, and split-K against the unsplit kernel and the reference.
+#[test]
+fn attention_matches_an_f64_reference_for_every_group_split_and_window() {
+    let Some(g) = gpu() else { return };
+    let hs = |n_heads, n_kv_heads, head_dim| Heads {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    };
+    for heads in [
+        hs(4, 4, 64),
+        hs(9, 3, 64),
+        hs(16, 2, 128),
+        hs(32, 2, 128),
+        hs(6, 2, 96),
+    ] {
+        for window in [0, 5] {
+            let c = Case {
+                heads,
+                ctx: vec![1, 7, 33, 200],
+                window,
+            };
+            for splits in [1, 3, attention_splits(4, heads, g.info.multiprocessors)] {
+                let e = check_attention(&g, &c, splits);
+                assert!(e < 1e-2, "{heads:?} window {window} splits {splits}: {e}");
+            }
+        }
+    }
+    assert!(attention_workspace(4, hs(16, 2, 128), g.info.multiprocessors) > 0);
+}
+
+/// The sampling kernel gives its CPU twin's tokens on the same rows: greedy, temperature with
+/// top-k, top-p, min-p, edits, vocabularies inside and past the pool (ties included).
+#[test]
+fn sample_rows_matches_its_cpu_twin() {
+    use super::sampling::{sample_row, Edit, SampleParams};
+    let Some(g) = gpu() else { return };
+    for vocab in [500, 5000, 50_000] {
+        let mut params = Vec::new();
+        let mut edits = Vec::new();
+        let mut logits = Vec::new();
+        for r in 0..24 {
+            let mut row: Vec<f32> = values(vocab, 100 + r).iter().map(|v| v * 6.0).collect();
+            if r % 5 == 0 {
+                row.iter_mut().for_each(|v| *v = v.round()); // many ties
+            }
+            logits.extend(row);
+            let start = edits.len() as i32;
+            edits.push(Edit {
+                token: (r as u32 * 37) % vocab as u32,
+                bias: 3.0,
+                rep: 1.3,
+                sub: 0.2,
+            });
+            params.push(SampleParams {
+                temperature: [0.0, 0.7, 1.0, 1.5][r as usize % 4],
+                top_k: [0, 1, 40, 2000][(r as usize / 4) % 4],
+                top_p: [1.0, 0.9, 0.5][r as usize % 3],
+                min_p: [0.0, 0.05][r as usize % 2],
+                u: values(1, 500 + r)[0].abs(),
+                edits_start: start,
+                edits_len: 1,
+                want_logprob: 1,
+            });
+        }
+        let n = params.len();
+        let dl = g.upload(&logits).unwrap();
+        let mut work = g.zeros::<f32>(n * vocab).unwrap();
+        let (dp, de) = (g.upload(&params).unwrap(), g.upload(&edits).unwrap());
+        let (mut tok, mut lp) = (g.zeros::<u32>(n).unwrap(), g.zeros::<f32>(n).unwrap());
+        g.sample_rows((&dl, vocab), &mut work, (&dp, &de), (&mut tok, &mut lp), n)
+            .unwrap();
+        let (tok, lp) = (g.read(&tok, n).unwrap(), g.read(&lp, n).unwrap());
+        for (r, p) in params.iter().enumerate() {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let e = &edits[p.edits_start as usize..][..1];
+            let want = sample_row(row, p, e);
+            assert_eq!(tok[r], want.token, "vocab {vocab} row {r}: {p:?}");
+            assert!(
+                (lp[r] - want.logprob).abs() < 1e-4,
+                "{} vs {}",
+                lp[r],
+                want.logprob
+            );
+        }
+    }
+}
