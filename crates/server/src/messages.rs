@@ -71,8 +71,9 @@ fn content_text(m: &ChatMessageIn, i: usize) -> ApiResult<String> {
     }
 }
 
-/// The messages as the template sees them: roles checked (a template that does not read tools
-/// gets `tool` turns as user turns, see `tools.rs`, so it need not know that role), content parts
+/// The messages as the template sees them: roles checked (`tool`, OpenAI's own role word, is
+/// always taken: a template that does not read tools gets those turns as user turns, see
+/// `tools.rs`, and one that reads tools renders them), content parts
 /// joined, tool calls checked, and every text the client wrote (contents, names, call ids, call
 /// names and arguments) shielded unless `l.special_tokens_in_messages`.
 pub fn template_messages(
@@ -86,7 +87,7 @@ pub fn template_messages(
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            if m.role != "tool" || l.tools.template_takes_tools {
+            if m.role != "tool" {
                 check_role(&m.role, i, template.known_roles())?;
             }
             let mut msg = crate::tools::template_message(m, shield(&content_text(m, i)?), i)?;
