@@ -115,7 +115,9 @@ impl Model {
         };
         let kv_pair = (&mut kv.k[..], &mut kv.v[..]);
         let mut ops = CpuOps::new(step, &self.ropes, kv_pair, kv.block_size, &mut s.cpu);
-        forward(c, &self.weights, &mut ops, &mut s.acts)?;
+        // On a pool thread: every product's fork-join then starts there (see `in_pool`).
+        let acts = &mut s.acts;
+        tokenfab_backend::cpu::in_pool(|| forward(c, &self.weights, &mut ops, acts))?;
         Ok(&s.acts.logits[..r * c.vocab_size])
     }
 }
