@@ -129,7 +129,7 @@ pub struct QMatrix {
     #[cfg(target_arch = "x86_64")]
     packed: OnceLock<Vec<u8>>,
     /// Q4_0/Q4_1 repacked with one byte per weight, for batches of [`WIDE_MIN_ROWS`] or more
-    /// rows (no nibble unpack in the kernel; 1.7x the bytes of `packed`), built on first use.
+    /// rows (no nibble unpack in the kernel; 1.8x the bytes of `packed`), built on first use.
     #[cfg(target_arch = "x86_64")]
     wide: OnceLock<Vec<u8>>,
 }
