@@ -245,15 +245,20 @@ impl SendPtr {
     }
 }
 
-/// Runs `f` on a thread of the compute pool (rayon's global pool) and waits for it; called on
-/// a pool thread, runs it in place. A forward pass goes through here: each parallel loop
-/// started on a pool thread costs the push of a task (its own thread runs part of the loop, an
-/// idle one steals the rest), while one started on any other thread (the engine's) goes through
-/// the pool's injector and puts the caller to sleep until the loop ends: ~12 µs per fork-join on
-/// the 2-core EPYC, 120 matrix products and 30 attentions per SmolLM2-135M decode step
-/// (`cargo bench -p tokenfab-backend --bench decode` measures both).
+/// Runs a forward pass `f` where [`tuning::Tuning::forward_in_pool`] says: on a thread of the
+/// compute pool (rayon's global pool), waiting for it, or on the calling thread. On a pool thread
+/// each parallel loop costs the push of a task (its own thread runs part of the loop, an idle one
+/// steals the rest); started on any other thread (the engine's) it goes through the pool's
+/// injector and puts the caller to sleep until the loop ends: ~12 µs per fork-join on the 2-core
+/// EPYC, with 120 matrix products and 30 attentions per SmolLM2-135M decode step
+/// (`cargo bench -p tokenfab-backend --bench decode` measures both ways). Called on a pool
+/// thread, `f` runs in place either way.
 pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+    if tuning::get().tuning.forward_in_pool {
+        rayon::scope(|_| f())
+    } else {
+        f()
+    }
 }
 
 /// Runs `first(c)` for every `c` in `0..n1`, then, once all of them have returned, `second(t)`

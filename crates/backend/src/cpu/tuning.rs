@@ -5,8 +5,8 @@
 //!
 //! Cache sizes come from sysfs (`/sys/devices/system/cpu/cpu0/cache/index*`, Linux on every
 //! architecture), else from CPUID (leaf 4 on Intel, 0x8000001D on AMD), else from a conservative
-//! default. `TOKENFAB_CPU_TUNE` overrides single choices for experiments, e.g.
-//! `TOKENFAB_CPU_TUNE=prefetch=0,tasks=2`.
+//! default. `TOKENFAB_CPU_TUNE` overrides single choices for experiments and A/B runs, e.g.
+//! `TOKENFAB_CPU_TUNE=prefetch=0,tasks=2,in_pool=0`.
 
 use std::sync::OnceLock;
 
@@ -31,6 +31,8 @@ pub struct CpuInfo {
     pub l1d: usize,
     pub l2: usize,
     pub l3: usize,
+    /// Cores this process may run on (the L3 is taken as shared by all of them).
+    pub cores: usize,
 }
 
 /// Kernel parameters chosen for the processor.
@@ -46,29 +48,39 @@ pub struct Tuning {
     /// How many weight blocks ahead the packed kernel prefetches (0: none, left to the
     /// hardware prefetcher).
     pub prefetch_blocks: usize,
+    /// Whether a forward pass runs on a pool thread (see [`super::in_pool`]).
+    pub forward_in_pool: bool,
 }
 
 /// The parameters for `cpu`. Why each:
-/// - `row_split_max_bytes`: three quarters of one core's L2, the rest left to x's quantized
-///   rows, the outputs and the other thread's share of a shared L2 (4 MiB L2 Xeon: 3 MiB, as
-///   measured there; 1 MiB Zen 4/5: 768 KiB, which keeps SmolLM2's 1.2 MiB gate|up from
-///   thrashing an L2 it cannot fit).
+/// - `row_split_max_bytes`: three quarters of what one core can keep close (its L2 plus its
+///   share of the L3), at most 3 MiB, the largest measured. 3 MiB on the 4 MiB-L2 Xeon and on
+///   the 1 MiB-L2 EPYC: there 768 KiB (the L2 alone) made pp512 0.85x (A/B under load,
+///   `TOKENFAB_CPU_TUNE=row_split=786432`): the per-thread copies live in the 32 MiB L3 well
+///   enough. Smaller only where the caches are small (a 512 KiB L2 and a 4 MiB L3 over 8 cores:
+///   768 KiB).
 /// - `tasks_per_thread`: 4 everywhere (the fork-join's cost is the same few µs on both x86
 ///   families; kept as a parameter so that a self-tune or an override can move it).
-/// - `prefetch_blocks`: 4 blocks ahead (one or two KiB); the hardware prefetchers of every
-///   processor measured follow the packed kernel's linear walk, the software prefetch only helps
-///   at the start of each group, so it stays short.
+/// - `prefetch_blocks`: 4 blocks ahead (1.2-2.5 KiB), as measured on the Xeon; on the EPYC
+///   (Zen 5, under load) none was slower and 12 no better.
+/// - `forward_in_pool`: on, except on Intel. On the 2-core EPYC a decode step's products took
+///   3.6 ms from a pool thread against 5.1 ms from the engine thread (`--bench decode`), and
+///   tg128 rose 1.76x under load; on the 2-core Xeon an earlier A/B found the pass on a pool
+///   thread slower (156-167 vs 168-176 tok/s), so Intel keeps the engine thread until it is
+///   measured again (`TOKENFAB_CPU_TUNE=in_pool=1`).
 pub fn choose(cpu: &CpuInfo) -> Tuning {
     let l2 = if cpu.l2 > 0 { cpu.l2 } else { 1 << 20 };
+    let near = l2 + cpu.l3 / cpu.cores.max(1);
     Tuning {
-        row_split_max_bytes: l2 / 4 * 3,
+        row_split_max_bytes: (near / 4 * 3).min(3 << 20),
         tasks_per_thread: 4,
         prefetch_blocks: 4,
+        forward_in_pool: cpu.vendor != Vendor::Intel,
     }
 }
 
 /// `tuning` with the overrides of a `TOKENFAB_CPU_TUNE`-style list applied (`key=value`, comma
-/// separated; keys `row_split`, `tasks`, `prefetch`).
+/// separated; keys `row_split` (bytes), `tasks`, `prefetch` (blocks), `in_pool` (0 or 1)).
 pub fn apply_overrides(mut tuning: Tuning, spec: &str) -> Result<Tuning, String> {
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (k, v) = item
@@ -82,9 +94,11 @@ pub fn apply_overrides(mut tuning: Tuning, spec: &str) -> Result<Tuning, String>
             "row_split" => tuning.row_split_max_bytes = v,
             "tasks" if v > 0 => tuning.tasks_per_thread = v,
             "prefetch" => tuning.prefetch_blocks = v,
+            "in_pool" if v <= 1 => tuning.forward_in_pool = v == 1,
             other => {
                 return Err(format!(
-                    "unknown key `{other}` (or a zero task count); keys: row_split, tasks, prefetch"
+                    "unknown key `{other}` (or a zero task count, or in_pool not 0/1); keys: \
+                     row_split, tasks, prefetch, in_pool"
                 ))
             }
         }
@@ -107,7 +121,8 @@ impl Chosen {
         let t = &self.tuning;
         format!(
             "{:?} `{}` family {} model {}, L1d {} KiB, L2 {} KiB, L3 {} KiB, isa {:?}: \
-             row split up to {} KiB, {} tasks per thread, prefetch {} blocks ahead{}",
+             row split up to {} KiB, {} tasks per thread, prefetch {} blocks ahead, forward \
+             pass on {}{}",
             c.vendor,
             c.name,
             c.family,
@@ -119,6 +134,11 @@ impl Chosen {
             t.row_split_max_bytes >> 10,
             t.tasks_per_thread,
             t.prefetch_blocks,
+            if t.forward_in_pool {
+                "a pool thread"
+            } else {
+                "the calling thread"
+            },
             self.overrides
                 .as_deref()
                 .map(|o| format!(" (TOKENFAB_CPU_TUNE={o})"))
@@ -157,6 +177,7 @@ pub fn detect() -> CpuInfo {
         cpuid_caches(cpu.vendor)
     };
     (cpu.l1d, cpu.l2, cpu.l3) = (l1d, l2, l3);
+    cpu.cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cpu
 }
 
@@ -260,6 +281,7 @@ fn identify() -> CpuInfo {
             l1d: 0,
             l2: 0,
             l3: 0,
+            cores: 1,
         }
     }
 }
@@ -336,6 +358,7 @@ fn identify() -> CpuInfo {
         l1d: 0,
         l2: 0,
         l3: 0,
+        cores: 1,
     }
 }
 
@@ -358,7 +381,7 @@ mod tests {
             .collect()
     }
 
-    fn cpu(vendor: Vendor, (l1d, l2, l3): (usize, usize, usize)) -> CpuInfo {
+    fn cpu(vendor: Vendor, (l1d, l2, l3): (usize, usize, usize), cores: usize) -> CpuInfo {
         CpuInfo {
             vendor,
             family: 0,
@@ -367,6 +390,7 @@ mod tests {
             l1d,
             l2,
             l3,
+            cores,
         }
     }
 
@@ -396,27 +420,37 @@ mod tests {
     }
 
     #[test]
-    fn the_choice_follows_the_l2() {
-        let xeon = choose(&cpu(Vendor::Intel, (48 << 10, 4 << 20, 105 << 20)));
-        // The 4 MiB-L2 Xeon keeps the split it was measured with: 3 MiB.
+    fn the_choice_follows_the_caches_and_the_vendor() {
+        // 2-vCPU Xeon (4 MiB L2) and 2-vCPU EPYC (1 MiB L2, 32 MiB L3): 3 MiB, as measured on both.
+        let xeon = choose(&cpu(Vendor::Intel, (48 << 10, 4 << 20, 260 << 20), 2));
         assert_eq!(xeon.row_split_max_bytes, 3 << 20);
-        let zen4 = choose(&cpu(Vendor::Amd, (32 << 10, 1 << 20, 32 << 20)));
-        assert_eq!(zen4.row_split_max_bytes, 768 << 10);
-        let graviton = choose(&cpu(Vendor::Arm, (64 << 10, 1 << 20, 32 << 20)));
-        assert_eq!(graviton.row_split_max_bytes, 768 << 10);
-        // Nothing reported: the smallest L2 of the families above.
-        let unknown = choose(&cpu(Vendor::Other, (0, 0, 0)));
+        let zen4 = choose(&cpu(Vendor::Amd, (32 << 10, 1 << 20, 32 << 20), 8));
+        assert_eq!(zen4.row_split_max_bytes, 3 << 20);
+        // A small-cache part: 512 KiB L2 and 4 MiB of L3 over 8 cores keep 1 MiB close.
+        let small = choose(&cpu(Vendor::Amd, (32 << 10, 512 << 10, 4 << 20), 8));
+        assert_eq!(small.row_split_max_bytes, 768 << 10);
+        // Graviton-like Arm (1 MiB L2, 32 MiB L3 over 64 cores) and nothing reported at all.
+        let graviton = choose(&cpu(Vendor::Arm, (64 << 10, 1 << 20, 32 << 20), 64));
+        assert_eq!(graviton.row_split_max_bytes, (1536 << 10) / 4 * 3);
+        let unknown = choose(&cpu(Vendor::Other, (0, 0, 0), 1));
         assert_eq!(unknown.row_split_max_bytes, 768 << 10);
-        for t in [xeon, zen4, graviton, unknown] {
+        for t in [xeon, zen4, small, graviton, unknown] {
             assert!(t.tasks_per_thread >= 1);
         }
+        // Measured: faster from a pool thread on the EPYC, slower on the Xeon.
+        assert!(!xeon.forward_in_pool);
+        assert!(zen4.forward_in_pool && graviton.forward_in_pool);
     }
 
     #[test]
     fn overrides_apply_and_bad_ones_are_named() {
-        let base = choose(&cpu(Vendor::Amd, (32 << 10, 1 << 20, 32 << 20)));
-        let t = apply_overrides(base, "prefetch=0, tasks=2").unwrap();
+        let base = choose(&cpu(Vendor::Amd, (32 << 10, 1 << 20, 32 << 20), 8));
+        let t = apply_overrides(base, "prefetch=0, tasks=2,in_pool=0").unwrap();
         assert_eq!((t.prefetch_blocks, t.tasks_per_thread), (0, 2));
+        assert!(!t.forward_in_pool);
+        assert!(apply_overrides(base, "in_pool=2")
+            .unwrap_err()
+            .contains("in_pool"));
         assert_eq!(t.row_split_max_bytes, base.row_split_max_bytes);
         assert!(apply_overrides(base, "tasks=0")
             .unwrap_err()
