@@ -249,8 +249,8 @@ impl SendPtr {
 /// compute pool (rayon's global pool), waiting for it, or on the calling thread. On a pool thread
 /// each parallel loop costs the push of a task (its own thread runs part of the loop, an idle one
 /// steals the rest); started on any other thread (the engine's) it goes through the pool's
-/// injector and puts the caller to sleep until the loop ends: ~12 µs per fork-join on the 2-core
-/// EPYC, with 120 matrix products and 30 attentions per SmolLM2-135M decode step
+/// injector and puts the caller to sleep until the loop ends: 12-15 µs per fork-join on the
+/// 2-core EPYC, with 121 matrix products and 30 attentions per SmolLM2-135M decode step
 /// (`cargo bench -p tokenfab-backend --bench decode` measures both ways). Called on a pool
 /// thread, `f` runs in place either way.
 pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {

@@ -54,20 +54,20 @@ pub struct Tuning {
 
 /// The parameters for `cpu`. Why each:
 /// - `row_split_max_bytes`: three quarters of what one core can keep close (its L2 plus its
-///   share of the L3), at most 3 MiB, the largest measured. 3 MiB on the 4 MiB-L2 Xeon and on
-///   the 1 MiB-L2 EPYC: there 768 KiB (the L2 alone) made pp512 0.85x (A/B under load,
-///   `TOKENFAB_CPU_TUNE=row_split=786432`): the per-thread copies live in the 32 MiB L3 well
-///   enough. Smaller only where the caches are small (a 512 KiB L2 and a 4 MiB L3 over 8 cores:
-///   768 KiB).
+///   share of the L3), at most 3 MiB, the largest measured. 3 MiB on the 4 MiB-L2 Xeon (where it
+///   was tuned) and on the 1 MiB-L2 EPYC, where 768 KiB (the L2 alone) gave the same pp512 on a
+///   quiet machine (1.00x) and 0.85x under load: the per-thread copies are served well enough
+///   from its 32 MiB L3. Smaller only where the caches are small (a 512 KiB L2 and a 4 MiB L3
+///   over 8 cores: 768 KiB).
 /// - `tasks_per_thread`: 4 everywhere (the fork-join's cost is the same few µs on both x86
 ///   families; kept as a parameter so that a self-tune or an override can move it).
 /// - `prefetch_blocks`: 4 blocks ahead (1.2-2.5 KiB), as measured on the Xeon; on the EPYC
 ///   (Zen 5, under load) none was slower and 12 no better.
-/// - `forward_in_pool`: on, except on Intel. On the 2-core EPYC a decode step's products took
-///   3.6 ms from a pool thread against 5.1 ms from the engine thread (`--bench decode`), and
-///   tg128 rose 1.76x under load; on the 2-core Xeon an earlier A/B found the pass on a pool
-///   thread slower (156-167 vs 168-176 tok/s), so Intel keeps the engine thread until it is
-///   measured again (`TOKENFAB_CPU_TUNE=in_pool=1`).
+/// - `forward_in_pool`: on, except on Intel. On the 2-core EPYC (quiet) a decode step's
+///   products take 2.7-2.8 ms from a pool thread against 3.6-3.9 ms from the engine thread
+///   (`--bench decode`), and tg128 rose 1.74x (pp512 1.19x); on the 2-core Xeon an earlier A/B
+///   found the pass on a pool thread slower (156-167 vs 168-176 tok/s), so Intel keeps the
+///   engine thread until it is measured again (`TOKENFAB_CPU_TUNE=in_pool=1`).
 pub fn choose(cpu: &CpuInfo) -> Tuning {
     let l2 = if cpu.l2 > 0 { cpu.l2 } else { 1 << 20 };
     let near = l2 + cpu.l3 / cpu.cores.max(1);

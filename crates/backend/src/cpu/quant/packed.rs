@@ -18,8 +18,9 @@
 //! their 16 f16 `m`. The kernel widens them to `dw` and `mw` (the offset: Q4_0 `-8d`, Q4_1 `m`,
 //! Q8_0 `-128d`, made by multiplying `dw` by a power of two: exact, the same f32 values an f32
 //! copy would hold). A single-stream decode step reads every weight once from DRAM, so the
-//! packed copy keeps GGUF's size (f32 scales made it 1.2x, and the step 1.2x slower where the
-//! products run at the memory's bandwidth).
+//! packed copy keeps GGUF's size: 96 MB read per SmolLM2-135M step instead of 115 MB with f32
+//! scales (on the 2-core EPYC, quiet: tg128 1.04x at one thread, 1.00x at two, where the step
+//! already ran at ~34 GB/s).
 
 use std::arch::x86_64::*;
 
