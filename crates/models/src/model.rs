@@ -62,6 +62,18 @@ impl Model {
         )
     }
 
+    /// Builds every matrix's repacked copies for the CPU kernels now, in parallel over the
+    /// pool (see `QMatrix::prepack`).
+    pub fn prepack(&self) {
+        use rayon::prelude::*;
+        let w = &self.weights;
+        let mut all: Vec<&Weight> = vec![w.output()];
+        for l in &w.layers {
+            all.extend([&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]);
+        }
+        all.par_iter().for_each(|m| m.prepack());
+    }
+
     /// Bytes of weights held in memory.
     pub fn weight_bytes(&self) -> usize {
         self.weights.bytes()

@@ -186,6 +186,20 @@ impl QMatrix {
         &self.data
     }
 
+    /// Builds now the repacked copies the packed path reads on this CPU (decode's, and for Q4
+    /// the wide one of batches of [`WIDE_MIN_ROWS`]+ rows), instead of in the first product
+    /// that needs each: that product was the first request's prefill, whose time they
+    /// dominated. Nothing to do where no packed path reads this format.
+    pub fn prepack(&self) {
+        #[cfg(target_arch = "x86_64")]
+        if packed::packs(Isa::detect(), self.ty) {
+            self.packed.get_or_init(|| packed::pack(self, false));
+            if self.ty != QType::Q8_0 {
+                self.wide.get_or_init(|| packed::pack(self, true));
+            }
+        }
+    }
+
     /// Bytes of the repacked copies built so far (what the packed kernels read instead of
     /// [`QMatrix::bytes`]; 0 where none is built).
     pub fn packed_bytes(&self) -> usize {
