@@ -95,6 +95,9 @@ impl ModelArgs {
             threads = rayon::current_num_threads(),
             "model loaded"
         );
+        // The processor and the CPU kernels' parameters chosen for it (see cpu::tuning).
+        let cpu = tokenfab_backend::cpu::tuning::get().describe();
+        tracing::info!(%cpu, "cpu kernels");
         Ok(m)
     }
 }

@@ -31,8 +31,11 @@ pub struct CpuExecutor {
 
 impl CpuExecutor {
     /// The model with a pool of `num_blocks` blocks of `block_size` tokens stored as `dtype`.
+    /// The CPU kernels' repacked weights are built here, over the pool, rather than inside
+    /// the first request.
     pub fn new(model: Model, dtype: KvDtype, block_size: usize, num_blocks: usize) -> Result<Self> {
         let kv = model.new_kv_cache(dtype, block_size, num_blocks)?;
+        model.prepack();
         Ok(Self {
             model,
             kv,

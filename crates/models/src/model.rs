@@ -62,6 +62,18 @@ impl Model {
         )
     }
 
+    /// Builds every matrix's repacked copies for the CPU kernels now, in parallel over the
+    /// pool (see `QMatrix::prepack`).
+    pub fn prepack(&self) {
+        use rayon::prelude::*;
+        let w = &self.weights;
+        let mut all: Vec<&Weight> = vec![w.output()];
+        for l in &w.layers {
+            all.extend([&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]);
+        }
+        all.par_iter().for_each(|m| m.prepack());
+    }
+
     /// Bytes of weights held in memory.
     pub fn weight_bytes(&self) -> usize {
         self.weights.bytes()
@@ -115,7 +127,9 @@ impl Model {
         };
         let kv_pair = (&mut kv.k[..], &mut kv.v[..]);
         let mut ops = CpuOps::new(step, &self.ropes, kv_pair, kv.block_size, &mut s.cpu);
-        forward(c, &self.weights, &mut ops, &mut s.acts)?;
+        // On a pool thread: every product's fork-join then starts there (see `in_pool`).
+        let acts = &mut s.acts;
+        tokenfab_backend::cpu::in_pool(|| forward(c, &self.weights, &mut ops, acts))?;
         Ok(&mut s.acts.logits[..r * c.vocab_size])
     }
 }

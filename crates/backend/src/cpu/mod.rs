@@ -20,6 +20,7 @@ mod neon;
 pub mod ops;
 mod quant;
 mod scalar;
+pub mod tuning;
 mod weight;
 
 pub use quant::{matmul_q, matmul_q_cols, matmul_q_cols_isa, matmul_q_isa, QMatrix, QType};
@@ -241,6 +242,22 @@ impl SendPtr {
     /// `i` must stay inside the allocation.
     pub(crate) unsafe fn at(self, i: usize) -> *mut f32 {
         self.0.add(i)
+    }
+}
+
+/// Runs a forward pass `f` where [`tuning::Tuning::forward_in_pool`] says: on a thread of the
+/// compute pool (rayon's global pool), waiting for it, or on the calling thread. On a pool thread
+/// each parallel loop costs the push of a task (its own thread runs part of the loop, an idle one
+/// steals the rest); started on any other thread (the engine's) it goes through the pool's
+/// injector and puts the caller to sleep until the loop ends: 12-15 µs per fork-join on the
+/// 2-core EPYC, with 121 matrix products and 30 attentions per SmolLM2-135M decode step
+/// (`cargo bench -p tokenfab-backend --bench decode` measures both ways). Called on a pool
+/// thread, `f` runs in place either way.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if tuning::get().tuning.forward_in_pool {
+        rayon::scope(|_| f())
+    } else {
+        f()
     }
 }
 

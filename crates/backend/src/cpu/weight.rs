@@ -95,6 +95,15 @@ impl Weight {
         }
     }
 
+    /// Builds the repacked copies the CPU kernels read (see [`QMatrix::prepack`]).
+    pub fn prepack(&self) {
+        match self {
+            Weight::F32(_) => {}
+            Weight::Quant(q) => q.prepack(),
+            Weight::Parts(parts) => parts.iter().for_each(Weight::prepack),
+        }
+    }
+
     /// Row `r` as f32 (embedding lookup).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         match self {

@@ -56,10 +56,6 @@ pub(crate) const QK: usize = 32;
 pub(crate) const NR: usize = 4;
 /// Output rows handed to one pool task: small enough to spread a single token over all cores.
 const ROWS_PER_TASK: usize = 32;
-/// Pool tasks per thread on the packed path: few enough that a fork-join stays cheap, enough
-/// that a thread slowed by another process does not hold up the rest.
-#[cfg(target_arch = "x86_64")]
-const TASKS_PER_THREAD: usize = 4;
 /// Batches of fewer rows quantize x on the calling thread.
 const PAR_QUANTIZE_ROWS: usize = 16;
 /// Batches of at least this many rows use a Q4 matrix's wide packing: its weights are reused by
@@ -70,11 +66,9 @@ const WIDE_MIN_ROWS: usize = 16;
 /// [`PackedPlan::row_blocks`]).
 #[cfg(target_arch = "x86_64")]
 const ROW_SPLIT_MIN_ROWS: usize = 12;
-/// ... when every thread reading all of the packed matrix reads at most this many bytes in all
-/// (2 threads: matrices up to 1.5 MiB, e.g. SmolLM2's q|k|v, o and down; with many threads the
-/// split by groups, which reads each byte once, wins).
-#[cfg(target_arch = "x86_64")]
-const ROW_SPLIT_MAX_BYTES: usize = 3 << 20;
+// ... when every thread reading all of the packed matrix reads at most
+// `Tuning::row_split_max_bytes` in all (chosen from the L2's size; with many threads the split
+// by groups, which reads each byte once, wins). Tasks per thread: `Tuning::tasks_per_thread`.
 
 /// A GGUF block format the quantized kernels read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -135,7 +129,7 @@ pub struct QMatrix {
     #[cfg(target_arch = "x86_64")]
     packed: OnceLock<Vec<u8>>,
     /// Q4_0/Q4_1 repacked with one byte per weight, for batches of [`WIDE_MIN_ROWS`] or more
-    /// rows (no nibble unpack in the kernel; 1.7x the bytes of `packed`), built on first use.
+    /// rows (no nibble unpack in the kernel; 1.8x the bytes of `packed`), built on first use.
     #[cfg(target_arch = "x86_64")]
     wide: OnceLock<Vec<u8>>,
 }
@@ -190,6 +184,32 @@ impl QMatrix {
     /// All the GGUF bytes, (rows, row_bytes).
     pub fn bytes(&self) -> &[u8] {
         &self.data
+    }
+
+    /// Builds now the repacked copies the packed path reads on this CPU (decode's, and for Q4
+    /// the wide one of batches of [`WIDE_MIN_ROWS`]+ rows), instead of in the first product
+    /// that needs each: that product was the first request's prefill, whose time they
+    /// dominated. Nothing to do where no packed path reads this format.
+    pub fn prepack(&self) {
+        #[cfg(target_arch = "x86_64")]
+        if packed::packs(Isa::detect(), self.ty) {
+            self.packed.get_or_init(|| packed::pack(self, false));
+            if self.ty != QType::Q8_0 {
+                self.wide.get_or_init(|| packed::pack(self, true));
+            }
+        }
+    }
+
+    /// Bytes of the repacked copies built so far (what the packed kernels read instead of
+    /// [`QMatrix::bytes`]; 0 where none is built).
+    pub fn packed_bytes(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        return [&self.packed, &self.wide]
+            .iter()
+            .filter_map(|p| p.get().map(Vec::len))
+            .sum();
+        #[cfg(not(target_arch = "x86_64"))]
+        0
     }
 }
 
@@ -637,15 +657,16 @@ fn packed_plan<'a>(
     };
     let groups = w.rows.div_ceil(packed::G);
     let threads = rayon::current_num_threads();
+    let tune = super::tuning::get().tuning;
     let row_blocks = if threads > 1
         && n >= ROW_SPLIT_MIN_ROWS * threads
-        && packed.len() * threads <= ROW_SPLIT_MAX_BYTES
+        && packed.len() * threads <= tune.row_split_max_bytes
     {
         threads
     } else {
         1
     };
-    let tasks = threads * TASKS_PER_THREAD;
+    let tasks = threads * tune.tasks_per_thread;
     let per = groups.div_ceil(tasks).next_multiple_of(2);
     let out = SendPtr(y.as_mut_ptr());
     let run = move |acts: &Acts, rows: Range<usize>, gr: Range<usize>| {
@@ -658,6 +679,7 @@ fn packed_plan<'a>(
             i1: rows.end,
             g0: gr.start,
             g1: gr.end,
+            prefetch: tune.prefetch_blocks,
             y: out,
             y_stride,
             y_col,

@@ -10,7 +10,8 @@
 
 use std::arch::x86_64::*;
 
-use super::packed::{PackedArgs, G};
+use super::packed::{code_bytes, group_block_bytes, offset_mul, PackedArgs, G};
+use super::QType;
 use super::QK;
 
 /// Rows of x per tile (one group of 16 rows of w, two halves): wide codes need no unpack
@@ -37,8 +38,8 @@ unsafe fn tile<const VNNI: bool, const WIDE: bool, const M: usize>(
     i0: usize,
 ) {
     let g = a.g;
-    let gbb = if WIDE { 640 } else { 384 };
-    let cb = gbb - 2 * G * 4;
+    let (gbb, cb) = (group_block_bytes(a.w.ty, WIDE), code_bytes(a.w.ty, WIDE));
+    let (mul, stored) = (offset_mul(a.w.ty), a.w.ty == QType::Q4_1);
     let base = a.packed.as_ptr().add(gi * g.nb * gbb);
     let mut qx = [std::ptr::null::<u8>(); M];
     let mut ds = [std::ptr::null::<f32>(); M];
@@ -81,11 +82,14 @@ unsafe fn tile<const VNNI: bool, const WIDE: bool, const M: usize>(
                 }
             }
         }
-        let dwp = blk.add(cb) as *const f32;
-        let mwp = blk.add(cb + 64) as *const f32;
         for h in 0..2 {
-            let dw = _mm256_loadu_ps(dwp.add(8 * h));
-            let mw = _mm256_loadu_ps(mwp.add(8 * h));
+            // 8 f16 scales (and Q4_1's offsets) of this half, widened (see `packed.rs`).
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(cb + 16 * h) as _));
+            let mw = if stored {
+                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(cb + 32 + 16 * h) as _))
+            } else {
+                _mm256_mul_ps(dw, _mm256_set1_ps(mul))
+            };
             for i in 0..M {
                 let xd = _mm256_set1_ps(*ds[i].add(2 * b));
                 let xs = _mm256_set1_ps(*ds[i].add(2 * b + 1));
@@ -133,7 +137,7 @@ unsafe fn groups<const VNNI: bool, const WIDE: bool>(a: &PackedArgs) {
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and AVX-VNNI; otherwise as [`super::packed::run`].
-#[target_feature(enable = "avx2,fma,avxvnni")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 pub(super) unsafe fn run_vnni<const WIDE: bool>(a: &PackedArgs) {
     groups::<true, WIDE>(a)
 }
@@ -143,7 +147,7 @@ pub(super) unsafe fn run_vnni<const WIDE: bool>(a: &PackedArgs) {
 /// # Safety
 /// The CPU must support AVX2 and FMA; `a.w` is Q4_0 or Q4_1; otherwise as
 /// [`super::packed::run`].
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn run_avx2<const WIDE: bool>(a: &PackedArgs) {
     groups::<false, WIDE>(a)
 }
