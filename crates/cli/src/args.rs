@@ -96,7 +96,7 @@ impl ModelArgs {
             "model loaded"
         );
         // The processor and the CPU kernels' parameters chosen for it (see cpu::tuning).
-        let cpu = tokenfab_backend::cpu::tuning::get().describe();
+        let cpu = tokenfab_engine::device::describe_cpu();
         tracing::info!(%cpu, "cpu kernels");
         Ok(m)
     }

@@ -22,22 +22,17 @@ async fn openai_python_sdk_smoke() {
     let s = Server::start(&["--api-key", "smoke-key"]);
     wait_ready(&s).await;
     let base = s.url("/v1");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(common::root().join("scripts/openai-smoke.py"))
-            .args(["--base-url", &base, "--api-key", "smoke-key"])
-            .output()
-            .expect("running python3")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "openai-smoke.py failed:\n{}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        s.log_text()
-    );
+    run_script(
+        &s,
+        "openai-smoke.py",
+        vec![
+            "--base-url".into(),
+            base,
+            "--api-key".into(),
+            "smoke-key".into(),
+        ],
+    )
+    .await;
 }
 
 /// Structured outputs and tool calls through the SDK (scripts/structured-check.py): a pydantic
@@ -60,10 +55,18 @@ async fn structured_outputs_and_tools_through_the_sdk() {
     let s = Server::start(&[]);
     wait_ready(&s).await;
     let base = s.url("/v1");
+    run_script(&s, "structured-check.py", vec!["--base-url".into(), base]).await;
+    // Masks were computed (and timed) for constrained rows.
+    assert!(s.metric("tokenfab:structured_mask_rows_total").await > 0.0);
+}
+
+/// Runs `python3 scripts/NAME ARGS...` against the server and fails with both outputs and the
+/// server's log unless it succeeds.
+async fn run_script(s: &Server, name: &'static str, args: Vec<String>) {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3")
-            .arg(common::root().join("scripts/structured-check.py"))
-            .args(["--base-url", &base])
+            .arg(common::root().join("scripts").join(name))
+            .args(args)
             .output()
             .expect("running python3")
     })
@@ -71,11 +74,9 @@ async fn structured_outputs_and_tools_through_the_sdk() {
     .unwrap();
     assert!(
         out.status.success(),
-        "structured-check.py failed:\n{}\n{}\nserver log:\n{}",
+        "{name} failed:\n{}\n{}\nserver log:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         s.log_text()
     );
-    // Masks were computed (and timed) for constrained rows.
-    assert!(s.metric("tokenfab:structured_mask_rows_total").await > 0.0);
 }

@@ -125,6 +125,12 @@ pub fn build_executor(model: Model, o: &ExecutorOptions) -> Result<Box<dyn Execu
     }
 }
 
+/// The processor and the CPU kernels' parameters chosen for it at start-up (the backend's
+/// `cpu::tuning`), for the log.
+pub fn describe_cpu() -> String {
+    tokenfab_backend::cpu::tuning::get().describe()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
