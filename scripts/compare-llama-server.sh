@@ -3,7 +3,8 @@
 # `tokenfab bench --compare` (runs interleaved A B A B), plus each server's capacity under an SLO.
 # Both servers listen on 127.0.0.1 only and are stopped at the end.
 #   usage: scripts/compare-llama-server.sh OUT_DIR [CONCURRENCY=1,8,32,64] [PROMPTS_PER_LOAD=64]
-#   NO_CAPACITY=1 skips the capacity search.
+#   NO_CAPACITY=1 skips the capacity search. TOKENFAB_SERVE_ARGS adds flags to `tokenfab serve`
+#   (e.g. '--speculative-config {"method":"ngram","num_speculative_tokens":5,"prompt_lookup_max":4,"prompt_lookup_min":2}').
 # Records how much CPU other processes used during the run (a fair comparison needs them idle).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,7 +18,9 @@ bin=$("$root/../shared/peers/llama-server.sh")
 tf=$root/target/release/tokenfab
 [[ -x $tf ]] || (cd "$root" && cargo build --release -p tokenfab)
 pa=${PORT_A:-18101}; pb=${PORT_B:-18102}
-"$tf" serve --model "$model" --host 127.0.0.1 --port "$pa" --threads "$threads" --max-num-seqs 256 >"$out/tokenfab.log" 2>&1 &
+# shellcheck disable=SC2086
+"$tf" serve --model "$model" --host 127.0.0.1 --port "$pa" --threads "$threads" --max-num-seqs 256 \
+  ${TOKENFAB_SERVE_ARGS:-} >"$out/tokenfab.log" 2>&1 &
 a=$!
 "$bin/llama-server" -m "$model" --host 127.0.0.1 --port "$pb" -np 64 -cb -t "$threads" -c 32768 >"$out/llama-server.log" 2>&1 &
 b=$!

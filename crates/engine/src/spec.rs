@@ -15,11 +15,11 @@
 //! the pass times the engine has seen for each number of rows ([`CostModel`]), and backs off
 //! (exponentially longer pauses) while its drafts keep failing.
 //!
-//! Structured outputs: a grammar matcher is one of the request's [`crate::LogitsProcessor`]s.
-//! Before a draft is scheduled, [`crate::Sampler::validate_draft`] cuts it to the prefix every
-//! processor allows (`LogitsProcessor::validate_draft`, llguidance's `validate_tokens`); during
-//! verification each position's mask is applied and `accept` called with the token kept, in
-//! order, so the matcher only ever advances over kept tokens and never needs to roll back.
+//! Structured outputs: constrained requests are not drafted (`EngineCore::propose` skips them):
+//! their grammar masks come from `constrained.rs`, one matcher state per step, and a draft's
+//! verification rows would each need the state after the draft tokens before them. A request's
+//! own [`crate::LogitsProcessor`]s can still cut a draft ([`crate::Sampler::validate_draft`]) to
+//! the prefix they allow.
 
 use serde_json::Value;
 
