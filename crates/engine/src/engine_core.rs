@@ -197,12 +197,14 @@ impl EngineCore {
             return Ok(());
         }
         let all_rows = self.wants_prompt_logprobs(&out);
+        // Masks overlap only a forward pass that leaves the CPU's cores free (a GPU's).
+        let overlap = self.runner.exec.device() != "cpu";
         let (runner, timer) = (&mut self.runner, &mut self.timer);
-        let (logits, failed) = self
-            .constrained
-            .masks_during(&out, &self.shared.metrics, || {
-                runner.execute(&out, |i| all_rows[i], timer)
-            });
+        let (logits, failed) =
+            self.constrained
+                .masks_during(&out, &self.shared.metrics, overlap, || {
+                    runner.execute(&out, |i| all_rows[i], timer)
+                });
         let mut logits = logits?;
         self.constrained.forget(&failed);
         self.constrained.apply(&out, &mut logits);

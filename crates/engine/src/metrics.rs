@@ -207,7 +207,8 @@ pub struct Metrics {
     /// Present when speculative decoding is configured (vLLM exports them only then too).
     pub spec: Option<SpecMetrics>,
     /// Structured outputs: per step with constrained rows, the wall time of computing their
-    /// masks (on the pool, while the forward runs) and the time the step then still waited.
+    /// masks and the part of it the step waited for (all of it on the CPU, where masks come
+    /// before the forward pass; what the forward did not hide on a GPU).
     pub structured_mask_seconds: Histogram,
     pub structured_mask_wait_seconds: Histogram,
     /// Constrained rows whose mask was computed (one per row per step).
@@ -454,7 +455,7 @@ impl Metrics {
             ),
             (
                 "structured_mask_wait_seconds",
-                "Per step with constrained rows: time the step waited for the masks after the forward pass.",
+                "Per step with constrained rows: time the step waited for the masks (all of it on the CPU, which computes them before the forward pass; on a GPU, what the forward pass did not hide).",
                 &self.structured_mask_wait_seconds,
             ),
         ] {
