@@ -23,7 +23,7 @@ fn checkpoint() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hf-export");
-        export_hf(&dir, &[]);
+        tokenfab_loader::testing::export_hf(&model(), &dir, &[]);
         dir
     })
 }
@@ -53,22 +53,6 @@ fn greedy_with(model: &Path, prompt: &str, extra: &[&str]) -> Vec<u32> {
     let out = tokenfab(&args);
     let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     serde_json::from_value(j["tokens"].clone()).unwrap()
-}
-
-/// `python3 scripts/export-hf.py MODEL DIR ARGS...` (needs the PyPI packages gguf and numpy).
-fn export_hf(dir: &Path, args: &[&str]) {
-    let out = Command::new("python3")
-        .arg(root().join("scripts/export-hf.py"))
-        .arg(model())
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("cannot run python3 scripts/export-hf.py");
-    assert!(
-        out.status.success(),
-        "export-hf.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -158,7 +142,7 @@ fn perplexity(model: &Path, extra: &[&str]) -> f64 {
 #[test]
 fn f32_checkpoint_quantized_to_q4_1_gives_the_gguf_greedy_tokens() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hf-export-f32");
-    export_hf(&dir, &["--dtype", "f32"]);
+    tokenfab_loader::testing::export_hf(&model(), &dir, &["--dtype", "f32"]);
     let gguf = tokenfab_loader::Gguf::open(model()).unwrap();
     let view = tokenfab_loader::hf::open(
         &dir,

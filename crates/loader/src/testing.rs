@@ -1,7 +1,7 @@
 //! For tests across the workspace: the checkout's root and the default model, which
 //! `scripts/fetch-model.sh` fetches from PyPI when it is missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The default model's file name, under `models/` in the checkout.
@@ -31,4 +31,23 @@ pub fn default_model() -> Result<PathBuf, String> {
         ));
     }
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// `python3 scripts/export-hf.py GGUF DIR ARGS...`: a Hugging Face checkpoint directory written
+/// from a GGUF file (needs the PyPI packages `gguf` and `numpy`); panics with the script's
+/// output when it fails.
+pub fn export_hf(gguf: &Path, dir: &Path, args: &[&str]) {
+    let out = Command::new("python3")
+        .arg(workspace_root().join("scripts/export-hf.py"))
+        .arg(gguf)
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("cannot run python3 scripts/export-hf.py");
+    assert!(
+        out.status.success(),
+        "export-hf.py {}: {}",
+        gguf.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
