@@ -53,6 +53,9 @@ pub(crate) struct EngineCore {
     cost: CostModel,
     /// Matchers of the constrained requests (structured outputs, tool calls).
     constrained: Constrained,
+    /// Grammar masks are computed beside the forward pass only when it leaves the CPU's cores
+    /// free (a GPU's); on the CPU, before it (`constrained.rs`).
+    overlap_masks: bool,
     /// Step and finish pace, for the Retry-After of refused requests.
     drain: DrainClock,
 }
@@ -100,6 +103,7 @@ impl EngineCore {
             .metrics
             .cache_config
             .set(cache_config_info(cfg, num_blocks));
+        let overlap_masks = exec.device() != "cpu";
         Ok(Self {
             runner: ModelRunner::new(exec),
             sched,
@@ -117,6 +121,7 @@ impl EngineCore {
             spec: cfg.speculative.clone(),
             cost: CostModel::default(),
             constrained: Constrained::default(),
+            overlap_masks,
             drain: DrainClock::default(),
         })
     }
@@ -197,8 +202,7 @@ impl EngineCore {
             return Ok(());
         }
         let all_rows = self.wants_prompt_logprobs(&out);
-        // Masks overlap only a forward pass that leaves the CPU's cores free (a GPU's).
-        let overlap = self.runner.exec.device() != "cpu";
+        let overlap = self.overlap_masks;
         let (runner, timer) = (&mut self.runner, &mut self.timer);
         let (logits, failed) =
             self.constrained
