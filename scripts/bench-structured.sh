@@ -8,9 +8,13 @@
 # Each phase keeps STREAMS streaming chat requests in flight (closed loop: a worker sends its
 # next request as soon as one ends) for WARMUP + SECONDS; output tok/s is the server's
 # `generation_tokens_total` over the SECONDS after the warm-up, so every figure is taken with the
-# batch full. Free requests: the same prompt, `max_tokens` FREE_TOKENS with `ignore_eos` (fixed
-# length, close to a JSON answer's). JSON requests: a 20-property schema (the one of
-# `cargo bench -p tokenfab-structured --bench masks`), which ends the output itself.
+# batch full. JSON requests: a 20-property schema (the one of
+# `cargo bench -p tokenfab-structured --bench masks`), which ends the output itself (or at
+# `max_tokens` 400). Free requests: the same prompt, `max_tokens` FREE_TOKENS with `ignore_eos`;
+# by default ("auto") the mean length of the JSON answers measured so far (each round with an
+# even number starts with its JSON phase), so both phases run the same context lengths and the
+# ratio is the constraint's cost rather than a difference in attention over longer outputs.
+# Every phase prints its mean output tokens per request and the engine's phase times per step.
 # Mask figures, per phase, from `tokenfab:structured_mask_seconds` (wall time of one step's
 # masks, computed on the pool while the forward runs), `..._wait_seconds` (what the step still
 # waited after the forward: the part the overlap did not hide) and `..._rows_total`.
@@ -18,7 +22,7 @@
 # process skews the result. Pass: the median ratio json/free >= 0.9.
 #
 # Env: TOKENFAB (default target/release/tokenfab, built if missing), MODEL, PORT (8791),
-# WARMUP (10 s), FREE_TOKENS (160), SERVE_ARGS (extra `serve` flags).
+# WARMUP (10 s), FREE_TOKENS (auto), SERVE_ARGS (extra `serve` flags).
 # Needs python3 with `openai`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +53,8 @@ import openai
 
 N, SECS, R = int(os.environ["STREAMS"]), float(os.environ["SECONDS_"]), int(os.environ["ROUNDS"])
 WARMUP = float(os.environ.get("WARMUP", "10"))
-FREE_TOKENS = int(os.environ.get("FREE_TOKENS", "160"))
+FREE_TOKENS = os.environ.get("FREE_TOKENS", "auto")
+json_lengths = []  # mean output tokens of each json phase so far
 BASE = f"http://127.0.0.1:{os.environ['PORT']}"
 PID = int(os.environ["SERVER_PID"])
 HZ = os.sysconf("SC_CLK_TCK")
@@ -97,8 +102,11 @@ def metrics():
         if line.startswith("tokenfab:") and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             key = name.split("{")[0]
-            if "_bucket" not in key:
-                out[key] = out.get(key, 0.0) + float(value)
+            if "_bucket" in key:
+                continue
+            if key.startswith("tokenfab:engine_phase") and 'phase="' in name:
+                key += ":" + name.split('phase="')[1].split('"')[0]
+            out[key] = out.get(key, 0.0) + float(value)
     return out
 
 
@@ -120,20 +128,24 @@ async def phase(kind):
         kw = dict(max_tokens=400, temperature=1.0, response_format={
             "type": "json_schema", "json_schema": {"name": "customer", "schema": SCHEMA}})
     else:
-        kw = dict(max_tokens=FREE_TOKENS, temperature=1.0, extra_body={"ignore_eos": True})
+        free = round(statistics.mean(json_lengths)) if FREE_TOKENS == "auto" else int(FREE_TOKENS)
+        kw = dict(max_tokens=free, temperature=1.0, extra_body={"ignore_eos": True})
     end = time.time() + WARMUP + SECS
-    done = [0, 0]  # finished requests, of which cut off by length
+    done = [0, 0, 0]  # finished requests, of which cut off by length, their output tokens
 
     async def worker(i):
         seed = i
         while time.time() < end:
             seed += 1000
             stream = await client.chat.completions.create(
-                model=model, messages=MESSAGES, stream=True, seed=seed, **kw)
+                model=model, messages=MESSAGES, stream=True, seed=seed,
+                stream_options={"include_usage": True}, **kw)
             finish = None
             async for chunk in stream:
                 for c in chunk.choices:
                     finish = c.finish_reason or finish
+                if chunk.usage:
+                    done[2] += chunk.usage.completion_tokens
             done[0] += 1
             done[1] += finish == "length"
 
@@ -147,14 +159,21 @@ async def phase(kind):
     tasks = [asyncio.create_task(worker(i)) for i in range(N)]
     m0, m1, b0, b1, c0, c1, dt = await window()
     await asyncio.gather(*tasks)
+    await client.close()
     d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
     other = max(0.0, (b1[0] - b0[0]) - (c1 - c0)) / max(b1[1] - b0[1], 1e-9) * 100
     steps = d.get("tokenfab:structured_mask_seconds_count", 0.0)
     rows = d.get("tokenfab:structured_mask_rows_total", 0.0)
     mask = d.get("tokenfab:structured_mask_seconds_sum", 0.0)
     wait = d.get("tokenfab:structured_mask_wait_seconds_sum", 0.0)
+    nsteps = max(d.get("tokenfab:engine_steps_total", 0.0), 1.0)
+    phases = {k.split(":", 2)[2]: (d[k] / nsteps * 1e3, d.get(k.replace("_seconds_sum", "_cpu_seconds_sum"), 0.0) / nsteps * 1e3)
+              for k in d if k.startswith("tokenfab:engine_phase_seconds_sum:")}
     return {
         "tok_s": d["tokenfab:generation_tokens_total"] / dt,
+        "tokens_per_request": done[2] / max(done[0], 1),
+        "step_ms": dt / nsteps * 1e3,
+        "phases": phases,
         "other_cpu_pct": other,
         "requests": done[0],
         "cut_by_length": done[1],
@@ -176,13 +195,18 @@ print("round kind   tok/s  other%  reqs  mask ms/step  mask us/row  rows/step  "
       "wait ms/step  hidden%")
 for r in range(R):
     res = {}
-    for kind in (("free", "json") if r % 2 == 0 else ("json", "free")):
+    for kind in (("json", "free") if r % 2 == 0 else ("free", "json")):
         p = asyncio.run(phase(kind))
+        if kind == "json":
+            json_lengths.append(p["tokens_per_request"])
         res[kind] = p
         print(f"{r:5} {kind:5} {p['tok_s']:7.1f} {p['other_cpu_pct']:6.1f} {p['requests']:5} "
               f"{fmt(p['mask_ms_per_step'], '12.2f')} {fmt(p['mask_us_per_row'], '12.1f')} "
               f"{fmt(p['rows_per_step'], '10.1f')} {fmt(p['wait_ms_per_step'], '13.2f')} "
               f"{fmt(p['hidden_pct'], '8.1f')}", flush=True)
+        print(f"      {p['tokens_per_request']:.0f} tokens per request, {p['step_ms']:.1f} ms per step; "
+              "phase wall/CPU ms per step: " + ", ".join(
+                  f"{k} {w:.2f}/{c:.2f}" for k, (w, c) in sorted(p["phases"].items()) if w >= 0.05))
         if kind == "json" and p["cut_by_length"]:
             print(f"      (json: {p['cut_by_length']} of {p['requests']} cut off by max_tokens)")
     rows.append(res)
