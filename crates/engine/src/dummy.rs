@@ -337,7 +337,8 @@ mod tests {
         let bf16 = llama_weight_bytes(c, false, GpuWeights::Bf16);
         let fp8 = llama_weight_bytes(c, false, GpuWeights::Fp8);
         let params = dc.n_params() as usize;
-        assert_eq!(bf16, 2 * params, "bf16: 2 bytes per parameter, norms 4");
+        let norms = 80 * 2 * 8192 + 8192;
+        assert_eq!(bf16, 2 * params + 2 * norms, "bf16: 2 bytes per weight, 4 per norm value");
         let embed = 2 * 128_256 * 8192;
         assert_eq!(
             fp8,
