@@ -236,6 +236,9 @@ pub fn build_gguf_with(
 }
 
 #[cfg(test)]
+mod device_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use tokenfab_loader::Gguf;
@@ -338,7 +341,11 @@ mod tests {
         let fp8 = llama_weight_bytes(c, false, GpuWeights::Fp8);
         let params = dc.n_params() as usize;
         let norms = 80 * 2 * 8192 + 8192;
-        assert_eq!(bf16, 2 * params + 2 * norms, "bf16: 2 bytes per weight, 4 per norm value");
+        assert_eq!(
+            bf16,
+            2 * params + 2 * norms,
+            "bf16: 2 bytes per weight, 4 per norm value"
+        );
         let embed = 2 * 128_256 * 8192;
         assert_eq!(
             fp8,
