@@ -202,12 +202,10 @@ impl Lt {
             .plans
             .lock()
             .map_err(|_| Error::Blas("the cuBLASLt plan lock is poisoned".into()))?;
-        let key = (g.n, g.inp, g.out);
-        if !plans.contains_key(&key) {
-            let p = self.plan(g.n, g.inp, g.out)?;
-            plans.insert(key, p);
-        }
-        let p = &plans[&key];
+        let p = match plans.entry((g.n, g.inp, g.out)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(g.n, g.inp, g.out)?),
+        };
         let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
         let (ws, _) = self.workspace.device_ptr(stream);
         // SAFETY: the plan's descriptors are live; scale pointers address (1,) f32 buffers and
