@@ -159,6 +159,16 @@ fn grid(x: usize, y: usize, threads: u32) -> LaunchConfig {
 }
 
 impl Gpu {
+    /// A bf16 K/V pair as [`KvPtrs`].
+    pub(crate) fn bf16_kv<T>(&self, k: &GpuBuf<T>, v: &GpuBuf<T>) -> KvPtrs {
+        KvPtrs {
+            k: self.ptr(k),
+            v: self.ptr(v),
+            len: (k.len(), v.len()),
+            fp8_scales: None,
+        }
+    }
+
     fn opt_ptr<T>(&self, b: Option<&GpuBuf<T>>) -> u64 {
         b.map_or(0, |b| self.ptr(b))
     }
@@ -274,12 +284,7 @@ impl Gpu {
         (k, v): (&mut GpuBuf<bf16>, &mut GpuBuf<bf16>),
         n: usize,
     ) -> Result<()> {
-        let kv = KvPtrs {
-            k: self.ptr(k),
-            v: self.ptr(v),
-            len: (k.len(), v.len()),
-            fp8_scales: None,
-        };
+        let kv = self.bf16_kv(k, v);
         self.launch_qkv_prep(qkv, a, kv, n)
     }
 
@@ -367,12 +372,7 @@ impl Gpu {
         (out, part): (&mut GpuBuf<bf16>, &mut GpuBuf<f32>),
         n: usize,
     ) -> Result<()> {
-        let kv = KvPtrs {
-            k: self.ptr(k),
-            v: self.ptr(v),
-            len: (k.len(), v.len()),
-            fp8_scales: None,
-        };
+        let kv = self.bf16_kv(k, v);
         self.launch_paged_attention(qkv, kv, a, (out, part), n)
     }
 

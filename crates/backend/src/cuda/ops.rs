@@ -98,22 +98,15 @@ impl DevKv {
 
     pub(crate) fn ptrs(&self, gpu: &Gpu) -> KvPtrs {
         match self {
-            DevKv::Bf16 { k, v } => KvPtrs {
-                k: gpu.ptr(k),
-                v: gpu.ptr(v),
-                len: (k.len(), v.len()),
-                fp8_scales: None,
-            },
+            DevKv::Bf16 { k, v } => gpu.bf16_kv(k, v),
             DevKv::Fp8 {
                 k,
                 v,
                 k_scale,
                 v_scale,
             } => KvPtrs {
-                k: gpu.ptr(k),
-                v: gpu.ptr(v),
-                len: (k.len(), v.len()),
                 fp8_scales: Some((*k_scale, *v_scale)),
+                ..gpu.bf16_kv(k, v)
             },
         }
     }

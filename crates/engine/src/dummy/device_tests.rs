@@ -1,6 +1,7 @@
 //! Dummy models made on the GPU against their CPU twins built on the host from the same seed
 //! (skipped without a device; `scripts/gpu-check.sh` runs them on one).
 
+use tokenfab_models::testing::worst_rel;
 use tokenfab_models::{CudaConfig, CudaExecutor, Executor, ForwardBatch, KvDtype, SeqSlice};
 
 use super::*;
@@ -63,16 +64,6 @@ fn run(e: &mut dyn Executor) -> Vec<Vec<f32>> {
         out.push(e.forward(&b).unwrap().to_vec());
     }
     out
-}
-
-fn worst_rel(got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| {
-            let spread = w.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-            g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / spread
-        })
-        .fold(0f32, f32::max)
 }
 
 /// bf16 weights made on the device are the host dummy's values rounded to bf16: the pass

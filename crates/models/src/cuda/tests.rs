@@ -6,7 +6,7 @@ use tokenfab_loader::{GgmlType, Gguf};
 use super::*;
 use crate::executor::CpuExecutor;
 use crate::kv::KvDtype;
-use crate::testing::{tiny_model, ARCHS};
+use crate::testing::{tiny_model, worst_rel, ARCHS};
 use crate::SeqSlice;
 
 const VOCAB: usize = 64;
@@ -153,17 +153,6 @@ fn table_capacity_covers_full_contexts() {
     let c = ModelConfig::from_gguf(&g).unwrap();
     let cap = table_cap(&c, 16, 4);
     assert_eq!(cap, 4 * c.context_len.div_ceil(16) + 1);
-}
-
-/// Largest |a - b| over the largest |b|, per step.
-fn worst_rel(got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| {
-            let spread = w.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-            g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / spread
-        })
-        .fold(0f32, f32::max)
 }
 
 /// FP8 weights (layers' matrices as E4M3 with a scale each, products through cuBLASLt) and an
