@@ -2,18 +2,22 @@
 //! activations quantized by a kernel before each product, the product by cuBLASLt on FP8 tensor
 //! cores (sm_89 Ada and sm_90 Hopper), an FP8 KV cache, and dummy weights generated on the device.
 //!
-//! Scales are **per tensor** for weights and activations (vLLM's `--quantization fp8`): cuBLASLt
-//! takes them as two device scalars (`A_SCALE_POINTER`, `B_SCALE_POINTER`) on every sm_89/sm_90
-//! cuBLAS since 11.8, so the product reads nothing but codes and the scales cost no pass of their
-//! own. Per-output-channel weight scales need cuBLASLt's outer-vector scaling (cuBLAS >= 12.9
-//! only) or an extra pass over the output; stacked matrices (Q|K|V, gate|up) share one scale, as
-//! vLLM's `requantize_with_max_scale` makes them. The activation scale is dynamic: the largest
-//! magnitude of the whole product input over 448, computed on the device every step.
+//! Weight scales are **per tensor** (vLLM's `--quantization fp8`): cuBLASLt takes one as a
+//! device scalar (`A_SCALE_POINTER`) on every sm_89/sm_90 cuBLAS since 11.8, so the product reads
+//! nothing but codes. Per-output-channel weight scales would need cuBLASLt's outer-vector scaling
+//! (cuBLAS >= 12.9 only) or a pass over the output; stacked matrices (Q|K|V, gate|up) share one
+//! scale, as vLLM's `requantize_with_max_scale` makes them. Activation scales are dynamic and
+//! **per row** (per token): a row's largest magnitude over 448, so a sequence's result does not
+//! depend on what else is in the batch (a per-tensor activation scale would couple every row of a
+//! step, padded graph rows included); the product runs with unit activation scale and one pass
+//! (`fp8_scale_rows`) multiplies each output row by its scale.
 //!
 //! Every conversion here has a CPU twin that the tests hold it to:
 //! - weight and activation quantization: `tokenfab_loader::quant::fp8::Fp8Matrix::quantize`
-//!   with [`Fp8Scaling::PerTensor`] (the kernels are its transliteration: the same amax, the same
-//!   `1 / scale`, the same round-to-nearest-even with saturation);
+//!   with [`Fp8Scaling::PerTensor`] for weights ([`quantize_reference`]) and
+//!   [`Fp8Scaling::PerRow`] for activations ([`quantize_rows_reference`]) (the kernel is its
+//!   transliteration: the same amax, the same `1 / scale`, the same round-to-nearest-even with
+//!   saturation);
 //! - the product: [`gemm_reference`] (codes times scales, f32 sums);
 //! - the KV cache: [`kv_encode`] / [`kv_decode`];
 //! - dummy weights: [`dummy_value`] and [`dummy_code`].
@@ -44,36 +48,34 @@ __device__ float block_max_abs(float v, float* shared32) {
     return t;
 }
 
-/* row_amax[t] = the largest finite |x[t, j]| of row t of x (n, cols) bf16. Grid: n blocks. */
-extern "C" __global__ void fp8_row_amax(const bf16_t* __restrict__ x, float* __restrict__ row_amax,
-                                        int cols) {
+/* Row t of x (n, cols) bf16 as E4M3 codes with the row's own scale (one block per row): s = the
+   row's largest finite |x| / 448 (1 when 0; NaN and inf do not set it), q = code(x * (1 / s)),
+   row_scale[t] = s. Rows never see each other: a row's codes do not depend on the batch. */
+extern "C" __global__ void fp8_quantize_rows(const bf16_t* __restrict__ x, fp8_t* __restrict__ q,
+                                             float* __restrict__ row_scale, int cols) {
     __shared__ float red[32];
-    const bf16_t* r = x + (size_t)blockIdx.x * cols;
+    size_t base = (size_t)blockIdx.x * cols;
     float m = 0.0f;
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-        float a = fabsf(bf2f(r[j]));
-        if (a <= 3.4e38f) m = fmaxf(m, a); /* NaN and inf do not set the scale */
+        float a = fabsf(bf2f(x[base + j]));
+        if (a <= 3.4e38f) m = fmaxf(m, a);
     }
-    m = block_max_abs(m, red);
-    if (threadIdx.x == 0) row_amax[blockIdx.x] = m;
-}
-
-/* q (n, cols) E4M3 codes of x (n, cols) bf16 with one scale for the whole tensor: s = amax / 448
-   over row_amax[0..n) (1 when 0), q = code(x * (1 / s)); block 0 writes s to *scale. Grid: n. */
-extern "C" __global__ void fp8_quantize_rows(const bf16_t* __restrict__ x,
-                                             const float* __restrict__ row_amax, int n,
-                                             fp8_t* __restrict__ q, float* __restrict__ scale,
-                                             int cols) {
-    __shared__ float red[32];
-    float m = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, row_amax[i]);
     m = block_max_abs(m, red);
     float s = m > 0.0f ? m / 448.0f : 1.0f;
     float inv = 1.0f / s;
-    size_t base = (size_t)blockIdx.x * cols;
     for (int j = threadIdx.x; j < cols; j += blockDim.x)
         q[base + j] = (fp8_t)f2e4m3(bf2f(x[base + j]) * inv);
-    if (blockIdx.x == 0 && threadIdx.x == 0) *scale = s;
+    if (threadIdx.x == 0) row_scale[blockIdx.x] = s;
+}
+
+/* y (n, out) f32 *= row_scale[row]: the activations' per-row scales, which cuBLASLt's scalar
+   scales cannot carry, applied after the product. Grid-stride over n * out. */
+extern "C" __global__ void fp8_scale_rows(float* __restrict__ y, const float* __restrict__ row_scale,
+                                          unsigned long long total, int out) {
+    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         i < total; i += stride)
+        y[i] *= row_scale[i / (unsigned long long)out];
 }
 
 /* splitmix64 of (key, i) as a uniform value in [-1, 1): crates/engine/src/dummy.rs's `value`,
@@ -152,8 +154,8 @@ __device__ __forceinline__ float e4m32f(unsigned int c) {
 
 /// Names of the FP8 kernels (listed in [`super::kernels::KERNELS`] too).
 pub const KERNELS: &[&str] = &[
-    "fp8_row_amax",
     "fp8_quantize_rows",
+    "fp8_scale_rows",
     "dummy_fill",
     "qkv_prep_fp8",
     "paged_attention_fp8",
@@ -164,8 +166,8 @@ const THREADS: u32 = 256;
 
 /// The FP8 kernels of one loaded module.
 pub(crate) struct Kernels {
-    row_amax: cudarc::driver::CudaFunction,
     quantize_rows: cudarc::driver::CudaFunction,
+    scale_rows: cudarc::driver::CudaFunction,
     dummy_fill: cudarc::driver::CudaFunction,
     pub(crate) qkv_prep: cudarc::driver::CudaFunction,
     pub(crate) paged_attention: cudarc::driver::CudaFunction,
@@ -175,8 +177,8 @@ impl Kernels {
     pub(crate) fn load(m: &std::sync::Arc<cudarc::driver::CudaModule>) -> Result<Self> {
         let f = |name: &str| m.load_function(name).map_err(Error::from);
         Ok(Self {
-            row_amax: f("fp8_row_amax")?,
             quantize_rows: f("fp8_quantize_rows")?,
+            scale_rows: f("fp8_scale_rows")?,
             dummy_fill: f("dummy_fill")?,
             qkv_prep: f("qkv_prep_fp8")?,
             paged_attention: f("paged_attention_fp8")?,
@@ -237,15 +239,13 @@ impl DevWeight {
     }
 }
 
-/// Per step: the quantized product input of an FP8 product and its scale, at fixed addresses
-/// (graphs replay them).
+/// Per step: the quantized product input of an FP8 product and its rows' scales, at fixed
+/// addresses (graphs replay them).
 pub struct Fp8Scratch {
     /// (rows, cols) codes of the current product's input.
     pub codes: GpuBuf<u8>,
-    /// (rows,) each row's largest magnitude.
-    pub row_amax: GpuBuf<f32>,
-    /// (1,) the input's scale.
-    pub scale: GpuBuf<f32>,
+    /// (rows,) each row's scale.
+    pub row_scale: GpuBuf<f32>,
 }
 
 impl Fp8Scratch {
@@ -253,8 +253,7 @@ impl Fp8Scratch {
     pub fn new(gpu: &Gpu, rows: usize, cols: usize) -> Result<Self> {
         Ok(Self {
             codes: gpu.zeros(rows * cols)?,
-            row_amax: gpu.zeros(rows)?,
-            scale: gpu.zeros(1)?,
+            row_scale: gpu.zeros(rows)?,
         })
     }
 }
@@ -278,9 +277,8 @@ fn rows_cfg(n: usize) -> cudarc::driver::LaunchConfig {
 }
 
 impl Gpu {
-    /// `s.codes (n, cols)` = the E4M3 codes of `x (n, cols)` with one dynamic scale in
-    /// `s.scale` (twin: `Fp8Matrix::quantize(x, n, cols, PerTensor)`). Two launches, no
-    /// synchronization: capturable.
+    /// `s.codes (n, cols)` = the E4M3 codes of `x (n, cols)`, each row with its own scale in
+    /// `s.row_scale` (twin: `Fp8Matrix::quantize(x, n, cols, PerRow)`). One launch.
     pub fn quantize_fp8(
         &self,
         x: &GpuBuf<bf16>,
@@ -290,29 +288,35 @@ impl Gpu {
     ) -> Result<()> {
         use cudarc::driver::PushKernelArg;
         check(
-            x.len() >= n * cols && s.codes.len() >= n * cols && s.row_amax.len() >= n,
+            x.len() >= n * cols && s.codes.len() >= n * cols && s.row_scale.len() >= n,
             "quantize_fp8",
         )?;
-        let (xp, ap, qp, sp) = (
-            self.ptr(x),
-            self.ptr(&s.row_amax),
-            self.ptr(&s.codes),
-            self.ptr(&s.scale),
-        );
-        let (nn, c) = (n as i32, cols as i32);
-        let mut b = self.stream.launch_builder(&self.k8.row_amax);
-        b.arg(&xp).arg(&ap).arg(&c);
-        // SAFETY: sizes checked above.
-        unsafe { b.launch(rows_cfg(n)) }?;
+        let (xp, qp, sp) = (self.ptr(x), self.ptr(&s.codes), self.ptr(&s.row_scale));
+        let c = cols as i32;
         let mut b = self.stream.launch_builder(&self.k8.quantize_rows);
-        b.arg(&xp).arg(&ap).arg(&nn).arg(&qp).arg(&sp).arg(&c);
-        // SAFETY: as above; `row_amax` holds n values written by the launch before.
+        b.arg(&xp).arg(&qp).arg(&sp).arg(&c);
+        // SAFETY: sizes checked above.
         unsafe { b.launch(rows_cfg(n)) }?;
         Ok(())
     }
 
-    /// `y (n, w.rows) f32 = x (n, w.cols) bf16 · wᵀ` with `w` in FP8: `x` quantized into
-    /// `scratch`, then cuBLASLt's FP8 product scaled by both scales.
+    /// `y (n, out) *= row_scale[row]`.
+    fn scale_rows(&self, y: u64, row_scale: &GpuBuf<f32>, n: usize, out: usize) -> Result<()> {
+        use cudarc::driver::PushKernelArg;
+        let (sp, total, o) = (self.ptr(row_scale), (n * out) as u64, out as i32);
+        let blocks = (n * out)
+            .div_ceil(THREADS as usize)
+            .clamp(1, 8 * self.info.multiprocessors.max(1));
+        let mut b = self.stream.launch_builder(&self.k8.scale_rows);
+        b.arg(&y).arg(&sp).arg(&total).arg(&o);
+        // SAFETY: `y` holds n * out f32 and `row_scale` n (the caller's checks).
+        unsafe { b.launch(rows_cfg(blocks)) }?;
+        Ok(())
+    }
+
+    /// `y (n, w.rows) f32 = x (n, w.cols) bf16 · wᵀ` with `w` in FP8: `x` quantized row by row
+    /// into `scratch`, cuBLASLt's FP8 product scaled by the weight's scale, then each output row
+    /// by its input row's scale.
     pub fn matmul_fp8(
         &self,
         x: &GpuBuf<bf16>,
@@ -332,7 +336,6 @@ impl Gpu {
         let lt = &self.lt;
         let g = super::fp8_lt::Fp8Gemm {
             x: self.ptr(&scratch.codes),
-            x_scale: self.ptr(&scratch.scale),
             w: self.ptr(&w.codes),
             w_scale: self.ptr(&w.scale),
             y: self.ptr(y),
@@ -342,7 +345,8 @@ impl Gpu {
             accumulate: false,
         };
         // SAFETY: every address is a live buffer of the shape `g` states (checked above).
-        unsafe { lt.gemm(&self.stream, g) }
+        unsafe { lt.gemm(&self.stream, g) }?;
+        self.scale_rows(g.y, &scratch.row_scale, n, w.rows)
     }
 
     /// `y = x · wᵀ` for a weight of either precision (`scratch` is used by FP8 weights only).
@@ -402,9 +406,15 @@ impl Gpu {
     }
 }
 
-/// CPU twin of [`Gpu::quantize_fp8`] and of weight quantization: one scale for the tensor.
+/// CPU twin of weight quantization: one scale for the tensor.
 pub fn quantize_reference(values: &[f32], rows: usize, cols: usize) -> Result<Fp8Matrix> {
     Fp8Matrix::quantize(values, rows, cols, Fp8Scaling::PerTensor)
+        .map_err(|e| Error::Memory(e.to_string()))
+}
+
+/// CPU twin of [`Gpu::quantize_fp8`]: each row of the activations with its own scale.
+pub fn quantize_rows_reference(values: &[f32], rows: usize, cols: usize) -> Result<Fp8Matrix> {
+    Fp8Matrix::quantize(values, rows, cols, Fp8Scaling::PerRow)
         .map_err(|e| Error::Memory(e.to_string()))
 }
 

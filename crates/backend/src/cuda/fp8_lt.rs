@@ -1,8 +1,8 @@
 //! cuBLASLt's FP8 product (loaded at run time with the other CUDA libraries, `.so.13` or
-//! `.so.12`): E4M3 weights times E4M3 activations, f32 accumulation, f32 output, each operand's
-//! per-tensor scale read from device memory (`A_SCALE_POINTER`, `B_SCALE_POINTER`), so the
-//! scale of a step's activations never comes back to the host and the call can be captured in a
-//! CUDA graph.
+//! `.so.12`): E4M3 weights times E4M3 activations, f32 accumulation, f32 output, the weight's
+//! per-tensor scale read from device memory (`A_SCALE_POINTER`; the activations' per-row scales
+//! are applied after, by `fp8_scale_rows`), so no scale comes back to the host and the call can be
+//! captured in a CUDA graph.
 //!
 //! Layout: row-major `y (n, out) = x (n, inp) · w (out, inp)ᵀ` is column-major
 //! `yᵀ (out, n) = w · xᵀ`: A = w with op T (lda = inp), B = x with op N (ldb = inp), C = D = y
@@ -26,9 +26,8 @@ const LT_WORKSPACE: usize = 32 << 20;
 /// One FP8 product's operands as device addresses, and its shape.
 #[derive(Clone, Copy, Debug)]
 pub struct Fp8Gemm {
-    /// (n, inp) E4M3 activations and their (1,) f32 scale.
+    /// (n, inp) E4M3 activations (unit scale here).
     pub x: u64,
-    pub x_scale: u64,
     /// (out, inp) E4M3 weights and their (1,) f32 scale.
     pub w: u64,
     pub w_scale: u64,
@@ -212,7 +211,6 @@ impl Lt {
         // the operands their shapes (the caller's promise).
         unsafe {
             set(p.desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &g.w_scale)?;
-            set(p.desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &g.x_scale)?;
             let [a, b, d] = p.layouts;
             ok(
                 "matmul",
@@ -262,7 +260,6 @@ mod tests {
     fn g(n: usize, inp: usize, out: usize) -> Fp8Gemm {
         Fp8Gemm {
             x: 0,
-            x_scale: 0,
             w: 0,
             w_scale: 0,
             y: 0,

@@ -22,8 +22,8 @@ pub const KERNELS: &[&str] = &[
     "argmax_rows",
     "sample_rows",
     // cuda/fp8.rs
-    "fp8_row_amax",
     "fp8_quantize_rows",
+    "fp8_scale_rows",
     "dummy_fill",
     "qkv_prep_fp8",
     "paged_attention_fp8",

@@ -36,24 +36,30 @@ fn exact(x: &[f32], w: &[f32], n: usize, inp: usize, out: usize) -> (Vec<f64>, V
 #[test]
 fn fp8_product_reference_is_within_fp8_error_of_the_exact_product() {
     let (n, inp, out) = (6, 128, 48);
-    // Activations with one outlier row (per-tensor scales make the others coarser).
+    // Activations with one outlier row (its own scale; the other rows keep theirs).
     let mut x = values(n * inp, 11);
     x[3 * inp + 5] = 9.0;
     let w: Vec<f32> = values(out * inp, 12).iter().map(|v| v * 0.05).collect();
-    let xq = quantize_reference(&x, n, inp).unwrap();
+    let xq = quantize_rows_reference(&x, n, inp).unwrap();
     let wq = quantize_reference(&w, out, inp).unwrap();
     assert_eq!(
         (xq.scales.len(), wq.scales.len()),
-        (1, 1),
-        "one scale per tensor"
+        (n, 1),
+        "a scale per row, one per weight"
     );
-    assert_eq!(xq.scales[0], 9.0 / E4M3_MAX);
+    assert_eq!(
+        xq.scales[3],
+        9.0 / E4M3_MAX,
+        "the outlier sets its own row's scale only"
+    );
+    assert!(xq.scales[2] < 1.0 / E4M3_MAX);
     let got = gemm_reference(&xq, &wq);
     let (want, mag) = exact(&x, &w, n, inp, out);
-    let (sx, sw) = (xq.scales[0] as f64, wq.scales[0] as f64);
+    let sw = wq.scales[0] as f64;
     let xmax = x.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
     let wmax = w.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
     for i in 0..n * out {
+        let sx = xq.scales[i / out] as f64;
         let floor = inp as f64 * (sx / 1024.0 * wmax + sw / 1024.0 * xmax);
         let bound = mag[i] * (2.0 / 16.0 + 1.0 / 256.0) + floor + 1e-6;
         assert!(
@@ -68,8 +74,9 @@ fn fp8_product_reference_is_within_fp8_error_of_the_exact_product() {
     assert!(worst > 1e-5, "{worst}");
 }
 
-/// Quantizing bf16 activations: the twin of `fp8_quantize_rows` takes the largest magnitude of
-/// the whole input, ignores NaN/inf for the scale, and saturates inf.
+/// Quantizing bf16 activations: the twin of `fp8_quantize_rows` takes each row's largest
+/// magnitude, ignores NaN/inf for the scale, and saturates inf; a row's codes do not depend on
+/// the other rows.
 #[test]
 fn activation_quantization_twin() {
     let mut x = values(4 * 32, 3);
@@ -77,11 +84,16 @@ fn activation_quantization_twin() {
     x[9] = f32::NAN;
     x[40] = -2.5;
     let xb: Vec<f32> = bf(&x).iter().map(|v| v.to_f32()).collect();
-    let q = quantize_reference(&xb, 4, 32).unwrap();
-    assert_eq!(q.scales, vec![2.5 / E4M3_MAX]);
+    let q = quantize_rows_reference(&xb, 4, 32).unwrap();
+    assert_eq!(q.scales.len(), 4);
+    assert_eq!(q.scales[1], 2.5 / E4M3_MAX);
     assert_eq!(q.codes[40], 0xfe, "the amax maps to -448");
     assert_eq!(q.codes[7], 0x7e, "inf saturates");
     assert_eq!(q.codes[9], 0x7f, "NaN stays NaN");
+    let alone = quantize_rows_reference(&xb[64..96], 1, 32).unwrap();
+    assert_eq!(alone.codes, q.codes[64..96], "row 2 alone or in a batch");
+    assert_eq!(alone.scales[0], q.scales[2]);
+    let q = quantize_reference(&xb, 4, 32).unwrap();
     // Quantizing what a quantization gave back gives the same codes (weights uploaded from a
     // model already rounded through FP8 are not rounded twice).
     let back = q.dequantize();
@@ -160,7 +172,7 @@ fn gpu() -> Option<Gpu> {
     }
 }
 
-/// The device's activation codes and scale equal the twin's exactly; its FP8 product is the
+/// The device's activation codes and row scales equal the twin's exactly; its FP8 product is the
 /// reference's up to f32 summation order (tolerance fit to FP8 against the exact product is the
 /// test above).
 #[test]
@@ -172,7 +184,7 @@ fn device_fp8_product_matches_the_cpu_reference() {
             .map(|v| v.to_f32())
             .collect();
         let w: Vec<f32> = values(out * inp, 22).iter().map(|v| v * 0.02).collect();
-        let xq = quantize_reference(&x, n, inp).unwrap();
+        let xq = quantize_rows_reference(&x, n, inp).unwrap();
         let wq = quantize_reference(&w, out, inp).unwrap();
         let dx = g.upload(&bf(&x)).unwrap();
         let dw = DevFp8Matrix {
@@ -185,7 +197,7 @@ fn device_fp8_product_matches_the_cpu_reference() {
         let mut y = g.zeros::<f32>(n * out).unwrap();
         g.matmul_fp8(&dx, &dw, &mut y, n, &mut s).unwrap();
         assert_eq!(g.read(&s.codes, n * inp).unwrap(), xq.codes, "({n}, {inp})");
-        assert_eq!(g.read(&s.scale, 1).unwrap(), xq.scales);
+        assert_eq!(g.read(&s.row_scale, n).unwrap(), xq.scales);
         let got = g.read(&y, n * out).unwrap();
         let want = gemm_reference(&xq, &wq);
         let top = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
