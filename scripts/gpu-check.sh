@@ -3,25 +3,28 @@
 # there: build here and carry along
 #   target/release/tokenfab                         cargo build --release -p tokenfab (then
 #                                                   strip --strip-debug it: 85 MB with debug info)
-#   the backend's and models' test binaries         scripts/gpu-check.sh --build-tests (here)
+#   the backend's, models' and engine's test binaries   scripts/gpu-check.sh --build-tests (here)
 # then on the GPU machine: scripts/gpu-check.sh OUTPUT_DIR. Writes logs and JSON into OUTPUT_DIR.
 #   (0) environment, library versions, every kernel compiled for the device's own sm;
-#   (1) each device op against the CPU's on the same inputs (bf16 tolerances): the backend's
-#       cuda::device_tests, then the CUDA executor against the CPU forward pass on every
-#       architecture's tiny model (models' cuda::tests);
+#   (1) each device op against the CPU's on the same inputs (bf16 and FP8 tolerances): the
+#       backend's cuda::device_tests and cuda::fp8 (the FP8 product against its CPU reference,
+#       activation codes and dummy weights bit for bit against their twins), then the CUDA
+#       executor against the CPU forward pass on every architecture's tiny model, FP8 weights
+#       and FP8 KV against the CPU and FP8 KV against bf16 KV (models' cuda::tests), and dummy
+#       models made on the device against their host twins (engine's dummy::device_tests);
 #   (2) the whole model by teacher forcing: the CPU's greedy continuations of 8 prompts
 #       (--dummy-weights smollm2-135m, bf16) scored on both devices: the largest difference of
 #       a forced token's log-probability (< 0.1 passes) and top-1 agreement per position;
-#   (3) ceilings (copy bandwidth, bf16 GEMM) and throughput: llama3-8b bf16 dummy weights served
-#       on the GPU, `tokenfab bench` at 1, 64, 256 and 1024 streams, 128 in / 128 out.
-# Not run, and said so in the log: FP8 timings (8B FP8, 70B FP8 at >= 10 tok/s per user) need
-# FP8 weights on the device, which tokenfab does not have yet (docs/gpu.md).
+#   (3) ceilings (copy bandwidth, bf16 GEMM) and throughput, 128 in / 128 out: llama3-8b bf16
+#       and FP8 dummy weights at 1, 64, 256 and 1024 streams; llama3-70b FP8 (weights made on the
+#       device, FP8 KV) at 64, 256 and 512 streams and the capacity search for users held at
+#       >= 10 tok/s each (`--slo tpot=100`).
 set -uo pipefail
 TESTS_DIR="target/gpu-tests"
 if [[ "${1:-}" == "--build-tests" ]]; then
   mkdir -p "$TESTS_DIR"
   CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}" cargo test --release -p tokenfab-backend -p tokenfab-models \
-    --lib --no-run --message-format=json 2>/dev/null |
+    -p tokenfab-engine --lib --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -67,12 +70,14 @@ timeout 60 "$BIN" gpu-probe --compile-kernels --arch "sm_${SM:-90}" > "$OUT/kern
 log "compile-kernels sm_${SM:-90} rc=$? $(grep -c ' ok$' "$OUT/kernels.txt") ok"
 
 # (1) device ops and the executor against the CPU.
-for T in tokenfab_backend tokenfab_models; do
-  if [[ -x "$TESTS_DIR/$T" ]]; then
-    timeout 120 "$TESTS_DIR/$T" cuda:: --test-threads 1 > "$OUT/ops-$T.txt" 2>&1
-    log "ops $T rc=$? $(grep -E '^test result' "$OUT/ops-$T.txt") skipped=$(grep -c '^skipped' "$OUT/ops-$T.txt")"
+for T in tokenfab_backend:cuda:: tokenfab_models:cuda:: tokenfab_engine:dummy::device_tests; do
+  B=${T%%:*} F=${T#*:}
+  if [[ -x "$TESTS_DIR/$B" ]]; then
+    timeout 120 "$TESTS_DIR/$B" "$F" --test-threads 1 --nocapture > "$OUT/ops-$B.txt" 2>&1
+    log "ops $B $F rc=$? $(grep -E '^test result' "$OUT/ops-$B.txt") skipped=$(grep -c '^skipped' "$OUT/ops-$B.txt")"
+    grep -E '^(fp8 product|device (bf16|fp8) dummy|llama|qwen2): ' "$OUT/ops-$B.txt" | while read -r L; do log "  $L"; done
   else
-    log "ops $T: no test binary in $TESTS_DIR (run scripts/gpu-check.sh --build-tests where cargo is)"
+    log "ops $B: no test binary in $TESTS_DIR (run scripts/gpu-check.sh --build-tests where cargo is)"
   fi
 done
 
@@ -127,31 +132,62 @@ log "gpu-probe --probe"
 timeout 120 "$BIN" gpu-probe --probe > "$OUT/probe.json" 2> "$OUT/probe.log"
 log "probe rc=$? $(cat "$OUT/probe.json")"
 PORT=8123
-log "serve llama3-8b bf16"
-"$BIN" serve --device cuda --dummy-weights llama3-8b --dummy-dtype bf16 --port "$PORT" \
-  --max-num-seqs 1024 --max-num-batched-tokens 8192 --gpu-memory-utilization 0.9 \
-  > "$OUT/serve.log" 2>&1 &
-SERVE=$!
-for _ in $(seq 1 240); do
-  curl -sf "http://127.0.0.1:$PORT/ready" > /dev/null 2>&1 && break
-  kill -0 "$SERVE" 2>/dev/null || break
-  sleep 1
-done
-if curl -sf "http://127.0.0.1:$PORT/ready" > /dev/null 2>&1; then
-  log "server ready"
-  for C in 1 64 256 1024; do
-    LEFT=$(( 460 - $(elapsed) ))
-    if [ "$LEFT" -lt 20 ]; then log "bench c=$C skipped: out of time"; continue; fi
+# serve NAME ARGS...: starts a server with ARGS, waits until it is ready.
+serve() {
+  local name=$1; shift
+  "$BIN" serve --device cuda --port "$PORT" --gpu-memory-utilization 0.9 "$@" \
+    > "$OUT/serve-$name.log" 2>&1 &
+  SERVE=$!
+  for _ in $(seq 1 240); do
+    curl -sf "http://127.0.0.1:$PORT/ready" > /dev/null 2>&1 && return 0
+    kill -0 "$SERVE" 2>/dev/null || return 1
+    sleep 1
+  done
+  return 1
+}
+stop() { kill "$SERVE" 2>/dev/null; wait "$SERVE" 2>/dev/null; }
+# bench NAME UNTIL C...: 128 in / 128 out at each concurrency while time is left before UNTIL s.
+bench() {
+  local name=$1 until=$2; shift 2
+  for C in "$@"; do
+    LEFT=$(( until - $(elapsed) ))
+    if [ "$LEFT" -lt 20 ]; then log "bench $name c=$C skipped: out of time"; continue; fi
     N=$(( C < 16 ? 16 : C * 2 ))
     timeout "$LEFT" "$BIN" bench --url "http://127.0.0.1:$PORT" --concurrency "$C" \
       --num-prompts "$N" --input-len 128 --output-len 128 --ignore-eos --warmup 4 --quiet \
-      --json "$OUT/bench-c$C.json" > "$OUT/bench-c$C.txt" 2> "$OUT/bench-c$C.log"
-    log "bench c=$C rc=$? $(tail -n 5 "$OUT/bench-c$C.txt" | tr '\n' ' ')"
+      --json "$OUT/bench-$name-c$C.json" > "$OUT/bench-$name-c$C.txt" 2> "$OUT/bench-$name-c$C.log"
+    log "bench $name c=$C rc=$? $(tail -n 5 "$OUT/bench-$name-c$C.txt" | tr '\n' ' ')"
   done
+}
+BATCH=(--max-num-seqs 1024 --max-num-batched-tokens 8192)
+for W in bf16 fp8; do
+  [[ $W == fp8 ]] && UNTIL=300 || UNTIL=200
+  log "serve llama3-8b $W"
+  # Weights made on the device from the seed: no 16 GB host build before the server starts.
+  if serve "8b-$W" --dummy-weights llama3-8b --dummy-dtype "$W" --dummy-on-device "${BATCH[@]}"; then
+    log "server ready: $(grep -m1 'cuda:0' "$OUT/serve-8b-$W.log")"
+    bench "8b-$W" "$UNTIL" 1 64 256 1024
+  else
+    log "8b $W server did not become ready; see serve-8b-$W.log"
+  fi
+  stop
+done
+log "serve llama3-70b fp8 (weights made on the device), fp8 KV"
+if serve 70b-fp8 --dummy-weights llama3-70b --dummy-dtype fp8 --kv-cache-dtype fp8 \
+  --max-num-seqs 512 --max-num-batched-tokens 8192; then
+  log "server ready: $(grep -m1 'cuda:0' "$OUT/serve-70b-fp8.log")"
+  bench 70b-fp8 400 64 256 512
+  LEFT=$(( 470 - $(elapsed) ))
+  if [ "$LEFT" -ge 30 ]; then
+    timeout "$LEFT" "$BIN" bench --url "http://127.0.0.1:$PORT" --capacity --slo tpot=100 \
+      --capacity-max 1024 --input-len 128 --output-len 128 --ignore-eos --warmup 4 --quiet \
+      --json "$OUT/capacity-70b-fp8.json" > "$OUT/capacity-70b-fp8.txt" 2> "$OUT/capacity-70b-fp8.log"
+    log "capacity 70b fp8 (>= 10 tok/s per user) rc=$? $(tail -n 5 "$OUT/capacity-70b-fp8.txt" | tr '\n' ' ')"
+  else
+    log "capacity 70b fp8 skipped: out of time"
+  fi
 else
-  log "server did not become ready; see serve.log"
+  log "70b fp8 server did not become ready; see serve-70b-fp8.log"
 fi
-kill "$SERVE" 2>/dev/null
-wait "$SERVE" 2>/dev/null
-log "not run: 8B FP8 and 70B FP8 timings (no FP8 weights on the device yet; docs/gpu.md)"
+stop
 log "done in $(elapsed)s"

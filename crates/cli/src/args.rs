@@ -24,7 +24,8 @@ pub struct ModelArgs {
     pub model: Option<PathBuf>,
     /// Checkpoint directories: how weight matrices are stored once loaded: auto (q8_0 for
     /// bf16/f16 checkpoints, for the CPU's quantized kernels), none (as stored), q8_0, q4_0, q4_1,
-    /// fp8 (E4M3 with per-row scales, rounded and kept as f32: FP8's accuracy, not its memory).
+    /// fp8 (E4M3 with a scale per tensor: on CUDA (sm_89/sm_90) the layers' matrices are stored
+    /// as FP8 and multiplied by cuBLASLt; on the CPU rounded and kept as f32, FP8's accuracy).
     #[arg(long, default_value = "auto")]
     pub quantization: Quantization,
     /// Worker threads [default: the cores this process may use].
@@ -37,9 +38,14 @@ pub struct ModelArgs {
     /// Seed of the dummy weights (the same seed gives the same weights on every backend).
     #[arg(long, default_value_t = 0)]
     pub dummy_seed: u64,
-    /// Storage type of the dummy weight matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k.
+    /// Storage type of the dummy weight matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k,
+    /// or fp8 (E4M3 layers generated on the GPU, sm_89/sm_90: no host copy, so llama3-70b fits).
     #[arg(long, default_value = "q8_0")]
     pub dummy_dtype: String,
+    /// Generate the dummy weights on the GPU from the seed instead of building them in host
+    /// memory (bf16 layers; implied by `--dummy-dtype fp8`). CUDA only.
+    #[arg(long)]
+    pub dummy_on_device: bool,
     /// A chat template file (Jinja, as `tokenizer.chat_template`) to use instead of the model
     /// file's own, e.g. `templates/gemma3.jinja` for a GGUF that carries none.
     #[arg(long)]
@@ -57,9 +63,20 @@ impl ModelArgs {
         }
         let t = std::time::Instant::now();
         let (m, path) = if let Some(preset) = &self.dummy_weights {
-            let ty = parse_dtype(&self.dummy_dtype)?;
-            let m = LoadedModel::dummy(preset, self.dummy_seed, ty)
-                .with_context(|| format!("building dummy weights `{preset}`"))?;
+            let fp8 = self.dummy_dtype.eq_ignore_ascii_case("fp8");
+            let m = if fp8 || self.dummy_on_device {
+                use tokenfab_engine::GpuWeights;
+                anyhow::ensure!(
+                    fp8 || self.dummy_dtype.eq_ignore_ascii_case("bf16"),
+                    "--dummy-on-device makes bf16 or fp8 weights (--dummy-dtype bf16 or fp8). Given: {}",
+                    self.dummy_dtype
+                );
+                let w = if fp8 { GpuWeights::Fp8 } else { GpuWeights::Bf16 };
+                tokenfab_engine::dummy::device_model(preset, self.dummy_seed, w)
+            } else {
+                LoadedModel::dummy(preset, self.dummy_seed, parse_dtype(&self.dummy_dtype)?)
+            }
+            .with_context(|| format!("building dummy weights `{preset}`"))?;
             (m, PathBuf::from(format!("dummy:{preset}")))
         } else {
             let path = match &self.model {
@@ -75,8 +92,11 @@ impl ModelArgs {
             let hf = HfOptions {
                 quantization: self.quantization,
             };
-            let m = LoadedModel::load_with(&path, &hf)
+            let mut m = LoadedModel::load_with(&path, &hf)
                 .with_context(|| format!("loading {}", path.display()))?;
+            if self.quantization == Quantization::Fp8 {
+                m.model.gpu_weights = tokenfab_engine::GpuWeights::Fp8;
+            }
             (m, path)
         };
         let mut m = m;
@@ -167,7 +187,7 @@ fn parse_dtype(s: &str) -> Result<GgmlType> {
         "q4_1" => GgmlType::Q4_1,
         "q4_k" => GgmlType::Q4K,
         "q6_k" => GgmlType::Q6K,
-        other => anyhow::bail!("--dummy-dtype must be one of f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k. Given: {other}"),
+        other => anyhow::bail!("--dummy-dtype must be one of f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k, fp8. Given: {other}"),
     })
 }
 

@@ -38,8 +38,9 @@ pub struct Args {
     /// KV cache size: bytes (`2GiB`, `512MiB`, `1000000`) or a share of system memory (`10%`).
     #[arg(long, default_value = "1GiB")]
     pub kv_cache_memory: String,
-    /// How the CPU's KV cache stores K and V: auto (= f16, llama.cpp's default), f16, f32, or
-    /// q8_0 (llama.cpp's 8-bit blocks: 32 int8 and one f16 scale; about half of f16's bytes).
+    /// How the KV cache stores K and V: auto (= f16, llama.cpp's default; bf16 on CUDA), f16,
+    /// f32, q8_0 (llama.cpp's 8-bit blocks: 32 int8 and one f16 scale; about half of f16's
+    /// bytes; CPU only), or fp8 (E4M3 with a scale, one byte per value, as vLLM's; CUDA only).
     #[arg(long, default_value = "auto")]
     pub kv_cache_dtype: tokenfab_engine::KvDtype,
     /// Tokens per KV block.

@@ -55,7 +55,7 @@ pub struct ExecutorOptions {
     pub block_size: usize,
     /// CPU: bytes of the KV pool.
     pub kv_cache_bytes: usize,
-    /// CPU: how the pool stores K and V.
+    /// How the pool stores K and V (CUDA: f16 as bf16, or fp8; CPU: f16, f32, q8_0).
     pub kv_dtype: KvDtype,
     /// CUDA: fraction of device memory to use; the KV pool gets what is left after the weights.
     pub gpu_memory_utilization: f32,
@@ -94,6 +94,7 @@ pub fn build_executor(model: Model, o: &ExecutorOptions) -> Result<Box<dyn Execu
                 max_batch_tokens: o.max_batch_tokens,
                 max_graph_batch: o.max_graph_batch,
                 max_blocks: o.max_blocks,
+                kv_dtype: o.kv_dtype,
             };
             let exec = CudaExecutor::new(&model, &cfg)?;
             tracing::info!(device = %exec.device(), blocks = exec.num_blocks(), "model on the GPU");

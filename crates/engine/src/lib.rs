@@ -41,5 +41,6 @@ pub use profile::{EnginePhase, ForwardProfile, HttpTimer};
 pub use request::{check_token_id, EngineRequest, StreamEvent, TokenLogprob, Usage};
 pub use sampler::{LogitsProcessor, Sampler};
 pub use spec::SpeculativeConfig;
+pub use tokenfab_models::GpuWeights;
 pub use tokenfab_scheduler::HashAlgo;
 pub use tokenfab_scheduler::SchedulerError;

@@ -5,8 +5,10 @@
 //! replayed as CUDA graphs.
 //!
 //! Precision: weights bf16 (converted from the host model's f32 on upload; exact for bf16
-//! files), product inputs bf16 with f32 accumulation and f32 outputs, the residual stream f32, K/V
-//! bf16, attention and softmax f32. RoPE's cos/sin are the host's own values (a table per
+//! files) or, with [`GpuWeights::Fp8`], the layers' matrices as E4M3 codes with a per-tensor
+//! scale (products through cuBLASLt, inputs quantized per step on the device); product inputs
+//! bf16 with f32 accumulation and f32 outputs, the residual stream f32, K/V bf16 or E4M3
+//! (`--kv-cache-dtype fp8`), attention and softmax f32. RoPE's cos/sin are the host's own values (a table per
 //! position computed once with `Rope::angles`).
 //!
 //! Decode steps (one row per sequence, logits for every row) run as CUDA graphs captured per
@@ -19,6 +21,7 @@ use half::bf16;
 use rayon::prelude::*;
 use tokenfab_backend::cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use tokenfab_backend::cuda::cudarc::driver::CudaGraph;
+use tokenfab_backend::cuda::fp8::{self, DevFp8Matrix, DevWeight, Fp8Scratch};
 use tokenfab_backend::cuda::graphs::{GraphCache, GraphStep};
 use tokenfab_backend::cuda::kernels::MAX_HEAD_DIM;
 use tokenfab_backend::cuda::launch::{DevMatrix, DevRope};
@@ -33,8 +36,23 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::forward::{forward, Acts};
+use crate::kv::KvDtype;
 use crate::model::Model;
-use crate::weight::{Weight, Weights};
+use crate::weight::{MatrixRole, Weight, Weights};
+
+/// How a GPU stores the layers' weight matrices (the embedding and output matrices stay bf16, as
+/// vLLM keeps `lm_head` unquantized).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuWeights {
+    #[default]
+    Bf16,
+    /// E4M3 codes with one f32 scale per matrix; products through cuBLASLt on sm_89/sm_90.
+    Fp8,
+}
+
+/// The scale of an FP8 KV cache's K and V codes: 1, as vLLM's when a checkpoint carries no
+/// calibrated `k_scale`/`v_scale` (E4M3's ±448 holds K and V of the models served here).
+pub const FP8_KV_SCALE: f32 = 1.0;
 
 /// How to place a model on a device.
 #[derive(Clone, Debug)]
@@ -50,6 +68,8 @@ pub struct CudaConfig {
     pub max_graph_batch: usize,
     /// At most this many KV blocks (a single-sequence session needs few).
     pub max_blocks: Option<usize>,
+    /// The pool's storage: f16 (stored as bf16, the default) or fp8 (E4M3, [`FP8_KV_SCALE`]).
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for CudaConfig {
@@ -61,6 +81,20 @@ impl Default for CudaConfig {
             max_batch_tokens: 512,
             max_graph_batch: 256,
             max_blocks: None,
+            kv_dtype: KvDtype::F16,
+        }
+    }
+}
+
+impl CudaConfig {
+    /// Bytes of one K or V value in the pool, or an error naming a dtype a GPU does not store.
+    pub fn kv_elem_bytes(&self) -> Result<usize> {
+        match self.kv_dtype {
+            KvDtype::F16 => Ok(2),
+            KvDtype::Fp8 => Ok(1),
+            d => Err(Error::Config(format!(
+                "`--kv-cache-dtype {d}` is not supported on CUDA devices (f16, stored as bf16, or fp8)"
+            ))),
         }
     }
 }
@@ -107,7 +141,7 @@ pub struct CudaExecutor {
     block_size: usize,
     num_blocks: usize,
     weight_bytes: usize,
-    weights: Weights<DevMatrix, GpuBuf<f32>>,
+    weights: Weights<DevWeight, GpuBuf<f32>>,
     ropes: Vec<DevRope>,
     /// Per layer: ((num_blocks + 1) * block_size, kv_dim); the last block is scratch.
     kv: Vec<DevKv>,
@@ -125,6 +159,26 @@ fn to_bf16(m: &[f32]) -> Vec<bf16> {
     m.par_iter().map(|&v| bf16::from_f32(v)).collect()
 }
 
+/// One host matrix on the device: FP8 (quantized here with one scale, the twin of the device's
+/// activation quantization) for layer matrices when `fp8`, else bf16.
+fn upload_matrix(gpu: &Gpu, role: MatrixRole, w: &Weight, fp8: bool) -> Result<DevWeight> {
+    let m = w.f32();
+    if fp8 && role == MatrixRole::Layer {
+        let q = fp8::quantize_reference(&m.data, m.rows, m.cols)?;
+        return Ok(DevWeight::Fp8(DevFp8Matrix {
+            rows: m.rows,
+            cols: m.cols,
+            codes: gpu.upload(&q.codes)?,
+            scale: gpu.upload(&q.scales)?,
+        }));
+    }
+    Ok(DevWeight::Bf16(DevMatrix {
+        rows: m.rows,
+        cols: m.cols,
+        data: gpu.upload(&to_bf16(&m.data))?,
+    }))
+}
+
 impl CudaExecutor {
     /// Uploads `model` to device `cfg.ordinal` and sizes the KV pool from what memory is left.
     pub fn new(model: &Model, cfg: &CudaConfig) -> Result<Self> {
@@ -135,29 +189,40 @@ impl CudaExecutor {
                 c.head_dim
             )));
         }
+        let kv_elem = cfg.kv_elem_bytes()?;
         let gpu = Gpu::new(cfg.ordinal)?;
         gpu.bind()?;
-        footprint(model, cfg).check(
+        let fp8_weights = model.gpu_weights == GpuWeights::Fp8;
+        if fp8_weights {
+            fp8::check_fp8_device("`--quantization fp8`", gpu.info.compute_capability)?;
+        }
+        if cfg.kv_dtype == KvDtype::Fp8 {
+            fp8::check_fp8_device("`--kv-cache-dtype fp8`", gpu.info.compute_capability)?;
+        }
+        footprint(model, cfg)?.check(
             gpu.info.total_mem,
             gpu.info.free_mem,
             cfg.gpu_memory_utilization,
         )?;
         let bytes = Cell::new(0usize);
-        let weights = model.weights().try_map(
-            &mut |w: &Weight| -> Result<DevMatrix> {
-                let m = w.f32();
-                bytes.set(bytes.get() + 2 * m.data.len());
-                Ok(DevMatrix {
-                    rows: m.rows,
-                    cols: m.cols,
-                    data: gpu.upload(&to_bf16(&m.data))?,
-                })
-            },
-            &mut |v: &Vec<f32>| -> Result<GpuBuf<f32>> {
-                bytes.set(bytes.get() + 4 * v.len());
-                Ok(gpu.upload(v)?)
-            },
-        )?;
+        let weights = match model.device_dummy {
+            Some(d) => {
+                let w = dummy_weights(&gpu, &c, d, fp8_weights)?;
+                bytes.set(llama_weight_bytes(&c, d.tied_embeddings, model.gpu_weights));
+                w
+            }
+            None => model.weights().try_map_roles(
+                &mut |role, w: &Weight| -> Result<DevWeight> {
+                    let d = upload_matrix(&gpu, role, w, fp8_weights)?;
+                    bytes.set(bytes.get() + d.bytes());
+                    Ok(d)
+                },
+                &mut |v: &Vec<f32>| -> Result<GpuBuf<f32>> {
+                    bytes.set(bytes.get() + 4 * v.len());
+                    Ok(gpu.upload(v)?)
+                },
+            )?,
+        };
         let ropes = model
             .ropes()
             .iter()
@@ -180,12 +245,12 @@ impl CudaExecutor {
 
         let rows = cfg.max_batch_tokens.max(1);
         let acts = new_acts(&gpu, &c, rows)?;
-        let step = DevStep::new(
+        let step = new_step(
             &gpu,
+            &c,
             rows,
             table_cap(&c, cfg.block_size, rows),
-            c.dim,
-            c.heads(),
+            fp8_weights,
         )?;
         gpu.stream.synchronize().map_err(cuda::Error::from)?;
         let (free_mem, total_mem) = gpu.ctx.mem_get_info().map_err(cuda::Error::from)?;
@@ -193,7 +258,12 @@ impl CudaExecutor {
             total_mem,
             free_mem,
             utilization: cfg.gpu_memory_utilization,
-            bytes_per_block: memory::bytes_per_block(c.n_layers, c.kv_dim(), cfg.block_size, 2),
+            bytes_per_block: memory::bytes_per_block(
+                c.n_layers,
+                c.kv_dim(),
+                cfg.block_size,
+                kv_elem,
+            ),
             reserve: memory::DEFAULT_RESERVE,
         };
         // One block of the pool is the scratch block of padded graph rows.
@@ -202,13 +272,9 @@ impl CudaExecutor {
             num_blocks = num_blocks.min(m.max(1));
         }
         let slots = (num_blocks + 1) * cfg.block_size * c.kv_dim();
+        let fp8_kv = (cfg.kv_dtype == KvDtype::Fp8).then_some((FP8_KV_SCALE, FP8_KV_SCALE));
         let kv = (0..c.n_layers)
-            .map(|_| {
-                Ok(DevKv {
-                    k: gpu.zeros(slots)?,
-                    v: gpu.zeros(slots)?,
-                })
-            })
+            .map(|_| Ok(DevKv::zeros(&gpu, slots, fp8_kv)?))
             .collect::<Result<Vec<_>>>()?;
         let weight_bytes = bytes.get();
         tracing_line(&gpu, &c, num_blocks, cfg, weight_bytes);
@@ -370,7 +436,8 @@ impl CudaExecutor {
             // Captured graphs point into the old buffers.
             self.graphs.clear();
             self.acts = new_acts(&self.gpu, c, rows)?;
-            self.step = DevStep::new(&self.gpu, rows, cap, c.dim, c.heads())?;
+            let fp8 = self.step.fp8.is_some();
+            self.step = new_step(&self.gpu, c, rows, cap, fp8)?;
             self.argmax = self.gpu.zeros(rows)?;
         }
         let (g, d, st) = (&self.gpu, &mut self.step, &self.stage);
@@ -400,15 +467,127 @@ impl CudaExecutor {
     }
 }
 
-/// What `model` will take on the device under `cfg`, before anything is allocated: bf16
-/// matrices, f32 vectors, the activations of `max_batch_tokens` rows (as [`new_acts`] makes
-/// them), the RoPE tables and the smallest KV pool (2 blocks and the scratch block).
-fn footprint(model: &Model, cfg: &CudaConfig) -> memory::Footprint {
+/// A matrix stacked from dummy tensors `parts` (name, rows), each `cols` wide with fan-in
+/// `cols`, generated on the device: bf16, or FP8 codes with the parts' common scale `a / 448`.
+fn dummy_matrix(
+    gpu: &Gpu,
+    seed: u64,
+    parts: &[(String, usize)],
+    cols: usize,
+    fp8: bool,
+) -> Result<DevWeight> {
+    let rows: usize = parts.iter().map(|p| p.1).sum();
+    let a = fp8::dummy_range(cols);
+    let mut at = 0;
+    if fp8 {
+        let mut codes = gpu.zeros::<u8>(rows * cols)?;
+        for (name, r) in parts {
+            gpu.dummy_fill_fp8(&mut codes, (at, r * cols), fp8::dummy_key(seed, name))?;
+            at += r * cols;
+        }
+        return Ok(DevWeight::Fp8(DevFp8Matrix {
+            rows,
+            cols,
+            codes,
+            scale: gpu.upload(&[a / tokenfab_loader::quant::fp8::E4M3_MAX])?,
+        }));
+    }
+    let mut data = gpu.zeros::<bf16>(rows * cols)?;
+    for (name, r) in parts {
+        gpu.dummy_fill_bf16(&mut data, (at, r * cols), fp8::dummy_key(seed, name), a)?;
+        at += r * cols;
+    }
+    Ok(DevWeight::Bf16(DevMatrix { rows, cols, data }))
+}
+
+/// The weights of a [`crate::model::DeviceDummy`], made on the device: the same tensors, names
+/// and values as the host's dummy GGUF (`tokenfab_engine::dummy::build_gguf`), the layers'
+/// matrices in FP8 when `fp8`; nothing of them passes through host memory.
+fn dummy_weights(
+    gpu: &Gpu,
+    c: &ModelConfig,
+    d: crate::model::DeviceDummy,
+    fp8: bool,
+) -> Result<Weights<DevWeight, GpuBuf<f32>>> {
+    let seed = d.seed;
+    let one = |name: &str, rows: usize| vec![(name.to_string(), rows)];
+    let ones = || -> Result<GpuBuf<f32>> { Ok(gpu.upload(&vec![1f32; c.dim])?) };
+    let mut layers = Vec::with_capacity(c.n_layers);
+    for l in 0..c.n_layers {
+        let n = |s: &str| format!("blk.{l}.{s}");
+        let qkv = [
+            (n("attn_q.weight"), c.q_dim()),
+            (n("attn_k.weight"), c.kv_dim()),
+            (n("attn_v.weight"), c.kv_dim()),
+        ];
+        let gate_up = [
+            (n("ffn_gate.weight"), c.ffn_dim),
+            (n("ffn_up.weight"), c.ffn_dim),
+        ];
+        layers.push(crate::weight::LayerWeights {
+            attn_norm: ones()?,
+            wqkv: dummy_matrix(gpu, seed, &qkv, c.dim, fp8)?,
+            bqkv: None,
+            q_norm: None,
+            k_norm: None,
+            wo: dummy_matrix(
+                gpu,
+                seed,
+                &one(&n("attn_output.weight"), c.dim),
+                c.q_dim(),
+                fp8,
+            )?,
+            post_attn_norm: None,
+            ffn_norm: ones()?,
+            w_gate_up: dummy_matrix(gpu, seed, &gate_up, c.dim, fp8)?,
+            w_down: dummy_matrix(
+                gpu,
+                seed,
+                &one(&n("ffn_down.weight"), c.dim),
+                c.ffn_dim,
+                fp8,
+            )?,
+            post_ffn_norm: None,
+        });
+    }
+    let vocab = |name: &str| dummy_matrix(gpu, seed, &one(name, c.vocab_size), c.dim, false);
+    Ok(Weights {
+        tok_embd: vocab("token_embd.weight")?,
+        output: if d.tied_embeddings {
+            None
+        } else {
+            Some(vocab("output.weight")?)
+        },
+        output_norm: ones()?,
+        layers,
+    })
+}
+
+/// What `model` will take on the device under `cfg`, before anything is allocated: its matrices
+/// as they will be stored (bf16, or FP8 codes and a scale for the layers' matrices), f32 vectors,
+/// then [`device_footprint`].
+fn footprint(model: &Model, cfg: &CudaConfig) -> Result<memory::Footprint> {
     let c = &model.cfg;
+    let fp8 = model.gpu_weights == GpuWeights::Fp8;
+    let tables = model
+        .ropes()
+        .iter()
+        .map(|r| 8 * r.half() * c.context_len)
+        .sum();
+    if let Some(d) = model.device_dummy {
+        let w = llama_weight_bytes(c, d.tied_embeddings, model.gpu_weights);
+        return device_footprint(c, w, tables, fp8, cfg);
+    }
     let bytes = Cell::new(0usize);
-    let _ = model.weights().try_map(
-        &mut |w: &Weight| -> std::result::Result<(), ()> {
-            bytes.set(bytes.get() + 2 * w.rows() * w.cols());
+    let _ = model.weights().try_map_roles(
+        &mut |role, w: &Weight| -> std::result::Result<(), ()> {
+            let n = w.rows() * w.cols();
+            let b = if fp8 && role == MatrixRole::Layer {
+                n + 4
+            } else {
+                2 * n
+            };
+            bytes.set(bytes.get() + b);
             Ok(())
         },
         &mut |v: &Vec<f32>| {
@@ -416,6 +595,36 @@ fn footprint(model: &Model, cfg: &CudaConfig) -> memory::Footprint {
             Ok(())
         },
     );
+    device_footprint(c, bytes.get(), tables, fp8, cfg)
+}
+
+/// Bytes of a Llama-shaped model's weights on the device (no biases, no extra norms; `tied`:
+/// no separate output matrix): what the layer matrices take as `w`, the embedding and output
+/// matrices in bf16, the norms in f32.
+pub fn llama_weight_bytes(c: &ModelConfig, tied: bool, w: GpuWeights) -> usize {
+    let layer_params = c.dim * (c.q_dim() + 2 * c.kv_dim()) // wqkv
+        + c.dim * c.q_dim() // wo
+        + 2 * c.ffn_dim * c.dim // gate | up
+        + c.dim * c.ffn_dim; // down
+    let layer = match w {
+        GpuWeights::Bf16 => 2 * layer_params,
+        GpuWeights::Fp8 => layer_params + 4 * 4,
+    } + 4 * 2 * c.dim;
+    let embed = 2 * c.vocab_size * c.dim * if tied { 1 } else { 2 };
+    c.n_layers * layer + embed + 4 * c.dim
+}
+
+/// What a model of shape `c` takes on the device under `cfg` given its weights' and RoPE
+/// tables' bytes: plus the activations of `max_batch_tokens` rows (as [`new_acts`] and
+/// [`new_step`] make them, the FP8 products' input included) and the smallest KV pool (2 blocks
+/// and the scratch block, at the pool's bytes per value).
+pub fn device_footprint(
+    c: &ModelConfig,
+    weights: usize,
+    tables: usize,
+    fp8_weights: bool,
+    cfg: &CudaConfig,
+) -> Result<memory::Footprint> {
     let rows = cfg.max_batch_tokens.max(1);
     let per_row = 4 * c.dim * 2
         + 2 * c.dim * 2
@@ -423,18 +632,29 @@ fn footprint(model: &Model, cfg: &CudaConfig) -> memory::Footprint {
         + 2 * c.q_dim()
         + 4 * 2 * c.ffn_dim
         + 2 * c.ffn_dim
-        + 4 * c.vocab_size;
-    let tables = model
-        .ropes()
-        .iter()
-        .map(|r| 8 * r.half() * c.context_len)
-        .sum();
-    memory::Footprint {
-        weights: bytes.get(),
+        + 4 * c.vocab_size
+        + if fp8_weights { fp8_cols(c) + 4 } else { 0 };
+    let kv = cfg.kv_elem_bytes()?;
+    Ok(memory::Footprint {
+        weights,
         activations: rows * per_row,
         tables,
-        kv_min: 3 * memory::bytes_per_block(c.n_layers, c.kv_dim(), cfg.block_size, 2),
+        kv_min: 3 * memory::bytes_per_block(c.n_layers, c.kv_dim(), cfg.block_size, kv),
+    })
+}
+
+/// The step's device inputs for `rows` rows, with the FP8 products' scratch when `fp8`.
+fn new_step(gpu: &Gpu, c: &ModelConfig, rows: usize, cap: usize, fp8: bool) -> Result<DevStep> {
+    let mut step = DevStep::new(gpu, rows, cap, c.dim, c.heads())?;
+    if fp8 {
+        step.fp8 = Some(Fp8Scratch::new(gpu, rows, fp8_cols(c))?);
     }
+    Ok(step)
+}
+
+/// The widest input of a layer's products (the FP8 scratch's row).
+fn fp8_cols(c: &ModelConfig) -> usize {
+    c.dim.max(c.q_dim()).max(c.ffn_dim)
 }
 
 /// Block-table entries for `rows` sequences of the full context, plus the scratch table.
@@ -444,7 +664,7 @@ fn table_cap(c: &ModelConfig, block_size: usize, rows: usize) -> usize {
 
 fn tracing_line(gpu: &Gpu, c: &ModelConfig, num_blocks: usize, cfg: &CudaConfig, wb: usize) {
     eprintln!(
-        "cuda:{} {} (sm_{}{}): weights {:.2} GiB bf16, KV pool {} blocks of {} tokens ({} tokens, {} layers)",
+        "cuda:{} {} (sm_{}{}): weights {:.2} GiB, KV pool {} blocks of {} tokens ({} tokens, {} layers)",
         gpu.info.ordinal,
         gpu.info.name,
         gpu.info.compute_capability.0,

@@ -34,6 +34,7 @@ impl CpuExecutor {
     /// The CPU kernels' repacked weights are built here, over the pool, rather than inside
     /// the first request.
     pub fn new(model: Model, dtype: KvDtype, block_size: usize, num_blocks: usize) -> Result<Self> {
+        model.host_weights()?;
         let kv = model.new_kv_cache(dtype, block_size, num_blocks)?;
         model.prepack();
         Ok(Self {

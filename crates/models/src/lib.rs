@@ -22,11 +22,11 @@ pub mod weight;
 
 pub use batch::{ForwardBatch, SeqSlice};
 pub use config::{Arch, ModelConfig, RopeScaling};
-pub use cuda::{CudaConfig, CudaExecutor};
+pub use cuda::{CudaConfig, CudaExecutor, GpuWeights};
 pub use error::{Error, Result};
 pub use executor::{CpuExecutor, Executor};
 pub use kv::{KvCache, KvDtype};
-pub use model::Model;
+pub use model::{DeviceDummy, Model};
 pub use scratch::Scratch;
 pub use tokenfab_backend::rope::RopeKind;
 pub use weight::{LayerWeights, Tensors, Weight, Weights};

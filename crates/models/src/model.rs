@@ -15,12 +15,28 @@ use crate::rope::ropes;
 use crate::scratch::Scratch;
 use crate::weight::{Tensors, Weight, Weights};
 
+/// Dummy weights a GPU generates: each tensor of a Llama GGUF (`blk.{l}.attn_q.weight`, ...)
+/// from the key of (seed, its name), uniform with variance 1/fan_in, exactly as
+/// `tokenfab_engine::dummy::build_gguf` makes them on the host; norms are ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceDummy {
+    pub seed: u64,
+    /// No separate output matrix: the logits use the embedding.
+    pub tied_embeddings: bool,
+}
+
 /// A model of any supported architecture (see [`crate::config::Arch`]).
 pub struct Model {
     pub cfg: ModelConfig,
     /// Indexed by [`ModelConfig::rope_index`].
     pub(crate) ropes: Vec<Rope>,
-    pub(crate) weights: Weights<Weight, Vec<f32>>,
+    /// `None` for weights made on the device ([`Model::device_dummy`]): no host copy.
+    pub(crate) weights: Option<Weights<Weight, Vec<f32>>>,
+    /// Dummy weights generated on the GPU from a seed instead of uploaded ([`DeviceDummy`]).
+    pub device_dummy: Option<DeviceDummy>,
+    /// How a GPU stores the layers' matrices (`--quantization fp8`: FP8 with per-tensor scales);
+    /// the CPU ignores it (it runs what `weights` hold).
+    pub gpu_weights: crate::cuda::GpuWeights,
 }
 
 impl Model {
@@ -40,7 +56,44 @@ impl Model {
         Ok(Self {
             cfg,
             ropes,
-            weights,
+            weights: Some(weights),
+            device_dummy: None,
+            gpu_weights: Default::default(),
+        })
+    }
+
+    /// A Llama-architecture model of `g`'s shape (metadata only: no tensors are read) whose
+    /// weights a GPU generates from `d` (see `tokenfab_backend::cuda::fp8::dummy_value`); the CPU
+    /// cannot run it, and nothing of its weights is held on the host.
+    pub fn device_dummy(
+        g: &Gguf,
+        d: DeviceDummy,
+        gpu_weights: crate::cuda::GpuWeights,
+    ) -> Result<Self> {
+        let cfg = ModelConfig::from_gguf(g)?;
+        if cfg.arch != "llama" {
+            return Err(Error::Config(format!(
+                "dummy weights made on the device have Llama's tensors; this shape is `{}`",
+                cfg.arch
+            )));
+        }
+        let ropes = ropes(&cfg, g, &Tensors::new(false))?;
+        Ok(Self {
+            cfg,
+            ropes,
+            weights: None,
+            device_dummy: Some(d),
+            gpu_weights,
+        })
+    }
+
+    /// The host's weights, or an error for a model whose weights only a GPU makes.
+    pub fn host_weights(&self) -> Result<&Weights<Weight, Vec<f32>>> {
+        self.weights.as_ref().ok_or_else(|| {
+            Error::Unsupported(
+                "dummy weights generated on the device have no host copy: run them with --device cuda"
+                    .into(),
+            )
         })
     }
 
@@ -66,7 +119,7 @@ impl Model {
     /// pool (see `QMatrix::prepack`).
     pub fn prepack(&self) {
         use rayon::prelude::*;
-        let w = &self.weights;
+        let Some(w) = &self.weights else { return };
         let mut all: Vec<&Weight> = vec![w.output()];
         for l in &w.layers {
             all.extend([&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]);
@@ -76,12 +129,15 @@ impl Model {
 
     /// Bytes of weights held in memory.
     pub fn weight_bytes(&self) -> usize {
-        self.weights.bytes()
+        self.weights.as_ref().map_or(0, Weights::bytes)
     }
 
     /// The weights (for executors that upload them to a device).
+    ///
+    /// # Panics
+    /// For a [`Model::device_dummy`], which has none on the host ([`Self::host_weights`]).
     pub fn weights(&self) -> &Weights<Weight, Vec<f32>> {
-        &self.weights
+        self.host_weights().expect("a model with host weights")
     }
 
     pub fn ropes(&self) -> &[Rope] {
@@ -105,6 +161,7 @@ impl Model {
         s: &'s mut Scratch,
     ) -> Result<&'s mut [f32]> {
         let c = &self.cfg;
+        let weights = self.host_weights()?;
         if kv.kv_dim != c.kv_dim() || kv.k.len() != c.n_layers {
             return Err(Error::Batch("KV cache was made for another model".into()));
         }
@@ -129,7 +186,7 @@ impl Model {
         let mut ops = CpuOps::new(step, &self.ropes, kv_pair, kv.block_size, &mut s.cpu);
         // On a pool thread: every product's fork-join then starts there (see `in_pool`).
         let acts = &mut s.acts;
-        tokenfab_backend::cpu::in_pool(|| forward(c, &self.weights, &mut ops, acts))?;
+        tokenfab_backend::cpu::in_pool(|| forward(c, weights, &mut ops, acts))?;
         Ok(&mut s.acts.logits[..r * c.vocab_size])
     }
 }

@@ -153,3 +153,16 @@ fn build(
 
 /// Every architecture [`tiny_model`] writes.
 pub const ARCHS: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma3", "phi3"];
+
+/// The largest |got - want| of each step over that step's largest |want|, the worst step's:
+/// the error measure of the device-against-CPU tests.
+pub fn worst_rel(got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
+    assert_eq!(got.len(), want.len(), "steps");
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| {
+            let spread = w.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / spread
+        })
+        .fold(0f32, f32::max)
+}

@@ -53,7 +53,7 @@ fn assert_close(a: &[f32], b: &[f32], what: &str) {
 fn every_architecture_loads_with_its_own_steps() {
     for arch in ARCHS {
         let m = tiny(arch);
-        let w = &m.weights.layers[0];
+        let w = &m.weights().layers[0];
         let c = &m.cfg;
         assert_eq!(w.bqkv.is_some(), c.kind == Arch::Qwen2, "{arch} biases");
         assert_eq!(

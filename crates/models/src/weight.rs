@@ -42,6 +42,17 @@ pub struct LayerWeights<M, V> {
     pub post_ffn_norm: Option<V>,
 }
 
+/// Which matrix of [`Weights`] a conversion is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatrixRole {
+    /// (vocab, dim), looked up row by row (and the output matrix when tied).
+    Embedding,
+    /// (vocab, dim), the logits product.
+    Output,
+    /// A product of a layer: QKV, output projection, gate/up, down.
+    Layer,
+}
+
 /// A model's weights on some device.
 #[derive(Clone, Debug)]
 pub struct Weights<M, V> {
@@ -66,6 +77,15 @@ impl<M, V> Weights<M, V> {
         m: &mut impl FnMut(&M) -> Result<M2, E>,
         v: &mut impl FnMut(&V) -> Result<V2, E>,
     ) -> Result<Weights<M2, V2>, E> {
+        self.try_map_roles(&mut |_, x| m(x), v)
+    }
+
+    /// [`Self::try_map`], telling the matrix function which matrix it converts.
+    pub fn try_map_roles<M2, V2, E>(
+        &self,
+        m: &mut impl FnMut(MatrixRole, &M) -> Result<M2, E>,
+        v: &mut impl FnMut(&V) -> Result<V2, E>,
+    ) -> Result<Weights<M2, V2>, E> {
         fn ov<V, V2, E>(
             x: &Option<V>,
             v: &mut impl FnMut(&V) -> Result<V2, E>,
@@ -76,21 +96,25 @@ impl<M, V> Weights<M, V> {
         for l in &self.layers {
             layers.push(LayerWeights {
                 attn_norm: v(&l.attn_norm)?,
-                wqkv: m(&l.wqkv)?,
+                wqkv: m(MatrixRole::Layer, &l.wqkv)?,
                 bqkv: ov(&l.bqkv, v)?,
                 q_norm: ov(&l.q_norm, v)?,
                 k_norm: ov(&l.k_norm, v)?,
-                wo: m(&l.wo)?,
+                wo: m(MatrixRole::Layer, &l.wo)?,
                 post_attn_norm: ov(&l.post_attn_norm, v)?,
                 ffn_norm: v(&l.ffn_norm)?,
-                w_gate_up: m(&l.w_gate_up)?,
-                w_down: m(&l.w_down)?,
+                w_gate_up: m(MatrixRole::Layer, &l.w_gate_up)?,
+                w_down: m(MatrixRole::Layer, &l.w_down)?,
                 post_ffn_norm: ov(&l.post_ffn_norm, v)?,
             });
         }
         Ok(Weights {
-            tok_embd: m(&self.tok_embd)?,
-            output: self.output.as_ref().map(m).transpose()?,
+            tok_embd: m(MatrixRole::Embedding, &self.tok_embd)?,
+            output: self
+                .output
+                .as_ref()
+                .map(|o| m(MatrixRole::Output, o))
+                .transpose()?,
             output_norm: v(&self.output_norm)?,
             layers,
         })

@@ -248,7 +248,7 @@ fn f32_rate() -> f64 {
 
 /// Operations/s of paged attention (4 · head_dim · heads per attended position) for 64 rows
 /// decoding at 512 positions each, K/V stored as `kv`.
-fn attention_rate(shape: &ModelShape, kv: KvDtype) -> f64 {
+fn attention_rate(shape: &ModelShape, kv: tokenfab_backend::cpu::attention::KvDtype) -> f64 {
     let (rows, ctx, bs) = (64usize, 512usize, 16usize);
     let width = shape.n_kv_heads * shape.head_dim;
     let slots = rows * ctx;
@@ -449,7 +449,10 @@ pub fn probe_cpu(
             .collect::<Vec<_>>()
     ));
     let f32_peak = f32_rate();
-    let attn = attention_rate(shape, kv);
+    let attn = attention_rate(
+        shape,
+        kv.cpu().map_err(|e| PlanError::Invalid(e.to_string()))?,
+    );
     let sample = sample_per_vocab(shape.vocab_size);
     log(format!(
         "f32 product {:.1} GFLOP/s, attention {:.1} GOP/s ({kv} KV), sampling {:.1} us per row",
@@ -488,6 +491,7 @@ pub fn probe_cpu(
         KvDtype::F32 => Dtype::F32,
         KvDtype::F16 => Dtype::F16,
         KvDtype::Q8_0 => Dtype::Ggml(GgmlType::Q8_0),
+        KvDtype::Fp8 => Dtype::Fp8,
     };
     let model = CostModel::new(&engine_shape, &dev, 1, kv_dtype)?;
     let decode = |n: usize| {

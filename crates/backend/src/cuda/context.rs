@@ -27,6 +27,10 @@ pub struct Gpu {
     pub info: DeviceInfo,
     /// The kernels, launched through the typed functions of [`super::launch`].
     pub(crate) k: Kernels,
+    /// The FP8 kernels ([`super::fp8`]).
+    pub(crate) k8: super::fp8::Kernels,
+    /// cuBLASLt, for FP8 products ([`super::fp8_lt`]).
+    pub lt: super::fp8_lt::Lt,
     _workspace: CudaSlice<u8>,
 }
 
@@ -63,6 +67,8 @@ impl Gpu {
         let module = ctx.load_module(Ptx::from_binary(cubin))?;
         Ok(Self {
             k: Kernels::load(&module)?,
+            k8: super::fp8::Kernels::load(&module)?,
+            lt: super::fp8_lt::Lt::new(&stream)?,
             ctx,
             stream,
             blas,

@@ -21,6 +21,12 @@ pub const KERNELS: &[&str] = &[
     "glu",
     "argmax_rows",
     "sample_rows",
+    // cuda/fp8.rs
+    "fp8_quantize_rows",
+    "fp8_scale_rows",
+    "dummy_fill",
+    "qkv_prep_fp8",
+    "paged_attention_fp8",
 ];
 
 /// Threads per block of the row kernels (a multiple of 32).
@@ -39,8 +45,10 @@ pub const MAX_GROUP: usize = 8;
 pub const MAX_SPLITS: usize = 16;
 
 /// The CUDA C source of every kernel: plain CUDA C with no `#include`, so NVRTC needs no headers
-/// (bf16 is handled as its 16 bits).
-pub const SOURCE: &str = r#"
+/// (bf16 is handled as its 16 bits). The FP8 kernels of [`super::fp8`] are appended.
+pub const SOURCE: &str = concat!(
+    crate::fp8_helper_source!(),
+    r#"
 #define WARP 32
 #define NEG_INF __int_as_float(0xff800000)
 #define ATTN_WARPS 4
@@ -138,16 +146,20 @@ __device__ void norm_heads(float* row, int h0, int h1, int head_dim, const float
 /* Per row t (one block each): add the Q/K/V bias (if any), RMS-norm each Q head by q_norm and
    each K head by k_norm (if given), rotate Q and K heads by RoPE with the cos/sin tables
    (positions, half) the host computed once (the CPU's angles exactly), at row t's position, then
-   store K and V as bf16 at slots[t] of the layer's pool.
+   store K and V at slots[t] of the layer's pool: bf16, or E4M3 codes of K / k_scale and V /
+   v_scale (an FP8 KV cache, qkv_prep_fp8; k_inv = 1 / k_scale).
    neox = 0: pairs (2i, 2i+1); neox = 1: pairs (i, i + half). */
-extern "C" __global__ void qkv_prep(float* __restrict__ qkv, const float* __restrict__ bias,
-                                    const float* __restrict__ q_norm,
-                                    const float* __restrict__ k_norm, float eps,
-                                    const unsigned int* __restrict__ positions,
-                                    const float* __restrict__ cosv, const float* __restrict__ sinv,
-                                    int half, int neox, const long long* __restrict__ slots,
-                                    bf16_t* __restrict__ k_cache, bf16_t* __restrict__ v_cache,
-                                    int n_heads, int n_kv_heads, int head_dim) {
+__device__ __forceinline__ void store_kv(bf16_t* p, float x, float) { *p = f2bf(x); }
+__device__ __forceinline__ void store_kv(fp8_t* p, float x, float inv) { *p = (fp8_t)f2e4m3(x * inv); }
+#define QKV_PREP_PARAMS(KV) float* __restrict__ qkv, const float* __restrict__ bias, \
+    const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps, \
+    const unsigned int* __restrict__ positions, const float* __restrict__ cosv, \
+    const float* __restrict__ sinv, int half, int neox, const long long* __restrict__ slots, \
+    KV* __restrict__ k_cache, KV* __restrict__ v_cache, int n_heads, int n_kv_heads, int head_dim
+#define QKV_PREP_ARGS qkv, bias, q_norm, k_norm, eps, positions, cosv, sinv, half, neox, slots, \
+    k_cache, v_cache, n_heads, n_kv_heads, head_dim
+template <typename KV>
+__device__ __forceinline__ void qkv_prep_t(QKV_PREP_PARAMS(KV), float k_inv, float v_inv) {
     size_t t = blockIdx.x;
     int q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
     int width = q_dim + 2 * kv_dim;
@@ -176,9 +188,12 @@ extern "C" __global__ void qkv_prep(float* __restrict__ qkv, const float* __rest
     __syncthreads();
     size_t s = (size_t)slots[t] * kv_dim;
     for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
-        k_cache[s + j] = f2bf(row[q_dim + j]);
-        v_cache[s + j] = f2bf(row[q_dim + kv_dim + j]);
+        store_kv(&k_cache[s + j], row[q_dim + j], k_inv);
+        store_kv(&v_cache[s + j], row[q_dim + kv_dim + j], v_inv);
     }
+}
+extern "C" __global__ void qkv_prep(QKV_PREP_PARAMS(bf16_t)) {
+    qkv_prep_t(QKV_PREP_ARGS, 1.0f, 1.0f);
 }
 
 /* 8 bf16 from a 16-byte aligned address (one 16-byte load), as floats; bf16 element 0 is the low
@@ -189,6 +204,16 @@ __device__ __forceinline__ void load8(const bf16_t* p, float* f) {
     f[2] = __uint_as_float(u.y << 16); f[3] = __uint_as_float(u.y & 0xffff0000u);
     f[4] = __uint_as_float(u.z << 16); f[5] = __uint_as_float(u.z & 0xffff0000u);
     f[6] = __uint_as_float(u.w << 16); f[7] = __uint_as_float(u.w & 0xffff0000u);
+}
+__device__ __forceinline__ void load8(const bf16_t* p, float* f, float) { load8(p, f); }
+/* 8 E4M3 codes from an 8-byte aligned address (one 8-byte load) times the cache's scale. */
+__device__ __forceinline__ void load8(const fp8_t* p, float* f, float scale) {
+    uint2 u = *reinterpret_cast<const uint2*>(p);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[i] = e4m32f((u.x >> (8 * i)) & 0xffu) * scale;
+        f[4 + i] = e4m32f((u.y >> (8 * i)) & 0xffu) * scale;
+    }
 }
 
 /* Causal GQA attention of row t over positions [start, row_ctx[t]) of its sequence (start =
@@ -202,13 +227,17 @@ __device__ __forceinline__ void load8(const bf16_t* p, float* f) {
    Split-K: block z of gridDim.z takes the z-th share of the positions. With one split the block
    writes out (n, q_dim) bf16; with more it writes its unnormalized partial to part (n, n_heads,
    splits, head_dim + 2) f32 = acc | max | sum, and attention_merge combines them.
-   q is pre-scaled by `scale`. */
-extern "C" __global__ void __launch_bounds__(ATTN_WARPS * WARP)
-paged_attention(const float* __restrict__ qkv, const bf16_t* __restrict__ k_cache,
-                const bf16_t* __restrict__ v_cache, const int* __restrict__ block_tables,
-                const int* __restrict__ row_table, const int* __restrict__ row_ctx,
-                bf16_t* __restrict__ out, float* __restrict__ part, int n_heads,
-                int n_kv_heads, int head_dim, int block_size, float scale, int window) {
+   q is pre-scaled by `scale`. K/V are bf16, or E4M3 codes times k_scale / v_scale
+   (paged_attention_fp8, 8-byte loads). */
+#define ATTN_PARAMS(KV) const float* __restrict__ qkv, const KV* __restrict__ k_cache, \
+    const KV* __restrict__ v_cache, const int* __restrict__ block_tables, \
+    const int* __restrict__ row_table, const int* __restrict__ row_ctx, \
+    bf16_t* __restrict__ out, float* __restrict__ part, int n_heads, int n_kv_heads, \
+    int head_dim, int block_size, float scale, int window
+#define ATTN_ARGS qkv, k_cache, v_cache, block_tables, row_table, row_ctx, out, part, n_heads, \
+    n_kv_heads, head_dim, block_size, scale, window
+template <typename KV>
+__device__ __forceinline__ void paged_attention_t(ATTN_PARAMS(KV), float k_scale, float v_scale) {
     __shared__ float s_m[ATTN_WARPS * WARP * MAX_GROUP], s_l[ATTN_WARPS * WARP * MAX_GROUP];
     __shared__ float s_acc[ATTN_SMEM_FLOATS];
     size_t t = blockIdx.x;
@@ -253,8 +282,8 @@ paged_attention(const float* __restrict__ qkv, const bf16_t* __restrict__ k_cach
         if (valid && on) {
             size_t slot = (size_t)table[p / block_size] * block_size + p % block_size;
             size_t at = slot * kv_dim + (size_t)kh * head_dim + d0;
-            load8(k_cache + at, k);
-            load8(v_cache + at, v);
+            load8(k_cache + at, k, k_scale);
+            load8(v_cache + at, v, v_scale);
         } else {
 #pragma unroll
             for (int i = 0; i < 8; i++) { k[i] = 0.0f; v[i] = 0.0f; }
@@ -306,6 +335,11 @@ paged_attention(const float* __restrict__ qkv, const bf16_t* __restrict__ k_cach
             if (d == 0) { pp[head_dim] = gm; pp[head_dim + 1] = gl; }
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(ATTN_WARPS * WARP)
+paged_attention(ATTN_PARAMS(bf16_t)) {
+    paged_attention_t(ATTN_ARGS, 1.0f, 1.0f);
 }
 
 /* out (n, q_dim) bf16: the splits' partials of paged_attention merged, one block per (row, head),
@@ -604,7 +638,9 @@ sample_rows(const float* __restrict__ logits, float* __restrict__ work,
     tokens[b] = tok;
     logprobs[b] = p.want_logprob && tok != HOST_TOKEN ? raw[tok] - rmax - lse : 0.0f;
 }
-"#;
+"#,
+    crate::fp8_kernel_source!()
+);
 
 /// Checks what can be checked without a compiler: braces, parentheses and brackets balance
 /// (outside comments and strings), and every name in [`KERNELS`] is defined as an

@@ -119,6 +119,17 @@ pub fn attention_workspace(rows: usize, h: Heads, multiprocessors: usize) -> usi
         .unwrap_or(0)
 }
 
+/// One layer's K and V pools as device addresses: bf16 values, or E4M3 codes with their
+/// (k_scale, v_scale) ([`super::fp8`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KvPtrs {
+    pub k: u64,
+    pub v: u64,
+    /// Elements of each pool.
+    pub len: (usize, usize),
+    pub fp8_scales: Option<(f32, f32)>,
+}
+
 /// One `residual_norm` launch: device addresses of x and out, what is added, which rows.
 struct NormLaunch<'a> {
     x: u64,
@@ -148,6 +159,16 @@ fn grid(x: usize, y: usize, threads: u32) -> LaunchConfig {
 }
 
 impl Gpu {
+    /// A bf16 K/V pair as [`KvPtrs`].
+    pub(crate) fn bf16_kv<T>(&self, k: &GpuBuf<T>, v: &GpuBuf<T>) -> KvPtrs {
+        KvPtrs {
+            k: self.ptr(k),
+            v: self.ptr(v),
+            len: (k.len(), v.len()),
+            fp8_scales: None,
+        }
+    }
+
     fn opt_ptr<T>(&self, b: Option<&GpuBuf<T>>) -> u64 {
         b.map_or(0, |b| self.ptr(b))
     }
@@ -263,6 +284,18 @@ impl Gpu {
         (k, v): (&mut GpuBuf<bf16>, &mut GpuBuf<bf16>),
         n: usize,
     ) -> Result<()> {
+        let kv = self.bf16_kv(k, v);
+        self.launch_qkv_prep(qkv, a, kv, n)
+    }
+
+    /// [`Self::qkv_prep`] into a pool of either kind ([`KvPtrs`]).
+    pub(crate) fn launch_qkv_prep(
+        &self,
+        qkv: &mut GpuBuf<f32>,
+        a: &QkvArgs<'_>,
+        kv: KvPtrs,
+        n: usize,
+    ) -> Result<()> {
         let h = a.heads;
         let hd = h.head_dim;
         check(
@@ -274,7 +307,7 @@ impl Gpu {
                 && a.k_norm.is_none_or(|w| w.len() == hd)
                 && a.rope.cos.len() >= a.rope.positions * a.rope.half
                 && 2 * a.rope.half <= hd
-                && k.len() == v.len(),
+                && kv.len.0 == kv.len.1,
             "qkv_prep",
         )?;
         let ptrs = [
@@ -289,7 +322,7 @@ impl Gpu {
             self.ptr(&a.rope.sin),
             self.ptr(a.slots),
         );
-        let (kp, vp) = (self.ptr(k), self.ptr(v));
+        let (kp, vp) = (kv.k, kv.v);
         let ints = [
             a.rope.half as i32,
             i32::from(a.rope.neox),
@@ -297,7 +330,12 @@ impl Gpu {
             h.n_kv_heads as i32,
             hd as i32,
         ];
-        let mut b = self.stream.launch_builder(&self.k.qkv_prep);
+        let f = match kv.fp8_scales {
+            None => &self.k.qkv_prep,
+            Some(_) => &self.k8.qkv_prep,
+        };
+        let inv = kv.fp8_scales.map(|(k, v)| (1.0 / k, 1.0 / v));
+        let mut b = self.stream.launch_builder(f);
         b.arg(&ptrs[0])
             .arg(&ptrs[1])
             .arg(&ptrs[2])
@@ -314,6 +352,9 @@ impl Gpu {
             .arg(&ints[2])
             .arg(&ints[3])
             .arg(&ints[4]);
+        if let Some((ki, vi)) = &inv {
+            b.arg(ki).arg(vi);
+        }
         // SAFETY: sizes checked above; positions and slots were checked against the tables and
         // the pool when staged.
         unsafe { b.launch(grid(n, 1, ROW_THREADS)) }?;
@@ -331,6 +372,19 @@ impl Gpu {
         (out, part): (&mut GpuBuf<bf16>, &mut GpuBuf<f32>),
         n: usize,
     ) -> Result<()> {
+        let kv = self.bf16_kv(k, v);
+        self.launch_paged_attention(qkv, kv, a, (out, part), n)
+    }
+
+    /// [`Self::paged_attention`] over a pool of either kind ([`KvPtrs`]).
+    pub(crate) fn launch_paged_attention(
+        &self,
+        qkv: &GpuBuf<f32>,
+        kv: KvPtrs,
+        a: &AttnArgs<'_>,
+        (out, part): (&mut GpuBuf<bf16>, &mut GpuBuf<f32>),
+        n: usize,
+    ) -> Result<()> {
         let h = a.heads;
         let splits = a.splits.max(1);
         check(
@@ -344,13 +398,13 @@ impl Gpu {
                 && out.len() >= n * h.q_dim()
                 && a.row_table.len() >= n
                 && a.row_ctx.len() >= n
-                && k.len() == v.len(),
+                && kv.len.0 == kv.len.1,
             "paged_attention",
         )?;
         let ptrs = [
             self.ptr(qkv),
-            self.ptr(k),
-            self.ptr(v),
+            kv.k,
+            kv.v,
             self.ptr(a.tables),
             self.ptr(a.row_table),
             self.ptr(a.row_ctx),
@@ -364,7 +418,11 @@ impl Gpu {
             a.block_size as i32,
         ];
         let window = a.window as i32;
-        let mut b = self.stream.launch_builder(&self.k.paged_attention);
+        let f = match kv.fp8_scales {
+            None => &self.k.paged_attention,
+            Some(_) => &self.k8.paged_attention,
+        };
+        let mut b = self.stream.launch_builder(f);
         for p in &ptrs {
             b.arg(p);
         }
@@ -372,6 +430,9 @@ impl Gpu {
             b.arg(i);
         }
         b.arg(&a.scale).arg(&window);
+        if let Some((ks, vs)) = &kv.fp8_scales {
+            b.arg(ks).arg(vs);
+        }
         let cfg = LaunchConfig {
             grid_dim: (n as u32, attention_blocks_per_row(h) as u32, splits as u32),
             block_dim: (ATTN_THREADS, 1, 1),

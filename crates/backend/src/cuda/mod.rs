@@ -14,6 +14,8 @@
 //!   the bf16 GEMM.
 //! - [`ops`]: the device operations of [`crate::ops`] on these ([`ops::CudaOps`]).
 //! - [`sampling`]: sampling on the device and its CPU twin.
+//! - [`fp8`]: FP8 (E4M3) weights, activation quantization, the FP8 KV cache's conversion and
+//!   dummy weights made on the device, each with its CPU twin; [`fp8_lt`]: cuBLASLt's FP8 product.
 //! - [`graphs`]: batch-size buckets for CUDA graphs of decode steps.
 //! - [`memory`]: sizing the KV pool from free device memory.
 //!
@@ -23,6 +25,8 @@
 pub mod context;
 #[cfg(test)]
 mod device_tests;
+pub mod fp8;
+pub mod fp8_lt;
 pub mod graphs;
 pub mod kernels;
 pub mod launch;

@@ -1,14 +1,16 @@
 //! The device operations of [`crate::ops`] on a CUDA device: f32 activations, bf16 product
-//! inputs and weights ([`DevMatrix`]), a bf16 K/V pool per layer, the step's inputs staged in a
+//! inputs and weights ([`super::launch::DevMatrix`]), a bf16 K/V pool per layer, the step's inputs staged in a
 //! [`DevStep`], each operation one launch of [`super::launch`] (or a cuBLAS GEMM). Nothing here
 //! synchronizes or allocates, so a whole forward pass can be captured as a CUDA graph.
 //!
-//! Extending it (FP8 weights, say): a new [`DevMatrix`] kind and its product in `matmul`; a new
-//! step (device sampling) is a kernel, its launcher, and an operation here and in `ops::Ops`.
+//! Weights are [`DevWeight`]s: bf16, or FP8 with a scale (products through cuBLASLt, their
+//! inputs quantized into the step's [`Fp8Scratch`]). A new step (device sampling) is a kernel,
+//! its launcher, and an operation here and in `ops::Ops`.
 
 use half::bf16;
 
-use super::launch::{attention_splits, attention_workspace, AttnArgs, DevMatrix, DevRope, QkvArgs};
+use super::fp8::{DevWeight, Fp8Scratch};
+use super::launch::{attention_splits, attention_workspace, AttnArgs, DevRope, KvPtrs, QkvArgs};
 use super::{Error, Gpu, GpuBuf, Result};
 use crate::ops::{Activation, AttnLayer, Heads, Ops, QkvPrep, Residual};
 
@@ -37,6 +39,8 @@ pub struct DevStep {
     pub attn_part: GpuBuf<f32>,
     /// The device's multiprocessors, which set the split.
     pub multiprocessors: usize,
+    /// The quantized input of FP8 products (set when the model has FP8 weights).
+    pub fp8: Option<Fp8Scratch>,
 }
 
 impl DevStep {
@@ -55,14 +59,57 @@ impl DevStep {
             logit_rows: gpu.zeros(rows)?,
             tables: gpu.zeros(table_cap)?,
             last: gpu.zeros(rows * dim)?,
+            fp8: None,
         })
     }
 }
 
-/// K and V of one layer: (slots, kv_dim) bf16 each.
-pub struct DevKv {
-    pub k: GpuBuf<bf16>,
-    pub v: GpuBuf<bf16>,
+/// K and V of one layer: (slots, kv_dim) each, bf16 or E4M3 codes (`--kv-cache-dtype fp8`:
+/// one byte per value, `value = code x scale`; the scales are vLLM's `k_scale`/`v_scale`).
+pub enum DevKv {
+    Bf16 {
+        k: GpuBuf<bf16>,
+        v: GpuBuf<bf16>,
+    },
+    Fp8 {
+        k: GpuBuf<u8>,
+        v: GpuBuf<u8>,
+        k_scale: f32,
+        v_scale: f32,
+    },
+}
+
+impl DevKv {
+    /// A zeroed layer of `n` values per pool.
+    pub fn zeros(gpu: &Gpu, n: usize, fp8: Option<(f32, f32)>) -> Result<Self> {
+        Ok(match fp8 {
+            None => DevKv::Bf16 {
+                k: gpu.zeros(n)?,
+                v: gpu.zeros(n)?,
+            },
+            Some((k_scale, v_scale)) => DevKv::Fp8 {
+                k: gpu.zeros(n)?,
+                v: gpu.zeros(n)?,
+                k_scale,
+                v_scale,
+            },
+        })
+    }
+
+    pub(crate) fn ptrs(&self, gpu: &Gpu) -> KvPtrs {
+        match self {
+            DevKv::Bf16 { k, v } => gpu.bf16_kv(k, v),
+            DevKv::Fp8 {
+                k,
+                v,
+                k_scale,
+                v_scale,
+            } => KvPtrs {
+                fp8_scales: Some((*k_scale, *v_scale)),
+                ..gpu.bf16_kv(k, v)
+            },
+        }
+    }
 }
 
 /// One forward pass on the device over `n` staged rows, `r` of them producing logits.
@@ -81,11 +128,17 @@ pub struct CudaOps<'a> {
 impl Ops for CudaOps<'_> {
     type Act = GpuBuf<f32>;
     type In = GpuBuf<bf16>;
-    type Matrix = DevMatrix;
+    type Matrix = DevWeight;
     type Vector = GpuBuf<f32>;
     type Error = Error;
 
-    fn embed(&mut self, table: &DevMatrix, scale: f32, x: &mut GpuBuf<f32>) -> Result<()> {
+    fn embed(&mut self, table: &DevWeight, scale: f32, x: &mut GpuBuf<f32>) -> Result<()> {
+        let DevWeight::Bf16(table) = table else {
+            return Err(Error::Memory(
+                "the embedding table is looked up in bf16; an FP8 table has no lookup kernel"
+                    .into(),
+            ));
+        };
         self.gpu
             .embed_rows(&self.step.tokens, table, scale, x, self.n)
     }
@@ -102,8 +155,9 @@ impl Ops for CudaOps<'_> {
         self.gpu.residual_norm(x, add, norm, eps, out, self.n)
     }
 
-    fn matmul(&mut self, x: &GpuBuf<bf16>, w: &DevMatrix, y: &mut GpuBuf<f32>) -> Result<()> {
-        self.gpu.matmul(x, w, y, self.n)
+    fn matmul(&mut self, x: &GpuBuf<bf16>, w: &DevWeight, y: &mut GpuBuf<f32>) -> Result<()> {
+        let fp8 = self.step.fp8.as_mut();
+        self.gpu.matmul_any(x, w, y, self.n, fp8)
     }
 
     fn qkv_prep(
@@ -122,8 +176,8 @@ impl Ops for CudaOps<'_> {
             rope: &self.ropes[p.rope],
             slots: &self.step.slots,
         };
-        let kv = &mut self.kv[layer];
-        self.gpu.qkv_prep(qkv, &a, (&mut kv.k, &mut kv.v), self.n)
+        let kv = self.kv[layer].ptrs(self.gpu);
+        self.gpu.launch_qkv_prep(qkv, &a, kv, self.n)
     }
 
     fn attention(
@@ -143,10 +197,10 @@ impl Ops for CudaOps<'_> {
             row_ctx: &self.step.row_ctx,
             splits: attention_splits(self.n, p.heads, self.step.multiprocessors),
         };
-        let kv = &self.kv[layer];
+        let kv = self.kv[layer].ptrs(self.gpu);
         let part = &mut self.step.attn_part;
         self.gpu
-            .paged_attention(qkv, (&kv.k, &kv.v), &a, (out, part), self.n)
+            .launch_paged_attention(qkv, kv, &a, (out, part), self.n)
     }
 
     fn glu(
@@ -165,7 +219,7 @@ impl Ops for CudaOps<'_> {
         add: Residual<'_, GpuBuf<f32>, GpuBuf<f32>>,
         norm: &GpuBuf<f32>,
         eps: f32,
-        w: &DevMatrix,
+        w: &DevWeight,
         out: &mut GpuBuf<f32>,
     ) -> Result<()> {
         if self.r == 0 {
@@ -175,6 +229,6 @@ impl Ops for CudaOps<'_> {
         let rows = (&s.logit_rows, self.r);
         self.gpu
             .norm_rows(x, (&*add.add, add.norm), norm, eps, rows, &mut s.last)?;
-        self.gpu.matmul(&s.last, w, out, self.r)
+        self.gpu.matmul_any(&s.last, w, out, self.r, s.fp8.as_mut())
     }
 }

@@ -19,7 +19,8 @@ pub(super) struct Planned {
     pub in_ty: GgmlType,
     pub op: Op,
     pub out_ty: GgmlType,
-    /// Rounded through FP8 E4M3 with per-row scales before it is stored (`--quantization fp8`).
+    /// Rounded through FP8 E4M3 with one scale for the tensor before it is stored
+    /// (`--quantization fp8`; per tensor as the device's FP8 product takes it).
     pub fp8: bool,
 }
 
@@ -202,7 +203,7 @@ fn convert(p: &Planned, bytes: &[u8]) -> Result<Vec<u8>> {
     let cols = p.dims[0] as usize;
     if p.fp8 {
         use quant::fp8::{Fp8Matrix, Fp8Scaling};
-        x = Fp8Matrix::quantize(&x, n / cols.max(1), cols, Fp8Scaling::PerRow)
+        x = Fp8Matrix::quantize(&x, n / cols.max(1), cols, Fp8Scaling::PerTensor)
             .map_err(named)?
             .dequantize();
     }

@@ -50,10 +50,12 @@ pub enum Quantization {
     /// Q4_1 (a scale and a minimum per block), the output matrix Q8_0 as for Q4_0. A checkpoint
     /// exported in f32 from a Q4_1 GGUF such as the default model quantizes back to its blocks.
     Q4_1,
-    /// FP8 E4M3 with a scale per output row ([`crate::quant::fp8`]). The FP8 GEMM (cuBLASLt on
-    /// Hopper) is not written yet, so on every device the matrices hold the FP8-rounded values
-    /// as F32: FP8's accuracy, exactly, without its memory saving: the reference a device's FP8
-    /// product is checked against.
+    /// FP8 E4M3 with one scale per tensor ([`crate::quant::fp8`], as vLLM's `--quantization
+    /// fp8`): the matrices hold their FP8-rounded values as F32 (on the CPU: FP8's accuracy
+    /// without its memory saving). On a GPU the layers' matrices are then stored as FP8 codes
+    /// (`tokenfab_models::GpuWeights::Fp8`): a tensor uploaded alone quantizes back to exactly
+    /// these codes; stacked ones (Q|K|V, gate|up) share the largest of their scales, as vLLM's
+    /// `requantize_with_max_scale` does.
     Fp8,
 }
 

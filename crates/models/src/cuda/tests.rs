@@ -6,7 +6,7 @@ use tokenfab_loader::{GgmlType, Gguf};
 use super::*;
 use crate::executor::CpuExecutor;
 use crate::kv::KvDtype;
-use crate::testing::{tiny_model, ARCHS};
+use crate::testing::{tiny_model, worst_rel, ARCHS};
 use crate::SeqSlice;
 
 const VOCAB: usize = 64;
@@ -18,11 +18,17 @@ fn tiny(arch: &str) -> Model {
 
 /// The executor, or `None` (having said why) where there is no usable device.
 fn on_device(model: &Model, max_graph_batch: usize) -> Option<CudaExecutor> {
+    on_device_kv(model, max_graph_batch, KvDtype::F16)
+}
+
+/// [`on_device`] with the pool stored as `kv_dtype`.
+fn on_device_kv(model: &Model, max_graph_batch: usize, kv_dtype: KvDtype) -> Option<CudaExecutor> {
     let cfg = CudaConfig {
         block_size: 4,
         max_batch_tokens: 64,
         max_graph_batch,
         max_blocks: Some(32),
+        kv_dtype,
         ..CudaConfig::default()
     };
     match CudaExecutor::new(model, &cfg) {
@@ -147,4 +153,81 @@ fn table_capacity_covers_full_contexts() {
     let c = ModelConfig::from_gguf(&g).unwrap();
     let cap = table_cap(&c, 16, 4);
     assert_eq!(cap, 4 * c.context_len.div_ceil(16) + 1);
+}
+
+/// FP8 weights (layers' matrices as E4M3 with a scale each, products through cuBLASLt) and an
+/// FP8 KV cache against the CPU's f32 pass, with a tolerance fit to FP8 (operands within 2^-4
+/// relative); FP8 K/V against bf16 K/V on the same FP8 weights. Devices below sm_89 refuse FP8
+/// with an error naming it.
+#[test]
+fn fp8_weights_and_kv_track_the_cpu_on_a_gpu() {
+    for arch in ["llama", "qwen2"] {
+        let mut model = tiny(arch);
+        model.gpu_weights = GpuWeights::Fp8;
+        let Some(mut fp8_kv) = on_device_kv(&model, 8, KvDtype::Fp8) else {
+            return;
+        };
+        let mut bf16_kv = on_device_kv(&model, 8, KvDtype::F16).expect("the device was there");
+        let mut bf16 = on_device(&tiny(arch), 8).expect("the device was there");
+        let mut cpu = CpuExecutor::new(tiny(arch), KvDtype::F32, 4, 32).unwrap();
+        let want = run(&mut cpu, 6);
+        let (a, b, c) = (run(&mut fp8_kv, 6), run(&mut bf16_kv, 6), run(&mut bf16, 6));
+        let (e_fp8, e_kv, e_bf16) = (
+            worst_rel(&a, &want),
+            worst_rel(&a, &b),
+            worst_rel(&c, &want),
+        );
+        eprintln!("{arch}: fp8 weights+KV vs CPU {e_fp8:.4}, fp8 KV vs bf16 KV {e_kv:.4}, bf16 vs CPU {e_bf16:.4}");
+        assert!(e_fp8 <= 0.15, "{arch}: fp8 vs cpu {e_fp8}");
+        assert!(e_kv <= 0.1, "{arch}: fp8 KV vs bf16 KV {e_kv}");
+        assert!(
+            e_fp8 > e_bf16 / 4.0,
+            "{arch}: FP8 really ran ({e_fp8} vs bf16 {e_bf16})"
+        );
+        assert!(
+            fp8_kv.weight_bytes() < bf16.weight_bytes(),
+            "FP8 weights take less memory"
+        );
+    }
+}
+
+/// Sizing counts what is stored: an FP8 pool holds twice the tokens of a bf16 one, FP8 layers
+/// take half the bytes, and a dtype the GPU does not store is an error naming it.
+#[test]
+fn footprint_follows_the_storage() {
+    let g = Gguf::from_bytes(tiny_model("llama", VOCAB, GgmlType::F32, 4, 2).to_bytes()).unwrap();
+    let c = ModelConfig::from_gguf(&g).unwrap();
+    let kv = |kv_dtype| CudaConfig {
+        kv_dtype,
+        block_size: 16,
+        ..CudaConfig::default()
+    };
+    let f16 = device_footprint(&c, 1000, 0, false, &kv(KvDtype::F16)).unwrap();
+    let f8 = device_footprint(&c, 1000, 0, true, &kv(KvDtype::Fp8)).unwrap();
+    assert_eq!(f16.kv_min, 2 * f8.kv_min);
+    assert_eq!(f8.kv_min, 3 * 2 * c.n_layers * c.kv_dim() * 16);
+    // The FP8 products' quantized input: the widest layer input per row.
+    assert_eq!(
+        f8.activations - f16.activations,
+        512 * (c.dim.max(c.ffn_dim) + 4)
+    );
+    for d in [KvDtype::Q8_0, KvDtype::F32] {
+        let e = device_footprint(&c, 0, 0, false, &kv(d))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("--kv-cache-dtype {d}")), "{e}");
+    }
+    let layer = |w| llama_weight_bytes(&c, false, w) - llama_weight_bytes(&c, true, w);
+    assert_eq!(
+        layer(GpuWeights::Fp8),
+        layer(GpuWeights::Bf16),
+        "output matrix stays bf16"
+    );
+    let (b, f) = (
+        llama_weight_bytes(&c, true, GpuWeights::Bf16),
+        llama_weight_bytes(&c, true, GpuWeights::Fp8),
+    );
+    let layer_params =
+        c.dim * (c.q_dim() + 2 * c.kv_dim()) + c.dim * c.q_dim() + 3 * c.ffn_dim * c.dim;
+    assert_eq!(b - f, c.n_layers * (layer_params - 16));
 }
