@@ -1,0 +1,220 @@
+//! AVX-512 attention operations (x86-64), on the CPUs that [`crate::cpu::Isa::Avx512Vnni`] is
+//! detected on (AVX-512 F/BW/VL, plus AVX2, FMA and F16C). For head rows of a multiple of 16
+//! values: scores sixteen positions at a time (sixteen dot products' lanes summed by one
+//! transpose-reduce), V rows added and f16 rows widened sixteen values per instruction. Other
+//! head sizes, and the softmax steps, use the AVX2 operations.
+#![cfg(target_arch = "x86_64")]
+// Register tiles are indexed by head alongside pointer offsets; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use super::avx2::Avx2;
+use super::{acc_grouped, BlockQ8_0, HeadGroups, Ops, Task, MAX_TASK_ROWS};
+
+pub(crate) struct Avx512;
+
+/// The sums of `a[0]`..`a[15]`, in lane order. Every lane goes through the same tree (within each
+/// 128-bit lane: elements 0+2 and 1+3, then those two; then lanes 0+1 and 2+3, then those two), so
+/// a lane's sum does not depend on the other vectors.
+#[inline(always)]
+unsafe fn reduce16(a: &[__m512; 16]) -> __m512 {
+    let x: [__m512; 8] = std::array::from_fn(|i| {
+        let (p, q) = (a[2 * i], a[2 * i + 1]);
+        _mm512_add_ps(_mm512_unpacklo_ps(p, q), _mm512_unpackhi_ps(p, q))
+    });
+    let z: [__m512; 4] = std::array::from_fn(|i| {
+        let (p, q) = (_mm512_castps_pd(x[2 * i]), _mm512_castps_pd(x[2 * i + 1]));
+        _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(p, q)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(p, q)),
+        )
+    });
+    // Lanes (0, 2, 0, 2) and (1, 3, 1, 3) of two vectors, added.
+    let pairs = |p: __m512, q: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(p, q),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(p, q),
+        )
+    };
+    pairs(pairs(z[0], z[1]), pairs(z[2], z[3]))
+}
+
+/// [`Ops::scores`] for rows of a multiple of 16 values: per query head, blocks of 16 positions
+/// whose products are summed by [`reduce16`] (a short last block repeats row 0 in its unused
+/// lanes, which are not stored).
+#[inline(always)]
+unsafe fn scores16(q: &[f32], rows: &[&[f32]], scale: f32, s: &mut [f32], stride: usize) {
+    let (np, hd) = (rows.len(), rows[0].len());
+    let sc = _mm512_set1_ps(scale);
+    for (g, qg) in q.chunks_exact(hd).enumerate() {
+        let pq = qg.as_ptr();
+        let mut j0 = 0;
+        while j0 < np {
+            let nb = (np - j0).min(16);
+            let pk: [*const f32; 16] =
+                std::array::from_fn(|i| rows[if i < nb { j0 + i } else { 0 }].as_ptr());
+            let mut a = [_mm512_setzero_ps(); 16];
+            let mut c = 0;
+            while c < hd {
+                let qc = _mm512_loadu_ps(pq.add(c));
+                for i in 0..16 {
+                    a[i] = _mm512_fmadd_ps(qc, _mm512_loadu_ps(pk[i].add(c)), a[i]);
+                }
+                c += 16;
+            }
+            let r = _mm512_mul_ps(reduce16(&a), sc);
+            let dst = s[g * stride + j0..][..nb].as_mut_ptr();
+            _mm512_mask_storeu_ps(dst, ((1u32 << nb) - 1) as __mmask16, r);
+            j0 += 16;
+        }
+    }
+}
+
+/// [`HeadGroups::acc_n`] for heads of `16 * C` values (at most 64): all `N` heads' outputs held
+/// in registers while the rows go by, each row's weight broadcast once per head. Each output
+/// value gets the same operations, in the same order, as column by column.
+#[inline(always)]
+unsafe fn acc_in_registers<const N: usize, const C: usize>(
+    w: *const f32,
+    stride: usize,
+    rows: &[&[f32]],
+    out: *mut f32,
+) {
+    let hd = 16 * C;
+    let mut a = [[_mm512_setzero_ps(); C]; N];
+    for g in 0..N {
+        for c in 0..C {
+            a[g][c] = _mm512_loadu_ps(out.add(g * hd + 16 * c));
+        }
+    }
+    for (j, r) in rows.iter().enumerate() {
+        let pr = r.as_ptr();
+        for g in 0..N {
+            let wg = _mm512_set1_ps(*w.add(g * stride + j));
+            for c in 0..C {
+                a[g][c] = _mm512_fmadd_ps(wg, _mm512_loadu_ps(pr.add(16 * c)), a[g][c]);
+            }
+        }
+    }
+    for g in 0..N {
+        for c in 0..C {
+            _mm512_storeu_ps(out.add(g * hd + 16 * c), a[g][c]);
+        }
+    }
+}
+
+impl HeadGroups for Avx512 {
+    #[inline(always)]
+    unsafe fn dots_n<const N: usize>(
+        q: *const f32,
+        k: &[f32],
+        scale: f32,
+        s: *mut f32,
+        stride: usize,
+    ) {
+        Avx2::dots_n::<N>(q, k, scale, s, stride)
+    }
+
+    /// `out_g += Σ_j w[g * stride + j] * rows[j]` for `N` heads of `out` (rows of `hd`), sixteen
+    /// columns at a time.
+    #[inline(always)]
+    unsafe fn acc_n<const N: usize>(
+        w: *const f32,
+        stride: usize,
+        rows: &[&[f32]],
+        out: *mut f32,
+        hd: usize,
+    ) {
+        match hd {
+            64 => return acc_in_registers::<N, 4>(w, stride, rows, out),
+            32 => return acc_in_registers::<N, 2>(w, stride, rows, out),
+            16 => return acc_in_registers::<N, 1>(w, stride, rows, out),
+            _ if !hd.is_multiple_of(16) => return Avx2::acc_n::<N>(w, stride, rows, out, hd),
+            _ => {}
+        }
+        let mut c = 0;
+        while c < hd {
+            let mut a = [_mm512_setzero_ps(); N];
+            for g in 0..N {
+                a[g] = _mm512_loadu_ps(out.add(g * hd + c));
+            }
+            for (j, r) in rows.iter().enumerate() {
+                let v = _mm512_loadu_ps(r.as_ptr().add(c));
+                for g in 0..N {
+                    a[g] = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(g * stride + j)), v, a[g]);
+                }
+            }
+            for g in 0..N {
+                _mm512_storeu_ps(out.add(g * hd + c), a[g]);
+            }
+            c += 16;
+        }
+    }
+}
+
+impl Ops for Avx512 {
+    #[inline(always)]
+    unsafe fn dots(q: &[f32], k: &[f32], scale: f32, s: &mut [f32], stride: usize) {
+        Avx2::dots(q, k, scale, s, stride)
+    }
+
+    #[inline(always)]
+    unsafe fn scores(q: &[f32], rows: &[&[f32]], scale: f32, s: &mut [f32], stride: usize) {
+        match rows.first() {
+            Some(k) if !k.is_empty() && k.len().is_multiple_of(16) => {
+                scores16(q, rows, scale, s, stride)
+            }
+            _ => Avx2::scores(q, rows, scale, s, stride),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn exp_sum(s: &mut [f32], mx: f32) -> f32 {
+        Avx2::exp_sum(s, mx)
+    }
+
+    #[inline(always)]
+    unsafe fn acc(w: &[f32], stride: usize, rows: &[&[f32]], out: &mut [f32]) {
+        acc_grouped::<Self>(w, stride, rows, out)
+    }
+
+    #[inline(always)]
+    unsafe fn scale(a: f32, y: &mut [f32]) {
+        Avx2::scale(a, y)
+    }
+
+    #[inline(always)]
+    unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+        let mut i = 0;
+        while i + 16 <= n {
+            let h = _mm256_loadu_si256(ps.add(i) as *const __m256i);
+            _mm512_storeu_ps(pd.add(i), _mm512_cvtph_ps(h));
+            i += 16;
+        }
+        Avx2::f16_to_f32(&src[i..n], &mut dst[i..n])
+    }
+
+    #[inline(always)]
+    unsafe fn q8_to_f32(src: &[BlockQ8_0], dst: &mut [f32]) {
+        Avx2::q8_to_f32(src, dst)
+    }
+}
+
+/// [`super::fold::run`] on AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; as [`super::fold::run`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn chunk(
+    t: &Task,
+    c: usize,
+    outs: &[*mut f32; MAX_TASK_ROWS],
+    scratch: &mut [f32],
+) {
+    super::fold::run::<Avx512>(t, c, outs, scratch)
+}
