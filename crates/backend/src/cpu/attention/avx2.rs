@@ -166,6 +166,21 @@ impl Ops for Avx2 {
     }
 
     #[inline(always)]
+    unsafe fn max(s: &[f32], init: f32) -> f32 {
+        let (n, p) = (s.len(), s.as_ptr());
+        let mut m = _mm256_set1_ps(init);
+        let mut i = 0;
+        while i + 8 <= n {
+            m = _mm256_max_ps(m, _mm256_loadu_ps(p.add(i)));
+            i += 8;
+        }
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+        s[i..].iter().copied().fold(_mm_cvtss_f32(h), f32::max)
+    }
+
+    #[inline(always)]
     unsafe fn exp_sum(s: &mut [f32], mx: f32) -> f32 {
         let n = s.len();
         let (p, m) = (s.as_mut_ptr(), _mm256_set1_ps(mx));

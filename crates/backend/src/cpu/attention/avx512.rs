@@ -172,6 +172,11 @@ impl Ops for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn max(s: &[f32], init: f32) -> f32 {
+        Avx2::max(s, init)
+    }
+
+    #[inline(always)]
     unsafe fn exp_sum(s: &mut [f32], mx: f32) -> f32 {
         Avx2::exp_sum(s, mx)
     }

@@ -499,6 +499,11 @@ pub(crate) trait Ops {
             Self::dots(q, k, scale, &mut s[j..], stride);
         }
     }
+    /// The largest of `init` and `s` (no NaN among them).
+    #[inline(always)]
+    unsafe fn max(s: &[f32], init: f32) -> f32 {
+        s.iter().copied().fold(init, f32::max)
+    }
     /// `s = exp(s - mx)` (every `s <= mx`); returns the sum.
     unsafe fn exp_sum(s: &mut [f32], mx: f32) -> f32;
     /// `out_g += Σ_j w[g * stride + j] * rows[j]` for each head g of `out` (heads of
