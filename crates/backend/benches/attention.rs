@@ -94,18 +94,11 @@ fn main() {
                 v.write(s, &vf[s * kv_dim..(s + 1) * kv_dim]);
             }
             let mut scratch = vec![0f32; scratch_len(&shape)];
-            let inp = AttnInput {
-                shape,
-                q: &q,
-                q_stride: HEADS * HD,
-                rows: |t: usize| RowKv {
-                    block_table: &tables[t],
-                    start: 0,
-                    ctx,
-                },
-                k: &k,
-                v: &v,
-            };
+            let inp = input(shape, &q, &k, &v, |t: usize| RowKv {
+                block_table: &tables[t],
+                start: 0,
+                ctx,
+            });
             g.bench_function(BenchmarkId::new(format!("paged {dtype}"), &id), |b| {
                 b.iter(|| paged_attention(black_box(&inp), &mut out, &mut scratch))
             });
@@ -149,37 +142,41 @@ fn prefill(
         // Causal: row t reads t + 1 positions.
         g.throughput(Throughput::Elements((n * (n + 1) * kv_dim) as u64));
         let id = format!("prefill {n} rows");
-        let tiled = AttnInput {
-            shape,
-            q: &q,
-            q_stride: HEADS * HD,
-            rows: |t: usize| RowKv {
-                block_table: &table,
-                start: 0,
-                ctx: t + 1,
-            },
-            k: &k,
-            v: &v,
-        };
+        let tiled = input(shape, &q, &k, &v, |t: usize| RowKv {
+            block_table: &table,
+            start: 0,
+            ctx: t + 1,
+        });
         g.bench_function(BenchmarkId::new("paged f16 rows per task", &id), |b| {
             b.iter(|| paged_attention(black_box(&tiled), &mut out, &mut scratch))
         });
         // A table per row (equal contents): no two rows share a task.
         let tables: Vec<Vec<u32>> = (0..n).map(|_| table.clone()).collect();
-        let alone = AttnInput {
-            shape,
-            q: &q,
-            q_stride: HEADS * HD,
-            rows: |t: usize| RowKv {
-                block_table: &tables[t],
-                start: 0,
-                ctx: t + 1,
-            },
-            k: &k,
-            v: &v,
-        };
+        let alone = input(shape, &q, &k, &v, |t: usize| RowKv {
+            block_table: &tables[t],
+            start: 0,
+            ctx: t + 1,
+        });
         g.bench_function(BenchmarkId::new("paged f16 one row per task", &id), |b| {
             b.iter(|| paged_attention(black_box(&alone), &mut out, &mut scratch))
         });
+    }
+}
+
+/// SmolLM2's shapes over `q` and the pools, rows described by `rows`.
+fn input<'a, F>(
+    shape: AttnShape,
+    q: &'a [f32],
+    k: &'a KvStore,
+    v: &'a KvStore,
+    rows: F,
+) -> AttnInput<'a, F> {
+    AttnInput {
+        shape,
+        q,
+        q_stride: HEADS * HD,
+        rows,
+        k,
+        v,
     }
 }

@@ -1,8 +1,9 @@
 //! AVX-512 attention operations (x86-64), on the CPUs that [`crate::cpu::Isa::Avx512Vnni`] is
 //! detected on (AVX-512 F/BW/VL, plus AVX2, FMA and F16C). For head rows of a multiple of 16
 //! values: scores sixteen positions at a time (sixteen dot products' lanes summed by one
-//! transpose-reduce), V rows added and f16 rows widened sixteen values per instruction. Other
-//! head sizes, and the softmax steps, use the AVX2 operations.
+//! transpose-reduce) and f16 rows widened sixteen values per instruction; for heads of up to 64
+//! values, V rows added into outputs held in registers. Other head sizes, and the softmax steps,
+//! use the AVX2 operations.
 #![cfg(target_arch = "x86_64")]
 // Register tiles are indexed by head alongside pointer offsets; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
@@ -118,8 +119,8 @@ impl HeadGroups for Avx512 {
         Avx2::dots_n::<N>(q, k, scale, s, stride)
     }
 
-    /// `out_g += Σ_j w[g * stride + j] * rows[j]` for `N` heads of `out` (rows of `hd`), sixteen
-    /// columns at a time.
+    /// `out_g += Σ_j w[g * stride + j] * rows[j]` for `N` heads of `out` (rows of `hd`): held in
+    /// registers for heads of up to 64 values, else the AVX2 kernel's eight columns at a time.
     #[inline(always)]
     unsafe fn acc_n<const N: usize>(
         w: *const f32,
@@ -129,28 +130,10 @@ impl HeadGroups for Avx512 {
         hd: usize,
     ) {
         match hd {
-            64 => return acc_in_registers::<N, 4>(w, stride, rows, out),
-            32 => return acc_in_registers::<N, 2>(w, stride, rows, out),
-            16 => return acc_in_registers::<N, 1>(w, stride, rows, out),
-            _ if !hd.is_multiple_of(16) => return Avx2::acc_n::<N>(w, stride, rows, out, hd),
-            _ => {}
-        }
-        let mut c = 0;
-        while c < hd {
-            let mut a = [_mm512_setzero_ps(); N];
-            for g in 0..N {
-                a[g] = _mm512_loadu_ps(out.add(g * hd + c));
-            }
-            for (j, r) in rows.iter().enumerate() {
-                let v = _mm512_loadu_ps(r.as_ptr().add(c));
-                for g in 0..N {
-                    a[g] = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(g * stride + j)), v, a[g]);
-                }
-            }
-            for g in 0..N {
-                _mm512_storeu_ps(out.add(g * hd + c), a[g]);
-            }
-            c += 16;
+            64 => acc_in_registers::<N, 4>(w, stride, rows, out),
+            32 => acc_in_registers::<N, 2>(w, stride, rows, out),
+            16 => acc_in_registers::<N, 1>(w, stride, rows, out),
+            _ => Avx2::acc_n::<N>(w, stride, rows, out, hd),
         }
     }
 }

@@ -77,6 +77,16 @@ fn random_pool(dtype: KvDtype, slots: usize, width: usize, seed: &mut u64) -> (K
     (k, v)
 }
 
+/// Every value of `got` within attention's tolerance of the f64 reference `want`.
+fn assert_near(got: &[f32], want: &[f32], what: &str) {
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
+            "{what}: [{i}] {a} vs {b}"
+        );
+    }
+}
+
 fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, block_size: usize) {
     let mut seed = (n_heads * 1000 + head_dim * 10 + block_size) as u64;
     let sh = AttnShape {
@@ -131,12 +141,9 @@ fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, blo
         let mut out = vec![f32::NAN; rows.len() * q_dim];
         let mut scratch = vec![f32::NAN; scratch_len(&sh)];
         paged_attention_isa(isa, &inp, &mut out, &mut scratch);
-        for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-            assert!(
-                (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
-                "{dtype} {isa:?} heads {n_heads}/{n_kv_heads} hd {head_dim} bs {block_size}: [{i}] {a} vs {b}"
-            );
-        }
+        let what =
+            format!("{dtype} {isa:?} heads {n_heads}/{n_kv_heads} hd {head_dim} bs {block_size}");
+        assert_near(&out, &want, &what);
     }
 }
 
@@ -265,12 +272,7 @@ fn long_contexts_split_over_threads_give_the_unsplit_results_bit_for_bit() {
                         bits(&batch[..q_dim]),
                         "{dtype} {isa:?}: in a batch"
                     );
-                    for (i, (a, b)) in split.iter().zip(&want).enumerate() {
-                        assert!(
-                            (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
-                            "{dtype} {isa:?} from {start}: [{i}] {a} vs {b}"
-                        );
-                    }
+                    assert_near(&split, &want, &format!("{dtype} {isa:?} from {start}"));
                 });
             }
         }
@@ -369,12 +371,7 @@ fn rows_sharing_a_task_come_out_as_when_each_runs_alone() {
                     "{dtype} {isa:?}: row {t}"
                 );
             }
-            for (i, (a, b)) in all.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
-                    "{dtype} {isa:?}: [{i}] {a} vs {b}"
-                );
-            }
+            assert_near(&all, &want, &format!("{dtype} {isa:?}"));
         }
     }
 }
