@@ -385,9 +385,9 @@ unsafe fn run_task(isa: Isa, t: &Task, outs: &[*mut f32; MAX_TASK_ROWS], s: &mut
             }
         }
     }
-    for r in 0..t.n {
+    for (r, &o) in outs.iter().enumerate().take(t.n) {
         let l = &part(r)[g * hd + g..];
-        normalize(isa, std::slice::from_raw_parts_mut(outs[r], g * hd), l, hd);
+        normalize(isa, std::slice::from_raw_parts_mut(o, g * hd), l, hd);
     }
 }
 
