@@ -1,9 +1,8 @@
 //! AVX-512 attention operations (x86-64), on the CPUs that [`crate::cpu::Isa::Avx512Vnni`] is
-//! detected on (AVX-512 F/BW/VL, plus AVX2, FMA and F16C). For head rows of a multiple of 16
-//! values: scores sixteen positions at a time (sixteen dot products' lanes summed by one
-//! transpose-reduce) and f16 rows widened sixteen values per instruction; for heads of up to 64
-//! values, V rows added into outputs held in registers. Other head sizes, and the softmax steps,
-//! use the AVX2 operations.
+//! detected on (AVX-512 F/BW/VL, plus AVX2, FMA and F16C): f16 rows widened sixteen values per
+//! instruction and, for heads of up to 64 values, V rows added into outputs held in registers.
+//! Every result is bit-identical to the AVX2 path's (the same operations on each value, in the
+//! same order; scores are AVX2's), so a model gives the same numbers on every x86 processor.
 #![cfg(target_arch = "x86_64")]
 // Register tiles are indexed by head alongside pointer offsets; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
@@ -16,63 +15,6 @@ use super::avx2::Avx2;
 use super::{acc_grouped, BlockQ8_0, HeadGroups, Ops, Task, MAX_TASK_ROWS};
 
 pub(crate) struct Avx512;
-
-/// The sums of `a[0]`..`a[15]`, in lane order. Every lane goes through the same tree (within each
-/// 128-bit lane: elements 0+2 and 1+3, then those two; then lanes 0+1 and 2+3, then those two), so
-/// a lane's sum does not depend on the other vectors.
-#[inline(always)]
-unsafe fn reduce16(a: &[__m512; 16]) -> __m512 {
-    let x: [__m512; 8] = std::array::from_fn(|i| {
-        let (p, q) = (a[2 * i], a[2 * i + 1]);
-        _mm512_add_ps(_mm512_unpacklo_ps(p, q), _mm512_unpackhi_ps(p, q))
-    });
-    let z: [__m512; 4] = std::array::from_fn(|i| {
-        let (p, q) = (_mm512_castps_pd(x[2 * i]), _mm512_castps_pd(x[2 * i + 1]));
-        _mm512_add_ps(
-            _mm512_castpd_ps(_mm512_unpacklo_pd(p, q)),
-            _mm512_castpd_ps(_mm512_unpackhi_pd(p, q)),
-        )
-    });
-    // Lanes (0, 2, 0, 2) and (1, 3, 1, 3) of two vectors, added.
-    let pairs = |p: __m512, q: __m512| {
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(p, q),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(p, q),
-        )
-    };
-    pairs(pairs(z[0], z[1]), pairs(z[2], z[3]))
-}
-
-/// [`Ops::scores`] for rows of a multiple of 16 values: per query head, blocks of 16 positions
-/// whose products are summed by [`reduce16`] (a short last block repeats row 0 in its unused
-/// lanes, which are not stored).
-#[inline(always)]
-unsafe fn scores16(q: &[f32], rows: &[&[f32]], scale: f32, s: &mut [f32], stride: usize) {
-    let (np, hd) = (rows.len(), rows[0].len());
-    let sc = _mm512_set1_ps(scale);
-    for (g, qg) in q.chunks_exact(hd).enumerate() {
-        let pq = qg.as_ptr();
-        let mut j0 = 0;
-        while j0 < np {
-            let nb = (np - j0).min(16);
-            let pk: [*const f32; 16] =
-                std::array::from_fn(|i| rows[if i < nb { j0 + i } else { 0 }].as_ptr());
-            let mut a = [_mm512_setzero_ps(); 16];
-            let mut c = 0;
-            while c < hd {
-                let qc = _mm512_loadu_ps(pq.add(c));
-                for i in 0..16 {
-                    a[i] = _mm512_fmadd_ps(qc, _mm512_loadu_ps(pk[i].add(c)), a[i]);
-                }
-                c += 16;
-            }
-            let r = _mm512_mul_ps(reduce16(&a), sc);
-            let dst = s[g * stride + j0..][..nb].as_mut_ptr();
-            _mm512_mask_storeu_ps(dst, ((1u32 << nb) - 1) as __mmask16, r);
-            j0 += 16;
-        }
-    }
-}
 
 /// [`HeadGroups::acc_n`] for heads of `16 * C` values (at most 64): all `N` heads' outputs held
 /// in registers while the rows go by, each row's weight broadcast once per head. Each output
@@ -144,14 +86,11 @@ impl Ops for Avx512 {
         Avx2::dots(q, k, scale, s, stride)
     }
 
+    /// AVX2's: 16-wide blocks would sum each score in another order, and a model's results
+    /// would then differ between x86 processors with and without AVX-512.
     #[inline(always)]
     unsafe fn scores(q: &[f32], rows: &[&[f32]], scale: f32, s: &mut [f32], stride: usize) {
-        match rows.first() {
-            Some(k) if !k.is_empty() && k.len().is_multiple_of(16) => {
-                scores16(q, rows, scale, s, stride)
-            }
-            _ => Avx2::scores(q, rows, scale, s, stride),
-        }
+        Avx2::scores(q, rows, scale, s, stride)
     }
 
     #[inline(always)]

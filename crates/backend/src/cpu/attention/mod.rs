@@ -15,7 +15,7 @@
 //! other rows of the batch.
 //! f16 and Q8_0 rows are widened to f32 a tile at a time (F16C / AVX2 / AVX-512 on x86-64, NEON
 //! on aarch64, the portable conversion elsewhere; all exact). Each row's scores are computed for
-//! blocks of positions at once (8 or 16 dot products reduced together on x86-64).
+//! blocks of positions at once (8 dot products reduced together on x86-64).
 
 mod avx2;
 mod avx512;
