@@ -399,7 +399,7 @@ fn block_scores_equal_one_position_at_a_time_within_rounding() {
             // SAFETY: the scalar path needs nothing.
             unsafe { scalar::Scalar::scores(&q, &refs[..np], 0.125, &mut want, TILE) };
             #[allow(unused_mut)]
-            let mut got: Vec<(Isa, Vec<f32>)> = Vec::new();
+            let mut got: Vec<(Isa, Vec<f32>, Vec<f32>)> = Vec::new();
             #[cfg(target_arch = "x86_64")]
             for isa in Isa::available() {
                 let mut s = vec![f32::NAN; 3 * TILE];
@@ -415,13 +415,9 @@ fn block_scores_equal_one_position_at_a_time_within_rounding() {
                         _ => continue,
                     }
                 }
-                got.push((isa, s));
-            }
-            for (isa, s) in got {
-                // A position's score does not depend on how many share its block.
+                // The same path over the whole tile.
                 let mut full = vec![f32::NAN; 3 * TILE];
                 // SAFETY: as above.
-                #[cfg(target_arch = "x86_64")]
                 unsafe {
                     match isa {
                         Isa::Avx512Vnni => {
@@ -430,6 +426,10 @@ fn block_scores_equal_one_position_at_a_time_within_rounding() {
                         _ => avx2::Avx2::scores(&q, &refs, 0.125, &mut full, TILE),
                     }
                 }
+                got.push((isa, s, full));
+            }
+            for (isa, s, full) in got {
+                // A position's score does not depend on how many share its block.
                 for g in 0..3 {
                     let at = g * TILE..g * TILE + np;
                     assert_eq!(
