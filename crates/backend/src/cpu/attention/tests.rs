@@ -77,6 +77,17 @@ fn random_pool(dtype: KvDtype, slots: usize, width: usize, seed: &mut u64) -> (K
     (k, v)
 }
 
+/// SmolLM2-135M's attention: 9 query heads over 3 KV heads of 64, blocks of 16.
+fn smollm2_shape() -> AttnShape {
+    AttnShape {
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        block_size: 16,
+        scale: 1.0 / 8.0,
+    }
+}
+
 /// Every value of `got` within attention's tolerance of the f64 reference `want`.
 fn assert_near(got: &[f32], want: &[f32], what: &str) {
     for (i, (a, b)) in got.iter().zip(want).enumerate() {
@@ -204,13 +215,7 @@ fn long_contexts_split_over_threads_give_the_unsplit_results_bit_for_bit() {
         .build()
         .unwrap();
     let (bs, hd) = (16, 64);
-    let sh = AttnShape {
-        n_heads: 9,
-        n_kv_heads: 3,
-        head_dim: hd,
-        block_size: bs,
-        scale: 1.0 / 8.0,
-    };
+    let sh = smollm2_shape();
     let width = 3 * hd;
     let blocks = 72;
     let mut seed = 77;
@@ -300,13 +305,7 @@ fn rows_sharing_a_task_come_out_as_when_each_runs_alone() {
     // around it: a run crossing a chunk boundary and MAX_TASK_ROWS boundaries, another sequence
     // in between, the first sequence again, and sliding-window rows (each alone).
     let (bs, hd) = (16, 64);
-    let sh = AttnShape {
-        n_heads: 9,
-        n_kv_heads: 3,
-        head_dim: hd,
-        block_size: bs,
-        scale: 1.0 / 8.0,
-    };
+    let sh = smollm2_shape();
     let width = 3 * hd;
     let blocks = 40;
     let mut seed = 91;
