@@ -4,7 +4,10 @@
 # the server's phase table (wall and CPU ms per step, shares; CPU = CPU time of the threads doing
 # each phase, so shares hold under contention). With TOKENFAB_B, a second build (before/after)
 # runs the same workload interleaved A B A B (`--compare`); a build without phase metrics gets
-# the client's figures only.
+# the client's figures only. Each server that has `serve --profile-forward` also times the phases
+# inside its forward passes (per layer: norms, products, attention, summed over layers), printed
+# under each phase table; FORWARD_PHASES=0 turns that off (it costs a few clock
+# reads per phase and layer, which an A/B run against a build without the flag charges to A).
 #
 #   scripts/bench-phases.sh OUT_DIR [CONCURRENCY=1,64] [PROMPTS_PER_LOAD=64]
 #
@@ -24,8 +27,11 @@ read -r -a extra <<<"${SERVE_ARGS:-}"
 mkdir -p "$out"
 [[ -x $tf ]] || (cd "$root" && cargo build --release -p tokenfab)
 pa=${PORT_A:-18121}; pb=${PORT_B:-18122}
-serve() { exec "$1" serve --model "$model" --host 127.0.0.1 --port "$2" --threads "$threads" \
-  --max-num-seqs 256 "${extra[@]}"; }
+# `--profile-forward` for a build that has it (an older base binary does not).
+fwd() { [[ ${FORWARD_PHASES:-1} != 0 ]] && "$1" serve --help 2>/dev/null | grep -q -- --profile-forward &&
+  echo --profile-forward || true; }
+serve() { local f; f=$(fwd "$1"); exec "$1" serve --model "$model" --host 127.0.0.1 --port "$2" \
+  --threads "$threads" --max-num-seqs 256 ${f:+"$f"} "${extra[@]}"; }
 serve "$tf" "$pa" >"$out/serve-a.log" 2>&1 &
 pids=($!)
 cmp=()

@@ -1,8 +1,9 @@
 //! Paged attention on SmolLM2-135M's shapes (9 query heads over 3 KV heads of 64, blocks of 16):
 //! `cpu::attention` with an f32, f16 and Q8_0 pool, next to the per-(row, head) loop it replaced
 //! (f32 pool, a scores vector per head, `dot` / `softmax` / `axpy`). Decode: `rows` sequences of
-//! one token each at context `ctx`, blocks scattered over the pool. Prints µs per call and the
-//! K/V bytes read per second.
+//! one token each at context `ctx`, blocks scattered over the pool. Prefill: one sequence's `n`
+//! rows at positions 0..n (causal), f16 pool, as tasks of several rows (each K/V tile widened once
+//! for all of them) and one row per task. Prints µs per call and the K/V values read per second.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -64,7 +65,7 @@ fn main() {
         block_size: BS,
         scale: 1.0 / (HD as f32).sqrt(),
     };
-    for &(rows, ctx) in &[(1usize, 512usize), (1, 4096), (16, 1024)] {
+    for &(rows, ctx) in &[(1usize, 512usize), (1, 4096), (16, 1024), (64, 128)] {
         let blocks_per_seq = ctx.div_ceil(BS);
         let num_blocks = rows * blocks_per_seq;
         let slots = num_blocks * BS;
@@ -93,18 +94,11 @@ fn main() {
                 v.write(s, &vf[s * kv_dim..(s + 1) * kv_dim]);
             }
             let mut scratch = vec![0f32; scratch_len(&shape)];
-            let inp = AttnInput {
-                shape,
-                q: &q,
-                q_stride: HEADS * HD,
-                rows: |t: usize| RowKv {
-                    block_table: &tables[t],
-                    start: 0,
-                    ctx,
-                },
-                k: &k,
-                v: &v,
-            };
+            let inp = input(shape, &q, &k, &v, |t: usize| RowKv {
+                block_table: &tables[t],
+                start: 0,
+                ctx,
+            });
             g.bench_function(BenchmarkId::new(format!("paged {dtype}"), &id), |b| {
                 b.iter(|| paged_attention(black_box(&inp), &mut out, &mut scratch))
             });
@@ -117,6 +111,72 @@ fn main() {
             }
         }
     }
+    prefill(&mut g, shape);
     g.finish();
     c.final_summary();
+}
+
+/// One sequence's `n` causal rows (a prompt's prefill) over an f16 pool.
+fn prefill(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    shape: AttnShape,
+) {
+    let kv_dim = KV_HEADS * HD;
+    for n in [128usize, 512] {
+        let blocks = n.div_ceil(BS);
+        let mut seed = 9;
+        let (mut k, mut v) = (
+            KvStore::new(KvDtype::F16, blocks * BS, kv_dim),
+            KvStore::new(KvDtype::F16, blocks * BS, kv_dim),
+        );
+        for s in 0..blocks * BS {
+            let kr: Vec<f32> = (0..kv_dim).map(|_| 4.0 * lcg(&mut seed)).collect();
+            let vr: Vec<f32> = (0..kv_dim).map(|_| lcg(&mut seed)).collect();
+            k.write(s, &kr);
+            v.write(s, &vr);
+        }
+        let table: Vec<u32> = (0..blocks as u32).rev().collect();
+        let q: Vec<f32> = (0..n * HEADS * HD).map(|_| lcg(&mut seed)).collect();
+        let mut out = vec![0f32; n * HEADS * HD];
+        let mut scratch = vec![0f32; scratch_len(&shape)];
+        // Causal: row t reads t + 1 positions.
+        g.throughput(Throughput::Elements((n * (n + 1) * kv_dim) as u64));
+        let id = format!("prefill {n} rows");
+        let tiled = input(shape, &q, &k, &v, |t: usize| RowKv {
+            block_table: &table,
+            start: 0,
+            ctx: t + 1,
+        });
+        g.bench_function(BenchmarkId::new("paged f16 rows per task", &id), |b| {
+            b.iter(|| paged_attention(black_box(&tiled), &mut out, &mut scratch))
+        });
+        // A table per row (equal contents): no two rows share a task.
+        let tables: Vec<Vec<u32>> = (0..n).map(|_| table.clone()).collect();
+        let alone = input(shape, &q, &k, &v, |t: usize| RowKv {
+            block_table: &tables[t],
+            start: 0,
+            ctx: t + 1,
+        });
+        g.bench_function(BenchmarkId::new("paged f16 one row per task", &id), |b| {
+            b.iter(|| paged_attention(black_box(&alone), &mut out, &mut scratch))
+        });
+    }
+}
+
+/// SmolLM2's shapes over `q` and the pools, rows described by `rows`.
+fn input<'a, F>(
+    shape: AttnShape,
+    q: &'a [f32],
+    k: &'a KvStore,
+    v: &'a KvStore,
+    rows: F,
+) -> AttnInput<'a, F> {
+    AttnInput {
+        shape,
+        q,
+        q_stride: HEADS * HD,
+        rows,
+        k,
+        v,
+    }
 }

@@ -58,6 +58,11 @@ pub struct Args {
     /// Turn automatic prefix caching off.
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// Time the phases inside each forward pass (per layer: norms, products, attention) into
+    /// /metrics (`tokenfab:forward_phase_seconds`), as `tokenfab bench --profile` reports them;
+    /// costs a few clock reads per phase and layer. CPU only.
+    #[arg(long)]
+    pub profile_forward: bool,
     /// Accepted API key for /v1 routes (repeatable). Also read from TOKENFAB_API_KEY.
     #[arg(long = "api-key", value_name = "KEY", hide_env_values = true)]
     pub api_keys: Vec<String>,
@@ -306,6 +311,7 @@ pub fn run(a: Args) -> Result<()> {
         stream_timeout: secs(a.stream_timeout, "--stream-timeout")?.max(Duration::from_millis(10)),
         kv_events: a.kv_events.settings()?,
         speculative: a.spec.config()?,
+        profile_forward: a.profile_forward,
         ..EngineConfig::default()
     };
     let m = a.model.load()?;

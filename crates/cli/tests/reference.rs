@@ -34,14 +34,16 @@ fn free_running_greedy_matches_llama_cpp_first_tokens() {
 }
 
 /// llama.cpp's `llama-perplexity -c 512` on the same files (shared/reference/README.md), and
-/// what `tokenfab perplexity` gave before it ran through the engine (its own loop over one
-/// sequence, commit 6ea0d29): the engine must not move it by more than 0.01%.
+/// what `tokenfab perplexity` gives (the engine and the batch must not move it by more than
+/// 0.01%): 14.9660 and 11.6592 from its own loop over one sequence (commit 6ea0d29), unchanged
+/// by the engine; 14.9403 and 11.6639 since attention sums its scores in blocks of 8 positions
+/// (issue 17; the same bits on every x86 path).
 #[test]
 fn perplexity_is_within_two_percent_of_llama_cpp_and_unchanged_by_the_engine() {
     let model = model();
     for (file, want, before) in [
-        ("GPL-2.txt", 14.9655, 14.9660),
-        ("MPL-2.0.txt", 11.6840, 11.6592),
+        ("GPL-2.txt", 14.9655, 14.9403),
+        ("MPL-2.0.txt", 11.6840, 11.6639),
     ] {
         let path = shared().join("reference/texts").join(file);
         let ppl = llama_cpp::perplexity(&model, &path, 512);

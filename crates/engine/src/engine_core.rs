@@ -117,7 +117,7 @@ impl EngineCore {
             lingering: Vec::new(),
             stream_timeout: cfg.stream_timeout,
             kv_events,
-            timer: StepTimer::new(CpuClocks::of_global_pool()),
+            timer: StepTimer::new(CpuClocks::of_global_pool(), cfg.profile_forward),
             spec: cfg.speculative.clone(),
             cost: CostModel::default(),
             constrained: Constrained::default(),

@@ -58,6 +58,9 @@ pub struct EngineConfig {
     pub kv_events: Option<crate::kv_events::KvEventsSettings>,
     /// n-gram speculative decoding (vLLM's `--speculative-config`); `None`: off.
     pub speculative: Option<SpeculativeConfig>,
+    /// Time the phases inside each forward pass (per layer: norms, products, attention) into the
+    /// `forward_phase_*` metrics (`--profile-forward`); costs a few clock reads per phase.
+    pub profile_forward: bool,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +81,7 @@ impl Default for EngineConfig {
             max_kv_blocks: None,
             kv_events: None,
             speculative: None,
+            profile_forward: false,
         }
     }
 }

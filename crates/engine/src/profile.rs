@@ -151,6 +151,9 @@ impl CpuClocks {
 /// goes to the second.
 struct Laps<const N: usize> {
     clocks: CpuClocks,
+    /// Whether the lapping thread's own clock is read: not when it is a pool thread, whose clock
+    /// the pool's already include (a forward pass driven from inside the pool).
+    own_counted: bool,
     wall: Instant,
     /// This thread's CPU time and the pool's at the last lap that read each.
     own: Duration,
@@ -162,6 +165,7 @@ struct Laps<const N: usize> {
 impl<const N: usize> Laps<N> {
     fn new(clocks: CpuClocks) -> Self {
         Self {
+            own_counted: true,
             wall: Instant::now(),
             own: thread_cpu(),
             pool: clocks.pool(),
@@ -172,13 +176,22 @@ impl<const N: usize> Laps<N> {
 
     fn begin(&mut self) {
         self.acc = [(Duration::ZERO, Duration::ZERO); N];
+        self.own_counted = rayon::current_thread_index().is_none();
         self.wall = Instant::now();
-        self.own = thread_cpu();
+        self.own = self.own_cpu();
         self.pool = self.clocks.pool();
     }
 
+    fn own_cpu(&self) -> Duration {
+        if self.own_counted {
+            thread_cpu()
+        } else {
+            Duration::ZERO
+        }
+    }
+
     fn lap(&mut self, phase: usize, read_pool: bool) {
-        let (wall, own) = (Instant::now(), thread_cpu());
+        let (wall, own) = (Instant::now(), self.own_cpu());
         let a = &mut self.acc[phase];
         a.0 += wall - self.wall;
         a.1 += own.saturating_sub(self.own);
@@ -193,17 +206,27 @@ impl<const N: usize> Laps<N> {
 }
 
 /// Times the phases of one engine step: each [`StepTimer::lap`] charges the wall and CPU time
-/// since the previous lap to a phase; [`StepTimer::end`] records the step's totals.
-pub(crate) struct StepTimer(Laps<{ EnginePhase::COUNT }>);
+/// since the previous lap to a phase; [`StepTimer::end`] records the step's totals, and those of
+/// the step's forward pass when the inside of passes is profiled.
+pub(crate) struct StepTimer(Laps<{ EnginePhase::COUNT }>, Option<ForwardProfile>);
 
 impl StepTimer {
-    pub fn new(clocks: CpuClocks) -> Self {
-        Self(Laps::new(clocks))
+    /// With `profile_forward`, [`StepTimer::forward_hook`] hands the forward pass a hook that
+    /// times its phases (about 3 clock reads per phase per layer: a small share of a pass, so off
+    /// by default).
+    pub fn new(clocks: CpuClocks, profile_forward: bool) -> Self {
+        let forward = profile_forward.then(|| ForwardProfile::new(clocks.clone()));
+        Self(Laps::new(clocks), forward)
     }
 
     /// Starts a step: clears the totals and takes the clocks.
     pub fn begin(&mut self) {
         self.0.begin();
+    }
+
+    /// The hook for this step's forward pass; `None` when passes are not profiled.
+    pub fn forward_hook(&mut self) -> Option<&mut dyn ForwardHook> {
+        self.1.as_mut().map(|f| f as &mut dyn ForwardHook)
     }
 
     /// Charges the time since the previous lap (or `begin`) to `phase`. The pool's clocks are
@@ -223,7 +246,8 @@ impl StepTimer {
         self.0.acc[phase.index()].1
     }
 
-    /// Records the step's per-phase totals (the server's HTTP phase is recorded by the server).
+    /// Records the step's per-phase totals (the server's HTTP phase is recorded by the server),
+    /// and its forward pass's when one was profiled.
     pub fn end(&mut self, m: &PhaseMetrics) {
         m.steps.add(1);
         for p in EnginePhase::ALL {
@@ -231,6 +255,9 @@ impl StepTimer {
                 let (wall, cpu) = self.0.acc[p.index()];
                 m.observe(p, wall, cpu);
             }
+        }
+        if let Some(f) = &mut self.1 {
+            f.end(m);
         }
     }
 }
@@ -257,16 +284,21 @@ impl HttpTimer {
 }
 
 /// The hook a forward pass calls at its phase boundaries: sums each [`ForwardPhase`]'s wall
-/// and CPU time over the layers of one pass, recorded per pass by [`ForwardProfile::end`].
-pub struct ForwardProfile(Laps<{ ForwardPhase::ALL.len() }>);
+/// and CPU time over the layers of one pass, recorded per pass by [`ForwardProfile::end`]. The
+/// pool's clocks are read at every boundary: the phases run on the pool.
+pub struct ForwardProfile(Laps<{ ForwardPhase::ALL.len() }>, bool);
 
 impl ForwardProfile {
     pub fn new(clocks: CpuClocks) -> Self {
-        Self(Laps::new(clocks))
+        Self(Laps::new(clocks), false)
     }
 
-    /// Records the pass's totals per phase.
+    /// Records the totals per phase of the pass begun since the last call, if one was (an
+    /// executor that cannot time its phases never begins one).
     pub fn end(&mut self, m: &PhaseMetrics) {
+        if !std::mem::take(&mut self.1) {
+            return;
+        }
         m.forward_passes.add(1);
         for p in ForwardPhase::ALL {
             let (wall, cpu) = self.0.acc[p.index()];
@@ -278,6 +310,7 @@ impl ForwardProfile {
 
 impl ForwardHook for ForwardProfile {
     fn pass_begin(&mut self) {
+        self.1 = true;
         self.0.begin();
     }
 
@@ -311,7 +344,7 @@ mod tests {
         let clocks = CpuClocks::of_global_pool();
         let pool = clocks.pool_threads() as f64;
         assert!(pool >= 1.0);
-        let mut t = StepTimer::new(clocks);
+        let mut t = StepTimer::new(clocks, false);
         t.begin();
         spin(30);
         t.lap(EnginePhase::Sample);
@@ -353,6 +386,40 @@ mod tests {
         assert!(cpu[ForwardPhase::Qkv.index()].1 >= 0.011, "{cpu:?}");
         assert!(cpu[ForwardPhase::Attention.index()].1 < 0.004, "{cpu:?}");
         assert_eq!(m.forward_passes.get(), 1);
+    }
+
+    #[test]
+    fn a_step_records_forward_phases_only_for_a_profiled_pass() {
+        let m = PhaseMetrics::default();
+        let mut off = StepTimer::new(CpuClocks::of_global_pool(), false);
+        assert!(off.forward_hook().is_none());
+        let mut t = StepTimer::new(CpuClocks::of_global_pool(), true);
+        // An executor that cannot time its phases never begins a pass: nothing recorded.
+        t.begin();
+        t.end(&m);
+        assert_eq!(m.forward_passes.get(), 0);
+        t.begin();
+        let h = t.forward_hook().unwrap();
+        h.pass_begin();
+        spin(4);
+        h.phase_done(Some(0), ForwardPhase::Attention);
+        h.phase_done(None, ForwardPhase::Logits);
+        t.end(&m);
+        assert_eq!(m.forward_passes.get(), 1);
+        let cpu = totals(&m.forward_cpu);
+        assert!(cpu[ForwardPhase::Attention.index()].1 >= 0.0035, "{cpu:?}");
+        assert!(cpu[ForwardPhase::Logits.index()].1 < 0.002, "{cpu:?}");
+        // A pass driven from a pool thread counts that thread once (through the pool's clocks).
+        let mut p = ForwardProfile::new(CpuClocks::of_global_pool());
+        rayon::scope(|_| {
+            p.pass_begin();
+            spin(20);
+            p.phase_done(Some(0), ForwardPhase::Qkv);
+        });
+        p.end(&m);
+        let cpu = totals(&m.forward_cpu)[ForwardPhase::Qkv.index()].1;
+        // Counted twice it would be >= 0.04.
+        assert!((0.019..0.036).contains(&cpu), "{cpu}");
     }
 
     #[test]

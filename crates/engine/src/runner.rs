@@ -49,7 +49,8 @@ impl ModelRunner {
     /// Runs every scheduled token. `all_rows(i)` says whether sequence `i` wants the logits of
     /// every scheduled row (prompt log-probabilities); otherwise, when it samples, it gets its
     /// last row and one row per draft token before it (the rows that verify the draft), and
-    /// nothing when it does not. Laps `Batch` and `Forward` on `timer`.
+    /// nothing when it does not. Laps `Batch` and `Forward` on `timer`, and hands the pass its
+    /// forward hook.
     pub fn execute(
         &mut self,
         out: &SchedulerOutput,
@@ -87,7 +88,7 @@ impl ModelRunner {
         };
         let vocab = self.exec.config().vocab_size;
         timer.lap(EnginePhase::Batch);
-        let logits = self.exec.forward(&batch)?;
+        let logits = self.exec.forward_profiled(&batch, timer.forward_hook())?;
         timer.lap(EnginePhase::Forward);
         Ok(StepLogits {
             rows: &self.rows,

@@ -395,3 +395,41 @@ fn retry_after_follows_the_mean_queue_time_and_is_alive_ends_with_the_thread() {
     e.shutdown(Duration::from_secs(5));
     assert!(!e.is_alive());
 }
+
+#[test]
+fn profiled_forward_passes_report_their_phases_in_metrics() {
+    use tokenfab_types::profile::ForwardPhase;
+    // Off by default: no forward series.
+    let plain = engine("no-profile", EngineConfig::default());
+    collect(plain.submit(greedy(&[5, 6, 7], 4)).unwrap());
+    assert_eq!(plain.metrics().phases.forward_passes.get(), 0);
+    assert!(!plain.render_metrics().contains("forward_phase"));
+    let e = engine(
+        "profile",
+        EngineConfig {
+            profile_forward: true,
+            ..EngineConfig::default()
+        },
+    );
+    collect(e.submit(greedy(&[5, 6, 7], 4)).unwrap());
+    let p = &e.metrics().phases;
+    // One pass per step: the prompt's, then a decode step per further token.
+    assert!(p.forward_passes.get() >= 4, "{}", p.forward_passes.get());
+    assert!(p.forward_passes.get() <= p.steps.get());
+    let text = e.render_metrics();
+    for phase in ForwardPhase::ALL {
+        let count = format!(
+            "tokenfab:forward_phase_cpu_seconds_count{{model_name=\"{}\",phase=\"{}\"}}",
+            e.info().model_name,
+            phase.name()
+        );
+        assert!(text.contains(&count), "{count} missing");
+        assert_eq!(
+            p.forward_wall[phase.index()].count(),
+            p.forward_passes.get()
+        );
+    }
+    // The layers' work is timed: the products and attention took some wall time.
+    let wall = |ph: ForwardPhase| p.forward_wall[ph.index()].sum();
+    assert!(wall(ForwardPhase::Qkv) > 0.0 && wall(ForwardPhase::Attention) > 0.0);
+}

@@ -1,5 +1,7 @@
 //! What the engine's model runner drives: a model with its KV pool on some device.
 
+use tokenfab_types::profile::ForwardHook;
+
 use crate::batch::ForwardBatch;
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -12,6 +14,17 @@ pub trait Executor: Send {
     /// Runs one batch and returns the logits of `batch.logits_rows`: (rows, vocab), held by the
     /// executor until the next call; the caller may mask them in place.
     fn forward(&mut self, batch: &ForwardBatch) -> Result<&mut [f32]>;
+    /// [`Executor::forward`], telling `hook` where each phase of the pass ends. An executor whose
+    /// operations return before the device has run them (CUDA's) cannot time them from the host:
+    /// it runs the plain pass and never calls the hook, so no phase is recorded.
+    fn forward_profiled(
+        &mut self,
+        batch: &ForwardBatch,
+        hook: Option<&mut dyn ForwardHook>,
+    ) -> Result<&mut [f32]> {
+        let _ = hook;
+        self.forward(batch)
+    }
     fn config(&self) -> &ModelConfig;
     fn block_size(&self) -> usize;
     fn num_blocks(&self) -> usize;
@@ -49,6 +62,14 @@ impl Executor for CpuExecutor {
     fn forward(&mut self, batch: &ForwardBatch) -> Result<&mut [f32]> {
         self.model
             .forward_into(batch, &mut self.kv, &mut self.scratch)
+    }
+    fn forward_profiled(
+        &mut self,
+        batch: &ForwardBatch,
+        hook: Option<&mut dyn ForwardHook>,
+    ) -> Result<&mut [f32]> {
+        self.model
+            .forward_profiled(batch, &mut self.kv, &mut self.scratch, hook)
     }
     fn config(&self) -> &ModelConfig {
         &self.model.cfg

@@ -7,6 +7,7 @@
 //! not, scales, window, activation), not code.
 
 use tokenfab_backend::ops::{AttnLayer, Ops, QkvPrep, Residual};
+use tokenfab_types::profile::{mark, ForwardHook, ForwardPhase as P};
 
 use crate::config::ModelConfig;
 use crate::weight::Weights;
@@ -41,8 +42,25 @@ pub fn forward<D: Ops>(
     d: &mut D,
     a: &mut Acts<D::Act, D::In>,
 ) -> Result<(), D::Error> {
+    forward_hooked(c, w, d, a, None)
+}
+
+/// [`forward`], telling `hook` (when there is one) where each phase of each layer ends: the
+/// phases' times are only meaningful on a device whose operations have finished when they return
+/// (the CPU's). Without a hook, one branch per phase boundary.
+pub fn forward_hooked<D: Ops>(
+    c: &ModelConfig,
+    w: &Weights<D::Matrix, D::Vector>,
+    d: &mut D,
+    a: &mut Acts<D::Act, D::In>,
+    mut hook: Option<&mut dyn ForwardHook>,
+) -> Result<(), D::Error> {
     let (heads, eps) = (c.heads(), c.rms_eps);
+    if let Some(h) = hook.as_deref_mut() {
+        h.pass_begin();
+    }
     d.embed(&w.tok_embd, c.embed_scale, &mut a.x)?;
+    mark(&mut hook, None, P::Embed);
     // The hot loop: every layer over all rows of all sequences at once.
     for (l, lw) in w.layers.iter().enumerate() {
         // The previous layer's FFN output joins the residual here.
@@ -50,8 +68,11 @@ pub fn forward<D: Ops>(
             add: &mut a.tmp,
             norm: w.layers[l - 1].post_ffn_norm.as_ref(),
         });
+        let at = Some(l);
         d.residual_norm(&mut a.x, prev, &lw.attn_norm, eps, &mut a.xn)?;
+        mark(&mut hook, at, P::AttnNorm);
         d.matmul(&a.xn, &lw.wqkv, &mut a.qkv)?;
+        mark(&mut hook, at, P::Qkv);
         let prep = QkvPrep {
             heads,
             bias: lw.bqkv.as_ref(),
@@ -61,26 +82,35 @@ pub fn forward<D: Ops>(
             rope: c.rope_index(l),
         };
         d.qkv_prep(l, &mut a.qkv, &prep)?;
+        mark(&mut hook, at, P::RopeKv);
         let attn = AttnLayer {
             heads,
             scale: c.attn_scale,
             window: c.window(l),
         };
         d.attention(l, &a.qkv, &attn, &mut a.att)?;
+        mark(&mut hook, at, P::Attention);
         d.matmul(&a.att, &lw.wo, &mut a.tmp)?;
+        mark(&mut hook, at, P::AttnOutput);
         let out = Residual {
             add: &mut a.tmp,
             norm: lw.post_attn_norm.as_ref(),
         };
         d.residual_norm(&mut a.x, Some(out), &lw.ffn_norm, eps, &mut a.xn)?;
+        mark(&mut hook, at, P::FfnNorm);
         d.matmul(&a.xn, &lw.w_gate_up, &mut a.gu)?;
+        mark(&mut hook, at, P::FfnGateUp);
         d.glu(c.activation, &a.gu, c.ffn_dim, &mut a.h)?;
+        mark(&mut hook, at, P::FfnAct);
         d.matmul(&a.h, &lw.w_down, &mut a.tmp)?;
+        mark(&mut hook, at, P::FfnDown);
     }
     // The last FFN output joins the residual of the logits rows only.
     let last = Residual {
         add: &mut a.tmp,
         norm: w.layers[c.n_layers - 1].post_ffn_norm.as_ref(),
     };
-    d.logits(&a.x, last, &w.output_norm, eps, w.output(), &mut a.logits)
+    d.logits(&a.x, last, &w.output_norm, eps, w.output(), &mut a.logits)?;
+    mark(&mut hook, None, P::Logits);
+    Ok(())
 }

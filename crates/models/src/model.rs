@@ -5,11 +5,12 @@ use tokenfab_backend::cpu::attention::RowKv;
 use tokenfab_backend::cpu::ops::{CpuOps, CpuStep};
 use tokenfab_backend::rope::Rope;
 use tokenfab_loader::Gguf;
+use tokenfab_types::profile::ForwardHook;
 
 use crate::batch::ForwardBatch;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::forward::forward;
+use crate::forward::forward_hooked;
 use crate::kv::{KvCache, KvDtype};
 use crate::rope::ropes;
 use crate::scratch::Scratch;
@@ -160,6 +161,18 @@ impl Model {
         kv: &mut KvCache,
         s: &'s mut Scratch,
     ) -> Result<&'s mut [f32]> {
+        self.forward_profiled(batch, kv, s, None)
+    }
+
+    /// [`Model::forward_into`], telling `hook` where each phase of the pass ends (see
+    /// [`crate::forward::forward_hooked`]).
+    pub fn forward_profiled<'s>(
+        &self,
+        batch: &ForwardBatch,
+        kv: &mut KvCache,
+        s: &'s mut Scratch,
+        hook: Option<&mut dyn ForwardHook>,
+    ) -> Result<&'s mut [f32]> {
         let c = &self.cfg;
         let weights = self.host_weights()?;
         if kv.kv_dim != c.kv_dim() || kv.k.len() != c.n_layers {
@@ -186,7 +199,7 @@ impl Model {
         let mut ops = CpuOps::new(step, &self.ropes, kv_pair, kv.block_size, &mut s.cpu);
         // On a pool thread: every product's fork-join then starts there (see `in_pool`).
         let acts = &mut s.acts;
-        tokenfab_backend::cpu::in_pool(|| forward(c, weights, &mut ops, acts))?;
+        tokenfab_backend::cpu::in_pool(|| forward_hooked(c, weights, &mut ops, acts, hook))?;
         Ok(&mut s.acts.logits[..r * c.vocab_size])
     }
 }

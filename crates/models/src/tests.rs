@@ -326,3 +326,69 @@ fn kv_dtypes_keep_the_invariants_and_track_f32() {
     let small = tiny("llama");
     assert!(small.new_kv_cache(KvDtype::Q8_0, BS, 4).is_err());
 }
+
+/// Records the phase boundaries a pass reports.
+#[derive(Default)]
+struct Phases {
+    passes: usize,
+    seen: Vec<(Option<usize>, tokenfab_types::profile::ForwardPhase)>,
+}
+
+impl tokenfab_types::profile::ForwardHook for Phases {
+    fn pass_begin(&mut self) {
+        self.passes += 1;
+    }
+    fn phase_done(&mut self, layer: Option<usize>, phase: tokenfab_types::profile::ForwardPhase) {
+        self.seen.push((layer, phase));
+    }
+}
+
+#[test]
+fn a_hooked_pass_reports_every_phase_of_every_layer_and_the_same_logits() {
+    use tokenfab_types::profile::ForwardPhase as P;
+    let m = tiny("llama");
+    let tokens: Vec<u32> = (0..6).map(|i| (i * 7 % VOCAB) as u32).collect();
+    let positions: Vec<u32> = (0..6).collect();
+    let table = [0u32, 1];
+    let seqs = [SeqSlice {
+        rows: 0..6,
+        block_table: &table,
+    }];
+    let b = ForwardBatch {
+        tokens: &tokens,
+        positions: &positions,
+        seqs: &seqs,
+        logits_rows: &[5],
+    };
+    let mut kv = m.new_kv_cache(KvDtype::default(), BS, 2).unwrap();
+    let plain = m.forward(&b, &mut kv).unwrap();
+    let mut kv = m.new_kv_cache(KvDtype::default(), BS, 2).unwrap();
+    let mut s = crate::Scratch::default();
+    let mut rec = Phases::default();
+    let hooked = m
+        .forward_profiled(&b, &mut kv, &mut s, Some(&mut rec))
+        .unwrap()
+        .to_vec();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&plain), bits(&hooked));
+    let layer = [
+        P::AttnNorm,
+        P::Qkv,
+        P::RopeKv,
+        P::Attention,
+        P::AttnOutput,
+        P::FfnNorm,
+        P::FfnGateUp,
+        P::FfnAct,
+        P::FfnDown,
+    ];
+    let mut want = vec![(None, P::Embed)];
+    for l in 0..m.cfg.n_layers {
+        want.extend(layer.iter().map(|&p| (Some(l), p)));
+    }
+    want.push((None, P::Logits));
+    assert_eq!(rec.passes, 1);
+    assert_eq!(rec.seen, want);
+    // Every phase the engine's profile knows is reported.
+    assert!(P::ALL.iter().all(|p| rec.seen.iter().any(|s| s.1 == *p)));
+}

@@ -11,7 +11,7 @@
 pub enum ForwardPhase {
     /// Token embedding lookup (and batch checks) before the first layer.
     Embed,
-    /// RMSNorm before attention.
+    /// The previous layer's FFN output added to the residual, and RMSNorm before attention.
     AttnNorm,
     /// The fused Q/K/V product (activation quantization included).
     Qkv,
@@ -21,23 +21,22 @@ pub enum ForwardPhase {
     Attention,
     /// The attention output product.
     AttnOutput,
-    /// Residual add and RMSNorm before the FFN.
+    /// The attention output added to the residual, and RMSNorm before the FFN.
     FfnNorm,
     /// The fused gate/up product.
     FfnGateUp,
     /// SwiGLU.
     FfnAct,
-    /// The down product (residual add included).
+    /// The down product.
     FfnDown,
-    /// The last RMSNorm, on the rows whose logits are wanted.
-    FinalNorm,
-    /// The output (vocabulary) product.
+    /// On the rows whose logits are wanted: the last FFN output added to the residual, the last
+    /// RMSNorm and the output (vocabulary) product.
     Logits,
 }
 
 impl ForwardPhase {
     /// Every phase, in the order a pass runs them.
-    pub const ALL: [ForwardPhase; 12] = [
+    pub const ALL: [ForwardPhase; 11] = [
         ForwardPhase::Embed,
         ForwardPhase::AttnNorm,
         ForwardPhase::Qkv,
@@ -48,7 +47,6 @@ impl ForwardPhase {
         ForwardPhase::FfnGateUp,
         ForwardPhase::FfnAct,
         ForwardPhase::FfnDown,
-        ForwardPhase::FinalNorm,
         ForwardPhase::Logits,
     ];
 
@@ -65,7 +63,6 @@ impl ForwardPhase {
             ForwardPhase::FfnGateUp => "ffn_gate_up",
             ForwardPhase::FfnAct => "ffn_act",
             ForwardPhase::FfnDown => "ffn_down",
-            ForwardPhase::FinalNorm => "final_norm",
             ForwardPhase::Logits => "logits",
         }
     }
@@ -77,8 +74,9 @@ impl ForwardPhase {
 }
 
 /// Receives the phase boundaries of forward passes. Passed into a forward as
-/// `Option<&mut dyn ForwardHook>`; `None` when profiling is off.
-pub trait ForwardHook {
+/// `Option<&mut dyn ForwardHook>`; `None` when profiling is off. `Send`: a pass may run on a
+/// compute pool's thread.
+pub trait ForwardHook: Send {
     /// Called once before the pass's first phase.
     fn pass_begin(&mut self);
     /// `phase` of `layer` (`None` outside the layers) has just ended.

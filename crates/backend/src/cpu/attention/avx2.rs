@@ -1,5 +1,7 @@
 //! AVX2 + FMA + F16C attention operations (x86-64). Callers guarantee the CPU has all three.
-//! Query heads are taken up to four at a time so that one load of a K or V row feeds all of them.
+//! Scores come eight positions at a time: eight dot products' lanes summed by one transpose-reduce
+//! instead of a horizontal sum each. V rows are added with query heads taken up to four at a time
+//! so that one load of a V row feeds all of them.
 #![cfg(target_arch = "x86_64")]
 // Register tiles are indexed by head alongside pointer offsets; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
@@ -8,7 +10,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{acc_grouped, dots_grouped, BlockQ8_0, HeadGroups, Ops, Task, QK8_0};
+use super::{acc_grouped, dots_grouped, BlockQ8_0, HeadGroups, Ops, Task, MAX_TASK_ROWS, QK8_0};
 use crate::cpu::avx2::{exp, hsum};
 
 pub(crate) struct Avx2;
@@ -90,10 +92,92 @@ impl HeadGroups for Avx2 {
     }
 }
 
+/// The sums of `a[0]`..`a[7]`, in lane order. Every lane goes through the same tree (pairs of
+/// neighbours, then pairs of pairs, then the two halves), so a lane's sum does not depend on the
+/// other vectors.
+#[inline(always)]
+unsafe fn reduce8(a: &[__m256; 8]) -> __m256 {
+    let t0 = _mm256_hadd_ps(a[0], a[1]);
+    let t1 = _mm256_hadd_ps(a[2], a[3]);
+    let t2 = _mm256_hadd_ps(a[4], a[5]);
+    let t3 = _mm256_hadd_ps(a[6], a[7]);
+    let u0 = _mm256_hadd_ps(t0, t1);
+    let u1 = _mm256_hadd_ps(t2, t3);
+    _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(u0, u1),
+        _mm256_permute2f128_ps::<0x31>(u0, u1),
+    )
+}
+
+/// [`Ops::scores`] for rows of a multiple of 8 values: per query head, blocks of 8 positions whose
+/// products are summed by [`reduce8`] (a short last block repeats row 0 in its unused lanes).
+#[inline(always)]
+pub(crate) unsafe fn scores8(q: &[f32], rows: &[&[f32]], scale: f32, s: &mut [f32], stride: usize) {
+    let (np, hd) = (rows.len(), rows[0].len());
+    let sc = _mm256_set1_ps(scale);
+    for (g, qg) in q.chunks_exact(hd).enumerate() {
+        let pq = qg.as_ptr();
+        let mut j0 = 0;
+        while j0 < np {
+            let nb = (np - j0).min(8);
+            let pk: [*const f32; 8] =
+                std::array::from_fn(|i| rows[if i < nb { j0 + i } else { 0 }].as_ptr());
+            let mut a = [_mm256_setzero_ps(); 8];
+            let mut c = 0;
+            while c < hd {
+                let qc = _mm256_loadu_ps(pq.add(c));
+                for i in 0..8 {
+                    a[i] = _mm256_fmadd_ps(qc, _mm256_loadu_ps(pk[i].add(c)), a[i]);
+                }
+                c += 8;
+            }
+            let r = _mm256_mul_ps(reduce8(&a), sc);
+            let dst = s[g * stride + j0..][..nb].as_mut_ptr();
+            if nb == 8 {
+                _mm256_storeu_ps(dst, r);
+            } else {
+                let mut t = [0f32; 8];
+                _mm256_storeu_ps(t.as_mut_ptr(), r);
+                std::ptr::copy_nonoverlapping(t.as_ptr(), dst, nb);
+            }
+            j0 += 8;
+        }
+    }
+}
+
 impl Ops for Avx2 {
     #[inline(always)]
     unsafe fn dots(q: &[f32], k: &[f32], scale: f32, s: &mut [f32], stride: usize) {
         dots_grouped::<Self>(q, k, scale, s, stride)
+    }
+
+    #[inline(always)]
+    unsafe fn scores(q: &[f32], rows: &[&[f32]], scale: f32, s: &mut [f32], stride: usize) {
+        match rows.first() {
+            Some(k) if !k.is_empty() && k.len().is_multiple_of(8) => {
+                scores8(q, rows, scale, s, stride)
+            }
+            _ => {
+                for (j, k) in rows.iter().enumerate() {
+                    Self::dots(q, k, scale, &mut s[j..], stride);
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn max(s: &[f32], init: f32) -> f32 {
+        let (n, p) = (s.len(), s.as_ptr());
+        let mut m = _mm256_set1_ps(init);
+        let mut i = 0;
+        while i + 8 <= n {
+            m = _mm256_max_ps(m, _mm256_loadu_ps(p.add(i)));
+            i += 8;
+        }
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+        s[i..].iter().copied().fold(_mm_cvtss_f32(h), f32::max)
     }
 
     #[inline(always)]
@@ -173,18 +257,18 @@ impl Ops for Avx2 {
     }
 }
 
-/// [`super::run`] on AVX2.
+/// [`super::fold::run`] on AVX2.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C.
+/// The CPU must support AVX2, FMA and F16C; as [`super::fold::run`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn chunk(
     t: &Task,
-    range: std::ops::Range<usize>,
-    out: &mut [f32],
+    c: usize,
+    outs: &[*mut f32; MAX_TASK_ROWS],
     scratch: &mut [f32],
 ) {
-    super::run::<Avx2>(t, range, out, scratch)
+    super::fold::run::<Avx2>(t, c, outs, scratch)
 }
 
 /// y *= a

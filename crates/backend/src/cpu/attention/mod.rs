@@ -1,7 +1,9 @@
 //! Causal attention of token rows over a paged K/V pool, the pool stored as f32, f16 or Q8_0.
 //!
-//! Work is split over (row, KV head): the `n_heads / n_kv_heads` query heads of one GQA group share
-//! one pass over their sequence's K and V. Softmax is computed online over tiles of `TILE`
+//! Work is split over (rows, KV head): the `n_heads / n_kv_heads` query heads of one GQA group share
+//! one pass over their sequence's K and V, and so do up to [`MAX_TASK_ROWS`] consecutive rows of
+//! one sequence (a prefill's), each tile of K/V rows widened once for all of them; each row's
+//! operations stay those it has alone. Softmax is computed online over tiles of `TILE`
 //! positions (flash-attention style), so the only working memory is a fixed slice per pool thread
 //! of a scratch buffer the caller owns: nothing grows with the context or the batch, and nothing
 //! is allocated per call.
@@ -11,10 +13,13 @@
 //! sequence decoding), the chunks run as tasks of their own and are merged after (flash-decoding),
 //! with results bit-identical to the unsplit fold: how a row is computed never depends on the
 //! other rows of the batch.
-//! f16 and Q8_0 rows are widened to f32 one head row at a time (F16C / AVX2 on x86-64, NEON on
-//! aarch64, the portable conversion elsewhere; all exact).
+//! f16 and Q8_0 rows are widened to f32 a tile at a time (F16C / AVX2 / AVX-512 on x86-64, NEON
+//! on aarch64, the portable conversion elsewhere; all exact). Each row's scores are computed for
+//! blocks of positions at once (8 dot products reduced together on x86-64).
 
 mod avx2;
+mod avx512;
+mod fold;
 mod kv;
 mod neon;
 mod scalar;
@@ -24,7 +29,7 @@ pub use kv::{BlockQ8_0, KvDtype, KvStore, QK8_0};
 use half::f16;
 use rayon::prelude::*;
 
-use kv::KvData;
+use fold::{ml_offsets, Task};
 
 use super::{two_phase, Isa, SendPtr};
 
@@ -38,6 +43,8 @@ const MAX_SPLIT_CHUNKS: usize = 32;
 const SPLIT_BELOW_TASKS_PER_THREAD: usize = 2;
 /// At most this many (row, KV head) tasks are split (the chunk offsets live on the stack).
 const MAX_SPLIT_TASKS: usize = 64;
+/// Rows of one sequence one task serves at most (each tile of K/V rows widened once for them).
+const MAX_TASK_ROWS: usize = 8;
 
 /// The shapes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -58,11 +65,11 @@ impl AttnShape {
         self.n_heads / self.n_kv_heads
     }
 
-    /// f32s of scratch one chunk uses: scores (group, TILE), running max and sum (group,) each,
-    /// a widened K row (head_dim,) and a tile of widened V rows (TILE, head_dim).
+    /// f32s of scratch one chunk uses: per task row, scores (group, TILE) and running max and
+    /// sum (group,) each; a tile of widened K rows and one of V rows (TILE, head_dim) each.
     fn chunk_scratch(&self) -> usize {
         let g = self.group();
-        g * TILE + 2 * g + (1 + TILE) * self.head_dim
+        MAX_TASK_ROWS * g * (TILE + 2) + 2 * TILE * self.head_dim
     }
 
     /// f32s of a chunk's result: its unnormalized output (group, head_dim), max and sum (group,).
@@ -70,10 +77,10 @@ impl AttnShape {
         self.group() * (self.head_dim + 2)
     }
 
-    /// f32s of scratch one (row, KV head) task uses: a chunk's, and the merged result's
-    /// max and sum plus the output of the chunk being merged (one `partial`).
+    /// f32s of scratch one (rows, KV head) task uses: a chunk's, and per task row the output of
+    /// the chunk being merged and the merged result's max and sum (one `partial`).
     fn task_scratch(&self) -> usize {
-        self.chunk_scratch() + self.partial() + 2 * self.group()
+        self.chunk_scratch() + MAX_TASK_ROWS * self.partial()
     }
 }
 
@@ -180,17 +187,40 @@ pub fn paged_attention_isa<'t, F>(
     let base = SendPtr(own.as_mut_ptr());
     let gw = sh.group() * hd;
     let tasks = n * nkv;
-    let task = |i: usize| {
-        let (t, kh) = (i / nkv, i % nkv);
-        Task {
+    // Rows that read the same K/V rows from the same first position: rows of one sequence.
+    let same = |a: &RowKv, b: &RowKv| {
+        std::ptr::eq(a.block_table, b.block_table) && a.start.min(a.ctx) == b.start.min(b.ctx)
+    };
+    // Row t begins a task's rows when it starts its sequence's run or a multiple of
+    // MAX_TASK_ROWS; the rows run to the next such row.
+    let leads = |t: usize| {
+        t == 0 || t.is_multiple_of(MAX_TASK_ROWS) || !same(&(inp.rows)(t - 1), &(inp.rows)(t))
+    };
+    // The task of rows t.. (`tiled`) or of row t alone, KV head kh.
+    let task = |t: usize, kh: usize, tiled: bool| {
+        let first = (inp.rows)(t);
+        let mut tk = Task {
             sh,
             k: inp.k,
             v: inp.v,
-            q: &inp.q[t * inp.q_stride + kh * gw..][..gw],
-            row: (inp.rows)(t),
             kh,
+            table: first.block_table,
+            start: first.start.min(first.ctx),
+            q: [&[]; MAX_TASK_ROWS],
+            ctx: [0; MAX_TASK_ROWS],
+            n: 0,
+        };
+        loop {
+            let r = tk.n;
+            tk.q[r] = &inp.q[(t + r) * inp.q_stride + kh * gw..][..gw];
+            tk.ctx[r] = (inp.rows)(t + r).ctx;
+            tk.n += 1;
+            if !tiled || t + tk.n == n || leads(t + tk.n) {
+                return tk;
+            }
         }
     };
+    let outp = SendPtr(out.as_mut_ptr());
     // This thread's slice of the scratch.
     let mine = || {
         let me = rayon::current_thread_index().unwrap_or(0);
@@ -215,13 +245,20 @@ pub fn paged_attention_isa<'t, F>(
         && off[tasks] > tasks
         && rest.len() >= off[tasks] * sh.partial();
     if !split {
-        out.par_chunks_mut(gw).enumerate().for_each(|(i, o)| {
+        (0..tasks).into_par_iter().for_each(|i| {
+            let (t, kh) = (i / nkv, i % nkv);
+            if !leads(t) {
+                return;
+            }
+            let tk = task(t, kh, true);
+            // SAFETY: rows t..t + tk.n of KV head kh are this task's alone, inside `out`.
+            let outs = std::array::from_fn(|r| unsafe { outp.at((t + r) * q_dim + kh * gw) });
             // SAFETY: see `run_task`.
-            unsafe { run_task(isa, &task(i), o, mine()) }
+            unsafe { run_task(isa, &tk, &outs, mine()) }
         });
         return;
     }
-    let (parts, outp) = (SendPtr(rest.as_mut_ptr()), SendPtr(out.as_mut_ptr()));
+    let parts = SendPtr(rest.as_mut_ptr());
     let pw = sh.partial();
     two_phase(
         off[tasks],
@@ -230,7 +267,7 @@ pub fn paged_attention_isa<'t, F>(
             let c = j - off[i];
             // SAFETY: partial j is this item's alone, inside `rest` (checked above).
             let p = unsafe { std::slice::from_raw_parts_mut(parts.at(j * pw), pw) };
-            unsafe { run_chunk(isa, &task(i), c, p, mine()) }
+            unsafe { run_chunk(isa, &task(i / nkv, i % nkv, false), c, p, mine()) }
         },
         tasks,
         |i| {
@@ -305,58 +342,68 @@ unsafe fn normalize(isa: Isa, o: &mut [f32], l: &[f32], hd: usize) {
     }
 }
 
-/// Chunk `c` of task `t`: its unnormalized output, max and sum into `p` (`partial()` f32s).
+/// Chunk `c` of the one-row task `t`: its unnormalized output, max and sum into `p`
+/// (`partial()` f32s).
 ///
 /// # Safety
 /// `isa` is available; `s` holds `task_scratch()` f32s.
 unsafe fn run_chunk(isa: Isa, t: &Task, c: usize, p: &mut [f32], s: &mut [f32]) {
     let g = t.sh.group();
     let (o, ml) = p.split_at_mut(g * t.sh.head_dim);
-    chunk_isa(isa, t, t.chunk(c), o, s);
-    ml.copy_from_slice(&s[g * TILE..g * TILE + 2 * g]);
+    chunk_isa(isa, t, c, &[o.as_mut_ptr(); MAX_TASK_ROWS], s);
+    let (m, l) = ml_offsets(t.sh, 0);
+    ml[..g].copy_from_slice(&s[m..m + g]);
+    ml[g..].copy_from_slice(&s[l..l + g]);
 }
 
-/// A whole (row, KV head) task on one thread: its chunks folded left to right, normalized.
+/// A whole (rows, KV head) task on one thread: each row's chunks folded left to right,
+/// normalized, into `outs[r]` ((group, head_dim) each).
 ///
 /// # Safety
-/// `isa` is available; `s` holds `task_scratch()` f32s.
-unsafe fn run_task(isa: Isa, t: &Task, o: &mut [f32], s: &mut [f32]) {
-    let (g, hd) = (t.sh.group(), t.sh.head_dim);
+/// `isa` is available; `s` holds `task_scratch()` f32s; `outs[r]` points at `group * head_dim`
+/// writable f32s for each row `r < t.n`, none overlapping.
+unsafe fn run_task(isa: Isa, t: &Task, outs: &[*mut f32; MAX_TASK_ROWS], s: &mut [f32]) {
+    let (g, hd, pw) = (t.sh.group(), t.sh.head_dim, t.sh.partial());
     let (s, acc) = s.split_at_mut(t.sh.chunk_scratch());
-    let (oc, acc) = acc.split_at_mut(g * hd);
-    let (m, acc) = acc.split_at_mut(g);
-    let l = &mut acc[..g];
-    let (ms, ls) = (g * TILE, g * TILE + g);
-    for c in 0..t.row.span().div_ceil(CHUNK).max(1) {
-        if c == 0 {
-            chunk_isa(isa, t, t.chunk(c), o, s);
-            m.copy_from_slice(&s[ms..ms + g]);
-            l.copy_from_slice(&s[ls..ls + g]);
-        } else {
-            chunk_isa(isa, t, t.chunk(c), oc, s);
-            merge(o, m, l, oc, &s[ms..ms + g], &s[ls..ls + g], hd);
+    // Per row, `partial()` f32s: the chunk being merged, then the running max and sum.
+    let accp = SendPtr(acc.as_mut_ptr());
+    let part = |r: usize| std::slice::from_raw_parts_mut(accp.at(r * pw), pw);
+    let ocs = std::array::from_fn(|r| accp.at(r * pw));
+    let chunks = (0..t.n).map(|r| t.chunks(r)).max().unwrap_or(1);
+    for c in 0..chunks {
+        chunk_isa(isa, t, c, if c == 0 { outs } else { &ocs }, s);
+        for r in (0..t.n).filter(|&r| c < t.chunks(r)) {
+            let (ms, ls) = ml_offsets(t.sh, r);
+            let (oc, ml) = part(r).split_at_mut(g * hd);
+            let (m, l) = ml.split_at_mut(g);
+            if c == 0 {
+                m.copy_from_slice(&s[ms..ms + g]);
+                l.copy_from_slice(&s[ls..ls + g]);
+            } else {
+                let o = std::slice::from_raw_parts_mut(outs[r], g * hd);
+                merge(o, m, l, oc, &s[ms..ms + g], &s[ls..ls + g], hd);
+            }
         }
     }
-    normalize(isa, o, l, hd);
+    for (r, &o) in outs.iter().enumerate().take(t.n) {
+        let l = &part(r)[g * hd + g..];
+        normalize(isa, std::slice::from_raw_parts_mut(o, g * hd), l, hd);
+    }
 }
 
-/// [`run`] on `isa`'s operations.
+/// [`fold::run`] on `isa`'s operations.
 ///
 /// # Safety
-/// `isa` is available; `s` holds `chunk_scratch()` f32s.
-unsafe fn chunk_isa(
-    isa: Isa,
-    t: &Task,
-    range: std::ops::Range<usize>,
-    o: &mut [f32],
-    s: &mut [f32],
-) {
+/// As [`fold::run`]; `isa` is available.
+unsafe fn chunk_isa(isa: Isa, t: &Task, c: usize, outs: &[*mut f32; MAX_TASK_ROWS], s: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::chunk(t, range, o, s),
+        Isa::Avx2 | Isa::AvxVnni => avx2::chunk(t, c, outs, s),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => avx512::chunk(t, c, outs, s),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon | Isa::NeonDot => neon::chunk(t, range, o, s),
-        _ => run::<scalar::Scalar>(t, range, o, s),
+        Isa::Neon | Isa::NeonDot => neon::chunk(t, c, outs, s),
+        _ => fold::run::<scalar::Scalar>(t, c, outs, s),
     }
 }
 
@@ -444,6 +491,19 @@ pub(crate) unsafe fn acc_grouped<H: HeadGroups>(
 pub(crate) trait Ops {
     /// `s[g * stride] = scale * q_g · k` for each query head g of `q` (heads of `k.len()`).
     unsafe fn dots(q: &[f32], k: &[f32], scale: f32, s: &mut [f32], stride: usize);
+    /// `s[g * stride + j] = scale * q_g · rows[j]` for each query head g of `q` and each row
+    /// (`rows.len() <= stride`). Row j's score does not depend on the other rows.
+    #[inline(always)]
+    unsafe fn scores(q: &[f32], rows: &[&[f32]], scale: f32, s: &mut [f32], stride: usize) {
+        for (j, k) in rows.iter().enumerate() {
+            Self::dots(q, k, scale, &mut s[j..], stride);
+        }
+    }
+    /// The largest of `init` and `s` (no NaN among them).
+    #[inline(always)]
+    unsafe fn max(s: &[f32], init: f32) -> f32 {
+        s.iter().copied().fold(init, f32::max)
+    }
     /// `s = exp(s - mx)` (every `s <= mx`); returns the sum.
     unsafe fn exp_sum(s: &mut [f32], mx: f32) -> f32;
     /// `out_g += Σ_j w[g * stride + j] * rows[j]` for each head g of `out` (heads of
@@ -455,102 +515,6 @@ pub(crate) trait Ops {
     unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]);
     /// `dst[32 b + i] = d_b * qs_b[i]`.
     unsafe fn q8_to_f32(src: &[BlockQ8_0], dst: &mut [f32]);
-}
-
-/// One (row, KV head) pair.
-pub(crate) struct Task<'a, 't> {
-    sh: &'a AttnShape,
-    k: &'a KvStore,
-    v: &'a KvStore,
-    /// (group, head_dim) the group's query heads.
-    q: &'a [f32],
-    row: RowKv<'t>,
-    kh: usize,
-}
-
-impl Task<'_, '_> {
-    /// Positions of chunk `c` of the row's attended span.
-    fn chunk(&self, c: usize) -> std::ops::Range<usize> {
-        let s = self.row.start.min(self.row.ctx);
-        s + c * CHUNK..(s + (c + 1) * CHUNK).min(self.row.ctx)
-    }
-}
-
-/// KV head `off / head_dim` of row `slot`, as f32: borrowed when stored as f32, else widened into
-/// `buf`.
-#[inline(always)]
-unsafe fn head_row<'b, O: Ops>(
-    s: &'b KvStore,
-    slot: usize,
-    off: usize,
-    buf: &'b mut [f32],
-) -> &'b [f32] {
-    let hd = buf.len();
-    let i = slot * s.width() + off;
-    match &s.data {
-        KvData::F32(v) => &v[i..i + hd],
-        KvData::F16(v) => {
-            O::f16_to_f32(&v[i..i + hd], buf);
-            buf
-        }
-        KvData::Q8_0(v) => {
-            O::q8_to_f32(&v[i / QK8_0..(i + hd) / QK8_0], buf);
-            buf
-        }
-    }
-}
-
-/// The hot loop over positions `range` of the row, from a fresh softmax state: for each tile of
-/// positions, score the tile's K rows against the group's queries, fold the tile into each head's
-/// running max and sum (rescaling `out` when the max grows), then add the tile's weighted V rows
-/// into `out`. `out`: (group, head_dim), left unnormalized; `scratch`: `chunk_scratch()` f32s,
-/// whose `[group * TILE..][..2 * group]` holds the max and sum on return.
-#[inline(always)]
-pub(crate) unsafe fn run<O: Ops>(
-    t: &Task,
-    range: std::ops::Range<usize>,
-    out: &mut [f32],
-    scratch: &mut [f32],
-) {
-    let (hd, bs) = (t.sh.head_dim, t.sh.block_size);
-    let g_n = t.sh.group();
-    let (scores, rest) = scratch.split_at_mut(g_n * TILE);
-    let (m, rest) = rest.split_at_mut(g_n);
-    let (l, rest) = rest.split_at_mut(g_n);
-    let (kbuf, rest) = rest.split_at_mut(hd);
-    let vtile = &mut rest[..TILE * hd];
-    m.fill(f32::NEG_INFINITY);
-    l.fill(0.0);
-    out.fill(0.0);
-    let off = t.kh * hd;
-    let table = t.row.block_table;
-    let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
-    let (mut p0, ctx) = (range.start, range.end);
-    while p0 < ctx {
-        let np = TILE.min(ctx - p0);
-        for j in 0..np {
-            let kr = head_row::<O>(t.k, slot(p0 + j), off, kbuf);
-            O::dots(t.q, kr, t.sh.scale, &mut scores[j..], TILE);
-        }
-        for g in 0..g_n {
-            let s = &mut scores[g * TILE..g * TILE + np];
-            let mx = s.iter().copied().fold(m[g], f32::max);
-            if mx > m[g] {
-                let c = (m[g] - mx).exp();
-                l[g] *= c;
-                O::scale(c, &mut out[g * hd..(g + 1) * hd]);
-                m[g] = mx;
-            }
-            l[g] += O::exp_sum(s, mx);
-        }
-        // The tile's V rows: borrowed from an f32 pool, else widened into `vtile`.
-        let mut rows: [&[f32]; TILE] = [&[]; TILE];
-        for (j, buf) in vtile.chunks_exact_mut(hd).take(np).enumerate() {
-            rows[j] = head_row::<O>(t.v, slot(p0 + j), off, buf);
-        }
-        O::acc(scores, TILE, &rows[..np], out);
-        p0 += np;
-    }
 }
 
 #[cfg(test)]

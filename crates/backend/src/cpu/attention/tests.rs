@@ -77,6 +77,27 @@ fn random_pool(dtype: KvDtype, slots: usize, width: usize, seed: &mut u64) -> (K
     (k, v)
 }
 
+/// SmolLM2-135M's attention: 9 query heads over 3 KV heads of 64, blocks of 16.
+fn smollm2_shape() -> AttnShape {
+    AttnShape {
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        block_size: 16,
+        scale: 1.0 / 8.0,
+    }
+}
+
+/// Every value of `got` within attention's tolerance of the f64 reference `want`.
+fn assert_near(got: &[f32], want: &[f32], what: &str) {
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
+            "{what}: [{i}] {a} vs {b}"
+        );
+    }
+}
+
 fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, block_size: usize) {
     let mut seed = (n_heads * 1000 + head_dim * 10 + block_size) as u64;
     let sh = AttnShape {
@@ -131,12 +152,9 @@ fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, blo
         let mut out = vec![f32::NAN; rows.len() * q_dim];
         let mut scratch = vec![f32::NAN; scratch_len(&sh)];
         paged_attention_isa(isa, &inp, &mut out, &mut scratch);
-        for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-            assert!(
-                (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
-                "{dtype} {isa:?} heads {n_heads}/{n_kv_heads} hd {head_dim} bs {block_size}: [{i}] {a} vs {b}"
-            );
-        }
+        let what =
+            format!("{dtype} {isa:?} heads {n_heads}/{n_kv_heads} hd {head_dim} bs {block_size}");
+        assert_near(&out, &want, &what);
     }
 }
 
@@ -197,13 +215,7 @@ fn long_contexts_split_over_threads_give_the_unsplit_results_bit_for_bit() {
         .build()
         .unwrap();
     let (bs, hd) = (16, 64);
-    let sh = AttnShape {
-        n_heads: 9,
-        n_kv_heads: 3,
-        head_dim: hd,
-        block_size: bs,
-        scale: 1.0 / 8.0,
-    };
+    let sh = smollm2_shape();
     let width = 3 * hd;
     let blocks = 72;
     let mut seed = 77;
@@ -265,12 +277,7 @@ fn long_contexts_split_over_threads_give_the_unsplit_results_bit_for_bit() {
                         bits(&batch[..q_dim]),
                         "{dtype} {isa:?}: in a batch"
                     );
-                    for (i, (a, b)) in split.iter().zip(&want).enumerate() {
-                        assert!(
-                            (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
-                            "{dtype} {isa:?} from {start}: [{i}] {a} vs {b}"
-                        );
-                    }
+                    assert_near(&split, &want, &format!("{dtype} {isa:?} from {start}"));
                 });
             }
         }
@@ -289,4 +296,161 @@ fn windowed_rows_keep_their_last_positions() {
     assert_eq!(r.windowed(Some(10)).start, 0);
     assert_eq!(r.windowed(Some(512)).start, 0);
     assert_eq!(r.windowed(Some(4)).span(), 4);
+}
+
+#[test]
+fn rows_sharing_a_task_come_out_as_when_each_runs_alone() {
+    // A prefill's rows of one sequence share tasks (and each widened K/V tile); a row's result
+    // must be bit-identical to the row run alone, on every path and storage, whatever the rows
+    // around it: a run crossing a chunk boundary and MAX_TASK_ROWS boundaries, another sequence
+    // in between, the first sequence again, and sliding-window rows (each alone).
+    let (bs, hd) = (16, 64);
+    let sh = smollm2_shape();
+    let width = 3 * hd;
+    let blocks = 40;
+    let mut seed = 91;
+    let ta: Vec<u32> = (0..20).rev().collect();
+    let tb: Vec<u32> = (20..blocks as u32).collect();
+    let mut rows: Vec<Row> = Vec::new();
+    let row = |table: &Vec<u32>, start: usize, ctx: usize| Row {
+        table: table.clone(),
+        start,
+        ctx,
+    };
+    rows.extend((CHUNK - 9..CHUNK + 12).map(|p| row(&ta, 0, p + 1)));
+    rows.extend((0..5).map(|p| row(&tb, 0, p + 1)));
+    rows.extend((40..43).map(|p| row(&ta, 0, p + 1)));
+    rows.extend((100..104).map(|p| row(&tb, p - 30, p + 1)));
+    let tables: Vec<&Vec<u32>> = rows
+        .iter()
+        .map(|r| if r.table == ta { &ta } else { &tb })
+        .collect();
+    let q_dim = 9 * hd;
+    let q: Vec<f32> = (0..rows.len() * q_dim).map(|_| lcg(&mut seed)).collect();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8_0] {
+        let (k, v) = random_pool(dtype, blocks * bs, width, &mut seed);
+        let want = reference(&sh, &q, q_dim, &rows, &k, &v);
+        let mut x86: Option<Vec<f32>> = None;
+        for isa in Isa::available() {
+            let inp = AttnInput {
+                shape: sh,
+                q: &q,
+                q_stride: q_dim,
+                rows: |t: usize| RowKv {
+                    // One table per sequence, as the model hands them.
+                    block_table: tables[t],
+                    start: rows[t].start,
+                    ctx: rows[t].ctx,
+                },
+                k: &k,
+                v: &v,
+            };
+            let mut scratch = vec![f32::NAN; scratch_len(&sh)];
+            let mut all = vec![f32::NAN; rows.len() * q_dim];
+            paged_attention_isa(isa, &inp, &mut all, &mut scratch);
+            for t in 0..rows.len() {
+                let one = AttnInput {
+                    shape: sh,
+                    q: &q[t * q_dim..(t + 1) * q_dim],
+                    q_stride: q_dim,
+                    rows: |_: usize| RowKv {
+                        block_table: tables[t],
+                        start: rows[t].start,
+                        ctx: rows[t].ctx,
+                    },
+                    k: &k,
+                    v: &v,
+                };
+                let mut alone = vec![f32::NAN; q_dim];
+                let unsplit = scratch_len_unsplit(&sh);
+                paged_attention_isa(isa, &one, &mut alone, &mut scratch[..unsplit]);
+                assert_eq!(
+                    bits(&alone),
+                    bits(&all[t * q_dim..(t + 1) * q_dim]),
+                    "{dtype} {isa:?}: row {t}"
+                );
+            }
+            assert_near(&all, &want, &format!("{dtype} {isa:?}"));
+            // Every x86 SIMD path gives the same bits, so a model's numbers do not depend on
+            // whether the processor has AVX-512.
+            if matches!(isa, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni) {
+                let first = x86.get_or_insert_with(|| all.clone());
+                assert_eq!(bits(first), bits(&all), "{dtype} {isa:?} against AVX2");
+            }
+        }
+    }
+}
+
+#[test]
+fn block_scores_equal_one_position_at_a_time_within_rounding() {
+    // The block kernels against the per-position dot products, for every block length (short
+    // last blocks included) and a GQA group of 3.
+    let mut seed = 5;
+    for hd in [16usize, 32, 64, 24] {
+        let rows: Vec<Vec<f32>> = (0..TILE)
+            .map(|_| (0..hd).map(|_| 4.0 * lcg(&mut seed)).collect())
+            .collect();
+        let refs: Vec<&[f32]> = rows.iter().map(|r| &r[..]).collect();
+        let q: Vec<f32> = (0..3 * hd).map(|_| lcg(&mut seed)).collect();
+        for np in 1..=TILE {
+            let mut want = vec![0f32; 3 * TILE];
+            // SAFETY: the scalar path needs nothing.
+            unsafe { scalar::Scalar::scores(&q, &refs[..np], 0.125, &mut want, TILE) };
+            #[allow(unused_mut)]
+            let mut got: Vec<(Isa, Vec<f32>, Vec<f32>)> = Vec::new();
+            #[cfg(target_arch = "x86_64")]
+            for isa in Isa::available() {
+                let mut s = vec![f32::NAN; 3 * TILE];
+                // SAFETY: each path only where the CPU has it.
+                unsafe {
+                    match isa {
+                        Isa::Avx2 | Isa::AvxVnni => {
+                            avx2::Avx2::scores(&q, &refs[..np], 0.125, &mut s, TILE)
+                        }
+                        Isa::Avx512Vnni => {
+                            avx512::Avx512::scores(&q, &refs[..np], 0.125, &mut s, TILE)
+                        }
+                        _ => continue,
+                    }
+                }
+                // The same path over the whole tile.
+                let mut full = vec![f32::NAN; 3 * TILE];
+                // SAFETY: as above.
+                unsafe {
+                    match isa {
+                        Isa::Avx512Vnni => {
+                            avx512::Avx512::scores(&q, &refs, 0.125, &mut full, TILE)
+                        }
+                        _ => avx2::Avx2::scores(&q, &refs, 0.125, &mut full, TILE),
+                    }
+                }
+                got.push((isa, s, full));
+            }
+            for (isa, s, full) in got {
+                // A position's score does not depend on how many share its block.
+                for g in 0..3 {
+                    let at = g * TILE..g * TILE + np;
+                    assert_eq!(
+                        s[at.clone()]
+                            .iter()
+                            .map(|f| f.to_bits())
+                            .collect::<Vec<_>>(),
+                        full[at].iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} hd {hd} np {np}"
+                    );
+                }
+                for g in 0..3 {
+                    for j in 0..TILE {
+                        let (a, b) = (s[g * TILE + j], want[g * TILE + j]);
+                        if j < np {
+                            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{isa:?} hd {hd}");
+                        } else {
+                            assert!(a.is_nan(), "{isa:?} hd {hd}: wrote past the block");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,212 @@
+//! The hot loop of attention: one task's rows folded over the K/V positions of one chunk, tile by
+//! tile, each tile's K and V rows widened once for every row of the task.
+
+use std::ops::Range;
+
+use super::kv::KvData;
+use super::{AttnShape, KvStore, Ops, CHUNK, MAX_TASK_ROWS, QK8_0, TILE};
+
+/// One KV head of up to [`MAX_TASK_ROWS`] rows of one sequence that attend from the same first
+/// position (a prefill's consecutive rows; a decode row alone): they read the same K/V rows, up to
+/// each one's own context end.
+pub(crate) struct Task<'a, 't> {
+    pub sh: &'a AttnShape,
+    pub k: &'a KvStore,
+    pub v: &'a KvStore,
+    pub kh: usize,
+    /// The sequence's physical block per logical block.
+    pub table: &'t [u32],
+    /// First position attended.
+    pub start: usize,
+    /// Rows `0..n`: the row's GQA group of query heads, (group, head_dim).
+    pub q: [&'a [f32]; MAX_TASK_ROWS],
+    /// Rows `0..n`: one past the last position the row attends.
+    pub ctx: [usize; MAX_TASK_ROWS],
+    pub n: usize,
+}
+
+impl Task<'_, '_> {
+    /// Chunks of row `r`'s span (at least one, empty for an empty span).
+    pub fn chunks(&self, r: usize) -> usize {
+        (self.ctx[r] - self.start.min(self.ctx[r]))
+            .div_ceil(CHUNK)
+            .max(1)
+    }
+
+    /// Positions of chunk `c` of row `r` (`c < chunks(r)`).
+    pub fn chunk(&self, r: usize, c: usize) -> Range<usize> {
+        let s = self.start.min(self.ctx[r]);
+        s + c * CHUNK..(s + (c + 1) * CHUNK).min(self.ctx[r])
+    }
+}
+
+/// Where [`run`] leaves row `r`'s max and sum (group each) in its scratch.
+pub(crate) fn ml_offsets(sh: &AttnShape, r: usize) -> (usize, usize) {
+    let g = sh.group();
+    let m = MAX_TASK_ROWS * g * TILE;
+    (m + r * g, m + MAX_TASK_ROWS * g + r * g)
+}
+
+/// The K or V rows of positions `p0..p0 + np` for KV head `off / head_dim`, as f32: borrowed from
+/// an f32 pool, else widened into `buf` (np, head_dim).
+#[inline(always)]
+unsafe fn tile_rows<'b, O: Ops>(
+    s: &'b KvStore,
+    t: &Task,
+    p0: usize,
+    np: usize,
+    buf: &'b mut [f32],
+) -> [&'b [f32]; TILE] {
+    let (hd, bs, w) = (t.sh.head_dim, t.sh.block_size, s.width());
+    let off = t.kh * hd;
+    let mut rows: [&[f32]; TILE] = [&[]; TILE];
+    // Slots walked block by block: one division per tile.
+    let (mut b, mut o) = (p0 / bs, p0 % bs);
+    let mut bufs = buf.chunks_exact_mut(hd);
+    for row in rows.iter_mut().take(np) {
+        let i = (t.table[b] as usize * bs + o) * w + off;
+        *row = match &s.data {
+            KvData::F32(v) => &v[i..i + hd],
+            KvData::F16(v) => {
+                let dst = bufs.next().unwrap_unchecked();
+                O::f16_to_f32(&v[i..i + hd], dst);
+                dst
+            }
+            KvData::Q8_0(v) => {
+                let dst = bufs.next().unwrap_unchecked();
+                O::q8_to_f32(&v[i / QK8_0..(i + hd) / QK8_0], dst);
+                dst
+            }
+        };
+        o += 1;
+        if o == bs {
+            (b, o) = (b + 1, 0);
+        }
+    }
+    rows
+}
+
+/// Asks the cache for the K or V rows of positions `p0..p0 + np` (KV head `t.kh`) ahead of their
+/// use: a decode step reads every row of its contexts once, from memory, and its loads would
+/// otherwise wait one tile at a time. No effect on results; nothing off x86-64.
+#[inline(always)]
+unsafe fn prefetch_rows(s: &KvStore, t: &Task, p0: usize, np: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let (hd, bs, w) = (t.sh.head_dim, t.sh.block_size, s.width());
+        let (base, bytes): (*const i8, usize) = match &s.data {
+            KvData::F32(v) => (v.as_ptr().cast(), 4),
+            KvData::F16(v) => (v.as_ptr().cast(), 2),
+            KvData::Q8_0(v) => (v.as_ptr().cast(), 0),
+        };
+        let row_bytes = s.dtype().row_bytes(hd);
+        let (mut b, mut o) = (p0 / bs, p0 % bs);
+        for _ in 0..np {
+            let i = (t.table[b] as usize * bs + o) * w + t.kh * hd;
+            let at = if bytes == 0 {
+                i / QK8_0 * std::mem::size_of::<super::BlockQ8_0>()
+            } else {
+                i * bytes
+            };
+            let p = base.add(at);
+            let mut x = 0;
+            while x < row_bytes {
+                _mm_prefetch::<_MM_HINT_T0>(p.add(x));
+                x += 64;
+            }
+            _mm_prefetch::<_MM_HINT_T0>(p.add(row_bytes - 1));
+            o += 1;
+            if o == bs {
+                (b, o) = (b + 1, 0);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (s, t, p0, np);
+}
+
+/// Chunk `c` of every row of `t` that has one, each from a fresh softmax state: for each tile of
+/// positions, the tile's K rows (widened once) are scored against each row's query heads, folded
+/// into each head's running max and sum (rescaling the row's output when the max grows), then the
+/// tile's V rows (widened once) are added, weighted, into the row's output. A row's operations
+/// are those it would have alone: its tiles start at the chunk's first position and stop at its
+/// own end. `outs[r]`: row r's output, (group, head_dim), left unnormalized; `scratch`:
+/// `chunk_scratch()` f32s, where [`ml_offsets`] finds each row's max and sum on return.
+///
+/// # Safety
+/// `O`'s instruction set is available; `outs[r]` points at `group * head_dim` writable f32s for
+/// every row `r < t.n` with `c < t.chunks(r)`.
+#[inline(always)]
+pub(crate) unsafe fn run<O: Ops>(
+    t: &Task,
+    c: usize,
+    outs: &[*mut f32; MAX_TASK_ROWS],
+    scratch: &mut [f32],
+) {
+    let (hd, g_n) = (t.sh.head_dim, t.sh.group());
+    let (scores, rest) = scratch.split_at_mut(MAX_TASK_ROWS * g_n * TILE);
+    let (m, rest) = rest.split_at_mut(MAX_TASK_ROWS * g_n);
+    let (l, rest) = rest.split_at_mut(MAX_TASK_ROWS * g_n);
+    let (ktile, rest) = rest.split_at_mut(TILE * hd);
+    let vtile = &mut rest[..TILE * hd];
+    // Each row's positions in this chunk; the tiles cover the longest.
+    let mut span: [Range<usize>; MAX_TASK_ROWS] = std::array::from_fn(|_| 0..0);
+    let (mut lo, mut hi) = (usize::MAX, 0);
+    for r in 0..t.n {
+        if c < t.chunks(r) {
+            span[r] = t.chunk(r, c);
+            m[r * g_n..(r + 1) * g_n].fill(f32::NEG_INFINITY);
+            l[r * g_n..(r + 1) * g_n].fill(0.0);
+            std::slice::from_raw_parts_mut(outs[r], g_n * hd).fill(0.0);
+            if !span[r].is_empty() {
+                lo = lo.min(span[r].start);
+                hi = hi.max(span[r].end);
+            }
+        }
+    }
+    let mut p0 = lo;
+    if p0 < hi {
+        // The first tile's V rows, read after its scores.
+        prefetch_rows(t.v, t, p0, TILE.min(hi - p0));
+    }
+    while p0 < hi {
+        let np = TILE.min(hi - p0);
+        // The next tile's K and V rows, a tile's work ahead.
+        let next = TILE.min(hi - p0 - np);
+        prefetch_rows(t.k, t, p0 + np, next);
+        prefetch_rows(t.v, t, p0 + np, next);
+        let krows = tile_rows::<O>(t.k, t, p0, np, ktile);
+        for r in 0..t.n {
+            let npr = span[r].end.saturating_sub(p0).min(np);
+            if npr == 0 {
+                continue;
+            }
+            let s = &mut scores[r * g_n * TILE..(r + 1) * g_n * TILE];
+            O::scores(t.q[r], &krows[..npr], t.sh.scale, s, TILE);
+            let out = std::slice::from_raw_parts_mut(outs[r], g_n * hd);
+            for g in 0..g_n {
+                let (m, l) = (&mut m[r * g_n + g], &mut l[r * g_n + g]);
+                let s = &mut s[g * TILE..g * TILE + npr];
+                let mx = O::max(s, *m);
+                if mx > *m {
+                    let c = (*m - mx).exp();
+                    *l *= c;
+                    O::scale(c, &mut out[g * hd..(g + 1) * hd]);
+                    *m = mx;
+                }
+                *l += O::exp_sum(s, mx);
+            }
+        }
+        let vrows = tile_rows::<O>(t.v, t, p0, np, vtile);
+        for r in 0..t.n {
+            let npr = span[r].end.saturating_sub(p0).min(np);
+            if npr > 0 {
+                let out = std::slice::from_raw_parts_mut(outs[r], g_n * hd);
+                let s = &scores[r * g_n * TILE..(r + 1) * g_n * TILE];
+                O::acc(s, TILE, &vrows[..npr], out);
+            }
+        }
+        p0 += np;
+    }
+}
