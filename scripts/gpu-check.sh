@@ -8,7 +8,8 @@
 #   (0) environment, library versions, every kernel compiled for the device's own sm;
 #   (1) each device op against the CPU's on the same inputs (bf16 tolerances): the backend's
 #       cuda::device_tests, then the CUDA executor against the CPU forward pass on every
-#       architecture's tiny model (models' cuda::tests);
+#       architecture's tiny model (models' cuda::tests); (1b) the step path's kernels (tiled
+#       prefill attention, grammar masks, sampling) and device sampling, one line each;
 #   (2) the whole model by teacher forcing: the CPU's greedy continuations of 8 prompts
 #       (--dummy-weights smollm2-135m, bf16) scored on both devices: the largest difference of
 #       a forced token's log-probability (< 0.1 passes) and top-1 agreement per position;
@@ -73,6 +74,21 @@ for T in tokenfab_backend tokenfab_models; do
     log "ops $T rc=$? $(grep -E '^test result' "$OUT/ops-$T.txt") skipped=$(grep -c '^skipped' "$OUT/ops-$T.txt")"
   else
     log "ops $T: no test binary in $TESTS_DIR (run scripts/gpu-check.sh --build-tests where cargo is)"
+  fi
+done
+
+# (1b) the step path (issue 16): tiled prefill attention against the f64 attention reference
+# (the CPU's, on the same inputs), grammar masks and sampling against their CPU twins, and device
+# sampling through the CUDA executor against the twins on the device's own logits. They ran in
+# (1) too; each gets its own line here.
+for T in "tokenfab_backend cuda::device_tests::prefill_attention_matches_an_f64_reference" \
+         "tokenfab_backend cuda::device_tests::mask_rows_matches_its_cpu_twin" \
+         "tokenfab_backend cuda::device_tests::sample_rows_matches_its_cpu_twin" \
+         "tokenfab_models cuda::tests::device_sampling_matches_the_twins_on_the_devices_logits"; do
+  set -- $T
+  if [[ -x "$TESTS_DIR/$1" ]]; then
+    timeout 60 "$TESTS_DIR/$1" "$2" --exact --test-threads 1 > "$OUT/step-${2##*::}.txt" 2>&1
+    log "step ${2##*::} rc=$? $(grep -E '^test result' "$OUT/step-${2##*::}.txt") skipped=$(grep -c '^skipped' "$OUT/step-${2##*::}.txt")"
   fi
 done
 

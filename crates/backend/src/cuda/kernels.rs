@@ -21,6 +21,8 @@ pub const KERNELS: &[&str] = &[
     "glu",
     "argmax_rows",
     "sample_rows",
+    "mask_rows",
+    "prefill_attention",
 ];
 
 /// Threads per block of the row kernels (a multiple of 32).
@@ -40,7 +42,8 @@ pub const MAX_SPLITS: usize = 16;
 
 /// The CUDA C source of every kernel: plain CUDA C with no `#include`, so NVRTC needs no headers
 /// (bf16 is handled as its 16 bits).
-pub const SOURCE: &str = r#"
+pub const SOURCE: &str = concat!(
+    r#"
 #define WARP 32
 #define NEG_INF __int_as_float(0xff800000)
 #define ATTN_WARPS 4
@@ -604,7 +607,10 @@ sample_rows(const float* __restrict__ logits, float* __restrict__ work,
     tokens[b] = tok;
     logprobs[b] = p.want_logprob && tok != HOST_TOKEN ? raw[tok] - rmax - lse : 0.0f;
 }
-"#;
+"#,
+    super::token_mask::token_mask_source!(),
+    super::prefill_attention::prefill_attention_source!()
+);
 
 /// Checks what can be checked without a compiler: braces, parentheses and brackets balance
 /// (outside comments and strings), and every name in [`KERNELS`] is defined as an
