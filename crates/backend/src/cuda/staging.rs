@@ -217,12 +217,15 @@ impl StepUpload {
     }
 
     /// Packs with `fill` into the pinned buffer, then queues one copy of the bytes written.
-    /// The previous step's copy is complete (every step ends by reading its results back).
+    /// The stream is drained first, so the previous step's copy has read the pinned bytes (a
+    /// step already ends by reading its results back, so this waits only after a failed step;
+    /// packing step N+1 while step N runs would need a second pinned buffer).
     pub fn upload(
         &mut self,
         gpu: &Gpu,
         fill: impl FnOnce(&mut Pack) -> Result<()>,
     ) -> Result<usize> {
+        gpu.stream.synchronize()?;
         let buf = self.host.as_mut_slice()?;
         let mut p = Pack::new(buf);
         fill(&mut p)?;
@@ -230,7 +233,7 @@ impl StepUpload {
         if end > 0 {
             let dst = self.dev.device_ptr(&gpu.stream).0;
             // SAFETY: `end` bytes lie inside both buffers; the pinned bytes stay untouched until
-            // the next step, after this copy has completed.
+            // the next upload, which drains the stream first.
             unsafe {
                 cudarc::driver::result::memcpy_htod_async(dst, &buf[..end], gpu.stream.cu_stream())
             }?;

@@ -114,23 +114,28 @@ fn every_architecture_matches_the_cpu_on_a_gpu() {
     }
 }
 
+/// One sequence of five prompt tokens in blocks 0..8.
+static PROMPT: [SeqSlice<'static>; 1] = [SeqSlice {
+    rows: 0..5,
+    block_table: &[0, 1, 2, 3, 4, 5, 6, 7],
+}];
+
+fn prompt(logits_rows: &[usize]) -> ForwardBatch<'_> {
+    ForwardBatch {
+        tokens: &[1, 2, 3, 4, 5],
+        positions: &[0, 1, 2, 3, 4],
+        seqs: &PROMPT,
+        logits_rows,
+    }
+}
+
 #[test]
 fn device_greedy_picks_the_argmax() {
     let model = tiny("gemma3");
     let Some(mut gpu) = on_device(&model, 8) else {
         return;
     };
-    let t: Vec<u32> = (0..8).collect();
-    let seqs = [SeqSlice {
-        rows: 0..5,
-        block_table: &t,
-    }];
-    let b = ForwardBatch {
-        tokens: &[1, 2, 3, 4, 5],
-        positions: &[0, 1, 2, 3, 4],
-        seqs: &seqs,
-        logits_rows: &[2, 4],
-    };
+    let b = prompt(&[2, 4]);
     let logits = gpu.forward(&b).unwrap().to_vec();
     let picks = gpu.forward_greedy(&b).unwrap();
     for (i, &p) in picks.iter().enumerate() {
@@ -166,17 +171,7 @@ fn device_sampling_matches_the_twins_on_the_devices_logits() {
     let Some(mut gpu) = on_device(&model, 8) else {
         return;
     };
-    let t: Vec<u32> = (0..8).collect();
-    let seqs = [SeqSlice {
-        rows: 0..5,
-        block_table: &t,
-    }];
-    let b = ForwardBatch {
-        tokens: &[1, 2, 3, 4, 5],
-        positions: &[0, 1, 2, 3, 4],
-        seqs: &seqs,
-        logits_rows: &[2, 3, 4],
-    };
+    let b = prompt(&[2, 3, 4]);
     let logits = gpu.forward(&b).unwrap().to_vec();
     let mut edits = Vec::new();
     let greedy = SamplingParams::default();
