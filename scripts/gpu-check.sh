@@ -12,6 +12,8 @@
 #       executor against the CPU forward pass on every architecture's tiny model, FP8 weights
 #       and FP8 KV against the CPU and FP8 KV against bf16 KV (models' cuda::tests), and dummy
 #       models made on the device against their host twins (engine's dummy::device_tests);
+#       (1b) the step path's kernels (tiled prefill attention, grammar masks, sampling) and
+#       device sampling, one line each;
 #   (2) the whole model by teacher forcing: the CPU's greedy continuations of 8 prompts
 #       (--dummy-weights smollm2-135m, bf16) scored on both devices: the largest difference of
 #       a forced token's log-probability (< 0.1 passes) and top-1 agreement per position;
@@ -78,6 +80,21 @@ for T in tokenfab_backend:cuda:: tokenfab_models:cuda:: tokenfab_engine:dummy::d
     grep -E '^(fp8 product|device (bf16|fp8) dummy|llama|qwen2): ' "$OUT/ops-$B.txt" | while read -r L; do log "  $L"; done
   else
     log "ops $B: no test binary in $TESTS_DIR (run scripts/gpu-check.sh --build-tests where cargo is)"
+  fi
+done
+
+# (1b) the step path (issue 16): tiled prefill attention against the f64 attention reference
+# (the CPU's, on the same inputs), grammar masks and sampling against their CPU twins, and device
+# sampling through the CUDA executor against the twins on the device's own logits. They ran in
+# (1) too; each gets its own line here.
+for T in "tokenfab_backend cuda::device_tests::prefill_attention_matches_an_f64_reference" \
+         "tokenfab_backend cuda::device_tests::mask_rows_matches_its_cpu_twin" \
+         "tokenfab_backend cuda::device_tests::sample_rows_matches_its_cpu_twin" \
+         "tokenfab_models cuda::tests::device_sampling_matches_the_twins_on_the_devices_logits"; do
+  set -- $T
+  if [[ -x "$TESTS_DIR/$1" ]]; then
+    timeout 60 "$TESTS_DIR/$1" "$2" --exact --test-threads 1 > "$OUT/step-${2##*::}.txt" 2>&1
+    log "step ${2##*::} rc=$? $(grep -E '^test result' "$OUT/step-${2##*::}.txt") skipped=$(grep -c '^skipped' "$OUT/step-${2##*::}.txt")"
   fi
 done
 

@@ -14,6 +14,7 @@
 //! neighbours: a mask reads only its own matcher, and free rows are never touched.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use tokenfab_scheduler::SchedulerOutput;
@@ -23,6 +24,17 @@ use tokenfab_types::RequestId;
 use crate::metrics::Metrics;
 use crate::runner::StepLogits;
 use crate::sampler::Sample;
+
+/// A step's grammar masks as the device takes them ([`tokenfab_models::TokenMasks`]).
+#[derive(Default)]
+pub(crate) struct DeviceMasks {
+    /// The model's vocabulary (logits row width).
+    pub vocab: usize,
+    /// (masked rows,) logits row of each.
+    pub rows: Vec<u32>,
+    /// (masked rows, ceil(vocab / 32)) allowed-token bits.
+    pub words: Vec<u32>,
+}
 
 /// A request whose matcher failed (a mask or a step over llguidance's limits), with the message
 /// its stream ends with.
@@ -129,9 +141,35 @@ impl Constrained {
             let Some(m) = self.matchers.get(&out.scheduled[i].id) else {
                 continue;
             };
-            if let Some(last) = logits.rows[i].clone().last() {
-                let v = logits.vocab;
-                m.mask().apply(&mut logits.logits[last * v..(last + 1) * v]);
+            let last = logits.rows[i].clone().last();
+            // A row sampled on the device was masked there.
+            if let Some(row) = last.and_then(|r| logits.row_mut(r)) {
+                m.mask().apply(row);
+            }
+        }
+    }
+
+    /// The masks of this step's constrained sampled rows for the device: each one's logits row
+    /// (`rows[i]`: sequence i's logits rows) and its allowed tokens as bit words.
+    pub fn device_masks(&self, out: &SchedulerOutput, rows: &[Range<usize>], d: &mut DeviceMasks) {
+        d.rows.clear();
+        d.words.clear();
+        for &i in &self.rows {
+            let (Some(m), Some(last)) = (
+                self.matchers.get(&out.scheduled[i].id),
+                rows[i].clone().last(),
+            ) else {
+                continue;
+            };
+            let mask = m.mask();
+            d.rows.push(last as u32);
+            let vocab = mask.vocab_size().min(d.vocab);
+            let start = d.words.len();
+            d.words.resize(start + d.vocab.div_ceil(32), 0);
+            for t in 0..vocab {
+                if mask.is_allowed(t as u32) {
+                    d.words[start + t / 32] |= 1 << (t % 32);
+                }
             }
         }
     }

@@ -1,12 +1,57 @@
-//! The host's half of sampling on a CUDA device (`tokenfab_backend::cuda::sampling`): one step's
-//! rows staged as one parameter array and one edit array (a single upload each step), from each
-//! request's sampling parameters, logit bias, tokens so far and its own uniform draw. The engine
-//! does not call it yet (its step copies logits back and samples on the host); the tests here
-//! hold the device's algorithm, through its CPU twin, against [`crate::sampler::Sampler`] on the
-//! same inputs.
+//! The host's half of sampling on a device (`tokenfab_backend::cuda::sampling`): one step's rows
+//! staged as one parameter array and one edit array, from each request's sampling parameters,
+//! logit bias, tokens so far and its own uniform draw; the step's grammar masks as bit words; and
+//! the step itself ([`DeviceStep`]): launch, masks on the host while the device runs, then
+//! sample. The tests hold the device's algorithm, through its CPU twin, against
+//! [`crate::sampler::Sampler`] on the same inputs, row by row and through the whole engine.
+//!
+//! Rows the device sampler cannot serve are sampled on the host from their logits, which come
+//! back for those rows only ([`HostReason`]); so are rows whose kept set may reach past the
+//! device's candidate pool (`sampling::HOST`).
+
+use std::collections::HashMap;
+use std::ops::Range;
 
 use tokenfab_backend::cuda::sampling::{check_row_inputs, row_inputs, Edit, SampleParams};
-use tokenfab_types::{SamplingParams, TokenId};
+use tokenfab_models::{DeviceSampling, TokenMasks};
+use tokenfab_scheduler::{Scheduler, SchedulerOutput};
+use tokenfab_types::{RequestId, SamplingParams, TokenId};
+
+use crate::constrained::{Constrained, DeviceMasks, Failed};
+use crate::error::Result;
+use crate::host::Active;
+use crate::metrics::Metrics;
+use crate::profile::StepTimer;
+use crate::runner::{ModelRunner, StepLogits};
+
+/// Why a row's logits come back to be sampled (or read) on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostReason {
+    /// Prompt log-probabilities read every row of a prompt chunk.
+    PromptLogprobs,
+    /// Speculative decoding verifies drafts row by row (each row's penalties count the draft
+    /// tokens accepted before it).
+    Draft,
+    /// `top_logprobs` alternatives (the device returns the chosen token's log-probability only).
+    TopLogprobs,
+}
+
+/// Where a sequence's logits rows are sampled: `None` on the device.
+pub fn host_reason(
+    prompt_logprobs: bool,
+    num_draft: usize,
+    top_logprobs: Option<usize>,
+) -> Option<HostReason> {
+    if prompt_logprobs {
+        Some(HostReason::PromptLogprobs)
+    } else if num_draft > 0 {
+        Some(HostReason::Draft)
+    } else if top_logprobs.is_some_and(|n| n > 0) {
+        Some(HostReason::TopLogprobs)
+    } else {
+        None
+    }
+}
 
 /// One step's sampling inputs for the device, reused across steps.
 #[derive(Default)]
@@ -15,6 +60,10 @@ pub struct SampleStage {
     pub params: Vec<SampleParams>,
     /// Every row's edits, concatenated.
     pub edits: Vec<Edit>,
+    /// (rows,) rows sampled on the host.
+    pub host: Vec<bool>,
+    /// The step's grammar masks.
+    pub(crate) masks: DeviceMasks,
 }
 
 /// One row to stage: a request's parameters and state for the token being sampled.
@@ -33,6 +82,57 @@ impl SampleStage {
     pub fn clear(&mut self) {
         self.params.clear();
         self.edits.clear();
+        self.host.clear();
+    }
+
+    /// Appends a row the host samples or reads.
+    pub fn push_host(&mut self) {
+        self.params.push(SampleParams::default());
+        self.host.push(true);
+    }
+
+    pub fn inputs(&self) -> DeviceSampling<'_> {
+        DeviceSampling {
+            params: &self.params,
+            edits: &self.edits,
+            host: &self.host,
+        }
+    }
+
+    /// Stages every logits row of a step: `rows[i]` are sequence i's, `all_rows[i]` whether it
+    /// reads them all (prompt log-probabilities).
+    pub(crate) fn build(
+        &mut self,
+        out: &SchedulerOutput,
+        rows: &[Range<usize>],
+        all_rows: &[bool],
+        active: &HashMap<RequestId, Active>,
+        sched: &Scheduler,
+    ) {
+        self.clear();
+        for (i, s) in out.scheduled.iter().enumerate() {
+            let a = active.get(&s.id).zip(sched.request(s.id));
+            let reason = host_reason(
+                all_rows[i],
+                s.num_draft,
+                a.and_then(|(a, _)| a.sampler.logprobs()),
+            );
+            match (a, reason) {
+                (Some((a, r)), None) => {
+                    for _ in rows[i].clone() {
+                        self.push(&RowRequest {
+                            params: a.sampler.params(),
+                            logit_bias: &a.logit_bias,
+                            prompt: r.prompt(),
+                            output: r.output(),
+                            u: a.sampler.peek_uniform(),
+                            want_logprob: a.sampler.logprobs().is_some(),
+                        });
+                    }
+                }
+                _ => rows[i].clone().for_each(|_| self.push_host()),
+            }
+        }
     }
 
     /// Appends one row.
@@ -46,11 +146,56 @@ impl SampleStage {
         );
         p.want_logprob = i32::from(r.want_logprob);
         self.params.push(p);
+        self.host.push(false);
     }
 
     /// What the kernel trusts, checked before the upload.
     pub fn check(&self, vocab: usize) -> Result<(), String> {
         check_row_inputs(&self.params, &self.edits, vocab)
+    }
+}
+
+/// One step on a device sampler: what it borrows of the engine (the step's results borrow only
+/// the runner).
+pub(crate) struct DeviceStep<'r, 'a> {
+    pub runner: &'r mut ModelRunner,
+    pub constrained: &'a mut Constrained,
+    pub stage: &'a mut SampleStage,
+    pub active: &'a HashMap<RequestId, Active>,
+    pub sched: &'a Scheduler,
+    pub metrics: &'a Metrics,
+    pub timer: &'a mut StepTimer,
+}
+
+impl<'r> DeviceStep<'r, '_> {
+    /// Stages and launches the step, computes the grammar masks while the device runs it, then
+    /// masks and samples on the device. Returns the step's tokens and host rows, and the rows
+    /// whose mask failed (they must not sample).
+    pub fn run(self, out: &SchedulerOutput, all_rows: &[bool]) -> (Result<StepLogits<'r>>, Failed) {
+        let DeviceStep {
+            runner,
+            constrained,
+            stage,
+            active,
+            sched,
+            metrics,
+            timer,
+        } = self;
+        let rows = runner.plan(out, |i| all_rows[i]);
+        stage.build(out, rows, all_rows, active, sched);
+        if let Err(e) = runner.launch(out, &stage.inputs(), timer) {
+            return (Err(e), Vec::new());
+        }
+        // The device runs the forward pass meanwhile.
+        let ((), failed) = constrained.masks_during(out, metrics, false, || ());
+        constrained.forget(&failed);
+        stage.masks.vocab = runner.exec.config().vocab_size;
+        constrained.device_masks(out, runner.rows(), &mut stage.masks);
+        let masks = TokenMasks {
+            rows: &stage.masks.rows,
+            words: &stage.masks.words,
+        };
+        (runner.sample(&masks, timer), failed)
     }
 }
 

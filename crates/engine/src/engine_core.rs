@@ -6,7 +6,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tokenfab_loader::Tokenizer;
-use tokenfab_models::Model;
+use tokenfab_models::{Executor, Model};
 use tokenfab_scheduler::{
     Finished, NewRequest, Request, Scheduler, SchedulerConfig, SchedulerOutput,
 };
@@ -14,6 +14,7 @@ use tokenfab_types::{FinishReason, RequestId, TokenId};
 
 use crate::constrained::{Constrained, Failed};
 use crate::detok::IncrementalDecoder;
+use crate::device_sampling::{DeviceStep, SampleStage};
 use crate::drain::DrainClock;
 use crate::error::Result;
 use crate::handle::{Command, EngineConfig, Shared};
@@ -58,6 +59,11 @@ pub(crate) struct EngineCore {
     overlap_masks: bool,
     /// Step and finish pace, for the Retry-After of refused requests.
     drain: DrainClock,
+    /// The executor samples on the device: only token ids (and the logits of rows the host
+    /// reads) come back (`device_sampling.rs`).
+    device_sampling: bool,
+    /// Device sampling's inputs, reused every step.
+    stage: SampleStage,
 }
 
 impl EngineCore {
@@ -67,6 +73,7 @@ impl EngineCore {
         cfg: &EngineConfig,
         rx: mpsc::Receiver<Command>,
         shared: Arc<Shared>,
+        wrap: impl FnOnce(Box<dyn Executor>) -> Box<dyn Executor>,
     ) -> Result<Self> {
         let exec = crate::device::build_executor(
             model,
@@ -81,6 +88,7 @@ impl EngineCore {
                 max_blocks: cfg.max_kv_blocks,
             },
         )?;
+        let exec = wrap(exec);
         let num_blocks = exec.num_blocks();
         let mut sched = Scheduler::new(SchedulerConfig {
             max_num_batched_tokens: cfg.max_num_batched_tokens,
@@ -104,8 +112,11 @@ impl EngineCore {
             .cache_config
             .set(cache_config_info(cfg, num_blocks));
         let overlap_masks = exec.device() != "cpu";
+        let mut runner = ModelRunner::new(exec);
         Ok(Self {
-            runner: ModelRunner::new(exec),
+            device_sampling: runner.samples_on_device(),
+            stage: SampleStage::default(),
+            runner,
             sched,
             eog: tokenizer.eog_ids(),
             tokenizer,
@@ -203,12 +214,25 @@ impl EngineCore {
         }
         let all_rows = self.wants_prompt_logprobs(&out);
         let overlap = self.overlap_masks;
-        let (runner, timer) = (&mut self.runner, &mut self.timer);
-        let (logits, failed) =
-            self.constrained
-                .masks_during(&out, &self.shared.metrics, overlap, || {
-                    runner.execute(&out, |i| all_rows[i], timer)
-                });
+        let (runner, timer, metrics) = (&mut self.runner, &mut self.timer, &self.shared.metrics);
+        let (logits, failed) = if self.device_sampling {
+            let (constrained, stage) = (&mut self.constrained, &mut self.stage);
+            let (active, sched) = (&self.active, &self.sched);
+            DeviceStep {
+                runner,
+                constrained,
+                stage,
+                active,
+                sched,
+                metrics,
+                timer,
+            }
+            .run(&out, &all_rows)
+        } else {
+            self.constrained.masks_during(&out, metrics, overlap, || {
+                runner.execute(&out, |i| all_rows[i], timer)
+            })
+        };
         let mut logits = logits?;
         self.constrained.forget(&failed);
         self.constrained.apply(&out, &mut logits);
@@ -303,10 +327,11 @@ impl EngineCore {
         }
         let mut sampler = Sampler::new(req.sampling).with_logprobs(req.logprobs);
         if !req.logit_bias.is_empty() {
-            sampler = sampler.with_processor(Box::new(LogitBias(req.logit_bias)));
+            sampler = sampler.with_processor(Box::new(LogitBias(req.logit_bias.clone())));
         }
         let active = Active {
             sampler,
+            logit_bias: req.logit_bias,
             detok: IncrementalDecoder::new(),
             stop: StopChecker::new(req.stop),
             out: Outbox::new(tx),

@@ -8,6 +8,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokenfab_loader::{ChatTemplate, Tokenizer};
+use tokenfab_models::Executor;
 pub use tokenfab_models::KvDtype;
 use tokenfab_scheduler::SchedulerConfig;
 use tokenfab_structured::Grammars;
@@ -155,6 +156,16 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Starts the engine thread for a loaded model.
     pub fn start(m: LoadedModel, cfg: EngineConfig) -> Result<Self> {
+        Self::start_with(m, cfg, |e| e)
+    }
+
+    /// [`Self::start`] with the executor passed through `wrap` (tests wrap the CPU's in a
+    /// device-sampling twin, `tokenfab_models::sample_twin`).
+    pub fn start_with(
+        m: LoadedModel,
+        cfg: EngineConfig,
+        wrap: impl FnOnce(Box<dyn Executor>) -> Box<dyn Executor>,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             metrics: Metrics {
@@ -174,7 +185,7 @@ impl EngineHandle {
         });
         let tokenizer = Arc::new(m.tokenizer);
         let template = m.template.map(Arc::new);
-        let core = EngineCore::new(m.model, tokenizer.clone(), &cfg, rx, shared.clone())?;
+        let core = EngineCore::new(m.model, tokenizer.clone(), &cfg, rx, shared.clone(), wrap)?;
         let info = Arc::new(EngineInfo {
             model_name: m.name,
             context_len: core.context_len(),

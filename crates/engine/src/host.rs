@@ -28,6 +28,8 @@ const PARALLEL_ROWS: usize = 16;
 pub(crate) struct Active {
     /// Sampling parameters, seeded stream, logits processors, logprobs wanted.
     pub sampler: Sampler,
+    /// The request's `logit_bias` (also the sampler's processor), for a device sampler.
+    pub logit_bias: Vec<(tokenfab_types::TokenId, f32)>,
     pub detok: IncrementalDecoder,
     pub stop: StopChecker,
     /// Events back to the consumer (bounded channel + backlog; never blocks the engine).
@@ -115,6 +117,10 @@ fn verify(
 ) {
     let draft = &s.tokens[s.tokens.len() - s.num_draft..];
     let first = end - 1 - s.num_draft;
+    if let Some((token, logprob)) = logits.device_token(first).filter(|_| s.num_draft == 0) {
+        got.push(a.sampler.accept_device(token, logprob));
+        return;
+    }
     a.sampler.verify(
         |j| logits.row(first + j),
         r.prompt(),

@@ -1,9 +1,10 @@
 //! The model runner: turns the scheduler's output into one forward pass over all scheduled tokens
-//! of all requests, and hands back the logits rows the engine asked for.
+//! of all requests, and hands back the logits rows the engine asked for, or, when the executor
+//! samples on the device, each row's token and the logits of the rows the host still reads.
 
 use std::ops::Range;
 
-use tokenfab_models::{Executor, ForwardBatch, SeqSlice};
+use tokenfab_models::{DeviceSampling, Executor, ForwardBatch, SeqSlice, TokenMasks};
 use tokenfab_scheduler::SchedulerOutput;
 
 use crate::error::Result;
@@ -20,18 +21,50 @@ pub(crate) struct ModelRunner {
 }
 
 /// Logits of one step, borrowed from the executor until the next step: for scheduled sequence
-/// `i`, rows `rows[i]` of `logits` (each `vocab` wide), in position order. Empty when the engine
-/// wanted none for it.
+/// `i`, rows `rows[i]` of the step's logits rows (each `vocab` wide), in position order. Empty
+/// when the engine wanted none for it. After device sampling, a row sampled on the device has
+/// its token in `device` and no logits here.
 pub(crate) struct StepLogits<'a> {
     pub rows: &'a [Range<usize>],
-    /// (total rows, vocab)
+    /// (rows on the host, vocab)
     pub logits: &'a mut [f32],
     pub vocab: usize,
+    /// Device sampling: (rows,) where each row's logits sit in `logits` (`usize::MAX`: none);
+    /// `None`: every row's, in order.
+    pub host_at: Option<&'a [usize]>,
+    /// Device sampling: (rows,) each row's token ([`HOST`]: the host samples it) and its
+    /// log-probability.
+    pub device: Option<(&'a [u32], &'a [f32])>,
 }
 
+pub(crate) use tokenfab_backend::cuda::sampling::HOST;
+
 impl StepLogits<'_> {
+    fn at(&self, r: usize) -> Option<usize> {
+        match self.host_at {
+            None => Some(r),
+            Some(h) => h.get(r).copied().filter(|&a| a != usize::MAX),
+        }
+    }
+
+    /// Row `r`'s logits; the row must be one the host reads.
     pub fn row(&self, r: usize) -> &[f32] {
-        &self.logits[r * self.vocab..(r + 1) * self.vocab]
+        let a = self
+            .at(r)
+            .expect("a row sampled on the device has no logits on the host");
+        &self.logits[a * self.vocab..(a + 1) * self.vocab]
+    }
+
+    /// Row `r`'s logits when they are on the host.
+    pub fn row_mut(&mut self, r: usize) -> Option<&mut [f32]> {
+        let (a, v) = (self.at(r)?, self.vocab);
+        Some(&mut self.logits[a * v..(a + 1) * v])
+    }
+
+    /// The token the device sampled for row `r` and its log-probability, if it did.
+    pub fn device_token(&self, r: usize) -> Option<(u32, f32)> {
+        let (t, l) = self.device?;
+        Some((t[r], l[r])).filter(|&(t, _)| t != HOST)
     }
 }
 
@@ -46,32 +79,35 @@ impl ModelRunner {
         }
     }
 
-    /// Runs every scheduled token. `all_rows(i)` says whether sequence `i` wants the logits of
-    /// every scheduled row (prompt log-probabilities); otherwise, when it samples, it gets its
-    /// last row and one row per draft token before it (the rows that verify the draft), and
-    /// nothing when it does not. Laps `Batch` and `Forward` on `timer`, and hands the pass its
-    /// forward hook.
-    pub fn execute(
+    /// Each scheduled sequence's logits rows, as last planned.
+    pub fn rows(&self) -> &[Range<usize>] {
+        &self.rows
+    }
+
+    /// Whether the executor samples on the device.
+    pub fn samples_on_device(&mut self) -> bool {
+        self.exec.device_sampler().is_some()
+    }
+
+    /// Lays out every scheduled token and the logits rows. `all_rows(i)` says whether sequence
+    /// `i` wants the logits of every scheduled row (prompt log-probabilities); otherwise, when it
+    /// samples, it gets its last row and one row per draft token before it (the rows that verify
+    /// the draft), and nothing when it does not. Returns each sequence's logits rows.
+    pub fn plan(
         &mut self,
         out: &SchedulerOutput,
         all_rows: impl Fn(usize) -> bool,
-        timer: &mut StepTimer,
-    ) -> Result<StepLogits<'_>> {
+    ) -> &[Range<usize>] {
         self.tokens.clear();
         self.positions.clear();
         self.logits_rows.clear();
         self.rows.clear();
-        let mut seqs = Vec::with_capacity(out.scheduled.len());
         for (i, s) in out.scheduled.iter().enumerate() {
             let first = self.tokens.len();
             self.tokens.extend_from_slice(&s.tokens);
             self.positions
                 .extend((s.start..s.start + s.tokens.len()).map(|p| p as u32));
             let last = self.tokens.len();
-            seqs.push(SeqSlice {
-                rows: first..last,
-                block_table: &s.block_table,
-            });
             let lo = self.logits_rows.len();
             if all_rows(i) {
                 self.logits_rows.extend(first..last);
@@ -80,13 +116,26 @@ impl ModelRunner {
             }
             self.rows.push(lo..self.logits_rows.len());
         }
+        &self.rows
+    }
+
+    /// Plans and runs every scheduled token (see [`Self::plan`]), the host sampling from the
+    /// logits. Laps `Batch` and `Forward` on `timer`, and hands the pass its forward hook.
+    pub fn execute(
+        &mut self,
+        out: &SchedulerOutput,
+        all_rows: impl Fn(usize) -> bool,
+        timer: &mut StepTimer,
+    ) -> Result<StepLogits<'_>> {
+        self.plan(out, all_rows);
+        let vocab = self.exec.config().vocab_size;
+        let seqs = seqs_of(out);
         let batch = ForwardBatch {
             tokens: &self.tokens,
             positions: &self.positions,
             seqs: &seqs,
             logits_rows: &self.logits_rows,
         };
-        let vocab = self.exec.config().vocab_size;
         timer.lap(EnginePhase::Batch);
         let logits = self.exec.forward_profiled(&batch, timer.forward_hook())?;
         timer.lap(EnginePhase::Forward);
@@ -94,6 +143,59 @@ impl ModelRunner {
             rows: &self.rows,
             logits,
             vocab,
+            host_at: None,
+            device: None,
         })
     }
+
+    /// Queues the planned batch with its sampling inputs on the device sampler, without waiting
+    /// for it. Laps `Batch`.
+    pub fn launch(
+        &mut self,
+        out: &SchedulerOutput,
+        s: &DeviceSampling,
+        timer: &mut StepTimer,
+    ) -> Result<()> {
+        let seqs = seqs_of(out);
+        let batch = ForwardBatch {
+            tokens: &self.tokens,
+            positions: &self.positions,
+            seqs: &seqs,
+            logits_rows: &self.logits_rows,
+        };
+        let d = self.exec.device_sampler().expect("checked by the caller");
+        d.launch(&batch, s)?;
+        timer.lap(EnginePhase::Batch);
+        Ok(())
+    }
+
+    /// Masks and samples the launched batch on the device and waits for it. Laps `Forward`.
+    pub fn sample(&mut self, masks: &TokenMasks, timer: &mut StepTimer) -> Result<StepLogits<'_>> {
+        let vocab = self.exec.config().vocab_size;
+        let d = self.exec.device_sampler().expect("checked by the caller");
+        let got = d.sample(masks)?;
+        timer.lap(EnginePhase::Forward);
+        Ok(StepLogits {
+            rows: &self.rows,
+            logits: got.logits,
+            vocab,
+            host_at: Some(got.host_at),
+            device: Some((got.tokens, got.logprobs)),
+        })
+    }
+}
+
+/// Each scheduled sequence's rows of the planned batch and its block table.
+fn seqs_of(out: &SchedulerOutput) -> Vec<SeqSlice<'_>> {
+    let mut first = 0;
+    out.scheduled
+        .iter()
+        .map(|s| {
+            first += s.tokens.len();
+            SeqSlice {
+                rows: first - s.tokens.len()..first,
+                block_table: &s.block_table,
+            }
+        })
+        .collect()
 }

@@ -88,6 +88,38 @@ impl Sampler {
         &self.params
     }
 
+    /// Alternatives asked for with each token's log-probability (`None`: no log-probabilities).
+    pub fn logprobs(&self) -> Option<usize> {
+        self.logprobs
+    }
+
+    /// The uniform draw the next sampled (non-greedy) token will use, leaving the stream as it
+    /// is: a device samples with it, and a row the device hands back draws it again here.
+    pub fn peek_uniform(&self) -> f32 {
+        self.rng.clone().next_f64() as f32
+    }
+
+    /// Takes a token sampled elsewhere (on the device, with [`Self::peek_uniform`]'s draw) as if
+    /// this sampler had picked it: the stream advances as [`Self::sample`]'s would, processors
+    /// see the token, and the log-probability (under the logits the device read) is returned
+    /// when asked, without alternatives.
+    pub fn accept_device(&mut self, token: TokenId, logprob: f32) -> Sample {
+        if !self.params.is_greedy() {
+            self.rng.next_f64();
+        }
+        for p in &mut self.processors {
+            p.accept(token);
+        }
+        Sample {
+            token,
+            logprob: self.logprobs.map(|_| TokenLogprob {
+                token,
+                logprob,
+                top: Vec::new(),
+            }),
+        }
+    }
+
     /// Picks the next token after raw `logits` (vocab,), which are left unchanged.
     pub fn sample(&mut self, logits: &[f32], prompt: &[TokenId], output: &[TokenId]) -> Sample {
         self.sample_after(logits, prompt, output, &[])

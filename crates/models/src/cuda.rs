@@ -27,14 +27,14 @@ use tokenfab_backend::cuda::kernels::MAX_HEAD_DIM;
 use tokenfab_backend::cuda::launch::{DevMatrix, DevRope};
 use tokenfab_backend::cuda::memory::{self, KvSizing};
 use tokenfab_backend::cuda::ops::{CudaOps, DevKv, DevStep};
-use tokenfab_backend::cuda::{self, Gpu, GpuBuf};
+use tokenfab_backend::cuda::{self, staging, Gpu, GpuBuf};
 use tokenfab_backend::rope::RopeKind;
 use tokenfab_types::TokenId;
 
 use crate::batch::ForwardBatch;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::executor::Executor;
+use crate::executor::{DeviceSampler, DeviceSampling, Executor};
 use crate::forward::{forward, Acts};
 use crate::kv::KvDtype;
 use crate::model::Model;
@@ -153,6 +153,8 @@ pub struct CudaExecutor {
     graphs: GraphCache<Graph>,
     /// (rows, vocab) the last forward's logits, copied to the host.
     host_logits: Vec<f32>,
+    /// Sampling on the device (`cuda/sampling.rs`).
+    sampling: sampling::DevSampling,
 }
 
 fn to_bf16(m: &[f32]) -> Vec<bf16> {
@@ -248,8 +250,7 @@ impl CudaExecutor {
         let step = new_step(
             &gpu,
             &c,
-            rows,
-            table_cap(&c, cfg.block_size, rows),
+            step_caps(&c, cfg.block_size, rows, 0),
             fp8_weights,
         )?;
         gpu.stream.synchronize().map_err(cuda::Error::from)?;
@@ -293,6 +294,7 @@ impl CudaExecutor {
             step,
             stage: Staging::default(),
             host_logits: Vec::new(),
+            sampling: Default::default(),
         })
     }
 
@@ -300,7 +302,7 @@ impl CudaExecutor {
     /// argmax token of each of `batch.logits_rows` (lowest id on ties, as the host sampler), so
     /// only token ids cross the bus.
     pub fn forward_greedy(&mut self, batch: &ForwardBatch) -> Result<Vec<TokenId>> {
-        let r = self.run_batch(batch)?;
+        let r = self.run_batch(batch, None)?;
         if r == 0 {
             return Ok(Vec::new());
         }
@@ -315,11 +317,16 @@ impl CudaExecutor {
         self.graphs.captured()
     }
 
-    /// Stages the batch, runs it (through a graph when it is a decode step) and leaves the logits
-    /// of its `logits_rows` in the first rows of `acts.logits`; returns how many.
-    fn run_batch(&mut self, batch: &ForwardBatch) -> Result<usize> {
+    /// Stages the batch (with its sampling inputs, for device sampling), runs it (through a graph
+    /// when it is a decode step) and leaves the logits of its `logits_rows` in the first rows of
+    /// `acts.logits`; returns how many.
+    fn run_batch(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: Option<&DeviceSampling>,
+    ) -> Result<usize> {
         self.gpu.bind()?;
-        let Some((n_run, r_run, bucket)) = self.stage(batch)? else {
+        let Some((n_run, r_run, bucket)) = self.stage(batch, sampling)? else {
             return Ok(0);
         };
         let r = batch.logits_rows.len();
@@ -359,9 +366,13 @@ impl CudaExecutor {
         Ok(r)
     }
 
-    /// Fills the step's device buffers. Returns (rows to run, logits rows to compute, graph
-    /// bucket), or `None` for an empty batch.
-    fn stage(&mut self, batch: &ForwardBatch) -> Result<Option<(usize, usize, Option<usize>)>> {
+    /// Fills the step's device buffers with one upload. Returns (rows to run, logits rows to
+    /// compute, graph bucket), or `None` for an empty batch.
+    fn stage(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: Option<&DeviceSampling>,
+    ) -> Result<Option<(usize, usize, Option<usize>)>> {
         let (bs, nb) = (self.block_size, self.num_blocks);
         let st = &mut self.stage;
         batch.plan_into(bs, nb, &mut st.seq_of, &mut st.slot_of)?;
@@ -430,24 +441,39 @@ impl CudaExecutor {
             st.logit_rows.push(t as i32);
         }
 
-        if n_run > self.step.rows || st.tables.len() > self.step.table_cap {
-            let rows = n_run.max(self.step.rows);
-            let cap = st.tables.len().max(table_cap(c, bs, rows));
+        let s = sampling.copied().unwrap_or_default();
+        let need = step_caps(c, bs, n_run, s.edits.len());
+        let need = staging::Caps {
+            table_cap: need.table_cap.max(st.tables.len()),
+            ..need
+        };
+        if !self.step.upload.layout.holds(need) {
+            let caps = staging::Caps {
+                rows: need.rows.max(self.step.rows),
+                table_cap: need.table_cap.max(self.step.table_cap),
+                edits: need.edits.max(self.step.upload.layout.caps.edits),
+            };
             // Captured graphs point into the old buffers.
             self.graphs.clear();
-            self.acts = new_acts(&self.gpu, c, rows)?;
+            if caps.rows > self.step.rows {
+                self.acts = new_acts(&self.gpu, c, caps.rows)?;
+                self.argmax = self.gpu.zeros(caps.rows)?;
+            }
             let fp8 = self.step.fp8.is_some();
-            self.step = new_step(&self.gpu, c, rows, cap, fp8)?;
-            self.argmax = self.gpu.zeros(rows)?;
+            self.step = new_step(&self.gpu, c, caps, fp8)?;
         }
-        let (g, d, st) = (&self.gpu, &mut self.step, &self.stage);
-        g.write(&st.tokens, &mut d.tokens)?;
-        g.write(&st.positions, &mut d.positions)?;
-        g.write(&st.slots, &mut d.slots)?;
-        g.write(&st.row_table, &mut d.row_table)?;
-        g.write(&st.row_ctx, &mut d.row_ctx)?;
-        g.write(&st.logit_rows, &mut d.logit_rows)?;
-        g.write(&st.tables, &mut d.tables)?;
+        let (g, l, st) = (&self.gpu, self.step.upload.layout, &self.stage);
+        self.step.upload.upload(g, |p| {
+            p.put(l.tokens, &st.tokens)?;
+            p.put(l.positions, &st.positions)?;
+            p.put(l.slots, &st.slots)?;
+            p.put(l.row_table, &st.row_table)?;
+            p.put(l.row_ctx, &st.row_ctx)?;
+            p.put(l.logit_rows, &st.logit_rows)?;
+            p.put(l.params, s.params)?;
+            p.put(l.edits, s.edits)?;
+            p.put(l.tables, &st.tables)
+        })?;
         Ok(Some((n_run, r_run, bucket)))
     }
 
@@ -633,6 +659,8 @@ pub fn device_footprint(
         + 4 * 2 * c.ffn_dim
         + 2 * c.ffn_dim
         + 4 * c.vocab_size
+        // `sample_rows`' scratch row.
+        + 4 * c.vocab_size
         + if fp8_weights { fp8_cols(c) + 4 } else { 0 };
     let kv = cfg.kv_elem_bytes()?;
     Ok(memory::Footprint {
@@ -643,11 +671,11 @@ pub fn device_footprint(
     })
 }
 
-/// The step's device inputs for `rows` rows, with the FP8 products' scratch when `fp8`.
-fn new_step(gpu: &Gpu, c: &ModelConfig, rows: usize, cap: usize, fp8: bool) -> Result<DevStep> {
-    let mut step = DevStep::new(gpu, rows, cap, c.dim, c.heads())?;
+/// The step's device inputs for `caps`, with the FP8 products' scratch when `fp8`.
+fn new_step(gpu: &Gpu, c: &ModelConfig, caps: staging::Caps, fp8: bool) -> Result<DevStep> {
+    let mut step = DevStep::new(gpu, caps, c.dim, c.heads())?;
     if fp8 {
-        step.fp8 = Some(Fp8Scratch::new(gpu, rows, fp8_cols(c))?);
+        step.fp8 = Some(Fp8Scratch::new(gpu, caps.rows, fp8_cols(c))?);
     }
     Ok(step)
 }
@@ -657,9 +685,14 @@ fn fp8_cols(c: &ModelConfig) -> usize {
     c.dim.max(c.q_dim()).max(c.ffn_dim)
 }
 
-/// Block-table entries for `rows` sequences of the full context, plus the scratch table.
-fn table_cap(c: &ModelConfig, block_size: usize, rows: usize) -> usize {
-    rows * c.context_len.div_ceil(block_size) + 1
+/// Capacities of a step's upload: `rows` rows, block-table entries for `rows` sequences of the
+/// full context plus the scratch table, and `edits` sampling edits (at least 64 a row).
+fn step_caps(c: &ModelConfig, block_size: usize, rows: usize, edits: usize) -> staging::Caps {
+    staging::Caps {
+        rows,
+        table_cap: rows * c.context_len.div_ceil(block_size) + 1,
+        edits: edits.max(64 * rows),
+    }
 }
 
 fn tracing_line(gpu: &Gpu, c: &ModelConfig, num_blocks: usize, cfg: &CudaConfig, wb: usize) {
@@ -679,7 +712,7 @@ fn tracing_line(gpu: &Gpu, c: &ModelConfig, num_blocks: usize, cfg: &CudaConfig,
 
 impl Executor for CudaExecutor {
     fn forward(&mut self, batch: &ForwardBatch) -> Result<&mut [f32]> {
-        let r = self.run_batch(batch)?;
+        let r = self.run_batch(batch, None)?;
         self.host_logits = self.gpu.read(&self.acts.logits, r * self.cfg.vocab_size)?;
         Ok(&mut self.host_logits)
     }
@@ -698,7 +731,11 @@ impl Executor for CudaExecutor {
     fn device(&self) -> String {
         format!("cuda:{}", self.gpu.info.ordinal)
     }
+    fn device_sampler(&mut self) -> Option<&mut dyn DeviceSampler> {
+        Some(self)
+    }
 }
 
+mod sampling;
 #[cfg(test)]
 mod tests;

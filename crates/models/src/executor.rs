@@ -1,5 +1,6 @@
 //! What the engine's model runner drives: a model with its KV pool on some device.
 
+use tokenfab_backend::cuda::sampling::{Edit, SampleParams, HOST};
 use tokenfab_types::profile::ForwardHook;
 
 use crate::batch::ForwardBatch;
@@ -32,6 +33,113 @@ pub trait Executor: Send {
     fn weight_bytes(&self) -> usize;
     /// "cpu", "cuda:0", ...
     fn device(&self) -> String;
+    /// Sampling on the device, when this executor has it: then only token ids (and the logits
+    /// rows the host asks for) cross the bus. `None`: the host samples every row from
+    /// [`Executor::forward`]'s logits.
+    fn device_sampler(&mut self) -> Option<&mut dyn DeviceSampler> {
+        None
+    }
+}
+
+/// Forward and sample on the device, in two calls so the host works while the device runs.
+pub trait DeviceSampler {
+    /// Uploads the batch and its sampling inputs and queues the forward pass, returning without
+    /// waiting for it (the host computes grammar masks meanwhile). The logits stay on the device
+    /// for [`Self::sample`].
+    fn launch(&mut self, batch: &ForwardBatch, s: &DeviceSampling) -> Result<()>;
+    /// Applies the grammar masks, samples every logits row of the launched batch, waits, and
+    /// returns each row's token and the logits of the rows the host samples or reads.
+    fn sample(&mut self, masks: &TokenMasks) -> Result<SampledStep<'_>>;
+}
+
+/// One step's sampling inputs, one entry per logits row of the batch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceSampling<'a> {
+    /// (rows,) each row's parameters; its edits are `edits[edits_start..][..edits_len]`.
+    pub params: &'a [SampleParams],
+    pub edits: &'a [Edit],
+    /// (rows,) rows the host samples or reads itself (prompt log-probabilities, draft
+    /// verification, top alternatives): their logits come back, their device token is
+    /// [`HOST`].
+    pub host: &'a [bool],
+}
+
+/// The grammar masks of a step, computed while its forward pass runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokenMasks<'a> {
+    /// (masked rows,) the logits row of each mask.
+    pub rows: &'a [u32],
+    /// (masked rows, ceil(vocab / 32)) each row's allowed tokens as bit words
+    /// (`tokenfab_backend::cuda::token_mask`), applied before sampling.
+    pub words: &'a [u32],
+}
+
+/// What comes back from a device step.
+pub struct SampledStep<'a> {
+    /// (rows,) each logits row's token, [`HOST`] where the host samples it (its logits are in
+    /// `logits`).
+    pub tokens: &'a [u32],
+    /// (rows,) the token's log-probability under the (masked) logits, where asked.
+    pub logprobs: &'a [f32],
+    /// (rows,) where each row's logits sit in `logits` (in rows); `usize::MAX`: not copied back.
+    pub host_at: &'a [usize],
+    /// (rows copied back, vocab) masked, not otherwise edited.
+    pub logits: &'a mut [f32],
+}
+
+/// The rows whose logits must come back after a device step: those the host reads and those
+/// the device left to it. Sets their tokens to [`HOST`] and fills `host_at`; returns the rows
+/// in the order they are copied.
+pub fn rows_to_copy(tokens: &mut [u32], host: &[bool], host_at: &mut Vec<usize>) -> Vec<usize> {
+    host_at.clear();
+    let mut rows = Vec::new();
+    for (r, t) in tokens.iter_mut().enumerate() {
+        if host.get(r).copied().unwrap_or(false) {
+            *t = HOST;
+        }
+        if *t == HOST {
+            host_at.push(rows.len());
+            rows.push(r);
+        } else {
+            host_at.push(usize::MAX);
+        }
+    }
+    rows
+}
+
+/// Checks a step's sampling inputs against `rows` logits rows of `vocab` tokens.
+pub fn check_sampling(s: &DeviceSampling, rows: usize, vocab: usize) -> Result<()> {
+    if s.params.len() != rows || s.host.len() != rows {
+        return Err(sampling_error(format!(
+            "{} parameters and {} host flags for {rows} logits rows",
+            s.params.len(),
+            s.host.len()
+        )));
+    }
+    tokenfab_backend::cuda::sampling::check_row_inputs(s.params, s.edits, vocab)
+        .map_err(sampling_error)
+}
+
+/// Checks a step's masks against `rows` logits rows of `vocab` tokens.
+pub fn check_masks(m: &TokenMasks, rows: usize, vocab: usize) -> Result<()> {
+    let words = tokenfab_backend::cuda::token_mask::mask_words(vocab);
+    if m.words.len() != m.rows.len() * words {
+        return Err(sampling_error(format!(
+            "{} mask words for {} masked rows of {words}",
+            m.words.len(),
+            m.rows.len()
+        )));
+    }
+    match m.rows.iter().find(|&&r| r as usize >= rows) {
+        Some(r) => Err(sampling_error(format!(
+            "masked row {r} of {rows} logits rows"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn sampling_error(m: String) -> crate::error::Error {
+    crate::error::Error::Batch(format!("device sampling: {m}"))
 }
 
 /// The CPU: weights, the KV pool and every activation buffer in host memory.

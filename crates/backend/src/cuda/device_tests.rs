@@ -314,3 +314,105 @@ fn sample_rows_matches_its_cpu_twin() {
         }
     }
 }
+
+/// `mask_rows` leaves a row's allowed logits as they were and sets the others to -inf, as its
+/// CPU twin does.
+#[test]
+fn mask_rows_matches_its_cpu_twin() {
+    use super::token_mask::{mask_row, mask_words};
+    let Some(g) = gpu() else { return };
+    let (vocab, rows) = (1000, 4);
+    let words = mask_words(vocab);
+    let logits = values(rows * vocab, 7);
+    let masks: Vec<u32> = (0..2 * words)
+        .map(|i| (values(1, 900 + i as u64)[0].to_bits()) ^ 0x5555_5555)
+        .collect();
+    let mut dl = g.upload(&logits).unwrap();
+    let (dr, dm) = (g.upload(&[3i32, 1]).unwrap(), g.upload(&masks).unwrap());
+    g.mask_rows((&mut dl, vocab), &dr, &dm, 2).unwrap();
+    let got = g.read(&dl, rows * vocab).unwrap();
+    let mut want = logits.clone();
+    mask_row(&mut want[3 * vocab..4 * vocab], &masks[..words]);
+    mask_row(&mut want[vocab..2 * vocab], &masks[words..]);
+    assert_eq!(got, want);
+}
+
+/// Tiled prefill attention against the f64 reference on the same inputs (and so against
+/// `paged_attention`'s answer): chunks of 1 to 45 rows starting at positions 0 and 21, GQA
+/// groups 1 to 16, head dims 64, 96, 128 and 256, windows.
+#[test]
+fn prefill_attention_matches_an_f64_reference() {
+    use super::prefill_attention::tiles;
+    let Some(g) = gpu() else { return };
+    let bs = 4;
+    for (nh, nkv, hd) in [
+        (4, 4, 64),
+        (9, 3, 64),
+        (16, 2, 128),
+        (6, 2, 96),
+        (8, 1, 256),
+    ] {
+        let h = Heads {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        };
+        for window in [0, 5] {
+            // (first position, rows) per sequence: a whole prompt, a later chunk, one row.
+            let seqs = [(0usize, 45usize), (21, 30), (9, 1), (0, 16)];
+            let (mut tables, mut row_table, mut ctx, mut slot_of) =
+                (vec![], vec![], vec![], vec![]);
+            let (mut ranges, mut next, mut row) = (vec![], 0usize, 0usize);
+            for &(start, rows) in &seqs {
+                let nb = (start + rows).div_ceil(bs);
+                let blocks: Vec<usize> = (0..nb).map(|i| next + nb - 1 - i).collect();
+                next += nb;
+                let off = tables.len() as i32;
+                tables.extend(blocks.iter().map(|&b| b as i32));
+                let slots: Vec<usize> = (0..start + rows)
+                    .map(|p| blocks[p / bs] * bs + p % bs)
+                    .collect();
+                for r in 0..rows {
+                    row_table.push(off);
+                    ctx.push(start + r + 1);
+                    slot_of.push(slots.clone());
+                }
+                ranges.push(row..row + rows);
+                row += rows;
+            }
+            let n = row;
+            let c = Case {
+                heads: h,
+                ctx: ctx.clone(),
+                window,
+            };
+            let q = values(n * h.qkv_dim(), 21);
+            let k = rounded(&values(next * bs * h.kv_dim(), 22));
+            let v = rounded(&values(next * bs * h.kv_dim(), 23));
+            let want = attention_reference(&c, &q, &k, &v, &slot_of);
+            let dq = g.upload(&q).unwrap();
+            let (dk, dv) = (g.upload(&bf(&k)).unwrap(), g.upload(&bf(&v)).unwrap());
+            let dt = g.upload(&tables).unwrap();
+            let drt = g.upload(&row_table).unwrap();
+            let ictx: Vec<i32> = ctx.iter().map(|&x| x as i32).collect();
+            let dctx = g.upload(&ictx).unwrap();
+            let t = tiles(&ranges);
+            let dtiles = g.upload(&t).unwrap();
+            let mut out = g.zeros::<bf16>(n * h.q_dim()).unwrap();
+            let a = AttnArgs {
+                heads: h,
+                block_size: bs,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window,
+                tables: &dt,
+                row_table: &drt,
+                row_ctx: &dctx,
+                splits: 1,
+            };
+            g.prefill_attention(&dq, (&dk, &dv), &a, (&dtiles, t.len() / 2), &mut out, n)
+                .unwrap();
+            let e = rel_err(&bf_read(&g, &out, n * h.q_dim()), &want);
+            assert!(e < 1e-2, "{h:?} window {window}: {e}");
+        }
+    }
+}

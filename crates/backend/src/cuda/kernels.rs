@@ -27,6 +27,8 @@ pub const KERNELS: &[&str] = &[
     "dummy_fill",
     "qkv_prep_fp8",
     "paged_attention_fp8",
+    "mask_rows",
+    "prefill_attention",
 ];
 
 /// Threads per block of the row kernels (a multiple of 32).
@@ -639,7 +641,9 @@ sample_rows(const float* __restrict__ logits, float* __restrict__ work,
     logprobs[b] = p.want_logprob && tok != HOST_TOKEN ? raw[tok] - rmax - lse : 0.0f;
 }
 "#,
-    crate::fp8_kernel_source!()
+    crate::fp8_kernel_source!(),
+    super::token_mask::token_mask_source!(),
+    super::prefill_attention::prefill_attention_source!()
 );
 
 /// Checks what can be checked without a compiler: braces, parentheses and brackets balance

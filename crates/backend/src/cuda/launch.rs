@@ -24,6 +24,8 @@ pub(crate) struct Kernels {
     glu: CudaFunction,
     argmax_rows: CudaFunction,
     sample_rows: CudaFunction,
+    pub(super) mask_rows: CudaFunction,
+    pub(super) prefill_attention: CudaFunction,
 }
 
 impl Kernels {
@@ -38,6 +40,8 @@ impl Kernels {
             glu: f("glu")?,
             argmax_rows: f("argmax_rows")?,
             sample_rows: f("sample_rows")?,
+            mask_rows: f("mask_rows")?,
+            prefill_attention: f("prefill_attention")?,
         })
     }
 }
@@ -140,7 +144,7 @@ struct NormLaunch<'a> {
     write_x: bool,
 }
 
-fn check(ok: bool, what: &str) -> Result<()> {
+pub(super) fn check(ok: bool, what: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
@@ -150,7 +154,7 @@ fn check(ok: bool, what: &str) -> Result<()> {
     }
 }
 
-fn grid(x: usize, y: usize, threads: u32) -> LaunchConfig {
+pub(super) fn grid(x: usize, y: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (x as u32, y as u32, 1),
         block_dim: (threads, 1, 1),

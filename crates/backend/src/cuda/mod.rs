@@ -12,8 +12,11 @@
 //! - [`kernels`]: the CUDA C source and the table of kernel names.
 //! - [`launch`]: one typed function per kernel (buffers and shapes checked, then launched) and
 //!   the bf16 GEMM.
+//! - [`prefill_attention`]: tiled attention for prefill chunks (K/V tiles shared by a tile's
+//!   query rows).
 //! - [`ops`]: the device operations of [`crate::ops`] on these ([`ops::CudaOps`]).
-//! - [`sampling`]: sampling on the device and its CPU twin.
+//! - [`sampling`]: sampling on the device and its CPU twin; [`token_mask`]: grammar masks.
+//! - [`staging`]: a step's inputs packed into one pinned buffer, one upload.
 //! - [`fp8`]: FP8 (E4M3) weights, activation quantization, the FP8 KV cache's conversion and
 //!   dummy weights made on the device, each with its CPU twin; [`fp8_lt`]: cuBLASLt's FP8 product.
 //! - [`graphs`]: batch-size buckets for CUDA graphs of decode steps.
@@ -34,7 +37,10 @@ pub mod libs;
 pub mod memory;
 pub mod nvrtc;
 pub mod ops;
+pub mod prefill_attention;
 pub mod sampling;
+pub mod staging;
+pub mod token_mask;
 
 pub use context::{Ceilings, Gemm, Gpu, GpuBuf};
 /// The bindings themselves, for callers that launch kernels and capture graphs.

@@ -11,27 +11,35 @@ use half::bf16;
 
 use super::fp8::{DevWeight, Fp8Scratch};
 use super::launch::{attention_splits, attention_workspace, AttnArgs, DevRope, KvPtrs, QkvArgs};
+use super::sampling::{Edit, SampleParams};
+use super::staging::{Caps, StepUpload, View};
 use super::{Error, Gpu, GpuBuf, Result};
 use crate::ops::{Activation, AttnLayer, Heads, Ops, QkvPrep, Residual};
 
 /// One step's inputs on the device, at fixed addresses (captured graphs replay them), for up to
-/// `rows` rows and `table_cap` block-table entries.
+/// `rows` rows and `table_cap` block-table entries: sections of one buffer filled by one upload
+/// per step ([`StepUpload`]).
 pub struct DevStep {
     pub rows: usize,
     pub table_cap: usize,
+    /// The pinned buffer, its device twin and the offset table of the sections below.
+    pub upload: StepUpload,
     /// (rows,)
-    pub tokens: GpuBuf<u32>,
-    pub positions: GpuBuf<u32>,
+    pub tokens: View<u32>,
+    pub positions: View<u32>,
     /// The pool slot each row's K/V goes to.
-    pub slots: GpuBuf<i64>,
+    pub slots: View<i64>,
     /// Offset of each row's block table in `tables`.
-    pub row_table: GpuBuf<i32>,
+    pub row_table: View<i32>,
     /// Positions each row attends to (its position + 1).
-    pub row_ctx: GpuBuf<i32>,
+    pub row_ctx: View<i32>,
     /// Rows whose logits are wanted, in output order.
-    pub logit_rows: GpuBuf<i32>,
+    pub logit_rows: View<i32>,
+    /// (rows,) sampling parameters of the logits rows, and their edits (device sampling).
+    pub params: View<SampleParams>,
+    pub edits: View<Edit>,
     /// (table_cap,) block tables, flattened.
-    pub tables: GpuBuf<i32>,
+    pub tables: View<i32>,
     /// (rows, dim) the final norm of the logits rows.
     pub last: GpuBuf<bf16>,
     /// Split-K partials of attention for the step sizes that split
@@ -44,21 +52,26 @@ pub struct DevStep {
 }
 
 impl DevStep {
-    pub fn new(gpu: &Gpu, rows: usize, table_cap: usize, dim: usize, heads: Heads) -> Result<Self> {
+    pub fn new(gpu: &Gpu, caps: Caps, dim: usize, heads: Heads) -> Result<Self> {
         let sms = gpu.info.multiprocessors;
+        let upload = StepUpload::new(gpu, caps)?;
+        let l = upload.layout;
         Ok(Self {
-            attn_part: gpu.zeros(attention_workspace(rows, heads, sms))?,
+            attn_part: gpu.zeros(attention_workspace(caps.rows, heads, sms))?,
             multiprocessors: sms,
-            rows,
-            table_cap,
-            tokens: gpu.zeros(rows)?,
-            positions: gpu.zeros(rows)?,
-            slots: gpu.zeros(rows)?,
-            row_table: gpu.zeros(rows)?,
-            row_ctx: gpu.zeros(rows)?,
-            logit_rows: gpu.zeros(rows)?,
-            tables: gpu.zeros(table_cap)?,
-            last: gpu.zeros(rows * dim)?,
+            rows: caps.rows,
+            table_cap: caps.table_cap,
+            tokens: upload.view(gpu, l.tokens),
+            positions: upload.view(gpu, l.positions),
+            slots: upload.view(gpu, l.slots),
+            row_table: upload.view(gpu, l.row_table),
+            row_ctx: upload.view(gpu, l.row_ctx),
+            logit_rows: upload.view(gpu, l.logit_rows),
+            params: upload.view(gpu, l.params),
+            edits: upload.view(gpu, l.edits),
+            tables: upload.view(gpu, l.tables),
+            upload,
+            last: gpu.zeros(caps.rows * dim)?,
             fp8: None,
         })
     }
@@ -226,7 +239,7 @@ impl Ops for CudaOps<'_> {
             return Ok(());
         }
         let s = &mut *self.step;
-        let rows = (&s.logit_rows, self.r);
+        let rows = (&*s.logit_rows, self.r);
         self.gpu
             .norm_rows(x, (&*add.add, add.norm), norm, eps, rows, &mut s.last)?;
         self.gpu.matmul_any(&s.last, w, out, self.r, s.fp8.as_mut())

@@ -60,6 +60,7 @@ pub struct Edit {
 unsafe impl cudarc::driver::DeviceRepr for SampleParams {}
 unsafe impl cudarc::driver::DeviceRepr for Edit {}
 unsafe impl cudarc::driver::ValidAsZeroBits for SampleParams {}
+unsafe impl cudarc::driver::ValidAsZeroBits for Edit {}
 
 impl Edit {
     pub fn apply(&self, l: f32) -> f32 {

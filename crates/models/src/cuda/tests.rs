@@ -120,23 +120,28 @@ fn every_architecture_matches_the_cpu_on_a_gpu() {
     }
 }
 
+/// One sequence of five prompt tokens in blocks 0..8.
+static PROMPT: [SeqSlice<'static>; 1] = [SeqSlice {
+    rows: 0..5,
+    block_table: &[0, 1, 2, 3, 4, 5, 6, 7],
+}];
+
+fn prompt(logits_rows: &[usize]) -> ForwardBatch<'_> {
+    ForwardBatch {
+        tokens: &[1, 2, 3, 4, 5],
+        positions: &[0, 1, 2, 3, 4],
+        seqs: &PROMPT,
+        logits_rows,
+    }
+}
+
 #[test]
 fn device_greedy_picks_the_argmax() {
     let model = tiny("gemma3");
     let Some(mut gpu) = on_device(&model, 8) else {
         return;
     };
-    let t: Vec<u32> = (0..8).collect();
-    let seqs = [SeqSlice {
-        rows: 0..5,
-        block_table: &t,
-    }];
-    let b = ForwardBatch {
-        tokens: &[1, 2, 3, 4, 5],
-        positions: &[0, 1, 2, 3, 4],
-        seqs: &seqs,
-        logits_rows: &[2, 4],
-    };
+    let b = prompt(&[2, 4]);
     let logits = gpu.forward(&b).unwrap().to_vec();
     let picks = gpu.forward_greedy(&b).unwrap();
     for (i, &p) in picks.iter().enumerate() {
@@ -151,8 +156,80 @@ fn device_greedy_picks_the_argmax() {
 fn table_capacity_covers_full_contexts() {
     let g = Gguf::from_bytes(tiny_model("llama", VOCAB, GgmlType::F32, 4, 2).to_bytes()).unwrap();
     let c = ModelConfig::from_gguf(&g).unwrap();
-    let cap = table_cap(&c, 16, 4);
-    assert_eq!(cap, 4 * c.context_len.div_ceil(16) + 1);
+    let caps = step_caps(&c, 16, 4, 0);
+    assert_eq!(caps.table_cap, 4 * c.context_len.div_ceil(16) + 1);
+    assert_eq!((caps.rows, caps.edits), (4, 256));
+    assert_eq!(step_caps(&c, 16, 4, 1000).edits, 1000);
+}
+
+/// Device sampling through the executor (inputs in the step's one upload, masks after the
+/// launch, `mask_rows` then `sample_rows`) gives what the CPU twins give on the device's own
+/// logits; a row the host reads comes back masked.
+#[test]
+fn device_sampling_matches_the_twins_on_the_devices_logits() {
+    use tokenfab_backend::cuda::sampling::{row_inputs, sample_row, HOST};
+    use tokenfab_backend::cuda::token_mask::{mask_row, mask_words};
+    use tokenfab_types::SamplingParams;
+
+    use crate::executor::{DeviceSampling, TokenMasks};
+
+    let model = tiny("llama");
+    let Some(mut gpu) = on_device(&model, 8) else {
+        return;
+    };
+    let b = prompt(&[2, 3, 4]);
+    let logits = gpu.forward(&b).unwrap().to_vec();
+    let mut edits = Vec::new();
+    let greedy = SamplingParams::default();
+    let sampled = SamplingParams {
+        temperature: 0.9,
+        top_k: 5,
+        repetition_penalty: 1.2,
+        ..Default::default()
+    };
+    let mut params = vec![
+        row_inputs(&greedy, &[(7, 5.0)], (&[1, 2], &[]), 0.0, &mut edits),
+        row_inputs(&sampled, &[], (&[1, 2, 3], &[9]), 0.6, &mut edits),
+        row_inputs(&greedy, &[], (&[], &[]), 0.0, &mut edits),
+    ];
+    params[1].want_logprob = 1;
+    let host = [false, false, true];
+    let words = mask_words(VOCAB);
+    // Row 1 may take tokens 32..64 only; row 2 (the host's) 0..32.
+    let masks = [0u32, u32::MAX, u32::MAX, 0];
+    gpu.launch(
+        &b,
+        &DeviceSampling {
+            params: &params,
+            edits: &edits,
+            host: &host,
+        },
+    )
+    .unwrap();
+    let got = gpu
+        .sample(&TokenMasks {
+            rows: &[1, 2],
+            words: &masks,
+        })
+        .unwrap();
+    let row = |r: usize| logits[r * VOCAB..(r + 1) * VOCAB].to_vec();
+    let mut r1 = row(1);
+    mask_row(&mut r1, &masks[..words]);
+    let mut r2 = row(2);
+    mask_row(&mut r2, &masks[words..]);
+    let edits_of = |p: &tokenfab_backend::cuda::sampling::SampleParams| {
+        &edits[p.edits_start as usize..][..p.edits_len as usize]
+    };
+    assert_eq!(
+        got.tokens[0],
+        sample_row(&row(0), &params[0], edits_of(&params[0])).token
+    );
+    let w1 = sample_row(&r1, &params[1], edits_of(&params[1]));
+    assert_eq!(got.tokens[1], w1.token);
+    assert!(w1.token >= 32 && (got.logprobs[1] - w1.logprob).abs() < 1e-4);
+    assert_eq!(got.tokens[2], HOST);
+    assert_eq!(got.host_at, &[usize::MAX, usize::MAX, 0]);
+    assert_eq!(got.logits, &r2[..]);
 }
 
 /// FP8 weights (layers' matrices as E4M3 with a scale each, products through cuBLASLt) and an
