@@ -412,6 +412,8 @@ fn profiled_forward_passes_report_their_phases_in_metrics() {
         },
     );
     collect(e.submit(greedy(&[5, 6, 7], 4)).unwrap());
+    // The last step's timings are recorded after its token is sent: stop the engine first.
+    e.shutdown(Duration::from_secs(5));
     let p = &e.metrics().phases;
     // One pass per step: the prompt's, then a decode step per further token.
     assert!(p.forward_passes.get() >= 4, "{}", p.forward_passes.get());
