@@ -45,6 +45,20 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(s.sample(black_box(&row), &[], &[]).token))
         });
     }
+    // A grammar-constrained row: 64 tokens allowed, the rest -inf (as a mask leaves them).
+    let masked: Vec<f32> = row
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| if i % 768 == 0 { l } else { f32::NEG_INFINITY })
+        .collect();
+    let mut s = Sampler::new(SamplingParams {
+        temperature: 1.0,
+        seed: Some(5),
+        ..Default::default()
+    });
+    c.bench_function("sample_row/temperature_1_masked_to_64_tokens", |b| {
+        b.iter(|| black_box(s.sample(black_box(&masked), &[], &[]).token))
+    });
     // The step sampling replaced: weights of the whole row, then all of them sorted.
     let mut cand = Vec::with_capacity(VOCAB);
     c.bench_function("sample_row/baseline_sort_whole_vocabulary", |b| {

@@ -250,12 +250,19 @@ impl Sampler {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let cand = &mut self.cand;
         cand.clear();
+        // Tokens masked to -inf (a grammar's, a logit bias of -inf) have weight 0: they change
+        // no sum and can never be drawn, so only the others are candidates (a JSON row often
+        // allows a few dozen of 49k).
         cand.extend(
             logits
                 .iter()
                 .enumerate()
+                .filter(|(_, &l)| l != f32::NEG_INFINITY)
                 .map(|(i, &l)| (i as u32, ((l - max) / p.temperature).exp())),
         );
+        if cand.is_empty() {
+            return argmax(logits);
+        }
         if p.top_k > 0 && p.top_k < cand.len() {
             cand.select_nth_unstable_by(p.top_k - 1, by_prob);
             cand.truncate(p.top_k);
@@ -501,6 +508,27 @@ mod tests {
         // The totals are added in another order once the rest is unsorted, so a draw landing
         // within rounding of a boundary may differ; a wrong order would differ nearly always.
         assert!(same * 1000 >= n * 995, "{same} of {n} draws agree");
+    }
+
+    #[test]
+    fn masked_tokens_are_never_drawn_and_the_rest_follow_softmax() {
+        let mut s = Sampler::new(params(|p| {
+            p.temperature = 1.0;
+            p.top_k = 3;
+        }));
+        let ninf = f32::NEG_INFINITY;
+        let row = [ninf, 0.0, ninf, 1.0, ninf, ninf];
+        let mut counts = [0u32; 6];
+        let n = 20000;
+        for _ in 0..n {
+            counts[s.sample(&row, &[], &[]).token as usize] += 1;
+        }
+        assert_eq!(counts[1] + counts[3], n, "{counts:?}");
+        let want = 1.0f64.exp() / (1.0 + 1.0f64.exp());
+        let got = counts[3] as f64 / n as f64;
+        assert!((got - want).abs() < 0.02, "{got} vs {want}");
+        // Nothing allowed: no candidate, no panic.
+        assert_eq!(s.sample(&[ninf; 4], &[], &[]).token, 0);
     }
 
     #[test]
