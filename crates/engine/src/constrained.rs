@@ -163,13 +163,15 @@ impl Constrained {
             };
             let mask = m.mask();
             d.rows.push(last as u32);
-            let vocab = mask.vocab_size().min(d.vocab);
+            // The device's row is `d.vocab` wide: a mask over more tokens is cut (its bits past
+            // `d.vocab` cleared), one over fewer disallows the rest.
+            let n = d.vocab.div_ceil(32);
+            let src = mask.words();
             let start = d.words.len();
-            d.words.resize(start + d.vocab.div_ceil(32), 0);
-            for t in 0..vocab {
-                if mask.is_allowed(t as u32) {
-                    d.words[start + t / 32] |= 1 << (t % 32);
-                }
+            d.words.extend_from_slice(&src[..src.len().min(n)]);
+            d.words.resize(start + n, 0);
+            if !d.vocab.is_multiple_of(32) && src.len() >= n {
+                d.words[start + n - 1] &= (1u32 << (d.vocab % 32)) - 1;
             }
         }
     }

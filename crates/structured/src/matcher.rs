@@ -35,6 +35,12 @@ impl TokenMask {
         t < self.vocab && self.words[t / 32] >> (t % 32) & 1 == 1
     }
 
+    /// The bit words: bit `t % 32` of word `t / 32` is set when token `t` is allowed; bits past
+    /// the vocabulary are clear.
+    pub fn words(&self) -> &[u32] {
+        &self.words
+    }
+
     /// Number of allowed tokens.
     pub fn count(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
@@ -239,6 +245,8 @@ mod tests {
         let m = mask_of(70, &allowed);
         assert_eq!(m.allowed(), allowed);
         assert_eq!(m.count(), allowed.len());
+        // 70 tokens: three words, bits 0, 5, 31 | 0, 31 | 0, 5.
+        assert_eq!(m.words(), [1 | 1 << 5 | 1 << 31, 1 | 1 << 31, 1 | 1 << 5]);
         // A row wider than the vocabulary (padded embeddings): the extra entries are masked.
         let mut logits: Vec<f32> = (0..75).map(|i| i as f32).collect();
         m.apply(&mut logits);
