@@ -424,10 +424,10 @@ pub fn glu_rows_isa(isa: Isa, act: Activation, gu: &[f32], h: &mut [f32], ffn: u
     // Rows are independent and each is computed the same way wherever it runs, so a batch's
     // rows go to the pool (SiLU's scalar exp is ~11% of a 64-stream step's forward on one
     // thread); a few rows stay on this thread, where a fork-join would cost more than them.
-    if h.len() / ffn.max(1) >= GLU_PAR_ROWS {
+    if h.len() / ffn.max(1) >= PAR_ROWS {
         h.par_chunks_exact_mut(ffn)
             .zip(gu.par_chunks_exact(2 * ffn))
-            .with_min_len(GLU_PAR_ROWS / 2)
+            .with_min_len(PAR_ROWS / 2)
             .for_each(row);
     } else {
         h.chunks_exact_mut(ffn)
@@ -436,8 +436,9 @@ pub fn glu_rows_isa(isa: Isa, act: Activation, gu: &[f32], h: &mut [f32], ffn: u
     }
 }
 
-/// Rows from which [`glu_rows`] runs on the pool.
-const GLU_PAR_ROWS: usize = 8;
+/// Rows from which a step's per-row work ([`glu_rows`], the Q/K preparation of `CpuOps`) runs
+/// on the pool, in tasks of at least half as many rows: fewer cost less than a fork-join.
+pub(crate) const PAR_ROWS: usize = 8;
 
 /// Softmax in place over the whole slice.
 pub fn softmax(x: &mut [f32]) {

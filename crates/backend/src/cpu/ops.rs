@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use tokenfab_types::TokenId;
 
 use super::attention::{self, AttnInput, AttnShape, KvStore, RowKv};
-use super::{add_rms_norm, glu_rows, rms_norm, rms_norm_in_place, Weight};
+use super::{add_rms_norm, glu_rows, rms_norm, rms_norm_in_place, Weight, PAR_ROWS};
 use crate::ops::{Activation, AttnLayer, Ops, QkvPrep, Residual, Rope};
 
 /// One step's rows, as the host has them.
@@ -271,6 +271,3 @@ impl Ops for CpuOps<'_> {
         Ok(())
     }
 }
-
-/// Rows from which a step's per-row work (Q/K preparation) runs on the pool.
-const PAR_ROWS: usize = 8;
