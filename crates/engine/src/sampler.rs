@@ -261,6 +261,9 @@ impl Sampler {
                 .map(|(i, &l)| (i as u32, ((l - max) / p.temperature).exp())),
         );
         if cand.is_empty() {
+            // Nothing can be drawn; the draw is still taken, so the request's stream stays
+            // one draw per sampled token (what the device path assumes of it).
+            self.rng.next_f64();
             return argmax(logits);
         }
         if p.top_k > 0 && p.top_k < cand.len() {
@@ -527,8 +530,13 @@ mod tests {
         let want = 1.0f64.exp() / (1.0 + 1.0f64.exp());
         let got = counts[3] as f64 / n as f64;
         assert!((got - want).abs() < 0.02, "{got} vs {want}");
-        // Nothing allowed: no candidate, no panic.
+        // Nothing allowed: no candidate, no panic, and the draw is still taken (one per token).
         assert_eq!(s.sample(&[ninf; 4], &[], &[]).token, 0);
+        let mut stream = Rng::new(7);
+        for _ in 0..=n {
+            stream.next_f64();
+        }
+        assert_eq!(s.peek_uniform(), stream.next_f64() as f32);
     }
 
     #[test]
