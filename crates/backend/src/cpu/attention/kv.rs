@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// Values per Q8_0 block.
 pub const QK8_0: usize = 32;
@@ -152,11 +153,10 @@ impl KvStore {
         assert_eq!(src.len(), w, "KV row width");
         match &mut self.data {
             KvData::F32(v) => v[slot * w..(slot + 1) * w].copy_from_slice(src),
-            KvData::F16(v) => {
-                for (d, &s) in v[slot * w..(slot + 1) * w].iter_mut().zip(src) {
-                    *d = f16::from_f32(s);
-                }
-            }
+            // F16C when the processor has it (checked once by `half`), 8 values at a time;
+            // the same rounding as `f16::from_f32`. One value at a time this loop was ~5% of a
+            // 64-prompt prefill's forward, on one thread.
+            KvData::F16(v) => v[slot * w..(slot + 1) * w].convert_from_f32_slice(src),
             KvData::Q8_0(v) => {
                 let nb = w / QK8_0;
                 for (d, s) in v[slot * nb..(slot + 1) * nb]

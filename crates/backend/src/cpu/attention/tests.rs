@@ -205,6 +205,41 @@ fn stores_round_trip() {
 }
 
 #[test]
+fn f16_rows_round_as_one_value_at_a_time() {
+    // The pool's row conversion (vectorized where the processor has F16C) must give the bits
+    // of `f16::from_f32` for every value, rounding ties, subnormals and overflow included.
+    let mut seed = 11;
+    let mut x: Vec<f32> = (0..150)
+        .map(|i| lcg(&mut seed) * 10f32.powi(i % 13 - 8))
+        .collect();
+    x.extend([
+        0.0,
+        -0.0,
+        65504.0,
+        65520.0,
+        1e6,
+        -1e6,
+        6e-8,
+        -3e-8,
+        1.0 + 1.0 / 2048.0,
+    ]);
+    x.extend([
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        2.0f32.powi(-24),
+        5.960_464_5e-8 * 1.5,
+    ]);
+    x.resize(x.len().next_multiple_of(8) + 3, 0.25);
+    let mut s = KvStore::new(KvDtype::F16, 2, x.len());
+    s.write(1, &x);
+    let mut out = vec![0f32; x.len()];
+    s.read(1, &mut out);
+    for (o, v) in out.iter().zip(&x) {
+        assert_eq!(o.to_bits(), f16::from_f32(*v).to_f32().to_bits(), "{v}");
+    }
+}
+
+#[test]
 fn long_contexts_split_over_threads_give_the_unsplit_results_bit_for_bit() {
     // One sequence decoding over a long context: its 3 (row, KV head) tasks are too few for a
     // pool of 4, so the context's chunks run as tasks and are merged after. The row must come out
