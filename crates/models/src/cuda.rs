@@ -27,6 +27,7 @@ use tokenfab_backend::cuda::kernels::MAX_HEAD_DIM;
 use tokenfab_backend::cuda::launch::{DevMatrix, DevRope};
 use tokenfab_backend::cuda::memory::{self, KvSizing};
 use tokenfab_backend::cuda::ops::{CudaOps, DevKv, DevStep};
+use tokenfab_backend::cuda::prefill_attention::AttnPlan;
 use tokenfab_backend::cuda::{self, staging, Gpu, GpuBuf};
 use tokenfab_backend::rope::RopeKind;
 use tokenfab_types::TokenId;
@@ -112,6 +113,8 @@ struct Staging {
     seq_of: Vec<usize>,
     slot_of: Vec<usize>,
     seq_off: Vec<i32>,
+    /// Which rows `prefill_attention`'s tiles serve, which `paged_attention` serves.
+    attn: AttnPlan,
 }
 
 struct Graph(CudaGraph);
@@ -155,6 +158,8 @@ pub struct CudaExecutor {
     host_logits: Vec<f32>,
     /// Sampling on the device (`cuda/sampling.rs`).
     sampling: sampling::DevSampling,
+    /// Rows whose attention ran on prefill tiles, over the executor's life.
+    tile_rows: usize,
 }
 
 fn to_bf16(m: &[f32]) -> Vec<bf16> {
@@ -295,6 +300,7 @@ impl CudaExecutor {
             stage: Staging::default(),
             host_logits: Vec::new(),
             sampling: Default::default(),
+            tile_rows: 0,
         })
     }
 
@@ -310,6 +316,11 @@ impl CudaExecutor {
         self.gpu
             .argmax_rows(&self.acts.logits, vocab, &mut self.argmax, r)?;
         Ok(self.gpu.read(&self.argmax, r)?)
+    }
+
+    /// Rows whose attention ran on `prefill_attention`'s tiles so far.
+    pub fn prefill_tile_rows(&self) -> usize {
+        self.tile_rows
     }
 
     /// Graph buckets captured so far.
@@ -430,6 +441,22 @@ impl CudaExecutor {
         st.logit_rows.clear();
         st.logit_rows
             .extend(batch.logits_rows.iter().map(|&x| x as i32));
+        // Prefill chunks' attention on tiles; a decode step (one row per sequence, the only
+        // kind captured as a graph) plans none, so its launches stay the graph's.
+        st.attn
+            .plan(batch.seqs.iter().map(|s| s.rows.clone()), c.heads());
+        debug_assert!(bucket.is_none() || st.attn.tiles.is_empty());
+        let tiled = n - st.attn.paged_rows.len();
+        if tiled > 0 {
+            if self.tile_rows == 0 {
+                eprintln!(
+                    "cuda:{}: prefill chunks' attention runs on prefill_attention's tiles (first step: {tiled} of {n} rows in {} tiles)",
+                    self.gpu.info.ordinal,
+                    st.attn.tiles.len() / 2
+                );
+            }
+            self.tile_rows += tiled;
+        }
         // Padded rows of a graph bucket: token 0 at position 0, writing and reading the scratch
         // block; their logits are computed and never read.
         for t in n..n_run {
@@ -472,6 +499,8 @@ impl CudaExecutor {
             p.put(l.logit_rows, &st.logit_rows)?;
             p.put(l.params, s.params)?;
             p.put(l.edits, s.edits)?;
+            p.put(l.tiles, &st.attn.tiles)?;
+            p.put(l.attn_rows, &st.attn.paged_rows)?;
             p.put(l.tables, &st.tables)
         })?;
         Ok(Some((n_run, r_run, bucket)))
@@ -488,6 +517,7 @@ impl CudaExecutor {
             ropes: &self.ropes,
             kv: &mut self.kv,
             block_size: self.block_size,
+            attn: self.stage.attn.split(),
         };
         Ok(forward(&self.cfg, &self.weights, &mut ops, &mut self.acts)?)
     }
