@@ -55,6 +55,17 @@ pub enum GpuWeights {
 /// calibrated `k_scale`/`v_scale` (E4M3's ±448 holds K and V of the models served here).
 pub const FP8_KV_SCALE: f32 = 1.0;
 
+/// Layer `l`'s (k_scale, v_scale) in a pool stored as `kv`: `None` unless FP8; then the
+/// checkpoint's calibrated scales ([`Model::kv_scales`]) or [`FP8_KV_SCALE`].
+pub fn fp8_kv_scales(model: &Model, kv: KvDtype, l: usize) -> Option<(f32, f32)> {
+    (kv == KvDtype::Fp8).then(|| {
+        model
+            .kv_scales
+            .as_ref()
+            .map_or((FP8_KV_SCALE, FP8_KV_SCALE), |s| s[l])
+    })
+}
+
 /// How to place a model on a device.
 #[derive(Clone, Debug)]
 pub struct CudaConfig {
@@ -69,7 +80,8 @@ pub struct CudaConfig {
     pub max_graph_batch: usize,
     /// At most this many KV blocks (a single-sequence session needs few).
     pub max_blocks: Option<usize>,
-    /// The pool's storage: f16 (stored as bf16, the default) or fp8 (E4M3, [`FP8_KV_SCALE`]).
+    /// The pool's storage: f16 (stored as bf16, the default) or fp8 (E4M3, the checkpoint's
+    /// scales or [`FP8_KV_SCALE`]: [`fp8_kv_scales`]).
     pub kv_dtype: KvDtype,
 }
 
@@ -278,9 +290,14 @@ impl CudaExecutor {
             num_blocks = num_blocks.min(m.max(1));
         }
         let slots = (num_blocks + 1) * cfg.block_size * c.kv_dim();
-        let fp8_kv = (cfg.kv_dtype == KvDtype::Fp8).then_some((FP8_KV_SCALE, FP8_KV_SCALE));
         let kv = (0..c.n_layers)
-            .map(|_| Ok(DevKv::zeros(&gpu, slots, fp8_kv)?))
+            .map(|l| {
+                Ok(DevKv::zeros(
+                    &gpu,
+                    slots,
+                    fp8_kv_scales(model, cfg.kv_dtype, l),
+                )?)
+            })
             .collect::<Result<Vec<_>>>()?;
         let weight_bytes = bytes.get();
         tracing_line(&gpu, &c, num_blocks, cfg, weight_bytes);

@@ -58,9 +58,13 @@ pub(super) fn plan(
             };
             let in_ty = t.ggml_type()?;
             let mut dims: Vec<u64> = t.shape.iter().rev().copied().collect();
-            if dims.is_empty() || dims.len() > 2 {
+            // A scalar (a KV cache scale) is one value.
+            if dims.is_empty() {
+                dims.push(1);
+            }
+            if dims.len() > 2 {
                 return Err(unsupported(format!(
-                    "tensor `{}` has shape {:?}; 1-D and 2-D tensors are supported",
+                    "tensor `{}` has shape {:?}; scalars, 1-D and 2-D tensors are supported",
                     t.name, t.shape
                 )));
             }
