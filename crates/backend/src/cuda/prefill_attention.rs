@@ -651,7 +651,7 @@ mod tests {
                 paged_rows: 1
             }
         );
-        plan.plan([0..1].into_iter(), heads(64, 8, 128));
+        plan.plan(std::iter::once(0..1), heads(64, 8, 128));
         assert_eq!(plan.split(), AttnSplit::default());
     }
 }

@@ -212,7 +212,6 @@ fn kv_cache_scales_keep_their_values() {
     write(&d.0, llama_config(), &t);
     let q = HfOptions {
         quantization: Quantization::Q8_0,
-        ..HfOptions::default()
     };
     let g = open(&d.0, &q).unwrap();
     assert_eq!(vals(&g, "blk.0.attn_k_scale"), [0.0625]);
