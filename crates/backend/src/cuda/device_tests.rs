@@ -176,7 +176,10 @@ fn attention_reference(
     out
 }
 
-fn check_attention(g: &Gpu, c: &Case, splits: usize) -> f32 {
+/// `paged_attention` of case `c` against the reference, over every row, or over the rows of
+/// `only` through a row list (the decode rows of a step with prefill tiles): those rows get
+/// their answers, the others stay zero.
+fn check_attention(g: &Gpu, c: &Case, splits: usize, only: Option<&[i32]>) -> f32 {
     let h = c.heads;
     let bs = 4;
     let n = c.ctx.len();
@@ -201,10 +204,18 @@ fn check_attention(g: &Gpu, c: &Case, splits: usize) -> f32 {
     let q = values(n * h.qkv_dim(), 11);
     let k = rounded(&values(slots * h.kv_dim(), 12));
     let v = rounded(&values(slots * h.kv_dim(), 13));
-    let want = attention_reference(c, &q, &k, &v, &slot_of);
+    let mut want = attention_reference(c, &q, &k, &v, &slot_of);
+    if let Some(rows) = only {
+        for (t, w) in want.chunks_mut(h.q_dim()).enumerate() {
+            if !rows.contains(&(t as i32)) {
+                w.fill(0.0);
+            }
+        }
+    }
     let dq = g.upload(&q).unwrap();
     let (dk, dv) = (g.upload(&bf(&k)).unwrap(), g.upload(&bf(&v)).unwrap());
     let dt = g.upload(&tables).unwrap();
+    let drows = only.map(|r| g.upload(r).unwrap());
     let drt = g.upload(&row_table).unwrap();
     let ctx: Vec<i32> = c.ctx.iter().map(|&x| x as i32).collect();
     let dctx = g.upload(&ctx).unwrap();
@@ -220,10 +231,11 @@ fn check_attention(g: &Gpu, c: &Case, splits: usize) -> f32 {
         tables: &dt,
         row_table: &drt,
         row_ctx: &dctx,
-        rows: None,
+        rows: drows.as_ref(),
         splits,
     };
-    g.paged_attention(&dq, (&dk, &dv), &a, (&mut out, &mut part), n)
+    let served = only.map_or(n, <[i32]>::len);
+    g.paged_attention(&dq, (&dk, &dv), &a, (&mut out, &mut part), served)
         .unwrap();
     rel_err(&bf_read(g, &out, n * h.q_dim()), &want)
 }
@@ -252,8 +264,11 @@ fn attention_matches_an_f64_reference_for_every_group_split_and_window() {
                 window,
             };
             for splits in [1, 3, attention_splits(4, heads, g.info.multiprocessors)] {
-                let e = check_attention(&g, &c, splits);
+                let e = check_attention(&g, &c, splits, None);
                 assert!(e < 1e-2, "{heads:?} window {window} splits {splits}: {e}");
+                // Rows 3 and 1 alone, through a row list (partials indexed by list entry).
+                let e = check_attention(&g, &c, splits, Some(&[3, 1]));
+                assert!(e < 1e-2, "{heads:?} window {window} splits {splits}, row list: {e}");
             }
         }
     }

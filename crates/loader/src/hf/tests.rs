@@ -195,21 +195,25 @@ fn llama_maps_as_convert_hf_to_gguf() {
 /// name.
 #[test]
 fn kv_cache_scales_keep_their_values() {
-    let d = tmp("kv-scales");
-    let mut t = llama_tensors();
-    t.push((
+    // A Llama checkpoint with `extra` tensors, in a folder of its own.
+    let with = |tag: &str, extra: Vec<T>| {
+        let d = tmp(tag);
+        write(&d.0, llama_config(), &[llama_tensors(), extra].concat());
+        d
+    };
+    let k = (
         "model.layers.0.self_attn.k_scale",
         "F32",
         vec![],
         f32s(&[0.0625]),
-    ));
-    t.push((
+    );
+    let v = (
         "model.layers.0.self_attn.v_proj.v_scale",
         "BF16",
         vec![1],
         bf16s(&[0.5]),
-    ));
-    write(&d.0, llama_config(), &t);
+    );
+    let d = with("kv-scales", vec![k, v]);
     let q = HfOptions {
         quantization: Quantization::Q8_0,
     };
@@ -218,15 +222,13 @@ fn kv_cache_scales_keep_their_values() {
     assert_eq!(vals(&g, "blk.0.attn_v_scale"), [0.5]);
     assert_eq!(g.tensor("blk.0.attn_k_scale").unwrap().dims, [1]);
     assert_eq!(g.tensor("blk.0.attn_v_scale").unwrap().ty, GgmlType::BF16);
-    let d2 = tmp("kv-scale-old");
-    let mut t = llama_tensors();
-    t.push((
+    let old = (
         "model.layers.0.self_attn.kv_scale",
         "F32",
         vec![],
         f32s(&[1.0]),
-    ));
-    write(&d2.0, llama_config(), &t);
+    );
+    let d2 = with("kv-scale-old", vec![old]);
     assert!(err_of(&d2.0).contains("self_attn.kv_scale"));
 }
 
