@@ -268,7 +268,10 @@ fn attention_matches_an_f64_reference_for_every_group_split_and_window() {
                 assert!(e < 1e-2, "{heads:?} window {window} splits {splits}: {e}");
                 // Rows 3 and 1 alone, through a row list (partials indexed by list entry).
                 let e = check_attention(&g, &c, splits, Some(&[3, 1]));
-                assert!(e < 1e-2, "{heads:?} window {window} splits {splits}, row list: {e}");
+                assert!(
+                    e < 1e-2,
+                    "{heads:?} window {window} splits {splits}, row list: {e}"
+                );
             }
         }
     }
