@@ -97,7 +97,7 @@ for T in "tokenfab_backend cuda::device_tests::prefill_attention_matches_an_f64_
          "tokenfab_models cuda::tests::device_sampling_matches_the_twins_on_the_devices_logits"; do
   set -- $T
   if [[ -x "$TESTS_DIR/$1" ]]; then
-    timeout 60 "$TESTS_DIR/$1" "$2" --exact --test-threads 1 > "$OUT/step-${2##*::}.txt" 2>&1
+    timeout 60 "$TESTS_DIR/$1" "$2" --exact --test-threads 1 --nocapture > "$OUT/step-${2##*::}.txt" 2>&1
     log "step ${2##*::} rc=$? $(grep -E '^test result' "$OUT/step-${2##*::}.txt") skipped=$(grep -c '^skipped' "$OUT/step-${2##*::}.txt")"
     grep -E ': mixed ' "$OUT/step-${2##*::}.txt" | while read -r L; do log "  $L"; done
   fi
