@@ -12,11 +12,14 @@
 #       executor against the CPU forward pass on every architecture's tiny model, FP8 weights
 #       and FP8 KV against the CPU and FP8 KV against bf16 KV (models' cuda::tests), and dummy
 #       models made on the device against their host twins (engine's dummy::device_tests);
-#       (1b) the step path's kernels (tiled prefill attention, grammar masks, sampling) and
-#       device sampling, one line each;
+#       (1b) the step path's kernels (tiled prefill attention, bf16 and FP8 K/V; grammar masks;
+#       sampling), the executor's mixed prefill/decode steps (prefill chunks on the tiles, decode
+#       rows on paged_attention) against the CPU, and device sampling, one line each;
 #   (2) the whole model by teacher forcing: the CPU's greedy continuations of 8 prompts
 #       (--dummy-weights smollm2-135m, bf16) scored on both devices: the largest difference of
-#       a forced token's log-probability (< 0.1 passes) and top-1 agreement per position;
+#       a forced token's log-probability (< 0.1 passes) and top-1 agreement per position; the
+#       prompts are scored as multi-row prefill chunks, so the CUDA side's attention runs on
+#       prefill_attention's tiles (its log says so; no such line fails the check);
 #   (3) ceilings (copy bandwidth, bf16 GEMM) and throughput, 128 in / 128 out: llama3-8b bf16
 #       and FP8 dummy weights at 1, 64, 256 and 1024 streams; llama3-70b FP8 (weights made on the
 #       device, FP8 KV) at 64, 256 and 512 streams and the capacity search for users held at
@@ -90,11 +93,13 @@ done
 for T in "tokenfab_backend cuda::device_tests::prefill_attention_matches_an_f64_reference" \
          "tokenfab_backend cuda::device_tests::mask_rows_matches_its_cpu_twin" \
          "tokenfab_backend cuda::device_tests::sample_rows_matches_its_cpu_twin" \
+         "tokenfab_models cuda::tests::mixed_prefill_and_decode_steps_match_the_cpu_on_a_gpu" \
          "tokenfab_models cuda::tests::device_sampling_matches_the_twins_on_the_devices_logits"; do
   set -- $T
   if [[ -x "$TESTS_DIR/$1" ]]; then
-    timeout 60 "$TESTS_DIR/$1" "$2" --exact --test-threads 1 > "$OUT/step-${2##*::}.txt" 2>&1
+    timeout 60 "$TESTS_DIR/$1" "$2" --exact --test-threads 1 --nocapture > "$OUT/step-${2##*::}.txt" 2>&1
     log "step ${2##*::} rc=$? $(grep -E '^test result' "$OUT/step-${2##*::}.txt") skipped=$(grep -c '^skipped' "$OUT/step-${2##*::}.txt")"
+    grep -E ': mixed ' "$OUT/step-${2##*::}.txt" | while read -r L; do log "  $L"; done
   fi
 done
 
@@ -117,6 +122,9 @@ for DEV in cpu cuda; do
     2> "$OUT/score-$DEV.log"
   log "score $DEV rc=$?"
 done
+# The executor says once when a step's prefill chunks first ran on the tiles.
+TILED=$(grep -m1 "runs on prefill_attention's tiles" "$OUT/score-cuda.log")
+log "prefill tiles in the teacher-forced run: ${TILED:-none (the check fails)}"
 python3 - "$OUT" <<'PY' | tee -a "$OUT/check.log"
 import json, sys
 out = sys.argv[1]
@@ -135,9 +143,14 @@ for a, b in zip(c, g):
         worst = max(worst, abs(la - lb))
 # Random weights give nearly flat distributions, where bf16 rounding can swap close top-1s: the
 # gate is the log-probability of the forced tokens; agreement is reported beside it.
-ok = total > 0 and len(c) == len(g) and worst < 0.1
+# The CUDA side's prompts ran on the tiled prefill attention (the executor logs it once).
+try:
+    tiled = "runs on prefill_attention's tiles" in open(f"{out}/score-cuda.log", errors="replace").read()
+except OSError:
+    tiled = False
+ok = total > 0 and len(c) == len(g) and worst < 0.1 and tiled
 print(json.dumps({"teacher_forced_positions": total, "top1_agreement": same / total if total else None,
-                  "max_logprob_diff": worst, "pass": ok}))
+                  "max_logprob_diff": worst, "prefill_tiles": tiled, "pass": ok}))
 PY
 
 # (3) ceilings, then throughput at real scale.

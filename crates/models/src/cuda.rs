@@ -27,6 +27,7 @@ use tokenfab_backend::cuda::kernels::MAX_HEAD_DIM;
 use tokenfab_backend::cuda::launch::{DevMatrix, DevRope};
 use tokenfab_backend::cuda::memory::{self, KvSizing};
 use tokenfab_backend::cuda::ops::{CudaOps, DevKv, DevStep};
+use tokenfab_backend::cuda::prefill_attention::AttnPlan;
 use tokenfab_backend::cuda::{self, staging, Gpu, GpuBuf};
 use tokenfab_backend::rope::RopeKind;
 use tokenfab_types::TokenId;
@@ -54,6 +55,17 @@ pub enum GpuWeights {
 /// calibrated `k_scale`/`v_scale` (E4M3's ±448 holds K and V of the models served here).
 pub const FP8_KV_SCALE: f32 = 1.0;
 
+/// Layer `l`'s (k_scale, v_scale) in a pool stored as `kv`: `None` unless FP8; then the
+/// checkpoint's calibrated scales ([`Model::kv_scales`]) or [`FP8_KV_SCALE`].
+pub fn fp8_kv_scales(model: &Model, kv: KvDtype, l: usize) -> Option<(f32, f32)> {
+    (kv == KvDtype::Fp8).then(|| {
+        model
+            .kv_scales
+            .as_ref()
+            .map_or((FP8_KV_SCALE, FP8_KV_SCALE), |s| s[l])
+    })
+}
+
 /// How to place a model on a device.
 #[derive(Clone, Debug)]
 pub struct CudaConfig {
@@ -68,7 +80,8 @@ pub struct CudaConfig {
     pub max_graph_batch: usize,
     /// At most this many KV blocks (a single-sequence session needs few).
     pub max_blocks: Option<usize>,
-    /// The pool's storage: f16 (stored as bf16, the default) or fp8 (E4M3, [`FP8_KV_SCALE`]).
+    /// The pool's storage: f16 (stored as bf16, the default) or fp8 (E4M3, the checkpoint's
+    /// scales or [`FP8_KV_SCALE`]: [`fp8_kv_scales`]).
     pub kv_dtype: KvDtype,
 }
 
@@ -112,6 +125,8 @@ struct Staging {
     seq_of: Vec<usize>,
     slot_of: Vec<usize>,
     seq_off: Vec<i32>,
+    /// Which rows `prefill_attention`'s tiles serve, which `paged_attention` serves.
+    attn: AttnPlan,
 }
 
 struct Graph(CudaGraph);
@@ -155,6 +170,8 @@ pub struct CudaExecutor {
     host_logits: Vec<f32>,
     /// Sampling on the device (`cuda/sampling.rs`).
     sampling: sampling::DevSampling,
+    /// Rows whose attention ran on prefill tiles, over the executor's life.
+    tile_rows: usize,
 }
 
 fn to_bf16(m: &[f32]) -> Vec<bf16> {
@@ -273,9 +290,14 @@ impl CudaExecutor {
             num_blocks = num_blocks.min(m.max(1));
         }
         let slots = (num_blocks + 1) * cfg.block_size * c.kv_dim();
-        let fp8_kv = (cfg.kv_dtype == KvDtype::Fp8).then_some((FP8_KV_SCALE, FP8_KV_SCALE));
         let kv = (0..c.n_layers)
-            .map(|_| Ok(DevKv::zeros(&gpu, slots, fp8_kv)?))
+            .map(|l| {
+                Ok(DevKv::zeros(
+                    &gpu,
+                    slots,
+                    fp8_kv_scales(model, cfg.kv_dtype, l),
+                )?)
+            })
             .collect::<Result<Vec<_>>>()?;
         let weight_bytes = bytes.get();
         tracing_line(&gpu, &c, num_blocks, cfg, weight_bytes);
@@ -295,6 +317,7 @@ impl CudaExecutor {
             stage: Staging::default(),
             host_logits: Vec::new(),
             sampling: Default::default(),
+            tile_rows: 0,
         })
     }
 
@@ -310,6 +333,11 @@ impl CudaExecutor {
         self.gpu
             .argmax_rows(&self.acts.logits, vocab, &mut self.argmax, r)?;
         Ok(self.gpu.read(&self.argmax, r)?)
+    }
+
+    /// Rows whose attention ran on `prefill_attention`'s tiles so far.
+    pub fn prefill_tile_rows(&self) -> usize {
+        self.tile_rows
     }
 
     /// Graph buckets captured so far.
@@ -430,6 +458,22 @@ impl CudaExecutor {
         st.logit_rows.clear();
         st.logit_rows
             .extend(batch.logits_rows.iter().map(|&x| x as i32));
+        // Prefill chunks' attention on tiles; a decode step (one row per sequence, the only
+        // kind captured as a graph) plans none, so its launches stay the graph's.
+        st.attn
+            .plan(batch.seqs.iter().map(|s| s.rows.clone()), c.heads());
+        debug_assert!(bucket.is_none() || st.attn.tiles.is_empty());
+        let tiled = n - st.attn.paged_rows.len();
+        if tiled > 0 {
+            if self.tile_rows == 0 {
+                eprintln!(
+                    "cuda:{}: prefill chunks' attention runs on prefill_attention's tiles (first step: {tiled} of {n} rows in {} tiles)",
+                    self.gpu.info.ordinal,
+                    st.attn.tiles.len() / 2
+                );
+            }
+            self.tile_rows += tiled;
+        }
         // Padded rows of a graph bucket: token 0 at position 0, writing and reading the scratch
         // block; their logits are computed and never read.
         for t in n..n_run {
@@ -472,6 +516,8 @@ impl CudaExecutor {
             p.put(l.logit_rows, &st.logit_rows)?;
             p.put(l.params, s.params)?;
             p.put(l.edits, s.edits)?;
+            p.put(l.tiles, &st.attn.tiles)?;
+            p.put(l.attn_rows, &st.attn.paged_rows)?;
             p.put(l.tables, &st.tables)
         })?;
         Ok(Some((n_run, r_run, bucket)))
@@ -488,6 +534,7 @@ impl CudaExecutor {
             ropes: &self.ropes,
             kv: &mut self.kv,
             block_size: self.block_size,
+            attn: self.stage.attn.split(),
         };
         Ok(forward(&self.cfg, &self.weights, &mut ops, &mut self.acts)?)
     }

@@ -38,6 +38,39 @@ pub struct Model {
     /// How a GPU stores the layers' matrices (`--quantization fp8`: FP8 with per-tensor scales);
     /// the CPU ignores it (it runs what `weights` hold).
     pub gpu_weights: crate::cuda::GpuWeights,
+    /// (k_scale, v_scale) per layer: an FP8 KV cache's calibrated scales when the checkpoint
+    /// carries them (`blk.{i}.attn_k_scale` / `attn_v_scale`, from vLLM's names; see
+    /// `kv_scales`); `None`: scale 1. Unused by a bf16/f16/f32 cache, as in vLLM.
+    pub kv_scales: Option<Vec<(f32, f32)>>,
+}
+
+/// The checkpoint's FP8 KV cache scales: for every layer both or, in the whole file, none; each
+/// finite and above 0. Marks the tensors read.
+fn kv_scales(g: &Gguf, cfg: &ModelConfig, t: &Tensors) -> Result<Option<Vec<(f32, f32)>>> {
+    let name = |l: usize, kv: &str| format!("blk.{l}.attn_{kv}_scale");
+    if (0..cfg.n_layers)
+        .all(|l| g.tensor(&name(l, "k")).is_none() && g.tensor(&name(l, "v")).is_none())
+    {
+        return Ok(None);
+    }
+    let one = |l: usize, kv: &str| -> Result<f32> {
+        let n = name(l, kv);
+        let v = t.vector_opt(g, &n, 1)?.ok_or_else(|| {
+            Error::Config(format!(
+                "`{n}` is missing: a checkpoint with KV cache scales has them for every layer"
+            ))
+        })?[0];
+        if !(v.is_finite() && v > 0.0) {
+            return Err(Error::Config(format!(
+                "`{n}` is {v}: a KV cache scale must be finite and above 0"
+            )));
+        }
+        Ok(v)
+    };
+    (0..cfg.n_layers)
+        .map(|l| Ok((one(l, "k")?, one(l, "v")?)))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 impl Model {
@@ -53,6 +86,7 @@ impl Model {
         let t = Tensors::new(f32_weights);
         let weights = Weights::load(g, &cfg, &t)?;
         let ropes = ropes(&cfg, g, &t)?;
+        let kv_scales = kv_scales(g, &cfg, &t)?;
         t.all_used(g, &cfg.arch)?;
         Ok(Self {
             cfg,
@@ -60,6 +94,7 @@ impl Model {
             weights: Some(weights),
             device_dummy: None,
             gpu_weights: Default::default(),
+            kv_scales,
         })
     }
 
@@ -85,6 +120,7 @@ impl Model {
             weights: None,
             device_dummy: Some(d),
             gpu_weights,
+            kv_scales: None,
         })
     }
 

@@ -392,3 +392,38 @@ fn a_hooked_pass_reports_every_phase_of_every_layer_and_the_same_logits() {
     // Every phase the engine's profile knows is reported.
     assert!(P::ALL.iter().all(|p| rec.seen.iter().any(|s| s.1 == *p)));
 }
+
+/// A checkpoint's FP8 KV cache scales (`blk.{i}.attn_k_scale` / `attn_v_scale`) reach the model
+/// per layer and set an FP8 pool's scales; without them the scale is 1, and a bf16 pool takes
+/// none. Half a set, or a scale that is not a positive number, is an error naming the tensor.
+#[test]
+fn kv_cache_scales_come_from_the_checkpoint() {
+    use crate::cuda::{fp8_kv_scales, FP8_KV_SCALE};
+    let scaled = |skip: Option<&str>, v0: f32| {
+        let mut w = tiny_model("llama", VOCAB, GgmlType::F32, 4, 2);
+        for (l, (k, v)) in [(v0, 0.25f32), (0.125, 0.5)].into_iter().enumerate() {
+            for (kv, x) in [("k", k), ("v", v)] {
+                let n = format!("blk.{l}.attn_{kv}_scale");
+                if skip != Some(n.as_str()) {
+                    w.tensor_f32(&n, &[1], &[x]);
+                }
+            }
+        }
+        Model::from_gguf(&Gguf::from_bytes(w.to_bytes()).unwrap())
+    };
+    let m = scaled(None, 0.0625).unwrap();
+    assert_eq!(m.kv_scales, Some(vec![(0.0625, 0.25), (0.125, 0.5)]));
+    assert_eq!(fp8_kv_scales(&m, KvDtype::Fp8, 1), Some((0.125, 0.5)));
+    assert_eq!(fp8_kv_scales(&m, KvDtype::F16, 1), None);
+    let plain = tiny("llama");
+    assert_eq!(plain.kv_scales, None);
+    let one = Some((FP8_KV_SCALE, FP8_KV_SCALE));
+    assert_eq!(fp8_kv_scales(&plain, KvDtype::Fp8, 0), one);
+    let e = scaled(Some("blk.1.attn_v_scale"), 0.0625).err().unwrap();
+    assert!(
+        e.to_string().contains("`blk.1.attn_v_scale` is missing"),
+        "{e}"
+    );
+    let e = scaled(None, -1.0).err().unwrap();
+    assert!(e.to_string().contains("`blk.0.attn_k_scale` is -1"), "{e}");
+}

@@ -4,7 +4,8 @@
 
 use half::bf16;
 
-use super::launch::{attention_splits, attention_workspace, AttnArgs, DevMatrix};
+use super::fp8::{kv_decode, kv_encode};
+use super::launch::{attention_splits, attention_workspace, AttnArgs, DevMatrix, KvPtrs};
 use super::{Gpu, GpuBuf};
 use crate::cpu::{self, Activation};
 use crate::ops::Heads;
@@ -175,7 +176,10 @@ fn attention_reference(
     out
 }
 
-fn check_attention(g: &Gpu, c: &Case, splits: usize) -> f32 {
+/// `paged_attention` of case `c` against the reference, over every row, or over the rows of
+/// `only` through a row list (the decode rows of a step with prefill tiles): those rows get
+/// their answers, the others stay zero.
+fn check_attention(g: &Gpu, c: &Case, splits: usize, only: Option<&[i32]>) -> f32 {
     let h = c.heads;
     let bs = 4;
     let n = c.ctx.len();
@@ -200,10 +204,18 @@ fn check_attention(g: &Gpu, c: &Case, splits: usize) -> f32 {
     let q = values(n * h.qkv_dim(), 11);
     let k = rounded(&values(slots * h.kv_dim(), 12));
     let v = rounded(&values(slots * h.kv_dim(), 13));
-    let want = attention_reference(c, &q, &k, &v, &slot_of);
+    let mut want = attention_reference(c, &q, &k, &v, &slot_of);
+    if let Some(rows) = only {
+        for (t, w) in want.chunks_mut(h.q_dim()).enumerate() {
+            if !rows.contains(&(t as i32)) {
+                w.fill(0.0);
+            }
+        }
+    }
     let dq = g.upload(&q).unwrap();
     let (dk, dv) = (g.upload(&bf(&k)).unwrap(), g.upload(&bf(&v)).unwrap());
     let dt = g.upload(&tables).unwrap();
+    let drows = only.map(|r| g.upload(r).unwrap());
     let drt = g.upload(&row_table).unwrap();
     let ctx: Vec<i32> = c.ctx.iter().map(|&x| x as i32).collect();
     let dctx = g.upload(&ctx).unwrap();
@@ -219,9 +231,11 @@ fn check_attention(g: &Gpu, c: &Case, splits: usize) -> f32 {
         tables: &dt,
         row_table: &drt,
         row_ctx: &dctx,
+        rows: drows.as_ref(),
         splits,
     };
-    g.paged_attention(&dq, (&dk, &dv), &a, (&mut out, &mut part), n)
+    let served = only.map_or(n, <[i32]>::len);
+    g.paged_attention(&dq, (&dk, &dv), &a, (&mut out, &mut part), served)
         .unwrap();
     rel_err(&bf_read(g, &out, n * h.q_dim()), &want)
 }
@@ -250,8 +264,14 @@ fn attention_matches_an_f64_reference_for_every_group_split_and_window() {
                 window,
             };
             for splits in [1, 3, attention_splits(4, heads, g.info.multiprocessors)] {
-                let e = check_attention(&g, &c, splits);
+                let e = check_attention(&g, &c, splits, None);
                 assert!(e < 1e-2, "{heads:?} window {window} splits {splits}: {e}");
+                // Rows 3 and 1 alone, through a row list (partials indexed by list entry).
+                let e = check_attention(&g, &c, splits, Some(&[3, 1]));
+                assert!(
+                    e < 1e-2,
+                    "{heads:?} window {window} splits {splits}, row list: {e}"
+                );
             }
         }
     }
@@ -339,7 +359,8 @@ fn mask_rows_matches_its_cpu_twin() {
 
 /// Tiled prefill attention against the f64 reference on the same inputs (and so against
 /// `paged_attention`'s answer): chunks of 1 to 45 rows starting at positions 0 and 21, GQA
-/// groups 1 to 16, head dims 64, 96, 128 and 256, windows.
+/// groups 1 to 16, head dims 64, 96, 128 and 256, windows; K/V in bf16 and as E4M3 codes with
+/// scales (`prefill_attention_fp8`, the reference on the codes' values).
 #[test]
 fn prefill_attention_matches_an_f64_reference() {
     use super::prefill_attention::tiles;
@@ -392,6 +413,16 @@ fn prefill_attention_matches_an_f64_reference() {
             let want = attention_reference(&c, &q, &k, &v, &slot_of);
             let dq = g.upload(&q).unwrap();
             let (dk, dv) = (g.upload(&bf(&k)).unwrap(), g.upload(&bf(&v)).unwrap());
+            // E4M3 codes of K / k_scale and V / v_scale, and the reference on their values.
+            let (ks, vs) = (0.004f32, 0.0025f32);
+            let codes = |x: &[f32], s: f32| -> Vec<u8> {
+                x.iter().map(|&x| kv_encode(x, 1.0 / s)).collect()
+            };
+            let (k8, v8) = (codes(&k, ks), codes(&v, vs));
+            let decoded =
+                |c: &[u8], s: f32| -> Vec<f32> { c.iter().map(|&c| kv_decode(c, s)).collect() };
+            let want8 = attention_reference(&c, &q, &decoded(&k8, ks), &decoded(&v8, vs), &slot_of);
+            let (dk8, dv8) = (g.upload(&k8).unwrap(), g.upload(&v8).unwrap());
             let dt = g.upload(&tables).unwrap();
             let drt = g.upload(&row_table).unwrap();
             let ictx: Vec<i32> = ctx.iter().map(|&x| x as i32).collect();
@@ -407,12 +438,21 @@ fn prefill_attention_matches_an_f64_reference() {
                 tables: &dt,
                 row_table: &drt,
                 row_ctx: &dctx,
+                rows: None,
                 splits: 1,
             };
             g.prefill_attention(&dq, (&dk, &dv), &a, (&dtiles, t.len() / 2), &mut out, n)
                 .unwrap();
             let e = rel_err(&bf_read(&g, &out, n * h.q_dim()), &want);
             assert!(e < 1e-2, "{h:?} window {window}: {e}");
+            let kv8 = KvPtrs {
+                fp8_scales: Some((ks, vs)),
+                ..g.bf16_kv(&dk8, &dv8)
+            };
+            g.launch_prefill_attention(&dq, kv8, &a, (&dtiles, t.len() / 2), &mut out, n)
+                .unwrap();
+            let e8 = rel_err(&bf_read(&g, &out, n * h.q_dim()), &want8);
+            assert!(e8 < 1e-2, "{h:?} window {window} fp8: {e8}");
         }
     }
 }

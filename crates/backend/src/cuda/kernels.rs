@@ -29,6 +29,7 @@ pub const KERNELS: &[&str] = &[
     "paged_attention_fp8",
     "mask_rows",
     "prefill_attention",
+    "prefill_attention_fp8",
 ];
 
 /// Threads per block of the row kernels (a multiple of 32).
@@ -226,23 +227,25 @@ __device__ __forceinline__ void load8(const fp8_t* p, float* f, float scale) {
    in sub-groups of lp = head_dim / 8 (rounded up to a power of two): each lane holds 8 dimensions
    and reads them with one 16-byte load; each sub-group takes every nsub-th position with an
    online softmax per query head; the sub-groups merge in shared memory at the end.
+   Block x serves row t = rows[x] (a step's decode rows when prefill tiles take its other rows,
+   prefill_attention.rs), or row x when rows is null (every decode-only step, graphs included).
    Split-K: block z of gridDim.z takes the z-th share of the positions. With one split the block
-   writes out (n, q_dim) bf16; with more it writes its unnormalized partial to part (n, n_heads,
-   splits, head_dim + 2) f32 = acc | max | sum, and attention_merge combines them.
+   writes out (n, q_dim) bf16; with more it writes its unnormalized partial to part (blocks x,
+   n_heads, splits, head_dim + 2) f32 = acc | max | sum, and attention_merge combines them.
    q is pre-scaled by `scale`. K/V are bf16, or E4M3 codes times k_scale / v_scale
    (paged_attention_fp8, 8-byte loads). */
 #define ATTN_PARAMS(KV) const float* __restrict__ qkv, const KV* __restrict__ k_cache, \
     const KV* __restrict__ v_cache, const int* __restrict__ block_tables, \
     const int* __restrict__ row_table, const int* __restrict__ row_ctx, \
-    bf16_t* __restrict__ out, float* __restrict__ part, int n_heads, int n_kv_heads, \
-    int head_dim, int block_size, float scale, int window
-#define ATTN_ARGS qkv, k_cache, v_cache, block_tables, row_table, row_ctx, out, part, n_heads, \
-    n_kv_heads, head_dim, block_size, scale, window
+    const int* __restrict__ rows, bf16_t* __restrict__ out, float* __restrict__ part, \
+    int n_heads, int n_kv_heads, int head_dim, int block_size, float scale, int window
+#define ATTN_ARGS qkv, k_cache, v_cache, block_tables, row_table, row_ctx, rows, out, part, \
+    n_heads, n_kv_heads, head_dim, block_size, scale, window
 template <typename KV>
 __device__ __forceinline__ void paged_attention_t(ATTN_PARAMS(KV), float k_scale, float v_scale) {
     __shared__ float s_m[ATTN_WARPS * WARP * MAX_GROUP], s_l[ATTN_WARPS * WARP * MAX_GROUP];
     __shared__ float s_acc[ATTN_SMEM_FLOATS];
-    size_t t = blockIdx.x;
+    size_t b = blockIdx.x, t = rows ? (size_t)rows[b] : b;
     int group = n_heads / n_kv_heads;
     int chunks = (group + MAX_GROUP - 1) / MAX_GROUP;
     int kh = blockIdx.y / chunks, h0 = kh * group + (blockIdx.y % chunks) * MAX_GROUP;
@@ -332,7 +335,7 @@ __device__ __forceinline__ void paged_attention_t(ATTN_PARAMS(KV), float k_scale
         if (splits == 1) {
             out[t * q_dim + h * head_dim + d] = f2bf(gl > 0.0f ? o / gl : 0.0f);
         } else {
-            float* pp = part + ((t * n_heads + h) * splits + blockIdx.z) * (size_t)(head_dim + 2);
+            float* pp = part + ((b * n_heads + h) * splits + blockIdx.z) * (size_t)(head_dim + 2);
             pp[d] = o;
             if (d == 0) { pp[head_dim] = gm; pp[head_dim + 1] = gl; }
         }
@@ -344,12 +347,13 @@ paged_attention(ATTN_PARAMS(bf16_t)) {
     paged_attention_t(ATTN_ARGS, 1.0f, 1.0f);
 }
 
-/* out (n, q_dim) bf16: the splits' partials of paged_attention merged, one block per (row, head),
-   grid (n, n_heads). */
-extern "C" __global__ void attention_merge(const float* __restrict__ part, bf16_t* __restrict__ out,
-                                           int n_heads, int head_dim, int splits) {
-    size_t t = blockIdx.x, h = blockIdx.y;
-    const float* pp = part + (t * n_heads + h) * splits * (size_t)(head_dim + 2);
+/* out (n, q_dim) bf16: the splits' partials of paged_attention merged, one block per (served
+   row, head), grid (blocks, n_heads); block x writes row rows[x] (row x when rows is null). */
+extern "C" __global__ void attention_merge(const float* __restrict__ part, const int* __restrict__ rows,
+                                           bf16_t* __restrict__ out, int n_heads, int head_dim,
+                                           int splits) {
+    size_t b = blockIdx.x, h = blockIdx.y, t = rows ? (size_t)rows[b] : b;
+    const float* pp = part + (b * n_heads + h) * splits * (size_t)(head_dim + 2);
     float gm = NEG_INF;
     for (int z = 0; z < splits; z++) gm = fmaxf(gm, pp[z * (head_dim + 2) + head_dim]);
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {

@@ -26,6 +26,7 @@ pub(crate) struct Kernels {
     sample_rows: CudaFunction,
     pub(super) mask_rows: CudaFunction,
     pub(super) prefill_attention: CudaFunction,
+    pub(super) prefill_attention_fp8: CudaFunction,
 }
 
 impl Kernels {
@@ -42,6 +43,7 @@ impl Kernels {
             sample_rows: f("sample_rows")?,
             mask_rows: f("mask_rows")?,
             prefill_attention: f("prefill_attention")?,
+            prefill_attention_fp8: f("prefill_attention_fp8")?,
         })
     }
 }
@@ -88,6 +90,10 @@ pub struct AttnArgs<'a> {
     pub row_table: &'a GpuBuf<i32>,
     /// Positions row t attends to (its position + 1).
     pub row_ctx: &'a GpuBuf<i32>,
+    /// The rows `paged_attention` serves, when not every row of the step: the decode rows of a
+    /// step whose prefill chunks go to `prefill_attention` (`super::prefill_attention::AttnPlan`).
+    /// `None`: rows 0..n (decode-only steps, captured graphs included).
+    pub rows: Option<&'a GpuBuf<i32>>,
     /// Shares each row's positions are split into ([`attention_splits`]); above 1, `part`
     /// holds (n, n_heads, splits, head_dim + 2) f32 partials.
     pub splits: usize,
@@ -173,7 +179,7 @@ impl Gpu {
         }
     }
 
-    fn opt_ptr<T>(&self, b: Option<&GpuBuf<T>>) -> u64 {
+    pub(super) fn opt_ptr<T>(&self, b: Option<&GpuBuf<T>>) -> u64 {
         b.map_or(0, |b| self.ptr(b))
     }
 
@@ -367,7 +373,8 @@ impl Gpu {
 
     /// `out (n, q_dim) bf16`: each row's Q heads of `qkv` attending to its positions of one
     /// layer's `k`, `v`, split `a.splits` ways with partials in `part`. Block tables hold blocks
-    /// of the pool (checked when staged).
+    /// of the pool (checked when staged). With `a.rows`, `n` rows are served, the ones it lists
+    /// (each a row of `qkv` and `out`: the host's plan).
     pub fn paged_attention(
         &self,
         qkv: &GpuBuf<f32>,
@@ -398,6 +405,7 @@ impl Gpu {
                 && h.n_heads.is_multiple_of(h.n_kv_heads)
                 && splits <= MAX_SPLITS
                 && (splits == 1 || part.len() >= n * h.n_heads * splits * (h.head_dim + 2))
+                && a.rows.is_none_or(|r| r.len() >= n)
                 && qkv.len() >= n * h.qkv_dim()
                 && out.len() >= n * h.q_dim()
                 && a.row_table.len() >= n
@@ -405,6 +413,9 @@ impl Gpu {
                 && kv.len.0 == kv.len.1,
             "paged_attention",
         )?;
+        if n == 0 {
+            return Ok(());
+        }
         let ptrs = [
             self.ptr(qkv),
             kv.k,
@@ -412,6 +423,7 @@ impl Gpu {
             self.ptr(a.tables),
             self.ptr(a.row_table),
             self.ptr(a.row_ctx),
+            self.opt_ptr(a.rows),
             self.ptr(out),
             self.ptr(part),
         ];
@@ -446,10 +458,10 @@ impl Gpu {
         // staged.
         unsafe { b.launch(cfg) }?;
         if splits > 1 {
-            let (pp, op) = (self.ptr(part), self.ptr(out));
+            let (pp, rp, op) = (self.ptr(part), self.opt_ptr(a.rows), self.ptr(out));
             let (nh, hd, sp) = (h.n_heads as i32, h.head_dim as i32, splits as i32);
             let mut b = self.stream.launch_builder(&self.k.attention_merge);
-            b.arg(&pp).arg(&op).arg(&nh).arg(&hd).arg(&sp);
+            b.arg(&pp).arg(&rp).arg(&op).arg(&nh).arg(&hd).arg(&sp);
             // SAFETY: `part` holds the partials of every (row, head, split) (checked above).
             unsafe { b.launch(grid(n, h.n_heads, ATTN_THREADS)) }?;
         }

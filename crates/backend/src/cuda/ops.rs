@@ -11,6 +11,7 @@ use half::bf16;
 
 use super::fp8::{DevWeight, Fp8Scratch};
 use super::launch::{attention_splits, attention_workspace, AttnArgs, DevRope, KvPtrs, QkvArgs};
+use super::prefill_attention::AttnSplit;
 use super::sampling::{Edit, SampleParams};
 use super::staging::{Caps, StepUpload, View};
 use super::{Error, Gpu, GpuBuf, Result};
@@ -38,6 +39,10 @@ pub struct DevStep {
     /// (rows,) sampling parameters of the logits rows, and their edits (device sampling).
     pub params: View<SampleParams>,
     pub edits: View<Edit>,
+    /// (rows, 2) `prefill_attention`'s tiles and (rows,) the rows `paged_attention` serves
+    /// beside them, when a step has prefill chunks ([`AttnSplit`]).
+    pub tiles: View<i32>,
+    pub attn_rows: View<i32>,
     /// (table_cap,) block tables, flattened.
     pub tables: View<i32>,
     /// (rows, dim) the final norm of the logits rows.
@@ -69,6 +74,8 @@ impl DevStep {
             logit_rows: upload.view(gpu, l.logit_rows),
             params: upload.view(gpu, l.params),
             edits: upload.view(gpu, l.edits),
+            tiles: upload.view(gpu, l.tiles),
+            attn_rows: upload.view(gpu, l.attn_rows),
             tables: upload.view(gpu, l.tables),
             upload,
             last: gpu.zeros(caps.rows * dim)?,
@@ -136,6 +143,9 @@ pub struct CudaOps<'a> {
     /// Per layer.
     pub kv: &'a mut [DevKv],
     pub block_size: usize,
+    /// How attention splits the rows (staged in `step.tiles` and `step.attn_rows`); the default,
+    /// no tiles, has `paged_attention` serve all `n` rows (decode steps, captured graphs).
+    pub attn: AttnSplit,
 }
 
 impl Ops for CudaOps<'_> {
@@ -200,20 +210,30 @@ impl Ops for CudaOps<'_> {
         p: &AttnLayer,
         out: &mut GpuBuf<bf16>,
     ) -> Result<()> {
+        // Prefill chunks' rows by tiles, the others (decode rows) by the decode kernel with
+        // split-K over their count; without tiles, every row by the decode kernel.
+        let s = &mut *self.step;
+        let (paged, rows) = match self.attn.tiles {
+            0 => (self.n, None),
+            _ => (self.attn.paged_rows, Some(&*s.attn_rows)),
+        };
         let a = AttnArgs {
             heads: p.heads,
             block_size: self.block_size,
             scale: p.scale,
             window: p.window.unwrap_or(0),
-            tables: &self.step.tables,
-            row_table: &self.step.row_table,
-            row_ctx: &self.step.row_ctx,
-            splits: attention_splits(self.n, p.heads, self.step.multiprocessors),
+            tables: &s.tables,
+            row_table: &s.row_table,
+            row_ctx: &s.row_ctx,
+            rows,
+            splits: attention_splits(paged, p.heads, s.multiprocessors),
         };
         let kv = self.kv[layer].ptrs(self.gpu);
-        let part = &mut self.step.attn_part;
+        let tiles = (&*s.tiles, self.attn.tiles);
         self.gpu
-            .launch_paged_attention(qkv, kv, &a, (out, part), self.n)
+            .launch_prefill_attention(qkv, kv, &a, tiles, out, self.n)?;
+        self.gpu
+            .launch_paged_attention(qkv, kv, &a, (out, &mut s.attn_part), paged)
     }
 
     fn glu(

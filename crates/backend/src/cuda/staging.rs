@@ -1,5 +1,6 @@
 //! One upload per step: the step's inputs (token ids, positions, KV slots, block-table offsets,
-//! contexts, logits rows, sampling parameters and edits, block tables) are packed into one pinned
+//! contexts, logits rows, sampling parameters and edits, the attention plan's tiles and rows,
+//! block tables) are packed into one pinned
 //! host buffer at the offsets of a [`StepLayout`] and copied to the device with one async copy;
 //! each kernel reads its input at the same offset of the device buffer. The offsets depend only
 //! on capacities (rows, table entries, edits), never on a step's contents, so a CUDA graph
@@ -66,6 +67,10 @@ pub struct StepLayout {
     pub params: Section,
     /// (edits,) [`Edit`]
     pub edits: Section,
+    /// (rows, 2) i32 (first row, rows) of each `prefill_attention` tile, and (rows,) i32 the
+    /// rows `paged_attention` serves beside them (`super::prefill_attention::AttnPlan`).
+    pub tiles: Section,
+    pub attn_rows: Section,
     /// (table_cap,) i32 block tables, flattened; last.
     pub tables: Section,
     /// Bytes of the whole buffer.
@@ -94,6 +99,8 @@ impl StepLayout {
             logit_rows: next(r, 4),
             params: next(r, size_of::<SampleParams>()),
             edits: next(caps.edits, size_of::<Edit>()),
+            tiles: next(2 * r, 4),
+            attn_rows: next(r, 4),
             tables: next(caps.table_cap, 4),
             bytes: 0,
         };
@@ -268,6 +275,8 @@ mod tests {
                 l.logit_rows,
                 l.params,
                 l.edits,
+                l.tiles,
+                l.attn_rows,
                 l.tables,
             ];
             for w in s.windows(2) {
@@ -278,6 +287,9 @@ mod tests {
             assert_eq!(l.slots.bytes, c.rows.max(1) * 8);
             assert_eq!(l.params.bytes, c.rows.max(1) * 32);
             assert_eq!(l.edits.bytes, c.edits.max(1) * 16);
+            // A tile holds at least one row.
+            assert_eq!(l.tiles.bytes, (2 * c.rows).max(1) * 4);
+            assert_eq!(l.attn_rows.bytes, c.rows.max(1) * 4);
             assert_eq!(l.tables.bytes, c.table_cap.max(1) * 4);
             assert_eq!(l.bytes, l.tables.end());
             assert!(l.holds(c) && !l.holds(caps(c.rows + 1, 1, 0)));

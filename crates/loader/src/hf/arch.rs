@@ -444,6 +444,9 @@ pub(super) fn map_tensor(
             arch.gguf()
         ))
     };
+    if let Some(view) = kv_scale_name(name) {
+        return Ok(Some((view, Op::Keep)));
+    }
     let (stem, suffix) = name.rsplit_once('.').ok_or_else(unknown)?;
     if suffix != "weight" && suffix != "bias" {
         return Err(unknown());
@@ -513,6 +516,24 @@ pub(super) fn map_tensor(
         _ => return Err(unknown()),
     };
     out(format!("blk.{bid}.{gguf}"), op)
+}
+
+/// The view's name of an FP8 KV cache's calibrated scale of layer i (`blk.{i}.attn_k_scale`,
+/// `blk.{i}.attn_v_scale`: one value, `stored code x scale = K or V`), from vLLM's checkpoint
+/// names: `...layers.{i}.self_attn.k_scale` (compressed-tensors, llm-compressor) or
+/// `...layers.{i}.self_attn.k_proj.k_scale` (ModelOpt), v likewise. The deprecated single
+/// `kv_scale` is not one of them (an unknown tensor).
+fn kv_scale_name(name: &str) -> Option<String> {
+    let (stem, which) = name.rsplit_once('.')?;
+    let kv = match which {
+        "k_scale" => "k",
+        "v_scale" => "v",
+        _ => return None,
+    };
+    let stem = stem.strip_suffix(&format!(".{kv}_proj")).unwrap_or(stem);
+    let (_, bid) = stem.strip_suffix(".self_attn")?.rsplit_once(".layers.")?;
+    let bid: usize = bid.parse().ok()?;
+    Some(format!("blk.{bid}.attn_{kv}_scale"))
 }
 
 /// Names the wrong type of a JSON value in an error.

@@ -58,9 +58,13 @@ pub(super) fn plan(
             };
             let in_ty = t.ggml_type()?;
             let mut dims: Vec<u64> = t.shape.iter().rev().copied().collect();
-            if dims.is_empty() || dims.len() > 2 {
+            // A scalar (a KV cache scale) is one value.
+            if dims.is_empty() {
+                dims.push(1);
+            }
+            if dims.len() > 2 {
                 return Err(unsupported(format!(
-                    "tensor `{}` has shape {:?}; 1-D and 2-D tensors are supported",
+                    "tensor `{}` has shape {:?}; scalars, 1-D and 2-D tensors are supported",
                     t.name, t.shape
                 )));
             }
@@ -184,6 +188,19 @@ fn convert(p: &Planned, bytes: &[u8]) -> Result<Vec<u8>> {
         e => e,
     };
     let in_bytes = n * p.in_ty.block_bytes() / p.in_ty.block_len();
+    let cols = p.dims[0] as usize;
+    let half = matches!(p.in_ty, GgmlType::BF16 | GgmlType::F16);
+    if p.fp8 && half && matches!(p.op, Op::Keep | Op::FirstRows(_)) {
+        // FP8 rounding straight from the stored bf16/f16, a row at a time: no f32 copy of the
+        // tensor (the permuted Q/K rows below still take one).
+        let mut out = Vec::with_capacity(p.out_ty.bytes_for(n as u64).unwrap_or(0) as usize);
+        let bf = p.in_ty == GgmlType::BF16;
+        quant::fp8::round_half_rows(&bytes[..in_bytes], bf, cols, |row| {
+            quant::quantize(p.out_ty, row, &mut out)
+        })
+        .map_err(named)?;
+        return Ok(out);
+    }
     let mut x = quant::dequantize_to_vec(p.in_ty, &bytes[..in_bytes], n).map_err(named)?;
     match p.op {
         Op::Keep | Op::FirstRows(_) => {}
@@ -200,7 +217,6 @@ fn convert(p: &Planned, bytes: &[u8]) -> Result<Vec<u8>> {
             })?
         }
     }
-    let cols = p.dims[0] as usize;
     if p.fp8 {
         use quant::fp8::{Fp8Matrix, Fp8Scaling};
         x = Fp8Matrix::quantize(&x, n / cols.max(1), cols, Fp8Scaling::PerTensor)

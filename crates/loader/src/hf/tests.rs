@@ -189,6 +189,49 @@ fn llama_maps_as_convert_hf_to_gguf() {
         .is_none());
 }
 
+/// An FP8 KV cache's calibrated scales under vLLM's names (compressed-tensors' `self_attn.k_scale`
+/// as a scalar, ModelOpt's `self_attn.v_proj.v_scale` as one value) become `blk.{i}.attn_k_scale`
+/// and `attn_v_scale`, kept as stored, never quantized; the deprecated `kv_scale` is refused by
+/// name.
+#[test]
+fn kv_cache_scales_keep_their_values() {
+    // A Llama checkpoint with `extra` tensors, in a folder of its own.
+    let with = |tag: &str, extra: Vec<T>| {
+        let d = tmp(tag);
+        write(&d.0, llama_config(), &[llama_tensors(), extra].concat());
+        d
+    };
+    let k = (
+        "model.layers.0.self_attn.k_scale",
+        "F32",
+        vec![],
+        f32s(&[0.0625]),
+    );
+    let v = (
+        "model.layers.0.self_attn.v_proj.v_scale",
+        "BF16",
+        vec![1],
+        bf16s(&[0.5]),
+    );
+    let d = with("kv-scales", vec![k, v]);
+    let q = HfOptions {
+        quantization: Quantization::Q8_0,
+    };
+    let g = open(&d.0, &q).unwrap();
+    assert_eq!(vals(&g, "blk.0.attn_k_scale"), [0.0625]);
+    assert_eq!(vals(&g, "blk.0.attn_v_scale"), [0.5]);
+    assert_eq!(g.tensor("blk.0.attn_k_scale").unwrap().dims, [1]);
+    assert_eq!(g.tensor("blk.0.attn_v_scale").unwrap().ty, GgmlType::BF16);
+    let old = (
+        "model.layers.0.self_attn.kv_scale",
+        "F32",
+        vec![],
+        f32s(&[1.0]),
+    );
+    let d2 = with("kv-scale-old", vec![old]);
+    assert!(err_of(&d2.0).contains("self_attn.kv_scale"));
+}
+
 #[test]
 fn llama_q_and_k_rows_are_permuted_per_head() {
     let d = tmp("perm");

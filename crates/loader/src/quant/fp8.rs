@@ -188,9 +188,97 @@ impl Fp8Matrix {
     }
 }
 
+/// A half-precision tensor's values read straight from its little-endian bytes (bf16 or f16).
+fn half_values(bytes: &[u8], bf: bool) -> impl Iterator<Item = f32> + '_ {
+    bytes.chunks_exact(2).map(move |b| {
+        let bits = u16::from_le_bytes([b[0], b[1]]);
+        if bf {
+            bf16::from_bits(bits).to_f32()
+        } else {
+            f16::from_bits(bits).to_f32()
+        }
+    })
+}
+
+/// Per-tensor FP8 rounding of a bf16 (`bf = true`) or f16 tensor of `cols`-wide rows, read
+/// straight from its little-endian `bytes` in two passes (the largest magnitude, then a row at a
+/// time): `row` receives each row's values `decode(code) x scale`, bit for bit what
+/// [`Fp8Matrix::quantize`] with [`Fp8Scaling::PerTensor`] then [`Fp8Matrix::dequantize`] give,
+/// without an f32 copy of the tensor (one row of f32 at a time).
+pub fn round_half_rows(
+    bytes: &[u8],
+    bf: bool,
+    cols: usize,
+    mut row: impl FnMut(&[f32]) -> Result<()>,
+) -> Result<()> {
+    let cols = cols.max(1);
+    if !bytes.len().is_multiple_of(2 * cols) {
+        return Err(Error::BadTensor {
+            name: "<fp8 matrix>".into(),
+            reason: format!("{} bytes are not rows of {cols} half values", bytes.len()),
+        });
+    }
+    let amax = half_values(bytes, bf)
+        .map(f32::abs)
+        .filter(|a| a.is_finite())
+        .fold(0.0f32, f32::max);
+    let scale = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
+    let inv = 1.0 / scale;
+    let mut buf = Vec::with_capacity(cols);
+    for r in bytes.chunks(2 * cols) {
+        buf.clear();
+        buf.extend(half_values(r, bf).map(|x| e4m3_to_f32(f32_to_e4m3(x * inv)) * scale));
+        row(&buf)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rounding a bf16/f16 tensor from its bytes a row at a time equals quantizing its f32 copy
+    /// per tensor and decoding it, bit for bit (NaN, infinities, zeros and subnormals included);
+    /// an all-zero tensor keeps scale 1.
+    #[test]
+    fn half_rows_round_as_the_f32_copy_does() {
+        let mut seed = 5u64;
+        let mut vals: Vec<f32> = (0..96 * 40)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+            })
+            .collect();
+        vals[5] = f32::NAN;
+        vals[77] = f32::INFINITY;
+        vals[78] = -0.0;
+        vals[200] = 1e-6;
+        for bf in [true, false] {
+            for v in [vals.clone(), vec![0.0; 96 * 3]] {
+                let bytes: Vec<u8> = v
+                    .iter()
+                    .flat_map(|&x| match bf {
+                        true => bf16::from_f32(x).to_le_bytes(),
+                        false => f16::from_f32(x).to_le_bytes(),
+                    })
+                    .collect();
+                let f: Vec<f32> = half_values(&bytes, bf).collect();
+                let want = Fp8Matrix::quantize(&f, f.len() / 96, 96, Fp8Scaling::PerTensor)
+                    .unwrap()
+                    .dequantize();
+                let mut got = Vec::new();
+                round_half_rows(&bytes, bf, 96, |r| {
+                    assert_eq!(r.len(), 96);
+                    got.extend_from_slice(r);
+                    Ok(())
+                })
+                .unwrap();
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "bf16 {bf}");
+            }
+        }
+        assert!(round_half_rows(&[0; 6], true, 2, |_| Ok(())).is_err());
+    }
 
     #[test]
     fn every_code_round_trips() {

@@ -120,6 +120,77 @@ fn every_architecture_matches_the_cpu_on_a_gpu() {
     }
 }
 
+/// Steps that mix prefill chunks with decode rows, as the scheduler makes them: a prompt; a
+/// decode row beside a 20-row chunk (two tiles) and a 2-row chunk (short: the decode kernel);
+/// the rest of the long prompt beside two decode rows; then decode steps of all three. Returns
+/// the logits of every step.
+fn run_mixed(e: &mut dyn Executor) -> Vec<Vec<f32>> {
+    let tables: [Vec<u32>; 3] = [(0..8).collect(), (8..16).collect(), (16..24).collect()];
+    let tok = |i: u32| (i * 7 + 3) % VOCAB as u32;
+    // (sequence, first position, rows) per step; logits of each sequence's last row.
+    let steps: [&[(usize, u32, u32)]; 7] = [
+        &[(0, 0, 13)],
+        &[(0, 13, 1), (1, 0, 20), (2, 0, 2)],
+        &[(1, 20, 7), (0, 14, 1), (2, 2, 1)],
+        &[(0, 15, 1), (1, 27, 1), (2, 3, 1)],
+        &[(0, 16, 1), (1, 28, 1), (2, 4, 1)],
+        &[(0, 17, 1), (1, 29, 1), (2, 5, 1)],
+        &[(0, 18, 1), (1, 30, 1), (2, 6, 1)],
+    ];
+    let mut out = Vec::new();
+    for step in steps {
+        let (mut tokens, mut positions, mut seqs, mut logits_rows) =
+            (vec![], vec![], vec![], vec![]);
+        for &(s, first, rows) in step {
+            let at = tokens.len();
+            positions.extend(first..first + rows);
+            tokens.extend((first..first + rows).map(|p| tok(p + 40 * s as u32)));
+            seqs.push(SeqSlice {
+                rows: at..at + rows as usize,
+                block_table: &tables[s],
+            });
+            logits_rows.push(at + rows as usize - 1);
+        }
+        let b = ForwardBatch {
+            tokens: &tokens,
+            positions: &positions,
+            seqs: &seqs,
+            logits_rows: &logits_rows,
+        };
+        out.push(e.forward(&b).unwrap().to_vec());
+    }
+    out
+}
+
+/// Prefill chunks' attention on `prefill_attention`'s tiles and decode rows' on
+/// `paged_attention` in the same steps, against the CPU (bf16 and FP8 K/V), on every
+/// architecture (Gemma 3's window of 5 included).
+#[test]
+fn mixed_prefill_and_decode_steps_match_the_cpu_on_a_gpu() {
+    for arch in ARCHS {
+        // The CPU first: the steps are well-formed batches with or without a device.
+        let mut cpu = CpuExecutor::new(tiny(arch), KvDtype::F32, 4, 32).unwrap();
+        let want = run_mixed(&mut cpu);
+        assert_eq!(want[1].len(), 3 * VOCAB);
+        let Some(mut gpu) = on_device(&tiny(arch), 8) else {
+            return;
+        };
+        let got = run_mixed(&mut gpu);
+        // 13 + 20 + 7 rows of chunks long enough for tiles; the 2-row chunk is not.
+        assert_eq!(gpu.prefill_tile_rows(), 40, "{arch}");
+        let e = worst_rel(&got, &want);
+        eprintln!("{arch}: mixed prefill/decode steps vs CPU {e:.4}");
+        assert!(e <= 0.05, "{arch}: {e}");
+        if arch == "llama" || arch == "gemma3" {
+            let mut fp8 = on_device_kv(&tiny(arch), 8, KvDtype::Fp8).expect("the device was there");
+            let e8 = worst_rel(&run_mixed(&mut fp8), &got);
+            eprintln!("{arch}: mixed steps, fp8 KV vs bf16 KV {e8:.4}");
+            assert!(e8 <= 0.1, "{arch}: fp8 KV {e8}");
+            assert_eq!(fp8.prefill_tile_rows(), 40);
+        }
+    }
+}
+
 /// One sequence of five prompt tokens in blocks 0..8.
 static PROMPT: [SeqSlice<'static>; 1] = [SeqSlice {
     rows: 0..5,
