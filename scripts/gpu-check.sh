@@ -12,8 +12,8 @@
 #       executor against the CPU forward pass on every architecture's tiny model, FP8 weights
 #       and FP8 KV against the CPU and FP8 KV against bf16 KV (models' cuda::tests), and dummy
 #       models made on the device against their host twins (engine's dummy::device_tests);
-#       (1b) the step path's kernels (tiled prefill attention, grammar masks, sampling) and
-#       device sampling, one line each;
+#       (1b) the step path's kernels (tiled prefill attention, grammar masks, sampling, the
+#       async input feed), device sampling and fed decode steps, one line each;
 #   (2) the whole model by teacher forcing: the CPU's greedy continuations of 8 prompts
 #       (--dummy-weights smollm2-135m, bf16) scored on both devices: the largest difference of
 #       a forced token's log-probability (< 0.1 passes) and top-1 agreement per position;
@@ -84,13 +84,16 @@ for T in tokenfab_backend:cuda:: tokenfab_models:cuda:: tokenfab_engine:dummy::d
 done
 
 # (1b) the step path (issue 16): tiled prefill attention against the f64 attention reference
-# (the CPU's, on the same inputs), grammar masks and sampling against their CPU twins, and device
-# sampling through the CUDA executor against the twins on the device's own logits. They ran in
+# (the CPU's, on the same inputs), grammar masks, sampling and async scheduling's input feed
+# against their CPU twins, device sampling through the CUDA executor against the twins on the
+# device's own logits, and decode steps fed on the device (graphs included) against host-fed ones. They ran in
 # (1) too; each gets its own line here.
 for T in "tokenfab_backend cuda::device_tests::prefill_attention_matches_an_f64_reference" \
          "tokenfab_backend cuda::device_tests::mask_rows_matches_its_cpu_twin" \
          "tokenfab_backend cuda::device_tests::sample_rows_matches_its_cpu_twin" \
-         "tokenfab_models cuda::tests::device_sampling_matches_the_twins_on_the_devices_logits"; do
+         "tokenfab_backend cuda::device_tests::feed_tokens_matches_its_cpu_twin" \
+         "tokenfab_models cuda::tests::device_sampling_matches_the_twins_on_the_devices_logits" \
+         "tokenfab_models cuda::tests::fed_steps_match_host_fed_steps_on_a_gpu"; do
   set -- $T
   if [[ -x "$TESTS_DIR/$1" ]]; then
     timeout 60 "$TESTS_DIR/$1" "$2" --exact --test-threads 1 > "$OUT/step-${2##*::}.txt" 2>&1

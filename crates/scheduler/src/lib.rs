@@ -28,5 +28,5 @@ mod scheduler;
 
 pub use config::{SchedulerConfig, SchedulerError};
 pub use request::{Finished, NewRequest, Request};
-pub use scheduler::{ScheduledSeq, Scheduler, SchedulerOutput};
+pub use scheduler::{ScheduledSeq, Scheduler, SchedulerOutput, PLACEHOLDER};
 pub use tokenfab_kv_cache::{HashAlgo, KvCacheManager, KvEvent, VllmHasher};

@@ -26,6 +26,7 @@ pub(crate) struct Kernels {
     sample_rows: CudaFunction,
     pub(super) mask_rows: CudaFunction,
     pub(super) prefill_attention: CudaFunction,
+    pub(super) feed_tokens: CudaFunction,
 }
 
 impl Kernels {
@@ -42,6 +43,7 @@ impl Kernels {
             sample_rows: f("sample_rows")?,
             mask_rows: f("mask_rows")?,
             prefill_attention: f("prefill_attention")?,
+            feed_tokens: f("feed_tokens")?,
         })
     }
 }
