@@ -209,12 +209,14 @@ fn ahead_a_full_pool_stalls_instead_of_preempting() {
                 (out, sampled)
             });
             let next = (ahead && !out.stalled).then(|| s.schedule_ahead(&out));
+            if let Some(next) = &next {
+                check_ahead(&s, next);
+            }
             for f in s.update(&out, &sampled) {
                 ends.insert(f.request.id(), (f.request.output().to_vec(), f.reason));
             }
             if let Some(next) = next.filter(|n| !n.scheduled.is_empty() || n.stalled) {
                 stalls += usize::from(next.stalled);
-                check_ahead(&s, &next);
                 let sampled = runner.execute(&s, &next);
                 in_flight = Some((next, sampled));
             }
