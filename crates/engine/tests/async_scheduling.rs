@@ -3,15 +3,18 @@
 //! input feed included), planning each step while the one before is "on the device", and every
 //! request ends exactly as with synchronous steps: same tokens, text, log-probabilities, finish
 //! reason and usage, through greedy and seeded sampling, stop tokens, stop strings, length caps,
-//! grammars, top alternatives, prompt log-probabilities, aborts mid-flight and a KV pool small
-//! enough to stall; the pool is empty at the end.
+//! grammars, top alternatives, prompt log-probabilities, aborts mid-flight, a KV pool small
+//! enough to stall, and speculative decoding (which plans synchronously); the pool is empty at
+//! the end.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokenfab_engine::testing::write_tiny_model;
-use tokenfab_engine::{EngineConfig, EngineHandle, EngineRequest, LoadedModel, StreamEvent, Usage};
+use tokenfab_engine::{
+    EngineConfig, EngineHandle, EngineRequest, LoadedModel, SpeculativeConfig, StreamEvent, Usage,
+};
 use tokenfab_models::sample_twin::{SampleTwin, TwinCounts};
 use tokenfab_structured::Constraint;
 use tokenfab_types::{FinishReason, SamplingParams};
@@ -83,7 +86,7 @@ fn requests(e: &EngineHandle) -> Vec<(EngineRequest, Option<usize>)> {
         let prompt = format!("{}{} request {i} says", char::from(b'A' + i as u8), i * 7);
         let mut sampling = SamplingParams::default();
         if i % 2 == 1 {
-            sampling.temperature = [0.7, 1.0, 1.3][i as usize % 3];
+            sampling.temperature = [1.5, 2.5, 4.0][i as usize % 3];
             sampling.seed = Some(u64::from(i));
             sampling.top_k = [0, 20, 5][i as usize % 3];
             sampling.top_p = [1.0, 0.9][i as usize % 2];
@@ -100,9 +103,9 @@ fn requests(e: &EngineHandle) -> Vec<(EngineRequest, Option<usize>)> {
             ..Default::default()
         };
         match i % 9 {
-            // Stop tokens the tiny model produces now and then.
-            1 | 5 => r.stop_token_ids = b"eaoi".iter().map(|&b| u32::from(b)).collect(),
-            2 => r.stop = vec!["e".into(), "t ".into()],
+            // Stop tokens and strings the tiny model produces now and then.
+            1 | 5 => r.stop_token_ids = b"|>5.\x15\x12".iter().map(|&b| u32::from(b)).collect(),
+            2 | 8 => r.stop = vec!["s|".into(), "\u{15}\u{15}".into(), "&>".into(), "s.".into()],
             3 => r.grammar = Some(grammar.clone()),
             4 => r.logprobs = Some(3),
             6 => r.prompt_logprobs = Some(1),
@@ -201,6 +204,14 @@ fn async_steps_end_every_request_as_synchronous_steps_do() {
     assert!(reasons.contains(&FinishReason::Length), "{reasons:?}");
     assert_eq!(reasons.len(), 26, "two aborted");
 
+    // Stop tokens (requests 1, 5, 10, ...), stop strings (2, 8, 11, ...) and grammars (3, 12,
+    // 21) end some requests.
+    let stopped = |kinds: &[usize]| {
+        (0..28)
+            .filter(|i| kinds.contains(&(i % 9)))
+            .any(|i| sync.outs[i].end.is_some_and(|e| e.0 == FinishReason::Stop))
+    };
+    assert!(stopped(&[1, 5]) && stopped(&[2, 8]) && stopped(&[3]));
     let ahead = run("ahead", cfg(true, None));
     same_ends(&sync, &ahead, "async");
     assert!(
@@ -217,4 +228,20 @@ fn async_steps_end_every_request_as_synchronous_steps_do() {
     let tight = run("tight", cfg(true, Some(40)));
     same_ends(&sync, &tight, "async, tight pool");
     assert_eq!(tight.kv_usage, 0.0, "blocks left held");
+
+    // Speculative decoding plans every step synchronously (drafts come from the last step's
+    // tokens); a request's tokens do not change with it.
+    let spec = run(
+        "spec",
+        EngineConfig {
+            speculative: Some(SpeculativeConfig {
+                num_speculative_tokens: 3,
+                prompt_lookup_max: 3,
+                prompt_lookup_min: 1,
+            }),
+            ..cfg(true, None)
+        },
+    );
+    same_ends(&sync, &spec, "async with speculative decoding");
+    assert_eq!(spec.planned_ahead, 0);
 }
