@@ -18,7 +18,8 @@
 #       (--dummy-weights smollm2-135m, bf16) scored on both devices: the largest difference of
 #       a forced token's log-probability (< 0.1 passes) and top-1 agreement per position;
 #   (3) ceilings (copy bandwidth, bf16 GEMM) and throughput, 128 in / 128 out: llama3-8b bf16
-#       and FP8 dummy weights at 1, 64, 256 and 1024 streams; llama3-70b FP8 (weights made on the
+#       and FP8 dummy weights at 1, 64, 256 and 1024 streams (bf16 at 64 again without async
+#       scheduling, time allowing); llama3-70b FP8 (weights made on the
 #       device, FP8 KV) at 64, 256 and 512 streams and the capacity search for users held at
 #       >= 10 tok/s each (`--slo tpot=100`).
 set -uo pipefail
@@ -189,6 +190,13 @@ for W in bf16 fp8; do
     bench "8b-$W" "$UNTIL" 1 64 256 1024
   else
     log "8b $W server did not become ready; see serve-8b-$W.log"
+  fi
+  stop
+  # Async scheduling (on above) against synchronous steps, at 64 streams when time is left: the
+  # same server with --no-async-scheduling (compare with bench-8b-bf16-c64).
+  if [[ $W == bf16 ]] && [ "$(elapsed)" -lt 200 ] && serve 8b-bf16-sync --dummy-weights llama3-8b \
+    --dummy-dtype bf16 --dummy-on-device --no-async-scheduling "${BATCH[@]}"; then
+    bench 8b-bf16-sync 240 64
   fi
   stop
 done

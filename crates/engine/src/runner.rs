@@ -241,3 +241,58 @@ fn seqs_of(out: &SchedulerOutput) -> Vec<SeqSlice<'_>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use tokenfab_loader::Gguf;
+    use tokenfab_models::testing::tiny_llama;
+    use tokenfab_models::{CpuExecutor, KvDtype, Model};
+    use tokenfab_scheduler::{ScheduledSeq, PLACEHOLDER};
+
+    use super::*;
+
+    fn seq(id: RequestId, tokens: Vec<u32>, placeholder: bool) -> ScheduledSeq {
+        ScheduledSeq {
+            id,
+            start: 4,
+            tokens,
+            num_draft: 0,
+            block_table: vec![0, 1],
+            sample: true,
+            num_cached_tokens: 0,
+            placeholder,
+        }
+    }
+
+    /// Placeholder rows are fed from the device's row, or take the host's token; a request with
+    /// no entry (it ended) runs on token 0; other rows keep their tokens and feed nothing; a
+    /// step with no placeholder has no map at all.
+    #[test]
+    fn placeholder_rows_are_fed_or_uploaded() {
+        let g = Gguf::from_bytes(tiny_llama("llama", 50).to_bytes()).unwrap();
+        let exec = CpuExecutor::new(Model::from_gguf(&g).unwrap(), KvDtype::F32, 4, 8).unwrap();
+        let mut r = ModelRunner::new(Box::new(exec));
+        let out = SchedulerOutput {
+            scheduled: vec![
+                seq(1, vec![PLACEHOLDER], true),
+                seq(2, vec![7, 8, 9], false),
+                seq(3, vec![PLACEHOLDER], true),
+                seq(4, vec![PLACEHOLDER], true),
+            ],
+            ..Default::default()
+        };
+        r.plan(&out, |_| false);
+        let fed = HashMap::from([(1, Fed::Device(5)), (3, Fed::Host(42))]);
+        r.feed(&out, &fed);
+        assert_eq!(r.tokens, [0, 7, 8, 9, 42, 0]);
+        assert_eq!(r.feed, [5, -1, -1, -1, -1, -1]);
+        let sync = SchedulerOutput {
+            scheduled: vec![seq(2, vec![7, 8, 9], false)],
+            ..Default::default()
+        };
+        r.plan(&sync, |_| false);
+        r.feed(&sync, &fed);
+        assert!(r.feed.is_empty());
+        assert_eq!(r.tokens, [7, 8, 9]);
+    }
+}
