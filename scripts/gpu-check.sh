@@ -13,15 +13,17 @@
 #       and FP8 KV against the CPU and FP8 KV against bf16 KV (models' cuda::tests), and dummy
 #       models made on the device against their host twins (engine's dummy::device_tests);
 #       (1b) the step path's kernels (tiled prefill attention, bf16 and FP8 K/V; grammar masks;
-#       sampling), the executor's mixed prefill/decode steps (prefill chunks on the tiles, decode
-#       rows on paged_attention) against the CPU, and device sampling, one line each;
+#       sampling; the async input feed), the executor's mixed prefill/decode steps (prefill
+#       chunks on the tiles, decode rows on paged_attention) against the CPU, device sampling
+#       and fed decode steps, one line each;
 #   (2) the whole model by teacher forcing: the CPU's greedy continuations of 8 prompts
 #       (--dummy-weights smollm2-135m, bf16) scored on both devices: the largest difference of
 #       a forced token's log-probability (< 0.1 passes) and top-1 agreement per position; the
 #       prompts are scored as multi-row prefill chunks, so the CUDA side's attention runs on
 #       prefill_attention's tiles (its log says so; no such line fails the check);
 #   (3) ceilings (copy bandwidth, bf16 GEMM) and throughput, 128 in / 128 out: llama3-8b bf16
-#       and FP8 dummy weights at 1, 64, 256 and 1024 streams; llama3-70b FP8 (weights made on the
+#       and FP8 dummy weights at 1, 64, 256 and 1024 streams (bf16 at 64 again without async
+#       scheduling, time allowing); llama3-70b FP8 (weights made on the
 #       device, FP8 KV) at 64, 256 and 512 streams and the capacity search for users held at
 #       >= 10 tok/s each (`--slo tpot=100`).
 set -uo pipefail
@@ -87,14 +89,17 @@ for T in tokenfab_backend:cuda:: tokenfab_models:cuda:: tokenfab_engine:dummy::d
 done
 
 # (1b) the step path (issue 16): tiled prefill attention against the f64 attention reference
-# (the CPU's, on the same inputs), grammar masks and sampling against their CPU twins, and device
-# sampling through the CUDA executor against the twins on the device's own logits. They ran in
+# (the CPU's, on the same inputs), grammar masks, sampling and async scheduling's input feed
+# against their CPU twins, device sampling through the CUDA executor against the twins on the
+# device's own logits, and decode steps fed on the device (graphs included) against host-fed ones. They ran in
 # (1) too; each gets its own line here.
 for T in "tokenfab_backend cuda::device_tests::prefill_attention_matches_an_f64_reference" \
          "tokenfab_backend cuda::device_tests::mask_rows_matches_its_cpu_twin" \
          "tokenfab_backend cuda::device_tests::sample_rows_matches_its_cpu_twin" \
+         "tokenfab_backend cuda::device_tests::feed_tokens_matches_its_cpu_twin" \
          "tokenfab_models cuda::tests::mixed_prefill_and_decode_steps_match_the_cpu_on_a_gpu" \
-         "tokenfab_models cuda::tests::device_sampling_matches_the_twins_on_the_devices_logits"; do
+         "tokenfab_models cuda::tests::device_sampling_matches_the_twins_on_the_devices_logits" \
+         "tokenfab_models cuda::tests::fed_steps_match_host_fed_steps_on_a_gpu"; do
   set -- $T
   if [[ -x "$TESTS_DIR/$1" ]]; then
     timeout 60 "$TESTS_DIR/$1" "$2" --exact --test-threads 1 --nocapture > "$OUT/step-${2##*::}.txt" 2>&1
@@ -199,6 +204,13 @@ for W in bf16 fp8; do
     bench "8b-$W" "$UNTIL" 1 64 256 1024
   else
     log "8b $W server did not become ready; see serve-8b-$W.log"
+  fi
+  stop
+  # Async scheduling (on above) against synchronous steps, at 64 streams when time is left: the
+  # same server with --no-async-scheduling (compare with bench-8b-bf16-c64).
+  if [[ $W == bf16 ]] && [ "$(elapsed)" -lt 200 ] && serve 8b-bf16-sync --dummy-weights llama3-8b \
+    --dummy-dtype bf16 --dummy-on-device --no-async-scheduling "${BATCH[@]}"; then
+    bench 8b-bf16-sync 240 64
   fi
   stop
 done

@@ -58,6 +58,11 @@ pub struct Args {
     /// Turn automatic prefix caching off.
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// Turn async scheduling off (vLLM's `--async-scheduling`, on by default here): with device
+    /// sampling (CUDA), each step is then planned only after the one before is done. The CPU
+    /// samples on the host and never overlaps.
+    #[arg(long)]
+    pub no_async_scheduling: bool,
     /// Time the phases inside each forward pass (per layer: norms, products, attention) into
     /// /metrics (`tokenfab:forward_phase_seconds`), as `tokenfab bench --profile` reports them;
     /// costs a few clock reads per phase and layer. CPU only.
@@ -312,6 +317,7 @@ pub fn run(a: Args) -> Result<()> {
         kv_events: a.kv_events.settings()?,
         speculative: a.spec.config()?,
         profile_forward: a.profile_forward,
+        async_scheduling: !a.no_async_scheduling,
         ..EngineConfig::default()
     };
     let m = a.model.load()?;

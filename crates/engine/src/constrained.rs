@@ -220,6 +220,7 @@ mod tests {
             block_table: vec![0],
             sample: true,
             num_cached_tokens: 0,
+            placeholder: false,
         };
         let out = SchedulerOutput {
             scheduled: vec![seq(1), seq(2)],

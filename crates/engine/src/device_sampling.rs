@@ -1,8 +1,9 @@
 //! The host's half of sampling on a device (`tokenfab_backend::cuda::sampling`): one step's rows
 //! staged as one parameter array and one edit array, from each request's sampling parameters,
 //! logit bias, tokens so far and its own uniform draw; the step's grammar masks as bit words; and
-//! the step itself ([`DeviceStep`]): launch, masks on the host while the device runs, then
-//! sample. The tests hold the device's algorithm, through its CPU twin, against
+//! the step itself ([`DeviceStep`]): launch (with async scheduling, its placeholder rows fed on
+//! the device from the previous step's tokens: `overlap.rs`), masks on the host while the device
+//! runs, then sample. The tests hold the device's algorithm, through its CPU twin, against
 //! [`crate::sampler::Sampler`] on the same inputs, row by row and through the whole engine.
 //!
 //! Rows the device sampler cannot serve are sampled on the host from their logits, which come
@@ -22,7 +23,7 @@ use crate::error::Result;
 use crate::host::Active;
 use crate::metrics::Metrics;
 use crate::profile::StepTimer;
-use crate::runner::{ModelRunner, StepLogits};
+use crate::runner::{Fed, ModelRunner, StepLogits};
 
 /// Why a row's logits come back to be sampled (or read) on the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +97,8 @@ impl SampleStage {
             params: &self.params,
             edits: &self.edits,
             host: &self.host,
+            // The runner's (`ModelRunner::feed`).
+            feed: &[],
         }
     }
 
@@ -130,9 +133,18 @@ impl SampleStage {
                         });
                     }
                 }
-                _ => rows[i].clone().for_each(|_| self.push_host()),
+                (Some(_), Some(_)) => rows[i].clone().for_each(|_| self.push_host()),
+                // It ended while this step was planned ahead (async scheduling): the row runs
+                // and its token is discarded.
+                (None, _) => rows[i].clone().for_each(|_| self.push_discarded()),
             }
         }
+    }
+
+    /// Appends a row whose token nobody reads: greedy on the device.
+    pub fn push_discarded(&mut self) {
+        self.params.push(SampleParams::default());
+        self.host.push(false);
     }
 
     /// Appends one row.
@@ -159,34 +171,40 @@ impl SampleStage {
 /// the runner).
 pub(crate) struct DeviceStep<'r, 'a> {
     pub runner: &'r mut ModelRunner,
-    pub constrained: &'a mut Constrained,
     pub stage: &'a mut SampleStage,
-    pub active: &'a HashMap<RequestId, Active>,
-    pub sched: &'a Scheduler,
-    pub metrics: &'a Metrics,
     pub timer: &'a mut StepTimer,
 }
 
 impl<'r> DeviceStep<'r, '_> {
-    /// Stages and launches the step, computes the grammar masks while the device runs it, then
-    /// masks and samples on the device. Returns the step's tokens and host rows, and the rows
+    /// Plans and stages the step (its placeholder rows fed from `fed`) and launches it without
+    /// waiting: `all_rows[i]`, whether sequence i reads every row (prompt log-probabilities).
+    pub fn launch(
+        &mut self,
+        out: &SchedulerOutput,
+        all_rows: &[bool],
+        (active, sched): (&HashMap<RequestId, Active>, &Scheduler),
+        fed: &HashMap<RequestId, Fed>,
+    ) -> Result<()> {
+        let rows = self.runner.plan(out, |i| all_rows[i]);
+        self.stage.build(out, rows, all_rows, active, sched);
+        self.runner.feed(out, fed);
+        self.runner.launch(out, &self.stage.inputs(), self.timer)
+    }
+
+    /// Computes the launched step's grammar masks while the device runs it, then masks and
+    /// samples on the device and waits. Returns the step's tokens and host rows, and the rows
     /// whose mask failed (they must not sample).
-    pub fn run(self, out: &SchedulerOutput, all_rows: &[bool]) -> (Result<StepLogits<'r>>, Failed) {
+    pub fn collect(
+        self,
+        out: &SchedulerOutput,
+        constrained: &mut Constrained,
+        metrics: &Metrics,
+    ) -> (Result<StepLogits<'r>>, Failed) {
         let DeviceStep {
             runner,
-            constrained,
             stage,
-            active,
-            sched,
-            metrics,
             timer,
         } = self;
-        let rows = runner.plan(out, |i| all_rows[i]);
-        stage.build(out, rows, all_rows, active, sched);
-        if let Err(e) = runner.launch(out, &stage.inputs(), timer) {
-            return (Err(e), Vec::new());
-        }
-        // The device runs the forward pass meanwhile.
         let ((), failed) = constrained.masks_during(out, metrics, false, || ());
         constrained.forget(&failed);
         stage.masks.vocab = runner.exec.config().vocab_size;

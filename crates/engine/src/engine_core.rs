@@ -14,7 +14,7 @@ use tokenfab_types::{FinishReason, RequestId, TokenId};
 
 use crate::constrained::{Constrained, Failed};
 use crate::detok::IncrementalDecoder;
-use crate::device_sampling::{DeviceStep, SampleStage};
+use crate::device_sampling::SampleStage;
 use crate::drain::DrainClock;
 use crate::error::Result;
 use crate::handle::{Command, EngineConfig, Shared};
@@ -64,7 +64,14 @@ pub(crate) struct EngineCore {
     device_sampling: bool,
     /// Device sampling's inputs, reused every step.
     stage: SampleStage,
+    /// Device sampling: plan each step while the device runs the one before (`overlap.rs`).
+    async_scheduling: bool,
+    /// Device sampling: the step launched and not yet waited for.
+    in_flight: Option<overlap::InFlight>,
 }
+
+#[path = "overlap.rs"]
+mod overlap;
 
 impl EngineCore {
     pub fn new(
@@ -116,6 +123,8 @@ impl EngineCore {
         Ok(Self {
             device_sampling: runner.samples_on_device(),
             stage: SampleStage::default(),
+            async_scheduling: cfg.async_scheduling,
+            in_flight: None,
             runner,
             sched,
             eog: tokenizer.eog_ids(),
@@ -204,8 +213,11 @@ impl EngineCore {
     }
 
     /// One engine step: the whole of continuous batching is these lines; each phase's time goes
-    /// to the step timer.
+    /// to the step timer. An executor that samples on the device steps in `overlap.rs`.
     fn step(&mut self) -> Result<()> {
+        if self.device_sampling {
+            return self.device_step();
+        }
         let out = self.sched.schedule();
         self.note_scheduled(&out);
         self.timer.lap(EnginePhase::Schedule);
@@ -215,29 +227,30 @@ impl EngineCore {
         let all_rows = self.wants_prompt_logprobs(&out);
         let overlap = self.overlap_masks;
         let (runner, timer, metrics) = (&mut self.runner, &mut self.timer, &self.shared.metrics);
-        let (logits, failed) = if self.device_sampling {
-            let (constrained, stage) = (&mut self.constrained, &mut self.stage);
-            let (active, sched) = (&self.active, &self.sched);
-            DeviceStep {
-                runner,
-                constrained,
-                stage,
-                active,
-                sched,
-                metrics,
-                timer,
-            }
-            .run(&out, &all_rows)
-        } else {
-            self.constrained.masks_during(&out, metrics, overlap, || {
-                runner.execute(&out, |i| all_rows[i], timer)
-            })
-        };
+        let (logits, failed) = self.constrained.masks_during(&out, metrics, overlap, || {
+            runner.execute(&out, |i| all_rows[i], timer)
+        });
         let mut logits = logits?;
         self.constrained.forget(&failed);
         self.constrained.apply(&out, &mut logits);
         let spec_metrics = self.shared.metrics.spec.as_ref();
-        let mut sampled = sample_step(&mut self.active, &self.sched, &out, &logits, spec_metrics);
+        let sampled = sample_step(&mut self.active, &self.sched, &out, &logits, spec_metrics);
+        let (sampled, finished) = self.settle(&out, sampled, failed);
+        self.emit(sampled, finished);
+        self.propose(&out);
+        self.timer.lap(EnginePhase::Propose);
+        Ok(())
+    }
+
+    /// Ends the requests whose grammar failed (their rows' tokens dropped), advances the
+    /// grammars past the step's tokens and applies them to the scheduler, which ends requests on
+    /// stop tokens and length. Laps `Sample` and `Update`.
+    fn settle(
+        &mut self,
+        out: &SchedulerOutput,
+        mut sampled: Vec<(RequestId, Sample)>,
+        failed: Failed,
+    ) -> (Vec<(RequestId, Sample)>, Vec<Finished>) {
         // Rows whose mask failed end with their error instead of a token.
         sampled.retain(|(id, _)| failed.iter().all(|(f, _)| f != id));
         self.fail(failed);
@@ -247,12 +260,9 @@ impl EngineCore {
         self.timer.lap(EnginePhase::Sample);
         let tokens: Vec<(RequestId, TokenId)> =
             sampled.iter().map(|(id, s)| (*id, s.token)).collect();
-        let finished = self.sched.update(&out, &tokens);
+        let finished = self.sched.update(out, &tokens);
         self.timer.lap(EnginePhase::Update);
-        self.emit(sampled, finished);
-        self.propose(&out);
-        self.timer.lap(EnginePhase::Propose);
-        Ok(())
+        (sampled, finished)
     }
 
     /// Blocks briefly for a command while idle. False when every handle is gone.

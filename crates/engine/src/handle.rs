@@ -62,6 +62,10 @@ pub struct EngineConfig {
     /// Time the phases inside each forward pass (per layer: norms, products, attention) into the
     /// `forward_phase_*` metrics (`--profile-forward`); costs a few clock reads per phase.
     pub profile_forward: bool,
+    /// An executor that samples on the device (CUDA) plans each step while the device runs the
+    /// one before (vLLM's `--async-scheduling`; `overlap.rs`). No effect on the CPU, which
+    /// samples on the host.
+    pub async_scheduling: bool,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +87,7 @@ impl Default for EngineConfig {
             kv_events: None,
             speculative: None,
             profile_forward: false,
+            async_scheduling: true,
         }
     }
 }

@@ -213,6 +213,8 @@ pub struct Metrics {
     pub structured_mask_wait_seconds: Histogram,
     /// Constrained rows whose mask was computed (one per row per step).
     pub structured_mask_rows: Counter,
+    /// Steps planned while the step before ran on the device (async scheduling).
+    pub steps_planned_ahead: Counter,
 }
 
 impl Default for Metrics {
@@ -241,6 +243,7 @@ impl Default for Metrics {
             structured_mask_seconds: Histogram::new(MASK),
             structured_mask_wait_seconds: Histogram::new(MASK),
             structured_mask_rows: Counter::default(),
+            steps_planned_ahead: Counter::default(),
         }
     }
 }
@@ -442,6 +445,11 @@ impl Metrics {
                 "kv_events_dropped_total",
                 "KV-event batches dropped because the publisher's queue was full.",
                 &*self.kv_events_dropped,
+            ),
+            (
+                "async_scheduled_steps_total",
+                "Steps planned while the step before ran on the device (async scheduling).",
+                &self.steps_planned_ahead,
             ),
         ] {
             f.head(name, help, "counter");

@@ -2,10 +2,12 @@
 //! of all requests, and hands back the logits rows the engine asked for, or, when the executor
 //! samples on the device, each row's token and the logits of the rows the host still reads.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use tokenfab_models::{DeviceSampling, Executor, ForwardBatch, SeqSlice, TokenMasks};
 use tokenfab_scheduler::SchedulerOutput;
+use tokenfab_types::{RequestId, TokenId};
 
 use crate::error::Result;
 use crate::profile::{EnginePhase, StepTimer};
@@ -18,6 +20,18 @@ pub(crate) struct ModelRunner {
     logits_rows: Vec<usize>,
     /// (scheduled sequences,) each one's rows of the step's logits.
     rows: Vec<Range<usize>>,
+    /// (batch rows,) or empty: async scheduling's row map for the device ([`Self::feed`]).
+    feed: Vec<i32>,
+}
+
+/// Where the token a request sampled in the step just waited for is, for the next step's row
+/// that holds its placeholder (async scheduling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fed {
+    /// Still on the device: that step's logits row.
+    Device(u32),
+    /// Sampled on the host (the device handed the row back).
+    Host(TokenId),
 }
 
 /// Logits of one step, borrowed from the executor until the next step: for scheduled sequence
@@ -76,6 +90,7 @@ impl ModelRunner {
             positions: Vec::new(),
             logits_rows: Vec::new(),
             rows: Vec::new(),
+            feed: Vec::new(),
         }
     }
 
@@ -119,6 +134,29 @@ impl ModelRunner {
         &self.rows
     }
 
+    /// Async scheduling: resolves the placeholder rows of the planned batch from where each
+    /// request's token is (`fed`): one still on the device goes in the row map (the row's
+    /// uploaded token, 0, is replaced there), one the host sampled is uploaded. A request with no
+    /// entry ended meanwhile: its row runs on token 0 and is discarded.
+    pub fn feed(&mut self, out: &SchedulerOutput, fed: &HashMap<RequestId, Fed>) {
+        self.feed.clear();
+        let mut end = 0;
+        for s in &out.scheduled {
+            end += s.tokens.len();
+            if !s.placeholder {
+                continue;
+            }
+            let row = end - 1 - s.num_draft;
+            self.feed.resize(self.tokens.len(), -1);
+            self.tokens[row] = 0;
+            match fed.get(&s.id) {
+                Some(&Fed::Device(r)) => self.feed[row] = r as i32,
+                Some(&Fed::Host(t)) => self.tokens[row] = t,
+                None => {}
+            }
+        }
+    }
+
     /// Plans and runs every scheduled token (see [`Self::plan`]), the host sampling from the
     /// logits. Laps `Batch` and `Forward` on `timer`, and hands the pass its forward hook.
     pub fn execute(
@@ -148,8 +186,8 @@ impl ModelRunner {
         })
     }
 
-    /// Queues the planned batch with its sampling inputs on the device sampler, without waiting
-    /// for it. Laps `Batch`.
+    /// Queues the planned (and fed) batch with its sampling inputs on the device sampler, without
+    /// waiting for it. Laps `Batch`.
     pub fn launch(
         &mut self,
         out: &SchedulerOutput,
@@ -163,8 +201,12 @@ impl ModelRunner {
             seqs: &seqs,
             logits_rows: &self.logits_rows,
         };
+        let s = DeviceSampling {
+            feed: &self.feed,
+            ..*s
+        };
         let d = self.exec.device_sampler().expect("checked by the caller");
-        d.launch(&batch, s)?;
+        d.launch(&batch, &s)?;
         timer.lap(EnginePhase::Batch);
         Ok(())
     }
@@ -198,4 +240,59 @@ fn seqs_of(out: &SchedulerOutput) -> Vec<SeqSlice<'_>> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokenfab_loader::Gguf;
+    use tokenfab_models::testing::tiny_llama;
+    use tokenfab_models::{CpuExecutor, KvDtype, Model};
+    use tokenfab_scheduler::{ScheduledSeq, PLACEHOLDER};
+
+    use super::*;
+
+    fn seq(id: RequestId, tokens: Vec<u32>, placeholder: bool) -> ScheduledSeq {
+        ScheduledSeq {
+            id,
+            start: 4,
+            tokens,
+            num_draft: 0,
+            block_table: vec![0, 1],
+            sample: true,
+            num_cached_tokens: 0,
+            placeholder,
+        }
+    }
+
+    /// Placeholder rows are fed from the device's row, or take the host's token; a request with
+    /// no entry (it ended) runs on token 0; other rows keep their tokens and feed nothing; a
+    /// step with no placeholder has no map at all.
+    #[test]
+    fn placeholder_rows_are_fed_or_uploaded() {
+        let g = Gguf::from_bytes(tiny_llama("llama", 50).to_bytes()).unwrap();
+        let exec = CpuExecutor::new(Model::from_gguf(&g).unwrap(), KvDtype::F32, 4, 8).unwrap();
+        let mut r = ModelRunner::new(Box::new(exec));
+        let out = SchedulerOutput {
+            scheduled: vec![
+                seq(1, vec![PLACEHOLDER], true),
+                seq(2, vec![7, 8, 9], false),
+                seq(3, vec![PLACEHOLDER], true),
+                seq(4, vec![PLACEHOLDER], true),
+            ],
+            ..Default::default()
+        };
+        r.plan(&out, |_| false);
+        let fed = HashMap::from([(1, Fed::Device(5)), (3, Fed::Host(42))]);
+        r.feed(&out, &fed);
+        assert_eq!(r.tokens, [0, 7, 8, 9, 42, 0]);
+        assert_eq!(r.feed, [5, -1, -1, -1, -1, -1]);
+        let sync = SchedulerOutput {
+            scheduled: vec![seq(2, vec![7, 8, 9], false)],
+            ..Default::default()
+        };
+        r.plan(&sync, |_| false);
+        r.feed(&sync, &fed);
+        assert!(r.feed.is_empty());
+        assert_eq!(r.tokens, [7, 8, 9]);
+    }
 }

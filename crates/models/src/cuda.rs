@@ -121,6 +121,8 @@ struct Staging {
     row_table: Vec<i32>,
     row_ctx: Vec<i32>,
     logit_rows: Vec<i32>,
+    /// (rows run,) async scheduling's row map, -1 where a row keeps its uploaded token.
+    feed: Vec<i32>,
     tables: Vec<i32>,
     seq_of: Vec<usize>,
     slot_of: Vec<usize>,
@@ -325,6 +327,7 @@ impl CudaExecutor {
     /// argmax token of each of `batch.logits_rows` (lowest id on ties, as the host sampler), so
     /// only token ids cross the bus.
     pub fn forward_greedy(&mut self, batch: &ForwardBatch) -> Result<Vec<TokenId>> {
+        self.sampling.sampled_rows = 0;
         let r = self.run_batch(batch, None)?;
         if r == 0 {
             return Ok(Vec::new());
@@ -486,6 +489,10 @@ impl CudaExecutor {
         }
 
         let s = sampling.copied().unwrap_or_default();
+        // Every row run gets an entry (padded rows -1): a replayed graph reads them all.
+        st.feed.clear();
+        st.feed.extend_from_slice(s.feed);
+        st.feed.resize(n_run, -1);
         let need = step_caps(c, bs, n_run, s.edits.len());
         let need = staging::Caps {
             table_cap: need.table_cap.max(st.tables.len()),
@@ -504,7 +511,16 @@ impl CudaExecutor {
                 self.argmax = self.gpu.zeros(caps.rows)?;
             }
             let fp8 = self.step.fp8.is_some();
-            self.step = new_step(&self.gpu, c, caps, fp8)?;
+            let old = std::mem::replace(&mut self.step, new_step(&self.gpu, c, caps, fp8)?);
+            // The last step's sampled tokens, which this step's feed may read.
+            let s = &self.gpu.stream;
+            let keep = old.sampled.len().min(self.step.sampled.len());
+            s.memcpy_dtod(
+                &old.sampled.slice(..keep),
+                &mut self.step.sampled.slice_mut(..keep),
+            )
+            .map_err(cuda::Error::from)?;
+            s.synchronize().map_err(cuda::Error::from)?;
         }
         let (g, l, st) = (&self.gpu, self.step.upload.layout, &self.stage);
         self.step.upload.upload(g, |p| {
@@ -514,6 +530,7 @@ impl CudaExecutor {
             p.put(l.row_table, &st.row_table)?;
             p.put(l.row_ctx, &st.row_ctx)?;
             p.put(l.logit_rows, &st.logit_rows)?;
+            p.put(l.feed, &st.feed)?;
             p.put(l.params, s.params)?;
             p.put(l.edits, s.edits)?;
             p.put(l.tiles, &st.attn.tiles)?;
@@ -526,6 +543,10 @@ impl CudaExecutor {
     /// The launches of one forward pass over `n` staged rows, `r` of them producing logits.
     /// Nothing here synchronizes or allocates, so it can be captured as a graph.
     fn run(&mut self, n: usize, r: usize) -> Result<()> {
+        // Async scheduling: fed rows take the last step's sampled tokens before the embedding.
+        let st = &mut self.step;
+        self.gpu
+            .feed_tokens(&mut st.tokens, &st.feed, &st.sampled, n)?;
         let mut ops = CudaOps {
             gpu: &self.gpu,
             n,
@@ -759,6 +780,7 @@ fn tracing_line(gpu: &Gpu, c: &ModelConfig, num_blocks: usize, cfg: &CudaConfig,
 
 impl Executor for CudaExecutor {
     fn forward(&mut self, batch: &ForwardBatch) -> Result<&mut [f32]> {
+        self.sampling.sampled_rows = 0;
         let r = self.run_batch(batch, None)?;
         self.host_logits = self.gpu.read(&self.acts.logits, r * self.cfg.vocab_size)?;
         Ok(&mut self.host_logits)

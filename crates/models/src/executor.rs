@@ -45,7 +45,8 @@ pub trait Executor: Send {
 pub trait DeviceSampler {
     /// Uploads the batch and its sampling inputs and queues the forward pass, returning without
     /// waiting for it (the host computes grammar masks meanwhile). The logits stay on the device
-    /// for [`Self::sample`].
+    /// for [`Self::sample`]. Rows named by `s.feed` take their input token from the tokens the
+    /// previous [`Self::sample`] chose, which stay on the device (async scheduling).
     fn launch(&mut self, batch: &ForwardBatch, s: &DeviceSampling) -> Result<()>;
     /// Applies the grammar masks, samples every logits row of the launched batch, waits, and
     /// returns each row's token and the logits of the rows the host samples or reads.
@@ -62,6 +63,10 @@ pub struct DeviceSampling<'a> {
     /// verification, top alternatives): their logits come back, their device token is
     /// [`HOST`].
     pub host: &'a [bool],
+    /// (batch rows,) or empty: async scheduling's row map. Row `i`'s input token is the one the
+    /// previous step sampled at its logits row `feed[i]`, or its own where `feed[i] < 0`
+    /// (`tokenfab_backend::cuda::feed`).
+    pub feed: &'a [i32],
 }
 
 /// The grammar masks of a step, computed while its forward pass runs.
@@ -118,6 +123,12 @@ pub fn check_sampling(s: &DeviceSampling, rows: usize, vocab: usize) -> Result<(
     }
     tokenfab_backend::cuda::sampling::check_row_inputs(s.params, s.edits, vocab)
         .map_err(sampling_error)
+}
+
+/// Checks a step's row map against its `rows` batch rows and the `prev_rows` tokens the previous
+/// step sampled.
+pub fn check_feed(s: &DeviceSampling, rows: usize, prev_rows: usize) -> Result<()> {
+    tokenfab_backend::cuda::feed::check_feed(s.feed, rows, prev_rows).map_err(sampling_error)
 }
 
 /// Checks a step's masks against `rows` logits rows of `vocab` tokens.

@@ -13,9 +13,10 @@ use crate::batch::ForwardBatch;
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::executor::{
-    check_masks, check_sampling, rows_to_copy, DeviceSampler, DeviceSampling, Executor,
+    check_feed, check_masks, check_sampling, rows_to_copy, DeviceSampler, DeviceSampling, Executor,
     SampledStep, TokenMasks,
 };
+use tokenfab_backend::cuda::feed::feed_rows;
 use tokenfab_backend::cuda::sampling::{Edit, SampleParams};
 
 /// How many rows the twin sampled itself and how many it handed back to the host.
@@ -38,6 +39,10 @@ pub struct SampleTwin {
     host_at: Vec<usize>,
     /// (rows copied back, vocab)
     back: Vec<f32>,
+    /// (rows,) the last sampled step's tokens, "left on the device" for the next step's feed.
+    last: Vec<u32>,
+    /// Scratch: the launched batch's tokens after the feed.
+    fed: Vec<u32>,
     pub counts: Arc<TwinCounts>,
 }
 
@@ -53,6 +58,8 @@ impl SampleTwin {
             logprobs: Vec::new(),
             host_at: Vec::new(),
             back: Vec::new(),
+            last: Vec::new(),
+            fed: Vec::new(),
             counts: Arc::default(),
         }
     }
@@ -60,6 +67,8 @@ impl SampleTwin {
 
 impl Executor for SampleTwin {
     fn forward(&mut self, batch: &ForwardBatch) -> Result<&mut [f32]> {
+        // Nothing sampled on the device: nothing to feed from.
+        self.last.clear();
         self.inner.forward(batch)
     }
     fn config(&self) -> &ModelConfig {
@@ -86,13 +95,22 @@ impl DeviceSampler for SampleTwin {
     fn launch(&mut self, batch: &ForwardBatch, s: &DeviceSampling) -> Result<()> {
         let vocab = self.inner.config().vocab_size;
         check_sampling(s, batch.logits_rows.len(), vocab)?;
+        check_feed(s, batch.tokens.len(), self.last.len())?;
         self.params.clear();
         self.params.extend_from_slice(s.params);
         self.edits.clear();
         self.edits.extend_from_slice(s.edits);
         self.host.clear();
         self.host.extend_from_slice(s.host);
-        let l = self.inner.forward(batch)?;
+        // The feed, as `feed_tokens` applies it before the embedding.
+        self.fed.clear();
+        self.fed.extend_from_slice(batch.tokens);
+        feed_rows(&mut self.fed, s.feed, &self.last);
+        let fed = ForwardBatch {
+            tokens: &self.fed,
+            ..batch.clone()
+        };
+        let l = self.inner.forward(&fed)?;
         self.logits.clear();
         self.logits.extend_from_slice(l);
         Ok(())
@@ -125,6 +143,8 @@ impl DeviceSampler for SampleTwin {
             self.logprobs.push(got.logprob);
         }
         let copy = rows_to_copy(&mut self.tokens, &self.host, &mut self.host_at);
+        // Rows the host samples hold `HOST`: a feed from one fails the next step's token check.
+        self.last.clone_from(&self.tokens);
         let device = self.tokens.iter().filter(|&&t| t != HOST).count();
         self.counts.device.fetch_add(device, Ordering::Relaxed);
         self.counts.host.fetch_add(copy.len(), Ordering::Relaxed);
@@ -213,6 +233,7 @@ mod tests {
                 params: &params,
                 edits: &edits,
                 host: &host,
+                feed: &[],
             },
         )
         .unwrap();
@@ -242,5 +263,39 @@ mod tests {
         }
         assert_eq!(twin.counts.device.load(Ordering::Relaxed), 2);
         assert_eq!(twin.counts.host.load(Ordering::Relaxed), 2);
+    }
+
+    /// Async scheduling's feed through the twin: decode steps whose input tokens the twin takes
+    /// from its last sampled tokens give the tokens of steps fed by the host; a feed past the
+    /// last step's rows is refused.
+    #[test]
+    fn fed_steps_match_host_fed_steps() {
+        let twin = || {
+            let m =
+                Model::from_gguf(&Gguf::from_bytes(tiny_llama("llama", 50).to_bytes()).unwrap())
+                    .unwrap();
+            SampleTwin::new(Box::new(CpuExecutor::new(m, KvDtype::F32, 4, 16).unwrap()))
+        };
+        let (mut a, mut b) = (twin(), twin());
+        let fed = crate::testing::fed_steps(&mut a, 6, true);
+        assert_eq!(fed, crate::testing::fed_steps(&mut b, 6, false));
+        assert!(fed.iter().any(|t| t[0] != fed[0][0]), "{fed:?}");
+        let bad = ForwardBatch {
+            tokens: &[1],
+            positions: &[0],
+            seqs: &[SeqSlice {
+                rows: 0..1,
+                block_table: &[0],
+            }],
+            logits_rows: &[0],
+        };
+        let s = DeviceSampling {
+            params: &[SampleParams::default()],
+            edits: &[],
+            host: &[false],
+            feed: &[2],
+        };
+        let e = a.device_sampler().unwrap().launch(&bad, &s).unwrap_err();
+        assert!(e.to_string().contains("logits row 2"), "{e}");
     }
 }

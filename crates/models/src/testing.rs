@@ -166,3 +166,72 @@ pub fn worst_rel(got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
         })
         .fold(0f32, f32::max)
 }
+
+/// Device sampling with async scheduling's feed: two sequences' prompts (one batch, sampled),
+/// then `steps` decode steps of both whose input tokens are the previous step's, taken on the
+/// device through the feed (`feed`) or uploaded by the host. Every step's sampled tokens; the
+/// two ways must agree. Decode steps of one size reach a graph bucket's warm-up, capture and
+/// replays on a CUDA executor.
+pub fn fed_steps(e: &mut dyn crate::Executor, steps: usize, feed: bool) -> Vec<[u32; 2]> {
+    use crate::executor::{DeviceSampling, TokenMasks};
+    use crate::{ForwardBatch, SeqSlice};
+    use tokenfab_backend::cuda::sampling::row_inputs;
+
+    let (t1, t2): (Vec<u32>, Vec<u32>) = ((0..8).collect(), (8..16).collect());
+    let p1: Vec<u32> = (0..13).map(|i| (i * 7 % 50) as u32).collect();
+    let p2: Vec<u32> = (0..6).map(|i| (i * 5 % 50) as u32).collect();
+    // A high temperature with a draw per step and row, so that the tokens move (the tiny
+    // models' logits are peaked).
+    let sampling = tokenfab_types::SamplingParams {
+        temperature: 100.0,
+        ..Default::default()
+    };
+    let mut draws = 0u32;
+    let d = e.device_sampler().expect("a device sampler");
+    let mut step = |tokens: &[u32], positions: &[u32], fed: &[i32], rows: [usize; 2]| {
+        let params = [0, 1].map(|_| {
+            draws += 1;
+            let u = (draws as f32 * 0.377).fract();
+            row_inputs(&sampling, &[], (&[], &[]), u, &mut Vec::new())
+        });
+        let seqs = [
+            SeqSlice {
+                rows: 0..rows[0] + 1,
+                block_table: &t1,
+            },
+            SeqSlice {
+                rows: rows[0] + 1..rows[1] + 1,
+                block_table: &t2,
+            },
+        ];
+        let b = ForwardBatch {
+            tokens,
+            positions,
+            seqs: &seqs,
+            logits_rows: &rows,
+        };
+        let s = DeviceSampling {
+            params: &params,
+            edits: &[],
+            host: &[false, false],
+            feed: fed,
+        };
+        d.launch(&b, &s).unwrap();
+        let got = d.sample(&TokenMasks::default()).unwrap();
+        [got.tokens[0], got.tokens[1]]
+    };
+    let tokens: Vec<u32> = p1.iter().chain(&p2).copied().collect();
+    let positions: Vec<u32> = (0..13).chain(0..6).collect();
+    let mut out = vec![step(&tokens, &positions, &[], [12, 18])];
+    for s in 0..steps as u32 {
+        let last = out[out.len() - 1];
+        let (tokens, fed) = if feed {
+            // The host does not know them: whatever it uploads is replaced.
+            ([0, 0], [0, 1])
+        } else {
+            (last, [-1, -1])
+        };
+        out.push(step(&tokens, &[13 + s, 6 + s], &fed, [0, 1]));
+    }
+    out
+}

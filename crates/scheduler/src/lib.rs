@@ -14,7 +14,8 @@
 //! let finished = sched.update(&out, &sampled);`. The scheduler owns each request's tokens and
 //! limits, so `update` is where a request ends on a stop token or its length cap (a request with
 //! `max_tokens: 0` computes its prompt and ends there, sampling nothing); the caller ends the
-//! rest (aborts, stop strings) with `finish`.
+//! rest (aborts, stop strings) with `finish`. With async scheduling, the next step is planned
+//! before the last one's `update` (`schedule_ahead`): each token in flight is a placeholder.
 //!
 //! Invariant: scheduled tokens per step <= `max_num_batched_tokens`, running requests <=
 //! `max_num_seqs`, and every accepted request fits the whole KV pool alone, so a step always makes
@@ -28,5 +29,5 @@ mod scheduler;
 
 pub use config::{SchedulerConfig, SchedulerError};
 pub use request::{Finished, NewRequest, Request};
-pub use scheduler::{ScheduledSeq, Scheduler, SchedulerOutput};
+pub use scheduler::{ScheduledSeq, Scheduler, SchedulerOutput, PLACEHOLDER};
 pub use tokenfab_kv_cache::{HashAlgo, KvCacheManager, KvEvent, VllmHasher};

@@ -67,6 +67,10 @@ pub struct Request {
     /// Draft tokens proposed to follow `tokens` (speculative decoding), verified at the request's
     /// next decode step; never part of `tokens` until accepted.
     pub(crate) draft: Vec<TokenId>,
+    /// Tokens sampled for this request by the step in flight, not yet known (vLLM's
+    /// `num_output_placeholders`): 1 from [`crate::Scheduler::schedule_ahead`] until the
+    /// in-flight step's `update`, else 0. The next step is planned as if they were in `tokens`.
+    pub(crate) num_placeholders: usize,
 }
 
 impl Request {
@@ -93,6 +97,11 @@ impl Request {
     /// Prompt plus output length.
     pub fn num_tokens(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// [`Self::num_tokens`] counting the placeholder of a token the step in flight samples.
+    pub(crate) fn num_tokens_ahead(&self) -> usize {
+        self.tokens.len() + self.num_placeholders
     }
 
     /// The output limit given at `add_request`.

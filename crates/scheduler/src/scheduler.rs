@@ -35,7 +35,14 @@ pub struct ScheduledSeq {
     pub sample: bool,
     /// Prefix-cache hit tokens when the request was first scheduled, for usage reporting.
     pub num_cached_tokens: usize,
+    /// Async scheduling ([`Scheduler::schedule_ahead`]): the last of `tokens` is the token the
+    /// step in flight samples for this request, unknown when this step was planned: it holds
+    /// [`PLACEHOLDER`], and the runner takes the input from that step's result.
+    pub placeholder: bool,
 }
+
+/// The value of a [`ScheduledSeq::placeholder`] token in `tokens` (outside every vocabulary).
+pub const PLACEHOLDER: TokenId = TokenId::MAX;
 
 /// What one step computes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,6 +54,10 @@ pub struct SchedulerOutput {
     pub preempted: Vec<RequestId>,
     /// Sum of `tokens.len()` over `scheduled` (drafts included); <= `max_num_batched_tokens`.
     pub num_batched_tokens: usize,
+    /// Planned ahead, a request could not get its blocks without preempting another (which is
+    /// never done while a step is in flight): it waits, and the next step is planned by
+    /// [`Scheduler::schedule`], which preempts.
+    pub stalled: bool,
 }
 
 /// One request's planned share of a step, before its token list is built.
@@ -130,6 +141,7 @@ impl Scheduler {
             num_cached_tokens: None,
             num_preemptions: 0,
             draft: Vec::new(),
+            num_placeholders: 0,
         };
         self.requests.insert(r.id, req);
         self.waiting.push_back(r.id);
@@ -154,7 +166,7 @@ impl Scheduler {
         let seats = self.cfg.max_num_seqs.saturating_sub(self.running.len());
         let running = self.running.iter().filter(|&id| {
             let r = &self.requests[id];
-            Work::of(r.num_tokens(), r.num_computed_tokens) == Work::Prefill
+            Work::of(r.num_tokens_ahead(), r.num_computed_tokens) == Work::Prefill
         });
         running
             .chain(self.waiting.iter().take(seats))
@@ -164,8 +176,40 @@ impl Scheduler {
 
     /// Plans one step; see the crate docs and [`crate::admission`] for who gets the budget.
     /// Must be followed by [`Self::update`] with its output before the next call (the KV manager
-    /// already counts the scheduled tokens as computed).
+    /// already counts the scheduled tokens as computed), or by [`Self::schedule_ahead`].
     pub fn schedule(&mut self) -> SchedulerOutput {
+        debug_assert!(
+            self.requests.values().all(|r| r.num_placeholders == 0),
+            "a step is in flight: plan with schedule_ahead"
+        );
+        self.plan(false)
+    }
+
+    /// Async scheduling (vLLM's): plans the next step while `in_flight`, the last planned one,
+    /// runs and before its [`Self::update`]. Its requests count as having computed what it
+    /// computes, and each one it samples for holds a placeholder for that token
+    /// ([`ScheduledSeq::placeholder`]), so budgets and blocks are those of the step after it.
+    /// Differences from [`Self::schedule`]: a request whose placeholder reaches its length cap is
+    /// left out (it ends at that update); nobody is preempted (`stalled` instead); no drafts (the
+    /// caller plans steps with drafts synchronously). `update(in_flight)` comes before this
+    /// output's `update`; a request that finishes there has its row in this step discarded.
+    pub fn schedule_ahead(&mut self, in_flight: &SchedulerOutput) -> SchedulerOutput {
+        for s in &in_flight.scheduled {
+            // Finished or aborted since: nothing to plan.
+            let Some(req) = self.requests.get_mut(&s.id) else {
+                continue;
+            };
+            debug_assert_eq!(s.num_draft, 0, "drafts are verified by a synchronous step");
+            debug_assert_eq!(req.num_computed_tokens, s.start, "planned ahead twice?");
+            req.num_computed_tokens = s.start + s.tokens.len();
+            req.num_placeholders = usize::from(s.sample);
+        }
+        self.plan(true)
+    }
+
+    /// [`Self::schedule`], or with `ahead` [`Self::schedule_ahead`]'s planning.
+    fn plan(&mut self, ahead: bool) -> SchedulerOutput {
+        let mut stalled = false;
         let mut budget = Budget::new(self.cfg.max_num_batched_tokens);
         let mut plan: Vec<Planned> = Vec::new();
         let mut preempted = Vec::new();
@@ -184,7 +228,11 @@ impl Scheduler {
                 let id = self.running[i];
                 let req = &self.requests[&id];
                 i += 1;
-                if Work::of(req.num_tokens(), req.num_computed_tokens) != tier {
+                if Work::of(req.num_tokens_ahead(), req.num_computed_tokens) != tier {
+                    continue;
+                }
+                // Its token in flight is its last: it ends at that step's update.
+                if req.num_placeholders > 0 && self.capped(req) {
                     continue;
                 }
                 debug_assert_eq!(self.kv.num_computed_slots(id), req.num_computed_tokens);
@@ -197,7 +245,14 @@ impl Scheduler {
                 if n == 0 {
                     continue;
                 }
-                if !self.allocate_or_preempt(id, n, &mut plan, &mut budget, &mut preempted) {
+                if ahead {
+                    let tokens = &self.requests[&id].tokens;
+                    if self.kv.allocate_slots(id, tokens, n, None).is_none() {
+                        budget.give_back(n);
+                        stalled = true;
+                        break 'tiers;
+                    }
+                } else if !self.allocate_or_preempt(id, n, &mut plan, &mut budget, &mut preempted) {
                     break 'tiers;
                 }
                 shares.take(key, n);
@@ -215,7 +270,7 @@ impl Scheduler {
 
         // Waiting requests in FIFO order within their group's share (a group with none left is
         // passed over, not waited for), only when nothing had to be preempted (memory is tight).
-        if preempted.is_empty() {
+        if preempted.is_empty() && !stalled {
             let mut w = 0;
             while w < self.waiting.len() {
                 if budget.left() == 0 || self.running.len() >= self.cfg.max_num_seqs {
@@ -262,7 +317,7 @@ impl Scheduler {
 
         self.spend_leftover(&mut plan, &mut budget);
 
-        if self.waiting.is_empty() {
+        if self.waiting.is_empty() && !ahead {
             self.plan_drafts(&mut plan, &mut budget);
         }
         let scheduled: Vec<ScheduledSeq> =
@@ -272,6 +327,7 @@ impl Scheduler {
             scheduled,
             preempted,
             num_batched_tokens,
+            stalled,
         }
     }
 
@@ -339,7 +395,7 @@ impl Scheduler {
                 return;
             }
             let req = &self.requests[&p.id];
-            let more = (req.num_tokens() - (p.start + p.n)).min(budget.left());
+            let more = (req.num_tokens_ahead() - (p.start + p.n)).min(budget.left());
             if more > 0
                 && self
                     .kv
@@ -386,8 +442,12 @@ impl Scheduler {
 
     fn scheduled_seq(&self, p: Planned) -> ScheduledSeq {
         let req = &self.requests[&p.id];
+        let end = p.start + p.n;
+        let known = end.min(req.num_tokens());
         let mut tokens = Vec::with_capacity(p.n + p.draft.len());
-        tokens.extend_from_slice(&req.tokens[p.start..p.start + p.n]);
+        tokens.extend_from_slice(&req.tokens[p.start..known]);
+        // The placeholder is the last token a request may have: only its decode row reads it.
+        tokens.resize(p.n, PLACEHOLDER);
         tokens.extend_from_slice(&p.draft);
         ScheduledSeq {
             id: p.id,
@@ -395,8 +455,9 @@ impl Scheduler {
             tokens,
             num_draft: p.draft.len(),
             block_table: self.kv.block_table(p.id).to_vec(),
-            sample: p.start + p.n == req.num_tokens() && !self.capped(req),
+            sample: end == req.num_tokens_ahead() && !self.capped(req),
             num_cached_tokens: req.num_cached_tokens(),
+            placeholder: known < end,
         }
     }
 
@@ -412,7 +473,7 @@ impl Scheduler {
     /// Tokens `req` still has to compute. A live request always has some: one whose tokens are
     /// all computed has either sampled its next token or finished in [`Self::update`].
     fn num_to_schedule(&self, req: &Request) -> usize {
-        req.num_tokens() - req.num_computed_tokens
+        req.num_tokens_ahead() - req.num_computed_tokens
     }
 
     /// Frees `id`'s blocks and puts it at the front of the waiting queue to be recomputed.
@@ -453,7 +514,16 @@ impl Scheduler {
             let Some(req) = self.requests.get_mut(&s.id) else {
                 continue;
             };
-            debug_assert_eq!(req.num_computed_tokens, s.start, "update applied twice?");
+            // `schedule_ahead` already counted this step's tokens as computed.
+            debug_assert!(
+                req.num_computed_tokens == s.start
+                    || req.num_computed_tokens == s.start + s.tokens.len(),
+                "update applied twice?"
+            );
+            if s.sample {
+                // Its token is known now.
+                req.num_placeholders = 0;
+            }
             let toks = runs
                 .get(&s.id)
                 .map_or(&sampled[..0], |&(a, b)| &sampled[a..b]);
@@ -576,7 +646,8 @@ impl Scheduler {
 
 /// True when `req` may not grow: `max_tokens` outputs or `max_model_len` tokens.
 fn is_capped(req: &Request, max_model_len: usize) -> bool {
-    req.output().len() >= req.max_tokens || req.num_tokens() >= max_model_len
+    let ahead = req.num_placeholders;
+    req.output().len() + ahead >= req.max_tokens || req.num_tokens() + ahead >= max_model_len
 }
 
 #[cfg(test)]

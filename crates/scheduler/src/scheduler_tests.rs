@@ -58,15 +58,25 @@ impl FakeRunner {
             assert!(seq.block_table.len() * self.block_size >= seq.start + seq.tokens.len());
             for (i, &t) in seq.tokens.iter().enumerate() {
                 let slot = self.slot(&seq.block_table, seq.start + i);
-                self.slots[slot] = Some(t);
+                self.slots[slot] = Some(fed(s, seq, i, t));
             }
         }
         let mut sampled = Vec::new();
         for seq in &out.scheduled {
-            let all = s.request(seq.id).unwrap().all_tokens();
+            // Finished while this step was in flight (async scheduling): its row is discarded.
+            let Some(req) = s.request(seq.id) else {
+                continue;
+            };
+            let all = req.all_tokens();
             // Known tokens, then draft tokens to verify.
             let end = seq.start + seq.tokens.len() - seq.num_draft;
             let (known, draft) = seq.tokens.split_at(seq.tokens.len() - seq.num_draft);
+            assert_eq!(
+                seq.placeholder,
+                known.last() == Some(&PLACEHOLDER),
+                "placeholder flag"
+            );
+            let known: Vec<TokenId> = (0..known.len()).map(|i| fed(s, seq, i, known[i])).collect();
             assert_eq!(&all[seq.start..end], known);
             for (pos, &want) in all.iter().enumerate().take(end) {
                 let slot = self.slot(&seq.block_table, pos);
@@ -94,6 +104,17 @@ impl FakeRunner {
         }
         sampled
     }
+}
+
+/// Token `i` of `seq` as the runner reads it: a placeholder is the token the previous step
+/// sampled, fed from its result (known to the scheduler by the time this step runs; 0 for a
+/// request that finished meanwhile, whose row is discarded).
+fn fed(s: &Scheduler, seq: &ScheduledSeq, i: usize, t: TokenId) -> TokenId {
+    if t != PLACEHOLDER {
+        return t;
+    }
+    s.request(seq.id)
+        .map_or(0, |r| r.all_tokens()[seq.start + i])
 }
 
 /// Runs schedule -> fake execute -> update until nothing is left, checking the per-step
@@ -699,3 +720,6 @@ fn the_context_length_caps_a_request_before_max_tokens() {
 
 #[path = "draft_tests.rs"]
 mod drafts;
+
+#[path = "ahead_tests.rs"]
+mod ahead;

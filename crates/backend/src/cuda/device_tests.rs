@@ -357,6 +357,26 @@ fn mask_rows_matches_its_cpu_twin() {
     assert_eq!(got, want);
 }
 
+/// `feed_tokens` rewrites exactly the fed rows, as its CPU twin does, over more rows than one
+/// block.
+#[test]
+fn feed_tokens_matches_its_cpu_twin() {
+    use super::feed::feed_rows;
+    let Some(g) = gpu() else { return };
+    let rows = 600;
+    let prev: Vec<u32> = (0..300).map(|i| 1000 + i).collect();
+    let feed: Vec<i32> = (0..rows as i32)
+        .map(|i| if i % 3 == 0 { -1 } else { (i * 7) % 300 })
+        .collect();
+    let tokens: Vec<u32> = (0..rows as u32).collect();
+    let mut dt = g.upload(&tokens).unwrap();
+    let (df, dp) = (g.upload(&feed).unwrap(), g.upload(&prev).unwrap());
+    g.feed_tokens(&mut dt, &df, &dp, rows).unwrap();
+    let mut want = tokens.clone();
+    feed_rows(&mut want, &feed, &prev);
+    assert_eq!(g.read(&dt, rows).unwrap(), want);
+}
+
 /// Tiled prefill attention against the f64 reference on the same inputs (and so against
 /// `paged_attention`'s answer): chunks of 1 to 45 rows starting at positions 0 and 21, GQA
 /// groups 1 to 16, head dims 64, 96, 128 and 256, windows; K/V in bf16 and as E4M3 codes with

@@ -30,6 +30,8 @@ pub const KERNELS: &[&str] = &[
     "mask_rows",
     "prefill_attention",
     "prefill_attention_fp8",
+    // cuda/feed.rs
+    "feed_tokens",
 ];
 
 /// Threads per block of the row kernels (a multiple of 32).
@@ -647,7 +649,8 @@ sample_rows(const float* __restrict__ logits, float* __restrict__ work,
 "#,
     crate::fp8_kernel_source!(),
     super::token_mask::token_mask_source!(),
-    super::prefill_attention::prefill_attention_source!()
+    super::prefill_attention::prefill_attention_source!(),
+    super::feed::feed_source!()
 );
 
 /// Checks what can be checked without a compiler: braces, parentheses and brackets balance

@@ -27,6 +27,7 @@ pub(crate) struct Kernels {
     pub(super) mask_rows: CudaFunction,
     pub(super) prefill_attention: CudaFunction,
     pub(super) prefill_attention_fp8: CudaFunction,
+    pub(super) feed_tokens: CudaFunction,
 }
 
 impl Kernels {
@@ -44,6 +45,7 @@ impl Kernels {
             mask_rows: f("mask_rows")?,
             prefill_attention: f("prefill_attention")?,
             prefill_attention_fp8: f("prefill_attention_fp8")?,
+            feed_tokens: f("feed_tokens")?,
         })
     }
 }

@@ -16,7 +16,8 @@
 //!   query rows).
 //! - [`ops`]: the device operations of [`crate::ops`] on these ([`ops::CudaOps`]).
 //! - [`sampling`]: sampling on the device and its CPU twin; [`token_mask`]: grammar masks.
-//! - [`staging`]: a step's inputs packed into one pinned buffer, one upload.
+//! - [`staging`]: a step's inputs packed into one pinned buffer, one upload; [`feed`]: input
+//!   tokens taken from the previous step's sampled tokens on the device (async scheduling).
 //! - [`fp8`]: FP8 (E4M3) weights, activation quantization, the FP8 KV cache's conversion and
 //!   dummy weights made on the device, each with its CPU twin; [`fp8_lt`]: cuBLASLt's FP8 product.
 //! - [`graphs`]: batch-size buckets for CUDA graphs of decode steps.
@@ -28,6 +29,7 @@
 pub mod context;
 #[cfg(test)]
 mod device_tests;
+pub mod feed;
 pub mod fp8;
 pub mod fp8_lt;
 pub mod graphs;

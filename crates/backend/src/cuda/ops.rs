@@ -36,6 +36,11 @@ pub struct DevStep {
     pub row_ctx: View<i32>,
     /// Rows whose logits are wanted, in output order.
     pub logit_rows: View<i32>,
+    /// (rows,) async scheduling's row map (`super::feed`): where a row's input token comes from.
+    pub feed: View<i32>,
+    /// (rows,) the tokens the last device-sampled step chose, per logits row, which `feed`
+    /// indexes; kept across regrowth (`CudaExecutor` copies them over).
+    pub sampled: GpuBuf<u32>,
     /// (rows,) sampling parameters of the logits rows, and their edits (device sampling).
     pub params: View<SampleParams>,
     pub edits: View<Edit>,
@@ -72,6 +77,8 @@ impl DevStep {
             row_table: upload.view(gpu, l.row_table),
             row_ctx: upload.view(gpu, l.row_ctx),
             logit_rows: upload.view(gpu, l.logit_rows),
+            feed: upload.view(gpu, l.feed),
+            sampled: gpu.zeros(caps.rows.max(1))?,
             params: upload.view(gpu, l.params),
             edits: upload.view(gpu, l.edits),
             tiles: upload.view(gpu, l.tiles),

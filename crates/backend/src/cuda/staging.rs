@@ -63,6 +63,9 @@ pub struct StepLayout {
     pub row_ctx: Section,
     /// (rows,) i32 rows whose logits are wanted.
     pub logit_rows: Section,
+    /// (rows,) i32 async scheduling's row map: the previous step's logits row whose sampled
+    /// token is this row's input, or -1 (`super::feed`).
+    pub feed: Section,
     /// (rows,) [`SampleParams`]
     pub params: Section,
     /// (edits,) [`Edit`]
@@ -97,6 +100,7 @@ impl StepLayout {
             row_table: next(r, 4),
             row_ctx: next(r, 4),
             logit_rows: next(r, 4),
+            feed: next(r, 4),
             params: next(r, size_of::<SampleParams>()),
             edits: next(caps.edits, size_of::<Edit>()),
             tiles: next(2 * r, 4),
@@ -273,6 +277,7 @@ mod tests {
                 l.row_table,
                 l.row_ctx,
                 l.logit_rows,
+                l.feed,
                 l.params,
                 l.edits,
                 l.tiles,

@@ -1,7 +1,9 @@
 //! Sampling on the device for [`CudaExecutor`]: the step's sampling inputs go up with the batch,
 //! the grammar masks (computed on the host while the forward pass runs) go up after it, then
 //! `mask_rows` and `sample_rows` run on the logits where they are, and only each row's token and
-//! log-probability come back, plus the logits of the rows the host samples or reads.
+//! log-probability come back, plus the logits of the rows the host samples or reads. The tokens
+//! stay on the device too (`DevStep::sampled`): the next step's fed rows read them
+//! (`feed_tokens`, async scheduling).
 
 use tokenfab_backend::cuda::{self, Gpu, GpuBuf};
 
@@ -9,8 +11,8 @@ use super::CudaExecutor;
 use crate::batch::ForwardBatch;
 use crate::error::Result;
 use crate::executor::{
-    check_masks, check_sampling, rows_to_copy, DeviceSampler, DeviceSampling, SampledStep,
-    TokenMasks,
+    check_feed, check_masks, check_sampling, rows_to_copy, DeviceSampler, DeviceSampling,
+    SampledStep, TokenMasks,
 };
 
 /// Device buffers of one step's sampling, grown when a step needs more; host copies of what
@@ -20,9 +22,11 @@ pub(super) struct DevSampling {
     /// (masked rows,) logits row of each mask, and (masked rows, ceil(vocab / 32)) their words.
     mask_rows: Option<GpuBuf<i32>>,
     masks: Option<GpuBuf<u32>>,
-    /// (rows,) tokens and log-probabilities out.
-    tokens: Option<GpuBuf<u32>>,
+    /// (rows,) log-probabilities out (the tokens go to `DevStep::sampled`).
     logprobs: Option<GpuBuf<f32>>,
+    /// Rows of `DevStep::sampled` the last sampled step filled: what a feed may index (0 after
+    /// a step the host sampled).
+    pub(super) sampled_rows: usize,
     /// (rows, vocab) `sample_rows`' scratch.
     work: Option<GpuBuf<f32>>,
     /// The launched step: logits rows, and which the host reads.
@@ -49,6 +53,7 @@ where
 impl DeviceSampler for CudaExecutor {
     fn launch(&mut self, batch: &ForwardBatch, s: &DeviceSampling) -> Result<()> {
         check_sampling(s, batch.logits_rows.len(), self.cfg.vocab_size)?;
+        check_feed(s, batch.tokens.len(), self.sampling.sampled_rows)?;
         // The parameters and edits go up with the batch (`DevStep::params`, `edits`).
         self.sampling.rows = self.run_batch(batch, Some(s))?;
         self.sampling.host.clear();
@@ -74,13 +79,12 @@ impl DeviceSampler for CudaExecutor {
                 g.mask_rows((&mut self.acts.logits, vocab), rows, masks, n)?;
             }
             room(g, &mut d.work, r * vocab)?;
-            room(g, &mut d.tokens, r)?;
             room(g, &mut d.logprobs, r)?;
-            let (Some(work), Some(tokens), Some(logprobs)) =
-                (&mut d.work, &mut d.tokens, &mut d.logprobs)
-            else {
+            let (Some(work), Some(logprobs)) = (&mut d.work, &mut d.logprobs) else {
                 unreachable!("every buffer was made above");
             };
+            // `DevStep::sampled` holds the step's rows (rows <= its capacity).
+            let tokens = &mut self.step.sampled;
             g.sample_rows(
                 (&self.acts.logits, vocab),
                 work,
@@ -91,6 +95,7 @@ impl DeviceSampler for CudaExecutor {
             d.host_tokens = g.read(tokens, r)?;
             d.host_logprobs = g.read(logprobs, r)?;
         }
+        d.sampled_rows = r;
         let copy = rows_to_copy(&mut d.host_tokens, &d.host, &mut d.host_at);
         d.back.resize(copy.len() * vocab, 0.0);
         for (i, &row) in copy.iter().enumerate() {

@@ -274,6 +274,7 @@ fn device_sampling_matches_the_twins_on_the_devices_logits() {
             params: &params,
             edits: &edits,
             host: &host,
+            feed: &[],
         },
     )
     .unwrap();
@@ -301,6 +302,24 @@ fn device_sampling_matches_the_twins_on_the_devices_logits() {
     assert_eq!(got.tokens[2], HOST);
     assert_eq!(got.host_at, &[usize::MAX, usize::MAX, 0]);
     assert_eq!(got.logits, &r2[..]);
+}
+
+/// Async scheduling's feed on the device: decode steps whose input tokens `feed_tokens` takes
+/// from the last step's sampled tokens (through a graph bucket's warm-up, capture and replays)
+/// give the tokens of steps whose inputs the host uploads, and those of the CPU twin.
+#[test]
+fn fed_steps_match_host_fed_steps_on_a_gpu() {
+    let Some(mut fed) = on_device(&tiny("llama"), 8) else {
+        return;
+    };
+    let mut host = on_device(&tiny("llama"), 8).expect("the device was there");
+    let got = crate::testing::fed_steps(&mut fed, 6, true);
+    assert_eq!(got, crate::testing::fed_steps(&mut host, 6, false));
+    assert!(
+        fed.graphs_captured() > 0,
+        "the decode steps replayed a graph"
+    );
+    eprintln!("fed tokens {got:?}");
 }
 
 /// FP8 weights (layers' matrices as E4M3 with a scale each, products through cuBLASLt) and an
