@@ -16,6 +16,7 @@ macro_rules! simd_array {
 
 pub mod attention;
 mod avx2;
+mod avx512;
 mod neon;
 pub mod ops;
 mod quant;
@@ -401,16 +402,26 @@ pub fn glu_rows(act: Activation, gu: &[f32], h: &mut [f32], ffn: usize) {
     glu_rows_isa(Isa::detect(), act, gu, h, ffn)
 }
 
-/// [`glu_rows`] with an explicit instruction set (tests compare paths). SiLU takes the library's
-/// exp on every path, as it always has: the Llama-family models' results stay what they were
-/// (a vector exp of a few ulp moves SmolLM2's perplexity by 0.3% through the 8-bit rounding of
-/// the next product's activations). GELU, new with Gemma 3, has a kernel per instruction set.
+/// [`glu_rows`] with an explicit instruction set (tests compare paths). SiLU has a kernel per
+/// instruction set around a vector exp of about 1 ulp whose scalar twin does the same IEEE
+/// operations in the same order: every path gives the same bits, so a result does not depend on
+/// the processor that computed it (the 8-bit rounding of the next product's activations would
+/// turn any difference into different tokens). GELU's SIMD paths are within 2e-6 of the scalar.
 pub fn glu_rows_isa(isa: Isa, act: Activation, gu: &[f32], h: &mut [f32], ffn: usize) {
     assert_eq!(gu.len(), 2 * h.len(), "glu: gu is not (n, 2 ffn)");
     assert!(Isa::available().contains(&isa), "{isa:?} not available");
     let row = |(hr, g): (&mut [f32], &[f32])| {
         let (gate, up) = g.split_at(ffn);
         match (act, isa) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Avx512Vnni is only available with AVX-512 F; equal lengths by construction.
+            (Activation::Silu, Isa::Avx512Vnni) => unsafe { avx512::silu(gate, up, hr) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: these are only available with AVX2 and FMA; equal lengths by construction.
+            (Activation::Silu, Isa::Avx2 | Isa::AvxVnni) => unsafe { avx2::silu(gate, up, hr) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: NEON was detected; equal lengths by construction.
+            (Activation::Silu, Isa::Neon | Isa::NeonDot) => unsafe { neon::silu(gate, up, hr) },
             (Activation::Silu, _) => scalar::silu(gate, up, hr),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: these are only available with AVX2 and FMA; equal lengths by construction.
@@ -422,8 +433,8 @@ pub fn glu_rows_isa(isa: Isa, act: Activation, gu: &[f32], h: &mut [f32], ffn: u
         }
     };
     // Rows are independent and each is computed the same way wherever it runs, so a batch's
-    // rows go to the pool (SiLU's scalar exp is ~11% of a 64-stream step's forward on one
-    // thread); a few rows stay on this thread, where a fork-join would cost more than them.
+    // rows go to the pool; a few rows stay on this thread, where a fork-join would cost more
+    // than them.
     if h.len() / ffn.max(1) >= PAR_ROWS {
         h.par_chunks_exact_mut(ffn)
             .zip(gu.par_chunks_exact(2 * ffn))
