@@ -3,13 +3,20 @@
 //! `cargo bench -p tokenfab-backend --bench activation` times, at 1 and 64 rows, the former kernel
 //! (the library's scalar `expf` per element, kept then for bit-identical results) next to
 //! `glu_rows_isa` on every instruction set this CPU has (the vector exp of each, and its scalar
-//! twin, all giving the same bits). One thread, so the figures are per core.
+//! twin, all giving the same bits); then SwiGLU with SmolLM2's down product (576x1536 Q4_1) as
+//! two passes (`glu_rows_isa`, then `matmul_q_isa` quantizing its f32 input) against the fused
+//! `matmul_q_glu_isa` (each activated row quantized as it is computed; the same bits). One
+//! thread, so the figures are per core.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use tokenfab_backend::cpu::{glu_rows_isa, Activation, Isa};
+use tokenfab_backend::cpu::{
+    glu_rows_isa, matmul_q_glu_isa, matmul_q_isa, Activation, Isa, QMatrix, QType,
+};
+use tokenfab_loader::quant::quantize;
+use tokenfab_loader::GgmlType;
 
 const FFN: usize = 1536;
 const ROWS: [usize; 2] = [1, 64];
@@ -24,6 +31,13 @@ fn silu_libm(gu: &[f32], h: &mut [f32]) {
     }
 }
 
+/// (rows, 2 ffn) gate | up pre-activations of the spread a real FFN sees (a few units, some tens).
+fn pre_activations(rows: usize) -> Vec<f32> {
+    (0..rows * 2 * FFN)
+        .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * if i % 13 == 0 { 40.0 } else { 8.0 })
+        .collect()
+}
+
 fn main() {
     let mut c = Criterion::default()
         .sample_size(20)
@@ -31,17 +45,14 @@ fn main() {
         .measurement_time(Duration::from_secs(1))
         .configure_from_args();
     // One thread: `glu_rows` hands 8+ rows to the pool, which would make this a core count.
-    let pool = rayon::ThreadPoolBuilder::new()
+    rayon::ThreadPoolBuilder::new()
         .num_threads(1)
-        .build()
-        .expect("1-thread pool");
-    pool.install(|| {
+        .build_global()
+        .expect("1-thread global pool");
+    {
         let mut group = c.benchmark_group("swiglu");
         for rows in ROWS {
-            // Pre-activations of the spread a real FFN sees (a few units, some tens).
-            let gu: Vec<f32> = (0..rows * 2 * FFN)
-                .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * if i % 13 == 0 { 40.0 } else { 8.0 })
-                .collect();
+            let gu = pre_activations(rows);
             let mut h = vec![0f32; rows * FFN];
             group.throughput(Throughput::Elements((rows * FFN) as u64));
             let id = format!("{rows}x{FFN}");
@@ -55,5 +66,32 @@ fn main() {
             }
         }
         group.finish();
-    });
+
+        let dim = 576;
+        let f: Vec<f32> = (0..dim * FFN)
+            .map(|i| (i as f32 * 0.37).sin() * 0.05)
+            .collect();
+        let mut bytes = Vec::new();
+        quantize(GgmlType::Q4_1, &f, &mut bytes).expect("quantize");
+        let w = QMatrix::new(QType::Q4_1, dim, FFN, bytes).expect("qmatrix");
+        let isa = Isa::detect();
+        w.prepack();
+        let mut group = c.benchmark_group("swiglu+down");
+        for rows in ROWS {
+            let gu = pre_activations(rows);
+            let mut h = vec![0f32; rows * FFN];
+            let mut y = vec![0f32; rows * dim];
+            let id = format!("{isa:?} {rows}x{FFN} -> {dim}");
+            group.bench_function(BenchmarkId::new("two passes", &id), |b| {
+                b.iter(|| {
+                    glu_rows_isa(isa, Activation::Silu, black_box(&gu), &mut h, FFN);
+                    matmul_q_isa(isa, &h, rows, &w, &mut y)
+                })
+            });
+            group.bench_function(BenchmarkId::new("fused", &id), |b| {
+                b.iter(|| matmul_q_glu_isa(isa, Activation::Silu, black_box(&gu), rows, &w, &mut y))
+            });
+        }
+        group.finish();
+    }
 }

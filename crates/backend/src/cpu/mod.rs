@@ -24,7 +24,9 @@ mod scalar;
 pub mod tuning;
 mod weight;
 
-pub use quant::{matmul_q, matmul_q_cols, matmul_q_cols_isa, matmul_q_isa, QMatrix, QType};
+pub use quant::{
+    matmul_q, matmul_q_cols, matmul_q_cols_isa, matmul_q_glu_isa, matmul_q_isa, QMatrix, QType,
+};
 pub use weight::Weight;
 
 use std::sync::OnceLock;
@@ -412,25 +414,7 @@ pub fn glu_rows_isa(isa: Isa, act: Activation, gu: &[f32], h: &mut [f32], ffn: u
     assert!(Isa::available().contains(&isa), "{isa:?} not available");
     let row = |(hr, g): (&mut [f32], &[f32])| {
         let (gate, up) = g.split_at(ffn);
-        match (act, isa) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: Avx512Vnni is only available with AVX-512 F; equal lengths by construction.
-            (Activation::Silu, Isa::Avx512Vnni) => unsafe { avx512::silu(gate, up, hr) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: these are only available with AVX2 and FMA; equal lengths by construction.
-            (Activation::Silu, Isa::Avx2 | Isa::AvxVnni) => unsafe { avx2::silu(gate, up, hr) },
-            #[cfg(target_arch = "aarch64")]
-            // SAFETY: NEON was detected; equal lengths by construction.
-            (Activation::Silu, Isa::Neon | Isa::NeonDot) => unsafe { neon::silu(gate, up, hr) },
-            (Activation::Silu, _) => scalar::silu(gate, up, hr),
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: these are only available with AVX2 and FMA; equal lengths by construction.
-            (_, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni) => unsafe { avx2::gelu(gate, up, hr) },
-            #[cfg(target_arch = "aarch64")]
-            // SAFETY: NEON was detected; equal lengths by construction.
-            (_, Isa::Neon | Isa::NeonDot) => unsafe { neon::gelu(gate, up, hr) },
-            _ => scalar::gelu(gate, up, hr),
-        }
+        glu_row(isa, act, gate, up, hr)
     };
     // Rows are independent and each is computed the same way wherever it runs, so a batch's
     // rows go to the pool; a few rows stay on this thread, where a fork-join would cost more
@@ -444,6 +428,35 @@ pub fn glu_rows_isa(isa: Isa, act: Activation, gu: &[f32], h: &mut [f32], ffn: u
         h.chunks_exact_mut(ffn)
             .zip(gu.chunks_exact(2 * ffn))
             .for_each(row);
+    }
+}
+
+/// One row of [`glu_rows_isa`] (`isa` one of [`Isa::available`]): also the row the quantized
+/// products fuse with their input quantization ([`matmul_q_glu_isa`]).
+pub(crate) fn glu_row(isa: Isa, act: Activation, gate: &[f32], up: &[f32], h: &mut [f32]) {
+    assert!(
+        gate.len() == h.len() && up.len() == h.len(),
+        "glu: row lengths"
+    );
+    debug_assert!(Isa::available().contains(&isa), "{isa:?} not available");
+    match (act, isa) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512Vnni is only available with AVX-512 F; lengths checked above.
+        (Activation::Silu, Isa::Avx512Vnni) => unsafe { avx512::silu(gate, up, h) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: these are only available with AVX2 and FMA; lengths checked above.
+        (Activation::Silu, Isa::Avx2 | Isa::AvxVnni) => unsafe { avx2::silu(gate, up, h) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON was detected; lengths checked above.
+        (Activation::Silu, Isa::Neon | Isa::NeonDot) => unsafe { neon::silu(gate, up, h) },
+        (Activation::Silu, _) => scalar::silu(gate, up, h),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: these are only available with AVX2 and FMA; lengths checked above.
+        (_, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni) => unsafe { avx2::gelu(gate, up, h) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON was detected; lengths checked above.
+        (_, Isa::Neon | Isa::NeonDot) => unsafe { neon::gelu(gate, up, h) },
+        _ => scalar::gelu(gate, up, h),
     }
 }
 

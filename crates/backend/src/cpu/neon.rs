@@ -70,7 +70,8 @@ pub(crate) unsafe fn exp_ulp(x: float32x4_t) -> float32x4_t {
     let y = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0));
     let ni = vcvtq_s32_f32(n);
     let a = vshrq_n_s32::<1>(ni);
-    let pow2 = |e: int32x4_t| vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(e, vdupq_n_s32(127))));
+    let pow2 =
+        |e: int32x4_t| vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(e, vdupq_n_s32(127))));
     vmulq_f32(vmulq_f32(y, pow2(a)), pow2(vsubq_s32(ni, a)))
 }
 

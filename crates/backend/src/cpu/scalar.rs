@@ -33,8 +33,23 @@ pub unsafe fn gemm_block(b: &Block) {
 }
 
 /// `h = silu(gate) * up`, `silu(g) = g / (1 + e^-g)` through [`exp`]: the twin of the SIMD
-/// paths, which give the same bits.
+/// paths, which give the same bits. Where the CPU has FMA, compiled with it: `mul_add` is then
+/// one instruction rather than libm's exact software `fmaf` (about 50x slower; same result).
 pub fn silu(gate: &[f32], up: &[f32], h: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "fma")]
+        unsafe fn with_fma(gate: &[f32], up: &[f32], h: &mut [f32]) {
+            silu_rows(gate, up, h)
+        }
+        // SAFETY: the CPU has FMA.
+        return unsafe { with_fma(gate, up, h) };
+    }
+    silu_rows(gate, up, h)
+}
+
+#[inline(always)]
+fn silu_rows(gate: &[f32], up: &[f32], h: &mut [f32]) {
     for ((o, &g), &u) in h.iter_mut().zip(gate).zip(up) {
         *o = silu1(g, u);
     }
@@ -42,7 +57,7 @@ pub fn silu(gate: &[f32], up: &[f32], h: &mut [f32]) {
 
 /// `silu(g) · u` of one element, in the SIMD paths' order of operations.
 #[inline(always)]
-pub(crate) fn silu1(g: f32, u: f32) -> f32 {
+fn silu1(g: f32, u: f32) -> f32 {
     g / (1.0 + exp(-g)) * u
 }
 

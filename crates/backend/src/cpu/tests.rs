@@ -180,7 +180,9 @@ fn every_aarch64_cpu_gets_neon() {
 /// exponents, NaNs and infinities), a dense sweep of the range where e^x is neither 0 nor
 /// infinite, the points where x / ln 2 is halfway between integers (n's rounding), and the edges.
 fn exp_inputs() -> Vec<f32> {
-    let mut v: Vec<f32> = (0..=u32::MAX / 4099).map(|i| f32::from_bits(i * 4099)).collect();
+    let mut v: Vec<f32> = (0..=u32::MAX / 4099)
+        .map(|i| f32::from_bits(i * 4099))
+        .collect();
     v.extend((0..400_000).map(|i| -110.0 + i as f32 * (200.0 / 400_000.0)));
     for k in -152..=130 {
         let half = (k as f32 + 0.5) * std::f32::consts::LN_2;
@@ -268,7 +270,10 @@ fn exp_on(isa: Isa, x: &[f32]) -> Vec<f32> {
             Isa::Avx2 | Isa::AvxVnni => on_avx2(x, &mut out),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon | Isa::NeonDot => on_neon(x, &mut out),
-            _ => out.iter_mut().zip(x).for_each(|(o, &x)| *o = scalar::exp(x)),
+            _ => out
+                .iter_mut()
+                .zip(x)
+                .for_each(|(o, &x)| *o = scalar::exp(x)),
         }
     }
     out
@@ -287,7 +292,10 @@ fn exp_is_within_one_ulp_and_right_at_the_edges() {
             continue;
         }
         let d = ulps(got, want);
-        assert!(d <= 1, "exp({x:e}) = {got:e}, correctly rounded {want:e}: {d} ulps");
+        assert!(
+            d <= 1,
+            "exp({x:e}) = {got:e}, correctly rounded {want:e}: {d} ulps"
+        );
         if d > worst.0 {
             worst = (d, x);
         }
@@ -326,7 +334,13 @@ fn silu_gives_the_same_bits_on_every_path_and_is_accurate() {
     let g = exp_inputs();
     let mut seed = 11;
     let u: Vec<f32> = (0..g.len())
-        .map(|i| if i % 2 == 0 { 1.0 } else { lcg(&mut seed) * 8.0 })
+        .map(|i| {
+            if i % 2 == 0 {
+                1.0
+            } else {
+                lcg(&mut seed) * 8.0
+            }
+        })
         .collect();
     // gate | up rows of 1, 7, 17 and the rest, so every path runs its tail.
     let total = g.len();
