@@ -5,6 +5,30 @@ use std::arch::x86_64::*;
 
 use super::Block;
 
+/// `h = $f(gate, up)` eight lanes at a time, the tail through a padded copy. `$f` is an
+/// `#[inline(always)]` kernel of two `__m256`; a macro, so that it is compiled with the calling
+/// function's instruction set (SiLU and GELU share it).
+macro_rules! lanes8 {
+    ($gate:ident, $up:ident, $h:ident, $f:ident) => {{
+        let n = $h.len();
+        let (pg, pu, ph) = ($gate.as_ptr(), $up.as_ptr(), $h.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            let y = $f(_mm256_loadu_ps(pg.add(i)), _mm256_loadu_ps(pu.add(i)));
+            _mm256_storeu_ps(ph.add(i), y);
+            i += 8;
+        }
+        if i < n {
+            let (mut g, mut u, mut y) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+            g[..n - i].copy_from_slice(&$gate[i..n]);
+            u[..n - i].copy_from_slice(&$up[i..n]);
+            let v = $f(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr()));
+            _mm256_storeu_ps(y.as_mut_ptr(), v);
+            $h[i..].copy_from_slice(&y[..n - i]);
+        }
+    }};
+}
+
 /// Sum of the 8 lanes (one fixed order: every AVX2 kernel that sums lanes uses this one).
 #[inline(always)]
 pub(crate) unsafe fn hsum(v: __m256) -> f32 {
@@ -89,22 +113,7 @@ pub unsafe fn silu(gate: &[f32], up: &[f32], h: &mut [f32]) {
         let e = exp_ulp(_mm256_xor_ps(g, _mm256_set1_ps(-0.0)));
         _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e)), u)
     }
-    let n = h.len();
-    let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
-    let mut i = 0;
-    while i + 8 <= n {
-        let y = eight(_mm256_loadu_ps(pg.add(i)), _mm256_loadu_ps(pu.add(i)));
-        _mm256_storeu_ps(ph.add(i), y);
-        i += 8;
-    }
-    if i < n {
-        let (mut g, mut u, mut y) = ([0f32; 8], [0f32; 8], [0f32; 8]);
-        g[..n - i].copy_from_slice(&gate[i..n]);
-        u[..n - i].copy_from_slice(&up[i..n]);
-        let v = eight(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr()));
-        _mm256_storeu_ps(y.as_mut_ptr(), v);
-        h[i..].copy_from_slice(&y[..n - i]);
-    }
+    lanes8!(gate, up, h, eight);
 }
 
 /// # Safety
@@ -218,20 +227,5 @@ pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
         );
         _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, exp(z))), u)
     }
-    let n = h.len();
-    let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
-    let mut i = 0;
-    while i + 8 <= n {
-        let y = eight(_mm256_loadu_ps(pg.add(i)), _mm256_loadu_ps(pu.add(i)));
-        _mm256_storeu_ps(ph.add(i), y);
-        i += 8;
-    }
-    if i < n {
-        let (mut g, mut u, mut y) = ([0f32; 8], [0f32; 8], [0f32; 8]);
-        g[..n - i].copy_from_slice(&gate[i..n]);
-        u[..n - i].copy_from_slice(&up[i..n]);
-        let v = eight(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr()));
-        _mm256_storeu_ps(y.as_mut_ptr(), v);
-        h[i..].copy_from_slice(&y[..n - i]);
-    }
+    lanes8!(gate, up, h, eight);
 }

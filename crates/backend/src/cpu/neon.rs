@@ -9,6 +9,30 @@ use std::arch::asm;
 
 use super::Block;
 
+/// `h = $f(gate, up)` four lanes at a time, the tail through a padded copy (`$f`: an
+/// `#[inline(always)]` kernel of two `float32x4_t`; SiLU and GELU share it).
+macro_rules! lanes4 {
+    ($gate:ident, $up:ident, $h:ident, $f:ident) => {{
+        let n = $h.len();
+        let (pg, pu, ph) = ($gate.as_ptr(), $up.as_ptr(), $h.as_mut_ptr());
+        let mut i = 0;
+        while i + 4 <= n {
+            vst1q_f32(ph.add(i), $f(vld1q_f32(pg.add(i)), vld1q_f32(pu.add(i))));
+            i += 4;
+        }
+        if i < n {
+            let (mut g, mut u, mut y) = ([0f32; 4], [0f32; 4], [0f32; 4]);
+            g[..n - i].copy_from_slice(&$gate[i..n]);
+            u[..n - i].copy_from_slice(&$up[i..n]);
+            vst1q_f32(
+                y.as_mut_ptr(),
+                $f(vld1q_f32(g.as_ptr()), vld1q_f32(u.as_ptr())),
+            );
+            $h[i..].copy_from_slice(&y[..n - i]);
+        }
+    }};
+}
+
 /// One f16 (its bits) widened to f32, exactly.
 #[inline(always)]
 pub(crate) unsafe fn f16_to_f32(h: u16) -> f32 {
@@ -86,23 +110,7 @@ pub unsafe fn silu(gate: &[f32], up: &[f32], h: &mut [f32]) {
         let e = exp_ulp(vnegq_f32(g));
         vmulq_f32(vdivq_f32(g, vaddq_f32(vdupq_n_f32(1.0), e)), u)
     }
-    let n = h.len();
-    let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
-    let mut i = 0;
-    while i + 4 <= n {
-        vst1q_f32(ph.add(i), four(vld1q_f32(pg.add(i)), vld1q_f32(pu.add(i))));
-        i += 4;
-    }
-    if i < n {
-        let (mut g, mut u, mut y) = ([0f32; 4], [0f32; 4], [0f32; 4]);
-        g[..n - i].copy_from_slice(&gate[i..n]);
-        u[..n - i].copy_from_slice(&up[i..n]);
-        vst1q_f32(
-            y.as_mut_ptr(),
-            four(vld1q_f32(g.as_ptr()), vld1q_f32(u.as_ptr())),
-        );
-        h[i..].copy_from_slice(&y[..n - i]);
-    }
+    lanes4!(gate, up, h, four);
 }
 
 /// # Safety
@@ -254,21 +262,5 @@ pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
         );
         vmulq_f32(vdivq_f32(g, vaddq_f32(one, exp(z))), u)
     }
-    let n = h.len();
-    let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
-    let mut i = 0;
-    while i + 4 <= n {
-        vst1q_f32(ph.add(i), four(vld1q_f32(pg.add(i)), vld1q_f32(pu.add(i))));
-        i += 4;
-    }
-    if i < n {
-        let (mut g, mut u, mut y) = ([0f32; 4], [0f32; 4], [0f32; 4]);
-        g[..n - i].copy_from_slice(&gate[i..n]);
-        u[..n - i].copy_from_slice(&up[i..n]);
-        vst1q_f32(
-            y.as_mut_ptr(),
-            four(vld1q_f32(g.as_ptr()), vld1q_f32(u.as_ptr())),
-        );
-        h[i..].copy_from_slice(&y[..n - i]);
-    }
+    lanes4!(gate, up, h, four);
 }
