@@ -2,7 +2,8 @@
 //! per block of 32 (as llama.cpp's q8_0/q8_1), and the inner products are integer.
 //!
 //! One matmul call:
-//! 1. `x (n, cols)` is quantized once into a per-thread [`Acts`] buffer (grown, never shrunk).
+//! 1. `x (n, cols)` is quantized once into a per-thread [`Acts`] buffer (grown, never shrunk);
+//!    [`matmul_q_glu_isa`] computes each row of x from the FFN's gate | up first (SwiGLU fused).
 //! 2. Output rows are split over rayon's pool in tasks of [`ROWS_PER_TASK`]. A task walks its rows
 //!    [`NR`] at a time: `expand` unpacks those rows' GGUF blocks into a small per-thread [`WTile`]
 //!    (one unsigned byte per weight plus per-lane scales; a few KiB, L1-resident), then the
@@ -329,9 +330,10 @@ impl ActsRows {
             QInput::Glu { gu, .. } => gu.len() / 2,
         };
         assert!(rows.end <= self.n && len >= self.n * cols);
-        // Taken out of the thread-local for the call, as `ACTS` is.
-        let mut row = GLU_ROW.take();
-        row.resize(cols, 0.0);
+        // The activated row's buffer: taken out of the thread-local for the call, as `ACTS` is.
+        let glu = matches!(x, QInput::Glu { .. });
+        let mut row = if glu { GLU_ROW.take() } else { Vec::new() };
+        row.resize(if glu { cols } else { 0 }, 0.0);
         for r in rows {
             let part = |p: *mut f32, l: usize| std::slice::from_raw_parts_mut(p.add(r * l), l);
             let xr = match x {
@@ -351,6 +353,9 @@ impl ActsRows {
                 part(self.sx, ls),
                 part(self.ds, lds),
             );
+        }
+        if glu {
+            GLU_ROW.set(row);
         }
     }
 }
