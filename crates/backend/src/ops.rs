@@ -135,6 +135,22 @@ pub trait Ops {
         out: &mut Self::In,
     ) -> Result<(), Self::Error>;
 
+    /// `y (n, w.rows) = (act(gate) * up) · wᵀ` for `gu` (n, 2 ffn) = gate | up: [`Ops::glu`] into
+    /// `h` (n, ffn), then [`Ops::matmul`]. A device may do both in one pass and leave `h` unwritten
+    /// (the CPU quantizes each activated row for a quantized `w` as it computes it).
+    fn glu_matmul(
+        &mut self,
+        act: Activation,
+        gu: &Self::Act,
+        ffn: usize,
+        h: &mut Self::In,
+        w: &Self::Matrix,
+        y: &mut Self::Act,
+    ) -> Result<(), Self::Error> {
+        self.glu(act, gu, ffn, h)?;
+        self.matmul(h, w, y)
+    }
+
     /// The logits of the step's chosen rows only: `out (r, w.rows) = rms_norm(x + add) * norm ·
     /// wᵀ` on those rows (`x` itself is left as it is).
     fn logits(

@@ -28,7 +28,7 @@ pub struct Acts<A, I> {
     pub tmp: A,
     /// (n, 2 ffn) gate | up
     pub gu: A,
-    /// (n, ffn) act(gate) * up
+    /// (n, ffn) act(gate) * up (left unwritten by a device that fuses it into the down product)
     pub h: I,
     /// (r, vocab)
     pub logits: A,
@@ -100,9 +100,18 @@ pub fn forward_hooked<D: Ops>(
         mark(&mut hook, at, P::FfnNorm);
         d.matmul(&a.xn, &lw.w_gate_up, &mut a.gu)?;
         mark(&mut hook, at, P::FfnGateUp);
-        d.glu(c.activation, &a.gu, c.ffn_dim, &mut a.h)?;
+        // The gated activation and the down product: one pass where the device fuses them (the
+        // CPU with a quantized `w_down`), so ffn_act's mark comes first and its time falls in
+        // ffn_down's.
         mark(&mut hook, at, P::FfnAct);
-        d.matmul(&a.h, &lw.w_down, &mut a.tmp)?;
+        d.glu_matmul(
+            c.activation,
+            &a.gu,
+            c.ffn_dim,
+            &mut a.h,
+            &lw.w_down,
+            &mut a.tmp,
+        )?;
         mark(&mut hook, at, P::FfnDown);
     }
     // The last FFN output joins the residual of the logits rows only.

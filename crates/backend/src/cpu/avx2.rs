@@ -5,6 +5,30 @@ use std::arch::x86_64::*;
 
 use super::Block;
 
+/// `h = $f(gate, up)` eight lanes at a time, the tail through a padded copy. `$f` is an
+/// `#[inline(always)]` kernel of two `__m256`; a macro, so that it is compiled with the calling
+/// function's instruction set (SiLU and GELU share it).
+macro_rules! lanes8 {
+    ($gate:ident, $up:ident, $h:ident, $f:ident) => {{
+        let n = $h.len();
+        let (pg, pu, ph) = ($gate.as_ptr(), $up.as_ptr(), $h.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            let y = $f(_mm256_loadu_ps(pg.add(i)), _mm256_loadu_ps(pu.add(i)));
+            _mm256_storeu_ps(ph.add(i), y);
+            i += 8;
+        }
+        if i < n {
+            let (mut g, mut u, mut y) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+            g[..n - i].copy_from_slice(&$gate[i..n]);
+            u[..n - i].copy_from_slice(&$up[i..n]);
+            let v = $f(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr()));
+            _mm256_storeu_ps(y.as_mut_ptr(), v);
+            $h[i..].copy_from_slice(&y[..n - i]);
+        }
+    }};
+}
+
 /// Sum of the 8 lanes (one fixed order: every AVX2 kernel that sums lanes uses this one).
 #[inline(always)]
 pub(crate) unsafe fn hsum(v: __m256) -> f32 {
@@ -40,6 +64,56 @@ pub(crate) unsafe fn exp(x: __m256) -> __m256 {
         _mm256_set1_epi32(127),
     ));
     _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+}
+
+/// e^x to about 1 ulp, for every x (NaN stays NaN): `scalar::exp`, operation for operation, hence
+/// the same bits.
+#[inline(always)]
+pub(crate) unsafe fn exp_ulp(x: __m256) -> __m256 {
+    use super::scalar::{EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO};
+    // Constant first: a NaN x is the operand that comes through.
+    let x = _mm256_min_ps(
+        _mm256_set1_ps(EXP_HI),
+        _mm256_max_ps(_mm256_set1_ps(EXP_LO), x),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+    }
+    let y = _mm256_add_ps(
+        _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+        _mm256_set1_ps(1.0),
+    );
+    let ni = _mm256_cvtps_epi32(n);
+    let a = _mm256_srai_epi32::<1>(ni);
+    let pow2 = |e: __m256i| {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            e,
+            _mm256_set1_epi32(127),
+        )))
+    };
+    _mm256_mul_ps(_mm256_mul_ps(y, pow2(a)), pow2(_mm256_sub_epi32(ni, a)))
+}
+
+/// `h = silu(gate) * up`, eight at a time through [`exp_ulp`] (the tail through a padded copy):
+/// `scalar::silu`'s bits.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; the three slices have equal lengths.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn silu(gate: &[f32], up: &[f32], h: &mut [f32]) {
+    #[inline(always)]
+    unsafe fn eight(g: __m256, u: __m256) -> __m256 {
+        let e = exp_ulp(_mm256_xor_ps(g, _mm256_set1_ps(-0.0)));
+        _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e)), u)
+    }
+    lanes8!(gate, up, h, eight);
 }
 
 /// # Safety
@@ -153,20 +227,5 @@ pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
         );
         _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, exp(z))), u)
     }
-    let n = h.len();
-    let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
-    let mut i = 0;
-    while i + 8 <= n {
-        let y = eight(_mm256_loadu_ps(pg.add(i)), _mm256_loadu_ps(pu.add(i)));
-        _mm256_storeu_ps(ph.add(i), y);
-        i += 8;
-    }
-    if i < n {
-        let (mut g, mut u, mut y) = ([0f32; 8], [0f32; 8], [0f32; 8]);
-        g[..n - i].copy_from_slice(&gate[i..n]);
-        u[..n - i].copy_from_slice(&up[i..n]);
-        let v = eight(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr()));
-        _mm256_storeu_ps(y.as_mut_ptr(), v);
-        h[i..].copy_from_slice(&y[..n - i]);
-    }
+    lanes8!(gate, up, h, eight);
 }

@@ -16,6 +16,7 @@ macro_rules! simd_array {
 
 pub mod attention;
 mod avx2;
+mod avx512;
 mod neon;
 pub mod ops;
 mod quant;
@@ -23,7 +24,9 @@ mod scalar;
 pub mod tuning;
 mod weight;
 
-pub use quant::{matmul_q, matmul_q_cols, matmul_q_cols_isa, matmul_q_isa, QMatrix, QType};
+pub use quant::{
+    matmul_q, matmul_q_cols, matmul_q_cols_isa, matmul_q_glu_isa, matmul_q_isa, QMatrix, QType,
+};
 pub use weight::Weight;
 
 use std::sync::OnceLock;
@@ -401,29 +404,21 @@ pub fn glu_rows(act: Activation, gu: &[f32], h: &mut [f32], ffn: usize) {
     glu_rows_isa(Isa::detect(), act, gu, h, ffn)
 }
 
-/// [`glu_rows`] with an explicit instruction set (tests compare paths). SiLU takes the library's
-/// exp on every path, as it always has: the Llama-family models' results stay what they were
-/// (a vector exp of a few ulp moves SmolLM2's perplexity by 0.3% through the 8-bit rounding of
-/// the next product's activations). GELU, new with Gemma 3, has a kernel per instruction set.
+/// [`glu_rows`] with an explicit instruction set (tests compare paths). SiLU has a kernel per
+/// instruction set around a vector exp of about 1 ulp whose scalar twin does the same IEEE
+/// operations in the same order: every path gives the same bits, so a result does not depend on
+/// the processor that computed it (the 8-bit rounding of the next product's activations would
+/// turn any difference into different tokens). GELU's SIMD paths are within 2e-6 of the scalar.
 pub fn glu_rows_isa(isa: Isa, act: Activation, gu: &[f32], h: &mut [f32], ffn: usize) {
     assert_eq!(gu.len(), 2 * h.len(), "glu: gu is not (n, 2 ffn)");
     assert!(Isa::available().contains(&isa), "{isa:?} not available");
     let row = |(hr, g): (&mut [f32], &[f32])| {
         let (gate, up) = g.split_at(ffn);
-        match (act, isa) {
-            (Activation::Silu, _) => scalar::silu(gate, up, hr),
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: these are only available with AVX2 and FMA; equal lengths by construction.
-            (_, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni) => unsafe { avx2::gelu(gate, up, hr) },
-            #[cfg(target_arch = "aarch64")]
-            // SAFETY: NEON was detected; equal lengths by construction.
-            (_, Isa::Neon | Isa::NeonDot) => unsafe { neon::gelu(gate, up, hr) },
-            _ => scalar::gelu(gate, up, hr),
-        }
+        glu_row(isa, act, gate, up, hr)
     };
     // Rows are independent and each is computed the same way wherever it runs, so a batch's
-    // rows go to the pool (SiLU's scalar exp is ~11% of a 64-stream step's forward on one
-    // thread); a few rows stay on this thread, where a fork-join would cost more than them.
+    // rows go to the pool; a few rows stay on this thread, where a fork-join would cost more
+    // than them.
     if h.len() / ffn.max(1) >= PAR_ROWS {
         h.par_chunks_exact_mut(ffn)
             .zip(gu.par_chunks_exact(2 * ffn))
@@ -433,6 +428,35 @@ pub fn glu_rows_isa(isa: Isa, act: Activation, gu: &[f32], h: &mut [f32], ffn: u
         h.chunks_exact_mut(ffn)
             .zip(gu.chunks_exact(2 * ffn))
             .for_each(row);
+    }
+}
+
+/// One row of [`glu_rows_isa`] (`isa` one of [`Isa::available`]): also the row the quantized
+/// products fuse with their input quantization ([`matmul_q_glu_isa`]).
+pub(crate) fn glu_row(isa: Isa, act: Activation, gate: &[f32], up: &[f32], h: &mut [f32]) {
+    assert!(
+        gate.len() == h.len() && up.len() == h.len(),
+        "glu: row lengths"
+    );
+    debug_assert!(Isa::available().contains(&isa), "{isa:?} not available");
+    match (act, isa) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512Vnni is only available with AVX-512 F; lengths checked above.
+        (Activation::Silu, Isa::Avx512Vnni) => unsafe { avx512::silu(gate, up, h) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: these are only available with AVX2 and FMA; lengths checked above.
+        (Activation::Silu, Isa::Avx2 | Isa::AvxVnni) => unsafe { avx2::silu(gate, up, h) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON was detected; lengths checked above.
+        (Activation::Silu, Isa::Neon | Isa::NeonDot) => unsafe { neon::silu(gate, up, h) },
+        (Activation::Silu, _) => scalar::silu(gate, up, h),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: these are only available with AVX2 and FMA; lengths checked above.
+        (_, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni) => unsafe { avx2::gelu(gate, up, h) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON was detected; lengths checked above.
+        (_, Isa::Neon | Isa::NeonDot) => unsafe { neon::gelu(gate, up, h) },
+        _ => scalar::gelu(gate, up, h),
     }
 }
 

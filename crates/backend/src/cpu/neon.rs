@@ -9,6 +9,30 @@ use std::arch::asm;
 
 use super::Block;
 
+/// `h = $f(gate, up)` four lanes at a time, the tail through a padded copy (`$f`: an
+/// `#[inline(always)]` kernel of two `float32x4_t`; SiLU and GELU share it).
+macro_rules! lanes4 {
+    ($gate:ident, $up:ident, $h:ident, $f:ident) => {{
+        let n = $h.len();
+        let (pg, pu, ph) = ($gate.as_ptr(), $up.as_ptr(), $h.as_mut_ptr());
+        let mut i = 0;
+        while i + 4 <= n {
+            vst1q_f32(ph.add(i), $f(vld1q_f32(pg.add(i)), vld1q_f32(pu.add(i))));
+            i += 4;
+        }
+        if i < n {
+            let (mut g, mut u, mut y) = ([0f32; 4], [0f32; 4], [0f32; 4]);
+            g[..n - i].copy_from_slice(&$gate[i..n]);
+            u[..n - i].copy_from_slice(&$up[i..n]);
+            vst1q_f32(
+                y.as_mut_ptr(),
+                $f(vld1q_f32(g.as_ptr()), vld1q_f32(u.as_ptr())),
+            );
+            $h[i..].copy_from_slice(&y[..n - i]);
+        }
+    }};
+}
+
 /// One f16 (its bits) widened to f32, exactly.
 #[inline(always)]
 pub(crate) unsafe fn f16_to_f32(h: u16) -> f32 {
@@ -52,6 +76,41 @@ pub(crate) unsafe fn exp(x: float32x4_t) -> float32x4_t {
     // n is a whole number in [-126, 127]: the conversion is exact.
     let e = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
     vmulq_f32(p, vreinterpretq_f32_s32(e))
+}
+
+/// e^x to about 1 ulp, for every x (NaN stays NaN): `scalar::exp`, operation for operation
+/// (`vrndnq` rounds ties to even as `round_ties_even`; n is whole, so `vcvtq` is exact).
+#[inline(always)]
+pub(crate) unsafe fn exp_ulp(x: float32x4_t) -> float32x4_t {
+    use super::scalar::{EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO};
+    let x = vminq_f32(vdupq_n_f32(EXP_HI), vmaxq_f32(vdupq_n_f32(EXP_LO), x));
+    let n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(std::f32::consts::LOG2_E)));
+    let r = vfmsq_f32(x, n, vdupq_n_f32(LN2_HI));
+    let r = vfmsq_f32(r, n, vdupq_n_f32(LN2_LO));
+    let mut p = vdupq_n_f32(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = vfmaq_f32(vdupq_n_f32(*c), p, r);
+    }
+    let y = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0));
+    let ni = vcvtq_s32_f32(n);
+    let a = vshrq_n_s32::<1>(ni);
+    let pow2 =
+        |e: int32x4_t| vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(e, vdupq_n_s32(127))));
+    vmulq_f32(vmulq_f32(y, pow2(a)), pow2(vsubq_s32(ni, a)))
+}
+
+/// `h = silu(gate) * up`, four at a time through [`exp_ulp`] (the tail through a padded copy):
+/// `scalar::silu`'s bits.
+///
+/// # Safety
+/// None beyond NEON; the three slices have equal lengths.
+pub unsafe fn silu(gate: &[f32], up: &[f32], h: &mut [f32]) {
+    #[inline(always)]
+    unsafe fn four(g: float32x4_t, u: float32x4_t) -> float32x4_t {
+        let e = exp_ulp(vnegq_f32(g));
+        vmulq_f32(vdivq_f32(g, vaddq_f32(vdupq_n_f32(1.0), e)), u)
+    }
+    lanes4!(gate, up, h, four);
 }
 
 /// # Safety
@@ -203,21 +262,5 @@ pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
         );
         vmulq_f32(vdivq_f32(g, vaddq_f32(one, exp(z))), u)
     }
-    let n = h.len();
-    let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
-    let mut i = 0;
-    while i + 4 <= n {
-        vst1q_f32(ph.add(i), four(vld1q_f32(pg.add(i)), vld1q_f32(pu.add(i))));
-        i += 4;
-    }
-    if i < n {
-        let (mut g, mut u, mut y) = ([0f32; 4], [0f32; 4], [0f32; 4]);
-        g[..n - i].copy_from_slice(&gate[i..n]);
-        u[..n - i].copy_from_slice(&up[i..n]);
-        vst1q_f32(
-            y.as_mut_ptr(),
-            four(vld1q_f32(g.as_ptr()), vld1q_f32(u.as_ptr())),
-        );
-        h[i..].copy_from_slice(&y[..n - i]);
-    }
+    lanes4!(gate, up, h, four);
 }

@@ -260,6 +260,25 @@ impl Ops for CpuOps<'_> {
         Ok(())
     }
 
+    fn glu_matmul(
+        &mut self,
+        act: Activation,
+        gu: &Vec<f32>,
+        ffn: usize,
+        h: &mut Vec<f32>,
+        w: &Weight,
+        y: &mut Vec<f32>,
+    ) -> Result<(), Infallible> {
+        let n = self.n();
+        let (gu, h, y) = (
+            &gu[..n * 2 * ffn],
+            &mut h[..n * ffn],
+            &mut y[..n * w.rows()],
+        );
+        w.glu_matmul(act, gu, n, h, y);
+        Ok(())
+    }
+
     fn logits(
         &mut self,
         x: &Vec<f32>,

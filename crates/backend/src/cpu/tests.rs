@@ -175,3 +175,223 @@ fn every_aarch64_cpu_gets_neon() {
     );
     eprintln!("instruction sets: {:?}", &Isa::available()[..]);
 }
+
+/// Inputs for the exp and SiLU tests: a stride through every f32 bit pattern (both signs, all
+/// exponents, NaNs and infinities), a dense sweep of the range where e^x is neither 0 nor
+/// infinite, the points where x / ln 2 is halfway between integers (n's rounding), and the edges.
+fn exp_inputs() -> Vec<f32> {
+    let mut v: Vec<f32> = (0..=u32::MAX / 4099)
+        .map(|i| f32::from_bits(i * 4099))
+        .collect();
+    v.extend((0..400_000).map(|i| -110.0 + i as f32 * (200.0 / 400_000.0)));
+    for k in -152..=130 {
+        let half = (k as f32 + 0.5) * std::f32::consts::LN_2;
+        v.extend([half, half.next_up(), half.next_down()]);
+    }
+    v.extend([
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        f32::from_bits(1),
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        88.722_83,
+        88.722_84,
+        -87.336_55,
+        -103.972_08,
+        -103.972_09,
+        -104.0,
+        104.0,
+        -200.0,
+        200.0,
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+    ]);
+    let pad = v.len().next_multiple_of(16);
+    v.resize(pad, 1.0);
+    v
+}
+
+/// Distance in ulps between two f32 of the same sign (0 and -0 apart by 0).
+fn ulps(a: f32, b: f32) -> u32 {
+    let key = |x: f32| {
+        let i = x.to_bits() as i32;
+        if i < 0 {
+            i32::MIN - i
+        } else {
+            i
+        }
+    };
+    key(a).abs_diff(key(b))
+}
+
+fn same_bits_or_both_nan(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// Each instruction set's vector exp over `x` (a multiple of 16 long).
+fn exp_on(isa: Isa, x: &[f32]) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn on_avx2(x: &[f32], out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        for (x, o) in x.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+            _mm256_storeu_ps(o.as_mut_ptr(), avx2::exp_ulp(_mm256_loadu_ps(x.as_ptr())));
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn on_avx512(x: &[f32], out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        for (x, o) in x.chunks_exact(16).zip(out.chunks_exact_mut(16)) {
+            _mm512_storeu_ps(o.as_mut_ptr(), avx512::exp_ulp(_mm512_loadu_ps(x.as_ptr())));
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    unsafe fn on_neon(x: &[f32], out: &mut [f32]) {
+        use std::arch::aarch64::*;
+        for (x, o) in x.chunks_exact(4).zip(out.chunks_exact_mut(4)) {
+            vst1q_f32(o.as_mut_ptr(), neon::exp_ulp(vld1q_f32(x.as_ptr())));
+        }
+    }
+    let mut out = vec![f32::NAN; x.len()];
+    // SAFETY: `isa` is available (the callers take it from `Isa::available`), which implies the
+    // features each function enables; the lengths are multiples of 16.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => on_avx512(x, &mut out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::AvxVnni => on_avx2(x, &mut out),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon | Isa::NeonDot => on_neon(x, &mut out),
+            _ => out
+                .iter_mut()
+                .zip(x)
+                .for_each(|(o, &x)| *o = scalar::exp(x)),
+        }
+    }
+    out
+}
+
+/// The scalar exp within 1 ulp of the correctly rounded e^x wherever that is a normal number,
+/// and IEEE's answers at the edges: subnormals within 1 ulp, 0 below, infinity above, NaN kept.
+#[test]
+fn exp_is_within_one_ulp_and_right_at_the_edges() {
+    let mut worst = (0, 0.0f32);
+    for &x in &exp_inputs() {
+        let got = scalar::exp(x);
+        let want = (x as f64).exp() as f32;
+        if x.is_nan() {
+            assert!(got.is_nan(), "exp(NaN) = {got}");
+            continue;
+        }
+        let d = ulps(got, want);
+        assert!(
+            d <= 1,
+            "exp({x:e}) = {got:e}, correctly rounded {want:e}: {d} ulps"
+        );
+        if d > worst.0 {
+            worst = (d, x);
+        }
+    }
+    assert_eq!(scalar::exp(f32::NEG_INFINITY), 0.0);
+    assert_eq!(scalar::exp(-104.0), 0.0);
+    assert_eq!(scalar::exp(88.8), f32::INFINITY);
+    assert_eq!(scalar::exp(f32::INFINITY), f32::INFINITY);
+    assert_eq!(scalar::exp(0.0), 1.0);
+    eprintln!("worst: {} ulp at {:e}", worst.0, worst.1);
+}
+
+/// Every instruction set's vector exp gives the scalar twin's bits on every input, NaN aside
+/// (any NaN).
+#[test]
+fn exp_gives_the_same_bits_on_every_path() {
+    let x = exp_inputs();
+    let want = exp_on(Isa::Scalar, &x);
+    for isa in Isa::available() {
+        let got = exp_on(isa, &x);
+        for ((&x, &a), &b) in x.iter().zip(&got).zip(&want) {
+            assert!(
+                same_bits_or_both_nan(a, b),
+                "{isa:?} exp({x:e} = {:#010x}): {a:e} vs scalar {b:e}",
+                x.to_bits()
+            );
+        }
+    }
+}
+
+/// SiLU times up on every path: the scalar's bits (lengths with every SIMD tail), within 3 ulp of
+/// f64's `g / (1 + e^-g) · u` while e^-g is finite, and the limits: silu(-100) is -0,
+/// silu(100) is 100, NaN stays NaN.
+#[test]
+fn silu_gives_the_same_bits_on_every_path_and_is_accurate() {
+    let g = exp_inputs();
+    let mut seed = 11;
+    let u: Vec<f32> = (0..g.len())
+        .map(|i| {
+            if i % 2 == 0 {
+                1.0
+            } else {
+                lcg(&mut seed) * 8.0
+            }
+        })
+        .collect();
+    // gate | up rows of 1, 7, 17 and the rest, so every path runs its tail.
+    let total = g.len();
+    for ffn in [1, 7, 17, total] {
+        let rows = total / ffn;
+        let mut gu = Vec::with_capacity(2 * rows * ffn);
+        for r in 0..rows {
+            gu.extend_from_slice(&g[r * ffn..(r + 1) * ffn]);
+            gu.extend_from_slice(&u[r * ffn..(r + 1) * ffn]);
+        }
+        let mut want = vec![0f32; rows * ffn];
+        glu_rows_isa(Isa::Scalar, Activation::Silu, &gu, &mut want, ffn);
+        for isa in Isa::available() {
+            let mut h = vec![f32::NAN; rows * ffn];
+            glu_rows_isa(isa, Activation::Silu, &gu, &mut h, ffn);
+            for (i, (&a, &b)) in h.iter().zip(&want).enumerate() {
+                assert!(
+                    same_bits_or_both_nan(a, b),
+                    "{isa:?} ffn {ffn} [{i}] silu({:e}) * {:e}: {a:e} vs scalar {b:e}",
+                    g[i],
+                    u[i]
+                );
+            }
+        }
+    }
+    let mut h = vec![0f32; g.len()];
+    scalar::silu(&g, &u, &mut h);
+    for ((&x, &u), &y) in g.iter().zip(&u).zip(&h) {
+        let exact = x as f64 / (1.0 + (-(x as f64)).exp()) * u as f64;
+        if x.is_nan() {
+            assert!(y.is_nan());
+        } else if x > -88.0 && x.is_finite() {
+            let want = exact as f32;
+            let d = ulps(y, want);
+            assert!(
+                d <= 3 || (want.abs() < f32::MIN_POSITIVE && (y - want).abs() <= 1e-44),
+                "silu({x:e}) * {u:e} = {y:e}, exact {exact:e}: {d} ulps"
+            );
+        } else if x < -89.0 {
+            // e^-x is infinite in f32: -0 (times up), where the exact value is below 1e-36.
+            assert!(y == 0.0 || y.is_nan(), "silu({x:e}) * {u:e} = {y:e}");
+        }
+    }
+    let one = |g: f32| {
+        let mut h = [0f32];
+        scalar::silu(&[g], &[1.0], &mut h);
+        h[0]
+    };
+    assert_eq!(one(-100.0).to_bits(), (-0.0f32).to_bits());
+    assert_eq!(one(100.0), 100.0);
+    assert_eq!(one(f32::INFINITY), f32::INFINITY);
+    assert_eq!(one(0.0).to_bits(), 0);
+    assert!(one(f32::NAN).is_nan());
+}

@@ -7,7 +7,9 @@ use std::borrow::Cow;
 
 use tokenfab_loader::{quant, GgmlType};
 
-use super::{matmul_cols, matmul_q_cols, Matrix, QMatrix, QType};
+use super::{
+    glu_rows, matmul_cols, matmul_q_cols, matmul_q_glu_isa, Activation, Isa, Matrix, QMatrix, QType,
+};
 
 /// (rows, cols): one row per output feature.
 #[derive(Clone, Debug)]
@@ -78,6 +80,19 @@ impl Weight {
     /// `y (n, rows) = x (n, cols) · selfᵀ`.
     pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
         self.matmul_cols(x, n, y, self.rows(), 0)
+    }
+
+    /// `y (n, rows) = (act(gate) * up) · selfᵀ` for `gu` (n, 2 cols) = gate | up. A quantized
+    /// matrix quantizes each activated row as it computes it ([`matmul_q_glu_isa`]: the same
+    /// bits) and leaves `h` as it was; any other writes `h (n, cols)` and multiplies that.
+    pub fn glu_matmul(&self, act: Activation, gu: &[f32], n: usize, h: &mut [f32], y: &mut [f32]) {
+        match self {
+            Weight::Quant(q) => matmul_q_glu_isa(Isa::detect(), act, gu, n, q, y),
+            _ => {
+                glu_rows(act, gu, h, self.cols());
+                self.matmul(h, n, y);
+            }
+        }
     }
 
     /// The product into columns `col..col + rows` of `y` (n, stride).
@@ -224,5 +239,33 @@ mod tests {
             Weight::F32(Matrix::new(1, 2, vec![3.0, 4.0])),
         ]);
         assert!(matches!(&s, Weight::F32(m) if m.data == [1.0, 2.0, 3.0, 4.0]));
+    }
+
+    /// SwiGLU then the product, in one call: a quantized matrix (fused, `h` untouched), parts in
+    /// two formats and an f32 matrix (through `h`) give the bits of the two separate steps.
+    #[test]
+    fn glu_matmul_equals_glu_then_matmul_for_every_kind_of_weight() {
+        let (a, _) = q(GgmlType::Q4_1, 8, 0.5);
+        let (b, _) = q(GgmlType::Q8_0, 4, 1.5);
+        let parts = Weight::stack(vec![a.clone(), b]);
+        assert!(matches!(parts, Weight::Parts(_)));
+        let dense = Weight::F32(a.f32().into_owned());
+        let n = 19;
+        let gu: Vec<f32> = (0..n * 2 * 64)
+            .map(|i| (i as f32 * 0.71).sin() * 4.0)
+            .collect();
+        for w in [a, parts, dense] {
+            let mut h = vec![0f32; n * 64];
+            glu_rows(Activation::Silu, &gu, &mut h, 64);
+            let mut want = vec![0f32; n * w.rows()];
+            w.matmul(&h, n, &mut want);
+            let mut h2 = vec![7f32; n * 64];
+            let mut y = vec![f32::NAN; n * w.rows()];
+            w.glu_matmul(Activation::Silu, &gu, n, &mut h2, &mut y);
+            assert_eq!(y, want, "{:?}", std::mem::discriminant(&w));
+            if matches!(w, Weight::Quant(_)) {
+                assert!(h2.iter().all(|&v| v == 7.0), "the fused product wrote h");
+            }
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! per block of 32 (as llama.cpp's q8_0/q8_1), and the inner products are integer.
 //!
 //! One matmul call:
-//! 1. `x (n, cols)` is quantized once into a per-thread [`Acts`] buffer (grown, never shrunk).
+//! 1. `x (n, cols)` is quantized once into a per-thread [`Acts`] buffer (grown, never shrunk);
+//!    [`matmul_q_glu_isa`] computes each row of x from the FFN's gate | up first (SwiGLU fused).
 //! 2. Output rows are split over rayon's pool in tasks of [`ROWS_PER_TASK`]. A task walks its rows
 //!    [`NR`] at a time: `expand` unpacks those rows' GGUF blocks into a small per-thread [`WTile`]
 //!    (one unsigned byte per weight plus per-lane scales; a few KiB, L1-resident), then the
@@ -47,7 +48,7 @@ use std::ops::Range;
 #[cfg(target_arch = "x86_64")]
 use std::sync::OnceLock;
 
-use super::{two_phase, Isa, SendPtr};
+use super::{glu_row, two_phase, Activation, Isa, SendPtr};
 use crate::error::{Error, Result};
 
 /// Elements per activation block (and per weight sub-block the kernels see).
@@ -283,8 +284,18 @@ impl Acts {
     fn quantize(&mut self, isa: Isa, x: &[f32], n: usize, g: Geom, packed_only: bool) {
         let rows = self.prepare(isa, n, g, packed_only);
         // SAFETY: `rows` was just made for n rows and nothing else touches the buffers.
-        unsafe { rows.quantize(x, 0..n) };
+        unsafe { rows.quantize(QInput::Rows(x), 0..n) };
     }
+}
+
+/// What a product's first phase quantizes, row by row.
+#[derive(Clone, Copy)]
+enum QInput<'a> {
+    /// x (n, cols)
+    Rows(&'a [f32]),
+    /// x = act(gate) * up of `gu` (n, 2 cols) = gate | up, each row computed into a per-thread
+    /// buffer of one row (L1-sized) and quantized from there: the f32 rows are never written out.
+    Glu { act: Activation, gu: &'a [f32] },
 }
 
 /// Raw views of an [`Acts`]'s buffers sized for `n` rows, so that pool threads quantize
@@ -311,21 +322,40 @@ impl ActsRows {
     /// # Safety
     /// The [`Acts`] these views came from is alive and not resized, and no one else reads or
     /// writes these rows during the call.
-    unsafe fn quantize(&self, x: &[f32], rows: Range<usize>) {
+    unsafe fn quantize(&self, x: QInput<'_>, rows: Range<usize>) {
         let (g, [lq, ld, ls, lds]) = (self.g, self.len);
         let cols = g.nb * QK;
-        assert!(rows.end <= self.n && x.len() >= self.n * cols);
+        let len = match x {
+            QInput::Rows(x) => x.len(),
+            QInput::Glu { gu, .. } => gu.len() / 2,
+        };
+        assert!(rows.end <= self.n && len >= self.n * cols);
+        // The activated row's buffer: taken out of the thread-local for the call, as `ACTS` is.
+        let glu = matches!(x, QInput::Glu { .. });
+        let mut row = if glu { GLU_ROW.take() } else { Vec::new() };
+        row.resize(if glu { cols } else { 0 }, 0.0);
         for r in rows {
             let part = |p: *mut f32, l: usize| std::slice::from_raw_parts_mut(p.add(r * l), l);
+            let xr = match x {
+                QInput::Rows(x) => &x[r * cols..(r + 1) * cols],
+                QInput::Glu { act, gu } => {
+                    let (gate, up) = gu[2 * r * cols..2 * (r + 1) * cols].split_at(cols);
+                    glu_row(self.isa, act, gate, up, &mut row);
+                    &row[..]
+                }
+            };
             quantize_row(
                 self.isa,
-                &x[r * cols..(r + 1) * cols],
+                xr,
                 g,
                 std::slice::from_raw_parts_mut(self.qx.add(r * lq), lq),
                 part(self.dx, ld),
                 part(self.sx, ls),
                 part(self.ds, lds),
             );
+        }
+        if glu {
+            GLU_ROW.set(row);
         }
     }
 }
@@ -435,6 +465,7 @@ pub(crate) struct KernelArgs<'a> {
 thread_local! {
     static ACTS: Cell<Acts> = Cell::new(Acts::default());
     static TILE: Cell<WTile> = Cell::new(WTile::default());
+    static GLU_ROW: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// `y (n, w.rows) = x (n, w.cols) · wᵀ` with integer inner products, split over output rows across
@@ -470,8 +501,38 @@ pub fn matmul_q_cols_isa(
     stride: usize,
     col: usize,
 ) {
+    assert_eq!(x.len(), n * w.cols, "matmul_q: x is not (n, k)");
+    product(isa, QInput::Rows(x), n, w, y, stride, col)
+}
+
+/// `y (n, w.rows) = (act(gate) * up) · wᵀ` for `gu` (n, 2 w.cols) = gate | up: the first phase
+/// computes each activated row into a buffer of one row and quantizes it from there, so the f32
+/// rows of [`super::glu_rows`] are never written out nor read back. The same bits as
+/// [`super::glu_rows_isa`] then [`matmul_q_isa`] (the same row kernel and quantizer).
+pub fn matmul_q_glu_isa(
+    isa: Isa,
+    act: Activation,
+    gu: &[f32],
+    n: usize,
+    w: &QMatrix,
+    y: &mut [f32],
+) {
+    assert_eq!(gu.len(), 2 * n * w.cols, "matmul_q_glu: gu is not (n, 2 k)");
+    assert_eq!(y.len(), n * w.rows, "matmul_q_glu: y is not (n, m)");
+    product(isa, QInput::Glu { act, gu }, n, w, y, w.rows, 0)
+}
+
+/// The product of [`matmul_q_cols_isa`] over any [`QInput`].
+fn product(
+    isa: Isa,
+    x: QInput<'_>,
+    n: usize,
+    w: &QMatrix,
+    y: &mut [f32],
+    stride: usize,
+    col: usize,
+) {
     let (k, m) = (w.cols, w.rows);
-    assert_eq!(x.len(), n * k, "matmul_q: x is not (n, k)");
     assert!(
         col + m <= stride && y.len() == n * stride,
         "matmul_q: y is not (n, stride) with room for columns {col}..{}",

@@ -342,3 +342,31 @@ fn column_views_write_their_columns_only() {
         }
     }
 }
+
+/// SwiGLU/GeGLU fused into the product's quantization gives the bits of `glu_rows_isa` then
+/// `matmul_q_isa`, on every path and format: at 1 and 5 rows (quantized on the calling thread),
+/// 40 (the packed path's split by rows of x on two or more threads) and 64 (wide packing).
+#[test]
+fn glu_fused_into_the_product_gives_the_bits_of_the_two_passes() {
+    use crate::cpu::{glu_rows_isa, Activation};
+    let mut seed = 31;
+    let (rows, cols) = (40, 256);
+    for &(ty, gt) in &[TYPES[0], TYPES[1], TYPES[4], TYPES[5], TYPES[7]] {
+        let (w, _) = random_q(ty, gt, rows, cols, &mut seed);
+        for n in [1, 5, 40, 64] {
+            let gu: Vec<f32> = (0..n * 2 * cols).map(|_| lcg(&mut seed) * 12.0).collect();
+            for act in [Activation::Silu, Activation::GeluTanh] {
+                for isa in Isa::available() {
+                    let mut h = vec![0f32; n * cols];
+                    glu_rows_isa(isa, act, &gu, &mut h, cols);
+                    let mut want = vec![0f32; n * rows];
+                    matmul_q_isa(isa, &h, n, &w, &mut want);
+                    let mut got = vec![f32::NAN; n * rows];
+                    matmul_q_glu_isa(isa, act, &gu, n, &w, &mut got);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{ty:?} {isa:?} {act:?} n={n}");
+                }
+            }
+        }
+    }
+}
