@@ -314,11 +314,12 @@ async fn json_routes_require_a_json_content_type() {
 async fn a_stream_nobody_reads_ends_with_the_clients_timeout() {
     let cfg = EngineConfig {
         stream_buffer: 2,
-        // Far shorter than generating 200 tokens, even on an idle machine.
         stream_timeout: Duration::from_millis(10),
         ..small_engine_cfg()
     };
-    let t = TestApp::with(cfg, |_| {});
+    // Each step takes >= 2 ms, so the 200 tokens take >= 400 ms whatever the machine: far
+    // longer than the timeout (unpaced, the tiny model can finish them within it).
+    let t = TestApp::on(engine_paced(cfg, Duration::from_millis(2)), |_| {});
     let req = Request::post("/v1/completions")
         .header("content-type", "application/json")
         .body(Body::from(

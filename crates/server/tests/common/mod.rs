@@ -19,6 +19,11 @@ use tower::ServiceExt;
 pub const MODEL: &str = "tiny";
 
 pub fn engine(cfg: EngineConfig) -> EngineHandle {
+    engine_paced(cfg, Duration::ZERO)
+}
+
+/// [`engine`] with every forward pass taking at least `per_step`.
+pub fn engine_paced(cfg: EngineConfig, per_step: Duration) -> EngineHandle {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "tokenfab-server-{}-{}",
@@ -26,7 +31,10 @@ pub fn engine(cfg: EngineConfig) -> EngineHandle {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     let m = LoadedModel::load(&write_tiny_model(&dir)).unwrap();
-    EngineHandle::start(m, cfg).unwrap()
+    if per_step.is_zero() {
+        return EngineHandle::start(m, cfg).unwrap();
+    }
+    EngineHandle::start_with(m, cfg, |e| tokenfab_engine::testing::paced(e, per_step)).unwrap()
 }
 
 pub fn small_engine_cfg() -> EngineConfig {
@@ -47,7 +55,11 @@ impl TestApp {
     }
 
     pub fn with(cfg: EngineConfig, f: impl FnOnce(&mut ServerConfig)) -> Self {
-        let engine = engine(cfg);
+        Self::on(engine(cfg), f)
+    }
+
+    /// The app over a given engine.
+    pub fn on(engine: EngineHandle, f: impl FnOnce(&mut ServerConfig)) -> Self {
         let mut sc = ServerConfig::new(MODEL);
         sc.max_tokens_limit = 200;
         sc.keep_alive = Duration::from_millis(200);
