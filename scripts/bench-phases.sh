@@ -3,7 +3,7 @@
 # (64-token cold prompts, 64 tokens out, ignore_eos), printing, per load, the client's figures and
 # the server's phase table (wall and CPU ms per step, shares; CPU = CPU time of the threads doing
 # each phase, so shares hold under contention). With TOKENFAB_B, a second build (before/after)
-# runs the same workload interleaved A B A B (`--compare`); a build without phase metrics gets
+# runs the same workload interleaved A B, B A, ... (`--compare`); a build without phase metrics gets
 # the client's figures only. Each server that has `serve --profile-forward` also times the phases
 # inside its forward passes (per layer: norms, products, attention, summed over layers), printed
 # under each phase table; FORWARD_PHASES=0 turns that off (it costs a few clock

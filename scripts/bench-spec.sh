@@ -11,7 +11,7 @@
 #    prints decode tok/s off/on per prompt (medians over rounds) and the median ratio per kind.
 #    Goals (issue 17): >= 1.5x on grounded prompts, >= 0.95x (<= 5% slower) on the others.
 # 2. STREAMS concurrent streams (default 64): two servers, speculation on (A) and off (B),
-#    measured by `tokenfab bench --compare --profile` (runs interleaved A B A B): once on the
+#    measured by `tokenfab bench --compare --profile` (runs interleaved A B, B A, ...): once on the
 #    grounded chats (each prompt made unique so no prefix cache helps), once on synthetic cold
 #    prompts of 64 tokens, 64 tokens out. Goal: A's output tok/s not lower than B's.
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tokenfab serve against llama.cpp's llama-server on the same model and threads, measured by
-# `tokenfab bench --compare` (runs interleaved A B A B), plus each server's capacity under an SLO.
+# `tokenfab bench --compare` (runs interleaved A B, B A, ...), plus each server's capacity under an SLO.
 # Both servers listen on 127.0.0.1 only and are stopped at the end.
 #   usage: scripts/compare-llama-server.sh OUT_DIR [CONCURRENCY=1,8,32,64] [PROMPTS_PER_LOAD=64]
 #   NO_CAPACITY=1 skips the capacity search. TOKENFAB_SERVE_ARGS adds flags to `tokenfab serve`

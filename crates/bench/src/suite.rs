@@ -41,7 +41,7 @@ pub struct BenchConfig {
     pub attainment: f64,
     /// Run the capacity search up to this many users.
     pub capacity_max: Option<usize>,
-    /// Times each load runs on each server (A B A B ...); results are pooled.
+    /// Times each load runs on each server (A B, B A, A B, ...: the first alternates); results are pooled.
     pub rounds: usize,
     pub timeout: Duration,
     pub progress: bool,
@@ -237,10 +237,13 @@ pub async fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     for &load in &cfg.loads {
         let mut pooled: Vec<(Vec<RequestRecord>, f64)> = vec![(Vec::new(), 0.0); targets.len()];
         let mut profiles: Vec<Option<StepProfile>> = vec![None; targets.len()];
-        for _ in 0..cfg.rounds.max(1) {
-            // A B A B: each round runs every server on the same prompts, in the same order.
+        for round in 0..cfg.rounds.max(1) {
+            // A B, B A, A B, ...: each round runs every server on the same prompts, and the
+            // server that goes first alternates, so a host that drifts (faster or slower within
+            // minutes) does not favour one side of every pair.
             let mut sent = 0;
-            for ((t, acc), prof) in targets.iter().zip(pooled.iter_mut()).zip(&mut profiles) {
+            for i in round_order(targets.len(), round) {
+                let (t, acc, prof) = (&targets[i], &mut pooled[i], &mut profiles[i]);
                 let before = if cfg.profile {
                     snapshot(t).await?
                 } else {
@@ -356,4 +359,13 @@ pub fn with_load(mut m: RunMetrics, load: Load) -> RunMetrics {
         Load::Rate { rate, .. } => m.request_rate_target = rate.is_finite().then_some(rate),
     }
     m
+}
+
+/// The order in which a round runs the servers: as given in even rounds, reversed in odd ones.
+fn round_order(n: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
 }

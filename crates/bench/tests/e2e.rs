@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokenfab_bench::{run_bench, BenchConfig, Bound, Endpoint, Load, PromptSource, Slo};
@@ -45,6 +45,8 @@ struct Stats {
     well_formed: AtomicUsize,
     /// Every distinct prompt (or message list) a generation request carried.
     prompts: Mutex<HashSet<String>>,
+    /// When each generation request arrived, in order.
+    arrivals: Mutex<Vec<Instant>>,
 }
 
 async fn start(fake: Fake) -> (String, Arc<Stats>) {
@@ -147,6 +149,7 @@ async fn generate(sock: &mut TcpStream, fake: Fake, stats: &Stats, body: &Value,
     let n = stats.generations.fetch_add(1, Ordering::SeqCst) + 1;
     let key = if chat { "messages" } else { "prompt" };
     stats.prompts.lock().unwrap().insert(body[key].to_string());
+    stats.arrivals.lock().unwrap().push(Instant::now());
     if body["stream"] == json!(true)
         && body["stream_options"]["include_usage"] == json!(true)
         && body["ignore_eos"] == json!(true)
@@ -386,6 +389,11 @@ async fn compare_interleaves_and_capacity_finds_the_crowd_limit() {
     assert!(
         sa.generations.load(Ordering::SeqCst) >= 8 && sb.generations.load(Ordering::SeqCst) >= 8
     );
+    // Round 1 runs A then B, round 2 B then A (4 requests per server and round).
+    let (ta, tb) = (sa.arrivals.lock().unwrap(), sb.arrivals.lock().unwrap());
+    assert!(ta[3] < tb[0], "round 1 starts with A");
+    assert!(tb[7] < ta[4], "round 2 starts with B");
+    drop((ta, tb));
     for s in [&sa, &sb] {
         assert_eq!(
             s.prompts.lock().unwrap().len(),

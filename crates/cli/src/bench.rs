@@ -31,7 +31,7 @@ pub struct Args {
     /// Send `ignore_eos: true` so every request generates exactly its output length.
     #[arg(long)]
     ignore_eos: bool,
-    /// A second server: same workload, runs interleaved A B A B, ratio table A/B.
+    /// A second server: same workload, runs interleaved A B, B A, ... (the first alternates by round), ratio table A/B.
     #[arg(long)]
     compare: Option<String>,
     /// Model id on the `--compare` server (default: its first model).
