@@ -1,6 +1,6 @@
 //! The model on an NVIDIA GPU: the same forward pass as the CPU's (`forward.rs`) over the CUDA
 //! device operations (`tokenfab_backend::cuda::ops`). This file only places the model on the
-//! device and stages each step: weights uploaded, RoPE tables made, the KV pool sized from free
+//! device and stages each step: weights uploaded (`cuda/weights.rs`), RoPE tables made, the KV pool sized from free
 //! memory, each batch's rows, slots and block tables copied to fixed device buffers, decode steps
 //! replayed as CUDA graphs.
 //!
@@ -18,13 +18,12 @@
 use std::cell::Cell;
 
 use half::bf16;
-use rayon::prelude::*;
 use tokenfab_backend::cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use tokenfab_backend::cuda::cudarc::driver::CudaGraph;
-use tokenfab_backend::cuda::fp8::{self, DevFp8Matrix, DevWeight, Fp8Scratch};
+use tokenfab_backend::cuda::fp8::{self, DevWeight, Fp8Scratch};
 use tokenfab_backend::cuda::graphs::{GraphCache, GraphStep};
 use tokenfab_backend::cuda::kernels::MAX_HEAD_DIM;
-use tokenfab_backend::cuda::launch::{DevMatrix, DevRope};
+use tokenfab_backend::cuda::launch::DevRope;
 use tokenfab_backend::cuda::memory::{self, KvSizing};
 use tokenfab_backend::cuda::ops::{CudaOps, DevKv, DevStep};
 use tokenfab_backend::cuda::prefill_attention::AttnPlan;
@@ -40,6 +39,7 @@ use crate::forward::{forward, Acts};
 use crate::kv::KvDtype;
 use crate::model::Model;
 use crate::weight::{MatrixRole, Weight, Weights};
+use weights::{dummy_weights, upload_matrix};
 
 /// How a GPU stores the layers' weight matrices (the embedding and output matrices stay bf16, as
 /// vLLM keeps `lm_head` unquantized).
@@ -174,30 +174,6 @@ pub struct CudaExecutor {
     sampling: sampling::DevSampling,
     /// Rows whose attention ran on prefill tiles, over the executor's life.
     tile_rows: usize,
-}
-
-fn to_bf16(m: &[f32]) -> Vec<bf16> {
-    m.par_iter().map(|&v| bf16::from_f32(v)).collect()
-}
-
-/// One host matrix on the device: FP8 (quantized here with one scale, the twin of the device's
-/// activation quantization) for layer matrices when `fp8`, else bf16.
-fn upload_matrix(gpu: &Gpu, role: MatrixRole, w: &Weight, fp8: bool) -> Result<DevWeight> {
-    let m = w.f32();
-    if fp8 && role == MatrixRole::Layer {
-        let q = fp8::quantize_reference(&m.data, m.rows, m.cols)?;
-        return Ok(DevWeight::Fp8(DevFp8Matrix {
-            rows: m.rows,
-            cols: m.cols,
-            codes: gpu.upload(&q.codes)?,
-            scale: gpu.upload(&q.scales)?,
-        }));
-    }
-    Ok(DevWeight::Bf16(DevMatrix {
-        rows: m.rows,
-        cols: m.cols,
-        data: gpu.upload(&to_bf16(&m.data))?,
-    }))
 }
 
 impl CudaExecutor {
@@ -561,102 +537,6 @@ impl CudaExecutor {
     }
 }
 
-/// A matrix stacked from dummy tensors `parts` (name, rows), each `cols` wide with fan-in
-/// `cols`, generated on the device: bf16, or FP8 codes with the parts' common scale `a / 448`.
-fn dummy_matrix(
-    gpu: &Gpu,
-    seed: u64,
-    parts: &[(String, usize)],
-    cols: usize,
-    fp8: bool,
-) -> Result<DevWeight> {
-    let rows: usize = parts.iter().map(|p| p.1).sum();
-    let a = fp8::dummy_range(cols);
-    let mut at = 0;
-    if fp8 {
-        let mut codes = gpu.zeros::<u8>(rows * cols)?;
-        for (name, r) in parts {
-            gpu.dummy_fill_fp8(&mut codes, (at, r * cols), fp8::dummy_key(seed, name))?;
-            at += r * cols;
-        }
-        return Ok(DevWeight::Fp8(DevFp8Matrix {
-            rows,
-            cols,
-            codes,
-            scale: gpu.upload(&[a / tokenfab_loader::quant::fp8::E4M3_MAX])?,
-        }));
-    }
-    let mut data = gpu.zeros::<bf16>(rows * cols)?;
-    for (name, r) in parts {
-        gpu.dummy_fill_bf16(&mut data, (at, r * cols), fp8::dummy_key(seed, name), a)?;
-        at += r * cols;
-    }
-    Ok(DevWeight::Bf16(DevMatrix { rows, cols, data }))
-}
-
-/// The weights of a [`crate::model::DeviceDummy`], made on the device: the same tensors, names
-/// and values as the host's dummy GGUF (`tokenfab_engine::dummy::build_gguf`), the layers'
-/// matrices in FP8 when `fp8`; nothing of them passes through host memory.
-fn dummy_weights(
-    gpu: &Gpu,
-    c: &ModelConfig,
-    d: crate::model::DeviceDummy,
-    fp8: bool,
-) -> Result<Weights<DevWeight, GpuBuf<f32>>> {
-    let seed = d.seed;
-    let one = |name: &str, rows: usize| vec![(name.to_string(), rows)];
-    let ones = || -> Result<GpuBuf<f32>> { Ok(gpu.upload(&vec![1f32; c.dim])?) };
-    let mut layers = Vec::with_capacity(c.n_layers);
-    for l in 0..c.n_layers {
-        let n = |s: &str| format!("blk.{l}.{s}");
-        let qkv = [
-            (n("attn_q.weight"), c.q_dim()),
-            (n("attn_k.weight"), c.kv_dim()),
-            (n("attn_v.weight"), c.kv_dim()),
-        ];
-        let gate_up = [
-            (n("ffn_gate.weight"), c.ffn_dim),
-            (n("ffn_up.weight"), c.ffn_dim),
-        ];
-        layers.push(crate::weight::LayerWeights {
-            attn_norm: ones()?,
-            wqkv: dummy_matrix(gpu, seed, &qkv, c.dim, fp8)?,
-            bqkv: None,
-            q_norm: None,
-            k_norm: None,
-            wo: dummy_matrix(
-                gpu,
-                seed,
-                &one(&n("attn_output.weight"), c.dim),
-                c.q_dim(),
-                fp8,
-            )?,
-            post_attn_norm: None,
-            ffn_norm: ones()?,
-            w_gate_up: dummy_matrix(gpu, seed, &gate_up, c.dim, fp8)?,
-            w_down: dummy_matrix(
-                gpu,
-                seed,
-                &one(&n("ffn_down.weight"), c.dim),
-                c.ffn_dim,
-                fp8,
-            )?,
-            post_ffn_norm: None,
-        });
-    }
-    let vocab = |name: &str| dummy_matrix(gpu, seed, &one(name, c.vocab_size), c.dim, false);
-    Ok(Weights {
-        tok_embd: vocab("token_embd.weight")?,
-        output: if d.tied_embeddings {
-            None
-        } else {
-            Some(vocab("output.weight")?)
-        },
-        output_norm: ones()?,
-        layers,
-    })
-}
-
 /// What `model` will take on the device under `cfg`, before anything is allocated: its matrices
 /// as they will be stored (bf16, or FP8 codes and a scale for the layers' matrices), f32 vectors,
 /// then [`device_footprint`].
@@ -808,3 +688,4 @@ impl Executor for CudaExecutor {
 mod sampling;
 #[cfg(test)]
 mod tests;
+mod weights;
