@@ -142,6 +142,29 @@ pub(crate) struct KvPtrs {
     pub fp8_scales: Option<(f32, f32)>,
 }
 
+impl AttnArgs<'_> {
+    /// What both attention kernels (`paged_attention`, `prefill_attention`) need of `n` rows: a
+    /// head shape they handle (GQA groups, 16-byte lanes) and buffers of the step's size.
+    pub(super) fn fits(
+        &self,
+        qkv: &GpuBuf<f32>,
+        kv: &KvPtrs,
+        out: &GpuBuf<bf16>,
+        n: usize,
+    ) -> bool {
+        let h = self.heads;
+        h.head_dim <= MAX_HEAD_DIM
+            && h.head_dim.is_multiple_of(8)
+            && h.n_kv_heads > 0
+            && h.n_heads.is_multiple_of(h.n_kv_heads)
+            && qkv.len() >= n * h.qkv_dim()
+            && out.len() >= n * h.q_dim()
+            && self.row_table.len() >= n
+            && self.row_ctx.len() >= n
+            && kv.len.0 == kv.len.1
+    }
+}
+
 /// One `residual_norm` launch: device addresses of x and out, what is added, which rows.
 struct NormLaunch<'a> {
     x: u64,
@@ -179,6 +202,44 @@ impl Gpu {
             len: (k.len(), v.len()),
             fp8_scales: None,
         }
+    }
+
+    /// Launches attention kernel `f` (paged or prefill, bf16 or FP8 K/V) with the buffer
+    /// addresses `ptrs` and then what every attention signature ends with: the head shape, block
+    /// size, scale, window and, for FP8 K/V, the K and V scales.
+    ///
+    /// # Safety
+    /// The caller checked `ptrs`' buffers against the shapes the kernel reads under `cfg`.
+    pub(super) unsafe fn launch_attention(
+        &self,
+        f: &CudaFunction,
+        ptrs: &[u64],
+        a: &AttnArgs<'_>,
+        kv: &KvPtrs,
+        cfg: LaunchConfig,
+    ) -> Result<()> {
+        let h = a.heads;
+        let ints = [
+            h.n_heads as i32,
+            h.n_kv_heads as i32,
+            h.head_dim as i32,
+            a.block_size as i32,
+        ];
+        let window = a.window as i32;
+        let mut b = self.stream.launch_builder(f);
+        for p in ptrs {
+            b.arg(p);
+        }
+        for i in &ints {
+            b.arg(i);
+        }
+        b.arg(&a.scale).arg(&window);
+        if let Some((ks, vs)) = &kv.fp8_scales {
+            b.arg(ks).arg(vs);
+        }
+        // SAFETY: the caller's contract above.
+        unsafe { b.launch(cfg) }?;
+        Ok(())
     }
 
     pub(super) fn opt_ptr<T>(&self, b: Option<&GpuBuf<T>>) -> u64 {
@@ -401,18 +462,10 @@ impl Gpu {
         let h = a.heads;
         let splits = a.splits.max(1);
         check(
-            h.head_dim <= MAX_HEAD_DIM
-                && h.head_dim.is_multiple_of(8)
-                && h.n_kv_heads > 0
-                && h.n_heads.is_multiple_of(h.n_kv_heads)
+            a.fits(qkv, &kv, out, n)
                 && splits <= MAX_SPLITS
                 && (splits == 1 || part.len() >= n * h.n_heads * splits * (h.head_dim + 2))
-                && a.rows.is_none_or(|r| r.len() >= n)
-                && qkv.len() >= n * h.qkv_dim()
-                && out.len() >= n * h.q_dim()
-                && a.row_table.len() >= n
-                && a.row_ctx.len() >= n
-                && kv.len.0 == kv.len.1,
+                && a.rows.is_none_or(|r| r.len() >= n),
             "paged_attention",
         )?;
         if n == 0 {
@@ -429,28 +482,10 @@ impl Gpu {
             self.ptr(out),
             self.ptr(part),
         ];
-        let ints = [
-            h.n_heads as i32,
-            h.n_kv_heads as i32,
-            h.head_dim as i32,
-            a.block_size as i32,
-        ];
-        let window = a.window as i32;
         let f = match kv.fp8_scales {
             None => &self.k.paged_attention,
             Some(_) => &self.k8.paged_attention,
         };
-        let mut b = self.stream.launch_builder(f);
-        for p in &ptrs {
-            b.arg(p);
-        }
-        for i in &ints {
-            b.arg(i);
-        }
-        b.arg(&a.scale).arg(&window);
-        if let Some((ks, vs)) = &kv.fp8_scales {
-            b.arg(ks).arg(vs);
-        }
         let cfg = LaunchConfig {
             grid_dim: (n as u32, attention_blocks_per_row(h) as u32, splits as u32),
             block_dim: (ATTN_THREADS, 1, 1),
@@ -458,7 +493,7 @@ impl Gpu {
         };
         // SAFETY: sizes checked above; tables and contexts were checked against the pool when
         // staged.
-        unsafe { b.launch(cfg) }?;
+        unsafe { self.launch_attention(f, &ptrs, a, &kv, cfg) }?;
         if splits > 1 {
             let (pp, rp, op) = (self.ptr(part), self.opt_ptr(a.rows), self.ptr(out));
             let (nh, hd, sp) = (h.n_heads as i32, h.head_dim as i32, splits as i32);

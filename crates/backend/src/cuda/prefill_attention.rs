@@ -12,10 +12,9 @@
 
 use std::ops::Range;
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use half::bf16;
 
-use super::kernels::MAX_HEAD_DIM;
 use super::launch::{attention_blocks_per_row, check, AttnArgs, KvPtrs};
 use super::{Gpu, GpuBuf, Result};
 use crate::ops::Heads;
@@ -301,16 +300,7 @@ impl Gpu {
     ) -> Result<()> {
         let h = a.heads;
         check(
-            h.head_dim <= MAX_HEAD_DIM
-                && h.head_dim.is_multiple_of(8)
-                && h.n_kv_heads > 0
-                && h.n_heads.is_multiple_of(h.n_kv_heads)
-                && tiles.len() >= 2 * n_tiles
-                && qkv.len() >= n * h.qkv_dim()
-                && out.len() >= n * h.q_dim()
-                && a.row_table.len() >= n
-                && a.row_ctx.len() >= n
-                && kv.len.0 == kv.len.1,
+            a.fits(qkv, &kv, out, n) && tiles.len() >= 2 * n_tiles,
             "prefill_attention",
         )?;
         if n_tiles == 0 {
@@ -326,28 +316,10 @@ impl Gpu {
             self.ptr(tiles),
             self.ptr(out),
         ];
-        let ints = [
-            h.n_heads as i32,
-            h.n_kv_heads as i32,
-            h.head_dim as i32,
-            a.block_size as i32,
-        ];
-        let window = a.window as i32;
         let f = match kv.fp8_scales {
             None => &self.k.prefill_attention,
             Some(_) => &self.k.prefill_attention_fp8,
         };
-        let mut b = self.stream.launch_builder(f);
-        for p in &ptrs {
-            b.arg(p);
-        }
-        for i in &ints {
-            b.arg(i);
-        }
-        b.arg(&a.scale).arg(&window);
-        if let Some((ks, vs)) = &kv.fp8_scales {
-            b.arg(ks).arg(vs);
-        }
         let cfg = LaunchConfig {
             grid_dim: (n_tiles as u32, h.n_heads as u32, 1),
             block_dim: ((PF_WARPS * 32) as u32, 1, 1),
@@ -356,8 +328,7 @@ impl Gpu {
         // SAFETY: sizes checked above; tiles cover rows below `n` of one sequence each (made
         // by `tiles` or `AttnPlan`); tables and contexts were checked against the pool when
         // staged.
-        unsafe { b.launch(cfg) }?;
-        Ok(())
+        unsafe { self.launch_attention(f, &ptrs, a, &kv, cfg) }
     }
 }
 
@@ -365,6 +336,7 @@ impl Gpu {
 mod tests {
     use super::*;
     use crate::cuda::fp8::kv_encode;
+    use crate::cuda::kernels::MAX_HEAD_DIM;
     use tokenfab_loader::quant::fp8::e4m3_to_f32;
 
     fn heads(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Heads {
