@@ -151,6 +151,21 @@ pub trait Ops {
         self.matmul(h, w, y)
     }
 
+    /// From here on, only the step's logits rows: rows `logits_rows[i]` of `x` (n, dim) and `att`
+    /// (n, q_dim) move to row `i`, and the later operations run on those `r` rows (the last
+    /// layer after its attention: no other row's output is read; llama.cpp's `inp_out_ids`).
+    /// Each row is computed as it would be in any batch, so this changes no result. Returns
+    /// whether the device did it (`false`: it goes on with all rows, as by default).
+    fn keep_logits_rows(
+        &mut self,
+        _x: &mut Self::Act,
+        _dim: usize,
+        _att: &mut Self::In,
+        _q_dim: usize,
+    ) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+
     /// The logits of the step's chosen rows only: `out (r, w.rows) = rms_norm(x + add) * norm ·
     /// wᵀ` on those rows (`x` itself is left as it is).
     fn logits(

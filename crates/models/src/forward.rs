@@ -89,6 +89,11 @@ pub fn forward_hooked<D: Ops>(
             window: c.window(l),
         };
         d.attention(l, &a.qkv, &attn, &mut a.att)?;
+        if l + 1 == c.n_layers {
+            // Past the last attention only the logits rows' outputs are read (a prefill's other
+            // rows have written their K/V): the rest of the layer runs on those rows alone.
+            d.keep_logits_rows(&mut a.x, c.dim, &mut a.att, heads.q_dim())?;
+        }
         mark(&mut hook, at, P::Attention);
         d.matmul(&a.att, &lw.wo, &mut a.tmp)?;
         mark(&mut hook, at, P::AttnOutput);

@@ -159,6 +159,49 @@ fn batching_sequences_together_changes_nothing() {
     }
 }
 
+/// The last layer runs past its attention on the logits rows alone (`Ops::keep_logits_rows`):
+/// their logits are the same bits as when every row's are wanted, in any order of the rows.
+#[test]
+fn logits_of_a_few_rows_are_those_of_all_rows() {
+    for arch in ARCHS {
+        let m = tiny(arch);
+        let tokens: Vec<u32> = (0..13).map(|i| (i * 5 % VOCAB) as u32).collect();
+        let positions: Vec<u32> = (0..8).chain(0..5).collect();
+        let (t1, t2) = ([0u32, 1, 2], [3u32, 4]);
+        let seqs = [
+            SeqSlice {
+                rows: 0..8,
+                block_table: &t1,
+            },
+            SeqSlice {
+                rows: 8..13,
+                block_table: &t2,
+            },
+        ];
+        let run = |rows: &[usize]| {
+            let mut kv = m.new_kv_cache(KvDtype::default(), BS, 8).unwrap();
+            let batch = ForwardBatch {
+                tokens: &tokens,
+                positions: &positions,
+                seqs: &seqs,
+                logits_rows: rows,
+            };
+            m.forward(&batch, &mut kv).unwrap()
+        };
+        let all = run(&(0..13).collect::<Vec<_>>());
+        for rows in [vec![7, 12], vec![12, 7], vec![3]] {
+            let few = run(&rows);
+            for (i, &r) in rows.iter().enumerate() {
+                assert_eq!(
+                    few[i * VOCAB..(i + 1) * VOCAB],
+                    all[r * VOCAB..(r + 1) * VOCAB],
+                    "{arch}: row {r} of {rows:?}"
+                );
+            }
+        }
+    }
+}
+
 /// With every layer windowed, a token sees only the last `2 (WINDOW - 1) + 1` tokens (two layers
 /// of reach): two sequences differing in their first token agree exactly from that far on, and
 /// differ before.

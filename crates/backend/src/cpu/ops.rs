@@ -65,6 +65,8 @@ pub struct CpuOps<'a> {
     v: &'a mut [KvStore],
     block_size: usize,
     s: &'a mut CpuScratch,
+    /// Set by [`Ops::keep_logits_rows`]: the step's rows are now its logits rows, in order.
+    kept: Option<usize>,
 }
 
 impl<'a> CpuOps<'a> {
@@ -96,11 +98,12 @@ impl<'a> CpuOps<'a> {
             v,
             block_size,
             s,
+            kept: None,
         }
     }
 
     fn n(&self) -> usize {
-        self.step.tokens.len()
+        self.kept.unwrap_or(self.step.tokens.len())
     }
 }
 
@@ -279,6 +282,31 @@ impl Ops for CpuOps<'_> {
         Ok(())
     }
 
+    fn keep_logits_rows(
+        &mut self,
+        x: &mut Vec<f32>,
+        dim: usize,
+        att: &mut Vec<f32>,
+        q_dim: usize,
+    ) -> Result<bool, Infallible> {
+        let rows = self.step.logits_rows;
+        let r = rows.len();
+        if self.kept.is_some() || r >= self.n() {
+            return Ok(false);
+        }
+        // Through the scratch: the rows need not be in increasing order.
+        for (buf, width) in [(x, dim), (att, q_dim)] {
+            fit(&mut self.s.last, r * width);
+            let tmp = &mut self.s.last[..r * width];
+            for (t, &row) in tmp.chunks_exact_mut(width).zip(rows) {
+                t.copy_from_slice(&buf[row * width..(row + 1) * width]);
+            }
+            buf[..r * width].copy_from_slice(tmp);
+        }
+        self.kept = Some(r);
+        Ok(true)
+    }
+
     fn logits(
         &mut self,
         x: &Vec<f32>,
@@ -288,12 +316,14 @@ impl Ops for CpuOps<'_> {
         w: &Weight,
         out: &mut Vec<f32>,
     ) -> Result<(), Infallible> {
-        let (dim, rows) = (norm.len(), self.step.logits_rows);
-        let r = rows.len();
+        let (dim, r) = (norm.len(), self.step.logits_rows.len());
         fit(&mut self.s.resid, r * dim);
         fit(&mut self.s.last, r * dim);
+        let (kept, rows) = (self.kept.is_some(), self.step.logits_rows);
         let (resid, last) = (&mut self.s.resid[..r * dim], &mut self.s.last[..r * dim]);
-        for (o, &row) in resid.chunks_exact_mut(dim).zip(rows) {
+        for (i, o) in resid.chunks_exact_mut(dim).enumerate() {
+            // Where logits row i is: moved to row i if the rows were kept.
+            let row = if kept { i } else { rows[i] };
             let span = row * dim..(row + 1) * dim;
             o.copy_from_slice(&add.add[span.clone()]);
             if let Some(p) = add.norm {
