@@ -126,6 +126,24 @@ pub trait Ops {
         out: &mut Self::In,
     ) -> Result<(), Self::Error>;
 
+    /// `h (n, ffn) = act(gate) * up` for `gate | up = x · wᵀ` (`w` the stacked gate | up
+    /// matrix), where the device does it without writing `gate | up`: returns true. Otherwise
+    /// (the default) it writes `gu (n, 2 ffn) = x · wᵀ`, as [`Ops::matmul`], and returns false;
+    /// the caller then runs [`Ops::glu_matmul`] on `gu`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_glu(
+        &mut self,
+        x: &Self::In,
+        w: &Self::Matrix,
+        _act: Activation,
+        _ffn: usize,
+        gu: &mut Self::Act,
+        _h: &mut Self::In,
+    ) -> Result<bool, Self::Error> {
+        self.matmul(x, w, gu)?;
+        Ok(false)
+    }
+
     /// `out (n, ffn) = act(gate) * up` for `gu` (n, 2 ffn) = gate | up.
     fn glu(
         &mut self,

@@ -103,20 +103,32 @@ pub fn forward_hooked<D: Ops>(
         };
         d.residual_norm(&mut a.x, Some(out), &lw.ffn_norm, eps, &mut a.xn)?;
         mark(&mut hook, at, P::FfnNorm);
-        d.matmul(&a.xn, &lw.w_gate_up, &mut a.gu)?;
-        mark(&mut hook, at, P::FfnGateUp);
-        // The gated activation and the down product: one pass where the device fuses them (the
-        // CPU with a quantized `w_down`), so ffn_act's mark comes first and its time falls in
-        // ffn_down's.
-        mark(&mut hook, at, P::FfnAct);
-        d.glu_matmul(
+        // The gated activation goes with the product before it where the device fuses them
+        // (the CPU's packed AVX-512 kernel: gate | up is never written), else with the down
+        // product (the CPU with a quantized `w_down`); either way ffn_act's time falls in
+        // another phase's.
+        let fused = d.matmul_glu(
+            &a.xn,
+            &lw.w_gate_up,
             c.activation,
-            &a.gu,
             c.ffn_dim,
+            &mut a.gu,
             &mut a.h,
-            &lw.w_down,
-            &mut a.tmp,
         )?;
+        mark(&mut hook, at, P::FfnGateUp);
+        mark(&mut hook, at, P::FfnAct);
+        if fused {
+            d.matmul(&a.h, &lw.w_down, &mut a.tmp)?;
+        } else {
+            d.glu_matmul(
+                c.activation,
+                &a.gu,
+                c.ffn_dim,
+                &mut a.h,
+                &lw.w_down,
+                &mut a.tmp,
+            )?;
+        }
         mark(&mut hook, at, P::FfnDown);
     }
     // The last FFN output joins the residual of the logits rows only.

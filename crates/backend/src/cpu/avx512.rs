@@ -39,32 +39,35 @@ pub(crate) unsafe fn exp_ulp(x: __m512) -> __m512 {
     _mm512_mul_ps(_mm512_mul_ps(y, pow2(a)), pow2(_mm512_sub_epi32(ni, a)))
 }
 
+/// `silu(g) · u` of sixteen lanes: the one SiLU of [`silu`] and of the packed product that
+/// writes it from its gate and up accumulators (`quant/packed.rs`).
+#[inline(always)]
+pub(crate) unsafe fn silu_mul16(g: __m512, u: __m512) -> __m512 {
+    let neg = _mm512_castsi512_ps(_mm512_xor_si512(
+        _mm512_castps_si512(g),
+        _mm512_set1_epi32(i32::MIN),
+    ));
+    let e = exp_ulp(neg);
+    _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e)), u)
+}
+
 /// `h = silu(gate) * up`, sixteen at a time through [`exp_ulp`], the tail under a mask.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F; the three slices have equal lengths.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn silu(gate: &[f32], up: &[f32], h: &mut [f32]) {
-    #[inline(always)]
-    unsafe fn sixteen(g: __m512, u: __m512) -> __m512 {
-        let neg = _mm512_castsi512_ps(_mm512_xor_si512(
-            _mm512_castps_si512(g),
-            _mm512_set1_epi32(i32::MIN),
-        ));
-        let e = exp_ulp(neg);
-        _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e)), u)
-    }
     let n = h.len();
     let (pg, pu, ph) = (gate.as_ptr(), up.as_ptr(), h.as_mut_ptr());
     let mut i = 0;
     while i + 16 <= n {
-        let y = sixteen(_mm512_loadu_ps(pg.add(i)), _mm512_loadu_ps(pu.add(i)));
+        let y = silu_mul16(_mm512_loadu_ps(pg.add(i)), _mm512_loadu_ps(pu.add(i)));
         _mm512_storeu_ps(ph.add(i), y);
         i += 16;
     }
     if i < n {
         let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
-        let y = sixteen(
+        let y = silu_mul16(
             _mm512_maskz_loadu_ps(m, pg.add(i)),
             _mm512_maskz_loadu_ps(m, pu.add(i)),
         );

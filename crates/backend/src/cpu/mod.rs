@@ -25,7 +25,8 @@ pub mod tuning;
 mod weight;
 
 pub use quant::{
-    matmul_q, matmul_q_cols, matmul_q_cols_isa, matmul_q_glu_isa, matmul_q_isa, QMatrix, QType,
+    matmul_q, matmul_q_cols, matmul_q_cols_isa, matmul_q_glu_isa, matmul_q_isa,
+    matmul_q_to_glu_isa, QMatrix, QType,
 };
 pub use weight::Weight;
 

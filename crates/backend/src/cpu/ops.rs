@@ -263,6 +263,24 @@ impl Ops for CpuOps<'_> {
         Ok(())
     }
 
+    fn matmul_glu(
+        &mut self,
+        x: &Vec<f32>,
+        w: &Weight,
+        act: Activation,
+        ffn: usize,
+        gu: &mut Vec<f32>,
+        h: &mut Vec<f32>,
+    ) -> Result<bool, Infallible> {
+        let n = self.n();
+        let (x, gu, h) = (
+            &x[..n * w.cols()],
+            &mut gu[..n * 2 * ffn],
+            &mut h[..n * ffn],
+        );
+        Ok(w.matmul_glu(act, x, n, gu, h))
+    }
+
     fn glu_matmul(
         &mut self,
         act: Activation,

@@ -8,7 +8,8 @@ use std::borrow::Cow;
 use tokenfab_loader::{quant, GgmlType};
 
 use super::{
-    glu_rows, matmul_cols, matmul_q_cols, matmul_q_glu_isa, Activation, Isa, Matrix, QMatrix, QType,
+    glu_rows, matmul_cols, matmul_q_cols, matmul_q_glu_isa, matmul_q_to_glu_isa, Activation, Isa,
+    Matrix, QMatrix, QType,
 };
 
 /// (rows, cols): one row per output feature.
@@ -93,6 +94,27 @@ impl Weight {
                 self.matmul(h, n, y);
             }
         }
+    }
+
+    /// `h (n, rows / 2) = act(gate) * up` for `gate | up = x (n, cols) · selfᵀ`, when a fused
+    /// kernel does it without writing `gate | up` ([`matmul_q_to_glu_isa`]); otherwise writes
+    /// `gu (n, rows) = x · selfᵀ` and returns false (the caller then runs [`Self::glu_matmul`]
+    /// of the next matrix on `gu`).
+    pub fn matmul_glu(
+        &self,
+        act: Activation,
+        x: &[f32],
+        n: usize,
+        gu: &mut [f32],
+        h: &mut [f32],
+    ) -> bool {
+        if let Weight::Quant(q) = self {
+            if matmul_q_to_glu_isa(Isa::detect(), act, x, n, q, h) {
+                return true;
+            }
+        }
+        self.matmul(x, n, gu);
+        false
     }
 
     /// The product into columns `col..col + rows` of `y` (n, stride).

@@ -3,7 +3,9 @@
 //!
 //! One matmul call:
 //! 1. `x (n, cols)` is quantized once into a per-thread [`Acts`] buffer (grown, never shrunk);
-//!    [`matmul_q_glu_isa`] computes each row of x from the FFN's gate | up first (SwiGLU fused).
+//!    [`matmul_q_glu_isa`] computes each row of x from the FFN's gate | up first (SwiGLU fused),
+//!    and on AVX-512 [`matmul_q_to_glu_isa`] has the gate | up product write SwiGLU's output
+//!    instead of its own.
 //! 2. Output rows are split over rayon's pool in tasks of [`ROWS_PER_TASK`]. A task walks its rows
 //!    [`NR`] at a time: `expand` unpacks those rows' GGUF blocks into a small per-thread [`WTile`]
 //!    (one unsigned byte per weight plus per-lane scales; a few KiB, L1-resident), then the
@@ -64,7 +66,7 @@ const PAR_QUANTIZE_ROWS: usize = 16;
 #[cfg(target_arch = "x86_64")]
 const WIDE_MIN_ROWS: usize = 16;
 /// Batches of at least this many rows per thread split a small matrix by rows of x (see
-/// [`PackedPlan::row_blocks`]).
+/// [`packed::PackedPlan::row_blocks`]).
 #[cfg(target_arch = "x86_64")]
 const ROW_SPLIT_MIN_ROWS: usize = 12;
 // ... when every thread reading all of the packed matrix reads at most
@@ -502,7 +504,7 @@ pub fn matmul_q_cols_isa(
     col: usize,
 ) {
     assert_eq!(x.len(), n * w.cols, "matmul_q: x is not (n, k)");
-    product(isa, QInput::Rows(x), n, w, y, stride, col)
+    product(isa, QInput::Rows(x), n, w, y, stride, col, false)
 }
 
 /// `y (n, w.rows) = (act(gate) * up) · wᵀ` for `gu` (n, 2 w.cols) = gate | up: the first phase
@@ -519,10 +521,47 @@ pub fn matmul_q_glu_isa(
 ) {
     assert_eq!(gu.len(), 2 * n * w.cols, "matmul_q_glu: gu is not (n, 2 k)");
     assert_eq!(y.len(), n * w.rows, "matmul_q_glu: y is not (n, m)");
-    product(isa, QInput::Glu { act, gu }, n, w, y, w.rows, 0)
+    product(isa, QInput::Glu { act, gu }, n, w, y, w.rows, 0, false)
+}
+
+/// `h (n, w.rows / 2) = silu(gate) · up` where `gate | up = x (n, w.cols) · wᵀ` of a stacked
+/// gate | up matrix `w`, in one pass: each tile of the packed AVX-512 kernel multiplies a group
+/// of gate rows and the matching group of up rows and writes their SiLU product, so the
+/// (n, w.rows) product is never written nor read back. The same bits as [`matmul_q_isa`] then
+/// [`super::glu_rows_isa`]. Returns false, having done nothing, where no such kernel runs (other
+/// instruction sets or formats, GELU, halves not whole groups of 16): the caller does the two.
+pub fn matmul_q_to_glu_isa(
+    isa: Isa,
+    act: Activation,
+    x: &[f32],
+    n: usize,
+    w: &QMatrix,
+    h: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni
+        && act == Activation::Silu
+        && packed::packs(isa, w.ty)
+        && w.rows.is_multiple_of(2 * packed::G)
+    {
+        assert_eq!(x.len(), n * w.cols, "matmul_q_to_glu: x is not (n, k)");
+        assert_eq!(
+            h.len(),
+            n * w.rows / 2,
+            "matmul_q_to_glu: h is not (n, m / 2)"
+        );
+        product(isa, QInput::Rows(x), n, w, h, w.rows / 2, 0, true);
+        return true;
+    }
+    let _ = (isa, act, x, n, w, h);
+    false
 }
 
 /// The product of [`matmul_q_cols_isa`] over any [`QInput`].
+///
+/// `glu_out` (packed AVX-512 path only, `w` a stacked gate | up matrix of whole groups per half):
+/// `y` (n, stride) receives `silu(gate) · up` in columns `col..col + w.rows / 2` instead.
+#[allow(clippy::too_many_arguments)]
 fn product(
     isa: Isa,
     x: QInput<'_>,
@@ -531,8 +570,9 @@ fn product(
     y: &mut [f32],
     stride: usize,
     col: usize,
+    glu_out: bool,
 ) {
-    let (k, m) = (w.cols, w.rows);
+    let (k, m) = (w.cols, if glu_out { w.rows / 2 } else { w.rows });
     assert!(
         col + m <= stride && y.len() == n * stride,
         "matmul_q: y is not (n, stride) with room for columns {col}..{}",
@@ -568,7 +608,7 @@ fn product(
     // just written itself.
     #[cfg(target_arch = "x86_64")]
     if packed {
-        let (plan, run) = packed_plan(isa, n, g, w, y, stride, col);
+        let (plan, run) = packed::plan(isa, n, g, w, y, stride, col, glu_out);
         if plan.row_blocks > 1 {
             // Each task quantizes its own rows of x and multiplies them by every group: no wait
             // between the phases, and no quantized row crosses to another core.
@@ -679,91 +719,4 @@ impl ActsAt {
     unsafe fn get<'a>(self) -> &'a Acts {
         &*self.0
     }
-}
-
-/// How [`packed_plan`] splits a matmul over the pool.
-#[cfg(target_arch = "x86_64")]
-struct PackedPlan {
-    /// groups of 16 output rows
-    groups: usize,
-    /// More than 1: tasks are blocks of x rows, each quantizing its rows and multiplying them by
-    /// every group (small matrices and big batches: no wait between quantizing and multiplying,
-    /// no quantized row read on another core, at the cost of each thread reading all weights).
-    row_blocks: usize,
-    /// Otherwise tasks are runs of whole group pairs against all rows of x.
-    group_tasks: usize,
-    groups_per_task: usize,
-}
-
-/// The packed path (Q4_0/Q4_1/Q8_0 where [`packed::packs`] says so, any batch size): its split
-/// over the pool and the task body, `run(acts, rows of x, groups)`.
-#[cfg(target_arch = "x86_64")]
-fn packed_plan<'a>(
-    isa: Isa,
-    n: usize,
-    g: Geom,
-    w: &'a QMatrix,
-    y: &mut [f32],
-    y_stride: usize,
-    y_col: usize,
-) -> (
-    PackedPlan,
-    impl Fn(&Acts, Range<usize>, Range<usize>) + Sync + 'a,
-) {
-    let wide = w.ty == QType::Q8_0 || n >= WIDE_MIN_ROWS;
-    let packed = if w.ty != QType::Q8_0 && wide {
-        w.wide.get_or_init(|| packed::pack(w, true))
-    } else {
-        w.packed.get_or_init(|| packed::pack(w, false))
-    };
-    let groups = w.rows.div_ceil(packed::G);
-    let threads = rayon::current_num_threads();
-    let tune = super::tuning::get().tuning;
-    let row_blocks = if threads > 1
-        && n >= ROW_SPLIT_MIN_ROWS * threads
-        && packed.len() * threads <= tune.row_split_max_bytes
-    {
-        threads
-    } else {
-        1
-    };
-    let tasks = threads * tune.tasks_per_thread;
-    let per = groups.div_ceil(tasks).next_multiple_of(2);
-    let out = SendPtr(y.as_mut_ptr());
-    let run = move |acts: &Acts, rows: Range<usize>, gr: Range<usize>| {
-        let a = packed::PackedArgs {
-            w,
-            packed,
-            acts,
-            g,
-            i0: rows.start,
-            i1: rows.end,
-            g0: gr.start,
-            g1: gr.end,
-            prefetch: tune.prefetch_blocks,
-            y: out,
-            y_stride,
-            y_col,
-        };
-        // SAFETY: `packs(isa, w.ty)` held, so the CPU has the kernel's features and the type is
-        // one it reads; `packed` is `pack(w, wide)` (Q8_0 is always wide); each task writes only
-        // its own (rows, groups) block of y, disjoint across tasks, and y outlives the loop.
-        unsafe {
-            match (isa, wide) {
-                (Isa::Avx512Vnni, true) => packed::run::<true>(&a),
-                (Isa::Avx512Vnni, false) => packed::run::<false>(&a),
-                (Isa::AvxVnni, true) => packed256::run_vnni::<true>(&a),
-                (Isa::AvxVnni, false) => packed256::run_vnni::<false>(&a),
-                (_, true) => packed256::run_avx2::<true>(&a),
-                (_, false) => packed256::run_avx2::<false>(&a),
-            }
-        }
-    };
-    let plan = PackedPlan {
-        groups,
-        row_blocks,
-        group_tasks: groups.div_ceil(per),
-        groups_per_task: per,
-    };
-    (plan, run)
 }

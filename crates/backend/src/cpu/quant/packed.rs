@@ -24,7 +24,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{Acts, Geom, QMatrix, QType, QK};
+use std::ops::Range;
+
+use super::{packed256, Acts, Geom, QMatrix, QType, QK, ROW_SPLIT_MIN_ROWS, WIDE_MIN_ROWS};
 use crate::cpu::Isa;
 use crate::cpu::SendPtr;
 
@@ -121,17 +123,21 @@ pub(crate) struct PackedArgs<'a> {
     pub g1: usize,
     /// weight blocks ahead to prefetch (0: none)
     pub prefetch: usize,
-    /// (n, y_stride) output; this matrix's rows are its columns `y_col..y_col + w.rows`
+    /// (n, y_stride) output; this matrix's rows are its columns `y_col..y_col + w.rows` (with
+    /// [`run_glu`]: `h`'s columns `y_col..y_col + w.rows / 2`)
     pub y: SendPtr,
     pub y_stride: usize,
     pub y_col: usize,
 }
 
 /// Groups `gi..gi + GR` against the M rows of x from `i0`; `WIDE`: one byte per code (Q8_0, or
-/// Q4 packed wide), else Q4 nibbles.
+/// Q4 packed wide), else Q4 nibbles. `GLU` (with GR = 2): the groups are `gi` of the gate half
+/// and `gi` of the up half of a stacked gate | up matrix, and the tile writes
+/// `silu(gate) · up` ([`super::super::avx512::silu_mul16`], the bits of `glu_rows`) to `h`'s
+/// columns `16 gi..` instead of both products.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn tile<const WIDE: bool, const M: usize, const GR: usize>(
+unsafe fn tile<const WIDE: bool, const M: usize, const GR: usize, const GLU: bool>(
     a: &PackedArgs,
     gi: usize,
     i0: usize,
@@ -140,7 +146,9 @@ unsafe fn tile<const WIDE: bool, const M: usize, const GR: usize>(
     let nb = g.nb;
     let (gbb, cb) = (group_block_bytes(a.w.ty, WIDE), code_bytes(a.w.ty, WIDE));
     let (mul, stored) = (offset_mul(a.w.ty), a.w.ty == QType::Q4_1);
-    let base: [*const u8; GR] = std::array::from_fn(|q| a.packed.as_ptr().add((gi + q) * nb * gbb));
+    let half = a.w.rows.div_ceil(G) / 2;
+    let group = |q: usize| if GLU { gi + q * half } else { gi + q };
+    let base: [*const u8; GR] = std::array::from_fn(|q| a.packed.as_ptr().add(group(q) * nb * gbb));
     let qx: [*const u8; M] =
         std::array::from_fn(|i| a.acts.qx.as_ptr().add((i0 + i) * g.nbp * QK) as *const u8);
     let ds: [*const f32; M] = std::array::from_fn(|i| a.acts.ds.as_ptr().add((i0 + i) * g.nbp * 2));
@@ -215,6 +223,13 @@ unsafe fn tile<const WIDE: bool, const M: usize, const GR: usize>(
             }
         }
     }
+    if GLU {
+        for i in 0..M {
+            let h = crate::cpu::avx512::silu_mul16(acc[i][0], acc[i][1]);
+            _mm512_storeu_ps(a.y.0.add((i0 + i) * a.y_stride + a.y_col + gi * G), h);
+        }
+        return;
+    }
     let m = a.w.rows;
     for q in 0..GR {
         let c0 = (gi + q) * G;
@@ -235,17 +250,17 @@ unsafe fn tile<const WIDE: bool, const M: usize, const GR: usize>(
 }
 
 #[inline(always)]
-unsafe fn rows_of<const WIDE: bool, const GR: usize>(a: &PackedArgs, gi: usize) {
+unsafe fn rows_of<const WIDE: bool, const GR: usize, const GLU: bool>(a: &PackedArgs, gi: usize) {
     let mut i0 = a.i0;
     while i0 < a.i1 {
         let mm = (a.i1 - i0).min(MR);
         match mm {
-            6 => tile::<WIDE, 6, GR>(a, gi, i0),
-            5 => tile::<WIDE, 5, GR>(a, gi, i0),
-            4 => tile::<WIDE, 4, GR>(a, gi, i0),
-            3 => tile::<WIDE, 3, GR>(a, gi, i0),
-            2 => tile::<WIDE, 2, GR>(a, gi, i0),
-            _ => tile::<WIDE, 1, GR>(a, gi, i0),
+            6 => tile::<WIDE, 6, GR, GLU>(a, gi, i0),
+            5 => tile::<WIDE, 5, GR, GLU>(a, gi, i0),
+            4 => tile::<WIDE, 4, GR, GLU>(a, gi, i0),
+            3 => tile::<WIDE, 3, GR, GLU>(a, gi, i0),
+            2 => tile::<WIDE, 2, GR, GLU>(a, gi, i0),
+            _ => tile::<WIDE, 1, GR, GLU>(a, gi, i0),
         }
         i0 += mm;
     }
@@ -262,10 +277,125 @@ unsafe fn rows_of<const WIDE: bool, const GR: usize>(a: &PackedArgs, gi: usize) 
 pub(super) unsafe fn run<const WIDE: bool>(a: &PackedArgs) {
     let mut gi = a.g0;
     while gi + 2 <= a.g1 {
-        rows_of::<WIDE, 2>(a, gi);
+        rows_of::<WIDE, 2, false>(a, gi);
         gi += 2;
     }
     if gi < a.g1 {
-        rows_of::<WIDE, 1>(a, gi);
+        rows_of::<WIDE, 1, false>(a, gi);
     }
+}
+
+/// [`run`] over a stacked gate | up matrix (`w.rows` a multiple of 32: whole groups in each
+/// half), writing `h = silu(gate) · up`: `g0..g1` index group pairs (gate group j, up group j),
+/// that is `h`'s columns `16 g0..16 g1`.
+///
+/// # Safety
+/// As [`run`], with `a.y` an (n, y_stride) buffer whose columns `y_col + 16 g0..y_col + 16 g1`
+/// no one else touches.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+pub(super) unsafe fn run_glu<const WIDE: bool>(a: &PackedArgs) {
+    debug_assert!(a.w.rows.is_multiple_of(2 * G));
+    for j in a.g0..a.g1 {
+        rows_of::<WIDE, 2, true>(a, j);
+    }
+}
+
+/// How [`plan`] splits a matmul over the pool.
+pub(super) struct PackedPlan {
+    /// groups of 16 output rows (with `glu`: pairs of a gate group and its up group)
+    pub groups: usize,
+    /// More than 1: tasks are blocks of x rows, each quantizing its rows and multiplying them by
+    /// every group (small matrices and big batches: no wait between quantizing and multiplying,
+    /// no quantized row read on another core, at the cost of each thread reading all weights).
+    pub row_blocks: usize,
+    /// Otherwise tasks are runs of whole group pairs against all rows of x.
+    pub group_tasks: usize,
+    pub groups_per_task: usize,
+}
+
+/// The packed path (Q4_0/Q4_1/Q8_0 where [`packs`] says so, any batch size): its split over the
+/// pool and the task body, `run(acts, rows of x, groups)`; with `glu` (AVX-512 only), groups are
+/// [`run_glu`]'s pairs.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn plan<'a>(
+    isa: Isa,
+    n: usize,
+    g: Geom,
+    w: &'a QMatrix,
+    y: &mut [f32],
+    y_stride: usize,
+    y_col: usize,
+    glu: bool,
+) -> (
+    PackedPlan,
+    impl Fn(&Acts, Range<usize>, Range<usize>) + Sync + 'a,
+) {
+    let wide = w.ty == QType::Q8_0 || n >= WIDE_MIN_ROWS;
+    let packed = if w.ty != QType::Q8_0 && wide {
+        w.wide.get_or_init(|| pack(w, true))
+    } else {
+        w.packed.get_or_init(|| pack(w, false))
+    };
+    let groups = if glu {
+        w.rows / (2 * G)
+    } else {
+        w.rows.div_ceil(G)
+    };
+    let threads = rayon::current_num_threads();
+    let tune = crate::cpu::tuning::get().tuning;
+    let row_blocks = if threads > 1
+        && n >= ROW_SPLIT_MIN_ROWS * threads
+        && packed.len() * threads <= tune.row_split_max_bytes
+    {
+        threads
+    } else {
+        1
+    };
+    let tasks = threads * tune.tasks_per_thread;
+    // Whole group pairs per task (a pair is one unit with `glu`).
+    let per = if glu {
+        groups.div_ceil(tasks)
+    } else {
+        groups.div_ceil(tasks).next_multiple_of(2)
+    };
+    let out = SendPtr(y.as_mut_ptr());
+    let run = move |acts: &Acts, rows: Range<usize>, gr: Range<usize>| {
+        let a = PackedArgs {
+            w,
+            packed,
+            acts,
+            g,
+            i0: rows.start,
+            i1: rows.end,
+            g0: gr.start,
+            g1: gr.end,
+            prefetch: tune.prefetch_blocks,
+            y: out,
+            y_stride,
+            y_col,
+        };
+        debug_assert!(!glu || isa == Isa::Avx512Vnni);
+        // SAFETY: `packs(isa, w.ty)` held, so the CPU has the kernel's features and the type is
+        // one it reads; `packed` is `pack(w, wide)` (Q8_0 is always wide); each task writes only
+        // its own (rows, groups) block of y, disjoint across tasks, and y outlives the loop.
+        unsafe {
+            match (isa, wide) {
+                (Isa::Avx512Vnni, true) if glu => run_glu::<true>(&a),
+                (Isa::Avx512Vnni, false) if glu => run_glu::<false>(&a),
+                (Isa::Avx512Vnni, true) => run::<true>(&a),
+                (Isa::Avx512Vnni, false) => run::<false>(&a),
+                (Isa::AvxVnni, true) => packed256::run_vnni::<true>(&a),
+                (Isa::AvxVnni, false) => packed256::run_vnni::<false>(&a),
+                (_, true) => packed256::run_avx2::<true>(&a),
+                (_, false) => packed256::run_avx2::<false>(&a),
+            }
+        }
+    };
+    let plan = PackedPlan {
+        groups,
+        row_blocks,
+        group_tasks: groups.div_ceil(per),
+        groups_per_task: per,
+    };
+    (plan, run)
 }

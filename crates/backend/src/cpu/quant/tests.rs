@@ -370,3 +370,50 @@ fn glu_fused_into_the_product_gives_the_bits_of_the_two_passes() {
         }
     }
 }
+
+/// SwiGLU written by the gate | up product itself gives the bits of `matmul_q_isa` then
+/// `glu_rows_isa`, at every batch size (nibble and wide packing, row and group splits, row
+/// tiles of every height); where no fused kernel runs it says so and leaves `h` alone.
+#[test]
+fn gate_up_product_writing_its_glu_gives_the_bits_of_the_two_passes() {
+    use crate::cpu::{glu_rows_isa, Activation};
+    let mut seed = 37;
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for &(ty, gt) in &[TYPES[0], TYPES[1], TYPES[4]] {
+        // Halves of 3 groups of 16: a gate group's partner is 3 groups on.
+        let (ffn, cols) = (48, 96);
+        let (w, _) = random_q(ty, gt, 2 * ffn, cols, &mut seed);
+        for n in [1, 5, 7, 16, 40, 97] {
+            let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 3.0).collect();
+            for isa in Isa::available() {
+                for act in [Activation::Silu, Activation::GeluTanh] {
+                    let mut gu = vec![0f32; n * 2 * ffn];
+                    matmul_q_isa(isa, &x, n, &w, &mut gu);
+                    let mut want = vec![0f32; n * ffn];
+                    glu_rows_isa(isa, act, &gu, &mut want, ffn);
+                    let mut h = vec![f32::NAN; n * ffn];
+                    let fused = matmul_q_to_glu_isa(isa, act, &x, n, &w, &mut h);
+                    let expect = isa == Isa::Avx512Vnni && act == Activation::Silu;
+                    assert_eq!(fused, expect, "{ty:?} {isa:?} {act:?}");
+                    if fused {
+                        assert_eq!(bits(&h), bits(&want), "{ty:?} {isa:?} n={n}");
+                    } else {
+                        assert!(h.iter().all(|v| v.is_nan()), "{ty:?} {isa:?}: h written");
+                    }
+                }
+            }
+        }
+        // Halves that are not whole groups: no fused kernel.
+        let (w, _) = random_q(ty, gt, 40, cols, &mut seed);
+        let x = vec![0.5f32; 3 * cols];
+        let mut h = vec![f32::NAN; 3 * 20];
+        assert!(!matmul_q_to_glu_isa(
+            Isa::detect(),
+            Activation::Silu,
+            &x,
+            3,
+            &w,
+            &mut h
+        ));
+    }
+}
