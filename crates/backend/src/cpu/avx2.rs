@@ -229,3 +229,83 @@ pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
     }
     lanes8!(gate, up, h, eight);
 }
+
+/// `scalar::sum_squares`, sixteen lanes as two registers (lanes 0-7 and 8-15), the tail through
+/// a zero-padded copy; the same bits.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x` holds `n` values, `add` too when not null; with a null
+/// `add`, `x` is only read.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f32 {
+    #[inline(always)]
+    unsafe fn run<const ADD: bool>(x: *mut f32, add: *const f32, n: usize) -> f32 {
+        #[inline(always)]
+        unsafe fn step<const ADD: bool>(x: *mut f32, add: *const f32, acc: &mut [__m256; 2]) {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let mut v = _mm256_loadu_ps(x.add(8 * h));
+                if ADD {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(add.add(8 * h)));
+                    _mm256_storeu_ps(x.add(8 * h), v);
+                }
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(v, v));
+            }
+        }
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 16 <= n {
+            step::<ADD>(x.add(i), if ADD { add.add(i) } else { add }, &mut acc);
+            i += 16;
+        }
+        if i < n {
+            let (mut xb, mut ab) = ([0f32; 16], [0f32; 16]);
+            std::ptr::copy_nonoverlapping(x.add(i), xb.as_mut_ptr(), n - i);
+            if ADD {
+                std::ptr::copy_nonoverlapping(add.add(i), ab.as_mut_ptr(), n - i);
+            }
+            step::<ADD>(xb.as_mut_ptr(), ab.as_ptr(), &mut acc);
+            if ADD {
+                std::ptr::copy_nonoverlapping(xb.as_ptr(), x.add(i), n - i);
+            }
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+    if add.is_null() {
+        run::<false>(x, add, n)
+    } else {
+        run::<true>(x, add, n)
+    }
+}
+
+/// `out = x · s · w`, eight at a time (`scalar::scale`'s bits).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x`, `w` and `out` hold `n` values; `out` is either `x` or
+/// disjoint from both.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn scale(x: *const f32, s: f32, w: *const f32, out: *mut f32, n: usize) {
+    let sv = _mm256_set1_ps(s);
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_mul_ps(_mm256_loadu_ps(x.add(i)), sv);
+        _mm256_storeu_ps(out.add(i), _mm256_mul_ps(v, _mm256_loadu_ps(w.add(i))));
+        i += 8;
+    }
+    super::scalar::scale(x.add(i), s, w.add(i), out.add(i), n - i);
+}
+
+/// [`Rope::apply`](crate::rope::Rope::apply) compiled for AVX2 (inlined: its loops vectorize
+/// eight lanes wide). Rust never fuses a product into a sum, so FMA changes no bit.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn rope(
+    r: &crate::rope::Rope,
+    x: &mut [f32],
+    head_dim: usize,
+    cos: &[f32],
+    sin: &[f32],
+) {
+    r.apply(x, head_dim, cos, sin)
+}

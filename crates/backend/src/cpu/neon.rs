@@ -264,3 +264,66 @@ pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
     }
     lanes4!(gate, up, h, four);
 }
+
+/// `scalar::sum_squares`, the sixteen lanes as four registers (lanes 0-3, 4-7, 8-11, 12-15), the
+/// tail through a zero-padded copy; the same bits.
+///
+/// # Safety
+/// `x` holds `n` values, `add` too when not null; with a null `add`, `x` is only read.
+pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f32 {
+    #[inline(always)]
+    unsafe fn run<const ADD: bool>(x: *mut f32, add: *const f32, n: usize) -> f32 {
+        #[inline(always)]
+        unsafe fn step<const ADD: bool>(x: *mut f32, add: *const f32, acc: &mut [float32x4_t; 4]) {
+            for (q, acc) in acc.iter_mut().enumerate() {
+                let mut v = vld1q_f32(x.add(4 * q));
+                if ADD {
+                    v = vaddq_f32(v, vld1q_f32(add.add(4 * q)));
+                    vst1q_f32(x.add(4 * q), v);
+                }
+                *acc = vaddq_f32(*acc, vmulq_f32(v, v));
+            }
+        }
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            step::<ADD>(x.add(i), if ADD { add.add(i) } else { add }, &mut acc);
+            i += 16;
+        }
+        if i < n {
+            let (mut xb, mut ab) = ([0f32; 16], [0f32; 16]);
+            std::ptr::copy_nonoverlapping(x.add(i), xb.as_mut_ptr(), n - i);
+            if ADD {
+                std::ptr::copy_nonoverlapping(add.add(i), ab.as_mut_ptr(), n - i);
+            }
+            step::<ADD>(xb.as_mut_ptr(), ab.as_ptr(), &mut acc);
+            if ADD {
+                std::ptr::copy_nonoverlapping(xb.as_ptr(), x.add(i), n - i);
+            }
+        }
+        // Lanes j + 8 onto j, j + 4 onto j, j + 2 onto j, then the last two (not `vaddvq`, which
+        // adds neighbours first).
+        let s = vaddq_f32(vaddq_f32(acc[0], acc[2]), vaddq_f32(acc[1], acc[3]));
+        vpadds_f32(vadd_f32(vget_low_f32(s), vget_high_f32(s)))
+    }
+    if add.is_null() {
+        run::<false>(x, add, n)
+    } else {
+        run::<true>(x, add, n)
+    }
+}
+
+/// `out = x · s · w`, four at a time (`scalar::scale`'s bits).
+///
+/// # Safety
+/// `x`, `w` and `out` hold `n` values; `out` is either `x` or disjoint from both.
+pub(crate) unsafe fn scale(x: *const f32, s: f32, w: *const f32, out: *mut f32, n: usize) {
+    let sv = vdupq_n_f32(s);
+    let mut i = 0;
+    while i + 4 <= n {
+        let v = vmulq_f32(vld1q_f32(x.add(i)), sv);
+        vst1q_f32(out.add(i), vmulq_f32(v, vld1q_f32(w.add(i))));
+        i += 4;
+    }
+    super::scalar::scale(x.add(i), s, w.add(i), out.add(i), n - i);
+}

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use tokenfab_types::TokenId;
 
 use super::attention::{self, AttnInput, AttnShape, KvStore, RowKv};
-use super::{add_rms_norm, glu_rows, rms_norm, rms_norm_in_place, Weight, PAR_ROWS};
+use super::{add_rms_norm, glu_rows, rms_norm, rms_norm_in_place, rope_isa, Isa, Weight, PAR_ROWS};
 use crate::ops::{Activation, AttnLayer, Ops, QkvPrep, Residual, Rope};
 
 /// One step's rows, as the host has them.
@@ -34,6 +34,10 @@ pub struct CpuScratch {
     sin: Vec<f32>,
     /// Per pool thread: attention's online-softmax state (`attention::scratch_len`).
     attn: Vec<f32>,
+    /// Whether the step's slots are all different (rows then write K/V in parallel), and the
+    /// sorted copy of them that says so.
+    distinct_slots: bool,
+    sorted_slots: Vec<usize>,
     /// (r, dim): the logits rows' residual, then its final norm.
     resid: Vec<f32>,
     last: Vec<f32>,
@@ -45,7 +49,8 @@ impl CpuScratch {
         [&self.cos, &self.sin, &self.attn, &self.resid, &self.last]
             .iter()
             .map(|v| v.capacity() * 4)
-            .sum()
+            .sum::<usize>()
+            + self.sorted_slots.capacity() * std::mem::size_of::<usize>()
     }
 }
 
@@ -89,6 +94,10 @@ impl<'a> CpuOps<'a> {
             }
             off += n * h;
         }
+        s.sorted_slots.clear();
+        s.sorted_slots.extend_from_slice(step.slots);
+        s.sorted_slots.sort_unstable();
+        s.distinct_slots = s.sorted_slots.windows(2).all(|w| w[0] != w[1]);
         Self {
             step,
             ropes,
@@ -179,11 +188,16 @@ impl Ops for CpuOps<'_> {
         let rope = &self.ropes[p.rope];
         let h = rope.half();
         let off: usize = n * self.ropes[..p.rope].iter().map(Rope::half).sum::<usize>();
-        let (k, v) = (&mut self.k[layer], &mut self.v[layer]);
         let (cos_all, sin_all) = (&self.s.cos, &self.s.sin);
-        // Per row: bias, Q/K norms, RoPE on Q and K. Rows are independent and computed the same
-        // way on any thread, so a batch's rows go to the pool (single-threaded this was ~7% of a
-        // 64-stream step's forward); then K and V into the pool, in order.
+        let (isa, slots) = (Isa::detect(), self.step.slots);
+        // Each row's K and V go to its own slot, so rows write them as they finish, wherever
+        // they run (while the row is in cache); only a step with a repeated slot writes them
+        // afterwards, in order, so that the last row wins as it always did.
+        let parallel_kv = self.s.distinct_slots;
+        let (k, v) = (self.k[layer].rows(), self.v[layer].rows());
+        // Per row: bias, Q/K norms, RoPE on Q and K, K and V into the pool. Rows are independent
+        // and computed the same way on any thread, so a batch's rows go to the pool
+        // (single-threaded this was ~7% of a 64-stream step's forward).
         let prep = |(t, row): (usize, &mut [f32])| {
             if let Some(b) = p.bias {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -195,12 +209,16 @@ impl Ops for CpuOps<'_> {
                 rms_norm_in_place(&mut row[q_dim..q_dim + kv_dim], w, p.eps);
             }
             let a = off + t * h..off + (t + 1) * h;
-            rope.apply(
-                &mut row[..q_dim + kv_dim],
-                hd,
-                &cos_all[a.clone()],
-                &sin_all[a],
-            );
+            let (cos, sin) = (&cos_all[a.clone()], &sin_all[a]);
+            rope_isa(isa, rope, &mut row[..q_dim + kv_dim], hd, cos, sin);
+            if parallel_kv {
+                // SAFETY: slots are distinct across the step's rows (`distinct_slots`), and each
+                // row is prepared once.
+                unsafe {
+                    k.write(slots[t], &row[q_dim..q_dim + kv_dim]);
+                    v.write(slots[t], &row[q_dim + kv_dim..]);
+                }
+            }
         };
         let rows = &mut qkv[..n * width];
         if n >= PAR_ROWS {
@@ -212,9 +230,14 @@ impl Ops for CpuOps<'_> {
         } else {
             rows.chunks_exact_mut(width).enumerate().for_each(prep);
         }
-        for (t, row) in rows.chunks_exact(width).enumerate() {
-            k.write(self.step.slots[t], &row[q_dim..q_dim + kv_dim]);
-            v.write(self.step.slots[t], &row[q_dim + kv_dim..]);
+        if !parallel_kv {
+            for (t, row) in rows.chunks_exact(width).enumerate() {
+                // SAFETY: one thread writes.
+                unsafe {
+                    k.write(slots[t], &row[q_dim..q_dim + kv_dim]);
+                    v.write(slots[t], &row[q_dim + kv_dim..]);
+                }
+            }
         }
         Ok(())
     }
