@@ -94,7 +94,7 @@ mod silu_before {
     ];
 
     #[inline(always)]
-    unsafe fn exp(x: __m512) -> __m512 {
+    unsafe fn exp<const SCALEF: bool>(x: __m512) -> __m512 {
         let x = _mm512_min_ps(
             _mm512_set1_ps(89.0),
             _mm512_max_ps(_mm512_set1_ps(-104.0), x),
@@ -112,6 +112,9 @@ mod silu_before {
             _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r),
             _mm512_set1_ps(1.0),
         );
+        if SCALEF {
+            return _mm512_scalef_ps(y, n);
+        }
         let ni = _mm512_cvtps_epi32(n);
         let a = _mm512_srai_epi32::<1>(ni);
         let pow2 = |e: __m512i| {
@@ -126,13 +129,13 @@ mod silu_before {
     /// # Safety
     /// AVX-512 F; gu is (rows, 2 ffn), h (rows, ffn), ffn a multiple of 16.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn rows(gu: &[f32], h: &mut [f32], ffn: usize) {
+    pub unsafe fn rows<const SCALEF: bool>(gu: &[f32], h: &mut [f32], ffn: usize) {
         for (hr, g) in h.chunks_exact_mut(ffn).zip(gu.chunks_exact(2 * ffn)) {
             for i in (0..ffn).step_by(16) {
                 let gv = _mm512_loadu_ps(g.as_ptr().add(i));
                 let uv = _mm512_loadu_ps(g.as_ptr().add(ffn + i));
                 let neg = _mm512_sub_ps(_mm512_setzero_ps(), gv);
-                let e = exp(neg);
+                let e = exp::<SCALEF>(neg);
                 let y = _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0), e)), uv);
                 _mm512_storeu_ps(hr.as_mut_ptr().add(i), y);
             }
@@ -194,7 +197,8 @@ fn main() {
         mscale: 1.0,
     };
     let qk = (Q_HEADS + KV_HEADS) * HD;
-    let (mut cos, mut sin) = (vec![0f32; ROWS * HD / 2], vec![0f32; ROWS * HD / 2]);
+    let (mut cos, mut sin): (Vec<f32>, Vec<f32>) =
+        (vec![0f32; ROWS * HD / 2], vec![0f32; ROWS * HD / 2]);
     for t in 0..ROWS {
         let a = t * HD / 2..(t + 1) * HD / 2;
         rope.angles((t % 64) as u32, &mut cos[a.clone()], &mut sin[a]);
@@ -228,6 +232,14 @@ fn main() {
             }
         })
     });
+    group.bench_function(BenchmarkId::new("angles (per step)", &id), |b| {
+        b.iter(|| {
+            for t in 0..ROWS {
+                let a = t * HD / 2..(t + 1) * HD / 2;
+                rope.angles(black_box(t as u32 % 64), &mut cos[a.clone()], &mut sin[a]);
+            }
+        })
+    });
     group.finish();
 
     #[cfg(target_arch = "x86_64")]
@@ -238,7 +250,7 @@ fn main() {
         let mut h = vec![0f32; rows * FFN];
         let mut want = vec![0f32; rows * FFN];
         // SAFETY: AVX-512 F is available; FFN is a multiple of 16.
-        unsafe { silu_before::rows(&gu, &mut want, FFN) };
+        unsafe { silu_before::rows::<false>(&gu, &mut want, FFN) };
         glu_rows_isa(Isa::Avx512Vnni, Activation::Silu, &gu, &mut h, FFN);
         assert_eq!(h, want, "the two AVX-512 exps give the same bits");
         let mut group = c.benchmark_group("swiglu avx512");
@@ -246,7 +258,11 @@ fn main() {
         let id = format!("{rows}x{FFN}");
         group.bench_function(BenchmarkId::new("two powers of two (before)", &id), |b| {
             // SAFETY: as above.
-            b.iter(|| unsafe { silu_before::rows(black_box(&gu), &mut h, FFN) })
+            b.iter(|| unsafe { silu_before::rows::<false>(black_box(&gu), &mut h, FFN) })
+        });
+        group.bench_function(BenchmarkId::new("vscalefps, same loop", &id), |b| {
+            // SAFETY: as above.
+            b.iter(|| unsafe { silu_before::rows::<true>(black_box(&gu), &mut h, FFN) })
         });
         group.bench_function(BenchmarkId::new("vscalefps", &id), |b| {
             b.iter(|| {

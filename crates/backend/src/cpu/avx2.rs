@@ -309,3 +309,24 @@ pub(crate) unsafe fn rope(
 ) {
     r.apply(x, head_dim, cos, sin)
 }
+
+/// `dst = f16(src)`, eight at a time with F16C rounding to nearest even: the bits of
+/// `half::f16::from_f32` (which uses the same instruction where the CPU has it), without the
+/// copies through arrays of `half`'s slice conversion (three times slower on a K/V row).
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C; the slices have equal lengths.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn f32_to_f16(src: &[f32], dst: &mut [half::f16]) {
+    let n = src.len();
+    let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(ps.add(i)));
+        _mm_storeu_si128(pd.add(i).cast(), h);
+        i += 8;
+    }
+    for j in i..n {
+        dst[j] = half::f16::from_f32(src[j]);
+    }
+}

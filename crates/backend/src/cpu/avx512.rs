@@ -77,21 +77,29 @@ pub unsafe fn silu(gate: &[f32], up: &[f32], h: &mut [f32]) {
 pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f32 {
     #[inline(always)]
     unsafe fn run<const ADD: bool>(x: *mut f32, add: *const f32, n: usize) -> f32 {
+        #[inline(always)]
+        unsafe fn step<const ADD: bool>(
+            x: *mut f32,
+            add: *const f32,
+            m: __mmask16,
+            acc: __m512,
+        ) -> __m512 {
+            let mut v = _mm512_maskz_loadu_ps(m, x);
+            if ADD {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, add));
+                _mm512_mask_storeu_ps(x, m, v);
+            }
+            _mm512_add_ps(acc, _mm512_mul_ps(v, v))
+        }
         let mut acc = _mm512_setzero_ps();
         let mut i = 0;
-        while i < n {
-            let m: __mmask16 = if n - i >= 16 {
-                0xffff
-            } else {
-                ((1u32 << (n - i)) - 1) as u16
-            };
-            let mut v = _mm512_maskz_loadu_ps(m, x.add(i));
-            if ADD {
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, add.add(i)));
-                _mm512_mask_storeu_ps(x.add(i), m, v);
-            }
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(v, v));
+        while i + 16 <= n {
+            acc = step::<ADD>(x.add(i), if ADD { add.add(i) } else { add }, 0xffff, acc);
             i += 16;
+        }
+        if i < n {
+            let m = ((1u32 << (n - i)) - 1) as u16;
+            acc = step::<ADD>(x.add(i), if ADD { add.add(i) } else { add }, m, acc);
         }
         // Lanes j + 8 onto j, then AVX2's order for the remaining eight.
         let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
@@ -112,17 +120,24 @@ pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f32 
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn scale(x: *const f32, s: f32, w: *const f32, out: *mut f32, n: usize) {
     let sv = _mm512_set1_ps(s);
+    #[inline(always)]
+    unsafe fn step(x: *const f32, sv: __m512, w: *const f32, out: *mut f32, m: __mmask16) {
+        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x), sv);
+        _mm512_mask_storeu_ps(out, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w)));
+    }
     let mut i = 0;
-    while i < n {
-        let m: __mmask16 = if n - i >= 16 {
-            0xffff
-        } else {
-            ((1u32 << (n - i)) - 1) as u16
-        };
-        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x.add(i)), sv);
-        let v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w.add(i)));
-        _mm512_mask_storeu_ps(out.add(i), m, v);
+    while i + 16 <= n {
+        step(x.add(i), sv, w.add(i), out.add(i), 0xffff);
         i += 16;
+    }
+    if i < n {
+        step(
+            x.add(i),
+            sv,
+            w.add(i),
+            out.add(i),
+            ((1u32 << (n - i)) - 1) as u16,
+        );
     }
 }
 

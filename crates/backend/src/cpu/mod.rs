@@ -442,6 +442,19 @@ pub fn rope_isa(
     }
 }
 
+/// `dst = f16(src)` (round to nearest even), the K/V pool's row conversion: F16C eight at a time
+/// where the CPU has it, `half`'s conversion otherwise; the same bits either way.
+pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [half::f16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_f16: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() != Isa::Scalar {
+        // SAFETY: every x86 instruction set but Scalar implies AVX2 and F16C; lengths checked.
+        return unsafe { avx2::f32_to_f16(src, dst) };
+    }
+    use half::slice::HalfFloatSliceExt;
+    dst.convert_from_f32_slice(src)
+}
+
 /// Rows from which a step's per-row work ([`glu_rows`], the Q/K preparation of `CpuOps`) runs
 /// on the pool, in tasks of at least half as many rows: fewer cost less than a fork-join.
 pub(crate) const PAR_ROWS: usize = 8;

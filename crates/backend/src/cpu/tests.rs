@@ -489,3 +489,30 @@ fn rope_gives_the_same_bits_on_every_path() {
         }
     }
 }
+
+/// The K/V pool's f16 conversion gives `half::f16::from_f32`'s bits: ties, subnormals, overflow,
+/// infinities, and lengths with a tail.
+#[test]
+fn f16_rows_round_as_half_does() {
+    let mut seed = 9;
+    let mut src: Vec<f32> = (0..1000)
+        .map(|i| lcg(&mut seed) * [1.0, 7e4, 1e-5, 3e-8][i % 4])
+        .collect();
+    src.extend([
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        65520.0,
+        -65504.0,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        -0.0,
+        f32::MIN_POSITIVE,
+    ]);
+    for len in [src.len(), 7, 0] {
+        let mut got = vec![half::f16::ZERO; len];
+        f32_to_f16(&src[..len], &mut got);
+        for (g, &s) in got.iter().zip(&src) {
+            assert_eq!(g.to_bits(), half::f16::from_f32(s).to_bits(), "{s:e}");
+        }
+    }
+}

@@ -5,7 +5,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 /// Values per Q8_0 block.
 pub const QK8_0: usize = 32;
@@ -232,11 +231,11 @@ impl KvRows<'_> {
             KvPtr::F32(p) => {
                 std::slice::from_raw_parts_mut(p.add(slot * w), w).copy_from_slice(src)
             }
-            // F16C when the processor has it (checked once by `half`), 8 values at a time;
-            // the same rounding as `f16::from_f32`. One value at a time this loop was ~5% of a
-            // 64-prompt prefill's forward, on one thread.
+            // F16C when the processor has it, 8 values at a time; the same rounding as
+            // `f16::from_f32`. One value at a time this loop was ~5% of a 64-prompt prefill's
+            // forward, on one thread.
             KvPtr::F16(p) => {
-                std::slice::from_raw_parts_mut(p.add(slot * w), w).convert_from_f32_slice(src)
+                crate::cpu::f32_to_f16(src, std::slice::from_raw_parts_mut(p.add(slot * w), w))
             }
             KvPtr::Q8_0(p) => {
                 let nb = w / QK8_0;
