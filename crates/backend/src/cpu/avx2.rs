@@ -230,28 +230,34 @@ pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
     lanes8!(gate, up, h, eight);
 }
 
-/// `scalar::sum_squares`, sixteen lanes as two registers (lanes 0-7 and 8-15), the tail through
-/// a zero-padded copy; the same bits.
+/// `scalar::sum_squares`, the sixteen f64 lanes as four registers (lanes 0-3, 4-7, 8-11,
+/// 12-15), the tail through a zero-padded copy; the same bits.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `x` holds `n` values, `add` too when not null; with a null
 /// `add`, `x` is only read.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f32 {
+pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f64 {
     #[inline(always)]
-    unsafe fn run<const ADD: bool>(x: *mut f32, add: *const f32, n: usize) -> f32 {
+    unsafe fn run<const ADD: bool>(x: *mut f32, add: *const f32, n: usize) -> f64 {
         #[inline(always)]
-        unsafe fn step<const ADD: bool>(x: *mut f32, add: *const f32, acc: &mut [__m256; 2]) {
-            for (h, acc) in acc.iter_mut().enumerate() {
+        unsafe fn step<const ADD: bool>(x: *mut f32, add: *const f32, acc: &mut [__m256d; 4]) {
+            for h in 0..2 {
                 let mut v = _mm256_loadu_ps(x.add(8 * h));
                 if ADD {
                     v = _mm256_add_ps(v, _mm256_loadu_ps(add.add(8 * h)));
                     _mm256_storeu_ps(x.add(8 * h), v);
                 }
-                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(v, v));
+                let sq = _mm256_mul_ps(v, v);
+                let (lo, hi) = (
+                    _mm256_cvtps_pd(_mm256_castps256_ps128(sq)),
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq)),
+                );
+                acc[2 * h] = _mm256_add_pd(acc[2 * h], lo);
+                acc[2 * h + 1] = _mm256_add_pd(acc[2 * h + 1], hi);
             }
         }
-        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut acc = [_mm256_setzero_pd(); 4];
         let mut i = 0;
         while i + 16 <= n {
             step::<ADD>(x.add(i), if ADD { add.add(i) } else { add }, &mut acc);
@@ -268,13 +274,25 @@ pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f32 
                 std::ptr::copy_nonoverlapping(xb.as_ptr(), x.add(i), n - i);
             }
         }
-        hsum(_mm256_add_ps(acc[0], acc[1]))
+        // Lanes j + 8 onto j, j + 4 onto j, then the last four.
+        hsum4_pd(_mm256_add_pd(
+            _mm256_add_pd(acc[0], acc[2]),
+            _mm256_add_pd(acc[1], acc[3]),
+        ))
     }
     if add.is_null() {
         run::<false>(x, add, n)
     } else {
         run::<true>(x, add, n)
     }
+}
+
+/// The last four of the norms' sixteen f64 lanes: `s[j] += s[j + 4]` was done by the caller,
+/// here `s[j] += s[j + 2]`, then `s[0] + s[1]`.
+#[inline(always)]
+pub(crate) unsafe fn hsum4_pd(c: __m256d) -> f64 {
+    let d = _mm_add_pd(_mm256_castpd256_pd128(c), _mm256_extractf128_pd::<1>(c));
+    _mm_cvtsd_f64(_mm_add_sd(d, _mm_unpackhi_pd(d, d)))
 }
 
 /// `out = x · s · w`, eight at a time (`scalar::scale`'s bits).

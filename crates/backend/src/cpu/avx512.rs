@@ -67,43 +67,52 @@ pub unsafe fn silu(gate: &[f32], up: &[f32], h: &mut [f32]) {
     }
 }
 
-/// `scalar::sum_squares`, the sixteen lanes in one register, the tail under a mask (masked-off
-/// lanes add `0 · 0`); the same bits.
+/// `scalar::sum_squares`, the sixteen f64 lanes as two registers (lanes 0-7 and 8-15), the tail
+/// under a mask (masked-off lanes add `0 · 0`); the same bits.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F; `x` holds `n` values, `add` too when not null; with a null
 /// `add`, `x` is only read.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f32 {
+pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f64 {
     #[inline(always)]
-    unsafe fn run<const ADD: bool>(x: *mut f32, add: *const f32, n: usize) -> f32 {
+    unsafe fn run<const ADD: bool>(x: *mut f32, add: *const f32, n: usize) -> f64 {
         #[inline(always)]
         unsafe fn step<const ADD: bool>(
             x: *mut f32,
             add: *const f32,
             m: __mmask16,
-            acc: __m512,
-        ) -> __m512 {
+            acc: &mut [__m512d; 2],
+        ) {
             let mut v = _mm512_maskz_loadu_ps(m, x);
             if ADD {
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, add));
                 _mm512_mask_storeu_ps(x, m, v);
             }
-            _mm512_add_ps(acc, _mm512_mul_ps(v, v))
+            let sq = _mm512_mul_ps(v, v);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(sq)));
+            acc[0] = _mm512_add_pd(acc[0], _mm512_cvtps_pd(_mm512_castps512_ps256(sq)));
+            acc[1] = _mm512_add_pd(acc[1], _mm512_cvtps_pd(hi));
         }
-        let mut acc = _mm512_setzero_ps();
+        let mut acc = [_mm512_setzero_pd(); 2];
         let mut i = 0;
         while i + 16 <= n {
-            acc = step::<ADD>(x.add(i), if ADD { add.add(i) } else { add }, 0xffff, acc);
+            step::<ADD>(
+                x.add(i),
+                if ADD { add.add(i) } else { add },
+                0xffff,
+                &mut acc,
+            );
             i += 16;
         }
         if i < n {
             let m = ((1u32 << (n - i)) - 1) as u16;
-            acc = step::<ADD>(x.add(i), if ADD { add.add(i) } else { add }, m, acc);
+            step::<ADD>(x.add(i), if ADD { add.add(i) } else { add }, m, &mut acc);
         }
-        // Lanes j + 8 onto j, then AVX2's order for the remaining eight.
-        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
-        super::avx2::hsum(_mm256_add_ps(_mm512_castps512_ps256(acc), hi))
+        // Lanes j + 8 onto j, j + 4 onto j, then AVX2's order for the last four.
+        let b = _mm512_add_pd(acc[0], acc[1]);
+        let c = _mm256_add_pd(_mm512_castpd512_pd256(b), _mm512_extractf64x4_pd::<1>(b));
+        super::avx2::hsum4_pd(c)
     }
     if add.is_null() {
         run::<false>(x, add, n)

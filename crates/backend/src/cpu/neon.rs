@@ -265,26 +265,28 @@ pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
     lanes4!(gate, up, h, four);
 }
 
-/// `scalar::sum_squares`, the sixteen lanes as four registers (lanes 0-3, 4-7, 8-11, 12-15), the
-/// tail through a zero-padded copy; the same bits.
+/// `scalar::sum_squares`, the sixteen f64 lanes as eight registers (lanes 2k and 2k + 1 in
+/// register k), the tail through a zero-padded copy; the same bits.
 ///
 /// # Safety
 /// `x` holds `n` values, `add` too when not null; with a null `add`, `x` is only read.
-pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f32 {
+pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f64 {
     #[inline(always)]
-    unsafe fn run<const ADD: bool>(x: *mut f32, add: *const f32, n: usize) -> f32 {
+    unsafe fn run<const ADD: bool>(x: *mut f32, add: *const f32, n: usize) -> f64 {
         #[inline(always)]
-        unsafe fn step<const ADD: bool>(x: *mut f32, add: *const f32, acc: &mut [float32x4_t; 4]) {
-            for (q, acc) in acc.iter_mut().enumerate() {
+        unsafe fn step<const ADD: bool>(x: *mut f32, add: *const f32, acc: &mut [float64x2_t; 8]) {
+            for q in 0..4 {
                 let mut v = vld1q_f32(x.add(4 * q));
                 if ADD {
                     v = vaddq_f32(v, vld1q_f32(add.add(4 * q)));
                     vst1q_f32(x.add(4 * q), v);
                 }
-                *acc = vaddq_f32(*acc, vmulq_f32(v, v));
+                let sq = vmulq_f32(v, v);
+                acc[2 * q] = vaddq_f64(acc[2 * q], vcvt_f64_f32(vget_low_f32(sq)));
+                acc[2 * q + 1] = vaddq_f64(acc[2 * q + 1], vcvt_high_f64_f32(sq));
             }
         }
-        let mut acc = [vdupq_n_f32(0.0); 4];
+        let mut acc = [vdupq_n_f64(0.0); 8];
         let mut i = 0;
         while i + 16 <= n {
             step::<ADD>(x.add(i), if ADD { add.add(i) } else { add }, &mut acc);
@@ -301,10 +303,12 @@ pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f32 
                 std::ptr::copy_nonoverlapping(xb.as_ptr(), x.add(i), n - i);
             }
         }
-        // Lanes j + 8 onto j, j + 4 onto j, j + 2 onto j, then the last two (not `vaddvq`, which
-        // adds neighbours first).
-        let s = vaddq_f32(vaddq_f32(acc[0], acc[2]), vaddq_f32(acc[1], acc[3]));
-        vpadds_f32(vadd_f32(vget_low_f32(s), vget_high_f32(s)))
+        // Lanes j + 8 onto j (registers k + 4 onto k), j + 4 onto j, j + 2 onto j, then the
+        // last two.
+        let q: [float64x2_t; 4] =
+            simd_array!(4, vdupq_n_f64(0.0), |k| vaddq_f64(acc[k], acc[k + 4]));
+        let r = vaddq_f64(vaddq_f64(q[0], q[2]), vaddq_f64(q[1], q[3]));
+        vpaddd_f64(r)
     }
     if add.is_null() {
         run::<false>(x, add, n)

@@ -1,13 +1,16 @@
 //! RMSNorm of rows, with a kernel per instruction set that all give the same bits.
 //!
-//! The sum of squares of a row is summed in one fixed order that SIMD can follow:
-//! [`NORM_LANES`] partial sums, lane j summing `x[i]²` for every i ≡ j (mod 16) in increasing i
-//! (a square rounded, then added: no FMA), then the lanes added pairwise, `s[j] += s[j + 8]`,
-//! `s[j] += s[j + 4]`, `s[j] += s[j + 2]`, `s[0] + s[1]`. A row shorter than a multiple of 16
-//! is summed as if padded with zeros, which changes no partial sum (they are `>= +0` or NaN).
+//! As llama.cpp does, each square is rounded to f32 and the squares are summed in f64 (so that
+//! the order of the sum barely matters: the f32 mean is nearly always llama.cpp's, whose sum
+//! runs in order); the mean is rounded to f32, and `scale = 1 / √(mean + ε)` in f32. The sum runs
+//! in one fixed order that SIMD can follow: [`NORM_LANES`] f64 partial sums, lane j summing
+//! `x[i]²` for every i ≡ j (mod 16) in increasing i, then the lanes added pairwise,
+//! `s[j] += s[j + 8]`, `s[j] += s[j + 4]`, `s[j] += s[j + 2]`, `s[0] + s[1]`. A row shorter than
+//! a multiple of 16 is summed as if padded with zeros, which changes no partial sum (they are
+//! `>= +0` or NaN).
 //! Every path (`scalar::sum_squares` and its AVX2, AVX-512 and NEON twins) follows that order, so
 //! a normed row, and the 8-bit activations the next product makes of it, do not depend on the
-//! processor. The scaling, `x · (1 / √(ss / d + ε)) · w`, is element-wise: the same on every path.
+//! processor. The scaling, `x · scale · w`, is element-wise: the same on every path.
 
 #[cfg(target_arch = "aarch64")]
 use super::neon;
@@ -117,7 +120,9 @@ unsafe fn norm_rows(
             Isa::Neon | Isa::NeonDot => neon::sum_squares(x, add, d),
             _ => scalar::sum_squares(x, add, d),
         };
-        let scale = 1.0 / (ss / d as f32 + eps).sqrt();
+        // llama.cpp's `ggml_compute_forward_rms_norm_f32`: the mean in f64, rounded to f32.
+        let mean = (ss / d as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => avx512::scale(x, scale, w.as_ptr(), out, d),

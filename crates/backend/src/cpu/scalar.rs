@@ -131,21 +131,21 @@ pub fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
     }
 }
 
-/// A row's sum of squares in the order `norm.rs` fixes (16 lanes, then a pairwise tree); with
-/// `add` not null, `x += add` first and the sum is of the new values. The reference the SIMD
-/// twins give the same bits as.
+/// A row's sum of squares in the order `norm.rs` fixes (each square rounded to f32, then summed
+/// in f64 over 16 lanes and a pairwise tree); with `add` not null, `x += add` first and the sum
+/// is of the new values. The reference the SIMD twins give the same bits as.
 ///
 /// # Safety
 /// `x` holds `n` values, `add` too when not null; with a null `add`, `x` is only read.
-pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f32 {
+pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f64 {
     use super::norm::NORM_LANES;
     #[inline(always)]
-    fn lanes(acc: &mut [f32; NORM_LANES], v: &[f32]) {
+    fn lanes(acc: &mut [f64; NORM_LANES], v: &[f32]) {
         for (a, v) in acc.iter_mut().zip(v) {
-            *a += v * v;
+            *a += (v * v) as f64;
         }
     }
-    let mut acc = [0f32; NORM_LANES];
+    let mut acc = [0f64; NORM_LANES];
     if add.is_null() {
         let x = std::slice::from_raw_parts(x, n);
         let mut c = x.chunks_exact(NORM_LANES);
@@ -166,7 +166,7 @@ pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f32 
 
 /// The 16 partial sums added pairwise: `s[j] += s[j + w]` for w = 8, 4, 2, 1.
 #[inline(always)]
-pub(crate) fn lanes_sum(mut s: [f32; 16]) -> f32 {
+pub(crate) fn lanes_sum(mut s: [f64; 16]) -> f64 {
     for w in [8, 4, 2, 1] {
         for j in 0..w {
             s[j] += s[j + w];
