@@ -23,6 +23,9 @@ const HD: usize = 64;
 const Q_HEADS: usize = 9;
 const KV_HEADS: usize = 3;
 
+/// One row's RoPE, given its cos and sin.
+type RowFn<'a> = dyn Fn(&mut [f32], &[f32], &[f32]) + 'a;
+
 fn lcg(seed: &mut u64) -> f32 {
     *seed = seed
         .wrapping_mul(6364136223846793005)
@@ -207,7 +210,7 @@ fn main() {
     let mut group = c.benchmark_group("rope");
     group.throughput(Throughput::Elements((ROWS * qk) as u64));
     let id = format!("{ROWS}x{}x{HD}", Q_HEADS + KV_HEADS);
-    let rows = |q: &mut [f32], f: &dyn Fn(&mut [f32], &[f32], &[f32])| {
+    let rows = |q: &mut [f32], f: &RowFn| {
         for (t, row) in q.chunks_exact_mut(qk).enumerate() {
             let a = t * HD / 2..(t + 1) * HD / 2;
             f(row, &cos[a.clone()], &sin[a]);

@@ -101,12 +101,12 @@ impl<'a> CpuOps<'a> {
         // Sized for n distinct positions, so that a step of a seen row count allocates nothing
         // whatever its positions.
         let n = step.positions.len();
-        (distinct.clear(), pos_index.clear(), angle_of.clear());
-        (
-            distinct.reserve(n),
-            pos_index.reserve(n),
-            angle_of.reserve(n),
-        );
+        distinct.clear();
+        pos_index.clear();
+        angle_of.clear();
+        distinct.reserve(n);
+        pos_index.reserve(n);
+        angle_of.reserve(n);
         for &p in step.positions {
             let j = *pos_index.entry(p).or_insert_with(|| {
                 distinct.push(p);
