@@ -14,6 +14,27 @@ macro_rules! simd_array {
     }};
 }
 
+/// `$body` on the last `len` (< 16) values of a norm row through zero-padded copies: `$xb`
+/// points to x's copy, `$ab` to add's (read only when `$adding`), and x's copy is written back
+/// when adding. A macro, like `simd_array!`, so that the body keeps the caller's instruction set.
+/// `$add` is only evaluated when adding (it may be a null pointer otherwise).
+macro_rules! padded16 {
+    ($adding:expr, $x:expr, $add:expr, $len:expr, |$xb:ident, $ab:ident| $body:expr) => {{
+        let (mut xb, mut ab) = ([0f32; 16], [0f32; 16]);
+        std::ptr::copy_nonoverlapping($x, xb.as_mut_ptr(), $len);
+        if $adding {
+            std::ptr::copy_nonoverlapping($add, ab.as_mut_ptr(), $len);
+        }
+        {
+            let ($xb, $ab) = (xb.as_mut_ptr(), ab.as_ptr());
+            $body;
+        }
+        if $adding {
+            std::ptr::copy_nonoverlapping(xb.as_ptr(), $x, $len);
+        }
+    }};
+}
+
 pub mod attention;
 mod avx2;
 mod avx512;

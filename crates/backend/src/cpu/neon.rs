@@ -293,15 +293,9 @@ pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f64 
             i += 16;
         }
         if i < n {
-            let (mut xb, mut ab) = ([0f32; 16], [0f32; 16]);
-            std::ptr::copy_nonoverlapping(x.add(i), xb.as_mut_ptr(), n - i);
-            if ADD {
-                std::ptr::copy_nonoverlapping(add.add(i), ab.as_mut_ptr(), n - i);
-            }
-            step::<ADD>(xb.as_mut_ptr(), ab.as_ptr(), &mut acc);
-            if ADD {
-                std::ptr::copy_nonoverlapping(xb.as_ptr(), x.add(i), n - i);
-            }
+            padded16!(ADD, x.add(i), add.add(i), n - i, |xb, ab| step::<ADD>(
+                xb, ab, &mut acc
+            ));
         }
         // Lanes j + 8 onto j (registers k + 4 onto k), j + 4 onto j, j + 2 onto j, then the
         // last two.
