@@ -42,18 +42,33 @@ impl Rope {
         }
     }
 
-    /// Rotates every head (of `head_dim`) in `x` in place by one position's angles.
+    /// Rotates every head (of `head_dim`) in `x` in place by one position's angles. Written as
+    /// loops over whole pairs without index checks so that the compiler vectorizes them (each
+    /// value is still `x0·cos - x1·sin` or `x0·sin + x1·cos`, rounded after each product and the
+    /// sum, on every path); inlined, so a caller compiled for a wider instruction set gets its
+    /// registers (the CPU calls it from its AVX2 and AVX-512 functions).
+    #[inline(always)]
     pub fn apply(&self, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
         let half = self.half();
+        let (cos, sin) = (&cos[..half], &sin[..half]);
         for head in x.chunks_exact_mut(head_dim) {
-            for i in 0..half {
-                let (a, b) = match self.kind {
-                    RopeKind::Normal => (2 * i, 2 * i + 1),
-                    RopeKind::Neox => (i, i + half),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos[i] - x1 * sin[i];
-                head[b] = x0 * sin[i] + x1 * cos[i];
+            let head = &mut head[..2 * half];
+            match self.kind {
+                RopeKind::Normal => {
+                    for ((p, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                        let (x0, x1) = (p[0], p[1]);
+                        p[0] = x0 * c - x1 * s;
+                        p[1] = x0 * s + x1 * c;
+                    }
+                }
+                RopeKind::Neox => {
+                    let (lo, hi) = head.split_at_mut(half);
+                    for (((a, b), &c), &s) in lo.iter_mut().zip(hi).zip(cos).zip(sin) {
+                        let (x0, x1) = (*a, *b);
+                        *a = x0 * c - x1 * s;
+                        *b = x0 * s + x1 * c;
+                    }
+                }
             }
         }
     }

@@ -39,13 +39,14 @@ fn free_running_greedy_matches_llama_cpp_first_tokens() {
 /// by the engine; 14.9403 and 11.6639 since attention sums its scores in blocks of 8 positions
 /// (issue 17; the same bits on every x86 path); 14.9938 and 11.7168 (+0.19% and +0.28% from
 /// llama.cpp's) since SiLU takes a vector exp of 1 ulp instead of libm's `expf` (the same bits
-/// on every path, scalar included).
+/// on every path, scalar included); 14.9726 and 11.6965 (+0.05% and +0.11%) since RMSNorm sums
+/// its squares in f64 as llama.cpp does (16 lanes and a fixed tree: the same bits on every path).
 #[test]
 fn perplexity_is_within_two_percent_of_llama_cpp_and_unchanged_by_the_engine() {
     let model = model();
     for (file, want, before) in [
-        ("GPL-2.txt", 14.9655, 14.9938),
-        ("MPL-2.0.txt", 11.6840, 11.7168),
+        ("GPL-2.txt", 14.9655, 14.9726),
+        ("MPL-2.0.txt", 11.6840, 11.6965),
     ] {
         let path = shared().join("reference/texts").join(file);
         let ppl = llama_cpp::perplexity(&model, &path, 512);

@@ -229,3 +229,116 @@ pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
     }
     lanes8!(gate, up, h, eight);
 }
+
+/// `scalar::sum_squares`, the sixteen f64 lanes as four registers (lanes 0-3, 4-7, 8-11,
+/// 12-15), the tail through a zero-padded copy; the same bits.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x` holds `n` values, `add` too when not null; with a null
+/// `add`, `x` is only read.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f64 {
+    #[inline(always)]
+    unsafe fn run<const ADD: bool>(x: *mut f32, add: *const f32, n: usize) -> f64 {
+        #[inline(always)]
+        unsafe fn step<const ADD: bool>(x: *mut f32, add: *const f32, acc: &mut [__m256d; 4]) {
+            for h in 0..2 {
+                let mut v = _mm256_loadu_ps(x.add(8 * h));
+                if ADD {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(add.add(8 * h)));
+                    _mm256_storeu_ps(x.add(8 * h), v);
+                }
+                let sq = _mm256_mul_ps(v, v);
+                let (lo, hi) = (
+                    _mm256_cvtps_pd(_mm256_castps256_ps128(sq)),
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq)),
+                );
+                acc[2 * h] = _mm256_add_pd(acc[2 * h], lo);
+                acc[2 * h + 1] = _mm256_add_pd(acc[2 * h + 1], hi);
+            }
+        }
+        let mut acc = [_mm256_setzero_pd(); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            step::<ADD>(x.add(i), if ADD { add.add(i) } else { add }, &mut acc);
+            i += 16;
+        }
+        if i < n {
+            padded16!(ADD, x.add(i), add.add(i), n - i, |xb, ab| step::<ADD>(
+                xb, ab, &mut acc
+            ));
+        }
+        // Lanes j + 8 onto j, j + 4 onto j, then the last four.
+        hsum4_pd(_mm256_add_pd(
+            _mm256_add_pd(acc[0], acc[2]),
+            _mm256_add_pd(acc[1], acc[3]),
+        ))
+    }
+    if add.is_null() {
+        run::<false>(x, add, n)
+    } else {
+        run::<true>(x, add, n)
+    }
+}
+
+/// The last four of the norms' sixteen f64 lanes: `s[j] += s[j + 4]` was done by the caller,
+/// here `s[j] += s[j + 2]`, then `s[0] + s[1]`.
+#[inline(always)]
+pub(crate) unsafe fn hsum4_pd(c: __m256d) -> f64 {
+    let d = _mm_add_pd(_mm256_castpd256_pd128(c), _mm256_extractf128_pd::<1>(c));
+    _mm_cvtsd_f64(_mm_add_sd(d, _mm_unpackhi_pd(d, d)))
+}
+
+/// `out = x · s · w`, eight at a time (`scalar::scale`'s bits).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x`, `w` and `out` hold `n` values; `out` is either `x` or
+/// disjoint from both.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn scale(x: *const f32, s: f32, w: *const f32, out: *mut f32, n: usize) {
+    let sv = _mm256_set1_ps(s);
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_mul_ps(_mm256_loadu_ps(x.add(i)), sv);
+        _mm256_storeu_ps(out.add(i), _mm256_mul_ps(v, _mm256_loadu_ps(w.add(i))));
+        i += 8;
+    }
+    super::scalar::scale(x.add(i), s, w.add(i), out.add(i), n - i);
+}
+
+/// [`Rope::apply`](crate::rope::Rope::apply) compiled for AVX2 (inlined: its loops vectorize
+/// eight lanes wide). Rust never fuses a product into a sum, so FMA changes no bit.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn rope(
+    r: &crate::rope::Rope,
+    x: &mut [f32],
+    head_dim: usize,
+    cos: &[f32],
+    sin: &[f32],
+) {
+    r.apply(x, head_dim, cos, sin)
+}
+
+/// `dst = f16(src)`, eight at a time with F16C rounding to nearest even: the bits of
+/// `half::f16::from_f32` (which uses the same instruction where the CPU has it), without the
+/// copies through arrays of `half`'s slice conversion (three times slower on a K/V row).
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C; the slices have equal lengths.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn f32_to_f16(src: &[f32], dst: &mut [half::f16]) {
+    let n = src.len();
+    let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(ps.add(i)));
+        _mm_storeu_si128(pd.add(i).cast(), h);
+        i += 8;
+    }
+    for j in i..n {
+        dst[j] = half::f16::from_f32(src[j]);
+    }
+}

@@ -14,16 +14,42 @@ macro_rules! simd_array {
     }};
 }
 
+/// `$body` on the last `len` (< 16) values of a norm row through zero-padded copies: `$xb`
+/// points to x's copy, `$ab` to add's (read only when `$adding`), and x's copy is written back
+/// when adding. A macro, like `simd_array!`, so that the body keeps the caller's instruction set.
+/// `$add` is only evaluated when adding (it may be a null pointer otherwise).
+macro_rules! padded16 {
+    ($adding:expr, $x:expr, $add:expr, $len:expr, |$xb:ident, $ab:ident| $body:expr) => {{
+        let (mut xb, mut ab) = ([0f32; 16], [0f32; 16]);
+        std::ptr::copy_nonoverlapping($x, xb.as_mut_ptr(), $len);
+        if $adding {
+            std::ptr::copy_nonoverlapping($add, ab.as_mut_ptr(), $len);
+        }
+        {
+            let ($xb, $ab) = (xb.as_mut_ptr(), ab.as_ptr());
+            $body;
+        }
+        if $adding {
+            std::ptr::copy_nonoverlapping(xb.as_ptr(), $x, $len);
+        }
+    }};
+}
+
 pub mod attention;
 mod avx2;
 mod avx512;
 mod neon;
+mod norm;
 pub mod ops;
 mod quant;
 mod scalar;
 pub mod tuning;
 mod weight;
 
+pub use norm::{
+    add_rms_norm, add_rms_norm_isa, rms_norm, rms_norm_in_place, rms_norm_in_place_isa,
+    rms_norm_isa,
+};
 pub use quant::{
     matmul_q, matmul_q_cols, matmul_q_cols_isa, matmul_q_glu_isa, matmul_q_isa,
     matmul_q_to_glu_isa, QMatrix, QType,
@@ -340,52 +366,6 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// RMSNorm of each row of `x` (rows of `weight.len()`), written to `out`: `x / rms(x) * weight`.
-pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let d = weight.len();
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let scale = 1.0 / (ss + eps).sqrt();
-        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
-            *o = v * scale * w;
-        }
-    }
-}
-
-/// RMSNorm of each row of `x` in place (rows of `weight.len()`): the per-head Q/K norms of
-/// Qwen3 and Gemma 3 (weight of one head), and Gemma 3's norms of a projection's output.
-pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
-    let d = weight.len();
-    for xr in x.chunks_exact_mut(d) {
-        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let scale = 1.0 / (ss + eps).sqrt();
-        for (v, &w) in xr.iter_mut().zip(weight) {
-            *v = *v * scale * w;
-        }
-    }
-}
-
-/// `x += add`, then the RMSNorm of each row of the sum into `out` (one pass over `x` instead of
-/// two; the same results as adding and then calling [`rms_norm`]).
-pub fn add_rms_norm(x: &mut [f32], add: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let d = weight.len();
-    for ((xr, ar), or) in x
-        .chunks_exact_mut(d)
-        .zip(add.chunks_exact(d))
-        .zip(out.chunks_exact_mut(d))
-    {
-        let mut ss = 0f32;
-        for (v, a) in xr.iter_mut().zip(ar) {
-            *v += a;
-            ss += *v * *v;
-        }
-        let scale = 1.0 / (ss / d as f32 + eps).sqrt();
-        for ((o, &v), &w) in or.iter_mut().zip(xr.iter()).zip(weight) {
-            *o = v * scale * w;
-        }
-    }
-}
-
 /// The activation of a gated FFN: `h = act(gate) * up`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -459,6 +439,42 @@ pub(crate) fn glu_row(isa: Isa, act: Activation, gate: &[f32], up: &[f32], h: &m
         (_, Isa::Neon | Isa::NeonDot) => unsafe { neon::gelu(gate, up, h) },
         _ => scalar::gelu(gate, up, h),
     }
+}
+
+/// [`Rope::apply`](crate::rope::Rope::apply) on one row's heads, compiled for `isa` (one of
+/// [`Isa::available`]) so that its loops vectorize as wide as the processor allows; the same bits
+/// on every path (element-wise products and sums, never fused).
+pub fn rope_isa(
+    isa: Isa,
+    rope: &crate::rope::Rope,
+    x: &mut [f32],
+    head_dim: usize,
+    cos: &[f32],
+    sin: &[f32],
+) {
+    debug_assert!(Isa::available().contains(&isa), "{isa:?} not available");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512Vnni is only available with AVX-512 F.
+        Isa::Avx512Vnni => unsafe { avx512::rope(rope, x, head_dim, cos, sin) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: these are only available with AVX2 and FMA.
+        Isa::Avx2 | Isa::AvxVnni => unsafe { avx2::rope(rope, x, head_dim, cos, sin) },
+        _ => rope.apply(x, head_dim, cos, sin),
+    }
+}
+
+/// `dst = f16(src)` (round to nearest even), the K/V pool's row conversion: F16C eight at a time
+/// where the CPU has it, `half`'s conversion otherwise; the same bits either way.
+pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [half::f16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_f16: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() != Isa::Scalar {
+        // SAFETY: every x86 instruction set but Scalar implies AVX2 and F16C; lengths checked.
+        return unsafe { avx2::f32_to_f16(src, dst) };
+    }
+    use half::slice::HalfFloatSliceExt;
+    dst.convert_from_f32_slice(src)
 }
 
 /// Rows from which a step's per-row work ([`glu_rows`], the Q/K preparation of `CpuOps`) runs

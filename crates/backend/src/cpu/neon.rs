@@ -264,3 +264,64 @@ pub unsafe fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
     }
     lanes4!(gate, up, h, four);
 }
+
+/// `scalar::sum_squares`, the sixteen f64 lanes as eight registers (lanes 2k and 2k + 1 in
+/// register k), the tail through a zero-padded copy; the same bits.
+///
+/// # Safety
+/// `x` holds `n` values, `add` too when not null; with a null `add`, `x` is only read.
+pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f64 {
+    #[inline(always)]
+    unsafe fn run<const ADD: bool>(x: *mut f32, add: *const f32, n: usize) -> f64 {
+        #[inline(always)]
+        unsafe fn step<const ADD: bool>(x: *mut f32, add: *const f32, acc: &mut [float64x2_t; 8]) {
+            for q in 0..4 {
+                let mut v = vld1q_f32(x.add(4 * q));
+                if ADD {
+                    v = vaddq_f32(v, vld1q_f32(add.add(4 * q)));
+                    vst1q_f32(x.add(4 * q), v);
+                }
+                let sq = vmulq_f32(v, v);
+                acc[2 * q] = vaddq_f64(acc[2 * q], vcvt_f64_f32(vget_low_f32(sq)));
+                acc[2 * q + 1] = vaddq_f64(acc[2 * q + 1], vcvt_high_f64_f32(sq));
+            }
+        }
+        let mut acc = [vdupq_n_f64(0.0); 8];
+        let mut i = 0;
+        while i + 16 <= n {
+            step::<ADD>(x.add(i), if ADD { add.add(i) } else { add }, &mut acc);
+            i += 16;
+        }
+        if i < n {
+            padded16!(ADD, x.add(i), add.add(i), n - i, |xb, ab| step::<ADD>(
+                xb, ab, &mut acc
+            ));
+        }
+        // Lanes j + 8 onto j (registers k + 4 onto k), j + 4 onto j, j + 2 onto j, then the
+        // last two.
+        let q: [float64x2_t; 4] =
+            simd_array!(4, vdupq_n_f64(0.0), |k| vaddq_f64(acc[k], acc[k + 4]));
+        let r = vaddq_f64(vaddq_f64(q[0], q[2]), vaddq_f64(q[1], q[3]));
+        vpaddd_f64(r)
+    }
+    if add.is_null() {
+        run::<false>(x, add, n)
+    } else {
+        run::<true>(x, add, n)
+    }
+}
+
+/// `out = x · s · w`, four at a time (`scalar::scale`'s bits).
+///
+/// # Safety
+/// `x`, `w` and `out` hold `n` values; `out` is either `x` or disjoint from both.
+pub(crate) unsafe fn scale(x: *const f32, s: f32, w: *const f32, out: *mut f32, n: usize) {
+    let sv = vdupq_n_f32(s);
+    let mut i = 0;
+    while i + 4 <= n {
+        let v = vmulq_f32(vld1q_f32(x.add(i)), sv);
+        vst1q_f32(out.add(i), vmulq_f32(v, vld1q_f32(w.add(i))));
+        i += 4;
+    }
+    super::scalar::scale(x.add(i), s, w.add(i), out.add(i), n - i);
+}

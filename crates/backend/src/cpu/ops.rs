@@ -3,12 +3,14 @@
 //! pair per layer, and the kernels of this module. Nothing here allocates once the caller's
 //! buffers and the [`CpuScratch`] have seen a step of the same size.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::mem::size_of;
 
 use tokenfab_types::TokenId;
 
 use super::attention::{self, AttnInput, AttnShape, KvStore, RowKv};
-use super::{add_rms_norm, glu_rows, rms_norm, rms_norm_in_place, Weight, PAR_ROWS};
+use super::{add_rms_norm, glu_rows, rms_norm, rms_norm_in_place, rope_isa, Isa, Weight, PAR_ROWS};
 use crate::ops::{Activation, AttnLayer, Ops, QkvPrep, Residual, Rope};
 
 /// One step's rows, as the host has them.
@@ -29,11 +31,21 @@ pub struct CpuStep<'a> {
 /// Working memory of the CPU operations, kept across steps (it grows, never shrinks).
 #[derive(Default)]
 pub struct CpuScratch {
-    /// (ropes, n, half): cos and sin of each row's position under each RoPE.
+    /// (ropes, m, half): cos and sin of each of the step's m distinct positions under each RoPE
+    /// (a prefill of many prompts repeats positions: each is computed once).
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// (m,) the distinct positions in order of first appearance, the index of each, and (n,)
+    /// each row's index among them.
+    distinct: Vec<u32>,
+    pos_index: HashMap<u32, usize>,
+    angle_of: Vec<usize>,
     /// Per pool thread: attention's online-softmax state (`attention::scratch_len`).
     attn: Vec<f32>,
+    /// Whether the step's slots are all different (rows then write K/V in parallel), and the
+    /// sorted copy of them that says so.
+    distinct_slots: bool,
+    sorted_slots: Vec<usize>,
     /// (r, dim): the logits rows' residual, then its final norm.
     resid: Vec<f32>,
     last: Vec<f32>,
@@ -45,7 +57,10 @@ impl CpuScratch {
         [&self.cos, &self.sin, &self.attn, &self.resid, &self.last]
             .iter()
             .map(|v| v.capacity() * 4)
-            .sum()
+            .sum::<usize>()
+            + (self.sorted_slots.capacity() + self.angle_of.capacity()) * size_of::<usize>()
+            + self.distinct.capacity() * 4
+            + self.pos_index.capacity() * size_of::<(u32, usize)>()
     }
 }
 
@@ -70,7 +85,7 @@ pub struct CpuOps<'a> {
 }
 
 impl<'a> CpuOps<'a> {
-    /// The pass over `step`, computing each row's RoPE angles up front.
+    /// The pass over `step`, computing the RoPE angles of its positions up front.
     pub fn new(
         step: CpuStep<'a>,
         ropes: &'a [Rope],
@@ -78,19 +93,45 @@ impl<'a> CpuOps<'a> {
         block_size: usize,
         s: &'a mut CpuScratch,
     ) -> Self {
-        let n = step.tokens.len();
         let per_row: usize = ropes.iter().map(Rope::half).sum();
+        let CpuScratch {
+            distinct,
+            pos_index,
+            angle_of,
+            ..
+        } = s;
+        // Sized for n distinct positions, so that a step of a seen row count allocates nothing
+        // whatever its positions.
+        let n = step.positions.len();
+        distinct.clear();
+        pos_index.clear();
+        angle_of.clear();
+        distinct.reserve(n);
+        pos_index.reserve(n);
+        angle_of.reserve(n);
+        for &p in step.positions {
+            let j = *pos_index.entry(p).or_insert_with(|| {
+                distinct.push(p);
+                distinct.len() - 1
+            });
+            angle_of.push(j);
+        }
+        let m = distinct.len();
         fit(&mut s.cos, n * per_row);
         fit(&mut s.sin, n * per_row);
         let mut off = 0;
         for rope in ropes {
             let h = rope.half();
-            for (t, &p) in step.positions.iter().enumerate() {
-                let r = off + t * h..off + (t + 1) * h;
+            for (j, &p) in s.distinct.iter().enumerate() {
+                let r = off + j * h..off + (j + 1) * h;
                 rope.angles(p, &mut s.cos[r.clone()], &mut s.sin[r]);
             }
-            off += n * h;
+            off += m * h;
         }
+        s.sorted_slots.clear();
+        s.sorted_slots.extend_from_slice(step.slots);
+        s.sorted_slots.sort_unstable();
+        s.distinct_slots = s.sorted_slots.windows(2).all(|w| w[0] != w[1]);
         Self {
             step,
             ropes,
@@ -181,12 +222,18 @@ impl Ops for CpuOps<'_> {
         let n = self.n();
         let rope = &self.ropes[p.rope];
         let h = rope.half();
-        let off: usize = n * self.ropes[..p.rope].iter().map(Rope::half).sum::<usize>();
-        let (k, v) = (&mut self.k[layer], &mut self.v[layer]);
-        let (cos_all, sin_all) = (&self.s.cos, &self.s.sin);
-        // Per row: bias, Q/K norms, RoPE on Q and K. Rows are independent and computed the same
-        // way on any thread, so a batch's rows go to the pool (single-threaded this was ~7% of a
-        // 64-stream step's forward); then K and V into the pool, in order.
+        let m = self.s.distinct.len();
+        let off: usize = m * self.ropes[..p.rope].iter().map(Rope::half).sum::<usize>();
+        let (cos_all, sin_all, angle_of) = (&self.s.cos, &self.s.sin, &self.s.angle_of);
+        let (isa, slots) = (Isa::detect(), self.step.slots);
+        // Each row's K and V go to its own slot, so rows write them as they finish, wherever
+        // they run (while the row is in cache); only a step with a repeated slot writes them
+        // afterwards, in order, so that the last row wins as it always did.
+        let parallel_kv = self.s.distinct_slots;
+        let (k, v) = (self.k[layer].rows(), self.v[layer].rows());
+        // Per row: bias, Q/K norms, RoPE on Q and K, K and V into the pool. Rows are independent
+        // and computed the same way on any thread, so a batch's rows go to the pool
+        // (single-threaded this was ~7% of a 64-stream step's forward).
         let prep = |(t, row): (usize, &mut [f32])| {
             if let Some(b) = p.bias {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -197,13 +244,17 @@ impl Ops for CpuOps<'_> {
             if let Some(w) = p.k_norm {
                 rms_norm_in_place(&mut row[q_dim..q_dim + kv_dim], w, p.eps);
             }
-            let a = off + t * h..off + (t + 1) * h;
-            rope.apply(
-                &mut row[..q_dim + kv_dim],
-                hd,
-                &cos_all[a.clone()],
-                &sin_all[a],
-            );
+            let a = off + angle_of[t] * h..off + (angle_of[t] + 1) * h;
+            let (cos, sin) = (&cos_all[a.clone()], &sin_all[a]);
+            rope_isa(isa, rope, &mut row[..q_dim + kv_dim], hd, cos, sin);
+            if parallel_kv {
+                // SAFETY: slots are distinct across the step's rows (`distinct_slots`), and each
+                // row is prepared once.
+                unsafe {
+                    k.write(slots[t], &row[q_dim..q_dim + kv_dim]);
+                    v.write(slots[t], &row[q_dim + kv_dim..]);
+                }
+            }
         };
         let rows = &mut qkv[..n * width];
         if n >= PAR_ROWS {
@@ -215,9 +266,14 @@ impl Ops for CpuOps<'_> {
         } else {
             rows.chunks_exact_mut(width).enumerate().for_each(prep);
         }
-        for (t, row) in rows.chunks_exact(width).enumerate() {
-            k.write(self.step.slots[t], &row[q_dim..q_dim + kv_dim]);
-            v.write(self.step.slots[t], &row[q_dim + kv_dim..]);
+        if !parallel_kv {
+            for (t, row) in rows.chunks_exact(width).enumerate() {
+                // SAFETY: one thread writes.
+                unsafe {
+                    k.write(slots[t], &row[q_dim..q_dim + kv_dim]);
+                    v.write(slots[t], &row[q_dim + kv_dim..]);
+                }
+            }
         }
         Ok(())
     }

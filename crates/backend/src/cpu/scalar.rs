@@ -130,3 +130,57 @@ pub fn gelu(gate: &[f32], up: &[f32], h: &mut [f32]) {
         *o = g / (1.0 + z.exp()) * u;
     }
 }
+
+/// A row's sum of squares in the order `norm.rs` fixes (each square rounded to f32, then summed
+/// in f64 over 16 lanes and a pairwise tree); with `add` not null, `x += add` first and the sum
+/// is of the new values. The reference the SIMD twins give the same bits as.
+///
+/// # Safety
+/// `x` holds `n` values, `add` too when not null; with a null `add`, `x` is only read.
+pub(crate) unsafe fn sum_squares(x: *mut f32, add: *const f32, n: usize) -> f64 {
+    use super::norm::NORM_LANES;
+    #[inline(always)]
+    fn lanes(acc: &mut [f64; NORM_LANES], v: &[f32]) {
+        for (a, v) in acc.iter_mut().zip(v) {
+            *a += (v * v) as f64;
+        }
+    }
+    let mut acc = [0f64; NORM_LANES];
+    if add.is_null() {
+        let x = std::slice::from_raw_parts(x, n);
+        let mut c = x.chunks_exact(NORM_LANES);
+        c.by_ref().for_each(|v| lanes(&mut acc, v));
+        lanes(&mut acc, c.remainder());
+    } else {
+        let (x, add) = (
+            std::slice::from_raw_parts_mut(x, n),
+            std::slice::from_raw_parts(add, n),
+        );
+        for (v, a) in x.chunks_mut(NORM_LANES).zip(add.chunks(NORM_LANES)) {
+            v.iter_mut().zip(a).for_each(|(v, a)| *v += a);
+            lanes(&mut acc, v);
+        }
+    }
+    lanes_sum(acc)
+}
+
+/// The 16 partial sums added pairwise: `s[j] += s[j + w]` for w = 8, 4, 2, 1.
+#[inline(always)]
+pub(crate) fn lanes_sum(mut s: [f64; 16]) -> f64 {
+    for w in [8, 4, 2, 1] {
+        for j in 0..w {
+            s[j] += s[j + w];
+        }
+    }
+    s[0]
+}
+
+/// `out = x · s · w` element-wise (`out` may be `x`).
+///
+/// # Safety
+/// `x`, `w` and `out` hold `n` values; `out` is either `x` or disjoint from both.
+pub(crate) unsafe fn scale(x: *const f32, s: f32, w: *const f32, out: *mut f32, n: usize) {
+    for i in 0..n {
+        *out.add(i) = *x.add(i) * s * *w.add(i);
+    }
+}

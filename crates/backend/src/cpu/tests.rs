@@ -395,3 +395,124 @@ fn silu_gives_the_same_bits_on_every_path_and_is_accurate() {
     assert_eq!(one(0.0).to_bits(), 0);
     assert!(one(f32::NAN).is_nan());
 }
+
+/// The three norms on every instruction set: the scalar path's bits (rows with and without a
+/// 16-lane tail, several rows, values over many magnitudes), the residual sum written back alike,
+/// in place equal to out of place, and within a few ulp of f64's norm.
+#[test]
+fn norms_give_the_same_bits_on_every_path() {
+    let mut seed = 11;
+    for d in [1, 7, 16, 40, 64, 576] {
+        let rows = 3;
+        let x: Vec<f32> = (0..rows * d)
+            .map(|i| lcg(&mut seed) * [1.0, 30.0, 1e-3, 4e3][i % 4])
+            .collect();
+        let add: Vec<f32> = (0..rows * d).map(|_| lcg(&mut seed) * 2.0).collect();
+        let w: Vec<f32> = (0..d).map(|_| 0.5 + lcg(&mut seed)).collect();
+        let eps = 1e-5;
+        let run = |isa: Isa| {
+            let mut out = vec![f32::NAN; rows * d];
+            rms_norm_isa(isa, &x, &w, eps, &mut out);
+            let mut inplace = x.clone();
+            rms_norm_in_place_isa(isa, &mut inplace, &w, eps);
+            assert_eq!(inplace, out, "{isa:?} d {d}: in place");
+            let (mut sum, mut added) = (x.clone(), vec![f32::NAN; rows * d]);
+            add_rms_norm_isa(isa, &mut sum, &add, &w, eps, &mut added);
+            (out, sum, added)
+        };
+        let want = run(Isa::Scalar);
+        for isa in Isa::available() {
+            assert!(run(isa) == want, "{isa:?} d {d}: not the scalar bits");
+        }
+        let (out, sum, added) = want;
+        for (r, xr) in x.chunks_exact(d).enumerate() {
+            let ss: f64 = xr.iter().map(|&v| v as f64 * v as f64).sum();
+            let scale = 1.0 / (ss / d as f64 + eps as f64).sqrt();
+            for (i, &v) in xr.iter().enumerate() {
+                let exact = v as f64 * scale * w[i] as f64;
+                let got = out[r * d + i] as f64;
+                assert!(
+                    (got - exact).abs() <= 4.0 * f32::EPSILON as f64 * exact.abs(),
+                    "d {d} [{r}][{i}]: {got:e} vs {exact:e}"
+                );
+                assert_eq!(sum[r * d + i], v + add[r * d + i]);
+            }
+        }
+        let mut normed_sum = vec![0f32; rows * d];
+        rms_norm(&sum, &w, eps, &mut normed_sum);
+        assert_eq!(
+            added, normed_sum,
+            "d {d}: add_rms_norm is add, then rms_norm"
+        );
+    }
+}
+
+/// RoPE compiled for every instruction set gives the bits of the pair-by-pair rotation, both
+/// pairings, on heads longer than the rotated part (whose tail stays as it was).
+#[test]
+fn rope_gives_the_same_bits_on_every_path() {
+    use crate::rope::{Rope, RopeKind};
+    let mut seed = 3;
+    for kind in [RopeKind::Normal, RopeKind::Neox] {
+        for (dim, head_dim, heads) in [(64, 64, 12), (32, 48, 3), (2, 3, 1)] {
+            let half = dim / 2;
+            let rope = Rope {
+                kind,
+                dim,
+                inv_freq: (0..half)
+                    .map(|i| 1e4f64.powf(-(i as f64) / half as f64))
+                    .collect(),
+                mscale: 1.0,
+            };
+            let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+            rope.angles(777, &mut cos, &mut sin);
+            let x: Vec<f32> = (0..heads * head_dim)
+                .map(|_| lcg(&mut seed) * 8.0)
+                .collect();
+            let mut want = x.clone();
+            for head in want.chunks_exact_mut(head_dim) {
+                for i in 0..half {
+                    let (a, b) = match kind {
+                        RopeKind::Normal => (2 * i, 2 * i + 1),
+                        RopeKind::Neox => (i, i + half),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[i] - x1 * sin[i];
+                    head[b] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+            for isa in Isa::available() {
+                let mut got = x.clone();
+                rope_isa(isa, &rope, &mut got, head_dim, &cos, &sin);
+                assert_eq!(got, want, "{isa:?} {kind:?} dim {dim} head {head_dim}");
+            }
+        }
+    }
+}
+
+/// The K/V pool's f16 conversion gives `half::f16::from_f32`'s bits: ties, subnormals, overflow,
+/// infinities, and lengths with a tail.
+#[test]
+fn f16_rows_round_as_half_does() {
+    let mut seed = 9;
+    let mut src: Vec<f32> = (0..1000)
+        .map(|i| lcg(&mut seed) * [1.0, 7e4, 1e-5, 3e-8][i % 4])
+        .collect();
+    src.extend([
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        65520.0,
+        -65504.0,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        -0.0,
+        f32::MIN_POSITIVE,
+    ]);
+    for len in [src.len(), 7, 0] {
+        let mut got = vec![half::f16::ZERO; len];
+        f32_to_f16(&src[..len], &mut got);
+        for (g, &s) in got.iter().zip(&src) {
+            assert_eq!(g.to_bits(), half::f16::from_f32(s).to_bits(), "{s:e}");
+        }
+    }
+}

@@ -5,7 +5,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 /// Values per Q8_0 block.
 pub const QK8_0: usize = 32;
@@ -149,23 +148,27 @@ impl KvStore {
 
     /// Stores `src` (width values) as row `slot`, converted to the pool's type.
     pub fn write(&mut self, slot: usize, src: &[f32]) {
-        let w = self.width;
-        assert_eq!(src.len(), w, "KV row width");
-        match &mut self.data {
-            KvData::F32(v) => v[slot * w..(slot + 1) * w].copy_from_slice(src),
-            // F16C when the processor has it (checked once by `half`), 8 values at a time;
-            // the same rounding as `f16::from_f32`. One value at a time this loop was ~5% of a
-            // 64-prompt prefill's forward, on one thread.
-            KvData::F16(v) => v[slot * w..(slot + 1) * w].convert_from_f32_slice(src),
-            KvData::Q8_0(v) => {
-                let nb = w / QK8_0;
-                for (d, s) in v[slot * nb..(slot + 1) * nb]
-                    .iter_mut()
-                    .zip(src.chunks_exact(QK8_0))
-                {
-                    *d = BlockQ8_0::quantize(s);
-                }
-            }
+        // SAFETY: `&mut self`: no other writer.
+        unsafe { self.rows().write(slot, src) }
+    }
+
+    /// A handle through which several threads store rows at once (each a different slot).
+    pub(crate) fn rows(&mut self) -> KvRows<'_> {
+        let ptr = match &mut self.data {
+            KvData::F32(v) => KvPtr::F32(v.as_mut_ptr()),
+            KvData::F16(v) => KvPtr::F16(v.as_mut_ptr()),
+            KvData::Q8_0(v) => KvPtr::Q8_0(v.as_mut_ptr()),
+        };
+        let slots = match &self.data {
+            KvData::F32(v) => v.len() / self.width.max(1),
+            KvData::F16(v) => v.len() / self.width.max(1),
+            KvData::Q8_0(v) => v.len() * QK8_0 / self.width.max(1),
+        };
+        KvRows {
+            width: self.width,
+            slots,
+            ptr,
+            _store: std::marker::PhantomData,
         }
     }
 
@@ -189,6 +192,56 @@ impl KvStore {
                     for (o, &q) in o.iter_mut().zip(&b.qs) {
                         *o = d * q as f32;
                     }
+                }
+            }
+        }
+    }
+}
+
+/// A pool's rows, written from several threads at once ([`KvStore::rows`]); it borrows the
+/// store mutably, so nothing reads it meanwhile.
+pub(crate) struct KvRows<'a> {
+    width: usize,
+    slots: usize,
+    ptr: KvPtr,
+    _store: std::marker::PhantomData<&'a mut KvStore>,
+}
+
+#[derive(Clone, Copy)]
+enum KvPtr {
+    F32(*mut f32),
+    F16(*mut f16),
+    Q8_0(*mut BlockQ8_0),
+}
+
+// SAFETY: the handle writes only through `write`, whose callers keep threads on distinct slots.
+unsafe impl Send for KvRows<'_> {}
+unsafe impl Sync for KvRows<'_> {}
+
+impl KvRows<'_> {
+    /// Stores `src` (width values) as row `slot`, converted to the pool's type.
+    ///
+    /// # Safety
+    /// No other thread writes row `slot` during the call.
+    pub(crate) unsafe fn write(&self, slot: usize, src: &[f32]) {
+        let w = self.width;
+        assert_eq!(src.len(), w, "KV row width");
+        assert!(slot < self.slots, "KV slot {slot} of {}", self.slots);
+        match self.ptr {
+            KvPtr::F32(p) => {
+                std::slice::from_raw_parts_mut(p.add(slot * w), w).copy_from_slice(src)
+            }
+            // F16C when the processor has it, 8 values at a time; the same rounding as
+            // `f16::from_f32`. One value at a time this loop was ~5% of a 64-prompt prefill's
+            // forward, on one thread.
+            KvPtr::F16(p) => {
+                crate::cpu::f32_to_f16(src, std::slice::from_raw_parts_mut(p.add(slot * w), w))
+            }
+            KvPtr::Q8_0(p) => {
+                let nb = w / QK8_0;
+                let row = std::slice::from_raw_parts_mut(p.add(slot * nb), nb);
+                for (d, s) in row.iter_mut().zip(src.chunks_exact(QK8_0)) {
+                    *d = BlockQ8_0::quantize(s);
                 }
             }
         }
