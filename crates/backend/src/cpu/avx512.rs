@@ -1,6 +1,6 @@
-//! AVX-512 F kernels (x86-64) of the f32 element-wise work: SwiGLU's SiLU, sixteen lanes at a time.
-//! Callers guarantee the CPU has AVX-512 F. Same bits as `scalar.rs` and `avx2.rs`, so a result
-//! does not depend on which x86 processor computed it.
+//! AVX-512 F kernels (x86-64) of the f32 element-wise work: SwiGLU's SiLU, the norms and RoPE,
+//! sixteen lanes at a time. Callers guarantee the CPU has AVX-512 F. Same bits as `scalar.rs` and
+//! `avx2.rs`, so a result does not depend on which x86 processor computed it.
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
