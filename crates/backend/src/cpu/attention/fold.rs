@@ -43,28 +43,41 @@ impl Task<'_, '_> {
 /// Where [`run`] leaves row `r`'s max and sum (group each) in its scratch.
 pub(crate) fn ml_offsets(sh: &AttnShape, r: usize) -> (usize, usize) {
     let g = sh.group();
-    let m = MAX_TASK_ROWS * g * TILE;
+    let m = g * TILE;
     (m + r * g, m + MAX_TASK_ROWS * g + r * g)
 }
 
-/// The K or V rows of positions `p0..p0 + np` for KV head `off / head_dim`, as f32: borrowed from
-/// an f32 pool, else widened into `buf` (np, head_dim).
+/// Where the K/V rows of positions `p0..p0 + np` (KV head `t.kh`) start in a pool of `w`-wide
+/// rows, in values: the same for K and V.
+#[inline(always)]
+fn tile_offsets(t: &Task, w: usize, p0: usize, np: usize) -> [usize; TILE] {
+    let bs = t.sh.block_size;
+    let off = t.kh * t.sh.head_dim;
+    let mut at = [0usize; TILE];
+    // Slots walked block by block: one division per tile.
+    let (mut b, mut o) = (p0 / bs, p0 % bs);
+    for a in at.iter_mut().take(np) {
+        *a = (t.table[b] as usize * bs + o) * w + off;
+        o += 1;
+        if o == bs {
+            (b, o) = (b + 1, 0);
+        }
+    }
+    at
+}
+
+/// The K or V rows starting at `at` (values into the pool), `hd` each, as f32: borrowed from an
+/// f32 pool, else widened into `buf` (at.len(), hd).
 #[inline(always)]
 unsafe fn tile_rows<'b, O: Ops>(
     s: &'b KvStore,
-    t: &Task,
-    p0: usize,
-    np: usize,
+    at: &[usize],
+    hd: usize,
     buf: &'b mut [f32],
 ) -> [&'b [f32]; TILE] {
-    let (hd, bs, w) = (t.sh.head_dim, t.sh.block_size, s.width());
-    let off = t.kh * hd;
     let mut rows: [&[f32]; TILE] = [&[]; TILE];
-    // Slots walked block by block: one division per tile.
-    let (mut b, mut o) = (p0 / bs, p0 % bs);
     let mut bufs = buf.chunks_exact_mut(hd);
-    for row in rows.iter_mut().take(np) {
-        let i = (t.table[b] as usize * bs + o) * w + off;
+    for (row, &i) in rows.iter_mut().zip(at) {
         *row = match &s.data {
             KvData::F32(v) => &v[i..i + hd],
             KvData::F16(v) => {
@@ -78,10 +91,6 @@ unsafe fn tile_rows<'b, O: Ops>(
                 dst
             }
         };
-        o += 1;
-        if o == bs {
-            (b, o) = (b + 1, 0);
-        }
     }
     rows
 }
@@ -94,16 +103,13 @@ unsafe fn prefetch_rows(s: &KvStore, t: &Task, p0: usize, np: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let (hd, bs, w) = (t.sh.head_dim, t.sh.block_size, s.width());
         let (base, bytes): (*const i8, usize) = match &s.data {
             KvData::F32(v) => (v.as_ptr().cast(), 4),
             KvData::F16(v) => (v.as_ptr().cast(), 2),
             KvData::Q8_0(v) => (v.as_ptr().cast(), 0),
         };
-        let row_bytes = s.dtype().row_bytes(hd);
-        let (mut b, mut o) = (p0 / bs, p0 % bs);
-        for _ in 0..np {
-            let i = (t.table[b] as usize * bs + o) * w + t.kh * hd;
+        let row_bytes = s.dtype().row_bytes(t.sh.head_dim);
+        for &i in &tile_offsets(t, s.width(), p0, np)[..np] {
             let at = if bytes == 0 {
                 i / QK8_0 * std::mem::size_of::<super::BlockQ8_0>()
             } else {
@@ -116,10 +122,6 @@ unsafe fn prefetch_rows(s: &KvStore, t: &Task, p0: usize, np: usize) {
                 x += 64;
             }
             _mm_prefetch::<_MM_HINT_T0>(p.add(row_bytes - 1));
-            o += 1;
-            if o == bs {
-                (b, o) = (b + 1, 0);
-            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -127,12 +129,13 @@ unsafe fn prefetch_rows(s: &KvStore, t: &Task, p0: usize, np: usize) {
 }
 
 /// Chunk `c` of every row of `t` that has one, each from a fresh softmax state: for each tile of
-/// positions, the tile's K rows (widened once) are scored against each row's query heads, folded
-/// into each head's running max and sum (rescaling the row's output when the max grows), then the
-/// tile's V rows (widened once) are added, weighted, into the row's output. A row's operations
-/// are those it would have alone: its tiles start at the chunk's first position and stop at its
-/// own end. `outs[r]`: row r's output, (group, head_dim), left unnormalized; `scratch`:
-/// `chunk_scratch()` f32s, where [`ml_offsets`] finds each row's max and sum on return.
+/// positions, the tile's K and V rows are widened once (K packed as `O::pack_k` lays it out,
+/// where the path packs it), then each row's query heads are scored against the K rows, folded
+/// into each head's running max and sum (rescaling the row's output when the max grows), and the
+/// V rows added, weighted, into the row's output. A row's operations are those it would have
+/// alone: its tiles start at the chunk's first position and stop at its own end. `outs[r]`: row
+/// r's output, (group, head_dim), left unnormalized; `scratch`: `chunk_scratch()` f32s, where
+/// [`ml_offsets`] finds each row's max and sum on return.
 ///
 /// # Safety
 /// `O`'s instruction set is available; `outs[r]` points at `group * head_dim` writable f32s for
@@ -144,8 +147,9 @@ pub(crate) unsafe fn run<O: Ops>(
     outs: &[*mut f32; MAX_TASK_ROWS],
     scratch: &mut [f32],
 ) {
-    let (hd, g_n) = (t.sh.head_dim, t.sh.group());
-    let (scores, rest) = scratch.split_at_mut(MAX_TASK_ROWS * g_n * TILE);
+    let (hd, g_n, w) = (t.sh.head_dim, t.sh.group(), t.k.width());
+    // One row's scores at a time (group, TILE).
+    let (scores, rest) = scratch.split_at_mut(g_n * TILE);
     let (m, rest) = rest.split_at_mut(MAX_TASK_ROWS * g_n);
     let (l, rest) = rest.split_at_mut(MAX_TASK_ROWS * g_n);
     let (ktile, rest) = rest.split_at_mut(TILE * hd);
@@ -167,7 +171,7 @@ pub(crate) unsafe fn run<O: Ops>(
     }
     let mut p0 = lo;
     if p0 < hi {
-        // The first tile's V rows, read after its scores.
+        // The first tile's V rows, widened after its K rows.
         prefetch_rows(t.v, t, p0, TILE.min(hi - p0));
     }
     while p0 < hi {
@@ -176,37 +180,77 @@ pub(crate) unsafe fn run<O: Ops>(
         let next = TILE.min(hi - p0 - np);
         prefetch_rows(t.k, t, p0 + np, next);
         prefetch_rows(t.v, t, p0 + np, next);
-        let krows = tile_rows::<O>(t.k, t, p0, np, ktile);
-        for r in 0..t.n {
-            let npr = span[r].end.saturating_sub(p0).min(np);
-            if npr == 0 {
-                continue;
-            }
-            let s = &mut scores[r * g_n * TILE..(r + 1) * g_n * TILE];
-            O::scores(t.q[r], &krows[..npr], t.sh.scale, s, TILE);
-            let out = std::slice::from_raw_parts_mut(outs[r], g_n * hd);
-            for g in 0..g_n {
-                let (m, l) = (&mut m[r * g_n + g], &mut l[r * g_n + g]);
-                let s = &mut s[g * TILE..g * TILE + npr];
-                let mx = O::max(s, *m);
-                if mx > *m {
-                    let c = (*m - mx).exp();
-                    *l *= c;
-                    O::scale(c, &mut out[g * hd..(g + 1) * hd]);
-                    *m = mx;
-                }
-                *l += O::exp_sum(s, mx);
-            }
-        }
-        let vrows = tile_rows::<O>(t.v, t, p0, np, vtile);
+        let at = tile_offsets(t, w, p0, np);
+        let ktile = if O::pack_k(t.k, &at[..np], hd, ktile) {
+            KTile::Packed(ktile)
+        } else {
+            KTile::Rows(tile_rows::<O>(t.k, &at[..np], hd, ktile))
+        };
+        let vrows = tile_rows::<O>(t.v, &at[..np], hd, vtile);
         for r in 0..t.n {
             let npr = span[r].end.saturating_sub(p0).min(np);
             if npr > 0 {
-                let out = std::slice::from_raw_parts_mut(outs[r], g_n * hd);
-                let s = &scores[r * g_n * TILE..(r + 1) * g_n * TILE];
-                O::acc(s, TILE, &vrows[..npr], out);
+                O::row_tile(
+                    &ktile,
+                    &vrows[..npr],
+                    t.q[r],
+                    t.sh.scale,
+                    scores,
+                    &mut m[r * g_n..(r + 1) * g_n],
+                    &mut l[r * g_n..(r + 1) * g_n],
+                    std::slice::from_raw_parts_mut(outs[r], g_n * hd),
+                );
             }
         }
         p0 += np;
     }
+}
+
+/// A tile's K rows as [`Ops::row_tile`] gets them.
+pub(crate) enum KTile<'a> {
+    /// One row of head_dim per position.
+    Rows([&'a [f32]; TILE]),
+    /// Laid out by the path's [`Ops::pack_k`].
+    Packed(&'a [f32]),
+}
+
+/// [`Ops::row_tile`] through the path's [`Ops::scores`], [`Ops::max`], [`Ops::exp_sum`],
+/// [`Ops::scale`] and [`Ops::acc`].
+///
+/// # Safety
+/// `O`'s instruction set is available.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn row_tile<O: Ops + ?Sized>(
+    k: &KTile,
+    vrows: &[&[f32]],
+    q: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    m: &mut [f32],
+    l: &mut [f32],
+    out: &mut [f32],
+) {
+    let KTile::Rows(krows) = k else {
+        unreachable!("attention: packed K on a path that does not pack");
+    };
+    let np = vrows.len();
+    let hd = out.len() / m.len();
+    O::scores(q, &krows[..np], scale, scores, TILE);
+    for g in 0..m.len() {
+        let (m, l) = (&mut m[g], &mut l[g]);
+        let s = &mut scores[g * TILE..g * TILE + np];
+        let mx = O::max(s, *m);
+        if mx > *m {
+            // Nothing to rescale while the max is -inf: the output and sum are still zero.
+            if *m != f32::NEG_INFINITY {
+                let c = (*m - mx).exp();
+                *l *= c;
+                O::scale(c, &mut out[g * hd..(g + 1) * hd]);
+            }
+            *m = mx;
+        }
+        *l += O::exp_sum(s, mx);
+    }
+    O::acc(scores, TILE, vrows, out);
 }

@@ -29,7 +29,7 @@ pub use kv::{BlockQ8_0, KvDtype, KvStore, QK8_0};
 use half::f16;
 use rayon::prelude::*;
 
-use fold::{ml_offsets, Task};
+use fold::{ml_offsets, KTile, Task};
 
 use super::{two_phase, Isa, SendPtr};
 
@@ -65,11 +65,12 @@ impl AttnShape {
         self.n_heads / self.n_kv_heads
     }
 
-    /// f32s of scratch one chunk uses: per task row, scores (group, TILE) and running max and
-    /// sum (group,) each; a tile of widened K rows and one of V rows (TILE, head_dim) each.
+    /// f32s of scratch one chunk uses: one row's scores (group, TILE); per task row, running
+    /// max and sum (group,) each; a tile of widened K rows and one of V rows (TILE, head_dim)
+    /// each.
     fn chunk_scratch(&self) -> usize {
         let g = self.group();
-        MAX_TASK_ROWS * g * (TILE + 2) + 2 * TILE * self.head_dim
+        g * TILE + MAX_TASK_ROWS * g * 2 + 2 * TILE * self.head_dim
     }
 
     /// f32s of a chunk's result: its unnormalized output (group, head_dim), max and sum (group,).
@@ -498,6 +499,34 @@ pub(crate) trait Ops {
         for (j, k) in rows.iter().enumerate() {
             Self::dots(q, k, scale, &mut s[j..], stride);
         }
+    }
+    /// Widens (or copies) the K rows that start at `at` (values into the pool, `hd` each) into
+    /// `buf` (TILE * hd f32s) in the layout the path's [`Ops::row_tile`] reads, and returns true; or
+    /// returns false, touching nothing, where this path scores K rows as they are (the default)
+    /// or cannot pack these.
+    #[inline(always)]
+    unsafe fn pack_k(k: &KvStore, at: &[usize], hd: usize, buf: &mut [f32]) -> bool {
+        let _ = (k, at, hd, buf);
+        false
+    }
+    /// One row's step over one tile of `vrows.len()` positions: the row's query heads `q`
+    /// (group, head_dim) scored against the tile's K rows, each head's running max `m[g]` and
+    /// sum `l[g]` updated (its output `out[g]` rescaled when the max grows), the V rows added,
+    /// weighted, into `out` (group, head_dim). `scores`: (group, TILE) f32s of scratch. The
+    /// default: [`fold::row_tile`] (K rows as they are).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_tile(
+        k: &KTile,
+        vrows: &[&[f32]],
+        q: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        m: &mut [f32],
+        l: &mut [f32],
+        out: &mut [f32],
+    ) {
+        fold::row_tile::<Self>(k, vrows, q, scale, scores, m, l, out)
     }
     /// The largest of `init` and `s` (no NaN among them).
     #[inline(always)]

@@ -148,6 +148,7 @@ fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, blo
         k: &k,
         v: &v,
     };
+    let mut x86: Option<Vec<u32>> = None;
     for isa in Isa::available() {
         let mut out = vec![f32::NAN; rows.len() * q_dim];
         let mut scratch = vec![f32::NAN; scratch_len(&sh)];
@@ -155,6 +156,14 @@ fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, blo
         let what =
             format!("{dtype} {isa:?} heads {n_heads}/{n_kv_heads} hd {head_dim} bs {block_size}");
         assert_near(&out, &want, &what);
+        // Every x86 SIMD path (AVX-512's packed K tiles included) gives AVX2's bits.
+        if matches!(isa, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni) {
+            let bits: Vec<u32> = out.iter().map(|f| f.to_bits()).collect();
+            assert!(
+                *x86.get_or_insert_with(|| bits.clone()) == bits,
+                "{what}: not AVX2's bits"
+            );
+        }
     }
 }
 
