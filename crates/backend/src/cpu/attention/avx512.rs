@@ -16,7 +16,7 @@ use half::f16;
 use super::avx2::Avx2;
 use super::fold::{self, KTile};
 use super::kv::KvData;
-use super::{acc_grouped, BlockQ8_0, HeadGroups, KvStore, Ops, Task, MAX_TASK_ROWS, QK8_0, TILE};
+use super::{acc_grouped, BlockQ8_0, HeadGroups, KvStore, Ops, Outs, Task, QK8_0, TILE};
 use crate::cpu::avx2::hsum;
 
 pub(crate) struct Avx512;
@@ -468,11 +468,6 @@ unsafe fn softmax_head(s: &mut [f32], np: usize, m: &mut f32, l: &mut f32, out: 
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL, AVX2, FMA and F16C; as [`super::fold::run`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(crate) unsafe fn chunk(
-    t: &Task,
-    c: usize,
-    outs: &[*mut f32; MAX_TASK_ROWS],
-    scratch: &mut [f32],
-) {
+pub(crate) unsafe fn chunk(t: &Task, c: usize, outs: Outs, scratch: &mut [f32]) {
     super::fold::run::<Avx512>(t, c, outs, scratch)
 }

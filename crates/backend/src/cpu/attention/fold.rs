@@ -18,14 +18,20 @@ pub(crate) struct Task<'a, 't> {
     pub table: &'t [u32],
     /// First position attended.
     pub start: usize,
-    /// Rows `0..n`: the row's GQA group of query heads, (group, head_dim).
-    pub q: [&'a [f32]; MAX_TASK_ROWS],
+    /// Row `r`'s GQA group of query heads, (group, head_dim), starts at `q[r * q_stride]`.
+    pub q: &'a [f32],
+    pub q_stride: usize,
     /// Rows `0..n`: one past the last position the row attends.
     pub ctx: [usize; MAX_TASK_ROWS],
     pub n: usize,
 }
 
 impl Task<'_, '_> {
+    /// Row `r`'s query heads, (group, head_dim).
+    pub fn q(&self, r: usize) -> &[f32] {
+        &self.q[r * self.q_stride..][..self.sh.group() * self.sh.head_dim]
+    }
+
     /// Chunks of row `r`'s span (at least one, empty for an empty span).
     pub fn chunks(&self, r: usize) -> usize {
         (self.ctx[r] - self.start.min(self.ctx[r]))
@@ -37,6 +43,23 @@ impl Task<'_, '_> {
     pub fn chunk(&self, r: usize, c: usize) -> Range<usize> {
         let s = self.start.min(self.ctx[r]);
         s + c * CHUNK..(s + (c + 1) * CHUNK).min(self.ctx[r])
+    }
+}
+
+/// Where a task's rows write: row `r`'s (group, head_dim) f32s at `p + r * stride`.
+#[derive(Clone, Copy)]
+pub(crate) struct Outs {
+    pub p: *mut f32,
+    pub stride: usize,
+}
+
+impl Outs {
+    /// Row `r`'s output.
+    ///
+    /// # Safety
+    /// Row `r` is inside the allocation `p` points into.
+    pub unsafe fn at(self, r: usize) -> *mut f32 {
+        self.p.add(r * self.stride)
     }
 }
 
@@ -133,20 +156,15 @@ unsafe fn prefetch_rows(s: &KvStore, t: &Task, p0: usize, np: usize) {
 /// where the path packs it), then each row's query heads are scored against the K rows, folded
 /// into each head's running max and sum (rescaling the row's output when the max grows), and the
 /// V rows added, weighted, into the row's output. A row's operations are those it would have
-/// alone: its tiles start at the chunk's first position and stop at its own end. `outs[r]`: row
-/// r's output, (group, head_dim), left unnormalized; `scratch`: `chunk_scratch()` f32s, where
-/// [`ml_offsets`] finds each row's max and sum on return.
+/// alone: its tiles start at the chunk's first position and stop at its own end. `outs.at(r)`:
+/// row r's output, (group, head_dim), left unnormalized; `scratch`: `chunk_scratch()` f32s,
+/// where [`ml_offsets`] finds each row's max and sum on return.
 ///
 /// # Safety
-/// `O`'s instruction set is available; `outs[r]` points at `group * head_dim` writable f32s for
-/// every row `r < t.n` with `c < t.chunks(r)`.
+/// `O`'s instruction set is available; `outs.at(r)` points at `group * head_dim` writable f32s
+/// for every row `r < t.n` with `c < t.chunks(r)`, none overlapping.
 #[inline(always)]
-pub(crate) unsafe fn run<O: Ops>(
-    t: &Task,
-    c: usize,
-    outs: &[*mut f32; MAX_TASK_ROWS],
-    scratch: &mut [f32],
-) {
+pub(crate) unsafe fn run<O: Ops>(t: &Task, c: usize, outs: Outs, scratch: &mut [f32]) {
     let (hd, g_n, w) = (t.sh.head_dim, t.sh.group(), t.k.width());
     // One row's scores at a time (group, TILE).
     let (scores, rest) = scratch.split_at_mut(g_n * TILE);
@@ -154,18 +172,24 @@ pub(crate) unsafe fn run<O: Ops>(
     let (l, rest) = rest.split_at_mut(MAX_TASK_ROWS * g_n);
     let (ktile, rest) = rest.split_at_mut(TILE * hd);
     let vtile = &mut rest[..TILE * hd];
-    // Each row's positions in this chunk; the tiles cover the longest.
-    let mut span: [Range<usize>; MAX_TASK_ROWS] = std::array::from_fn(|_| 0..0);
+    // Row r's positions in this chunk (empty past its chunks); the tiles cover the longest.
+    let span = |r: usize| {
+        if c < t.chunks(r) {
+            t.chunk(r, c)
+        } else {
+            0..0
+        }
+    };
     let (mut lo, mut hi) = (usize::MAX, 0);
     for r in 0..t.n {
         if c < t.chunks(r) {
-            span[r] = t.chunk(r, c);
             m[r * g_n..(r + 1) * g_n].fill(f32::NEG_INFINITY);
             l[r * g_n..(r + 1) * g_n].fill(0.0);
-            std::slice::from_raw_parts_mut(outs[r], g_n * hd).fill(0.0);
-            if !span[r].is_empty() {
-                lo = lo.min(span[r].start);
-                hi = hi.max(span[r].end);
+            std::slice::from_raw_parts_mut(outs.at(r), g_n * hd).fill(0.0);
+            let sp = span(r);
+            if !sp.is_empty() {
+                lo = lo.min(sp.start);
+                hi = hi.max(sp.end);
             }
         }
     }
@@ -188,17 +212,17 @@ pub(crate) unsafe fn run<O: Ops>(
         };
         let vrows = tile_rows::<O>(t.v, &at[..np], hd, vtile);
         for r in 0..t.n {
-            let npr = span[r].end.saturating_sub(p0).min(np);
+            let npr = span(r).end.saturating_sub(p0).min(np);
             if npr > 0 {
                 O::row_tile(
                     &ktile,
                     &vrows[..npr],
-                    t.q[r],
+                    t.q(r),
                     t.sh.scale,
                     scores,
                     &mut m[r * g_n..(r + 1) * g_n],
                     &mut l[r * g_n..(r + 1) * g_n],
-                    std::slice::from_raw_parts_mut(outs[r], g_n * hd),
+                    std::slice::from_raw_parts_mut(outs.at(r), g_n * hd),
                 );
             }
         }
