@@ -23,19 +23,23 @@ pub(crate) struct Avx512;
 
 /// [`HeadGroups::acc_n`] for heads of `16 * C` values (at most 64): all `N` heads' outputs held
 /// in registers while the rows go by, each row's weight broadcast once per head. Each output
-/// value gets the same operations, in the same order, as column by column.
+/// value gets the same operations, in the same order, as column by column. `onto_zero`: `out`
+/// is taken as zeros (not read).
 #[inline(always)]
 unsafe fn acc_in_registers<const N: usize, const C: usize>(
     w: *const f32,
     stride: usize,
     rows: &[&[f32]],
     out: *mut f32,
+    onto_zero: bool,
 ) {
     let hd = 16 * C;
     let mut a = [[_mm512_setzero_ps(); C]; N];
-    for g in 0..N {
-        for c in 0..C {
-            a[g][c] = _mm512_loadu_ps(out.add(g * hd + 16 * c));
+    if !onto_zero {
+        for g in 0..N {
+            for c in 0..C {
+                a[g][c] = _mm512_loadu_ps(out.add(g * hd + 16 * c));
+            }
         }
     }
     for (j, r) in rows.iter().enumerate() {
@@ -77,9 +81,9 @@ impl HeadGroups for Avx512 {
         hd: usize,
     ) {
         match hd {
-            64 => acc_in_registers::<N, 4>(w, stride, rows, out),
-            32 => acc_in_registers::<N, 2>(w, stride, rows, out),
-            16 => acc_in_registers::<N, 1>(w, stride, rows, out),
+            64 => acc_in_registers::<N, 4>(w, stride, rows, out, false),
+            32 => acc_in_registers::<N, 2>(w, stride, rows, out, false),
+            16 => acc_in_registers::<N, 1>(w, stride, rows, out, false),
             _ => Avx2::acc_n::<N>(w, stride, rows, out, hd),
         }
     }
@@ -114,17 +118,23 @@ impl Ops for Avx512 {
         m: &mut [f32],
         l: &mut [f32],
         out: &mut [f32],
+        first: bool,
     ) {
         let KTile::Packed(buf) = k else {
-            return fold::row_tile::<Self>(k, vrows, q, scale, scores, m, l, out);
+            return fold::row_tile::<Self>(k, vrows, q, scale, scores, m, l, out, first);
         };
         let np = vrows.len();
         let hd = out.len() / m.len();
         scores_packed(q, buf, np, scale, scores);
         for (g, s) in scores.chunks_exact_mut(TILE).take(m.len()).enumerate() {
+            // A first tile's output is not rescaled (the max was -inf), only started from zero.
             softmax_head(s, np, &mut m[g], &mut l[g], &mut out[g * hd..(g + 1) * hd]);
         }
-        Self::acc(scores, TILE, vrows, out);
+        if first {
+            acc_first(scores, vrows, out, hd);
+        } else {
+            Self::acc(scores, TILE, vrows, out);
+        }
     }
 
     #[inline(always)]
@@ -300,6 +310,43 @@ unsafe fn pack_k(k: &KvStore, at: &[usize], hd: usize, buf: &mut [f32]) -> bool 
         }
     }
     true
+}
+
+/// [`Ops::acc`] (weights (group, TILE) in `w`) into an output `out` (group, `hd`) that holds
+/// garbage, as onto zeros: from zeroed registers for heads of 16, 32 or 64 values, heads four at
+/// a time; else `out` zeroed first.
+#[inline(always)]
+unsafe fn acc_first(w: &[f32], rows: &[&[f32]], out: &mut [f32], hd: usize) {
+    let gn = out.len() / hd;
+    assert!(
+        gn == 0 || w.len() >= (gn - 1) * TILE + rows.len(),
+        "attention: weights"
+    );
+    if !matches!(hd, 16 | 32 | 64) {
+        out.fill(0.0);
+        return Avx512::acc(w, TILE, rows, out);
+    }
+    let (pw, po) = (w.as_ptr(), out.as_mut_ptr());
+    let mut g = 0;
+    while g < gn {
+        let (wg, og) = (pw.add(g * TILE), po.add(g * hd));
+        let c = (gn - g).min(4);
+        match (c, hd) {
+            (4, 64) => acc_in_registers::<4, 4>(wg, TILE, rows, og, true),
+            (3, 64) => acc_in_registers::<3, 4>(wg, TILE, rows, og, true),
+            (2, 64) => acc_in_registers::<2, 4>(wg, TILE, rows, og, true),
+            (_, 64) => acc_in_registers::<1, 4>(wg, TILE, rows, og, true),
+            (4, 32) => acc_in_registers::<4, 2>(wg, TILE, rows, og, true),
+            (3, 32) => acc_in_registers::<3, 2>(wg, TILE, rows, og, true),
+            (2, 32) => acc_in_registers::<2, 2>(wg, TILE, rows, og, true),
+            (_, 32) => acc_in_registers::<1, 2>(wg, TILE, rows, og, true),
+            (4, _) => acc_in_registers::<4, 1>(wg, TILE, rows, og, true),
+            (3, _) => acc_in_registers::<3, 1>(wg, TILE, rows, og, true),
+            (2, _) => acc_in_registers::<2, 1>(wg, TILE, rows, og, true),
+            (_, _) => acc_in_registers::<1, 1>(wg, TILE, rows, og, true),
+        }
+        g += c;
+    }
 }
 
 /// Values `o..o + 8` of `b` into `dst`, as `Avx2::q8_to_f32` widens them.

@@ -534,8 +534,9 @@ pub(crate) trait Ops {
     /// One row's step over one tile of `vrows.len()` positions: the row's query heads `q`
     /// (group, head_dim) scored against the tile's K rows, each head's running max `m[g]` and
     /// sum `l[g]` updated (its output `out[g]` rescaled when the max grows), the V rows added,
-    /// weighted, into `out` (group, head_dim). `scores`: (group, TILE) f32s of scratch. The
-    /// default: [`fold::row_tile`] (K rows as they are).
+    /// weighted, into `out` (group, head_dim). `first`: the row's first tile of the chunk (`m`
+    /// is -inf, `l` zero, and `out` holds garbage to be taken as zeros). `scores`: (group, TILE)
+    /// f32s of scratch. The default: [`fold::row_tile`] (K rows as they are).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn row_tile(
@@ -547,8 +548,9 @@ pub(crate) trait Ops {
         m: &mut [f32],
         l: &mut [f32],
         out: &mut [f32],
+        first: bool,
     ) {
-        fold::row_tile::<Self>(k, vrows, q, scale, scores, m, l, out)
+        fold::row_tile::<Self>(k, vrows, q, scale, scores, m, l, out, first)
     }
     /// The largest of `init` and `s` (no NaN among them).
     #[inline(always)]
