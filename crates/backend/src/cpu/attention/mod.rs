@@ -15,7 +15,9 @@
 //! other rows of the batch.
 //! f16 and Q8_0 rows are widened to f32 a tile at a time (F16C / AVX2 / AVX-512 on x86-64, NEON
 //! on aarch64, the portable conversion elsewhere; all exact). Each row's scores are computed for
-//! blocks of positions at once (8 dot products reduced together on x86-64).
+//! blocks of positions at once (8 dot products reduced together on x86-64; on AVX-512 from K
+//! tiles packed two positions to a 16-lane vector, with AVX2's lanes and reduce tree, so the same
+//! bits), and a path may fuse a row's whole tile step ([`Ops::row_tile`]).
 
 mod avx2;
 mod avx512;
