@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::avx2::Avx2;
-use super::fold::{self, KTile};
+use super::fold::{self, KTile, RowStep};
 use super::kv::KvData;
 use super::{acc_grouped, BlockQ8_0, HeadGroups, KvStore, Ops, Outs, Task, QK8_0, TILE};
 use crate::cpu::avx2::hsum;
@@ -109,20 +109,20 @@ impl Ops for Avx512 {
     /// On a packed tile: [`scores_packed`], then each head's softmax update on its scores in
     /// registers ([`softmax_head`]), then the V rows. Else [`fold::row_tile`].
     #[inline(always)]
-    unsafe fn row_tile(
-        k: &KTile,
-        vrows: &[&[f32]],
-        q: &[f32],
-        scale: f32,
-        scores: &mut [f32],
-        m: &mut [f32],
-        l: &mut [f32],
-        out: &mut [f32],
-        first: bool,
-    ) {
+    unsafe fn row_tile(k: &KTile, st: RowStep) {
         let KTile::Packed(buf) = k else {
-            return fold::row_tile::<Self>(k, vrows, q, scale, scores, m, l, out, first);
+            return fold::row_tile::<Self>(k, st);
         };
+        let RowStep {
+            vrows,
+            q,
+            scale,
+            scores,
+            m,
+            l,
+            out,
+            first,
+        } = st;
         let np = vrows.len();
         let hd = out.len() / m.len();
         scores_packed(q, buf, np, scale, scores);

@@ -222,10 +222,12 @@ pub(crate) unsafe fn run<O: Ops>(t: &Task, c: usize, outs: Outs, scratch: &mut [
         prefetch_rows(t.k, t, p0 + np, next);
         prefetch_rows(t.v, t, p0 + np, next);
         let at = tile_offsets(t, w, p0, np);
+        let krows;
         let ktile = if O::pack_k(t.k, &at[..np], hd, ktile) {
             KTile::Packed(ktile)
         } else {
-            KTile::Rows(tile_rows::<O>(t.k, &at[..np], hd, ktile))
+            krows = tile_rows::<O>(t.k, &at[..np], hd, ktile);
+            KTile::Rows(&krows[..np])
         };
         let vrows = tile_rows::<O>(t.v, &at[..np], hd, vtile);
         for r in 0..t.n {
@@ -238,17 +240,17 @@ pub(crate) unsafe fn run<O: Ops>(t: &Task, c: usize, outs: Outs, scratch: &mut [
                     prefetch_f32s(t.q(r + 2));
                     prefetch_f32s(std::slice::from_raw_parts(outs.at(r + 2), g_n * hd));
                 }
-                O::row_tile(
-                    &ktile,
-                    &vrows[..npr],
-                    t.q(r),
-                    t.sh.scale,
-                    scores,
-                    &mut m[r * g_n..(r + 1) * g_n],
-                    &mut l[r * g_n..(r + 1) * g_n],
-                    std::slice::from_raw_parts_mut(outs.at(r), g_n * hd),
-                    p0 <= sp.start,
-                );
+                let step = RowStep {
+                    vrows: &vrows[..npr],
+                    q: t.q(r),
+                    scale: t.sh.scale,
+                    scores: &mut *scores,
+                    m: &mut m[r * g_n..(r + 1) * g_n],
+                    l: &mut l[r * g_n..(r + 1) * g_n],
+                    out: std::slice::from_raw_parts_mut(outs.at(r), g_n * hd),
+                    first: p0 <= sp.start,
+                };
+                O::row_tile(&ktile, step);
             }
         }
         p0 += np;
@@ -258,9 +260,27 @@ pub(crate) unsafe fn run<O: Ops>(t: &Task, c: usize, outs: Outs, scratch: &mut [
 /// A tile's K rows as [`Ops::row_tile`] gets them.
 pub(crate) enum KTile<'a> {
     /// One row of head_dim per position.
-    Rows([&'a [f32]; TILE]),
+    Rows(&'a [&'a [f32]]),
     /// Laid out by the path's [`Ops::pack_k`].
     Packed(&'a [f32]),
+}
+
+/// One row's step over one tile of `vrows.len()` positions, as [`Ops::row_tile`] gets it: the
+/// row's query heads `q` (group, head_dim) scored against the tile's K rows, each head's running
+/// max `m[g]` and sum `l[g]` updated (its output `out[g]` rescaled when the max grows), the V rows
+/// added, weighted, into `out` (group, head_dim).
+pub(crate) struct RowStep<'a> {
+    pub vrows: &'a [&'a [f32]],
+    pub q: &'a [f32],
+    pub scale: f32,
+    /// (group, TILE) f32s of scratch.
+    pub scores: &'a mut [f32],
+    pub m: &'a mut [f32],
+    pub l: &'a mut [f32],
+    pub out: &'a mut [f32],
+    /// The row's first tile of the chunk: `m` is -inf, `l` zero, and `out` holds garbage to be
+    /// taken as zeros.
+    pub first: bool,
 }
 
 /// [`Ops::row_tile`] through the path's [`Ops::scores`], [`Ops::max`], [`Ops::exp_sum`],
@@ -269,18 +289,17 @@ pub(crate) enum KTile<'a> {
 /// # Safety
 /// `O`'s instruction set is available.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn row_tile<O: Ops + ?Sized>(
-    k: &KTile,
-    vrows: &[&[f32]],
-    q: &[f32],
-    scale: f32,
-    scores: &mut [f32],
-    m: &mut [f32],
-    l: &mut [f32],
-    out: &mut [f32],
-    first: bool,
-) {
+pub(crate) unsafe fn row_tile<O: Ops + ?Sized>(k: &KTile, st: RowStep) {
+    let RowStep {
+        vrows,
+        q,
+        scale,
+        scores,
+        m,
+        l,
+        out,
+        first,
+    } = st;
     let KTile::Rows(krows) = k else {
         unreachable!("attention: packed K on a path that does not pack");
     };

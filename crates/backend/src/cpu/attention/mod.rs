@@ -31,7 +31,7 @@ pub use kv::{BlockQ8_0, KvDtype, KvStore, QK8_0};
 use half::f16;
 use rayon::prelude::*;
 
-use fold::{ml_offsets, KTile, Outs, Task};
+use fold::{ml_offsets, KTile, Outs, RowStep, Task};
 
 use super::{two_phase, Isa, SendPtr};
 
@@ -533,26 +533,11 @@ pub(crate) trait Ops {
         let _ = (k, at, hd, buf);
         false
     }
-    /// One row's step over one tile of `vrows.len()` positions: the row's query heads `q`
-    /// (group, head_dim) scored against the tile's K rows, each head's running max `m[g]` and
-    /// sum `l[g]` updated (its output `out[g]` rescaled when the max grows), the V rows added,
-    /// weighted, into `out` (group, head_dim). `first`: the row's first tile of the chunk (`m`
-    /// is -inf, `l` zero, and `out` holds garbage to be taken as zeros). `scores`: (group, TILE)
-    /// f32s of scratch. The default: [`fold::row_tile`] (K rows as they are).
+    /// One row's step over one tile (see [`RowStep`]). The default: [`fold::row_tile`] (K rows
+    /// as they are).
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn row_tile(
-        k: &KTile,
-        vrows: &[&[f32]],
-        q: &[f32],
-        scale: f32,
-        scores: &mut [f32],
-        m: &mut [f32],
-        l: &mut [f32],
-        out: &mut [f32],
-        first: bool,
-    ) {
-        fold::row_tile::<Self>(k, vrows, q, scale, scores, m, l, out, first)
+    unsafe fn row_tile(k: &KTile, st: RowStep) {
+        fold::row_tile::<Self>(k, st)
     }
     /// The largest of `init` and `s` (no NaN among them).
     #[inline(always)]
