@@ -266,13 +266,13 @@ pub(crate) unsafe fn chunk(t: &Task, c: usize, outs: Outs, scratch: &mut [f32]) 
     super::fold::run::<Avx2>(t, c, outs, scratch)
 }
 
-/// y *= a
+/// [`super::normalize`] on AVX2.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn scale(a: f32, y: &mut [f32]) {
-    Avx2::scale(a, y)
+pub(crate) unsafe fn normalize(o: &mut [f32], l: &[f32], hd: usize) {
+    super::normalize_with::<Avx2>(o, l, hd)
 }
 
 #[cfg(test)]

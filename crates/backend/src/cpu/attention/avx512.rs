@@ -499,14 +499,24 @@ unsafe fn softmax_head(s: &mut [f32], np: usize, m: &mut f32, l: &mut f32, out: 
         hi(e0),
         _mm512_castps512_ps256(e1),
         hi(e1),
+        _mm256_setzero_ps(),
     ];
+    // Without branches on `np` (it changes from row to row): the blocks past the full ones, and
+    // the tail's lanes past `np`, are added as +0, which leaves every sum as it was (the sums
+    // of exps are never -0).
+    let n8 = np / 8;
     let mut acc = _mm256_setzero_ps();
-    for b in &blocks[..np / 8] {
-        acc = _mm256_add_ps(acc, *b);
+    for (b, &x) in blocks[..4].iter().enumerate() {
+        acc = _mm256_add_ps(acc, _mm256_maskz_mov_ps(if b < n8 { 0xff } else { 0 }, x));
     }
+    let mut tail = [0f32; 8];
+    _mm256_storeu_ps(
+        tail.as_mut_ptr(),
+        _mm256_maskz_mov_ps(((1u32 << (np - 8 * n8)) - 1) as u8, blocks[n8]),
+    );
     let mut sum = hsum(acc);
-    for j in np / 8 * 8..np {
-        sum += *p.add(j);
+    for &v in &tail[..7] {
+        sum += v;
     }
     *l += sum;
 }

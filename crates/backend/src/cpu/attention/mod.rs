@@ -222,12 +222,20 @@ pub fn paged_attention_isa<'t, F>(
             ctx: [0; MAX_TASK_ROWS],
             n: 0,
         };
+        // `leads` on each next row, with each row described once.
+        let mut row = first;
         loop {
-            tk.ctx[tk.n] = (inp.rows)(t + tk.n).ctx;
+            tk.ctx[tk.n] = row.ctx;
             tk.n += 1;
-            if !tiled || t + tk.n == n || leads(t + tk.n) {
+            let next = t + tk.n;
+            if !tiled || next == n || next.is_multiple_of(task_rows) {
                 return tk;
             }
+            let r = (inp.rows)(next);
+            if !same(&row, &r) {
+                return tk;
+            }
+            row = r;
         }
     };
     let outp = SendPtr(out.as_mut_ptr());
@@ -341,16 +349,30 @@ fn merge(
 /// # Safety
 /// `isa` is available.
 unsafe fn normalize(isa: Isa, o: &mut [f32], l: &[f32], hd: usize) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::normalize(o, l, hd),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => {
+            for (g, &l) in l.iter().enumerate() {
+                if l > 0.0 {
+                    neon::scale(1.0 / l, &mut o[g * hd..(g + 1) * hd]);
+                }
+            }
+        }
+        _ => normalize_with::<scalar::Scalar>(o, l, hd),
+    }
+}
+
+/// [`normalize`] through `O::scale`.
+///
+/// # Safety
+/// `O`'s instruction set is available.
+#[inline(always)]
+pub(crate) unsafe fn normalize_with<O: Ops>(o: &mut [f32], l: &[f32], hd: usize) {
     for (g, &l) in l.iter().enumerate() {
         if l > 0.0 {
-            let y = &mut o[g * hd..(g + 1) * hd];
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::scale(1.0 / l, y),
-                #[cfg(target_arch = "aarch64")]
-                Isa::Neon | Isa::NeonDot => neon::scale(1.0 / l, y),
-                _ => scalar::Scalar::scale(1.0 / l, y),
-            }
+            O::scale(1.0 / l, &mut o[g * hd..(g + 1) * hd]);
         }
     }
 }
