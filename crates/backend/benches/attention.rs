@@ -3,7 +3,8 @@
 //! (f32 pool, a scores vector per head, `dot` / `softmax` / `axpy`). Decode: `rows` sequences of
 //! one token each at context `ctx`, blocks scattered over the pool. Prefill: one sequence's `n`
 //! rows at positions 0..n (causal), f16 pool, as tasks of several rows (each K/V tile widened once
-//! for all of them) and one row per task. Prints µs per call and the K/V values read per second.
+//! for all of them) and one row per task. Served prefill: 64 (or 8) sequences' 64 causal rows
+//! in one call (the 64-stream load's prompts arriving at once, or one step's share of them). Prints µs per call and the K/V values read per second.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -112,6 +113,8 @@ fn main() {
         }
     }
     prefill(&mut g, shape);
+    served_prefill(&mut g, shape, 64);
+    served_prefill(&mut g, shape, 8);
     g.finish();
     c.final_summary();
 }
@@ -161,6 +164,48 @@ fn prefill(
             b.iter(|| paged_attention(black_box(&alone), &mut out, &mut scratch))
         });
     }
+}
+
+/// The served prefill of `scripts/bench-phases.sh`'s 64-stream load: `seqs` sequences' 64-token
+/// prompts in one call (row t is position t % 64 of sequence t / 64, causal), each sequence's
+/// blocks scattered over an f16 pool. 64 sequences: all prompts at once (q, out and the pool
+/// larger than the L2); 8: about one step's share of them (455 prefill rows per step).
+fn served_prefill(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    shape: AttnShape,
+    seqs: usize,
+) {
+    let n = 64usize;
+    let kv_dim = KV_HEADS * HD;
+    let blocks_per_seq = n.div_ceil(BS);
+    let slots = seqs * blocks_per_seq * BS;
+    let mut seed = 13;
+    let (mut k, mut v) = (
+        KvStore::new(KvDtype::F16, slots, kv_dim),
+        KvStore::new(KvDtype::F16, slots, kv_dim),
+    );
+    for s in 0..slots {
+        let kr: Vec<f32> = (0..kv_dim).map(|_| 4.0 * lcg(&mut seed)).collect();
+        let vr: Vec<f32> = (0..kv_dim).map(|_| lcg(&mut seed)).collect();
+        k.write(s, &kr);
+        v.write(s, &vr);
+    }
+    let tables: Vec<Vec<u32>> = (0..seqs)
+        .map(|t| (0..blocks_per_seq).map(|b| (b * seqs + t) as u32).collect())
+        .collect();
+    let q: Vec<f32> = (0..seqs * n * HEADS * HD).map(|_| lcg(&mut seed)).collect();
+    let mut out = vec![0f32; seqs * n * HEADS * HD];
+    let mut scratch = vec![0f32; scratch_len(&shape)];
+    g.throughput(Throughput::Elements((seqs * n * (n + 1) * kv_dim) as u64));
+    let inp = input(shape, &q, &k, &v, |t: usize| RowKv {
+        block_table: &tables[t / n],
+        start: 0,
+        ctx: t % n + 1,
+    });
+    g.bench_function(
+        BenchmarkId::new("paged f16", format!("served prefill {seqs} x {n} rows")),
+        |b| b.iter(|| paged_attention(black_box(&inp), &mut out, &mut scratch)),
+    );
 }
 
 /// SmolLM2's shapes over `q` and the pools, rows described by `rows`.

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{acc_grouped, dots_grouped, BlockQ8_0, HeadGroups, Ops, Task, MAX_TASK_ROWS, QK8_0};
+use super::{acc_grouped, dots_grouped, BlockQ8_0, HeadGroups, Ops, Outs, Task, QK8_0};
 use crate::cpu::avx2::{exp, hsum};
 
 pub(crate) struct Avx2;
@@ -262,22 +262,17 @@ impl Ops for Avx2 {
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; as [`super::fold::run`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn chunk(
-    t: &Task,
-    c: usize,
-    outs: &[*mut f32; MAX_TASK_ROWS],
-    scratch: &mut [f32],
-) {
+pub(crate) unsafe fn chunk(t: &Task, c: usize, outs: Outs, scratch: &mut [f32]) {
     super::fold::run::<Avx2>(t, c, outs, scratch)
 }
 
-/// y *= a
+/// [`super::normalize`] on AVX2.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn scale(a: f32, y: &mut [f32]) {
-    Avx2::scale(a, y)
+pub(crate) unsafe fn normalize(o: &mut [f32], l: &[f32], hd: usize) {
+    super::normalize_with::<Avx2>(o, l, hd)
 }
 
 #[cfg(test)]

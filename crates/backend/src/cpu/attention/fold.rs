@@ -18,14 +18,20 @@ pub(crate) struct Task<'a, 't> {
     pub table: &'t [u32],
     /// First position attended.
     pub start: usize,
-    /// Rows `0..n`: the row's GQA group of query heads, (group, head_dim).
-    pub q: [&'a [f32]; MAX_TASK_ROWS],
+    /// Row `r`'s GQA group of query heads, (group, head_dim), starts at `q[r * q_stride]`.
+    pub q: &'a [f32],
+    pub q_stride: usize,
     /// Rows `0..n`: one past the last position the row attends.
     pub ctx: [usize; MAX_TASK_ROWS],
     pub n: usize,
 }
 
 impl Task<'_, '_> {
+    /// Row `r`'s query heads, (group, head_dim).
+    pub fn q(&self, r: usize) -> &[f32] {
+        &self.q[r * self.q_stride..][..self.sh.group() * self.sh.head_dim]
+    }
+
     /// Chunks of row `r`'s span (at least one, empty for an empty span).
     pub fn chunks(&self, r: usize) -> usize {
         (self.ctx[r] - self.start.min(self.ctx[r]))
@@ -40,31 +46,61 @@ impl Task<'_, '_> {
     }
 }
 
+/// Where a task's rows write: row `r`'s (group, head_dim) f32s at `p + r * stride`.
+#[derive(Clone, Copy)]
+pub(crate) struct Outs {
+    pub p: *mut f32,
+    pub stride: usize,
+}
+
+impl Outs {
+    /// Row `r`'s output.
+    ///
+    /// # Safety
+    /// Row `r` is inside the allocation `p` points into.
+    pub unsafe fn at(self, r: usize) -> *mut f32 {
+        self.p.add(r * self.stride)
+    }
+}
+
 /// Where [`run`] leaves row `r`'s max and sum (group each) in its scratch.
 pub(crate) fn ml_offsets(sh: &AttnShape, r: usize) -> (usize, usize) {
     let g = sh.group();
-    let m = MAX_TASK_ROWS * g * TILE;
+    let m = g * TILE;
     (m + r * g, m + MAX_TASK_ROWS * g + r * g)
 }
 
-/// The K or V rows of positions `p0..p0 + np` for KV head `off / head_dim`, as f32: borrowed from
-/// an f32 pool, else widened into `buf` (np, head_dim).
+/// Where the K/V rows of positions `p0..p0 + np` (KV head `t.kh`) start in a pool of `w`-wide
+/// rows, in values: the same for K and V.
+#[inline(always)]
+fn tile_offsets(t: &Task, w: usize, p0: usize, np: usize) -> [usize; TILE] {
+    let bs = t.sh.block_size;
+    let off = t.kh * t.sh.head_dim;
+    let mut at = [0usize; TILE];
+    // Slots walked block by block: one division per tile.
+    let (mut b, mut o) = (p0 / bs, p0 % bs);
+    for a in at.iter_mut().take(np) {
+        *a = (t.table[b] as usize * bs + o) * w + off;
+        o += 1;
+        if o == bs {
+            (b, o) = (b + 1, 0);
+        }
+    }
+    at
+}
+
+/// The K or V rows starting at `at` (values into the pool), `hd` each, as f32: borrowed from an
+/// f32 pool, else widened into `buf` (at.len(), hd).
 #[inline(always)]
 unsafe fn tile_rows<'b, O: Ops>(
     s: &'b KvStore,
-    t: &Task,
-    p0: usize,
-    np: usize,
+    at: &[usize],
+    hd: usize,
     buf: &'b mut [f32],
 ) -> [&'b [f32]; TILE] {
-    let (hd, bs, w) = (t.sh.head_dim, t.sh.block_size, s.width());
-    let off = t.kh * hd;
     let mut rows: [&[f32]; TILE] = [&[]; TILE];
-    // Slots walked block by block: one division per tile.
-    let (mut b, mut o) = (p0 / bs, p0 % bs);
     let mut bufs = buf.chunks_exact_mut(hd);
-    for row in rows.iter_mut().take(np) {
-        let i = (t.table[b] as usize * bs + o) * w + off;
+    for (row, &i) in rows.iter_mut().zip(at) {
         *row = match &s.data {
             KvData::F32(v) => &v[i..i + hd],
             KvData::F16(v) => {
@@ -78,10 +114,6 @@ unsafe fn tile_rows<'b, O: Ops>(
                 dst
             }
         };
-        o += 1;
-        if o == bs {
-            (b, o) = (b + 1, 0);
-        }
     }
     rows
 }
@@ -94,16 +126,13 @@ unsafe fn prefetch_rows(s: &KvStore, t: &Task, p0: usize, np: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let (hd, bs, w) = (t.sh.head_dim, t.sh.block_size, s.width());
         let (base, bytes): (*const i8, usize) = match &s.data {
             KvData::F32(v) => (v.as_ptr().cast(), 4),
             KvData::F16(v) => (v.as_ptr().cast(), 2),
             KvData::Q8_0(v) => (v.as_ptr().cast(), 0),
         };
-        let row_bytes = s.dtype().row_bytes(hd);
-        let (mut b, mut o) = (p0 / bs, p0 % bs);
-        for _ in 0..np {
-            let i = (t.table[b] as usize * bs + o) * w + t.kh * hd;
+        let row_bytes = s.dtype().row_bytes(t.sh.head_dim);
+        for &i in &tile_offsets(t, s.width(), p0, np)[..np] {
             let at = if bytes == 0 {
                 i / QK8_0 * std::mem::size_of::<super::BlockQ8_0>()
             } else {
@@ -116,58 +145,74 @@ unsafe fn prefetch_rows(s: &KvStore, t: &Task, p0: usize, np: usize) {
                 x += 64;
             }
             _mm_prefetch::<_MM_HINT_T0>(p.add(row_bytes - 1));
-            o += 1;
-            if o == bs {
-                (b, o) = (b + 1, 0);
-            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (s, t, p0, np);
 }
 
+/// Asks the cache for `x`'s lines (nothing off x86-64).
+#[inline(always)]
+fn prefetch_f32s(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        for i in (0..x.len()).step_by(16) {
+            // SAFETY: a prefetch of an address inside `x`; it reads nothing.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().add(i).cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 /// Chunk `c` of every row of `t` that has one, each from a fresh softmax state: for each tile of
-/// positions, the tile's K rows (widened once) are scored against each row's query heads, folded
-/// into each head's running max and sum (rescaling the row's output when the max grows), then the
-/// tile's V rows (widened once) are added, weighted, into the row's output. A row's operations
-/// are those it would have alone: its tiles start at the chunk's first position and stop at its
-/// own end. `outs[r]`: row r's output, (group, head_dim), left unnormalized; `scratch`:
-/// `chunk_scratch()` f32s, where [`ml_offsets`] finds each row's max and sum on return.
+/// positions, the tile's K and V rows are widened once (K packed as `O::pack_k` lays it out,
+/// where the path packs it), then each row's query heads are scored against the K rows, folded
+/// into each head's running max and sum (rescaling the row's output when the max grows), and the
+/// V rows added, weighted, into the row's output. A row's operations are those it would have
+/// alone: its tiles start at the chunk's first position and stop at its own end. `outs.at(r)`:
+/// row r's output, (group, head_dim), left unnormalized; `scratch`: `chunk_scratch()` f32s,
+/// where [`ml_offsets`] finds each row's max and sum on return.
 ///
 /// # Safety
-/// `O`'s instruction set is available; `outs[r]` points at `group * head_dim` writable f32s for
-/// every row `r < t.n` with `c < t.chunks(r)`.
+/// `O`'s instruction set is available; `outs.at(r)` points at `group * head_dim` writable f32s
+/// for every row `r < t.n` with `c < t.chunks(r)`, none overlapping.
 #[inline(always)]
-pub(crate) unsafe fn run<O: Ops>(
-    t: &Task,
-    c: usize,
-    outs: &[*mut f32; MAX_TASK_ROWS],
-    scratch: &mut [f32],
-) {
-    let (hd, g_n) = (t.sh.head_dim, t.sh.group());
-    let (scores, rest) = scratch.split_at_mut(MAX_TASK_ROWS * g_n * TILE);
+pub(crate) unsafe fn run<O: Ops>(t: &Task, c: usize, outs: Outs, scratch: &mut [f32]) {
+    let (hd, g_n, w) = (t.sh.head_dim, t.sh.group(), t.k.width());
+    // One row's scores at a time (group, TILE).
+    let (scores, rest) = scratch.split_at_mut(g_n * TILE);
     let (m, rest) = rest.split_at_mut(MAX_TASK_ROWS * g_n);
     let (l, rest) = rest.split_at_mut(MAX_TASK_ROWS * g_n);
     let (ktile, rest) = rest.split_at_mut(TILE * hd);
     let vtile = &mut rest[..TILE * hd];
-    // Each row's positions in this chunk; the tiles cover the longest.
-    let mut span: [Range<usize>; MAX_TASK_ROWS] = std::array::from_fn(|_| 0..0);
+    // Row r's positions in this chunk (empty past its chunks); the tiles cover the longest.
+    let span = |r: usize| {
+        if c < t.chunks(r) {
+            t.chunk(r, c)
+        } else {
+            0..0
+        }
+    };
     let (mut lo, mut hi) = (usize::MAX, 0);
     for r in 0..t.n {
         if c < t.chunks(r) {
-            span[r] = t.chunk(r, c);
             m[r * g_n..(r + 1) * g_n].fill(f32::NEG_INFINITY);
             l[r * g_n..(r + 1) * g_n].fill(0.0);
-            std::slice::from_raw_parts_mut(outs[r], g_n * hd).fill(0.0);
-            if !span[r].is_empty() {
-                lo = lo.min(span[r].start);
-                hi = hi.max(span[r].end);
+            let sp = span(r);
+            if sp.is_empty() {
+                // No tile writes it.
+                std::slice::from_raw_parts_mut(outs.at(r), g_n * hd).fill(0.0);
+            } else {
+                lo = lo.min(sp.start);
+                hi = hi.max(sp.end);
             }
         }
     }
     let mut p0 = lo;
     if p0 < hi {
-        // The first tile's V rows, read after its scores.
+        // The first tile's V rows, widened after its K rows.
         prefetch_rows(t.v, t, p0, TILE.min(hi - p0));
     }
     while p0 < hi {
@@ -176,37 +221,108 @@ pub(crate) unsafe fn run<O: Ops>(
         let next = TILE.min(hi - p0 - np);
         prefetch_rows(t.k, t, p0 + np, next);
         prefetch_rows(t.v, t, p0 + np, next);
-        let krows = tile_rows::<O>(t.k, t, p0, np, ktile);
+        let at = tile_offsets(t, w, p0, np);
+        let krows;
+        let ktile = if O::pack_k(t.k, &at[..np], hd, ktile) {
+            KTile::Packed(ktile)
+        } else {
+            krows = tile_rows::<O>(t.k, &at[..np], hd, ktile);
+            KTile::Rows(&krows[..np])
+        };
+        let vrows = tile_rows::<O>(t.v, &at[..np], hd, vtile);
         for r in 0..t.n {
-            let npr = span[r].end.saturating_sub(p0).min(np);
-            if npr == 0 {
-                continue;
-            }
-            let s = &mut scores[r * g_n * TILE..(r + 1) * g_n * TILE];
-            O::scores(t.q[r], &krows[..npr], t.sh.scale, s, TILE);
-            let out = std::slice::from_raw_parts_mut(outs[r], g_n * hd);
-            for g in 0..g_n {
-                let (m, l) = (&mut m[r * g_n + g], &mut l[r * g_n + g]);
-                let s = &mut s[g * TILE..g * TILE + npr];
-                let mx = O::max(s, *m);
-                if mx > *m {
-                    let c = (*m - mx).exp();
-                    *l *= c;
-                    O::scale(c, &mut out[g * hd..(g + 1) * hd]);
-                    *m = mx;
-                }
-                *l += O::exp_sum(s, mx);
-            }
-        }
-        let vrows = tile_rows::<O>(t.v, t, p0, np, vtile);
-        for r in 0..t.n {
-            let npr = span[r].end.saturating_sub(p0).min(np);
+            let sp = span(r);
+            let npr = sp.end.saturating_sub(p0).min(np);
             if npr > 0 {
-                let out = std::slice::from_raw_parts_mut(outs[r], g_n * hd);
-                let s = &scores[r * g_n * TILE..(r + 1) * g_n * TILE];
-                O::acc(s, TILE, &vrows[..npr], out);
+                // The next rows' queries and outputs, a row's work ahead of their use (a
+                // prefill's are read from memory once per task).
+                if r + 2 < t.n {
+                    prefetch_f32s(t.q(r + 2));
+                    prefetch_f32s(std::slice::from_raw_parts(outs.at(r + 2), g_n * hd));
+                }
+                let step = RowStep {
+                    vrows: &vrows[..npr],
+                    q: t.q(r),
+                    scale: t.sh.scale,
+                    scores: &mut *scores,
+                    m: &mut m[r * g_n..(r + 1) * g_n],
+                    l: &mut l[r * g_n..(r + 1) * g_n],
+                    out: std::slice::from_raw_parts_mut(outs.at(r), g_n * hd),
+                    first: p0 <= sp.start,
+                };
+                O::row_tile(&ktile, step);
             }
         }
         p0 += np;
     }
+}
+
+/// A tile's K rows as [`Ops::row_tile`] gets them.
+pub(crate) enum KTile<'a> {
+    /// One row of head_dim per position.
+    Rows(&'a [&'a [f32]]),
+    /// Laid out by the path's [`Ops::pack_k`].
+    Packed(&'a [f32]),
+}
+
+/// One row's step over one tile of `vrows.len()` positions, as [`Ops::row_tile`] gets it: the
+/// row's query heads `q` (group, head_dim) scored against the tile's K rows, each head's running
+/// max `m[g]` and sum `l[g]` updated (its output `out[g]` rescaled when the max grows), the V rows
+/// added, weighted, into `out` (group, head_dim).
+pub(crate) struct RowStep<'a> {
+    pub vrows: &'a [&'a [f32]],
+    pub q: &'a [f32],
+    pub scale: f32,
+    /// (group, TILE) f32s of scratch.
+    pub scores: &'a mut [f32],
+    pub m: &'a mut [f32],
+    pub l: &'a mut [f32],
+    pub out: &'a mut [f32],
+    /// The row's first tile of the chunk: `m` is -inf, `l` zero, and `out` holds garbage to be
+    /// taken as zeros.
+    pub first: bool,
+}
+
+/// [`Ops::row_tile`] through the path's [`Ops::scores`], [`Ops::max`], [`Ops::exp_sum`],
+/// [`Ops::scale`] and [`Ops::acc`].
+///
+/// # Safety
+/// `O`'s instruction set is available.
+#[inline(always)]
+pub(crate) unsafe fn row_tile<O: Ops + ?Sized>(k: &KTile, st: RowStep) {
+    let RowStep {
+        vrows,
+        q,
+        scale,
+        scores,
+        m,
+        l,
+        out,
+        first,
+    } = st;
+    let KTile::Rows(krows) = k else {
+        unreachable!("attention: packed K on a path that does not pack");
+    };
+    if first {
+        out.fill(0.0);
+    }
+    let np = vrows.len();
+    let hd = out.len() / m.len();
+    O::scores(q, &krows[..np], scale, scores, TILE);
+    for g in 0..m.len() {
+        let (m, l) = (&mut m[g], &mut l[g]);
+        let s = &mut scores[g * TILE..g * TILE + np];
+        let mx = O::max(s, *m);
+        if mx > *m {
+            // Nothing to rescale while the max is -inf: the output and sum are still zero.
+            if *m != f32::NEG_INFINITY {
+                let c = (*m - mx).exp();
+                *l *= c;
+                O::scale(c, &mut out[g * hd..(g + 1) * hd]);
+            }
+            *m = mx;
+        }
+        *l += O::exp_sum(s, mx);
+    }
+    O::acc(scores, TILE, vrows, out);
 }

@@ -15,7 +15,9 @@
 //! other rows of the batch.
 //! f16 and Q8_0 rows are widened to f32 a tile at a time (F16C / AVX2 / AVX-512 on x86-64, NEON
 //! on aarch64, the portable conversion elsewhere; all exact). Each row's scores are computed for
-//! blocks of positions at once (8 dot products reduced together on x86-64).
+//! blocks of positions at once (8 dot products reduced together on x86-64; on AVX-512 from K
+//! tiles packed two positions to a 16-lane vector, with AVX2's lanes and reduce tree, so the same
+//! bits), and a path may fuse a row's whole tile step ([`Ops::row_tile`]).
 
 mod avx2;
 mod avx512;
@@ -29,7 +31,7 @@ pub use kv::{BlockQ8_0, KvDtype, KvStore, QK8_0};
 use half::f16;
 use rayon::prelude::*;
 
-use fold::{ml_offsets, Task};
+use fold::{ml_offsets, KTile, Outs, RowStep, Task};
 
 use super::{two_phase, Isa, SendPtr};
 
@@ -43,8 +45,14 @@ const MAX_SPLIT_CHUNKS: usize = 32;
 const SPLIT_BELOW_TASKS_PER_THREAD: usize = 2;
 /// At most this many (row, KV head) tasks are split (the chunk offsets live on the stack).
 const MAX_SPLIT_TASKS: usize = 64;
-/// Rows of one sequence one task serves at most (each tile of K/V rows widened once for them).
-const MAX_TASK_ROWS: usize = 8;
+/// Rows of one sequence one task serves at most (each tile of K/V rows widened once for them): a
+/// 64-token prompt's rows, per KV head.
+const MAX_TASK_ROWS: usize = 64;
+/// Rows per task below which tasks are not made smaller to busy more threads.
+const MIN_TASK_ROWS: usize = 8;
+/// (rows, KV head) tasks per pool thread that rows per task are lowered to leave (down to
+/// [`MIN_TASK_ROWS`]), so that work stealing evens out tasks of unequal length.
+const TASKS_PER_THREAD: usize = 8;
 
 /// The shapes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -65,11 +73,12 @@ impl AttnShape {
         self.n_heads / self.n_kv_heads
     }
 
-    /// f32s of scratch one chunk uses: per task row, scores (group, TILE) and running max and
-    /// sum (group,) each; a tile of widened K rows and one of V rows (TILE, head_dim) each.
+    /// f32s of scratch one chunk uses: one row's scores (group, TILE); per task row, running
+    /// max and sum (group,) each; a tile of widened K rows and one of V rows (TILE, head_dim)
+    /// each.
     fn chunk_scratch(&self) -> usize {
         let g = self.group();
-        MAX_TASK_ROWS * g * (TILE + 2) + 2 * TILE * self.head_dim
+        g * TILE + MAX_TASK_ROWS * g * 2 + 2 * TILE * self.head_dim
     }
 
     /// f32s of a chunk's result: its unnormalized output (group, head_dim), max and sum (group,).
@@ -191,10 +200,12 @@ pub fn paged_attention_isa<'t, F>(
     let same = |a: &RowKv, b: &RowKv| {
         std::ptr::eq(a.block_table, b.block_table) && a.start.min(a.ctx) == b.start.min(b.ctx)
     };
-    // Row t begins a task's rows when it starts its sequence's run or a multiple of
-    // MAX_TASK_ROWS; the rows run to the next such row.
+    // Rows per task: as many as the batch allows while leaving TASKS_PER_THREAD (rows, KV
+    // head) tasks per thread. Row t begins a task's rows when it starts its sequence's run or a
+    // multiple of `task_rows`; the rows run to the next such row.
+    let task_rows = (tasks / (TASKS_PER_THREAD * threads)).clamp(MIN_TASK_ROWS, MAX_TASK_ROWS);
     let leads = |t: usize| {
-        t == 0 || t.is_multiple_of(MAX_TASK_ROWS) || !same(&(inp.rows)(t - 1), &(inp.rows)(t))
+        t == 0 || t.is_multiple_of(task_rows) || !same(&(inp.rows)(t - 1), &(inp.rows)(t))
     };
     // The task of rows t.. (`tiled`) or of row t alone, KV head kh.
     let task = |t: usize, kh: usize, tiled: bool| {
@@ -206,18 +217,25 @@ pub fn paged_attention_isa<'t, F>(
             kh,
             table: first.block_table,
             start: first.start.min(first.ctx),
-            q: [&[]; MAX_TASK_ROWS],
+            q: &inp.q[t * inp.q_stride + kh * gw..],
+            q_stride: inp.q_stride,
             ctx: [0; MAX_TASK_ROWS],
             n: 0,
         };
+        // `leads` on each next row, with each row described once.
+        let mut row = first;
         loop {
-            let r = tk.n;
-            tk.q[r] = &inp.q[(t + r) * inp.q_stride + kh * gw..][..gw];
-            tk.ctx[r] = (inp.rows)(t + r).ctx;
+            tk.ctx[tk.n] = row.ctx;
             tk.n += 1;
-            if !tiled || t + tk.n == n || leads(t + tk.n) {
+            let next = t + tk.n;
+            if !tiled || next == n || next.is_multiple_of(task_rows) {
                 return tk;
             }
+            let r = (inp.rows)(next);
+            if !same(&row, &r) {
+                return tk;
+            }
+            row = r;
         }
     };
     let outp = SendPtr(out.as_mut_ptr());
@@ -252,9 +270,12 @@ pub fn paged_attention_isa<'t, F>(
             }
             let tk = task(t, kh, true);
             // SAFETY: rows t..t + tk.n of KV head kh are this task's alone, inside `out`.
-            let outs = std::array::from_fn(|r| unsafe { outp.at((t + r) * q_dim + kh * gw) });
+            let outs = Outs {
+                p: unsafe { outp.at(t * q_dim + kh * gw) },
+                stride: q_dim,
+            };
             // SAFETY: see `run_task`.
-            unsafe { run_task(isa, &tk, &outs, mine()) }
+            unsafe { run_task(isa, &tk, outs, mine()) }
         });
         return;
     }
@@ -328,16 +349,30 @@ fn merge(
 /// # Safety
 /// `isa` is available.
 unsafe fn normalize(isa: Isa, o: &mut [f32], l: &[f32], hd: usize) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::normalize(o, l, hd),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDot => {
+            for (g, &l) in l.iter().enumerate() {
+                if l > 0.0 {
+                    neon::scale(1.0 / l, &mut o[g * hd..(g + 1) * hd]);
+                }
+            }
+        }
+        _ => normalize_with::<scalar::Scalar>(o, l, hd),
+    }
+}
+
+/// [`normalize`] through `O::scale`.
+///
+/// # Safety
+/// `O`'s instruction set is available.
+#[inline(always)]
+pub(crate) unsafe fn normalize_with<O: Ops>(o: &mut [f32], l: &[f32], hd: usize) {
     for (g, &l) in l.iter().enumerate() {
         if l > 0.0 {
-            let y = &mut o[g * hd..(g + 1) * hd];
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::scale(1.0 / l, y),
-                #[cfg(target_arch = "aarch64")]
-                Isa::Neon | Isa::NeonDot => neon::scale(1.0 / l, y),
-                _ => scalar::Scalar::scale(1.0 / l, y),
-            }
+            O::scale(1.0 / l, &mut o[g * hd..(g + 1) * hd]);
         }
     }
 }
@@ -350,28 +385,35 @@ unsafe fn normalize(isa: Isa, o: &mut [f32], l: &[f32], hd: usize) {
 unsafe fn run_chunk(isa: Isa, t: &Task, c: usize, p: &mut [f32], s: &mut [f32]) {
     let g = t.sh.group();
     let (o, ml) = p.split_at_mut(g * t.sh.head_dim);
-    chunk_isa(isa, t, c, &[o.as_mut_ptr(); MAX_TASK_ROWS], s);
+    let outs = Outs {
+        p: o.as_mut_ptr(),
+        stride: 0,
+    };
+    chunk_isa(isa, t, c, outs, s);
     let (m, l) = ml_offsets(t.sh, 0);
     ml[..g].copy_from_slice(&s[m..m + g]);
     ml[g..].copy_from_slice(&s[l..l + g]);
 }
 
 /// A whole (rows, KV head) task on one thread: each row's chunks folded left to right,
-/// normalized, into `outs[r]` ((group, head_dim) each).
+/// normalized, into `outs.at(r)` ((group, head_dim) each).
 ///
 /// # Safety
-/// `isa` is available; `s` holds `task_scratch()` f32s; `outs[r]` points at `group * head_dim`
-/// writable f32s for each row `r < t.n`, none overlapping.
-unsafe fn run_task(isa: Isa, t: &Task, outs: &[*mut f32; MAX_TASK_ROWS], s: &mut [f32]) {
+/// `isa` is available; `s` holds `task_scratch()` f32s; `outs.at(r)` points at
+/// `group * head_dim` writable f32s for each row `r < t.n`, none overlapping.
+unsafe fn run_task(isa: Isa, t: &Task, outs: Outs, s: &mut [f32]) {
     let (g, hd, pw) = (t.sh.group(), t.sh.head_dim, t.sh.partial());
     let (s, acc) = s.split_at_mut(t.sh.chunk_scratch());
     // Per row, `partial()` f32s: the chunk being merged, then the running max and sum.
     let accp = SendPtr(acc.as_mut_ptr());
     let part = |r: usize| std::slice::from_raw_parts_mut(accp.at(r * pw), pw);
-    let ocs = std::array::from_fn(|r| accp.at(r * pw));
+    let ocs = Outs {
+        p: accp.at(0),
+        stride: pw,
+    };
     let chunks = (0..t.n).map(|r| t.chunks(r)).max().unwrap_or(1);
     for c in 0..chunks {
-        chunk_isa(isa, t, c, if c == 0 { outs } else { &ocs }, s);
+        chunk_isa(isa, t, c, if c == 0 { outs } else { ocs }, s);
         for r in (0..t.n).filter(|&r| c < t.chunks(r)) {
             let (ms, ls) = ml_offsets(t.sh, r);
             let (oc, ml) = part(r).split_at_mut(g * hd);
@@ -380,14 +422,19 @@ unsafe fn run_task(isa: Isa, t: &Task, outs: &[*mut f32; MAX_TASK_ROWS], s: &mut
                 m.copy_from_slice(&s[ms..ms + g]);
                 l.copy_from_slice(&s[ls..ls + g]);
             } else {
-                let o = std::slice::from_raw_parts_mut(outs[r], g * hd);
+                let o = std::slice::from_raw_parts_mut(outs.at(r), g * hd);
                 merge(o, m, l, oc, &s[ms..ms + g], &s[ls..ls + g], hd);
             }
         }
     }
-    for (r, &o) in outs.iter().enumerate().take(t.n) {
+    for r in 0..t.n {
         let l = &part(r)[g * hd + g..];
-        normalize(isa, std::slice::from_raw_parts_mut(o, g * hd), l, hd);
+        normalize(
+            isa,
+            std::slice::from_raw_parts_mut(outs.at(r), g * hd),
+            l,
+            hd,
+        );
     }
 }
 
@@ -395,7 +442,7 @@ unsafe fn run_task(isa: Isa, t: &Task, outs: &[*mut f32; MAX_TASK_ROWS], s: &mut
 ///
 /// # Safety
 /// As [`fold::run`]; `isa` is available.
-unsafe fn chunk_isa(isa: Isa, t: &Task, c: usize, outs: &[*mut f32; MAX_TASK_ROWS], s: &mut [f32]) {
+unsafe fn chunk_isa(isa: Isa, t: &Task, c: usize, outs: Outs, s: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::AvxVnni => avx2::chunk(t, c, outs, s),
@@ -498,6 +545,21 @@ pub(crate) trait Ops {
         for (j, k) in rows.iter().enumerate() {
             Self::dots(q, k, scale, &mut s[j..], stride);
         }
+    }
+    /// Widens (or copies) the K rows that start at `at` (values into the pool, `hd` each) into
+    /// `buf` (TILE * hd f32s) in the layout the path's [`Ops::row_tile`] reads, and returns true; or
+    /// returns false, touching nothing, where this path scores K rows as they are (the default)
+    /// or cannot pack these.
+    #[inline(always)]
+    unsafe fn pack_k(k: &KvStore, at: &[usize], hd: usize, buf: &mut [f32]) -> bool {
+        let _ = (k, at, hd, buf);
+        false
+    }
+    /// One row's step over one tile (see [`RowStep`]). The default: [`fold::row_tile`] (K rows
+    /// as they are).
+    #[inline(always)]
+    unsafe fn row_tile(k: &KTile, st: RowStep) {
+        fold::row_tile::<Self>(k, st)
     }
     /// The largest of `init` and `s` (no NaN among them).
     #[inline(always)]

@@ -9,7 +9,7 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::{acc_grouped, dots_grouped, BlockQ8_0, HeadGroups, Ops, Task, MAX_TASK_ROWS, QK8_0};
+use super::{acc_grouped, dots_grouped, BlockQ8_0, HeadGroups, Ops, Outs, Task, QK8_0};
 use crate::cpu::neon::{exp, f16_to_f32, f16x4_high_to_f32, f16x4_to_f32};
 
 pub(crate) struct Neon;
@@ -193,12 +193,7 @@ impl Ops for Neon {
 ///
 /// # Safety
 /// None beyond NEON, which every aarch64 CPU has.
-pub(crate) unsafe fn chunk(
-    t: &Task,
-    c: usize,
-    outs: &[*mut f32; MAX_TASK_ROWS],
-    scratch: &mut [f32],
-) {
+pub(crate) unsafe fn chunk(t: &Task, c: usize, outs: Outs, scratch: &mut [f32]) {
     super::fold::run::<Neon>(t, c, outs, scratch)
 }
 

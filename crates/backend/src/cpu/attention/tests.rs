@@ -148,6 +148,7 @@ fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, blo
         k: &k,
         v: &v,
     };
+    let mut x86: Option<Vec<u32>> = None;
     for isa in Isa::available() {
         let mut out = vec![f32::NAN; rows.len() * q_dim];
         let mut scratch = vec![f32::NAN; scratch_len(&sh)];
@@ -155,6 +156,14 @@ fn check(dtype: KvDtype, n_heads: usize, n_kv_heads: usize, head_dim: usize, blo
         let what =
             format!("{dtype} {isa:?} heads {n_heads}/{n_kv_heads} hd {head_dim} bs {block_size}");
         assert_near(&out, &want, &what);
+        // Every x86 SIMD path (AVX-512's packed K tiles included) gives AVX2's bits.
+        if matches!(isa, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni) {
+            let bits: Vec<u32> = out.iter().map(|f| f.to_bits()).collect();
+            assert!(
+                *x86.get_or_insert_with(|| bits.clone()) == bits,
+                "{what}: not AVX2's bits"
+            );
+        }
     }
 }
 
@@ -337,22 +346,27 @@ fn windowed_rows_keep_their_last_positions() {
 fn rows_sharing_a_task_come_out_as_when_each_runs_alone() {
     // A prefill's rows of one sequence share tasks (and each widened K/V tile); a row's result
     // must be bit-identical to the row run alone, on every path and storage, whatever the rows
-    // around it: a run crossing a chunk boundary and MAX_TASK_ROWS boundaries, another sequence
-    // in between, the first sequence again, and sliding-window rows (each alone).
+    // around it: a run crossing a chunk boundary and task boundaries (of MAX_TASK_ROWS rows on
+    // one thread, fewer on more), another sequence in between, the first sequence again, and
+    // sliding-window rows (each alone).
     let (bs, hd) = (16, 64);
     let sh = smollm2_shape();
     let width = 3 * hd;
-    let blocks = 40;
+    let blocks = 48;
     let mut seed = 91;
-    let ta: Vec<u32> = (0..20).rev().collect();
-    let tb: Vec<u32> = (20..blocks as u32).collect();
+    let ta: Vec<u32> = (0..24).rev().collect();
+    let tb: Vec<u32> = (24..blocks as u32).collect();
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     let mut rows: Vec<Row> = Vec::new();
     let row = |table: &Vec<u32>, start: usize, ctx: usize| Row {
         table: table.clone(),
         start,
         ctx,
     };
-    rows.extend((CHUNK - 9..CHUNK + 12).map(|p| row(&ta, 0, p + 1)));
+    rows.extend((CHUNK - 120..CHUNK + 120).map(|p| row(&ta, 0, p + 1)));
     rows.extend((0..5).map(|p| row(&tb, 0, p + 1)));
     rows.extend((40..43).map(|p| row(&ta, 0, p + 1)));
     rows.extend((100..104).map(|p| row(&tb, p - 30, p + 1)));
@@ -384,6 +398,13 @@ fn rows_sharing_a_task_come_out_as_when_each_runs_alone() {
             let mut scratch = vec![f32::NAN; scratch_len(&sh)];
             let mut all = vec![f32::NAN; rows.len() * q_dim];
             paged_attention_isa(isa, &inp, &mut all, &mut scratch);
+            let mut on_one = vec![f32::NAN; rows.len() * q_dim];
+            one_thread.install(|| {
+                assert!(MAX_TASK_ROWS * TASKS_PER_THREAD <= rows.len() * 3);
+                let mut scratch = vec![f32::NAN; scratch_len(&sh)];
+                paged_attention_isa(isa, &inp, &mut on_one, &mut scratch);
+            });
+            assert_eq!(bits(&all), bits(&on_one), "{dtype} {isa:?}: on one thread");
             for t in 0..rows.len() {
                 let one = AttnInput {
                     shape: sh,
