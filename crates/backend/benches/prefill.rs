@@ -46,47 +46,17 @@ fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
     all[all.len() / 2]
 }
 
-/// Int8 ops per second of one thread running `vpdpbusd` (zmm) or `vpmaddubsw` (ymm) flat out.
-#[cfg(target_arch = "x86_64")]
-fn peak_one(wide: bool) -> f64 {
-    use std::arch::x86_64::*;
-    #[target_feature(enable = "avx512f,avx512vnni")]
-    unsafe fn dp512(iters: usize) -> i32 {
-        let (w, x) = (_mm512_set1_epi8(1), _mm512_set1_epi8(2));
-        let mut a = [_mm512_setzero_si512(); 12];
-        for _ in 0..iters {
-            for r in &mut a {
-                *r = _mm512_dpbusd_epi32(*r, w, x);
-            }
-        }
-        a.iter().map(|&r| _mm512_reduce_add_epi32(r)).sum()
-    }
-    #[target_feature(enable = "avx2")]
-    unsafe fn dp256(iters: usize) -> i32 {
-        let (w, x) = (_mm256_set1_epi8(1), _mm256_set1_epi8(2));
-        let mut a = [_mm256_setzero_si256(); 12];
-        for _ in 0..iters {
-            for r in &mut a {
-                *r = _mm256_add_epi16(*r, _mm256_maddubs_epi16(w, x));
-            }
-        }
-        a.iter().map(|&r| _mm256_extract_epi32::<0>(r)).sum()
-    }
-    let iters = 200_000;
-    let t = time(Duration::from_millis(50), || unsafe {
-        black_box(if wide { dp512(iters) } else { dp256(iters) });
-    });
-    let per = if wide {
-        12.0 * 64.0 * 2.0
-    } else {
-        12.0 * 32.0 * 2.0
-    };
-    iters as f64 * per / t
-}
+// Only its int8 peak is read here (the FMA peak is `kernels.rs`'s).
+#[allow(dead_code)]
+#[path = "common/peak.rs"]
+mod peak;
 
-#[cfg(not(target_arch = "x86_64"))]
-fn peak_one(_: bool) -> f64 {
-    f64::NAN
+/// The int8 peak of every thread of the current pool at once (NaN off x86).
+fn pool_peak(wide: bool) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    return peak::pool_rate(peak::int8, wide, 200_000, Duration::from_millis(100));
+    #[cfg(not(target_arch = "x86_64"))]
+    return f64::NAN;
 }
 
 fn main() {
@@ -117,7 +87,7 @@ fn main() {
                 .build()
                 .expect("pool");
             let (t, cold, peak) = pool.install(|| {
-                let peak: f64 = rayon::broadcast(|_| peak_one(wide)).iter().sum();
+                let peak = pool_peak(wide);
                 let warm = time(Duration::from_millis(300), || {
                     matmul_q_isa(isa, black_box(&x), N, &ws[0], &mut y)
                 });
